@@ -1,0 +1,1 @@
+//! The bus and the session registry: in-process and RabbitMQ + Redis.

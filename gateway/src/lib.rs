@@ -1,0 +1,1 @@
+//! Real-time edge: STOMP over WebSocket, SockJS and TCP.

@@ -1,0 +1,1 @@
+//! SQL schema for SQLite and MySQL/MariaDB, and the migrator.

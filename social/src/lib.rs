@@ -1,0 +1,1 @@
+//! Social REST API, store, media and application handlers.

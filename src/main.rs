@@ -1,0 +1,4 @@
+//! `instar`: the composition root.
+fn main() {
+    println!("instar");
+}
