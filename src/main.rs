@@ -1,4 +1,99 @@
-//! `instar`: the composition root.
-fn main() {
-    println!("instar");
+//! `instar`: the composition root. The only place that wires concrete implementations together.
+//!
+//! `instar serve` runs the embedded default: one process, one port, the in-process bus and registry.
+
+mod config;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use broker_bridge::{Bus, InProcessConfig, Registry};
+use clap::{Parser, Subcommand};
+use gateway::Gateway;
+use gateway::destination::PrefixPolicy;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "instar", version, about = "Instar: Instagram-style social backend with real-time chat")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything in one process on one port (embedded default: in-process bus and registry).
+    Serve(config::ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("INSTAR_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args.resolve()?)),
+    }
+}
+
+async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
+    let registry = Registry::in_process();
+    let bus = Bus::in_process(registry, InProcessConfig::default());
+    let policy = Arc::new(PrefixPolicy::new(cfg.public_topics.clone()).allow_anonymous(cfg.allow_anonymous));
+    let gw = Gateway::start(
+        cfg.node_id.as_str().into(),
+        cfg.gateway_config(),
+        cfg.jwt_secret.as_bytes(),
+        bus,
+        policy,
+    )
+    .await
+    .context("attaching the gateway to the bus")?;
+
+    let routes = gw.routes();
+    let (addr, http) = gateway::server::serve_http(routes, cfg.listen, gw.shutdown.clone())
+        .await
+        .with_context(|| format!("binding HTTP on {}", cfg.listen))?;
+    tracing::info!(%addr, "HTTP listening: /stomp (STOMP over WebSocket), /ws (SockJS)");
+    let http = tokio::spawn(http);
+
+    if let Some(tcp) = cfg.tcp_listen {
+        let listener = tokio::net::TcpListener::bind(tcp)
+            .await
+            .with_context(|| format!("binding STOMP/TCP on {tcp}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "STOMP over TCP listening");
+        tokio::spawn(gateway::serve_tcp(gw.clone(), listener));
+    }
+
+    shutdown_signal().await;
+    tracing::info!(sessions = gw.open_sessions(), "shutting down: draining sessions");
+    gw.drain(cfg.drain_grace).await;
+    let _ = tokio::time::timeout(cfg.drain_grace, http).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
 }

@@ -1,1 +1,98 @@
-//! The bus and the session registry: in-process and RabbitMQ + Redis.
+//! The bus and the session registry: how a message gets from any process to the right gateway node(s).
+//!
+//! # Roles
+//!
+//! * [`Bus`] carries three kinds of traffic:
+//!   - **topic messages** ([`Target::Topic`]): delivered once to every gateway node that has bound the
+//!     topic with [`NodeLink::bind`] — once per *node*, never once per subscriber; the node's hub fans the
+//!     shared [`Envelope`] out to its local sessions;
+//!   - **user messages** ([`Target::User`]): the bus asks the [`Registry`] which nodes hold sessions of that
+//!     user and delivers one copy to each such node's inbox;
+//!   - **application commands** ([`AppCommand`], a client `SEND` to `/app/**`): put on a work queue with
+//!     [`Bus::submit`] and consumed by competing workers that dispatch to the [`AppHandler`] registered for
+//!     the longest matching destination prefix ([`Bus::register_handler`]).
+//! * [`Registry`] records which session of which user lives on which gateway node.
+//! * [`NodeLink`] is a gateway node's attachment to the bus: its inbox of [`Delivery`]s and its topic
+//!   interest (`bind` / `unbind`; the gateway's hub does the reference counting over its subscriptions).
+//!
+//! Every operation that could cross a network is `async` and returns `Result<_, BusError>`, whatever the
+//! implementation, so callers are written once for both.
+//!
+//! # Implementations
+//!
+//! ## In-process (embedded default): [`Bus::in_process`], [`Registry::in_process`]
+//!
+//! Everything lives in this process's memory. Node inboxes are bounded channels
+//! ([`InProcessConfig::node_inbox_capacity`]); topic routing is a hash-map lookup from topic name to the
+//! inboxes of the nodes bound to it; the work queue is a bounded channel
+//! ([`InProcessConfig::work_queue_capacity`]) drained by [`InProcessConfig::workers`] worker tasks
+//! (started on the first [`Bus::submit`], on the caller's Tokio runtime). Each command runs in its own task,
+//! so a handler that returns an error or panics is logged and counted ([`BusMetrics`]) and the worker goes
+//! on with the next command.
+//!
+//! Guarantees:
+//!
+//! * **Acceptance.** [`Bus::publish`] resolves `Ok` once the message has been enqueued in the inbox of
+//!   every node it routes to; [`Bus::submit`] resolves `Ok` once the command is in the work queue.
+//! * **Backpressure, not loss.** When a node's inbox is full, `publish` *waits* for space; it never drops
+//!   a message to a live node. A node that stops reading therefore stalls its publishers; wrap the call
+//!   in [`tokio::time::timeout`] if you need a bound. `submit` likewise waits while the work queue is
+//!   full. The only deliveries counted as `dropped` are those addressed to a node that detached (or was
+//!   never attached to this bus) before the message could be enqueued.
+//! * **At-most-once.** Nothing is persisted: messages in inboxes and commands in the work queue are lost
+//!   if the process dies. Producers that must not lose data persist first (e.g. the chat message row) and
+//!   publish after commit, as the architecture requires.
+//! * **Ordering.** For one publisher and one target, messages arrive at each node in the order the
+//!   publisher's `publish` calls completed (each call is awaited before the next starts). Nothing is
+//!   promised across publishers or across targets.
+//! * **Cancellation.** Dropping a `publish` future before it resolves may leave the message delivered to
+//!   some of its nodes and not others.
+//! * **User routing snapshot.** A user delivery goes to the nodes the registry lists at the moment of the
+//!   publish; a session registered a moment later does not receive it.
+//!
+//! ## RabbitMQ + Redis (scale-out; a later implementation behind the same API)
+//!
+//! Vocabulary of that implementation, kept here only:
+//!
+//! * one exclusive, auto-delete AMQP queue per gateway node (its inbox), consumed with a bounded prefetch;
+//!   `bind`/`unbind` become `queue.bind`/`queue.unbind` of that queue to a topic exchange with the topic
+//!   name as routing key (topic names may not contain the AMQP wildcards `*` and `#`, and the in-process
+//!   bus rejects them too so both behave alike);
+//! * user deliveries are routed through a direct exchange to each node queue the Redis registry lists;
+//! * one durable work queue for application commands, consumed by the social workers (prefetch bounds
+//!   concurrency; handlers' transient failures are candidates for redelivery);
+//! * `publish`/`submit` resolve on the broker's publisher confirm, so "accepted" means "the broker owns
+//!   it"; a broker outage surfaces as [`BusError::Unavailable`] instead of a silent drop;
+//! * the Redis registry keeps session → node and user → sessions entries, plus a lease per node with a
+//!   TTL refreshed by the node; when a lease expires the node's entries are swept
+//!   ([`Registry::remove_node`]). Entries never expire while their session is alive.
+//!
+//! # Example
+//!
+//! ```
+//! use broker_bridge::{Bus, Envelope, InProcessConfig, NodeId, Registry, Target};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), broker_bridge::BusError> {
+//! let bus = Bus::in_process(Registry::in_process(), InProcessConfig::default());
+//! let mut node = bus.open_node(NodeId::from("gw-1")).await?;
+//! node.bind("chat.5").await?;
+//! bus.publish(Target::topic("chat.5"), Envelope::new("/topic/chat.5", "hello")).await?;
+//! let delivery = node.recv().await.expect("bus is alive");
+//! assert_eq!(delivery.envelope.destination, "/topic/chat.5");
+//! # Ok(())
+//! # }
+//! ```
+
+mod bus;
+mod error;
+mod in_process;
+mod model;
+mod registry;
+
+pub use async_trait::async_trait;
+pub use bus::{AppHandler, Bus, BusMetrics, Health, NodeInbox, NodeInterest, NodeLink, handler_fn};
+pub use error::{BusError, HandlerError};
+pub use in_process::InProcessConfig;
+pub use model::{AppCommand, Delivery, Envelope, NodeId, SessionEntry, Target};
+pub use registry::Registry;

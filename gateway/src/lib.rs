@@ -1,1 +1,92 @@
-//! Real-time edge: STOMP over WebSocket, SockJS and TCP.
+//! The real-time edge of Instar: STOMP 1.0–1.2 over WebSocket (`/stomp`), SockJS (`/ws`) and raw TCP.
+//!
+//! Layout:
+//! - [`auth`]: bearer tokens (HMAC JWT) checked on CONNECT;
+//! - [`destination`]: the closed destination grammar and the topic authorisation policy;
+//! - [`session`]: the per-connection STOMP state machine, without sockets;
+//! - [`connection`]: the task that runs a session over a transport (timers, queues, bus calls);
+//! - [`hub`]: local fan-out from the bus to sessions, slow-consumer policy, topic interest;
+//! - [`transport`]: WebSocket and TCP byte pipes; [`sockjs`]: the SockJS server;
+//! - [`server`]: the HTTP routes, the TCP listener and graceful shutdown.
+//!
+//! The gateway depends on the bus only through `broker-bridge`'s API, so the same code runs embedded
+//! (in-process bus) and scaled out (RabbitMQ + Redis).
+
+pub mod auth;
+pub mod connection;
+pub mod destination;
+pub mod hub;
+pub mod server;
+pub mod session;
+pub mod sockjs;
+pub mod transport;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use broker_bridge::{Bus, NodeId, Registry};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+pub use server::{GatewayConfig, serve_tcp};
+
+/// A random identifier from `[a-z0-9]`, unguessable (used for session ids, never client-chosen).
+pub fn random_id(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+/// Gateway-wide counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub sessions_open: AtomicU64,
+    pub sessions_total: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub commands: AtomicU64,
+    pub errors_sent: AtomicU64,
+    pub heartbeat_timeouts: AtomicU64,
+}
+
+/// Everything a connection needs, shared by all connections of one node.
+pub struct Gateway {
+    pub node: NodeId,
+    pub config: GatewayConfig,
+    pub session_config: Arc<session::SessionConfig>,
+    pub verifier: Arc<auth::Verifier>,
+    pub bus: Bus,
+    pub registry: Registry,
+    pub hub: Arc<hub::Hub>,
+    pub policy: Arc<dyn destination::TopicPolicy>,
+    pub metrics: Metrics,
+    /// Cancelled to drain and close every session.
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("node", &self.node)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Sessions currently open.
+    pub fn open_sessions(&self) -> u64 {
+        self.metrics.sessions_open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Begins a graceful shutdown and waits (up to `grace`) for sessions to drain.
+    pub async fn drain(&self, grace: Duration) {
+        self.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.open_sessions() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! The in-process bus: bounded channels and hash maps.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use async_trait::async_trait;
+use futures_util::future::join_all;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tracing::{debug, error, warn};
+
+use super::{InProcessConfig, lock, read, write};
+use crate::bus::{
+    AppHandler, BusBackend, BusMetrics, Health, NodeControl, NodeLink, validate_topic,
+};
+use crate::error::BusError;
+use crate::model::{AppCommand, Delivery, Envelope, NodeId, Target};
+use crate::registry::Registry;
+
+/// The bus handle stored in [`crate::Bus`]. Node links hold only a weak reference to `shared`, so
+/// dropping every `Bus` clone closes the node inboxes (their `recv` then yields `None`).
+pub(crate) struct InProcessBus {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    registry: Registry,
+    inbox_capacity: usize,
+    workers: usize,
+    routes: RwLock<Routes>,
+    /// Sorted by prefix length, longest first.
+    handlers: RwLock<Vec<Route>>,
+    work_tx: mpsc::Sender<Job>,
+    /// Taken by the first `submit`, which starts the workers.
+    work_rx: Mutex<Option<mpsc::Receiver<Job>>>,
+    workers_started: AtomicBool,
+    next_link: AtomicU64,
+    counters: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct Routes {
+    /// topic -> inboxes of the nodes bound to it. Rebuilt on bind/unbind (rare), cloned by publish
+    /// (one reference-count increment under a read lock).
+    topics: HashMap<String, Arc<[Arc<Inbox>]>>,
+    nodes: HashMap<NodeId, NodeState>,
+}
+
+struct NodeState {
+    inbox: Arc<Inbox>,
+    topics: HashSet<String>,
+}
+
+struct Inbox {
+    node: NodeId,
+    /// Distinguishes successive links of the same node id.
+    link: u64,
+    tx: mpsc::Sender<Delivery>,
+}
+
+/// An application handler and the destination prefix it is registered under.
+type Route = (Arc<str>, Arc<dyn AppHandler>);
+
+struct Job {
+    prefix: Arc<str>,
+    handler: Arc<dyn AppHandler>,
+    cmd: AppCommand,
+}
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+    unrouted: AtomicU64,
+    no_session: AtomicU64,
+    commands_submitted: AtomicU64,
+    commands_unrouted: AtomicU64,
+    commands_handled: AtomicU64,
+    commands_failed: AtomicU64,
+    commands_panicked: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+impl fmt::Debug for InProcessBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let routes = read(&self.shared.routes);
+        f.debug_struct("InProcessBus")
+            .field("nodes", &routes.nodes.len())
+            .field("topics", &routes.topics.len())
+            .field("handlers", &read(&self.shared.handlers).len())
+            .field("inbox_capacity", &self.shared.inbox_capacity)
+            .field("workers", &self.shared.workers)
+            .finish()
+    }
+}
+
+impl InProcessBus {
+    pub(crate) fn new(registry: Registry, config: InProcessConfig) -> Self {
+        let (work_tx, work_rx) = mpsc::channel(config.work_queue_capacity.max(1));
+        Self {
+            shared: Arc::new(Shared {
+                registry,
+                inbox_capacity: config.node_inbox_capacity.max(1),
+                workers: config.workers.max(1),
+                routes: RwLock::new(Routes::default()),
+                handlers: RwLock::new(Vec::new()),
+                work_tx,
+                work_rx: Mutex::new(Some(work_rx)),
+                workers_started: AtomicBool::new(false),
+                next_link: AtomicU64::new(1),
+                counters: Arc::new(Counters::default()),
+            }),
+        }
+    }
+}
+
+impl Shared {
+    /// Enqueues one delivery per inbox; waits (concurrently across nodes) for full inboxes.
+    async fn deliver(&self, target: &Target, envelope: Arc<Envelope>, inboxes: &[Arc<Inbox>]) {
+        let counters = &self.counters;
+        let mut waiting = Vec::new();
+        for inbox in inboxes {
+            let delivery = Delivery {
+                target: target.clone(),
+                envelope: Arc::clone(&envelope),
+            };
+            match inbox.tx.try_send(delivery) {
+                Ok(()) => bump(&counters.delivered, 1),
+                Err(TrySendError::Full(delivery)) => waiting.push((inbox, delivery)),
+                Err(TrySendError::Closed(_)) => {
+                    debug!(node = %inbox.node, ?target, "node detached during publish; delivery dropped");
+                    bump(&counters.dropped, 1);
+                }
+            }
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        let sends = waiting.into_iter().map(|(inbox, delivery)| async move {
+            let sent = inbox.tx.send(delivery).await.is_ok();
+            if !sent {
+                debug!(node = %inbox.node, ?target, "node detached during publish; delivery dropped");
+            }
+            sent
+        });
+        for sent in join_all(sends).await {
+            bump(
+                if sent {
+                    &counters.delivered
+                } else {
+                    &counters.dropped
+                },
+                1,
+            );
+        }
+    }
+
+    fn resolve(&self, destination: &str) -> Option<Route> {
+        read(&self.handlers)
+            .iter()
+            .find(|(prefix, _)| destination.starts_with(&**prefix))
+            .map(|(prefix, handler)| (Arc::clone(prefix), Arc::clone(handler)))
+    }
+
+    /// Starts the workers on the current Tokio runtime, once.
+    fn ensure_workers(&self) -> Result<(), BusError> {
+        if self.workers_started.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut slot = lock(&self.work_rx);
+        if slot.is_none() {
+            // Another caller started them meanwhile.
+            return Ok(());
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            BusError::Unavailable("no Tokio runtime to run the command workers on".to_owned())
+        })?;
+        let Some(rx) = slot.take() else {
+            return Ok(());
+        };
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for id in 0..self.workers {
+            runtime.spawn(worker(id, Arc::clone(&rx), Arc::clone(&self.counters)));
+        }
+        self.workers_started.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn bind(&self, node: &NodeId, link: u64, topic: &str) -> Result<(), BusError> {
+        validate_topic(topic)?;
+        let mut routes = write(&self.routes);
+        let state = match routes.nodes.get_mut(node) {
+            Some(state) if state.inbox.link == link => state,
+            _ => return Err(BusError::Closed),
+        };
+        if !state.topics.insert(topic.to_owned()) {
+            return Ok(());
+        }
+        let inbox = Arc::clone(&state.inbox);
+        let bound: Arc<[Arc<Inbox>]> = match routes.topics.get(topic) {
+            Some(old) => old.iter().cloned().chain(Some(inbox)).collect(),
+            None => Arc::from([inbox]),
+        };
+        routes.topics.insert(topic.to_owned(), bound);
+        Ok(())
+    }
+
+    fn unbind(&self, node: &NodeId, link: u64, topic: &str) -> Result<(), BusError> {
+        validate_topic(topic)?;
+        let mut routes = write(&self.routes);
+        match routes.nodes.get_mut(node) {
+            Some(state) if state.inbox.link == link => {
+                if !state.topics.remove(topic) {
+                    return Ok(());
+                }
+            }
+            _ => return Err(BusError::Closed),
+        }
+        routes.remove_binding(topic, link);
+        Ok(())
+    }
+
+    fn detach(&self, node: &NodeId, link: u64) {
+        let mut routes = write(&self.routes);
+        match routes.nodes.get(node) {
+            Some(state) if state.inbox.link == link => {}
+            _ => return,
+        }
+        if let Some(state) = routes.nodes.remove(node) {
+            for topic in &state.topics {
+                routes.remove_binding(topic, link);
+            }
+            debug!(%node, topics = state.topics.len(), "node detached");
+        }
+    }
+}
+
+impl Routes {
+    fn remove_binding(&mut self, topic: &str, link: u64) {
+        let Some(old) = self.topics.get(topic) else {
+            return;
+        };
+        let rest: Arc<[Arc<Inbox>]> = old.iter().filter(|i| i.link != link).cloned().collect();
+        if rest.is_empty() {
+            self.topics.remove(topic);
+        } else {
+            self.topics.insert(topic.to_owned(), rest);
+        }
+    }
+}
+
+/// One competing consumer of the work queue. Each command runs in its own task so that a panicking
+/// handler is caught (as a `JoinError`) instead of killing the worker.
+async fn worker(
+    id: usize,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+    counters: Arc<Counters>,
+) {
+    loop {
+        // The lock is held only while waiting for the next job, not while handling it.
+        let job = rx.lock().await.recv().await;
+        let Some(Job {
+            prefix,
+            handler,
+            cmd,
+        }) = job
+        else {
+            debug!(worker = id, "work queue closed; worker stops");
+            return;
+        };
+        let destination = cmd.destination.clone();
+        let session = cmd.session.clone();
+        let outcome = tokio::spawn(async move { handler.handle(cmd).await }).await;
+        match outcome {
+            Ok(Ok(())) => bump(&counters.commands_handled, 1),
+            Ok(Err(err)) => {
+                bump(&counters.commands_failed, 1);
+                warn!(worker = id, %prefix, %destination, %session, error = %err, "application handler failed");
+            }
+            Err(join) if join.is_panic() => {
+                bump(&counters.commands_failed, 1);
+                bump(&counters.commands_panicked, 1);
+                error!(worker = id, %prefix, %destination, %session, "application handler panicked");
+            }
+            Err(_) => {
+                // Cancelled: the runtime is shutting down.
+                bump(&counters.commands_failed, 1);
+                debug!(worker = id, %destination, "application handler cancelled; worker stops");
+                return;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BusBackend for InProcessBus {
+    async fn open_node(&self, node: NodeId) -> Result<NodeLink, BusError> {
+        let shared = &self.shared;
+        let (tx, rx) = mpsc::channel(shared.inbox_capacity);
+        let link = shared.next_link.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut routes = write(&shared.routes);
+            if routes.nodes.contains_key(&node) {
+                return Err(BusError::NodeInUse(node.to_string()));
+            }
+            let inbox = Arc::new(Inbox {
+                node: node.clone(),
+                link,
+                tx,
+            });
+            routes.nodes.insert(
+                node.clone(),
+                NodeState {
+                    inbox,
+                    topics: HashSet::new(),
+                },
+            );
+        }
+        debug!(%node, "node attached");
+        let control = InProcessNode {
+            shared: Arc::downgrade(shared),
+            node: node.clone(),
+            link,
+        };
+        Ok(NodeLink::new(node, rx, Box::new(control)))
+    }
+
+    async fn publish(&self, target: Target, envelope: Envelope) -> Result<(), BusError> {
+        let shared = &self.shared;
+        let counters = &shared.counters;
+        let envelope = Arc::new(envelope);
+        match &target {
+            Target::Topic(topic) => {
+                validate_topic(topic)?;
+                let bound = read(&shared.routes).topics.get(topic).cloned();
+                match bound {
+                    Some(inboxes) => shared.deliver(&target, envelope, &inboxes).await,
+                    None => bump(&counters.unrouted, 1),
+                }
+            }
+            Target::User { user, .. } => {
+                let nodes = shared.registry.nodes_of(user).await?;
+                if nodes.is_empty() {
+                    bump(&counters.no_session, 1);
+                } else {
+                    let inboxes: Vec<Arc<Inbox>> = {
+                        let routes = read(&shared.routes);
+                        nodes
+                            .iter()
+                            .filter_map(|node| {
+                                let inbox = routes.nodes.get(node).map(|s| Arc::clone(&s.inbox));
+                                if inbox.is_none() {
+                                    debug!(%node, %user, "registry names a node not attached to this bus; delivery dropped");
+                                    bump(&counters.dropped, 1);
+                                }
+                                inbox
+                            })
+                            .collect()
+                    };
+                    shared.deliver(&target, envelope, &inboxes).await;
+                }
+            }
+        }
+        bump(&counters.published, 1);
+        Ok(())
+    }
+
+    async fn submit(&self, cmd: AppCommand) -> Result<(), BusError> {
+        let shared = &self.shared;
+        let Some((prefix, handler)) = shared.resolve(&cmd.destination) else {
+            bump(&shared.counters.commands_unrouted, 1);
+            return Err(BusError::NoRoute(cmd.destination));
+        };
+        shared.ensure_workers()?;
+        shared
+            .work_tx
+            .send(Job {
+                prefix,
+                handler,
+                cmd,
+            })
+            .await
+            .map_err(|_| BusError::Closed)?;
+        bump(&shared.counters.commands_submitted, 1);
+        Ok(())
+    }
+
+    fn register_handler(&self, prefix: &str, handler: Arc<dyn AppHandler>) {
+        let mut handlers = write(&self.shared.handlers);
+        match handlers.iter_mut().find(|(p, _)| &**p == prefix) {
+            Some(slot) => slot.1 = handler,
+            None => {
+                handlers.push((Arc::from(prefix), handler));
+                handlers.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+            }
+        }
+    }
+
+    fn health(&self) -> Health {
+        let shared = &self.shared;
+        if shared.work_tx.is_closed() {
+            return Health::Down("application command workers stopped".to_owned());
+        }
+        let full: Vec<String> = read(&shared.routes)
+            .nodes
+            .values()
+            .filter(|state| state.inbox.tx.capacity() == 0)
+            .map(|state| state.inbox.node.to_string())
+            .collect();
+        if !full.is_empty() {
+            return Health::Degraded(format!(
+                "inbox full, publishers waiting: {}",
+                full.join(", ")
+            ));
+        }
+        if shared.work_tx.capacity() == 0 {
+            return Health::Degraded("application command queue full".to_owned());
+        }
+        Health::Up
+    }
+
+    fn metrics(&self) -> BusMetrics {
+        let c = &self.shared.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        BusMetrics {
+            published: get(&c.published),
+            delivered: get(&c.delivered),
+            dropped: get(&c.dropped),
+            unrouted: get(&c.unrouted),
+            no_session: get(&c.no_session),
+            commands_submitted: get(&c.commands_submitted),
+            commands_unrouted: get(&c.commands_unrouted),
+            commands_handled: get(&c.commands_handled),
+            commands_failed: get(&c.commands_failed),
+            commands_panicked: get(&c.commands_panicked),
+        }
+    }
+}
+
+/// The control side of one node link.
+struct InProcessNode {
+    shared: Weak<Shared>,
+    node: NodeId,
+    link: u64,
+}
+
+impl fmt::Debug for InProcessNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InProcessNode")
+            .field("node", &self.node)
+            .field("attached", &(self.shared.strong_count() > 0))
+            .finish()
+    }
+}
+
+impl InProcessNode {
+    fn shared(&self) -> Result<Arc<Shared>, BusError> {
+        self.shared.upgrade().ok_or(BusError::Closed)
+    }
+}
+
+#[async_trait]
+impl NodeControl for InProcessNode {
+    async fn bind(&self, topic: &str) -> Result<(), BusError> {
+        self.shared()?.bind(&self.node, self.link, topic)
+    }
+
+    async fn unbind(&self, topic: &str) -> Result<(), BusError> {
+        self.shared()?.unbind(&self.node, self.link, topic)
+    }
+
+    async fn close(&self) -> Result<(), BusError> {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.detach(&self.node, self.link);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for InProcessNode {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.detach(&self.node, self.link);
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! Runs one [`Session`] over one transport: decoding, timers, the outbound queue, and carrying out the
+//! session's actions against the hub, the bus and the registry.
+//!
+//! One task per connection. It waits on five things at once: client bytes, the session's outbound queue
+//! (filled by the hub), the heart-beat timer, the CONNECT / token deadlines, and the two stop signals
+//! (slow consumer, server shutdown). Client frames are handled one at a time, in order, and an action
+//! that waits (a bus submit, say) stops reading from that client until it is done: that is the
+//! per-session ordering and the back-pressure in one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use broker_bridge::{AppCommand, SessionEntry};
+use bytes::{Bytes, BytesMut};
+use stomp::{Frame, Item, StompCodec};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::sync::CancellationToken;
+
+use crate::destination::{DestinationError, SubscribeTarget};
+use crate::hub::SessionHandle;
+use crate::session::{Action, Session, State, SubState};
+use crate::transport::{Sink, Source};
+use crate::{Gateway, random_id};
+
+/// Outbound frames queued per session before it counts as a slow consumer.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// Why a connection ended (logged and counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    ClientGone,
+    Disconnect,
+    ProtocolError,
+    HeartBeatTimeout,
+    ConnectTimeout,
+    TokenExpired,
+    SlowConsumer,
+    Shutdown,
+    WriteError,
+}
+
+struct Driver<'a> {
+    gw: &'a Gateway,
+    session: Session,
+    number: u64,
+    codec: StompCodec,
+    sink: Box<dyn Sink>,
+    handle: SessionHandle,
+    targets: HashMap<u32, (Arc<SubState>, SubscribeTarget)>,
+    registered: bool,
+    send_every: Option<Duration>,
+    expect_within: Option<Duration>,
+    last_sent: Instant,
+    last_recv: Instant,
+    token_deadline: Instant,
+    out: BytesMut,
+}
+
+static SESSION_NUMBERS: AtomicU64 = AtomicU64::new(1);
+
+/// Runs a connection to its end.
+pub async fn run(gw: Arc<Gateway>, mut source: Box<dyn Source>, sink: Box<dyn Sink>, transport: &'static str) {
+    let number = SESSION_NUMBERS.fetch_add(1, Ordering::Relaxed);
+    let id: Arc<str> = Arc::from(format!("{}-{}", gw.node, random_id(12)));
+    let session = Session::new(id.clone(), gw.session_config.clone(), gw.verifier.clone());
+    let (tx, mut rx) = mpsc::channel::<Bytes>(gw.config.outbound_queue);
+    let kill = CancellationToken::new();
+    let now = Instant::now();
+    let mut d = Driver {
+        gw: &gw,
+        session,
+        number,
+        codec: StompCodec::new(gw.config.limits.clone()),
+        sink,
+        handle: SessionHandle {
+            session: number,
+            version: stomp::Version::V1_2,
+            tx,
+            kill: kill.clone(),
+        },
+        targets: HashMap::new(),
+        registered: false,
+        send_every: None,
+        expect_within: None,
+        last_sent: now,
+        last_recv: now,
+        token_deadline: far_future(),
+        out: BytesMut::new(),
+    };
+    gw.metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
+    gw.metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
+    let connect_deadline = now + gw.config.connect_timeout;
+    let mut inbuf = BytesMut::new();
+    let shutdown = gw.shutdown.clone();
+
+    let reason = loop {
+        let hb_deadline = d.next_heartbeat_deadline();
+        let connect_wait = if d.session.state() == State::AwaitConnect {
+            connect_deadline
+        } else {
+            far_future()
+        };
+        tokio::select! {
+            biased;
+            () = kill.cancelled() => {
+                d.write_error("slow consumer: messages could not be delivered fast enough").await;
+                break CloseReason::SlowConsumer;
+            }
+            () = shutdown.cancelled() => {
+                // Drain what is already queued, then tell the client why it is being closed.
+                let mut batch = Vec::new();
+                while let Ok(b) = rx.try_recv() { batch.push(b); }
+                if !batch.is_empty() { let _ = d.sink.send(&batch).await; }
+                d.write_error("server shutting down").await;
+                break CloseReason::Shutdown;
+            }
+            chunk = source.recv() => {
+                let Some(Ok(chunk)) = chunk else { break CloseReason::ClientGone };
+                d.last_recv = Instant::now();
+                inbuf.extend_from_slice(&chunk);
+                if let Some(reason) = d.on_input(&mut inbuf).await { break reason; }
+            }
+            Some(first) = rx.recv() => {
+                let mut batch = Vec::with_capacity(8);
+                batch.push(first);
+                while batch.len() < 64 {
+                    match rx.try_recv() { Ok(b) => batch.push(b), Err(_) => break }
+                }
+                if d.sink.send(&batch).await.is_err() { break CloseReason::WriteError; }
+                d.last_sent = Instant::now();
+            }
+            () = sleep_until(hb_deadline) => {
+                if let Some(reason) = d.on_heartbeat_timer().await { break reason; }
+            }
+            () = sleep_until(connect_wait) => {
+                d.write_error("CONNECT not received in time").await;
+                break CloseReason::ConnectTimeout;
+            }
+            () = sleep_until(d.token_deadline) => {
+                let actions = d.session.expire();
+                d.execute(actions).await;
+                break CloseReason::TokenExpired;
+            }
+        }
+    };
+    d.finish(reason, transport).await;
+}
+
+impl Driver<'_> {
+    fn next_heartbeat_deadline(&self) -> Instant {
+        let send = self.send_every.map(|p| self.last_sent + p);
+        let recv = self.expect_within.map(|p| self.last_recv + p);
+        match (send, recv) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => far_future(),
+        }
+    }
+
+    async fn on_heartbeat_timer(&mut self) -> Option<CloseReason> {
+        let now = Instant::now();
+        if let Some(p) = self.expect_within
+            && now >= self.last_recv + p
+        {
+            self.gw.metrics.heartbeat_timeouts.fetch_add(1, Ordering::Relaxed);
+            return Some(CloseReason::HeartBeatTimeout);
+        }
+        if let Some(p) = self.send_every
+            && now >= self.last_sent + p
+        {
+            if self.sink.send(&[Bytes::from_static(b"\n")]).await.is_err() {
+                return Some(CloseReason::WriteError);
+            }
+            self.last_sent = Instant::now();
+        }
+        None
+    }
+
+    /// Decodes and handles every complete frame in `inbuf`.
+    async fn on_input(&mut self, inbuf: &mut BytesMut) -> Option<CloseReason> {
+        loop {
+            match self.codec.decode(inbuf) {
+                Ok(None) => return None,
+                Ok(Some(Item::HeartBeat)) => {}
+                Ok(Some(Item::Frame(frame))) => {
+                    self.gw.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
+                    let actions = self.session.on_frame(frame, unix_now());
+                    if let Some(reason) = self.execute(actions).await {
+                        return Some(reason);
+                    }
+                }
+                Err(e) => {
+                    let actions = self.session.fail(&format!("malformed frame: {e}"), None, None);
+                    self.execute(actions).await;
+                    return Some(CloseReason::ProtocolError);
+                }
+            }
+        }
+    }
+
+    async fn write(&mut self, frame: &Frame) -> Result<(), ()> {
+        if self.codec.encode(frame, &mut self.out).is_err() {
+            return Err(());
+        }
+        let bytes = self.out.split().freeze();
+        self.sink.send(&[bytes]).await.map_err(|_| ())?;
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
+    async fn write_error(&mut self, message: &str) {
+        let actions = self.session.fail(message, None, None);
+        self.execute(actions).await;
+    }
+
+    /// Carries out the session's actions in order. Returns why the connection must end, if it must.
+    async fn execute(&mut self, actions: Vec<Action>) -> Option<CloseReason> {
+        let mut actions = std::collections::VecDeque::from(actions);
+        while let Some(action) = actions.pop_front() {
+            match action {
+                Action::Reply(frame) => {
+                    let is_error = frame.command == stomp::Command::Error;
+                    if self.write(&frame).await.is_err() {
+                        return Some(CloseReason::WriteError);
+                    }
+                    if is_error {
+                        self.gw.metrics.errors_sent.fetch_add(1, Ordering::Relaxed);
+                        self.sink.close(true).await;
+                        return Some(CloseReason::ProtocolError);
+                    }
+                }
+                Action::Connected {
+                    version,
+                    send_every,
+                    expect_within,
+                } => {
+                    self.codec.set_version(version);
+                    self.handle.version = version;
+                    self.send_every = (send_every > 0).then(|| Duration::from_millis(u64::from(send_every)));
+                    // Allow the client some slack over the agreed interval, as the spec suggests.
+                    self.expect_within = (expect_within > 0)
+                        .then(|| Duration::from_millis(u64::from(expect_within)).mul_f64(self.gw.config.heartbeat_grace));
+                    if let Some(p) = self.session.principal().cloned() {
+                        let left = p.expires_at.saturating_sub(unix_now());
+                        self.token_deadline = Instant::now() + Duration::from_secs(left);
+                        let entry = SessionEntry {
+                            session: self.session.id().to_string(),
+                            user: p.user.clone(),
+                            node: self.gw.node.clone(),
+                            connected_at_ms: unix_now() * 1000,
+                        };
+                        if let Err(e) = self.gw.registry.register(entry).await {
+                            tracing::error!(error = %e, "session registry unavailable");
+                            actions.clear();
+                            actions.extend(self.session.fail("session registry unavailable, retry later", None, None));
+                            continue;
+                        }
+                        self.registered = true;
+                    }
+                }
+                Action::Subscribe { sub, target, receipt } => {
+                    let user = self.session.principal().map(|p| p.user.clone());
+                    if let SubscribeTarget::Topic(topic) = &target
+                        && !self.gw.policy.may_subscribe(user.as_deref(), topic).await
+                    {
+                        let msg = DestinationError::Forbidden(target.destination()).to_string();
+                        actions.clear();
+                        actions.extend(self.session.fail(&msg, receipt.as_deref(), None));
+                        continue;
+                    }
+                    if let Err(e) = self
+                        .gw
+                        .hub
+                        .subscribe(self.handle.clone(), sub.clone(), &target, user.as_deref())
+                        .await
+                    {
+                        actions.clear();
+                        actions.extend(self.session.fail(&format!("subscription failed: {e}"), receipt.as_deref(), None));
+                        continue;
+                    }
+                    self.targets.insert(sub.index, (sub, target));
+                    if let Some(r) = receipt {
+                        let frame = Frame::new(stomp::Command::Receipt).header("receipt-id", &r);
+                        if self.write(&frame).await.is_err() {
+                            return Some(CloseReason::WriteError);
+                        }
+                    }
+                }
+                Action::Unsubscribe { sub } => {
+                    if let Some((sub, target)) = self.targets.remove(&sub.index) {
+                        let user = self.session.principal().map(|p| p.user.clone());
+                        self.gw.hub.unsubscribe(self.number, &sub, &target, user.as_deref()).await;
+                    }
+                }
+                Action::Submit {
+                    destination,
+                    headers,
+                    body,
+                    receipt,
+                } => {
+                    let Some(principal) = self.session.principal().map(|p| p.user.clone()) else {
+                        continue;
+                    };
+                    let cmd = AppCommand {
+                        destination,
+                        principal,
+                        session: self.session.id().to_string(),
+                        node: self.gw.node.clone(),
+                        headers,
+                        body,
+                    };
+                    match self.gw.bus.submit(cmd).await {
+                        Ok(()) => {
+                            self.gw.metrics.commands.fetch_add(1, Ordering::Relaxed);
+                            if let Some(r) = receipt {
+                                let frame = Frame::new(stomp::Command::Receipt).header("receipt-id", &r);
+                                if self.write(&frame).await.is_err() {
+                                    return Some(CloseReason::WriteError);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            actions.clear();
+                            actions.extend(self.session.fail(&format!("message not accepted: {e}"), receipt.as_deref(), None));
+                            continue;
+                        }
+                    }
+                }
+                Action::Close => {
+                    self.sink.close(false).await;
+                    return Some(CloseReason::Disconnect);
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Driver<'_> {
+    /// Unsubscribes everything, leaves the registry, and records why the connection ended.
+    async fn finish(&mut self, reason: CloseReason, transport: &'static str) {
+        let user = self.session.principal().map(|p| p.user.clone());
+        for (_, (sub, target)) in std::mem::take(&mut self.targets) {
+            self.gw.hub.unsubscribe(self.number, &sub, &target, user.as_deref()).await;
+        }
+        if self.registered
+            && let Err(e) = self.gw.registry.unregister(self.session.id()).await
+        {
+            tracing::warn!(error = %e, session = %self.session.id(), "could not leave the session registry");
+        }
+        if !matches!(reason, CloseReason::ClientGone | CloseReason::Disconnect | CloseReason::ProtocolError | CloseReason::WriteError) {
+            self.sink.close(false).await;
+        }
+        self.gw.metrics.sessions_open.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(session = %self.session.id(), transport, ?reason, user = user.as_deref().unwrap_or("-"), "session closed");
+    }
+}

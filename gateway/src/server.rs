@@ -1,0 +1,197 @@
+//! Assembling a gateway node: configuration, the bus link, the HTTP routes (`/stomp`, `/ws`) and the
+//! TCP listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use broker_bridge::{Bus, NodeId, NodeInterest};
+use stomp::Limits;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use warp::Filter;
+
+use crate::auth::Verifier;
+use crate::destination::TopicPolicy;
+use crate::hub::{Hub, Interest};
+use crate::session::SessionConfig;
+use crate::sockjs::{self, SockJsConfig};
+use crate::{Gateway, Metrics, connection, transport};
+
+/// Gateway settings (the binary maps its flags and `INSTAR_*` variables onto these).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// STOMP frame limits (head, header count, body), checked before buffering.
+    pub limits: Limits,
+    /// Largest WebSocket message accepted (a frame may not exceed the STOMP limits either).
+    pub max_ws_message: usize,
+    /// Time a new connection has to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Frames queued per session before it is closed as a slow consumer.
+    pub outbound_queue: usize,
+    /// Factor over the agreed client heart-beat interval before a silent client is dropped.
+    pub heartbeat_grace: f64,
+    /// Session settings (heart-beat offer, anonymous access, per-session caps).
+    pub session: SessionConfig,
+    /// Exact origins allowed to open SockJS sessions with credentials; empty echoes any origin.
+    pub allowed_origins: Vec<String>,
+    /// Buffer read per TCP read call.
+    pub tcp_read_chunk: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            max_ws_message: 128 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            outbound_queue: connection::DEFAULT_OUTBOUND_QUEUE,
+            heartbeat_grace: 1.5,
+            session: SessionConfig::default(),
+            allowed_origins: Vec::new(),
+            tcp_read_chunk: 4096,
+        }
+    }
+}
+
+/// Binds topics through the node's bus link.
+struct LinkInterest(NodeInterest);
+
+#[async_trait]
+impl Interest for LinkInterest {
+    async fn bind(&self, topic: &str) -> Result<(), String> {
+        self.0.bind(topic).await.map_err(|e| e.to_string())
+    }
+    async fn unbind(&self, topic: &str) -> Result<(), String> {
+        self.0.unbind(topic).await.map_err(|e| e.to_string())
+    }
+}
+
+impl Gateway {
+    /// Attaches a node to the bus and starts its delivery pump.
+    pub async fn start(
+        node: NodeId,
+        config: GatewayConfig,
+        jwt_secret: &[u8],
+        bus: Bus,
+        policy: Arc<dyn TopicPolicy>,
+    ) -> Result<Arc<Gateway>, broker_bridge::BusError> {
+        let link = bus.open_node(node.clone()).await?;
+        let (link, mut inbox) = link.split();
+        let hub = Arc::new(Hub::new(Arc::new(LinkInterest(link))));
+        let registry = bus.registry().clone();
+        let gw = Arc::new(Gateway {
+            node,
+            session_config: Arc::new(config.session.clone()),
+            config,
+            verifier: Arc::new(Verifier::new(jwt_secret.to_vec())),
+            bus,
+            registry,
+            hub: hub.clone(),
+            policy,
+            metrics: Metrics::default(),
+            shutdown: CancellationToken::new(),
+        });
+        tokio::spawn(async move {
+            while let Some(delivery) = inbox.recv().await {
+                hub.dispatch(&delivery);
+            }
+            tracing::info!("bus inbox closed");
+        });
+        Ok(gw)
+    }
+
+    /// The HTTP routes: `/stomp` (STOMP over WebSocket) and `/ws` (SockJS, plus raw `/ws/websocket`).
+    pub fn routes(self: &Arc<Self>) -> warp::filters::BoxedFilter<(Box<dyn warp::Reply>,)> {
+        let gw = self.clone();
+        let max = self.config.max_ws_message;
+        let stomp_ws = warp::path("stomp")
+            .and(warp::path::end())
+            .and(warp::ws())
+            .and(warp::header::optional::<String>("sec-websocket-protocol"))
+            .map(move |ws: warp::ws::Ws, protocols: Option<String>| {
+                let gw = gw.clone();
+                let ws = ws
+                    .max_message_size(max)
+                    .max_frame_size(max)
+                    .max_write_buffer_size(max.max(64 * 1024) * 4);
+                let chosen = protocols.as_deref().and_then(choose_subprotocol);
+                let reply = ws.on_upgrade(move |socket| async move {
+                    let (source, sink) = transport::websocket(socket);
+                    connection::run(gw, source, sink, "websocket").await;
+                });
+                match chosen {
+                    Some(p) => Box::new(warp::reply::with_header(reply, "sec-websocket-protocol", p))
+                        as Box<dyn warp::Reply>,
+                    None => Box::new(reply) as Box<dyn warp::Reply>,
+                }
+            });
+        let gw = self.clone();
+        let sockjs_config = SockJsConfig {
+            allowed_origins: self.config.allowed_origins.clone(),
+            max_message_bytes: max,
+            ..SockJsConfig::default()
+        };
+        let sockjs_routes = sockjs::routes("ws", sockjs_config, move |conn| {
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                let kind = conn.transport();
+                let (source, sink) = transport::sockjs(conn);
+                connection::run(gw, source, sink, kind).await;
+            });
+        });
+        stomp_ws
+            .map(|r: Box<dyn warp::Reply>| r)
+            .or(sockjs_routes)
+            .unify()
+            .boxed()
+    }
+}
+
+/// Picks the highest STOMP version among the offered WebSocket subprotocols.
+pub fn choose_subprotocol(offered: &str) -> Option<&'static str> {
+    let offered: Vec<&str> = offered.split(',').map(str::trim).collect();
+    ["v12.stomp", "v11.stomp", "v10.stomp"]
+        .into_iter()
+        .find(|p| offered.iter().any(|o| o.eq_ignore_ascii_case(p)))
+}
+
+/// Accepts raw STOMP over TCP until the gateway shuts down.
+pub async fn serve_tcp(gw: Arc<Gateway>, listener: TcpListener) {
+    loop {
+        tokio::select! {
+            () = gw.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let gw = gw.clone();
+                    let chunk = gw.config.tcp_read_chunk;
+                    tokio::spawn(async move {
+                        let (source, sink) = transport::tcp(stream, chunk);
+                        connection::run(gw, source, sink, "tcp").await;
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Binds an HTTP server for `routes` on `addr`, stopping when `shutdown` is cancelled.
+pub async fn serve_http(
+    routes: warp::filters::BoxedFilter<(Box<dyn warp::Reply>,)>,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let fut = warp::serve(routes)
+        .incoming(listener)
+        .graceful(async move { shutdown.cancelled().await })
+        .run();
+    Ok((local, fut))
+}

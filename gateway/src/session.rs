@@ -1,0 +1,477 @@
+//! The per-connection STOMP state machine, with no sockets in it.
+//!
+//! [`Session::on_frame`] takes one decoded client frame and returns the [`Action`]s the connection driver
+//! must carry out, in order: frames to write, subscriptions to open or close, commands to hand to the bus.
+//! Everything a peer can get wrong is decided here (state, versions, tokens, required headers, the
+//! destination grammar, transactions, ack ids), so it is all testable by feeding frames and looking at
+//! the actions, like lapin's connection tests do.
+//!
+//! Errors follow the STOMP rule: one ERROR frame (with `receipt-id` when the offending frame asked for a
+//! receipt, and a readable `message`), then the connection closes. The session is [`State::Closed`]
+//! afterwards and ignores further input.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use stomp::{AckMode, Command, Frame, Version, heartbeat};
+
+use crate::auth::{Principal, TokenError, Verifier};
+use crate::destination::{self, SubscribeTarget};
+
+/// Settings that shape every session. Shared by all sessions of a gateway.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The `server` header of CONNECTED.
+    pub server_name: String,
+    /// The server's heart-beat offer `(cx, cy)` in ms: how often it can send, how often it wants to
+    /// receive. Clients asking for faster beats are held to these minimums.
+    pub heartbeat: (u32, u32),
+    /// Accept sessions without a token (read-only: they may subscribe to topics the policy opens to
+    /// anonymous users, and may not SEND).
+    pub allow_anonymous: bool,
+    /// Subscriptions one session may hold.
+    pub max_subscriptions: usize,
+    /// Open transactions one session may hold.
+    pub max_transactions: usize,
+    /// Frames buffered in one transaction.
+    pub max_transaction_frames: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            server_name: format!("Instar/{}", env!("CARGO_PKG_VERSION")),
+            heartbeat: (10_000, 10_000),
+            allow_anonymous: false,
+            max_subscriptions: 64,
+            max_transactions: 8,
+            max_transaction_frames: 256,
+        }
+    }
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for CONNECT or STOMP.
+    AwaitConnect,
+    /// CONNECTED sent.
+    Connected,
+    /// ERROR sent or DISCONNECT handled; nothing more is read.
+    Closed,
+}
+
+/// What the driver must do, in order.
+#[derive(Debug)]
+pub enum Action {
+    /// Write this frame to the client now.
+    Reply(Frame),
+    /// The session is connected: register it, start heart-beats (`send_every`/`expect_within` in ms, 0 =
+    /// off) and switch the codec to `version`.
+    Connected {
+        version: Version,
+        send_every: u32,
+        expect_within: u32,
+    },
+    /// Authorise (for topics) and open a subscription; then write `receipt` if any.
+    Subscribe {
+        sub: Arc<SubState>,
+        target: SubscribeTarget,
+        receipt: Option<String>,
+    },
+    /// Close a subscription.
+    Unsubscribe { sub: Arc<SubState> },
+    /// Hand a command to the application handlers; once the bus accepted it, write `receipt` if any.
+    Submit {
+        destination: String,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+        receipt: Option<String>,
+    },
+    /// Close the connection (after writing everything before this action).
+    Close,
+}
+
+/// One subscription's state, shared with the local hub that delivers to it.
+#[derive(Debug)]
+pub struct SubState {
+    /// The client's subscription id (`subscription` header of MESSAGE frames).
+    pub id: Arc<str>,
+    /// A small number unique within the session; message and ack ids are `<index>-<seq>`.
+    pub index: u32,
+    pub ack: AckMode,
+    /// Messages delivered so far; the hub increments it. ACKs may name only ids up to it.
+    pub delivered: AtomicU64,
+}
+
+impl SubState {
+    /// The `message-id` (and, in client ack modes, the `ack` id) of delivery number `seq`.
+    pub fn message_id(&self, seq: u64) -> String {
+        format!("{}-{}", self.index, seq)
+    }
+}
+
+/// A transactional operation held until COMMIT.
+#[derive(Debug)]
+enum TxOp {
+    Send {
+        destination: String,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    },
+    Ack,
+}
+
+/// The state of one STOMP session.
+#[derive(Debug)]
+pub struct Session {
+    id: Arc<str>,
+    config: Arc<SessionConfig>,
+    verifier: Arc<Verifier>,
+    state: State,
+    version: Version,
+    principal: Option<Principal>,
+    subs: HashMap<Arc<str>, Arc<SubState>>,
+    next_index: u32,
+    transactions: HashMap<String, Vec<TxOp>>,
+}
+
+/// Headers a client may not set on an application command: the gateway stamps identity itself.
+const RESERVED_HEADERS: &[&str] = &["user-name", "principal", "session", "x-instar-user"];
+
+impl Session {
+    /// A new session with a server-chosen id.
+    pub fn new(id: Arc<str>, config: Arc<SessionConfig>, verifier: Arc<Verifier>) -> Self {
+        Self {
+            id,
+            config,
+            verifier,
+            state: State::AwaitConnect,
+            version: Version::V1_2,
+            principal: None,
+            subs: HashMap::new(),
+            next_index: 0,
+            transactions: HashMap::new(),
+        }
+    }
+
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.as_ref()
+    }
+
+    /// Every open subscription (for cleanup when the connection ends).
+    pub fn subscriptions(&self) -> impl Iterator<Item = &Arc<SubState>> {
+        self.subs.values()
+    }
+
+    /// An ERROR frame (with `receipt-id` when `receipt` is set), then close.
+    pub fn fail(&mut self, message: &str, receipt: Option<&str>, detail: Option<&str>) -> Vec<Action> {
+        let mut frame = Frame::new(Command::Error).header("message", message);
+        if let Some(r) = receipt {
+            frame = frame.header("receipt-id", r);
+        }
+        if self.state == State::AwaitConnect {
+            frame = frame.header("version", "1.0,1.1,1.2");
+        }
+        self.state = State::Closed;
+        if let Some(d) = detail {
+            frame = frame
+                .header("content-type", "text/plain")
+                .with_body(Bytes::copy_from_slice(d.as_bytes()));
+        }
+        vec![Action::Reply(frame), Action::Close]
+    }
+
+    /// Handles one client frame at `now` (seconds since the epoch).
+    pub fn on_frame(&mut self, frame: Frame, now: u64) -> Vec<Action> {
+        let receipt = frame.get("receipt").map(str::to_owned);
+        match self.state {
+            State::Closed => Vec::new(),
+            State::AwaitConnect => match frame.command {
+                Command::Connect | Command::Stomp => self.connect(&frame, now),
+                other => self.fail(
+                    "not connected",
+                    receipt.as_deref(),
+                    Some(&format!("the first frame must be CONNECT or STOMP, not {}", other.as_str())),
+                ),
+            },
+            State::Connected => match self.connected(frame, receipt.as_deref()) {
+                Ok(actions) => actions,
+                Err(message) => self.fail(&message, receipt.as_deref(), None),
+            },
+        }
+    }
+
+    /// Ends the session because its token expired.
+    pub fn expire(&mut self) -> Vec<Action> {
+        self.fail("token has expired", None, Some("reconnect with a fresh token"))
+    }
+
+    fn connect(&mut self, frame: &Frame, now: u64) -> Vec<Action> {
+        let Some(version) = stomp::negotiate_version(frame.get("accept-version"), &[Version::V1_0, Version::V1_1, Version::V1_2]) else {
+            return self.fail("supported protocol versions are 1.0, 1.1 and 1.2", None, None);
+        };
+        self.version = version;
+        let client_hb = match frame.get("heart-beat") {
+            Some(h) => match heartbeat::parse(h) {
+                Ok(hb) => hb,
+                Err(e) => return self.fail(&format!("invalid heart-beat header: {e}"), None, None),
+            },
+            None => (0, 0),
+        };
+        let token = frame
+            .get("Authorization")
+            .or_else(|| frame.get("authorization"))
+            .map(|h| self.verifier.verify_bearer(h, now))
+            .or_else(|| frame.get("passcode").map(|t| self.verifier.verify(t, now)));
+        match token {
+            Some(Ok(p)) => self.principal = Some(p),
+            Some(Err(e)) => return self.fail(&e.to_string(), None, None),
+            None if self.config.allow_anonymous => {}
+            None => return self.fail(&TokenError::Missing.to_string(), None, None),
+        }
+        // Heart-beats: version 1.0 has none.
+        let (send_every, expect_within) = if version == Version::V1_0 {
+            (0, 0)
+        } else {
+            heartbeat::negotiate(client_hb, self.config.heartbeat)
+        };
+        self.state = State::Connected;
+        // We answer with our own offer (sx,sy); both sides then compute the same intervals.
+        let hb_header = if version == Version::V1_0 {
+            "0,0".to_owned()
+        } else {
+            format!("{},{}", self.config.heartbeat.0, self.config.heartbeat.1)
+        };
+        let mut connected = Frame::new(Command::Connected)
+            .header("version", version.as_str())
+            .header("heart-beat", &hb_header)
+            .header("session", &self.id)
+            .header("server", &self.config.server_name);
+        if let Some(p) = &self.principal {
+            connected = connected.header("user-name", &p.user);
+        }
+        vec![
+            Action::Connected {
+                version,
+                send_every,
+                expect_within,
+            },
+            Action::Reply(connected),
+        ]
+    }
+
+    fn connected(&mut self, frame: Frame, receipt: Option<&str>) -> Result<Vec<Action>, String> {
+        let mut actions = Vec::new();
+        match frame.command {
+            Command::Send => {
+                let dest = required(&frame, "destination")?.to_owned();
+                destination::check_send(&dest).map_err(|e| e.to_string())?;
+                if self.principal.is_none() {
+                    return Err("anonymous sessions may not SEND".into());
+                }
+                let headers = forwarded_headers(&frame);
+                let body = frame.body;
+                if let Some(tx) = frame.headers.get("transaction") {
+                    let ops = self
+                        .transactions
+                        .get_mut(tx)
+                        .ok_or_else(|| format!("unknown transaction '{tx}'"))?;
+                    if ops.len() >= self.config.max_transaction_frames {
+                        return Err("too many frames in one transaction".into());
+                    }
+                    ops.push(TxOp::Send {
+                        destination: dest,
+                        headers,
+                        body,
+                    });
+                    push_receipt(&mut actions, receipt);
+                } else {
+                    actions.push(Action::Submit {
+                        destination: dest,
+                        headers,
+                        body,
+                        receipt: receipt.map(str::to_owned),
+                    });
+                }
+            }
+            Command::Subscribe => {
+                let dest = required(&frame, "destination")?;
+                let target = destination::parse_subscribe(dest).map_err(|e| e.to_string())?;
+                let id: Arc<str> = match frame.get("id") {
+                    Some(id) => Arc::from(id),
+                    // STOMP 1.0 made the id optional; the destination then names the subscription.
+                    None if self.version == Version::V1_0 => Arc::from(dest),
+                    None => return Err("SUBSCRIBE requires an 'id' header".into()),
+                };
+                if self.subs.contains_key(&id) {
+                    return Err(format!("subscription id '{id}' is already in use"));
+                }
+                if self.subs.len() >= self.config.max_subscriptions {
+                    return Err(format!(
+                        "at most {} subscriptions per session",
+                        self.config.max_subscriptions
+                    ));
+                }
+                if matches!(target, SubscribeTarget::UserQueue(_)) && self.principal.is_none() {
+                    return Err("anonymous sessions have no user queue".into());
+                }
+                let ack = match frame.get("ack") {
+                    None => AckMode::Auto,
+                    Some(a) => AckMode::parse(a)
+                        .ok_or_else(|| format!("invalid ack mode '{a}': use auto, client or client-individual"))?,
+                };
+                let sub = Arc::new(SubState {
+                    id: id.clone(),
+                    index: self.next_index,
+                    ack,
+                    delivered: AtomicU64::new(0),
+                });
+                self.next_index = self.next_index.wrapping_add(1);
+                self.subs.insert(id, sub.clone());
+                actions.push(Action::Subscribe {
+                    sub,
+                    target,
+                    receipt: receipt.map(str::to_owned),
+                });
+            }
+            Command::Unsubscribe => {
+                let id = match frame.get("id") {
+                    Some(id) => id,
+                    None if self.version == Version::V1_0 => required(&frame, "destination")?,
+                    None => return Err("UNSUBSCRIBE requires an 'id' header".into()),
+                };
+                let sub = self
+                    .subs
+                    .remove(id)
+                    .ok_or_else(|| format!("no subscription with id '{id}'"))?;
+                actions.push(Action::Unsubscribe { sub });
+                push_receipt(&mut actions, receipt);
+            }
+            Command::Ack | Command::Nack => {
+                self.check_ack(&frame)?;
+                if let Some(tx) = frame.get("transaction") {
+                    let ops = self
+                        .transactions
+                        .get_mut(tx)
+                        .ok_or_else(|| format!("unknown transaction '{tx}'"))?;
+                    if ops.len() >= self.config.max_transaction_frames {
+                        return Err("too many frames in one transaction".into());
+                    }
+                    ops.push(TxOp::Ack);
+                }
+                // Topic messages are not redelivered, so an acknowledgement only has to name a message
+                // this session was given; NACK drops it (documented in docs/gateway.md).
+                push_receipt(&mut actions, receipt);
+            }
+            Command::Begin => {
+                let tx = required(&frame, "transaction")?;
+                if self.transactions.contains_key(tx) {
+                    return Err(format!("transaction '{tx}' already started"));
+                }
+                if self.transactions.len() >= self.config.max_transactions {
+                    return Err(format!("at most {} open transactions", self.config.max_transactions));
+                }
+                self.transactions.insert(tx.to_owned(), Vec::new());
+                push_receipt(&mut actions, receipt);
+            }
+            Command::Commit => {
+                let tx = required(&frame, "transaction")?;
+                let ops = self
+                    .transactions
+                    .remove(tx)
+                    .ok_or_else(|| format!("unknown transaction '{tx}'"))?;
+                for op in ops {
+                    if let TxOp::Send {
+                        destination,
+                        headers,
+                        body,
+                    } = op
+                    {
+                        actions.push(Action::Submit {
+                            destination,
+                            headers,
+                            body,
+                            receipt: None,
+                        });
+                    }
+                }
+                push_receipt(&mut actions, receipt);
+            }
+            Command::Abort => {
+                let tx = required(&frame, "transaction")?;
+                self.transactions
+                    .remove(tx)
+                    .ok_or_else(|| format!("unknown transaction '{tx}'"))?;
+                push_receipt(&mut actions, receipt);
+            }
+            Command::Disconnect => {
+                self.transactions.clear();
+                self.state = State::Closed;
+                push_receipt(&mut actions, receipt);
+                actions.push(Action::Close);
+            }
+            Command::Connect | Command::Stomp => return Err("already connected".into()),
+            other => return Err(format!("{} is a server frame", other.as_str())),
+        }
+        Ok(actions)
+    }
+
+    /// An ACK/NACK must name a message delivered to a client-ack subscription of this session.
+    fn check_ack(&self, frame: &Frame) -> Result<(), String> {
+        // 1.2: `id` is the MESSAGE's `ack` header. 1.0/1.1: `message-id` (+ `subscription` in 1.1).
+        let id = match self.version {
+            Version::V1_2 => required(frame, "id")?,
+            _ => required(frame, "message-id")?,
+        };
+        let bad = || format!("no message '{id}' awaits acknowledgement");
+        let (index, seq) = id.split_once('-').ok_or_else(bad)?;
+        let index: u32 = index.parse().map_err(|_| bad())?;
+        let seq: u64 = seq.parse().map_err(|_| bad())?;
+        let sub = self.subs.values().find(|s| s.index == index).ok_or_else(bad)?;
+        if sub.ack == AckMode::Auto || seq == 0 || seq > sub.delivered.load(Ordering::Relaxed) {
+            return Err(bad());
+        }
+        Ok(())
+    }
+}
+
+fn required<'a>(frame: &'a Frame, name: &str) -> Result<&'a str, String> {
+    frame
+        .get(name)
+        .ok_or_else(|| format!("{} requires a '{name}' header", frame.command.as_str()))
+}
+
+fn push_receipt(actions: &mut Vec<Action>, receipt: Option<&str>) {
+    if let Some(r) = receipt {
+        actions.push(Action::Reply(Frame::new(Command::Receipt).header("receipt-id", r)));
+    }
+}
+
+/// Headers of a SEND that travel with the application command: everything but the STOMP plumbing and
+/// identity headers the client must not be able to forge.
+fn forwarded_headers(frame: &Frame) -> Vec<(String, String)> {
+    frame
+        .headers
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(*k, "destination" | "receipt" | "transaction" | "content-length")
+                && !RESERVED_HEADERS.contains(k)
+        })
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}

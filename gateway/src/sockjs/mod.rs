@@ -1,0 +1,219 @@
+//! A SockJS 0.3.3 server for warp, agnostic of what runs on top (STOMP here).
+//!
+//! [`routes`] returns one warp filter serving everything under `/<prefix>`:
+//!
+//! | Request | Answer |
+//! |---|---|
+//! | `GET /ws`, `/ws/` | `Welcome to SockJS!\n` |
+//! | `GET`/`OPTIONS /ws/info` | `{"entropy":…,"origins":["*:*"],"cookie_needed":…,"websocket":true}` |
+//! | `GET /ws/<server>/<session>/websocket` | SockJS-framed WebSocket (`o`, `a[…]`, `h`, `c[…]`) |
+//! | `POST …/xhr_streaming` | streaming receiver: 2 KiB prelude, one frame per line |
+//! | `GET …/eventsource` | streaming receiver framed as server-sent events |
+//! | `POST …/xhr` | polling receiver: one frame per response |
+//! | `POST …/xhr_send` | inbound messages for the HTTP transports |
+//! | `GET /ws/websocket` | raw WebSocket, no SockJS framing |
+//!
+//! Paths it does not know are *rejected* (warp `not_found`), so the filter
+//! composes with others through `.or()`; everything it does know gets a
+//! reply (403 for a refused `Origin`, 404 for an unknown session, 405, 413,
+//! 500 for bad payloads, 503 over `max_sessions`). The iframe, htmlfile and
+//! JSONP transports are not served: the sockjs-client skips to the next
+//! transport.
+//!
+//! # Design
+//!
+//! * **One handle per session.** Every session, whatever its transport,
+//!   becomes one [`SockJsConn`] handed once to the application callback. It
+//!   is backed by two bounded tokio mpsc channels: *inbound* (client to
+//!   application, `inbound_capacity` messages) and *outbound* (application
+//!   to client, `outbound_capacity` messages; [`SockJsConn::send`] waits
+//!   when it is full, which is the back-pressure towards the application).
+//!   A [`CancellationToken`](tokio_util::sync::CancellationToken) marks the
+//!   end of the session; `recv()` then returns `None` and `send()` fails.
+//!   `close()` queues a close marker behind the pending messages, so a
+//!   STOMP `RECEIPT`/`ERROR` sent just before it still reaches the client.
+//! * **WebSocket** sessions live exactly as long as their socket: a reader
+//!   task decodes inbound frames into the inbound channel, a writer batches
+//!   queued messages into `a[…]` frames (up to ~32 KiB a frame) and sends
+//!   `h` after `heartbeat_interval` of outbound silence. Slow or dead peers
+//!   are cut after `write_timeout`. They are not in the session table.
+//! * **HTTP transports** keep their sessions in a table
+//!   (`Mutex<HashMap<url session id, Arc<HttpSession>>>`). The outbound
+//!   receiver sits behind an async mutex that the one active *receiving*
+//!   request (`xhr`, `xhr_streaming`, `eventsource`) holds; a second
+//!   concurrent receiver fails to take it and gets
+//!   `c[2010,"Another connection still open"]`. Messages wait in the
+//!   outbound channel between polls. `xhr_send` decodes the body and feeds
+//!   the inbound channel.
+//! * **Reaper.** Each HTTP session has a small watchdog task that removes it
+//!   from the table `disconnect_delay` after the last receiving request
+//!   ended (and none started since), then ends the session. After an
+//!   application close the session stays in the table until then, serving
+//!   the same close frame to every receiving request, as the protocol asks.
+//!   A receiving request that the client abandons closes the session
+//!   (`c[1002,"Connection interrupted"]`).
+//! * **Ids.** The client's URL session id only keys the table;
+//!   [`SockJsConn::id`] is a fresh random 128-bit id.
+//! * **Limits.** Inbound WebSocket messages and frames are capped at
+//!   `max_message_bytes` by the WebSocket codec; `xhr_send` bodies are
+//!   refused with 413 from `Content-Length` before anything is read, and a
+//!   chunked body (as Node's sockjs-client sends) is cut off at the limit
+//!   while it is read. A streaming response ends after
+//!   `max_streaming_bytes` of frames; the client reopens it.
+//! * **Metrics.** [`routes_with_metrics`] also returns [`SockJsMetrics`]:
+//!   sessions open (total and per transport), opened, refused.
+//! * **CORS.** With an `Origin` header, the origin must be in
+//!   `allowed_origins` (or that list is empty): it is echoed in
+//!   `Access-Control-Allow-Origin` with `Access-Control-Allow-Credentials:
+//!   true`; otherwise 403. Requests without `Origin` (non-browser clients)
+//!   are served without CORS headers.
+
+mod conn;
+mod frame;
+mod metrics;
+mod service;
+mod ws;
+mod xhr;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use warp::Filter;
+use warp::filters::BoxedFilter;
+
+pub use conn::{Closed, SockJsConn, SockJsSender};
+pub use metrics::{MetricsSnapshot, SockJsMetrics, TRANSPORTS};
+
+/// Settings of one SockJS endpoint.
+#[derive(Debug, Clone)]
+pub struct SockJsConfig {
+    /// Exact origins (`scheme://host[:port]`) allowed for CORS with
+    /// credentials; empty = echo any request `Origin` (development).
+    pub allowed_origins: Vec<String>,
+    /// SockJS `h` frame after this much outbound idleness; also how long a
+    /// polling request waits for data. Default 25 s.
+    pub heartbeat_interval: Duration,
+    /// HTTP transports: a session ends this long after its last receiving
+    /// request ended. Default 5 s.
+    pub disconnect_delay: Duration,
+    /// Largest inbound WebSocket message or `xhr_send` body. Default 128 KiB.
+    pub max_message_bytes: usize,
+    /// A streaming response is ended after this many bytes. Default 128 KiB.
+    pub max_streaming_bytes: usize,
+    /// Outbound messages queued per session before `send()` waits.
+    /// Default 256.
+    pub outbound_capacity: usize,
+    /// Inbound messages queued per session before the transport stops
+    /// reading (WebSocket) or `xhr_send` waits. Default 64.
+    pub inbound_capacity: usize,
+    /// New sessions beyond this many open ones are refused with 503.
+    /// Default 10 000.
+    pub max_sessions: usize,
+    /// Advertise `cookie_needed` in `/info` and set `JSESSIONID` on the
+    /// HTTP transports (for sticky load balancing). Default false.
+    pub cookie_needed: bool,
+    /// A WebSocket write or streaming chunk that the peer does not take
+    /// within this time ends the session. Default 30 s.
+    pub write_timeout: Duration,
+}
+
+impl Default for SockJsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            heartbeat_interval: Duration::from_secs(25),
+            disconnect_delay: Duration::from_secs(5),
+            max_message_bytes: 128 * 1024,
+            max_streaming_bytes: 128 * 1024,
+            outbound_capacity: 256,
+            inbound_capacity: 64,
+            max_sessions: 10_000,
+            cookie_needed: false,
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+type OnSession = dyn Fn(SockJsConn) + Send + Sync;
+
+/// State shared by all requests of one endpoint.
+pub(crate) struct Server {
+    config: SockJsConfig,
+    on_session: Box<OnSession>,
+    sessions: Mutex<HashMap<String, Arc<xhr::HttpSession>>>,
+    metrics: SockJsMetrics,
+}
+
+impl Server {
+    fn new_conn(
+        &self,
+        transport: &'static str,
+        peer: Option<SocketAddr>,
+    ) -> (SockJsConn, conn::TransportSide) {
+        conn::new_session(
+            transport,
+            peer,
+            self.config.inbound_capacity,
+            self.config.outbound_capacity,
+            self.config.disconnect_delay.max(Duration::from_secs(1)),
+        )
+    }
+}
+
+/// The SockJS endpoint under `/<prefix>` (e.g. `"ws"`). `on_session` is
+/// called once per new session; it should spawn the application task.
+pub fn routes<F>(
+    prefix: &'static str,
+    config: SockJsConfig,
+    on_session: F,
+) -> BoxedFilter<(Box<dyn warp::Reply>,)>
+where
+    F: Fn(SockJsConn) + Send + Sync + 'static,
+{
+    routes_with_metrics(prefix, config, on_session).0
+}
+
+/// Like [`routes`], also returning the endpoint's live counters.
+pub fn routes_with_metrics<F>(
+    prefix: &'static str,
+    config: SockJsConfig,
+    on_session: F,
+) -> (BoxedFilter<(Box<dyn warp::Reply>,)>, SockJsMetrics)
+where
+    F: Fn(SockJsConn) + Send + Sync + 'static,
+{
+    let metrics = SockJsMetrics::default();
+    let server = Arc::new(Server {
+        config,
+        on_session: Box::new(on_session),
+        sessions: Mutex::new(HashMap::new()),
+        metrics: metrics.clone(),
+    });
+    // `warp::ws()` only matches upgrade requests; everything else gets None.
+    let maybe_ws = warp::ws()
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify();
+    let filter = warp::path(prefix)
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and(warp::header::headers_cloned())
+        .and(warp::addr::remote())
+        .and(maybe_ws)
+        .and(warp::body::stream())
+        .and_then(move |tail: warp::path::Tail, method, headers, peer, ws, body| {
+            let server = server.clone();
+            let req = service::Request {
+                path: tail.as_str().to_owned(),
+                method,
+                headers,
+                peer,
+                ws,
+            };
+            async move { service::dispatch(server, req, body).await }
+        })
+        .boxed();
+    (filter, metrics)
+}

@@ -1,0 +1,162 @@
+//! The byte pipes a STOMP session runs over: WebSocket (`/stomp`, and SockJS's raw `/ws/websocket`),
+//! SockJS sessions, and raw TCP.
+//!
+//! A transport is split into a [`Source`] (inbound byte chunks, in order, no framing assumed: a chunk may
+//! hold several STOMP frames or part of one) and a [`Sink`] (outbound batches of complete frames). The
+//! split lets the connection driver wait on the client and on its outbound queue at the same time.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// Inbound half.
+#[async_trait]
+pub trait Source: Send {
+    /// The next chunk; `None` when the peer has gone.
+    async fn recv(&mut self) -> Option<Result<Bytes, String>>;
+}
+
+/// Outbound half.
+#[async_trait]
+pub trait Sink: Send {
+    /// Writes complete frames (or heart-beat EOLs), in order.
+    async fn send(&mut self, batch: &[Bytes]) -> Result<(), String>;
+    /// Closes the connection; `protocol_error` after an ERROR frame (WebSocket close code 1002, SockJS
+    /// `c[1002,...]`), else a normal close.
+    async fn close(&mut self, protocol_error: bool);
+}
+
+/// A WebSocket carrying STOMP directly (one or more frames per message, or a frame split over several).
+pub fn websocket(ws: warp::ws::WebSocket) -> (Box<dyn Source>, Box<dyn Sink>) {
+    let (tx, rx) = ws.split();
+    (Box::new(WsSource(rx)), Box::new(WsSink(tx)))
+}
+
+struct WsSource(SplitStream<warp::ws::WebSocket>);
+struct WsSink(SplitSink<warp::ws::WebSocket, warp::ws::Message>);
+
+#[async_trait]
+impl Source for WsSource {
+    async fn recv(&mut self) -> Option<Result<Bytes, String>> {
+        loop {
+            match self.0.next().await? {
+                Ok(msg) if msg.is_text() || msg.is_binary() => return Some(Ok(msg.into_bytes())),
+                Ok(msg) if msg.is_close() => return None,
+                // Pings are answered by the WebSocket layer; pongs carry nothing for us.
+                Ok(_) => continue,
+                Err(e) => return Some(Err(e.to_string())),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for WsSink {
+    async fn send(&mut self, batch: &[Bytes]) -> Result<(), String> {
+        for frame in batch {
+            // STOMP over WebSocket frames go as text when they are UTF-8 (what browsers expect), as
+            // binary otherwise (a body with arbitrary bytes).
+            let msg = match std::str::from_utf8(frame) {
+                Ok(text) => warp::ws::Message::text(text),
+                Err(_) => warp::ws::Message::binary(frame.clone()),
+            };
+            self.0.feed(msg).await.map_err(|e| e.to_string())?;
+        }
+        self.0.flush().await.map_err(|e| e.to_string())
+    }
+
+    async fn close(&mut self, protocol_error: bool) {
+        let msg = if protocol_error {
+            warp::ws::Message::close_with(1002u16, "STOMP error")
+        } else {
+            warp::ws::Message::close_with(1000u16, "")
+        };
+        let _ = self.0.send(msg).await;
+        let _ = self.0.close().await;
+    }
+}
+
+/// Raw STOMP over TCP.
+pub fn tcp(stream: tokio::net::TcpStream, read_chunk: usize) -> (Box<dyn Source>, Box<dyn Sink>) {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    (
+        Box::new(TcpSource {
+            r,
+            chunk: read_chunk.max(256),
+        }),
+        Box::new(TcpSink(w)),
+    )
+}
+
+struct TcpSource {
+    r: OwnedReadHalf,
+    chunk: usize,
+}
+struct TcpSink(OwnedWriteHalf);
+
+#[async_trait]
+impl Source for TcpSource {
+    async fn recv(&mut self) -> Option<Result<Bytes, String>> {
+        let mut buf = bytes::BytesMut::with_capacity(self.chunk);
+        match self.r.read_buf(&mut buf).await {
+            Ok(0) => None,
+            Ok(_) => Some(Ok(buf.freeze())),
+            Err(e) => Some(Err(e.to_string())),
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for TcpSink {
+    async fn send(&mut self, batch: &[Bytes]) -> Result<(), String> {
+        for frame in batch {
+            self.0.write_all(frame).await.map_err(|e| e.to_string())?;
+        }
+        self.0.flush().await.map_err(|e| e.to_string())
+    }
+
+    async fn close(&mut self, _protocol_error: bool) {
+        let _ = self.0.shutdown().await;
+    }
+}
+
+/// A SockJS session (any SockJS transport). SockJS carries text only: frames are sent as UTF-8 strings,
+/// several queued frames batched into one `a[...]` by the SockJS layer.
+pub fn sockjs(conn: crate::sockjs::SockJsConn) -> (Box<dyn Source>, Box<dyn Sink>) {
+    let sender = conn.sender();
+    (Box::new(SockJsSource(conn)), Box::new(SockJsSink(sender)))
+}
+
+struct SockJsSource(crate::sockjs::SockJsConn);
+struct SockJsSink(crate::sockjs::SockJsSender);
+
+#[async_trait]
+impl Source for SockJsSource {
+    async fn recv(&mut self) -> Option<Result<Bytes, String>> {
+        self.0.recv().await.map(|s| Ok(Bytes::from(s)))
+    }
+}
+
+#[async_trait]
+impl Sink for SockJsSink {
+    async fn send(&mut self, batch: &[Bytes]) -> Result<(), String> {
+        for frame in batch {
+            // A body that is not UTF-8 cannot travel in a SockJS string; replace what cannot be shown.
+            let text = String::from_utf8_lossy(frame).into_owned();
+            self.0.send(text).await.map_err(|_| "sockjs session closed".to_owned())?;
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self, protocol_error: bool) {
+        if protocol_error {
+            self.0.close(1002, "STOMP protocol error").await;
+        } else {
+            self.0.close(3000, "Go away!").await;
+        }
+    }
+}

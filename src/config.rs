@@ -1,0 +1,165 @@
+//! Settings for `instar serve`: command-line flags, `INSTAR_*` environment variables and an optional
+//! TOML file, in that order of precedence, over built-in defaults. `instar serve --help` lists them all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use serde::Deserialize;
+
+/// Flags of `instar serve`. Every flag also reads an `INSTAR_*` variable and a key of the same name
+/// (with `_`) in the `--config` file.
+#[derive(Debug, Args, Default)]
+pub(crate) struct ServeArgs {
+    /// TOML file with any of the settings below (keys like `listen`, `jwt_secret`, `heartbeat_ms`).
+    #[arg(long, env = "INSTAR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP address for REST, /ws (SockJS) and /stomp (WebSocket). [default: 127.0.0.1:8080]
+    #[arg(long, env = "INSTAR_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the raw STOMP-over-TCP listener; "off" disables it. [default: 127.0.0.1:61613]
+    #[arg(long, env = "INSTAR_TCP_LISTEN")]
+    pub tcp_listen: Option<String>,
+    /// Secret for HS256/384/512 bearer tokens. [default: a random secret per start, with a warning]
+    #[arg(long, env = "INSTAR_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// This node's id, used in session ids and the session registry. [default: node-<random>]
+    #[arg(long, env = "INSTAR_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Heart-beat the server offers and requires at least, in ms, both ways (0 disables). [default: 10000]
+    #[arg(long, env = "INSTAR_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u32>,
+    /// Largest STOMP frame body accepted, in bytes. [default: 65536]
+    #[arg(long, env = "INSTAR_MAX_BODY")]
+    pub max_body: Option<usize>,
+    /// Largest WebSocket message or SockJS batch accepted, in bytes. [default: 131072]
+    #[arg(long, env = "INSTAR_MAX_WS_MESSAGE")]
+    pub max_ws_message: Option<usize>,
+    /// Frames queued per session before it is closed as a slow consumer. [default: 1024]
+    #[arg(long, env = "INSTAR_OUTBOUND_QUEUE")]
+    pub outbound_queue: Option<usize>,
+    /// Seconds a new connection has to send CONNECT. [default: 10]
+    #[arg(long, env = "INSTAR_CONNECT_TIMEOUT_SECS")]
+    pub connect_timeout_secs: Option<u64>,
+    /// Seconds sessions get to drain on SIGINT/SIGTERM. [default: 10]
+    #[arg(long, env = "INSTAR_DRAIN_SECS")]
+    pub drain_secs: Option<u64>,
+    /// Accept CONNECT without a token (read-only sessions). [default: false]
+    #[arg(long, env = "INSTAR_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: Option<bool>,
+    /// Comma-separated topic prefixes any authenticated user may subscribe to. [default: public.]
+    #[arg(long, env = "INSTAR_PUBLIC_TOPICS", value_delimiter = ',')]
+    pub public_topics: Option<Vec<String>>,
+    /// Comma-separated exact origins allowed for SockJS/CORS with credentials; empty echoes any. [default: empty]
+    #[arg(long, env = "INSTAR_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+/// The same settings, as read from the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<SocketAddr>,
+    tcp_listen: Option<String>,
+    jwt_secret: Option<String>,
+    node_id: Option<String>,
+    heartbeat_ms: Option<u32>,
+    max_body: Option<usize>,
+    max_ws_message: Option<usize>,
+    outbound_queue: Option<usize>,
+    connect_timeout_secs: Option<u64>,
+    drain_secs: Option<u64>,
+    allow_anonymous: Option<bool>,
+    public_topics: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub listen: SocketAddr,
+    pub tcp_listen: Option<SocketAddr>,
+    pub jwt_secret: String,
+    pub node_id: String,
+    pub heartbeat_ms: u32,
+    pub max_body: usize,
+    pub max_ws_message: usize,
+    pub outbound_queue: usize,
+    pub connect_timeout: Duration,
+    pub drain_grace: Duration,
+    pub allow_anonymous: bool,
+    pub public_topics: Vec<String>,
+    pub allowed_origins: Vec<String>,
+}
+
+impl ServeArgs {
+    /// Flags and environment over the file over the defaults.
+    pub(crate) fn resolve(self) -> anyhow::Result<Settings> {
+        let file: FileSettings = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => FileSettings::default(),
+        };
+        let tcp = self
+            .tcp_listen
+            .or(file.tcp_listen)
+            .unwrap_or_else(|| "127.0.0.1:61613".to_owned());
+        let tcp_listen = if tcp.eq_ignore_ascii_case("off") || tcp.is_empty() {
+            None
+        } else {
+            Some(tcp.parse().with_context(|| format!("invalid tcp_listen address '{tcp}'"))?)
+        };
+        let jwt_secret = match self.jwt_secret.or(file.jwt_secret) {
+            Some(s) if !s.is_empty() => s,
+            _ => {
+                tracing::warn!("no INSTAR_JWT_SECRET set: using a random secret, tokens will not survive a restart");
+                gateway::random_id(48)
+            }
+        };
+        Ok(Settings {
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            tcp_listen,
+            jwt_secret,
+            node_id: self
+                .node_id
+                .or(file.node_id)
+                .unwrap_or_else(|| format!("node-{}", gateway::random_id(6))),
+            heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(10_000),
+            max_body: self.max_body.or(file.max_body).unwrap_or(64 * 1024),
+            max_ws_message: self.max_ws_message.or(file.max_ws_message).unwrap_or(128 * 1024),
+            outbound_queue: self.outbound_queue.or(file.outbound_queue).unwrap_or(1024).max(1),
+            connect_timeout: Duration::from_secs(
+                self.connect_timeout_secs.or(file.connect_timeout_secs).unwrap_or(10),
+            ),
+            drain_grace: Duration::from_secs(self.drain_secs.or(file.drain_secs).unwrap_or(10)),
+            allow_anonymous: self.allow_anonymous.or(file.allow_anonymous).unwrap_or(false),
+            public_topics: self
+                .public_topics
+                .or(file.public_topics)
+                .unwrap_or_else(|| vec!["public.".to_owned()]),
+            allowed_origins: self.allowed_origins.or(file.allowed_origins).unwrap_or_default(),
+        })
+    }
+}
+
+impl Settings {
+    pub(crate) fn gateway_config(&self) -> gateway::GatewayConfig {
+        let mut g = gateway::GatewayConfig::default();
+        g.limits.max_body_bytes = self.max_body;
+        g.max_ws_message = self.max_ws_message.max(self.max_body + g.limits.max_head_bytes);
+        g.outbound_queue = self.outbound_queue;
+        g.connect_timeout = self.connect_timeout;
+        g.session.heartbeat = (self.heartbeat_ms, self.heartbeat_ms);
+        g.session.allow_anonymous = self.allow_anonymous;
+        g.allowed_origins = self.allowed_origins.clone();
+        g
+    }
+}
