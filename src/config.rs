@@ -47,7 +47,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "INSTAR_DRAIN_SECS")]
     pub drain_secs: Option<u64>,
     /// Accept CONNECT without a token (read-only sessions). [default: false]
-    #[arg(long, env = "INSTAR_ALLOW_ANONYMOUS")]
+    #[arg(long, env = "INSTAR_ALLOW_ANONYMOUS", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_anonymous: Option<bool>,
     /// Comma-separated topic prefixes any authenticated user may subscribe to. [default: public.]
     #[arg(long, env = "INSTAR_PUBLIC_TOPICS", value_delimiter = ',')]
@@ -55,6 +55,9 @@ pub(crate) struct ServeArgs {
     /// Comma-separated exact origins allowed for SockJS/CORS with credentials; empty echoes any. [default: empty]
     #[arg(long, env = "INSTAR_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
+    /// Register the load-test handlers for /app/bench.* (never in production). [default: false]
+    #[arg(long, env = "INSTAR_BENCH_ECHO", value_parser = clap::builder::BoolishValueParser::new())]
+    pub bench_echo: Option<bool>,
 }
 
 /// The same settings, as read from the TOML file.
@@ -74,6 +77,7 @@ struct FileSettings {
     allow_anonymous: Option<bool>,
     public_topics: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
+    bench_echo: Option<bool>,
 }
 
 /// Resolved settings.
@@ -92,6 +96,7 @@ pub(crate) struct Settings {
     pub allow_anonymous: bool,
     pub public_topics: Vec<String>,
     pub allowed_origins: Vec<String>,
+    pub bench_echo: bool,
 }
 
 impl ServeArgs {
@@ -146,6 +151,7 @@ impl ServeArgs {
                 .or(file.public_topics)
                 .unwrap_or_else(|| vec!["public.".to_owned()]),
             allowed_origins: self.allowed_origins.or(file.allowed_origins).unwrap_or_default(),
+            bench_echo: self.bench_echo.or(file.bench_echo).unwrap_or(false),
         })
     }
 }

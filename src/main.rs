@@ -2,6 +2,7 @@
 //!
 //! `instar serve` runs the embedded default: one process, one port, the in-process bus and registry.
 
+mod bench;
 mod config;
 
 use std::sync::Arc;
@@ -29,6 +30,8 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(EnvFilter::try_from_env("INSTAR_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -43,6 +46,10 @@ fn main() -> anyhow::Result<()> {
 async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
     let registry = Registry::in_process();
     let bus = Bus::in_process(registry, InProcessConfig::default());
+    if cfg.bench_echo {
+        tracing::warn!("INSTAR_BENCH_ECHO is on: /app/bench.* republishes client messages (load tests only)");
+        bench::BenchEcho::register(&bus);
+    }
     let policy = Arc::new(PrefixPolicy::new(cfg.public_topics.clone()).allow_anonymous(cfg.allow_anonymous));
     let gw = Gateway::start(
         cfg.node_id.as_str().into(),

@@ -29,6 +29,9 @@ use crate::{Gateway, random_id};
 /// Outbound frames queued per session before it counts as a slow consumer.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 
+/// How long a last write (ERROR, close) may take on a connection that is being dropped.
+const STUCK_WRITE_GRACE: Duration = Duration::from_millis(500);
+
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
@@ -118,7 +121,12 @@ pub async fn run(gw: Arc<Gateway>, mut source: Box<dyn Source>, sink: Box<dyn Si
         tokio::select! {
             biased;
             () = kill.cancelled() => {
-                d.write_error("slow consumer: messages could not be delivered fast enough").await;
+                // The socket is likely stuck: try to say why, but do not wait on it for long.
+                let _ = tokio::time::timeout(
+                    STUCK_WRITE_GRACE,
+                    d.write_error("slow consumer: messages could not be delivered fast enough"),
+                )
+                .await;
                 break CloseReason::SlowConsumer;
             }
             () = shutdown.cancelled() => {
@@ -141,7 +149,14 @@ pub async fn run(gw: Arc<Gateway>, mut source: Box<dyn Source>, sink: Box<dyn Si
                 while batch.len() < 64 {
                     match rx.try_recv() { Ok(b) => batch.push(b), Err(_) => break }
                 }
-                if d.sink.send(&batch).await.is_err() { break CloseReason::WriteError; }
+                // A write blocked on a client that does not read must not outlive the hub's verdict.
+                let written = tokio::select! {
+                    r = d.sink.send(&batch) => r.is_ok(),
+                    () = kill.cancelled() => false,
+                };
+                if !written {
+                    break if kill.is_cancelled() { CloseReason::SlowConsumer } else { CloseReason::WriteError };
+                }
                 d.last_sent = Instant::now();
             }
             () = sleep_until(hb_deadline) => {
@@ -364,7 +379,7 @@ impl Driver<'_> {
             tracing::warn!(error = %e, session = %self.session.id(), "could not leave the session registry");
         }
         if !matches!(reason, CloseReason::ClientGone | CloseReason::Disconnect | CloseReason::ProtocolError | CloseReason::WriteError) {
-            self.sink.close(false).await;
+            let _ = tokio::time::timeout(STUCK_WRITE_GRACE, self.sink.close(false)).await;
         }
         self.gw.metrics.sessions_open.fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(session = %self.session.id(), transport, ?reason, user = user.as_deref().unwrap_or("-"), "session closed");

@@ -80,6 +80,7 @@ async fn run_client(addr: SocketAddr, transport: &str) {
         out.status
     );
     let line = stdout.lines().last().unwrap_or_default();
+    println!("{transport}: {line}");
     let v: serde_json::Value = serde_json::from_str(line)
         .unwrap_or_else(|e| panic!("bad JSON from the client ({e}): {stdout}"));
     assert_eq!(v["ok"], true, "{stdout}");

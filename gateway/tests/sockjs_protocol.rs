@@ -20,6 +20,7 @@ const STEP: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 enum Event {
     Opened { id: String, transport: &'static str },
+    Got(String),
     Ended { id: String },
 }
 
@@ -33,6 +34,7 @@ fn echo(conn: SockJsConn, events: mpsc::UnboundedSender<Event>) {
     tokio::spawn(async move {
         let mut conn = conn;
         while let Some(msg) = conn.recv().await {
+            let _ = events.send(Event::Got(msg.clone()));
             if msg == "close" {
                 conn.close(3000, "Go away!").await;
                 break;
@@ -63,7 +65,17 @@ struct TestServer {
 }
 
 impl TestServer {
+    /// Next open/end event (received-message events are skipped).
     async fn next_event(&mut self) -> Event {
+        loop {
+            match self.next_any_event().await {
+                Event::Got(_) => {}
+                e => return e,
+            }
+        }
+    }
+
+    async fn next_any_event(&mut self) -> Event {
         tokio::time::timeout(STEP, self.events.recv())
             .await
             .expect("event in time")
@@ -84,7 +96,8 @@ fn test_config() -> SockJsConfig {
 
 async fn start(config: SockJsConfig) -> TestServer {
     let (tx, events) = mpsc::unbounded_channel();
-    let (routes, metrics) = sockjs::routes_with_metrics("ws", config, move |conn| echo(conn, tx.clone()));
+    let (routes, metrics) =
+        sockjs::routes_with_metrics("ws", config, move |conn| echo(conn, tx.clone()));
     // Composes with other filters.
     let other = warp::path("other").map(|| "other");
     let filter = routes.or(other);
@@ -202,15 +215,19 @@ impl Streaming {
     }
 
     async fn rest(mut self) -> String {
-        let fut = async {
-            while self.fill().await {}
-        };
+        let fut = async { while self.fill().await {} };
         tokio::time::timeout(STEP, fut).await.expect("body in time");
         String::from_utf8(self.buf).expect("utf-8 body")
     }
 }
 
-async fn open(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Streaming {
+async fn open(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Streaming {
     let fut = async {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -275,10 +292,18 @@ async fn open(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str
             buf: Vec::new(),
         }
     };
-    tokio::time::timeout(STEP, fut).await.expect("response head in time")
+    tokio::time::timeout(STEP, fut)
+        .await
+        .expect("response head in time")
 }
 
-async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Resp {
     let s = open(addr, method, path, headers, body).await;
     let head = Head {
         status: s.head.status,
@@ -299,7 +324,11 @@ fn session_path() -> String {
 fn gateway_id() -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
-    format!("s{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "s{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 // ---------------------------------------------------------------- tests
@@ -339,9 +368,19 @@ async fn greeting_and_unknown_paths() {
 #[tokio::test]
 async fn info_and_cors() {
     let srv = start(test_config()).await;
-    let r = request(srv.addr, "GET", "/ws/info?t=1", &[("Origin", ALLOWED)], None).await;
+    let r = request(
+        srv.addr,
+        "GET",
+        "/ws/info?t=1",
+        &[("Origin", ALLOWED)],
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("content-type"), Some("application/json;charset=UTF-8"));
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json;charset=UTF-8")
+    );
     assert_eq!(
         r.header("cache-control"),
         Some("no-store, no-cache, must-revalidate, max-age=0")
@@ -358,7 +397,11 @@ async fn info_and_cors() {
     let r2 = request(srv.addr, "GET", "/ws/info", &[], None).await;
     let v2: serde_json::Value = serde_json::from_str(&r2.body).expect("json");
     assert_ne!(v2["entropy"], v["entropy"]);
-    assert_eq!(r2.header("access-control-allow-origin"), None, "no Origin, no CORS");
+    assert_eq!(
+        r2.header("access-control-allow-origin"),
+        None,
+        "no Origin, no CORS"
+    );
 
     let r = request(
         srv.addr,
@@ -374,7 +417,10 @@ async fn info_and_cors() {
     .await;
     assert_eq!(r.status, 204);
     assert_eq!(r.body, "");
-    assert_eq!(r.header("access-control-allow-methods"), Some("OPTIONS, GET"));
+    assert_eq!(
+        r.header("access-control-allow-methods"),
+        Some("OPTIONS, GET")
+    );
     assert_eq!(r.header("access-control-max-age"), Some("31536000"));
     assert_eq!(r.header("access-control-allow-headers"), Some("a, b, c"));
     assert_eq!(r.header("access-control-allow-origin"), Some(ALLOWED));
@@ -387,22 +433,46 @@ async fn info_and_cors() {
         ("POST", "/ws/000/abc/xhr_streaming"),
         ("OPTIONS", "/ws/000/abc/xhr_send"),
     ] {
-        let r = request(srv.addr, method, path, &[("Origin", "http://evil.example")], None).await;
+        let r = request(
+            srv.addr,
+            method,
+            path,
+            &[("Origin", "http://evil.example")],
+            None,
+        )
+        .await;
         assert_eq!(r.status, 403, "{method} {path}");
         assert_eq!(r.header("access-control-allow-origin"), None);
     }
-    for path in ["/ws/000/abc/xhr", "/ws/000/abc/xhr_send", "/ws/000/abc/xhr_streaming"] {
+    for path in [
+        "/ws/000/abc/xhr",
+        "/ws/000/abc/xhr_send",
+        "/ws/000/abc/xhr_streaming",
+    ] {
         let r = request(srv.addr, "OPTIONS", path, &[("Origin", ALLOWED)], None).await;
         assert_eq!(r.status, 204, "{path}");
-        assert_eq!(r.header("access-control-allow-methods"), Some("OPTIONS, POST"));
+        assert_eq!(
+            r.header("access-control-allow-methods"),
+            Some("OPTIONS, POST")
+        );
         assert_eq!(r.header("access-control-allow-origin"), Some(ALLOWED));
     }
 
     // Empty allow-list: any origin is echoed (development).
     let dev = start(SockJsConfig::default()).await;
-    let r = request(dev.addr, "GET", "/ws/info", &[("Origin", "http://localhost:3000")], None).await;
+    let r = request(
+        dev.addr,
+        "GET",
+        "/ws/info",
+        &[("Origin", "http://localhost:3000")],
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("access-control-allow-origin"), Some("http://localhost:3000"));
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
@@ -419,7 +489,9 @@ async fn ws_connect(addr: SocketAddr, path: &str) -> Ws {
 /// Next text message; `None` when the socket closes.
 async fn ws_next(ws: &mut Ws) -> Option<String> {
     loop {
-        let msg = tokio::time::timeout(STEP, ws.next()).await.expect("ws message in time");
+        let msg = tokio::time::timeout(STEP, ws.next())
+            .await
+            .expect("ws message in time");
         match msg {
             Some(Ok(WsMessage::Text(t))) => return Some(t.to_string()),
             Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return None,
@@ -433,7 +505,9 @@ async fn ws_send(ws: &mut Ws, text: &str) {
 }
 
 fn array(frame: &str) -> Vec<String> {
-    let body = frame.strip_prefix('a').unwrap_or_else(|| panic!("not an a-frame: {frame:?}"));
+    let body = frame
+        .strip_prefix('a')
+        .unwrap_or_else(|| panic!("not an a-frame: {frame:?}"));
     serde_json::from_str(body).expect("a-frame JSON")
 }
 
@@ -474,7 +548,10 @@ async fn websocket_open_echo_batch_heartbeat_close() {
     }
     let expected: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
     assert_eq!(got, expected);
-    assert!(frames < 200, "no batching: {frames} frames for 200 messages");
+    assert!(
+        frames < 200,
+        "no batching: {frames} frames for 200 messages"
+    );
 
     // Heart-beat when idle.
     let t = std::time::Instant::now();
@@ -483,7 +560,10 @@ async fn websocket_open_echo_batch_heartbeat_close() {
 
     // Application close.
     ws_send(&mut ws, r#"["close"]"#).await;
-    assert_eq!(ws_next(&mut ws).await.as_deref(), Some(r#"c[3000,"Go away!"]"#));
+    assert_eq!(
+        ws_next(&mut ws).await.as_deref(),
+        Some(r#"c[3000,"Go away!"]"#)
+    );
     assert_eq!(ws_next(&mut ws).await, None);
     assert!(matches!(srv.next_event().await, Event::Ended { .. }));
 }
@@ -517,11 +597,61 @@ async fn websocket_broken_json_and_oversize_close_session() {
     assert_eq!(ws_next(&mut a).await.as_deref(), Some(r#"a["1"]"#));
     assert_eq!(ws_next(&mut b).await.as_deref(), Some(r#"a["2"]"#));
 
+    // Messages sent just before the client goes away still reach recv().
+    let mut c = ws_connect(srv.addr, "/ws/000/last/websocket").await;
+    assert_eq!(ws_next(&mut c).await.as_deref(), Some("o"));
+    while !matches!(srv.next_any_event().await, Event::Opened { .. }) {}
+    ws_send(&mut c, r#"["bye"]"#).await;
+    c.close(None).await.expect("close");
+    drop(c);
+    loop {
+        match srv.next_any_event().await {
+            Event::Got(m) if m == "bye" => break,
+            Event::Ended { .. } => panic!("ended before the last message was received"),
+            _ => {}
+        }
+    }
+
     // Non-upgrade requests on a WebSocket URL.
     let r = request(srv.addr, "GET", "/ws/000/x/websocket", &[], None).await;
     assert_eq!(r.status, 400);
     let r = request(srv.addr, "POST", "/ws/000/x/websocket", &[], None).await;
     assert_eq!(r.status, 405);
+}
+
+#[tokio::test]
+async fn websocket_origin_and_subprotocol() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let config = SockJsConfig {
+        websocket_protocols: vec!["v12.stomp".to_owned(), "v11.stomp".to_owned()],
+        ..test_config()
+    };
+    let srv = start(config).await;
+    for (origin, ok) in [("http://evil.example", false), (ALLOWED, true)] {
+        let mut req = format!("ws://{}/ws/000/o/websocket", srv.addr)
+            .into_client_request()
+            .expect("request");
+        req.headers_mut()
+            .insert("Origin", origin.parse().expect("header"));
+        let res = tokio_tungstenite::connect_async(req).await;
+        assert_eq!(res.is_ok(), ok, "{origin}");
+    }
+    let mut req = format!("ws://{}/ws/websocket", srv.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v10.stomp, v11.stomp, v12.stomp".parse().expect("header"),
+    );
+    let (_ws, res) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("connect");
+    assert_eq!(
+        res.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("v11.stomp")
+    );
 }
 
 #[tokio::test]
@@ -550,7 +680,10 @@ async fn raw_websocket_echo() {
     };
     assert_eq!(transport, "raw-websocket");
     ws_send(&mut ws, "Hello world!\u{ffff} 안녕").await;
-    assert_eq!(ws_next(&mut ws).await.as_deref(), Some("Hello world!\u{ffff} 안녕"));
+    assert_eq!(
+        ws_next(&mut ws).await.as_deref(),
+        Some("Hello world!\u{ffff} 안녕")
+    );
     ws.send(WsMessage::binary("바이너리".as_bytes().to_vec()))
         .await
         .expect("send");
@@ -561,7 +694,9 @@ async fn raw_websocket_echo() {
 
     let mut ws = ws_connect(srv.addr, "/ws/websocket").await;
     let _ = srv.next_event().await;
-    ws.send(WsMessage::binary(vec![0xff, 0xfe])).await.expect("send");
+    ws.send(WsMessage::binary(vec![0xff, 0xfe]))
+        .await
+        .expect("send");
     assert_eq!(ws_next(&mut ws).await, None);
 }
 
@@ -569,9 +704,19 @@ async fn raw_websocket_echo() {
 async fn xhr_streaming_prelude_frames_and_limit() {
     let mut srv = start(test_config()).await;
     let base = session_path();
-    let mut s = open(srv.addr, "POST", &format!("{base}/xhr_streaming"), &[("Origin", ALLOWED)], None).await;
+    let mut s = open(
+        srv.addr,
+        "POST",
+        &format!("{base}/xhr_streaming"),
+        &[("Origin", ALLOWED)],
+        None,
+    )
+    .await;
     assert_eq!(s.head.status, 200);
-    assert_eq!(s.head.header("content-type"), Some("application/javascript;charset=UTF-8"));
+    assert_eq!(
+        s.head.header("content-type"),
+        Some("application/javascript;charset=UTF-8")
+    );
     assert_eq!(s.head.header("access-control-allow-origin"), Some(ALLOWED));
     assert_eq!(
         s.head.header("cache-control"),
@@ -619,15 +764,32 @@ async fn xhr_streaming_prelude_frames_and_limit() {
     // The client reopens the stream for the same session: no new `o`.
     let r = post(srv.addr, &format!("{base}/xhr_send"), Some(br#"["again"]"#)).await;
     assert_eq!(r.status, 204);
-    let mut s = open(srv.addr, "POST", &format!("{base}/xhr_streaming"), &[], None).await;
+    let mut s = open(
+        srv.addr,
+        "POST",
+        &format!("{base}/xhr_streaming"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(s.line().await.expect("prelude").len(), 2048);
     assert_eq!(s.line().await.as_deref(), Some(r#"a["again"]"#));
 
     // A second concurrent receiver is refused.
-    let second = request(srv.addr, "POST", &format!("{base}/xhr_streaming"), &[], None).await;
+    let second = request(
+        srv.addr,
+        "POST",
+        &format!("{base}/xhr_streaming"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(
         second.body,
-        format!("{}\nc[2010,\"Another connection still open\"]\n", "h".repeat(2048))
+        format!(
+            "{}\nc[2010,\"Another connection still open\"]\n",
+            "h".repeat(2048)
+        )
     );
     let second = post(srv.addr, &format!("{base}/xhr"), None).await;
     assert_eq!(second.body, "c[2010,\"Another connection still open\"]\n");
@@ -639,7 +801,14 @@ async fn xhr_streaming_prelude_frames_and_limit() {
     assert_eq!(s.line().await, None);
     assert!(matches!(srv.next_event().await, Event::Ended { .. }));
     // Later receivers get the same close frame until the session is reaped.
-    let mut s = open(srv.addr, "POST", &format!("{base}/xhr_streaming"), &[], None).await;
+    let mut s = open(
+        srv.addr,
+        "POST",
+        &format!("{base}/xhr_streaming"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(s.line().await.expect("prelude").len(), 2048);
     assert_eq!(s.line().await.as_deref(), Some(r#"c[3000,"Go away!"]"#));
     assert_eq!(s.line().await, None);
@@ -651,7 +820,10 @@ async fn eventsource_transport() {
     let base = session_path();
     let mut s = open(srv.addr, "GET", &format!("{base}/eventsource"), &[], None).await;
     assert_eq!(s.head.status, 200);
-    assert_eq!(s.head.header("content-type"), Some("text/event-stream;charset=UTF-8"));
+    assert_eq!(
+        s.head.header("content-type"),
+        Some("text/event-stream;charset=UTF-8")
+    );
     assert_eq!(s.line().await.as_deref(), Some("\r"));
     assert_eq!(s.line().await.as_deref(), Some("data: o\r"));
     assert_eq!(s.line().await.as_deref(), Some("\r"));
@@ -664,10 +836,20 @@ async fn eventsource_transport() {
 async fn xhr_polling() {
     let mut srv = start(test_config()).await;
     let base = session_path();
-    let r = request(srv.addr, "POST", &format!("{base}/xhr"), &[("Origin", ALLOWED)], None).await;
+    let r = request(
+        srv.addr,
+        "POST",
+        &format!("{base}/xhr"),
+        &[("Origin", ALLOWED)],
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "o\n");
-    assert_eq!(r.header("content-type"), Some("application/javascript;charset=UTF-8"));
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/javascript;charset=UTF-8")
+    );
     assert_eq!(r.header("access-control-allow-origin"), Some(ALLOWED));
     assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
     assert_eq!(
@@ -681,7 +863,12 @@ async fn xhr_polling() {
 
     // The server id is ignored: the session is keyed by the session id.
     let other_server = base.replace("/000/", "/999/");
-    let r = post(srv.addr, &format!("{other_server}/xhr_send"), Some(br#"["a"]"#)).await;
+    let r = post(
+        srv.addr,
+        &format!("{other_server}/xhr_send"),
+        Some(br#"["a"]"#),
+    )
+    .await;
     assert_eq!(r.status, 204);
     assert_eq!(r.header("content-type"), Some("text/plain;charset=UTF-8"));
     let r = post(srv.addr, &format!("{base}/xhr"), None).await;
@@ -766,7 +953,10 @@ async fn xhr_send_status_codes() {
         srv.addr,
         "POST",
         &format!("{base}/xhr_send"),
-        &[("Transfer-Encoding", "chunked"), ("Content-Type", "text/plain")],
+        &[
+            ("Transfer-Encoding", "chunked"),
+            ("Content-Type", "text/plain"),
+        ],
         Some(ok.as_bytes()),
     )
     .await;

@@ -360,7 +360,16 @@ async fn slow_consumer_is_closed_while_others_keep_receiving() {
     }
     assert_eq!(received, 400);
     assert!(gw.gw.hub.metrics.slow_consumers.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    // The slow session is closed and leaves the topic; the fast one stays.
+    for _ in 0..500 {
+        if gw.gw.hub.topic_subscribers("public.flood") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(gw.gw.hub.topic_subscribers("public.flood"), 1, "slow session left the topic");
+    gw.to_topic("public.flood", "still here").await;
+    assert_eq!(&fast.expect(Command::Message).await.body[..], b"still here");
     drop(slow);
 }
 

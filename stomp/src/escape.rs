@@ -119,7 +119,11 @@ pub(crate) fn write_escaped(src: &[u8], esc: Escaping, dst: &mut BytesMut) {
 }
 
 /// Whether `name:value` survives a round trip under `esc`; see the module docs for the rules.
-pub(crate) fn check_representable(name: &str, value: &str, esc: Escaping) -> Result<(), FrameError> {
+pub(crate) fn check_representable(
+    name: &str,
+    value: &str,
+    esc: Escaping,
+) -> Result<(), FrameError> {
     let reason = if name.is_empty() {
         Some("a header name cannot be empty")
     } else if esc == Escaping::None && name.contains(':') {
@@ -157,8 +161,14 @@ mod tests {
 
     #[test]
     fn unescapes_per_version() {
-        assert_eq!(unescape(r"a\nb\cc\\d", Escaping::V1_1).ok().as_deref(), Some("a\nb:c\\d"));
-        assert_eq!(unescape(r"a\rb", Escaping::V1_2).ok().as_deref(), Some("a\rb"));
+        assert_eq!(
+            unescape(r"a\nb\cc\\d", Escaping::V1_1).ok().as_deref(),
+            Some("a\nb:c\\d")
+        );
+        assert_eq!(
+            unescape(r"a\rb", Escaping::V1_2).ok().as_deref(),
+            Some("a\rb")
+        );
         assert!(matches!(
             unescape(r"a\rb", Escaping::V1_1),
             Err(FrameError::InvalidEscape { .. })
@@ -171,8 +181,14 @@ mod tests {
             unescape("trailing\\", Escaping::V1_2),
             Err(FrameError::InvalidEscape { .. })
         ));
-        assert_eq!(unescape(r"a\tb\", Escaping::None).ok().as_deref(), Some(r"a\tb\"));
-        assert_eq!(unescape("é\\cö", Escaping::V1_2).ok().as_deref(), Some("é:ö"));
+        assert_eq!(
+            unescape(r"a\tb\", Escaping::None).ok().as_deref(),
+            Some(r"a\tb\")
+        );
+        assert_eq!(
+            unescape("é\\cö", Escaping::V1_2).ok().as_deref(),
+            Some("é:ö")
+        );
     }
 
     #[test]

@@ -297,7 +297,9 @@ impl<'a> Unsubscribe<'a> {
         expect(frame, Command::Unsubscribe)?;
         let id = match (frame.get("id"), version) {
             (Some(id), _) => id,
-            (None, Version::V1_0) => frame.get("destination").ok_or_else(|| missing(frame, "id"))?,
+            (None, Version::V1_0) => frame
+                .get("destination")
+                .ok_or_else(|| missing(frame, "id"))?,
             (None, _) => return Err(missing(frame, "id")),
         };
         Ok(Unsubscribe {

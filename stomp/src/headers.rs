@@ -247,16 +247,10 @@ mod tests {
         assert_eq!(h, [("b", "2"), ("c", "")].into_iter().collect());
         h.set("b", "x");
         h.set("d", "y");
-        assert_eq!(
-            h,
-            [("b", "x"), ("c", ""), ("d", "y")].into_iter().collect()
-        );
+        assert_eq!(h, [("b", "x"), ("c", ""), ("d", "y")].into_iter().collect());
         let mut h = sample();
         h.set("a", "z");
-        assert_eq!(
-            h,
-            [("a", "z"), ("b", "2"), ("c", "")].into_iter().collect()
-        );
+        assert_eq!(h, [("a", "z"), ("b", "2"), ("c", "")].into_iter().collect());
     }
 
     #[test]

@@ -32,7 +32,10 @@ pub fn parse(value: &str) -> Result<(u32, u32), FrameError> {
         value: excerpt(value.as_bytes()),
     };
     let (x, y) = value.split_once(',').ok_or_else(invalid)?;
-    Ok((number(x).ok_or_else(invalid)?, number(y).ok_or_else(invalid)?))
+    Ok((
+        number(x).ok_or_else(invalid)?,
+        number(y).ok_or_else(invalid)?,
+    ))
 }
 
 /// ASCII digits only (`u32::from_str` would also accept a leading `+`).
@@ -86,8 +89,21 @@ mod tests {
         assert_eq!(parse("0,0").ok(), Some((0, 0)));
         assert_eq!(parse("4294967295,1").ok(), Some((u32::MAX, 1)));
         for bad in [
-            "", ",", "1,", ",1", "1", "1,2,3", "-1,0", "+1,0", " 1,0", "1 ,0", "1,0 ", "a,b",
-            "4294967296,0", "1;2", "1.5,0",
+            "",
+            ",",
+            "1,",
+            ",1",
+            "1",
+            "1,2,3",
+            "-1,0",
+            "+1,0",
+            " 1,0",
+            "1 ,0",
+            "1,0 ",
+            "a,b",
+            "4294967296,0",
+            "1;2",
+            "1.5,0",
         ] {
             assert!(
                 matches!(parse(bad), Err(FrameError::InvalidHeartBeat { .. })),

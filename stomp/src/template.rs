@@ -13,11 +13,11 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::encoder::write_content_length;
 use crate::error::FrameError;
 use crate::escape::{Escaping, write_header};
 use crate::frame::{Command, Version};
 use crate::headers::Headers;
-use crate::encoder::write_content_length;
 
 /// A MESSAGE with everything but the per-recipient headers already encoded.
 ///
@@ -102,7 +102,8 @@ impl MessageTemplate {
             put("content-type", ct)?;
         }
         for (name, value) in extra {
-            let own = OWN_HEADERS.contains(&name) || (content_type.is_some() && name == "content-type");
+            let own =
+                OWN_HEADERS.contains(&name) || (content_type.is_some() && name == "content-type");
             if !own {
                 put(name, value)?;
             }
@@ -143,7 +144,9 @@ impl MessageTemplate {
     ) -> Result<(), FrameError> {
         let tail = self.tail()?;
         let start = dst.len();
-        dst.reserve(32 + subscription.len() + message_id.len() + ack.map_or(0, str::len) + tail.len());
+        dst.reserve(
+            32 + subscription.len() + message_id.len() + ack.map_or(0, str::len) + tail.len(),
+        );
         match self.write_head(subscription, message_id, ack, dst) {
             Ok(()) => {
                 dst.put_slice(tail);
@@ -211,7 +214,13 @@ mod tests {
         let extra: Headers = [("x", "a:b"), ("content-length", "1"), ("ack", "no")]
             .into_iter()
             .collect();
-        let t = MessageTemplate::new("/q", None, &extra, Bytes::from_static(b"b\0dy"), Version::V1_2);
+        let t = MessageTemplate::new(
+            "/q",
+            None,
+            &extra,
+            Bytes::from_static(b"b\0dy"),
+            Version::V1_2,
+        );
         let mut out = BytesMut::new();
         assert!(t.encode_to("s:1", "m", Some("a"), &mut out).is_ok());
         assert_eq!(

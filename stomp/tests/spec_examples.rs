@@ -92,7 +92,10 @@ fn v12_send_in_transaction() {
         b"hello queue a",
         Version::V1_2,
     );
-    assert_eq!(Send::try_from(&f).map(|s| s.transaction).ok(), Some(Some("tx1")));
+    assert_eq!(
+        Send::try_from(&f).map(|s| s.transaction).ok(),
+        Some(Some("tx1"))
+    );
 }
 
 #[test]
@@ -103,7 +106,10 @@ fn v12_subscribe() {
         Version::V1_2,
     );
     let s = Subscribe::try_from(&f).expect("valid SUBSCRIBE");
-    assert_eq!((s.id, s.destination, s.ack), ("0", "/queue/foo", AckMode::Client));
+    assert_eq!(
+        (s.id, s.destination, s.ack),
+        ("0", "/queue/foo", AckMode::Client)
+    );
 }
 
 #[test]
@@ -127,7 +133,10 @@ fn v12_transactions() {
     let f = decode_both("BEGIN\ntransaction:tx1\n\n", b"", Version::V1_2);
     assert_eq!(Begin::try_from(&f).map(|b| b.transaction).ok(), Some("tx1"));
     let f = decode_both("COMMIT\ntransaction:tx1\n\n", b"", Version::V1_2);
-    assert_eq!(Commit::try_from(&f).map(|b| b.transaction).ok(), Some("tx1"));
+    assert_eq!(
+        Commit::try_from(&f).map(|b| b.transaction).ok(),
+        Some("tx1")
+    );
     let f = decode_both("ABORT\ntransaction:tx1\n\n", b"", Version::V1_2);
     assert_eq!(Abort::try_from(&f).map(|b| b.transaction).ok(), Some("tx1"));
 }
@@ -135,7 +144,10 @@ fn v12_transactions() {
 #[test]
 fn v12_disconnect_and_receipt() {
     let f = decode_both("DISCONNECT\nreceipt:77\n\n", b"", Version::V1_2);
-    assert_eq!(Disconnect::try_from(&f).map(|d| d.receipt).ok(), Some(Some("77")));
+    assert_eq!(
+        Disconnect::try_from(&f).map(|d| d.receipt).ok(),
+        Some(Some("77"))
+    );
     let f = decode_both("RECEIPT\nreceipt-id:77\n\n", b"", Version::V1_2);
     assert_eq!(Receipt::try_from(&f).map(|r| r.receipt_id).ok(), Some("77"));
 }
@@ -249,7 +261,11 @@ fn v11_ack_with_message_id_and_subscription() {
 
 #[test]
 fn v11_escapes_without_cr() {
-    let f = decode_both("SEND\ndestination:/q\na:b\\nc\\cd\\\\e\n\n", b"", Version::V1_1);
+    let f = decode_both(
+        "SEND\ndestination:/q\na:b\\nc\\cd\\\\e\n\n",
+        b"",
+        Version::V1_1,
+    );
     assert_eq!(f.get("a"), Some("b\nc:d\\e"));
 }
 
@@ -257,7 +273,11 @@ fn v11_escapes_without_cr() {
 
 #[test]
 fn v10_connect_and_connected() {
-    let f = decode_both("CONNECT\nlogin: <username>\npasscode:<passcode>\n\n", b"", Version::V1_0);
+    let f = decode_both(
+        "CONNECT\nlogin: <username>\npasscode:<passcode>\n\n",
+        b"",
+        Version::V1_0,
+    );
     let c = Connect::try_from(&f).expect("valid CONNECT");
     assert_eq!(c.accept_version, None);
     assert_eq!(c.version(&Version::ALL), Some(Version::V1_0));
@@ -270,9 +290,17 @@ fn v10_connect_and_connected() {
 
 #[test]
 fn v10_send_subscribe_unsubscribe_ack() {
-    let f = decode_both("SEND\ndestination:/queue/a\n\n", b"hello queue a\n", Version::V1_0);
+    let f = decode_both(
+        "SEND\ndestination:/queue/a\n\n",
+        b"hello queue a\n",
+        Version::V1_0,
+    );
     assert_eq!(f.body.as_ref(), b"hello queue a\n");
-    let f = decode_both("SUBSCRIBE\ndestination:/queue/foo\nack:client\n\n", b"", Version::V1_0);
+    let f = decode_both(
+        "SUBSCRIBE\ndestination:/queue/foo\nack:client\n\n",
+        b"",
+        Version::V1_0,
+    );
     let s = Subscribe::parse(&f, Version::V1_0).expect("1.0 SUBSCRIBE without id");
     assert_eq!(s.id, "/queue/foo");
     assert_eq!(s.ack, AckMode::Client);
@@ -281,7 +309,11 @@ fn v10_send_subscribe_unsubscribe_ack() {
         Unsubscribe::parse(&f, Version::V1_0).map(|u| u.id).ok(),
         Some("/queue/a")
     );
-    let f = decode_both("ACK\nmessage-id:<message-identifier>\n\n", b"", Version::V1_0);
+    let f = decode_both(
+        "ACK\nmessage-id:<message-identifier>\n\n",
+        b"",
+        Version::V1_0,
+    );
     assert_eq!(
         Ack::parse(&f, Version::V1_0).map(|a| a.id).ok(),
         Some("<message-identifier>")
@@ -301,7 +333,10 @@ fn v10_message_and_error() {
         b"hello queue a",
         Version::V1_0,
     );
-    assert_eq!(Message::try_from(&f).map(|m| m.subscription).ok(), Some(None));
+    assert_eq!(
+        Message::try_from(&f).map(|m| m.subscription).ok(),
+        Some(None)
+    );
     let f = decode_both(
         "ERROR\nmessage:malformed packet received\n\n",
         b"The message:\n-----\nMESSAGE\ndestined:/queue/a\n\nHello queue a!\n-----\nDid not contain a destination header, which is required\nfor message propagation.\n",

@@ -179,18 +179,19 @@ impl SockJsConn {
 
     /// Next message from the client (each string of an inbound JSON array,
     /// in order). `None` when the session is closed (client went away, timed
-    /// out, or `close()` called).
+    /// out, or `close()` called). Messages that arrived before the client
+    /// went away are still returned first; after `close()` nothing is.
     pub async fn recv(&mut self) -> Option<String> {
         let shared = &self.sender.shared;
-        if shared.is_closed() {
+        if shared.is_closing() {
             return None;
         }
         tokio::select! {
             biased;
-            () = shared.ended.cancelled() => None,
             msg = self.inbound.recv() => {
-                if shared.closing.load(Ordering::Acquire) { None } else { msg }
+                if shared.is_closing() { None } else { msg }
             }
+            () = shared.ended.cancelled() => None,
         }
     }
 
@@ -275,7 +276,10 @@ impl SockJsSender {
             return;
         }
         {
-            let mut guard = shared.close_reason.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = shared
+                .close_reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             *guard = Some((code, reason.to_owned()));
         }
         let queued = tokio::select! {

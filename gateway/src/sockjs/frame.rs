@@ -99,7 +99,9 @@ pub(crate) fn decode_messages(payload: &[u8]) -> Result<Vec<String>, DecodeError
     let first = payload.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         None => Err(DecodeError::Empty),
-        Some(b'[') => serde_json::from_slice::<Vec<String>>(payload).map_err(|_| DecodeError::Broken),
+        Some(b'[') => {
+            serde_json::from_slice::<Vec<String>>(payload).map_err(|_| DecodeError::Broken)
+        }
         Some(b'"') => serde_json::from_slice::<String>(payload)
             .map(|s| vec![s])
             .map_err(|_| DecodeError::Broken),
@@ -129,16 +131,17 @@ mod tests {
         assert_eq!(quoted("a\"b\\c\n\r\t"), r#""a\"b\\c\n\r\t""#);
         assert_eq!(quoted("\u{0}\u{1f}"), r#""\u0000\u001f""#);
         assert_eq!(quoted("x\u{2028}y\u{2029}"), r#""x\u2028y\u2029""#);
-        assert_eq!(quoted("\u{200c}\u{206f}\u{fff0}\u{ffff}"), r#""\u200c\u206f\ufff0\uffff""#);
+        assert_eq!(
+            quoted("\u{200c}\u{206f}\u{fff0}\u{ffff}"),
+            r#""\u200c\u206f\ufff0\uffff""#
+        );
         // U+007F..U+009F are not in the server set: sent verbatim.
         assert_eq!(quoted("\u{7f}"), "\"\u{7f}\"");
     }
 
     #[test]
     fn escaped_output_round_trips() {
-        let all: String = (0u32..0x11000)
-            .filter_map(char::from_u32)
-            .collect();
+        let all: String = (0u32..0x11000).filter_map(char::from_u32).collect();
         let q = quoted(&all);
         let back: String = serde_json::from_str(&q).expect("valid JSON");
         assert_eq!(back, all);
@@ -157,7 +160,10 @@ mod tests {
 
     #[test]
     fn decodes_payloads() {
-        assert_eq!(decode_messages(br#"["a","b"]"#), Ok(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            decode_messages(br#"["a","b"]"#),
+            Ok(vec!["a".into(), "b".into()])
+        );
         assert_eq!(decode_messages(br#" "x" "#), Ok(vec!["x".into()]));
         assert_eq!(decode_messages(b""), Err(DecodeError::Empty));
         assert_eq!(decode_messages(b"  "), Err(DecodeError::Empty));

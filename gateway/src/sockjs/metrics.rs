@@ -62,7 +62,9 @@ impl SockJsMetrics {
         let c = &self.inner;
         let admitted = c
             .open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .is_ok();
         if !admitted {
             c.refused_total.fetch_add(1, Ordering::Relaxed);

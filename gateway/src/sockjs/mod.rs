@@ -117,6 +117,14 @@ pub struct SockJsConfig {
     /// A WebSocket write or streaming chunk that the peer does not take
     /// within this time ends the session. Default 30 s.
     pub write_timeout: Duration,
+    /// Target size of a WebSocket connection's read and write buffers
+    /// (tungstenite's default, 128 KiB each, is allocated per connection).
+    /// Default 8 KiB.
+    pub websocket_buffer_bytes: usize,
+    /// WebSocket subprotocols that may be selected: the first one the client
+    /// offers in `Sec-WebSocket-Protocol` that is in this list is echoed.
+    /// Default empty (none selected).
+    pub websocket_protocols: Vec<String>,
 }
 
 impl Default for SockJsConfig {
@@ -132,6 +140,8 @@ impl Default for SockJsConfig {
             max_sessions: 10_000,
             cookie_needed: false,
             write_timeout: Duration::from_secs(30),
+            websocket_buffer_bytes: 8 * 1024,
+            websocket_protocols: Vec::new(),
         }
     }
 }
@@ -191,29 +201,28 @@ where
         sessions: Mutex::new(HashMap::new()),
         metrics: metrics.clone(),
     });
-    // `warp::ws()` only matches upgrade requests; everything else gets None.
-    let maybe_ws = warp::ws()
-        .map(Some)
-        .or(warp::any().map(|| None))
-        .unify();
+    // hyper's upgrade handle, present on requests that asked for one.
+    let upgrade = warp::ext::optional::<hyper::upgrade::OnUpgrade>();
     let filter = warp::path(prefix)
         .and(warp::path::tail())
         .and(warp::method())
         .and(warp::header::headers_cloned())
         .and(warp::addr::remote())
-        .and(maybe_ws)
+        .and(upgrade)
         .and(warp::body::stream())
-        .and_then(move |tail: warp::path::Tail, method, headers, peer, ws, body| {
-            let server = server.clone();
-            let req = service::Request {
-                path: tail.as_str().to_owned(),
-                method,
-                headers,
-                peer,
-                ws,
-            };
-            async move { service::dispatch(server, req, body).await }
-        })
+        .and_then(
+            move |tail: warp::path::Tail, method, headers, peer, upgrade, body| {
+                let server = server.clone();
+                let req = service::Request {
+                    path: tail.as_str().to_owned(),
+                    method,
+                    headers,
+                    peer,
+                    upgrade,
+                };
+                async move { service::dispatch(server, req, body).await }
+            },
+        )
         .boxed();
     (filter, metrics)
 }

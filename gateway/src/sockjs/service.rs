@@ -29,7 +29,8 @@ pub(crate) struct Request {
     pub(crate) method: Method,
     pub(crate) headers: HeaderMap,
     pub(crate) peer: Option<SocketAddr>,
-    pub(crate) ws: Option<warp::ws::Ws>,
+    /// Present on HTTP/1.1 requests that asked for an upgrade.
+    pub(crate) upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 /// CORS answer for one request.
@@ -82,7 +83,11 @@ impl Cors {
 }
 
 /// A response with a fixed body.
-pub(crate) fn fixed(status: StatusCode, content_type: Option<&'static str>, body: impl Into<Bytes>) -> Response {
+pub(crate) fn fixed(
+    status: StatusCode,
+    content_type: Option<&'static str>,
+    body: impl Into<Bytes>,
+) -> Response {
     let mut res = warp::http::Response::new(body.into()).into_response();
     *res.status_mut() = status;
     if let Some(ct) = content_type {
@@ -94,7 +99,12 @@ pub(crate) fn fixed(status: StatusCode, content_type: Option<&'static str>, body
 
 /// Headers common to the session transports: CORS, no caching, and the
 /// `JSESSIONID` cookie when configured.
-pub(crate) fn transport_headers(server: &Server, cors: &Cors, req_headers: &HeaderMap, h: &mut HeaderMap) {
+pub(crate) fn transport_headers(
+    server: &Server,
+    cors: &Cors,
+    req_headers: &HeaderMap,
+    h: &mut HeaderMap,
+) {
     cors.apply(h);
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(NO_CACHE));
     if server.config.cookie_needed {
@@ -116,7 +126,8 @@ fn jsessionid(headers: &HeaderMap) -> Option<&str> {
         .find(|v| {
             !v.is_empty()
                 && v.len() <= 128
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         })
 }
 
@@ -140,7 +151,11 @@ fn method_not_allowed(allow: &'static str) -> Response {
 }
 
 fn forbidden() -> Response {
-    fixed(StatusCode::FORBIDDEN, Some(CT_TEXT), "Origin not allowed.\n")
+    fixed(
+        StatusCode::FORBIDDEN,
+        Some(CT_TEXT),
+        "Origin not allowed.\n",
+    )
 }
 
 /// `204` answer to a CORS preflight.
@@ -192,17 +207,15 @@ where
         method,
         headers,
         peer,
-        ws,
+        upgrade,
     } = req;
     let path = path.strip_prefix('/').unwrap_or(&path);
     let segments: Vec<&str> = path.split('/').collect();
     match segments.as_slice() {
         [""] => match method {
-            Method::GET | Method::HEAD => boxed(fixed(
-                StatusCode::OK,
-                Some(CT_TEXT),
-                "Welcome to SockJS!\n",
-            )),
+            Method::GET | Method::HEAD => {
+                boxed(fixed(StatusCode::OK, Some(CT_TEXT), "Welcome to SockJS!\n"))
+            }
             _ => boxed(method_not_allowed("GET, HEAD")),
         },
         ["info"] => {
@@ -219,7 +232,14 @@ where
             if Cors::check(&server, &headers).is_err() {
                 return boxed(forbidden());
             }
-            boxed(ws::upgrade(server, ws, &method, peer, ws::Kind::Raw))
+            boxed(ws::upgrade(
+                server,
+                upgrade,
+                &method,
+                &headers,
+                peer,
+                ws::Kind::Raw,
+            ))
         }
         [srv, session, transport] => {
             if !valid_segment(srv) || !valid_segment(session) {
@@ -242,11 +262,20 @@ where
                 cors,
             };
             match (*transport, &method) {
-                ("websocket", _) => boxed(ws::upgrade(server, ws, &method, peer, ws::Kind::SockJs)),
+                ("websocket", _) => boxed(ws::upgrade(
+                    server,
+                    upgrade,
+                    &method,
+                    &headers,
+                    peer,
+                    ws::Kind::SockJs,
+                )),
                 ("xhr" | "xhr_send" | "xhr_streaming", &Method::OPTIONS) => {
                     boxed(options(&rq.cors, "OPTIONS, POST"))
                 }
-                ("xhr", &Method::POST) => boxed(xhr::receive(server, rq, xhr::Receiver::Polling).await),
+                ("xhr", &Method::POST) => {
+                    boxed(xhr::receive(server, rq, xhr::Receiver::Polling).await)
+                }
                 ("xhr_streaming", &Method::POST) => {
                     boxed(xhr::receive(server, rq, xhr::Receiver::XhrStreaming).await)
                 }

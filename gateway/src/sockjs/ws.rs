@@ -1,5 +1,10 @@
 //! WebSocket transports: SockJS-framed (`/<server>/<session>/websocket`)
 //! and raw (`/websocket`).
+//!
+//! The upgrade is done here rather than with `warp::ws()` so that the
+//! WebSocket codec's buffers can be sized: tungstenite allocates its read
+//! buffer up front (128 KiB by default, which warp does not let one
+//! change), and that dominates the memory of an idle connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,11 +12,17 @@ use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
-use warp::Reply;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use warp::http::header::{self, HeaderMap, HeaderValue};
 use warp::http::{Method, StatusCode};
 use warp::reply::Response;
-use warp::ws::{Message, WebSocket, Ws};
 
 use super::Server;
 use super::conn::{self, ConnShared, Outbound, TransportSide};
@@ -38,28 +49,74 @@ impl Kind {
 /// How long to wait for the peer while closing.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+fn bad_request(msg: &'static str) -> Response {
+    service::fixed(StatusCode::BAD_REQUEST, Some(CT_TEXT), msg)
+}
+
+/// Whether a comma-separated header contains `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The first subprotocol the client offers that the server accepts.
+fn pick_protocol(headers: &HeaderMap, accepted: &[String]) -> Option<HeaderValue> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|p| accepted.iter().any(|a| a == p))
+        .and_then(|p| HeaderValue::from_str(p).ok())
+}
+
 /// Answers a request on a WebSocket URL: the upgrade, or an error.
 pub(crate) fn upgrade(
     server: Arc<Server>,
-    ws: Option<Ws>,
+    on_upgrade: Option<OnUpgrade>,
     method: &Method,
+    headers: &HeaderMap,
     peer: Option<SocketAddr>,
     kind: Kind,
 ) -> Response {
     if method != Method::GET {
         let mut res = service::fixed(StatusCode::METHOD_NOT_ALLOWED, None, bytes::Bytes::new());
+        res.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return res;
+    }
+    if !has_token(headers, header::UPGRADE, "websocket") {
+        return bad_request("Can \"Upgrade\" only to \"WebSocket\".");
+    }
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return bad_request("\"Connection\" must be \"Upgrade\".");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        let mut res = bad_request("Unsupported WebSocket version.");
         res.headers_mut().insert(
-            warp::http::header::ALLOW,
-            warp::http::HeaderValue::from_static("GET"),
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
         );
         return res;
     }
-    let Some(ws) = ws else {
-        return service::fixed(
-            StatusCode::BAD_REQUEST,
-            Some(CT_TEXT),
-            "Can \"Upgrade\" only to \"WebSocket\".",
-        );
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return bad_request("Missing Sec-WebSocket-Key.");
+    };
+    let Some(on_upgrade) = on_upgrade else {
+        return bad_request("Connection cannot be upgraded.");
+    };
+    let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) else {
+        return bad_request("Bad Sec-WebSocket-Key.");
     };
     let Some(permit) = server
         .metrics
@@ -71,46 +128,84 @@ pub(crate) fn upgrade(
             "Too many sessions.\n",
         );
     };
-    let limit = server.config.max_message_bytes;
-    // Inbound messages and frames above the limit fail the read (and end the
-    // session) before being buffered. warp does not expose tungstenite's
-    // read/write buffer sizes; its `max_write_buffer_size` is a hard error
-    // threshold, not an allocation size, so it is left at its default.
-    let ws = ws.max_message_size(limit).max_frame_size(limit);
-    ws.on_upgrade(move |socket| async move {
-        let (conn, side) = server.new_conn(kind.name(), peer);
-        (server.on_session)(conn);
-        let TransportSide {
-            shared,
-            inbound,
-            outbound,
-        } = side;
-        let (sink, stream) = socket.split();
-        let cfg = &server.config;
-        match kind {
-            Kind::SockJs => {
-                tokio::join!(
-                    sockjs_writer(sink, outbound, &shared, cfg.heartbeat_interval, cfg.write_timeout),
-                    sockjs_reader(stream, inbound, &shared),
-                );
+    let protocol = pick_protocol(headers, &server.config.websocket_protocols);
+
+    let cfg = &server.config;
+    let buffer = cfg.websocket_buffer_bytes.max(1024);
+    // Inbound messages and frames above the limit fail the read (and end
+    // the session) before being buffered whole.
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(buffer)
+        .write_buffer_size(buffer)
+        .max_message_size(Some(cfg.max_message_bytes))
+        .max_frame_size(Some(cfg.max_message_bytes));
+    let server2 = server.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "sockjs: websocket upgrade failed");
+                return;
             }
-            Kind::Raw => {
-                tokio::join!(
-                    raw_writer(sink, outbound, &shared, cfg.write_timeout),
-                    raw_reader(stream, inbound, &shared),
-                );
-            }
-        }
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
+        run(server2, socket, peer, kind).await;
         drop(permit);
-    })
-    .into_response()
+    });
+
+    let mut res = service::fixed(StatusCode::SWITCHING_PROTOCOLS, None, bytes::Bytes::new());
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(p) = protocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    res
 }
 
-type Sink = SplitSink<WebSocket, Message>;
+async fn run(server: Arc<Server>, socket: Socket, peer: Option<SocketAddr>, kind: Kind) {
+    let (conn, side) = server.new_conn(kind.name(), peer);
+    (server.on_session)(conn);
+    let TransportSide {
+        shared,
+        inbound,
+        outbound,
+    } = side;
+    let (sink, stream) = socket.split();
+    let cfg = &server.config;
+    match kind {
+        Kind::SockJs => {
+            tokio::join!(
+                sockjs_writer(
+                    sink,
+                    outbound,
+                    &shared,
+                    cfg.heartbeat_interval,
+                    cfg.write_timeout
+                ),
+                sockjs_reader(stream, inbound, &shared),
+            );
+        }
+        Kind::Raw => {
+            tokio::join!(
+                raw_writer(sink, outbound, &shared, cfg.write_timeout),
+                raw_reader(stream, inbound, &shared),
+            );
+        }
+    }
+}
+
+type Sink = SplitSink<Socket, Message>;
 
 /// Sends one message (and flushes) within `timeout`.
 async fn send(sink: &mut Sink, msg: Message, timeout: Duration) -> bool {
-    matches!(tokio::time::timeout(timeout, sink.send(msg)).await, Ok(Ok(())))
+    matches!(
+        tokio::time::timeout(timeout, sink.send(msg)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// A WebSocket close code that may be sent on the wire for `code`.
@@ -134,7 +229,10 @@ fn wire_close_reason(reason: &str) -> String {
 /// for the close handshake to flush.
 async fn finish(mut sink: Sink, close: Option<(u16, String)>) {
     if let Some((code, reason)) = close {
-        let msg = Message::close_with(wire_close_code(code), wire_close_reason(&reason));
+        let msg = Message::Close(Some(CloseFrame {
+            code: wire_close_code(code).into(),
+            reason: Utf8Bytes::from(wire_close_reason(&reason)),
+        }));
         let _ = send(&mut sink, msg, CLOSE_GRACE).await;
     }
     let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
@@ -208,7 +306,7 @@ async fn sockjs_writer(
 /// Decodes inbound SockJS payloads into the inbound queue. Broken JSON ends
 /// the session abruptly, as the protocol requires.
 async fn sockjs_reader(
-    mut stream: SplitStream<WebSocket>,
+    mut stream: SplitStream<Socket>,
     inbound: mpsc::Sender<String>,
     shared: &ConnShared,
 ) {
@@ -219,14 +317,13 @@ async fn sockjs_reader(
             () = ended.cancelled() => return,
             item = stream.next() => item,
         };
-        let Some(Ok(msg)) = item else { break };
-        if msg.is_close() {
-            break;
-        }
-        if !msg.is_text() && !msg.is_binary() {
-            continue;
-        }
-        match frame::decode_messages(msg.as_bytes()) {
+        let payload = match item {
+            Some(Ok(Message::Text(t))) => t.into(),
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+        };
+        match frame::decode_messages(&payload) {
             Ok(msgs) => {
                 for m in msgs {
                     if !conn::deliver(&inbound, ended, m).await {
@@ -283,7 +380,11 @@ async fn raw_writer(
                 Err(_) => break,
             }
         }
-        ok = ok && matches!(tokio::time::timeout(write_timeout, sink.flush()).await, Ok(Ok(())));
+        ok = ok
+            && matches!(
+                tokio::time::timeout(write_timeout, sink.flush()).await,
+                Ok(Ok(()))
+            );
         if !ok {
             break None;
         }
@@ -298,7 +399,7 @@ async fn raw_writer(
 /// Raw WebSocket: each text message (or binary message that is valid
 /// UTF-8) is one application message. Anything else ends the session.
 async fn raw_reader(
-    mut stream: SplitStream<WebSocket>,
+    mut stream: SplitStream<Socket>,
     inbound: mpsc::Sender<String>,
     shared: &ConnShared,
 ) {
@@ -309,15 +410,17 @@ async fn raw_reader(
             () = ended.cancelled() => return,
             item = stream.next() => item,
         };
-        let Some(Ok(msg)) = item else { break };
-        if msg.is_close() {
-            break;
-        }
-        if !msg.is_text() && !msg.is_binary() {
-            continue;
-        }
-        let Ok(text) = String::from_utf8(msg.into_bytes().to_vec()) else {
-            tracing::debug!(session = shared.id(), "sockjs raw websocket: binary message is not UTF-8");
+        let text = match item {
+            Some(Ok(Message::Text(t))) => Ok(t.as_str().to_owned()),
+            Some(Ok(Message::Binary(b))) => String::from_utf8(b.to_vec()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+        };
+        let Ok(text) = text else {
+            tracing::debug!(
+                session = shared.id(),
+                "sockjs raw websocket: binary message is not UTF-8"
+            );
             break;
         };
         if !conn::deliver(&inbound, ended, text).await {

@@ -12,8 +12,8 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::{Notify, OwnedMutexGuard, mpsc};
 use tokio::time::Instant;
 use warp::Reply;
-use warp::http::header::{self, HeaderMap, HeaderValue};
 use warp::http::StatusCode;
+use warp::http::header::{self, HeaderMap, HeaderValue};
 use warp::reply::Response;
 
 use super::Server;
@@ -197,7 +197,11 @@ struct Refused;
 
 /// Finds or creates the session and takes the receiver slot (`None` when
 /// another receiving request holds it).
-fn attach(server: &Arc<Server>, rq: &Req<'_>, kind: Receiver) -> Result<Option<ActiveReceive>, Refused> {
+fn attach(
+    server: &Arc<Server>,
+    rq: &Req<'_>,
+    kind: Receiver,
+) -> Result<Option<ActiveReceive>, Refused> {
     let mut created = None;
     let (session, active) = {
         let mut table = lock(&server.sessions);
@@ -259,7 +263,11 @@ fn attach(server: &Arc<Server>, rq: &Req<'_>, kind: Receiver) -> Result<Option<A
 /// A receiving request: `xhr`, `xhr_streaming` or `eventsource`.
 pub(crate) async fn receive(server: Arc<Server>, rq: Req<'_>, kind: Receiver) -> Response {
     let Ok(active) = attach(&server, &rq, kind) else {
-        return service::fixed(StatusCode::SERVICE_UNAVAILABLE, Some(CT_TEXT), "Too many sessions.\n");
+        return service::fixed(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(CT_TEXT),
+            "Too many sessions.\n",
+        );
     };
     let mut res = match active {
         None => {
@@ -285,8 +293,10 @@ pub(crate) async fn receive(server: Arc<Server>, rq: Req<'_>, kind: Receiver) ->
                     server.config.write_timeout,
                 ));
                 let mut res = warp::reply::stream(BodyStream(rx)).into_response();
-                res.headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind.content_type()));
+                res.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(kind.content_type()),
+                );
                 res
             }
         }
@@ -371,7 +381,12 @@ impl Stream for BodyStream {
 
 /// Removes the session `disconnect_delay` after its last receiving request
 /// ended, then ends it and releases its slot.
-async fn reaper(server: Arc<Server>, key: String, session: Arc<HttpSession>, permit: SessionPermit) {
+async fn reaper(
+    server: Arc<Server>,
+    key: String,
+    session: Arc<HttpSession>,
+    permit: SessionPermit,
+) {
     let delay = server.config.disconnect_delay;
     loop {
         let deadline = {
@@ -423,9 +438,11 @@ where
                 match read_limited(body, limit).await {
                     Err(res) => res,
                     Ok(payload) => match frame::decode_messages(&payload) {
-                        Err(DecodeError::Empty) => {
-                            service::fixed(StatusCode::INTERNAL_SERVER_ERROR, Some(CT_TEXT), "Payload expected.")
-                        }
+                        Err(DecodeError::Empty) => service::fixed(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            Some(CT_TEXT),
+                            "Payload expected.",
+                        ),
                         Err(DecodeError::Broken) => service::fixed(
                             StatusCode::INTERNAL_SERVER_ERROR,
                             Some(CT_TEXT),
@@ -433,7 +450,8 @@ where
                         ),
                         Ok(msgs) => {
                             for m in msgs {
-                                if !conn::deliver(&session.inbound, session.shared.ended(), m).await {
+                                if !conn::deliver(&session.inbound, session.shared.ended(), m).await
+                                {
                                     break;
                                 }
                             }
@@ -450,7 +468,11 @@ where
 }
 
 fn too_large() -> Response {
-    service::fixed(StatusCode::PAYLOAD_TOO_LARGE, Some(CT_TEXT), "Payload too large.\n")
+    service::fixed(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Some(CT_TEXT),
+        "Payload too large.\n",
+    )
 }
 
 /// Reads a request body, refusing it (413) as soon as it exceeds `limit`.
@@ -463,7 +485,11 @@ where
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.next().await {
         let mut chunk = chunk.map_err(|_| {
-            service::fixed(StatusCode::BAD_REQUEST, Some(CT_TEXT), "Broken request body.\n")
+            service::fixed(
+                StatusCode::BAD_REQUEST,
+                Some(CT_TEXT),
+                "Broken request body.\n",
+            )
         })?;
         if buf.len() + chunk.remaining() > limit {
             return Err(too_large());

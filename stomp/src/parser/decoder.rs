@@ -314,7 +314,10 @@ mod tests {
         let limits = Limits::default();
         for &b in b"SEND\ndestination:/q\n" {
             buf.extend_from_slice(&[b]);
-            assert!(matches!(d.decode(&mut buf, &limits, Version::V1_2), Ok(None)));
+            assert!(matches!(
+                d.decode(&mut buf, &limits, Version::V1_2),
+                Ok(None)
+            ));
         }
         assert!(matches!(d.state, State::Head { scanned: 20 }));
         assert_eq!(d.line_ends, [4, 19]);

@@ -85,7 +85,13 @@ pub(crate) fn huge_limits() -> Limits {
 
 /// Decodes `input` fed in pieces cut at `cuts` (any order, clamped), then signals end of stream
 /// if `eof`.
-pub(crate) fn run(input: &[u8], cuts: &[usize], version: Version, limits: &Limits, eof: bool) -> Run {
+pub(crate) fn run(
+    input: &[u8],
+    cuts: &[usize],
+    version: Version,
+    limits: &Limits,
+    eof: bool,
+) -> Run {
     let mut codec = StompCodec::new(limits.clone());
     codec.set_version(version);
     let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
@@ -161,7 +167,10 @@ pub(crate) fn check_reencode(frame: &Frame, version: Version) {
     match codec.encode(frame, &mut encoded) {
         Ok(()) => {
             let again = run(&encoded, &[], version, &huge_limits(), true);
-            assert!(again.error.is_none(), "re-encoded frame fails: {again:?}\n{encoded:?}");
+            assert!(
+                again.error.is_none(),
+                "re-encoded frame fails: {again:?}\n{encoded:?}"
+            );
             assert_eq!(again.rest, b"", "re-encoded frame leaves bytes");
             let frames = again.frames();
             assert_eq!(frames.len(), 1, "{encoded:?}");
@@ -183,7 +192,11 @@ pub(crate) fn check_reencode(frame: &Frame, version: Version) {
 pub(crate) fn check(input: &[u8], split: usize, version: Version, limits: &Limits) {
     let whole = run(input, &[], version, limits, true);
     let parted = run(input, &[split], version, limits, true);
-    assert_eq!(whole.outcome(), parted.outcome(), "split at {split} differs");
+    assert_eq!(
+        whole.outcome(),
+        parted.outcome(),
+        "split at {split} differs"
+    );
     if whole.error.is_none() {
         assert_eq!(whole.consumed, parted.consumed);
         assert_eq!(whole.rest, parted.rest);
@@ -203,7 +216,11 @@ pub(crate) fn check(input: &[u8], split: usize, version: Version, limits: &Limit
                 assert_eq!(bytes.last(), Some(&0), "a frame ends with NUL");
                 let body_end = bytes.len() - 1;
                 let body = bytes.get(body_end.saturating_sub(frame.body.len())..body_end);
-                assert_eq!(body, Some(frame.body.as_ref()), "body is the bytes before the NUL");
+                assert_eq!(
+                    body,
+                    Some(frame.body.as_ref()),
+                    "body is the bytes before the NUL"
+                );
                 assert!(frame.body.is_empty() || frame.command.allows_body());
                 check_reencode(frame, version);
             }

@@ -45,7 +45,10 @@ pub(crate) fn decode_err(input: &[u8], version: Version, limits: &Limits) -> Fra
     let run = decode_everywhere(input, version, limits);
     match run.error {
         Some(e) => e,
-        None => panic!("expected an error decoding {:?}, got {run:?}", String::from_utf8_lossy(input)),
+        None => panic!(
+            "expected an error decoding {:?}, got {run:?}",
+            String::from_utf8_lossy(input)
+        ),
     }
 }
 

@@ -1,0 +1,94 @@
+//! `instar serve` as a real process: it starts on the address given by `INSTAR_LISTEN`, checks tokens
+//! with `INSTAR_JWT_SECRET`, lists its settings in `--help`, and drains sessions on SIGTERM.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "serve-test-secret";
+
+fn token(user: &str) -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    gateway::auth::Verifier::new(SECRET.as_bytes().to_vec()).sign(
+        gateway::auth::Algorithm::Hs256,
+        user,
+        None,
+        now,
+        now + 600,
+    )
+}
+
+/// Starts the binary on a free port; returns it and the HTTP address it logged.
+async fn start() -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_instar"))
+        .arg("serve")
+        .env("INSTAR_LISTEN", "127.0.0.1:0")
+        .env("INSTAR_TCP_LISTEN", "off")
+        .env("INSTAR_JWT_SECRET", SECRET)
+        .env("INSTAR_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("instar starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("HTTP listening")
+                && let Some(a) = line.split("addr=").nth(1)
+            {
+                return a.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        panic!("instar exited before listening");
+    })
+    .await
+    .expect("instar listens in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+#[tokio::test]
+async fn help_lists_every_setting_with_its_default() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_instar"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needle in ["INSTAR_LISTEN", "INSTAR_JWT_SECRET", "INSTAR_TCP_LISTEN", "[default: 127.0.0.1:8080]", "INSTAR_HEARTBEAT_MS"] {
+        assert!(help.contains(needle), "--help lacks {needle}");
+    }
+}
+
+#[tokio::test]
+async fn serves_stomp_and_drains_on_sigterm() {
+    let (mut child, addr) = start().await;
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}/stomp")).unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", "v12.stomp".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let t = token("alice01");
+    ws.send(Message::text(format!("CONNECT\naccept-version:1.2\nAuthorization:Bearer {t}\n\n\0"))).await.unwrap();
+    let connected = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    assert!(connected.starts_with("CONNECTED\n"), "{connected}");
+    assert!(connected.contains("user-name:alice01"));
+
+    // SIGTERM: the session is told why and closed, and the process exits cleanly.
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut saw_error = false;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        if let Message::Text(t) = msg
+            && t.starts_with("ERROR")
+        {
+            assert!(t.contains("message:server shutting down"), "{t}");
+            saw_error = true;
+        }
+    }
+    assert!(saw_error, "no ERROR frame before close");
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "exit status {status}");
+}
