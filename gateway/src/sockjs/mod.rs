@@ -29,14 +29,20 @@
 //!   to client, `outbound_capacity` messages; [`SockJsConn::send`] waits
 //!   when it is full, which is the back-pressure towards the application).
 //!   A [`CancellationToken`](tokio_util::sync::CancellationToken) marks the
-//!   end of the session; `recv()` then returns `None` and `send()` fails.
+//!   end of the session; `send()` then fails and `recv()` returns `None`
+//!   once it has handed over what the client sent before leaving.
 //!   `close()` queues a close marker behind the pending messages, so a
 //!   STOMP `RECEIPT`/`ERROR` sent just before it still reaches the client.
 //! * **WebSocket** sessions live exactly as long as their socket: a reader
-//!   task decodes inbound frames into the inbound channel, a writer batches
+//!   decodes inbound frames into the inbound channel, a writer batches
 //!   queued messages into `a[…]` frames (up to ~32 KiB a frame) and sends
-//!   `h` after `heartbeat_interval` of outbound silence. Slow or dead peers
-//!   are cut after `write_timeout`. They are not in the session table.
+//!   `h` after `heartbeat_interval` of outbound silence; both run in the one
+//!   task that owns the socket. Slow or dead peers are cut after
+//!   `write_timeout`. They are not in the session table. The upgrade is
+//!   done here (hyper `OnUpgrade` + tokio-tungstenite) instead of with
+//!   `warp::ws()`, because warp cannot size tungstenite's buffers and the
+//!   default 128 KiB read buffer is allocated per connection; here both are
+//!   `websocket_buffer_bytes` (8 KiB).
 //! * **HTTP transports** keep their sessions in a table
 //!   (`Mutex<HashMap<url session id, Arc<HttpSession>>>`). The outbound
 //!   receiver sits behind an async mutex that the one active *receiving*
