@@ -35,14 +35,19 @@ impl AppHandler for BenchEcho {
             .cloned()
             .collect();
         let (target, destination) = match cmd.destination.as_str() {
-            "/app/bench.fanout" => (Target::Topic("public.bench".into()), "/topic/public.bench".to_owned()),
+            "/app/bench.fanout" => (
+                Target::Topic("public.bench".into()),
+                "/topic/public.bench".to_owned(),
+            ),
             "/app/bench.direct" => {
                 let to = cmd
                     .headers
                     .iter()
                     .find(|(k, _)| k == "to")
                     .map(|(_, v)| v.clone())
-                    .ok_or_else(|| HandlerError::Rejected("bench.direct needs a 'to' header".into()))?;
+                    .ok_or_else(|| {
+                        HandlerError::Rejected("bench.direct needs a 'to' header".into())
+                    })?;
                 (
                     Target::User {
                         user: to,
@@ -51,7 +56,11 @@ impl AppHandler for BenchEcho {
                     "/user/queue/bench".to_owned(),
                 )
             }
-            other => return Err(HandlerError::Rejected(format!("unknown bench destination {other}"))),
+            other => {
+                return Err(HandlerError::Rejected(format!(
+                    "unknown bench destination {other}"
+                )));
+            }
         };
         let envelope = Envelope {
             destination,

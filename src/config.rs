@@ -106,7 +106,8 @@ impl ServeArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
             }
             None => FileSettings::default(),
         };
@@ -117,12 +118,17 @@ impl ServeArgs {
         let tcp_listen = if tcp.eq_ignore_ascii_case("off") || tcp.is_empty() {
             None
         } else {
-            Some(tcp.parse().with_context(|| format!("invalid tcp_listen address '{tcp}'"))?)
+            Some(
+                tcp.parse()
+                    .with_context(|| format!("invalid tcp_listen address '{tcp}'"))?,
+            )
         };
         let jwt_secret = match self.jwt_secret.or(file.jwt_secret) {
             Some(s) if !s.is_empty() => s,
             _ => {
-                tracing::warn!("no INSTAR_JWT_SECRET set: using a random secret, tokens will not survive a restart");
+                tracing::warn!(
+                    "no INSTAR_JWT_SECRET set: using a random secret, tokens will not survive a restart"
+                );
                 gateway::random_id(48)
             }
         };
@@ -139,18 +145,33 @@ impl ServeArgs {
                 .unwrap_or_else(|| format!("node-{}", gateway::random_id(6))),
             heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(10_000),
             max_body: self.max_body.or(file.max_body).unwrap_or(64 * 1024),
-            max_ws_message: self.max_ws_message.or(file.max_ws_message).unwrap_or(128 * 1024),
-            outbound_queue: self.outbound_queue.or(file.outbound_queue).unwrap_or(1024).max(1),
+            max_ws_message: self
+                .max_ws_message
+                .or(file.max_ws_message)
+                .unwrap_or(128 * 1024),
+            outbound_queue: self
+                .outbound_queue
+                .or(file.outbound_queue)
+                .unwrap_or(1024)
+                .max(1),
             connect_timeout: Duration::from_secs(
-                self.connect_timeout_secs.or(file.connect_timeout_secs).unwrap_or(10),
+                self.connect_timeout_secs
+                    .or(file.connect_timeout_secs)
+                    .unwrap_or(10),
             ),
             drain_grace: Duration::from_secs(self.drain_secs.or(file.drain_secs).unwrap_or(10)),
-            allow_anonymous: self.allow_anonymous.or(file.allow_anonymous).unwrap_or(false),
+            allow_anonymous: self
+                .allow_anonymous
+                .or(file.allow_anonymous)
+                .unwrap_or(false),
             public_topics: self
                 .public_topics
                 .or(file.public_topics)
                 .unwrap_or_else(|| vec!["public.".to_owned()]),
-            allowed_origins: self.allowed_origins.or(file.allowed_origins).unwrap_or_default(),
+            allowed_origins: self
+                .allowed_origins
+                .or(file.allowed_origins)
+                .unwrap_or_default(),
             bench_echo: self.bench_echo.or(file.bench_echo).unwrap_or(false),
         })
     }
@@ -160,7 +181,9 @@ impl Settings {
     pub(crate) fn gateway_config(&self) -> gateway::GatewayConfig {
         let mut g = gateway::GatewayConfig::default();
         g.limits.max_body_bytes = self.max_body;
-        g.max_ws_message = self.max_ws_message.max(self.max_body + g.limits.max_head_bytes);
+        g.max_ws_message = self
+            .max_ws_message
+            .max(self.max_body + g.limits.max_head_bytes);
         g.outbound_queue = self.outbound_queue;
         g.connect_timeout = self.connect_timeout;
         g.session.heartbeat = (self.heartbeat_ms, self.heartbeat_ms);

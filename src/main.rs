@@ -15,7 +15,11 @@ use gateway::destination::PrefixPolicy;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "instar", version, about = "Instar: Instagram-style social backend with real-time chat")]
+#[command(
+    name = "instar",
+    version,
+    about = "Instar: Instagram-style social backend with real-time chat"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,7 +36,9 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(EnvFilter::try_from_env("INSTAR_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("INSTAR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -47,10 +53,13 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
     let registry = Registry::in_process();
     let bus = Bus::in_process(registry, InProcessConfig::default());
     if cfg.bench_echo {
-        tracing::warn!("INSTAR_BENCH_ECHO is on: /app/bench.* republishes client messages (load tests only)");
+        tracing::warn!(
+            "INSTAR_BENCH_ECHO is on: /app/bench.* republishes client messages (load tests only)"
+        );
         bench::BenchEcho::register(&bus);
     }
-    let policy = Arc::new(PrefixPolicy::new(cfg.public_topics.clone()).allow_anonymous(cfg.allow_anonymous));
+    let policy =
+        Arc::new(PrefixPolicy::new(cfg.public_topics.clone()).allow_anonymous(cfg.allow_anonymous));
     let gw = Gateway::start(
         cfg.node_id.as_str().into(),
         cfg.gateway_config(),
@@ -77,7 +86,10 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
     }
 
     shutdown_signal().await;
-    tracing::info!(sessions = gw.open_sessions(), "shutting down: draining sessions");
+    tracing::info!(
+        sessions = gw.open_sessions(),
+        "shutting down: draining sessions"
+    );
     gw.drain(cfg.drain_grace).await;
     let _ = tokio::time::timeout(cfg.drain_grace, http).await;
     tracing::info!("stopped");

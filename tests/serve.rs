@@ -1,6 +1,8 @@
 //! `instar serve` as a real process: it starts on the address given by `INSTAR_LISTEN`, checks tokens
 //! with `INSTAR_JWT_SECRET`, lists its settings in `--help`, and drains sessions on SIGTERM.
 
+#![allow(clippy::unwrap_used)]
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -13,7 +15,10 @@ const SECRET: &str = "serve-test-secret";
 
 fn token(user: &str) -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     gateway::auth::Verifier::new(SECRET.as_bytes().to_vec()).sign(
         gateway::auth::Algorithm::Hs256,
         user,
@@ -59,7 +64,13 @@ async fn help_lists_every_setting_with_its_default() {
         .output()
         .unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
-    for needle in ["INSTAR_LISTEN", "INSTAR_JWT_SECRET", "INSTAR_TCP_LISTEN", "[default: 127.0.0.1:8080]", "INSTAR_HEARTBEAT_MS"] {
+    for needle in [
+        "INSTAR_LISTEN",
+        "INSTAR_JWT_SECRET",
+        "INSTAR_TCP_LISTEN",
+        "[default: 127.0.0.1:8080]",
+        "INSTAR_HEARTBEAT_MS",
+    ] {
         assert!(help.contains(needle), "--help lacks {needle}");
     }
 }
@@ -67,18 +78,32 @@ async fn help_lists_every_setting_with_its_default() {
 #[tokio::test]
 async fn serves_stomp_and_drains_on_sigterm() {
     let (mut child, addr) = start().await;
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}/stomp")).unwrap();
-    req.headers_mut().insert("sec-websocket-protocol", "v12.stomp".parse().unwrap());
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{addr}/stomp"),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "v12.stomp".parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     let t = token("alice01");
-    ws.send(Message::text(format!("CONNECT\naccept-version:1.2\nAuthorization:Bearer {t}\n\n\0"))).await.unwrap();
+    ws.send(Message::text(format!(
+        "CONNECT\naccept-version:1.2\nAuthorization:Bearer {t}\n\n\0"
+    )))
+    .await
+    .unwrap();
     let connected = ws.next().await.unwrap().unwrap().into_text().unwrap();
     assert!(connected.starts_with("CONNECTED\n"), "{connected}");
     assert!(connected.contains("user-name:alice01"));
 
     // SIGTERM: the session is told why and closed, and the process exits cleanly.
     let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let mut saw_error = false;
     while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
         if let Message::Text(t) = msg
@@ -89,6 +114,9 @@ async fn serves_stomp_and_drains_on_sigterm() {
         }
     }
     assert!(saw_error, "no ERROR frame before close");
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "exit status {status}");
 }

@@ -150,22 +150,29 @@ impl Verifier {
             return Err(TokenError::TooLong);
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed);
         };
-        let header_json = URL_SAFE_NO_PAD.decode(h).map_err(|_| TokenError::Malformed)?;
+        let header_json = URL_SAFE_NO_PAD
+            .decode(h)
+            .map_err(|_| TokenError::Malformed)?;
         let header: Header<'_> =
             serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
         let alg = Algorithm::from_name(header.alg)
             .filter(|a| self.accepted.contains(a))
             .ok_or(TokenError::Algorithm)?;
-        let signature = URL_SAFE_NO_PAD.decode(s).map_err(|_| TokenError::Malformed)?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| TokenError::Malformed)?;
         let signed = &token[..h.len() + 1 + p.len()];
         if !self.check(alg, signed.as_bytes(), &signature) {
             return Err(TokenError::Signature);
         }
-        let payload = URL_SAFE_NO_PAD.decode(p).map_err(|_| TokenError::Malformed)?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(p)
+            .map_err(|_| TokenError::Malformed)?;
         let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
         let exp = claims.exp.ok_or(TokenError::Expired)?;
         if now > exp.saturating_add(self.leeway) {
@@ -214,7 +221,14 @@ impl Verifier {
 
     /// Signs a token; used by tests and the load generator's helpers. The social service has its own
     /// signer for issuing real tokens.
-    pub fn sign(&self, alg: Algorithm, sub: &str, role: Option<&str>, iat: u64, exp: u64) -> String {
+    pub fn sign(
+        &self,
+        alg: Algorithm,
+        sub: &str,
+        role: Option<&str>,
+        iat: u64,
+        exp: u64,
+    ) -> String {
         let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{}","typ":"JWT"}}"#, alg.name()));
         let mut claims = serde_json::json!({ "sub": sub, "iat": iat, "exp": exp });
         if let (Some(role), Some(obj)) = (role, claims.as_object_mut()) {
@@ -257,7 +271,10 @@ mod tests {
             assert_eq!(p.user, "alice01");
             assert_eq!(p.role.as_deref(), Some("ROLE_USER"));
             assert_eq!(p.expires_at, NOW + 3600);
-            assert_eq!(v.verify_bearer(&format!("Bearer {t}"), NOW).unwrap().user, "alice01");
+            assert_eq!(
+                v.verify_bearer(&format!("Bearer {t}"), NOW).unwrap().user,
+                "alice01"
+            );
         }
     }
 
@@ -294,6 +311,9 @@ mod tests {
         let payload = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":42,"exp":{}}}"#, NOW + 5));
         let signed = format!("{header}.{payload}");
         let sig = URL_SAFE_NO_PAD.encode(mac::<Hmac<Sha256>>(b"k", signed.as_bytes()));
-        assert_eq!(v.verify(&format!("{signed}.{sig}"), NOW).unwrap().user, "42");
+        assert_eq!(
+            v.verify(&format!("{signed}.{sig}"), NOW).unwrap().user,
+            "42"
+        );
     }
 }

@@ -77,7 +77,12 @@ struct Driver<'a> {
 static SESSION_NUMBERS: AtomicU64 = AtomicU64::new(1);
 
 /// Runs a connection to its end.
-pub async fn run(gw: Arc<Gateway>, mut source: Box<dyn Source>, sink: Box<dyn Sink>, transport: &'static str) {
+pub async fn run(
+    gw: Arc<Gateway>,
+    mut source: Box<dyn Source>,
+    sink: Box<dyn Sink>,
+    transport: &'static str,
+) {
     let number = SESSION_NUMBERS.fetch_add(1, Ordering::Relaxed);
     let id: Arc<str> = Arc::from(format!("{}-{}", gw.node, random_id(12)));
     let session = Session::new(id.clone(), gw.session_config.clone(), gw.verifier.clone());
@@ -192,7 +197,10 @@ impl Driver<'_> {
         if let Some(p) = self.expect_within
             && now >= self.last_recv + p
         {
-            self.gw.metrics.heartbeat_timeouts.fetch_add(1, Ordering::Relaxed);
+            self.gw
+                .metrics
+                .heartbeat_timeouts
+                .fetch_add(1, Ordering::Relaxed);
             return Some(CloseReason::HeartBeatTimeout);
         }
         if let Some(p) = self.send_every
@@ -220,7 +228,9 @@ impl Driver<'_> {
                     }
                 }
                 Err(e) => {
-                    let actions = self.session.fail(&format!("malformed frame: {e}"), None, None);
+                    let actions = self
+                        .session
+                        .fail(&format!("malformed frame: {e}"), None, None);
                     self.execute(actions).await;
                     return Some(CloseReason::ProtocolError);
                 }
@@ -266,10 +276,13 @@ impl Driver<'_> {
                 } => {
                     self.codec.set_version(version);
                     self.handle.version = version;
-                    self.send_every = (send_every > 0).then(|| Duration::from_millis(u64::from(send_every)));
+                    self.send_every =
+                        (send_every > 0).then(|| Duration::from_millis(u64::from(send_every)));
                     // Allow the client some slack over the agreed interval, as the spec suggests.
-                    self.expect_within = (expect_within > 0)
-                        .then(|| Duration::from_millis(u64::from(expect_within)).mul_f64(self.gw.config.heartbeat_grace));
+                    self.expect_within = (expect_within > 0).then(|| {
+                        Duration::from_millis(u64::from(expect_within))
+                            .mul_f64(self.gw.config.heartbeat_grace)
+                    });
                     if let Some(p) = self.session.principal().cloned() {
                         let left = p.expires_at.saturating_sub(unix_now());
                         self.token_deadline = Instant::now() + Duration::from_secs(left);
@@ -282,13 +295,21 @@ impl Driver<'_> {
                         if let Err(e) = self.gw.registry.register(entry).await {
                             tracing::error!(error = %e, "session registry unavailable");
                             actions.clear();
-                            actions.extend(self.session.fail("session registry unavailable, retry later", None, None));
+                            actions.extend(self.session.fail(
+                                "session registry unavailable, retry later",
+                                None,
+                                None,
+                            ));
                             continue;
                         }
                         self.registered = true;
                     }
                 }
-                Action::Subscribe { sub, target, receipt } => {
+                Action::Subscribe {
+                    sub,
+                    target,
+                    receipt,
+                } => {
                     let user = self.session.principal().map(|p| p.user.clone());
                     if let SubscribeTarget::Topic(topic) = &target
                         && !self.gw.policy.may_subscribe(user.as_deref(), topic).await
@@ -305,7 +326,11 @@ impl Driver<'_> {
                         .await
                     {
                         actions.clear();
-                        actions.extend(self.session.fail(&format!("subscription failed: {e}"), receipt.as_deref(), None));
+                        actions.extend(self.session.fail(
+                            &format!("subscription failed: {e}"),
+                            receipt.as_deref(),
+                            None,
+                        ));
                         continue;
                     }
                     self.targets.insert(sub.index, (sub, target));
@@ -319,7 +344,10 @@ impl Driver<'_> {
                 Action::Unsubscribe { sub } => {
                     if let Some((sub, target)) = self.targets.remove(&sub.index) {
                         let user = self.session.principal().map(|p| p.user.clone());
-                        self.gw.hub.unsubscribe(self.number, &sub, &target, user.as_deref()).await;
+                        self.gw
+                            .hub
+                            .unsubscribe(self.number, &sub, &target, user.as_deref())
+                            .await;
                     }
                 }
                 Action::Submit {
@@ -343,7 +371,8 @@ impl Driver<'_> {
                         Ok(()) => {
                             self.gw.metrics.commands.fetch_add(1, Ordering::Relaxed);
                             if let Some(r) = receipt {
-                                let frame = Frame::new(stomp::Command::Receipt).header("receipt-id", &r);
+                                let frame =
+                                    Frame::new(stomp::Command::Receipt).header("receipt-id", &r);
                                 if self.write(&frame).await.is_err() {
                                     return Some(CloseReason::WriteError);
                                 }
@@ -351,7 +380,11 @@ impl Driver<'_> {
                         }
                         Err(e) => {
                             actions.clear();
-                            actions.extend(self.session.fail(&format!("message not accepted: {e}"), receipt.as_deref(), None));
+                            actions.extend(self.session.fail(
+                                &format!("message not accepted: {e}"),
+                                receipt.as_deref(),
+                                None,
+                            ));
                             continue;
                         }
                     }
@@ -371,17 +404,29 @@ impl Driver<'_> {
     async fn finish(&mut self, reason: CloseReason, transport: &'static str) {
         let user = self.session.principal().map(|p| p.user.clone());
         for (_, (sub, target)) in std::mem::take(&mut self.targets) {
-            self.gw.hub.unsubscribe(self.number, &sub, &target, user.as_deref()).await;
+            self.gw
+                .hub
+                .unsubscribe(self.number, &sub, &target, user.as_deref())
+                .await;
         }
         if self.registered
             && let Err(e) = self.gw.registry.unregister(self.session.id()).await
         {
             tracing::warn!(error = %e, session = %self.session.id(), "could not leave the session registry");
         }
-        if !matches!(reason, CloseReason::ClientGone | CloseReason::Disconnect | CloseReason::ProtocolError | CloseReason::WriteError) {
+        if !matches!(
+            reason,
+            CloseReason::ClientGone
+                | CloseReason::Disconnect
+                | CloseReason::ProtocolError
+                | CloseReason::WriteError
+        ) {
             let _ = tokio::time::timeout(STUCK_WRITE_GRACE, self.sink.close(false)).await;
         }
-        self.gw.metrics.sessions_open.fetch_sub(1, Ordering::Relaxed);
+        self.gw
+            .metrics
+            .sessions_open
+            .fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(session = %self.session.id(), transport, ?reason, user = user.as_deref().unwrap_or("-"), "session closed");
     }
 }

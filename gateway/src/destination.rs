@@ -54,7 +54,8 @@ pub enum DestinationError {
 fn valid_segment(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         && !s.starts_with('.')
         && !s.ends_with('.')
         && !s.contains("..")
@@ -151,7 +152,10 @@ mod tests {
             "/user/queue/",
             "/user/queue/a*",
         ] {
-            assert!(matches!(parse_subscribe(bad), Err(DestinationError::InvalidName(_))), "{bad}");
+            assert!(
+                matches!(parse_subscribe(bad), Err(DestinationError::InvalidName(_))),
+                "{bad}"
+            );
         }
         for bad in [
             "/queue/notify-userabc",
@@ -162,7 +166,10 @@ mod tests {
             "chat.1",
         ] {
             assert!(
-                matches!(parse_subscribe(bad), Err(DestinationError::SubscribeNotAllowed(_))),
+                matches!(
+                    parse_subscribe(bad),
+                    Err(DestinationError::SubscribeNotAllowed(_))
+                ),
                 "{bad}"
             );
         }
@@ -172,15 +179,30 @@ mod tests {
     fn send_grammar() {
         assert!(check_send("/app/send").is_ok());
         assert!(check_send("/app/update/read").is_ok());
-        assert!(matches!(check_send("/topic/chat.1"), Err(DestinationError::SendNotAllowed(_))));
+        assert!(matches!(
+            check_send("/topic/chat.1"),
+            Err(DestinationError::SendNotAllowed(_))
+        ));
         assert!(matches!(
             check_send("/user/alice/queue/notify"),
             Err(DestinationError::SendNotAllowed(_))
         ));
-        assert!(matches!(check_send("/queue/x"), Err(DestinationError::SendNotAllowed(_))));
-        assert!(matches!(check_send("/app/"), Err(DestinationError::InvalidName(_))));
-        assert!(matches!(check_send("/app/a//b"), Err(DestinationError::InvalidName(_))));
-        assert!(matches!(check_send("/app/a*"), Err(DestinationError::InvalidName(_))));
+        assert!(matches!(
+            check_send("/queue/x"),
+            Err(DestinationError::SendNotAllowed(_))
+        ));
+        assert!(matches!(
+            check_send("/app/"),
+            Err(DestinationError::InvalidName(_))
+        ));
+        assert!(matches!(
+            check_send("/app/a//b"),
+            Err(DestinationError::InvalidName(_))
+        ));
+        assert!(matches!(
+            check_send("/app/a*"),
+            Err(DestinationError::InvalidName(_))
+        ));
     }
 
     #[tokio::test]
@@ -189,6 +211,11 @@ mod tests {
         assert!(p.may_subscribe(Some("u"), "public.news").await);
         assert!(!p.may_subscribe(Some("u"), "chat.1").await);
         assert!(!p.may_subscribe(None, "public.news").await);
-        assert!(p.clone().allow_anonymous(true).may_subscribe(None, "public.news").await);
+        assert!(
+            p.clone()
+                .allow_anonymous(true)
+                .may_subscribe(None, "public.news")
+                .await
+        );
     }
 }

@@ -78,7 +78,9 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("metrics", &self.metrics).finish_non_exhaustive()
+        f.debug_struct("Hub")
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
     }
 }
 
@@ -146,7 +148,13 @@ impl Hub {
     }
 
     /// Removes a subscription; unbinds the topic after its last local subscriber.
-    pub async fn unsubscribe(&self, session: u64, sub: &SubState, target: &SubscribeTarget, user: Option<&str>) {
+    pub async fn unsubscribe(
+        &self,
+        session: u64,
+        sub: &SubState,
+        target: &SubscribeTarget,
+        user: Option<&str>,
+    ) {
         match target {
             SubscribeTarget::Topic(topic) => {
                 let _guard = self.bind_lock.lock().await;
@@ -182,7 +190,8 @@ impl Hub {
     /// Delivers one bus message to its local subscribers. Never waits.
     pub fn dispatch(&self, delivery: &Delivery) {
         let st = self.state.read();
-        let (subs, destination): (&[Subscriber], std::borrow::Cow<'_, str>) = match &delivery.target {
+        let (subs, destination): (&[Subscriber], std::borrow::Cow<'_, str>) = match &delivery.target
+        {
             Target::Topic(topic) => match st.topics.get(topic) {
                 Some(list) => (list, delivery.envelope.destination.as_str().into()),
                 None => return,
@@ -234,7 +243,10 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     if !s.handle.kill.is_cancelled() {
                         self.metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(session = s.handle.session, "slow consumer: outbound queue full, closing");
+                        tracing::warn!(
+                            session = s.handle.session,
+                            "slow consumer: outbound queue full, closing"
+                        );
                         s.handle.kill.cancel();
                     }
                 }

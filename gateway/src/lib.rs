@@ -78,7 +78,9 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Sessions currently open.
     pub fn open_sessions(&self) -> u64 {
-        self.metrics.sessions_open.load(std::sync::atomic::Ordering::Relaxed)
+        self.metrics
+            .sessions_open
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Begins a graceful shutdown and waits (up to `grace`) for sessions to drain.

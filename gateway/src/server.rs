@@ -122,8 +122,10 @@ impl Gateway {
                     connection::run(gw, source, sink, "websocket").await;
                 });
                 match chosen {
-                    Some(p) => Box::new(warp::reply::with_header(reply, "sec-websocket-protocol", p))
-                        as Box<dyn warp::Reply>,
+                    Some(p) => {
+                        Box::new(warp::reply::with_header(reply, "sec-websocket-protocol", p))
+                            as Box<dyn warp::Reply>
+                    }
                     None => Box::new(reply) as Box<dyn warp::Reply>,
                 }
             });

@@ -179,7 +179,12 @@ impl Session {
     }
 
     /// An ERROR frame (with `receipt-id` when `receipt` is set), then close.
-    pub fn fail(&mut self, message: &str, receipt: Option<&str>, detail: Option<&str>) -> Vec<Action> {
+    pub fn fail(
+        &mut self,
+        message: &str,
+        receipt: Option<&str>,
+        detail: Option<&str>,
+    ) -> Vec<Action> {
         let mut frame = Frame::new(Command::Error).header("message", message);
         if let Some(r) = receipt {
             frame = frame.header("receipt-id", r);
@@ -206,7 +211,10 @@ impl Session {
                 other => self.fail(
                     "not connected",
                     receipt.as_deref(),
-                    Some(&format!("the first frame must be CONNECT or STOMP, not {}", other.as_str())),
+                    Some(&format!(
+                        "the first frame must be CONNECT or STOMP, not {}",
+                        other.as_str()
+                    )),
                 ),
             },
             State::Connected => match self.connected(frame, receipt.as_deref()) {
@@ -218,12 +226,23 @@ impl Session {
 
     /// Ends the session because its token expired.
     pub fn expire(&mut self) -> Vec<Action> {
-        self.fail("token has expired", None, Some("reconnect with a fresh token"))
+        self.fail(
+            "token has expired",
+            None,
+            Some("reconnect with a fresh token"),
+        )
     }
 
     fn connect(&mut self, frame: &Frame, now: u64) -> Vec<Action> {
-        let Some(version) = stomp::negotiate_version(frame.get("accept-version"), &[Version::V1_0, Version::V1_1, Version::V1_2]) else {
-            return self.fail("supported protocol versions are 1.0, 1.1 and 1.2", None, None);
+        let Some(version) = stomp::negotiate_version(
+            frame.get("accept-version"),
+            &[Version::V1_0, Version::V1_1, Version::V1_2],
+        ) else {
+            return self.fail(
+                "supported protocol versions are 1.0, 1.1 and 1.2",
+                None,
+                None,
+            );
         };
         self.version = version;
         let client_hb = match frame.get("heart-beat") {
@@ -332,8 +351,9 @@ impl Session {
                 }
                 let ack = match frame.get("ack") {
                     None => AckMode::Auto,
-                    Some(a) => AckMode::parse(a)
-                        .ok_or_else(|| format!("invalid ack mode '{a}': use auto, client or client-individual"))?,
+                    Some(a) => AckMode::parse(a).ok_or_else(|| {
+                        format!("invalid ack mode '{a}': use auto, client or client-individual")
+                    })?,
                 };
                 let sub = Arc::new(SubState {
                     id: id.clone(),
@@ -384,7 +404,10 @@ impl Session {
                     return Err(format!("transaction '{tx}' already started"));
                 }
                 if self.transactions.len() >= self.config.max_transactions {
-                    return Err(format!("at most {} open transactions", self.config.max_transactions));
+                    return Err(format!(
+                        "at most {} open transactions",
+                        self.config.max_transactions
+                    ));
                 }
                 self.transactions.insert(tx.to_owned(), Vec::new());
                 push_receipt(&mut actions, receipt);
@@ -442,7 +465,11 @@ impl Session {
         let (index, seq) = id.split_once('-').ok_or_else(bad)?;
         let index: u32 = index.parse().map_err(|_| bad())?;
         let seq: u64 = seq.parse().map_err(|_| bad())?;
-        let sub = self.subs.values().find(|s| s.index == index).ok_or_else(bad)?;
+        let sub = self
+            .subs
+            .values()
+            .find(|s| s.index == index)
+            .ok_or_else(bad)?;
         if sub.ack == AckMode::Auto || seq == 0 || seq > sub.delivered.load(Ordering::Relaxed) {
             return Err(bad());
         }
@@ -458,7 +485,9 @@ fn required<'a>(frame: &'a Frame, name: &str) -> Result<&'a str, String> {
 
 fn push_receipt(actions: &mut Vec<Action>, receipt: Option<&str>) {
     if let Some(r) = receipt {
-        actions.push(Action::Reply(Frame::new(Command::Receipt).header("receipt-id", r)));
+        actions.push(Action::Reply(
+            Frame::new(Command::Receipt).header("receipt-id", r),
+        ));
     }
 }
 
@@ -469,8 +498,10 @@ fn forwarded_headers(frame: &Frame) -> Vec<(String, String)> {
         .headers
         .iter()
         .filter(|(k, _)| {
-            !matches!(*k, "destination" | "receipt" | "transaction" | "content-length")
-                && !RESERVED_HEADERS.contains(k)
+            !matches!(
+                *k,
+                "destination" | "receipt" | "transaction" | "content-length"
+            ) && !RESERVED_HEADERS.contains(k)
         })
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()

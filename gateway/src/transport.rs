@@ -147,7 +147,10 @@ impl Sink for SockJsSink {
         for frame in batch {
             // A body that is not UTF-8 cannot travel in a SockJS string; replace what cannot be shown.
             let text = String::from_utf8_lossy(frame).into_owned();
-            self.0.send(text).await.map_err(|_| "sockjs session closed".to_owned())?;
+            self.0
+                .send(text)
+                .await
+                .map_err(|_| "sockjs session closed".to_owned())?;
         }
         Ok(())
     }

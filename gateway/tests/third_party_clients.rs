@@ -2,6 +2,8 @@
 //! `sockjs-client` on `/ws`, every SockJS transport the frontend may fall back to) and `stomp.py` over
 //! TCP. The test command installs them (`INSTAR_NODE_PATH`, `INSTAR_PYTHON`).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Stdio;
@@ -12,31 +14,42 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with scripts/test"))
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with scripts/test"))
 }
 
 /// Runs a client script; publishes a notification to `user` when it says "ready"; returns its final
 /// JSON line and exit status.
 async fn drive(gw: &TestGateway, mut cmd: Command, user: &str) -> serde_json::Value {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
     let mut child = cmd.spawn().expect("client starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut last = serde_json::Value::Null;
     let run = async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or(serde_json::Value::Null);
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or(serde_json::Value::Null);
             match v["event"].as_str() {
                 Some("ready") => {
                     gw.wait_online(user).await;
                     gw.to_user(user, "notify", r#"{"alarmType":"FOLLOW","senderId":"bob","create_at":"2025-03-01T21:15:07.2"}"#).await;
-                    gw.to_user(user, "notify", r#"{"alarmType":"POST_TAG","senderId":"bob","postId":7}"#).await;
+                    gw.to_user(
+                        user,
+                        "notify",
+                        r#"{"alarmType":"POST_TAG","senderId":"bob","postId":7}"#,
+                    )
+                    .await;
                 }
                 Some("done") | Some("failed") => last = v,
                 _ => {}
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(40), run).await.expect("client finished in time");
+    tokio::time::timeout(Duration::from_secs(40), run)
+        .await
+        .expect("client finished in time");
     let status = child.wait().await.unwrap();
     assert!(status.success(), "client failed: {last}");
     last
@@ -45,11 +58,18 @@ async fn drive(gw: &TestGateway, mut cmd: Command, user: &str) -> serde_json::Va
 async fn stompjs(mode: &str, path: &str, transport: Option<&str>) {
     let gw = TestGateway::start().await;
     let mut cmd = Command::new("node");
-    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js/stompjs_flow.mjs"))
-        .arg(mode)
-        .arg(format!("{}://{}{path}", if mode == "ws" { "ws" } else { "http" }, gw.http))
-        .arg(token("alice01", 3600))
-        .env("INSTAR_NODE_PATH", env("INSTAR_NODE_PATH"));
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/js/stompjs_flow.mjs"
+    ))
+    .arg(mode)
+    .arg(format!(
+        "{}://{}{path}",
+        if mode == "ws" { "ws" } else { "http" },
+        gw.http
+    ))
+    .arg(token("alice01", 3600))
+    .env("INSTAR_NODE_PATH", env("INSTAR_NODE_PATH"));
     if let Some(t) = transport {
         cmd.arg(t);
     }
@@ -57,7 +77,10 @@ async fn stompjs(mode: &str, path: &str, transport: Option<&str>) {
     assert_eq!(done["ok"], true, "{done}");
     assert_eq!(done["version"], "1.2");
     assert_eq!(done["user"], "alice01");
-    assert_eq!(done["receiptSeen"], true, "DISCONNECT receipt before close: {done}");
+    assert_eq!(
+        done["receiptSeen"], true,
+        "DISCONNECT receipt before close: {done}"
+    );
     // Every session ended and left the registry.
     for _ in 0..200 {
         if gw.gw.open_sessions() == 0 {
@@ -92,11 +115,14 @@ async fn stompjs_over_sockjs_xhr_polling() {
 async fn stomppy_over_tcp() {
     let gw = TestGateway::start().await;
     let mut cmd = Command::new(env("INSTAR_PYTHON"));
-    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/stomppy_flow.py"))
-        .arg(gw.tcp.ip().to_string())
-        .arg(gw.tcp.port().to_string())
-        .arg(token("pyuser", 3600))
-        .arg("pyuser");
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/py/stomppy_flow.py"
+    ))
+    .arg(gw.tcp.ip().to_string())
+    .arg(gw.tcp.port().to_string())
+    .arg(token("pyuser", 3600))
+    .arg("pyuser");
     let done = drive(&gw, cmd, "pyuser").await;
     assert_eq!(done["ok"], true, "{done}");
 }

@@ -105,7 +105,7 @@ pub fn negotiate_version(accept_version: Option<&str>, supported: &[Version]) ->
     supported.iter().copied().filter(|v| offered(v)).max()
 }
 
-fn expect(frame: &Frame, expected: Command) -> Result<(), FrameError> {
+fn check_command(frame: &Frame, expected: Command) -> Result<(), FrameError> {
     if frame.command == expected {
         Ok(())
     } else {
@@ -193,7 +193,7 @@ impl<'a> TryFrom<&'a Frame> for Connected<'a> {
     type Error = FrameError;
 
     fn try_from(frame: &'a Frame) -> Result<Self, FrameError> {
-        expect(frame, Command::Connected)?;
+        check_command(frame, Command::Connected)?;
         Ok(Connected {
             version: frame.get("version").map_or(Ok(Version::V1_0), str::parse)?,
             session: frame.get("session"),
@@ -222,7 +222,7 @@ impl<'a> TryFrom<&'a Frame> for Send<'a> {
     type Error = FrameError;
 
     fn try_from(frame: &'a Frame) -> Result<Self, FrameError> {
-        expect(frame, Command::Send)?;
+        check_command(frame, Command::Send)?;
         Ok(Send {
             destination: required(frame, "destination")?,
             transaction: frame.get("transaction"),
@@ -250,7 +250,7 @@ impl<'a> Subscribe<'a> {
     /// With `version`'s rules: in 1.0 a missing `id` defaults to the destination (1.0 clients
     /// name subscriptions by destination, e.g. in UNSUBSCRIBE).
     pub fn parse(frame: &'a Frame, version: Version) -> Result<Self, FrameError> {
-        expect(frame, Command::Subscribe)?;
+        check_command(frame, Command::Subscribe)?;
         let destination = required(frame, "destination")?;
         let id = match frame.get("id") {
             Some(id) => id,
@@ -294,7 +294,7 @@ pub struct Unsubscribe<'a> {
 impl<'a> Unsubscribe<'a> {
     /// With `version`'s rules: in 1.0 a missing `id` may be replaced by `destination`.
     pub fn parse(frame: &'a Frame, version: Version) -> Result<Self, FrameError> {
-        expect(frame, Command::Unsubscribe)?;
+        check_command(frame, Command::Unsubscribe)?;
         let id = match (frame.get("id"), version) {
             (Some(id), _) => id,
             (None, Version::V1_0) => frame
@@ -339,7 +339,7 @@ macro_rules! ack_view {
             /// With `version`'s rules: 1.2 needs `id`; 1.1 `message-id` and `subscription`;
             /// 1.0 `message-id`.
             pub fn parse(frame: &'a Frame, version: Version) -> Result<Self, FrameError> {
-                expect(frame, $command)?;
+                check_command(frame, $command)?;
                 let subscription = frame.get("subscription");
                 let id = match version {
                     Version::V1_2 => required(frame, "id")?,
@@ -365,7 +365,7 @@ macro_rules! ack_view {
 
             /// Any version's form: `id` (1.2), else `message-id` (1.0/1.1).
             fn try_from(frame: &'a Frame) -> Result<Self, FrameError> {
-                expect(frame, $command)?;
+                check_command(frame, $command)?;
                 let id = frame
                     .get("id")
                     .or_else(|| frame.get("message-id"))
@@ -408,7 +408,7 @@ macro_rules! transaction_view {
             type Error = FrameError;
 
             fn try_from(frame: &'a Frame) -> Result<Self, FrameError> {
-                expect(frame, $command)?;
+                check_command(frame, $command)?;
                 Ok($name {
                     transaction: required(frame, "transaction")?,
                     receipt: frame.get("receipt"),
@@ -445,7 +445,7 @@ impl<'a> TryFrom<&'a Frame> for Disconnect<'a> {
     type Error = FrameError;
 
     fn try_from(frame: &'a Frame) -> Result<Self, FrameError> {
-        expect(frame, Command::Disconnect)?;
+        check_command(frame, Command::Disconnect)?;
         Ok(Disconnect {
             receipt: frame.get("receipt"),
         })
@@ -473,7 +473,7 @@ impl<'a> TryFrom<&'a Frame> for Message<'a> {
     type Error = FrameError;
 
     fn try_from(frame: &'a Frame) -> Result<Self, FrameError> {
-        expect(frame, Command::Message)?;
+        check_command(frame, Command::Message)?;
         Ok(Message {
             destination: required(frame, "destination")?,
             message_id: required(frame, "message-id")?,
@@ -496,7 +496,7 @@ impl<'a> TryFrom<&'a Frame> for Receipt<'a> {
     type Error = FrameError;
 
     fn try_from(frame: &'a Frame) -> Result<Self, FrameError> {
-        expect(frame, Command::Receipt)?;
+        check_command(frame, Command::Receipt)?;
         Ok(Receipt {
             receipt_id: required(frame, "receipt-id")?,
         })
@@ -520,7 +520,7 @@ impl<'a> TryFrom<&'a Frame> for Error<'a> {
     type Error = FrameError;
 
     fn try_from(frame: &'a Frame) -> Result<Self, FrameError> {
-        expect(frame, Command::Error)?;
+        check_command(frame, Command::Error)?;
         Ok(Error {
             message: frame.get("message"),
             receipt_id: frame.get("receipt-id"),

@@ -1,12 +1,15 @@
 //! A gateway on a free loopback port, with an in-process bus, for the integration tests.
 #![allow(dead_code, unreachable_pub)]
+#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use broker_bridge::{AppCommand, AppHandler, Bus, Envelope, HandlerError, InProcessConfig, Registry, Target};
+use broker_bridge::{
+    AppCommand, AppHandler, Bus, Envelope, HandlerError, InProcessConfig, Registry, Target,
+};
 use gateway::auth::{Algorithm, Verifier};
 use gateway::destination::PrefixPolicy;
 use gateway::{Gateway, GatewayConfig};
@@ -15,14 +18,27 @@ use tokio::sync::mpsc;
 pub const SECRET: &[u8] = b"test-secret-0123456789";
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A token for `user` valid for `secs` seconds.
 pub fn token(user: &str, secs: i64) -> String {
     let now = now();
-    let exp = if secs >= 0 { now + secs as u64 } else { now - secs.unsigned_abs() };
-    Verifier::new(SECRET.to_vec()).sign(Algorithm::Hs256, user, Some("ROLE_USER"), now.saturating_sub(1), exp)
+    let exp = if secs >= 0 {
+        now + secs as u64
+    } else {
+        now - secs.unsigned_abs()
+    };
+    Verifier::new(SECRET.to_vec()).sign(
+        Algorithm::Hs256,
+        user,
+        Some("ROLE_USER"),
+        now.saturating_sub(1),
+        exp,
+    )
 }
 
 /// Records application commands and, for `/app/echo`, publishes the body back to the sender's
@@ -42,8 +58,14 @@ impl AppHandler for Recorder {
                 headers: Vec::new(),
                 body: cmd.body.clone(),
             };
-            let target = Target::User { user: cmd.principal.clone(), queue: "echo".into() };
-            self.bus.publish(target, env).await.map_err(|e| HandlerError::Transient(e.to_string()))?;
+            let target = Target::User {
+                user: cmd.principal.clone(),
+                queue: "echo".into(),
+            };
+            self.bus
+                .publish(target, env)
+                .await
+                .map_err(|e| HandlerError::Transient(e.to_string()))?;
         }
         let _ = self.tx.send(cmd);
         Ok(())
@@ -64,24 +86,44 @@ impl TestGateway {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut GatewayConfig)) -> Self {
-        let mut config = GatewayConfig::default();
-        config.connect_timeout = Duration::from_secs(3);
+        let mut config = GatewayConfig {
+            connect_timeout: Duration::from_secs(3),
+            ..GatewayConfig::default()
+        };
         tweak(&mut config);
         let bus = Bus::in_process(Registry::in_process(), InProcessConfig::default());
         let (tx, commands) = mpsc::unbounded_channel();
-        bus.register_handler("/app/", Arc::new(Recorder { tx, bus: bus.clone() }));
+        bus.register_handler(
+            "/app/",
+            Arc::new(Recorder {
+                tx,
+                bus: bus.clone(),
+            }),
+        );
         let policy = Arc::new(PrefixPolicy::new(["public."]));
         let gw = Gateway::start("test-node".into(), config, SECRET, bus.clone(), policy)
             .await
             .expect("gateway starts");
-        let (http, fut) = gateway::server::serve_http(gw.routes(), "127.0.0.1:0".parse().unwrap(), gw.shutdown.clone())
-            .await
-            .expect("http binds");
+        let (http, fut) = gateway::server::serve_http(
+            gw.routes(),
+            "127.0.0.1:0".parse().unwrap(),
+            gw.shutdown.clone(),
+        )
+        .await
+        .expect("http binds");
         tokio::spawn(fut);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("tcp binds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("tcp binds");
         let tcp = listener.local_addr().expect("addr");
         tokio::spawn(gateway::serve_tcp(gw.clone(), listener));
-        Self { gw, bus, http, tcp, commands }
+        Self {
+            gw,
+            bus,
+            http,
+            tcp,
+            commands,
+        }
     }
 
     /// Publishes a JSON body to every session of `user` subscribed to `/user/queue/<queue>`.
@@ -93,7 +135,13 @@ impl TestGateway {
             body: bytes::Bytes::copy_from_slice(body.as_bytes()),
         };
         self.bus
-            .publish(Target::User { user: user.into(), queue: queue.into() }, env)
+            .publish(
+                Target::User {
+                    user: user.into(),
+                    queue: queue.into(),
+                },
+                env,
+            )
             .await
             .expect("publish");
     }
@@ -105,7 +153,10 @@ impl TestGateway {
             headers: Vec::new(),
             body: bytes::Bytes::copy_from_slice(body.as_bytes()),
         };
-        self.bus.publish(Target::Topic(topic.into()), env).await.expect("publish");
+        self.bus
+            .publish(Target::Topic(topic.into()), env)
+            .await
+            .expect("publish");
     }
 
     /// Waits until `user` has a registered session (CONNECT handled).

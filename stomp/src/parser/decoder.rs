@@ -42,6 +42,9 @@ use crate::frame::{Command, Frame, Item, Version};
 use crate::headers::Headers;
 use crate::limits::Limits;
 
+/// The most the decoder reserves ahead for a `content-length` body it is waiting for.
+const MAX_EAGER_RESERVE: usize = 1 << 20;
+
 /// Incremental decoder for one byte stream. Not reusable after an error: a STOMP stream that
 /// went wrong cannot be resynchronised, the connection must be closed.
 #[derive(Debug, Default)]
@@ -135,9 +138,10 @@ impl FrameDecoder {
                     let body = body_state(command, content_length, limits)?;
                     buf.advance(head_len);
                     if let BodyState::Length(len) = body {
-                        // The length is within the limit: make room for the whole body at once
-                        // instead of growing the buffer read by read.
-                        buf.reserve((len + 1).saturating_sub(buf.len()));
+                        // The length is within the limit: make room for the body at once instead
+                        // of growing the buffer read by read (capped, in case limits are huge).
+                        let missing = len.saturating_add(1).saturating_sub(buf.len());
+                        buf.reserve(missing.min(MAX_EAGER_RESERVE));
                     }
                     self.state = State::Body {
                         command,
