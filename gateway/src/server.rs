@@ -38,6 +38,8 @@ pub struct GatewayConfig {
     pub allowed_origins: Vec<String>,
     /// Buffer read per TCP read call.
     pub tcp_read_chunk: usize,
+    /// WebSocket read and write buffer per connection (most of an idle connection's memory).
+    pub ws_buffer: usize,
 }
 
 impl Default for GatewayConfig {
@@ -51,6 +53,7 @@ impl Default for GatewayConfig {
             session: SessionConfig::default(),
             allowed_origins: Vec::new(),
             tcp_read_chunk: 4096,
+            ws_buffer: 4096,
         }
     }
 }
@@ -106,27 +109,39 @@ impl Gateway {
     pub fn routes(self: &Arc<Self>) -> warp::filters::BoxedFilter<(Box<dyn warp::Reply>,)> {
         let gw = self.clone();
         let max = self.config.max_ws_message;
+        let protocols: Arc<[String]> = ["v12.stomp", "v11.stomp", "v10.stomp"]
+            .map(String::from)
+            .into();
         let stomp_ws = warp::path("stomp")
             .and(warp::path::end())
-            .and(warp::ws())
-            .and(warp::header::optional::<String>("sec-websocket-protocol"))
-            .map(move |ws: warp::ws::Ws, protocols: Option<String>| {
+            .and(warp::method())
+            .and(warp::header::headers_cloned())
+            .and(warp::ext::optional::<hyper::upgrade::OnUpgrade>())
+            .map(move |method, headers, on_upgrade| {
                 let gw = gw.clone();
-                let ws = ws
-                    .max_message_size(max)
-                    .max_frame_size(max)
-                    .max_write_buffer_size(max.max(64 * 1024) * 4);
-                let chosen = protocols.as_deref().and_then(choose_subprotocol);
-                let reply = ws.on_upgrade(move |socket| async move {
-                    let (source, sink) = transport::websocket(socket);
-                    connection::run(gw, source, sink, "websocket").await;
-                });
-                match chosen {
-                    Some(p) => {
-                        Box::new(warp::reply::with_header(reply, "sec-websocket-protocol", p))
-                            as Box<dyn warp::Reply>
+                // Highest version first: the first offered one we accept, in our order.
+                let offered = choose_subprotocol(&headers_list(&headers))
+                    .map(|p| vec![p.to_owned()])
+                    .unwrap_or_else(|| protocols.to_vec());
+                match sockjs::ws::handshake(&method, &headers, on_upgrade, &offered) {
+                    Ok((on_upgrade, response)) => {
+                        let config = sockjs::ws::socket_config(gw.config.ws_buffer, max);
+                        tokio::spawn(async move {
+                            let Ok(upgraded) = on_upgrade.await else {
+                                return;
+                            };
+                            let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                                hyper_util::rt::TokioIo::new(upgraded),
+                                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                                Some(config),
+                            )
+                            .await;
+                            let (source, sink) = transport::websocket(socket);
+                            connection::run(gw, source, sink, "websocket").await;
+                        });
+                        Box::new(response) as Box<dyn warp::Reply>
                     }
-                    None => Box::new(reply) as Box<dyn warp::Reply>,
+                    Err(response) => Box::new(response) as Box<dyn warp::Reply>,
                 }
             });
         let gw = self.clone();
@@ -149,6 +164,15 @@ impl Gateway {
             .unify()
             .boxed()
     }
+}
+
+fn headers_list(headers: &warp::http::HeaderMap) -> String {
+    headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Picks the highest STOMP version among the offered WebSocket subprotocols.

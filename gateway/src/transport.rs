@@ -11,6 +11,9 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Inbound half.
 #[async_trait]
@@ -29,22 +32,27 @@ pub trait Sink: Send {
     async fn close(&mut self, protocol_error: bool);
 }
 
+/// A server WebSocket after the upgrade (see [`crate::server`]).
+pub type ServerSocket =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
 /// A WebSocket carrying STOMP directly (one or more frames per message, or a frame split over several).
-pub fn websocket(ws: warp::ws::WebSocket) -> (Box<dyn Source>, Box<dyn Sink>) {
+pub fn websocket(ws: ServerSocket) -> (Box<dyn Source>, Box<dyn Sink>) {
     let (tx, rx) = ws.split();
     (Box::new(WsSource(rx)), Box::new(WsSink(tx)))
 }
 
-struct WsSource(SplitStream<warp::ws::WebSocket>);
-struct WsSink(SplitSink<warp::ws::WebSocket, warp::ws::Message>);
+struct WsSource(SplitStream<ServerSocket>);
+struct WsSink(SplitSink<ServerSocket, Message>);
 
 #[async_trait]
 impl Source for WsSource {
     async fn recv(&mut self) -> Option<Result<Bytes, String>> {
         loop {
             match self.0.next().await? {
-                Ok(msg) if msg.is_text() || msg.is_binary() => return Some(Ok(msg.into_bytes())),
-                Ok(msg) if msg.is_close() => return None,
+                Ok(Message::Text(t)) => return Some(Ok(Bytes::from(t))),
+                Ok(Message::Binary(b)) => return Some(Ok(b)),
+                Ok(Message::Close(_)) => return None,
                 // Pings are answered by the WebSocket layer; pongs carry nothing for us.
                 Ok(_) => continue,
                 Err(e) => return Some(Err(e.to_string())),
@@ -59,9 +67,9 @@ impl Sink for WsSink {
         for frame in batch {
             // STOMP over WebSocket frames go as text when they are UTF-8 (what browsers expect), as
             // binary otherwise (a body with arbitrary bytes).
-            let msg = match std::str::from_utf8(frame) {
-                Ok(text) => warp::ws::Message::text(text),
-                Err(_) => warp::ws::Message::binary(frame.clone()),
+            let msg = match Utf8Bytes::try_from(frame.clone()) {
+                Ok(text) => Message::Text(text),
+                Err(_) => Message::Binary(frame.clone()),
             };
             self.0.feed(msg).await.map_err(|e| e.to_string())?;
         }
@@ -69,12 +77,15 @@ impl Sink for WsSink {
     }
 
     async fn close(&mut self, protocol_error: bool) {
-        let msg = if protocol_error {
-            warp::ws::Message::close_with(1002u16, "STOMP error")
-        } else {
-            warp::ws::Message::close_with(1000u16, "")
+        let frame = CloseFrame {
+            code: if protocol_error {
+                CloseCode::Protocol
+            } else {
+                CloseCode::Normal
+            },
+            reason: Utf8Bytes::from_static(if protocol_error { "STOMP error" } else { "" }),
         };
-        let _ = self.0.send(msg).await;
+        let _ = self.0.send(Message::Close(Some(frame))).await;
         let _ = self.0.close().await;
     }
 }

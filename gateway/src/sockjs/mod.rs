@@ -78,7 +78,7 @@ mod conn;
 mod frame;
 mod metrics;
 mod service;
-mod ws;
+pub(crate) mod ws;
 mod xhr;
 
 use std::collections::HashMap;

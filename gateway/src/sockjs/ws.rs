@@ -77,26 +77,36 @@ fn pick_protocol(headers: &HeaderMap, accepted: &[String]) -> Option<HeaderValue
         .and_then(|p| HeaderValue::from_str(p).ok())
 }
 
-/// Answers a request on a WebSocket URL: the upgrade, or an error.
-pub(crate) fn upgrade(
-    server: Arc<Server>,
-    on_upgrade: Option<OnUpgrade>,
+/// tungstenite settings for a server socket: buffers of `buffer` bytes (tungstenite allocates its
+/// read buffer up front, so this is most of an idle connection's memory) and messages and frames
+/// limited to `max_message` bytes, refused before they are buffered whole.
+pub(crate) fn socket_config(buffer: usize, max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(buffer)
+        .write_buffer_size(buffer)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+/// Validates a WebSocket upgrade request (RFC 6455 §4.2.1) and builds the `101` answer, choosing the
+/// first offered subprotocol in `accepted`. Returns the upgrade handle to await, or the error answer.
+pub(crate) fn handshake(
     method: &Method,
     headers: &HeaderMap,
-    peer: Option<SocketAddr>,
-    kind: Kind,
-) -> Response {
+    on_upgrade: Option<OnUpgrade>,
+    accepted: &[String],
+) -> Result<(OnUpgrade, Response), Response> {
     if method != Method::GET {
         let mut res = service::fixed(StatusCode::METHOD_NOT_ALLOWED, None, bytes::Bytes::new());
         res.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET"));
-        return res;
+        return Err(res);
     }
     if !has_token(headers, header::UPGRADE, "websocket") {
-        return bad_request("Can \"Upgrade\" only to \"WebSocket\".");
+        return Err(bad_request("Can \"Upgrade\" only to \"WebSocket\"."));
     }
     if !has_token(headers, header::CONNECTION, "upgrade") {
-        return bad_request("\"Connection\" must be \"Upgrade\".");
+        return Err(bad_request("\"Connection\" must be \"Upgrade\"."));
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -107,16 +117,42 @@ pub(crate) fn upgrade(
             header::SEC_WEBSOCKET_VERSION,
             HeaderValue::from_static("13"),
         );
-        return res;
+        return Err(res);
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return bad_request("Missing Sec-WebSocket-Key.");
+        return Err(bad_request("Missing Sec-WebSocket-Key."));
     };
     let Some(on_upgrade) = on_upgrade else {
-        return bad_request("Connection cannot be upgraded.");
+        return Err(bad_request("Connection cannot be upgraded."));
     };
     let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) else {
-        return bad_request("Bad Sec-WebSocket-Key.");
+        return Err(bad_request("Bad Sec-WebSocket-Key."));
+    };
+    let protocol = pick_protocol(headers, accepted);
+    let mut res = service::fixed(StatusCode::SWITCHING_PROTOCOLS, None, bytes::Bytes::new());
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(p) = protocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    Ok((on_upgrade, res))
+}
+
+/// Answers a request on a WebSocket URL: the upgrade, or an error.
+pub(crate) fn upgrade(
+    server: Arc<Server>,
+    on_upgrade: Option<OnUpgrade>,
+    method: &Method,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    kind: Kind,
+) -> Response {
+    let protocols = server.config.websocket_protocols.clone();
+    let (on_upgrade, res) = match handshake(method, headers, on_upgrade, &protocols) {
+        Ok(ok) => ok,
+        Err(res) => return res,
     };
     let Some(permit) = server
         .metrics
@@ -128,17 +164,11 @@ pub(crate) fn upgrade(
             "Too many sessions.\n",
         );
     };
-    let protocol = pick_protocol(headers, &server.config.websocket_protocols);
-
     let cfg = &server.config;
     let buffer = cfg.websocket_buffer_bytes.max(1024);
     // Inbound messages and frames above the limit fail the read (and end
     // the session) before being buffered whole.
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(buffer)
-        .write_buffer_size(buffer)
-        .max_message_size(Some(cfg.max_message_bytes))
-        .max_frame_size(Some(cfg.max_message_bytes));
+    let ws_config = socket_config(buffer, cfg.max_message_bytes);
     let server2 = server.clone();
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -155,14 +185,6 @@ pub(crate) fn upgrade(
         drop(permit);
     });
 
-    let mut res = service::fixed(StatusCode::SWITCHING_PROTOCOLS, None, bytes::Bytes::new());
-    let h = res.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    if let Some(p) = protocol {
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
-    }
     res
 }
 
