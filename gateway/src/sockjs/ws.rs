@@ -90,6 +90,7 @@ pub(crate) fn socket_config(buffer: usize, max_message: usize) -> WebSocketConfi
 
 /// Validates a WebSocket upgrade request (RFC 6455 §4.2.1) and builds the `101` answer, choosing the
 /// first offered subprotocol in `accepted`. Returns the upgrade handle to await, or the error answer.
+#[allow(clippy::result_large_err)] // called once per upgrade; boxing buys nothing
 pub(crate) fn handshake(
     method: &Method,
     headers: &HeaderMap,
