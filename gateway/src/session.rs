@@ -506,3 +506,210 @@ fn forwarded_headers(frame: &Frame) -> Vec<(String, String)> {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Algorithm;
+
+    const NOW: u64 = 1_750_000_000;
+
+    fn session(config: SessionConfig) -> Session {
+        Session::new(
+            Arc::from("s-1"),
+            Arc::new(config),
+            Arc::new(Verifier::new(b"k".to_vec())),
+        )
+    }
+
+    fn token(user: &str) -> String {
+        Verifier::new(b"k".to_vec()).sign(Algorithm::Hs256, user, None, NOW, NOW + 60)
+    }
+
+    fn connect(s: &mut Session, extra: &[(&str, &str)]) -> Vec<Action> {
+        let mut f = Frame::new(Command::Connect)
+            .header("Authorization", format!("Bearer {}", token("alice")));
+        for (k, v) in extra {
+            f = f.header(k, v);
+        }
+        s.on_frame(f, NOW)
+    }
+
+    fn reply(a: &Action) -> &Frame {
+        match a {
+            Action::Reply(f) => f,
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn negotiates_version_and_heartbeats() {
+        let mut s = session(SessionConfig::default());
+        let actions = connect(
+            &mut s,
+            &[("accept-version", "1.1,1.2"), ("heart-beat", "25000,5000")],
+        );
+        match &actions[0] {
+            Action::Connected {
+                version,
+                send_every,
+                expect_within,
+            } => {
+                assert_eq!(*version, Version::V1_2);
+                // We send every max(10000, 5000); the client beats every max(25000, 10000).
+                assert_eq!((*send_every, *expect_within), (10_000, 25_000));
+            }
+            other => panic!("{other:?}"),
+        }
+        let connected = reply(&actions[1]);
+        assert_eq!(connected.get("heart-beat"), Some("10000,10000"));
+        assert_eq!(connected.get("user-name"), Some("alice"));
+        assert_eq!(s.state(), State::Connected);
+    }
+
+    #[test]
+    fn version_1_0_has_no_heartbeats() {
+        let mut s = session(SessionConfig::default());
+        let actions = connect(&mut s, &[("heart-beat", "1000,1000")]);
+        assert!(matches!(
+            actions[0],
+            Action::Connected {
+                version: Version::V1_0,
+                send_every: 0,
+                expect_within: 0
+            }
+        ));
+    }
+
+    #[test]
+    fn unsupported_version_is_an_error() {
+        let mut s = session(SessionConfig::default());
+        let actions = connect(&mut s, &[("accept-version", "2.0")]);
+        let e = reply(&actions[0]);
+        assert_eq!(e.command, Command::Error);
+        assert_eq!(e.get("version"), Some("1.0,1.1,1.2"));
+        assert!(matches!(actions[1], Action::Close));
+        assert_eq!(s.state(), State::Closed);
+        // Nothing more is handled.
+        assert!(s.on_frame(Frame::new(Command::Disconnect), NOW).is_empty());
+    }
+
+    #[test]
+    fn invalid_heartbeat_header_is_an_error() {
+        let mut s = session(SessionConfig::default());
+        let actions = connect(
+            &mut s,
+            &[("accept-version", "1.2"), ("heart-beat", "ten,0")],
+        );
+        assert!(
+            reply(&actions[0])
+                .get("message")
+                .unwrap_or("")
+                .contains("heart-beat")
+        );
+    }
+
+    #[test]
+    fn subscription_rules() {
+        let mut s = session(SessionConfig {
+            max_subscriptions: 2,
+            ..SessionConfig::default()
+        });
+        connect(&mut s, &[("accept-version", "1.2")]);
+        let sub = |id: &str, dest: &str| {
+            Frame::new(Command::Subscribe)
+                .header("id", id)
+                .header("destination", dest)
+        };
+        assert!(matches!(
+            s.on_frame(sub("a", "/topic/public.x"), NOW)[0],
+            Action::Subscribe { .. }
+        ));
+        // The same id twice is refused.
+        let mut s2 = session(SessionConfig::default());
+        connect(&mut s2, &[("accept-version", "1.2")]);
+        s2.on_frame(sub("a", "/topic/public.x"), NOW);
+        let e = s2.on_frame(sub("a", "/topic/public.y"), NOW);
+        assert!(
+            reply(&e[0])
+                .get("message")
+                .unwrap_or("")
+                .contains("already in use")
+        );
+        // The cap holds.
+        assert!(matches!(
+            s.on_frame(sub("b", "/user/queue/notify"), NOW)[0],
+            Action::Subscribe { .. }
+        ));
+        let e = s.on_frame(sub("c", "/topic/public.z"), NOW);
+        assert!(
+            reply(&e[0])
+                .get("message")
+                .unwrap_or("")
+                .contains("at most 2")
+        );
+    }
+
+    #[test]
+    fn unsubscribe_unknown_id_is_an_error() {
+        let mut s = session(SessionConfig::default());
+        connect(&mut s, &[("accept-version", "1.2")]);
+        let e = s.on_frame(
+            Frame::new(Command::Unsubscribe)
+                .header("id", "nope")
+                .header("receipt", "r"),
+            NOW,
+        );
+        let e = reply(&e[0]);
+        assert_eq!(e.get("receipt-id"), Some("r"));
+        assert!(e.get("message").unwrap_or("").contains("no subscription"));
+    }
+
+    #[test]
+    fn anonymous_sessions_when_allowed_may_not_send() {
+        let mut s = session(SessionConfig {
+            allow_anonymous: true,
+            ..SessionConfig::default()
+        });
+        let actions = s.on_frame(
+            Frame::new(Command::Connect).header("accept-version", "1.2"),
+            NOW,
+        );
+        assert!(reply(&actions[1]).get("user-name").is_none());
+        let e = s.on_frame(
+            Frame::new(Command::Send).header("destination", "/app/send"),
+            NOW,
+        );
+        assert!(
+            reply(&e[0])
+                .get("message")
+                .unwrap_or("")
+                .contains("anonymous")
+        );
+    }
+
+    #[test]
+    fn disconnect_receipt_then_close() {
+        let mut s = session(SessionConfig::default());
+        connect(&mut s, &[("accept-version", "1.2")]);
+        let a = s.on_frame(
+            Frame::new(Command::Disconnect).header("receipt", "close-7"),
+            NOW,
+        );
+        assert_eq!(reply(&a[0]).get("receipt-id"), Some("close-7"));
+        assert!(matches!(a[1], Action::Close));
+    }
+
+    #[test]
+    fn server_frames_from_a_client_are_errors() {
+        let mut s = session(SessionConfig::default());
+        connect(&mut s, &[("accept-version", "1.2")]);
+        let e = s.on_frame(Frame::new(Command::Message), NOW);
+        assert!(
+            reply(&e[0])
+                .get("message")
+                .unwrap_or("")
+                .contains("server frame")
+        );
+    }
+}
