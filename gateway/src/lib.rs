@@ -16,6 +16,7 @@ pub mod auth;
 pub mod connection;
 pub mod destination;
 pub mod hub;
+pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod sockjs;

@@ -158,8 +158,21 @@ impl Gateway {
                 connection::run(gw, source, sink, kind).await;
             });
         });
+        let gw = self.clone();
+        let metrics = warp::path("metrics")
+            .and(warp::path::end())
+            .and(warp::get())
+            .map(move || {
+                Box::new(warp::reply::with_header(
+                    gw.metrics_text(),
+                    "content-type",
+                    "text/plain; version=0.0.4",
+                )) as Box<dyn warp::Reply>
+            });
         stomp_ws
             .map(|r: Box<dyn warp::Reply>| r)
+            .or(metrics)
+            .unify()
             .or(sockjs_routes)
             .unify()
             .boxed()

@@ -525,6 +525,13 @@ async fn slow_consumer_is_closed_while_others_keep_receiving() {
     );
     gw.to_topic("public.flood", "still here").await;
     assert_eq!(&fast.expect(Command::Message).await.body[..], b"still here");
+    // The verdict is visible to operators.
+    let metrics = http_get(gw.http, "/metrics").await;
+    assert!(
+        metrics.contains("instar_slow_consumers_total 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("# TYPE instar_sessions_open gauge"));
     drop(slow);
 }
 
@@ -570,4 +577,16 @@ async fn session_ids_are_server_chosen_and_unique() {
         assert!(ids.insert(f.get("session").unwrap().to_owned()));
     }
     assert!(!ids.iter().any(|s| s.contains("attacker")));
+}
+
+/// A plain HTTP/1.1 GET; returns the whole response.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
 }
