@@ -68,7 +68,11 @@ impl SeqTracker {
         } else {
             self.ahead.insert(seq);
         }
-        if late { Arrival::Reordered } else { Arrival::InOrder }
+        if late {
+            Arrival::Reordered
+        } else {
+            Arrival::InOrder
+        }
     }
 
     /// Distinct numbers seen.

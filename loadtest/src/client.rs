@@ -44,7 +44,9 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Secrets and passcodes are never printed.
         match self {
-            Credentials::Bearer { ttl_secs, .. } => write!(f, "Bearer {{ ttl_secs: {ttl_secs}, .. }}"),
+            Credentials::Bearer { ttl_secs, .. } => {
+                write!(f, "Bearer {{ ttl_secs: {ttl_secs}, .. }}")
+            }
             Credentials::Login { login, .. } => write!(f, "Login {{ login: {login:?}, .. }}"),
             Credentials::Anonymous => f.write_str("Anonymous"),
         }
@@ -60,7 +62,9 @@ impl Credentials {
                 let token = jwt::sign_hs256(secret, user, now, now + ttl_secs);
                 frame.header("Authorization", format!("Bearer {token}"))
             }
-            Credentials::Login { login, passcode } => frame.header("login", login).header("passcode", passcode),
+            Credentials::Login { login, passcode } => {
+                frame.header("login", login).header("passcode", passcode)
+            }
             Credentials::Anonymous => frame,
         }
     }
@@ -87,7 +91,10 @@ pub struct ConnectSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("TCP connect to {addr}: {source}")]
-    Tcp { addr: SocketAddr, source: std::io::Error },
+    Tcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("WebSocket handshake: {0}")]
     Handshake(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("timed out after {0:?}")]
@@ -135,7 +142,12 @@ impl Session {
     async fn connect_inner(spec: &ConnectSpec, user: &str) -> Result<Session, SessionError> {
         let addr = spec.target.addr;
         let tcp_err = |source| SessionError::Tcp { addr, source };
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(tcp_err)?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(tcp_err)?;
         if let Some(ip) = spec.source {
             socket.bind(SocketAddr::new(ip, 0)).map_err(tcp_err)?;
         }
@@ -143,15 +155,17 @@ impl Session {
         stream.set_nodelay(true).map_err(tcp_err)?;
 
         let mut request = spec.target.url.as_str().into_client_request()?;
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("v12.stomp"));
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("v12.stomp"),
+        );
         let config = WebSocketConfig::default()
             .read_buffer_size(spec.ws_read_buffer)
             .write_buffer_size(16 * 1024)
             .max_message_size(Some(1 << 20))
             .max_frame_size(Some(1 << 20));
-        let (ws, _response) = tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
+        let (ws, _response) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
 
         let mut session = Session {
             ws,
@@ -182,7 +196,8 @@ impl Session {
                             .and_then(|h| stomp::heartbeat::parse(h).ok())
                             .unwrap_or((0, 0));
                         // negotiate() answers from the server's side: (server sends, client sends).
-                        let (server_sends, client_sends) = stomp::heartbeat::negotiate(spec.heartbeat, server);
+                        let (server_sends, client_sends) =
+                            stomp::heartbeat::negotiate(spec.heartbeat, server);
                         session.send_every = millis(client_sends);
                         session.server_every = millis(server_sends);
                         session.codec.set_version(Version::V1_2);
@@ -252,7 +267,11 @@ impl Session {
     /// Subscribes to each destination (ids `0, 1, …`), asking for a receipt on the last one and
     /// waiting for it, so the subscriptions are active on return. Frames other than the receipt are
     /// discarded meanwhile; an ERROR fails.
-    pub async fn subscribe_all(&mut self, destinations: &[String], timeout: Duration) -> Result<(), SessionError> {
+    pub async fn subscribe_all(
+        &mut self,
+        destinations: &[String],
+        timeout: Duration,
+    ) -> Result<(), SessionError> {
         let Some(last) = destinations.len().checked_sub(1) else {
             return Ok(());
         };
@@ -282,10 +301,14 @@ impl Session {
             loop {
                 match self.next_item().await? {
                     None => return Err(SessionError::Closed),
-                    Some(Item::Frame(f)) if f.command == Command::Receipt && f.get("receipt-id") == Some(id) => {
+                    Some(Item::Frame(f))
+                        if f.command == Command::Receipt && f.get("receipt-id") == Some(id) =>
+                    {
                         return Ok(());
                     }
-                    Some(Item::Frame(f)) if f.command == Command::Error => return Err(error_of(&f)),
+                    Some(Item::Frame(f)) if f.command == Command::Error => {
+                        return Err(error_of(&f));
+                    }
                     Some(_) => {}
                 }
             }

@@ -22,7 +22,8 @@ pub fn sign_hs256(secret: &[u8], sub: &str, iat: u64, exp: u64) -> String {
 
 /// HMAC-SHA256 of `data` under `secret`.
 pub fn hmac_sha256(secret: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
     mac.update(data);
     mac.finalize().into_bytes().to_vec()
 }

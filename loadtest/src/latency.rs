@@ -100,7 +100,9 @@ impl Recorder {
 
     /// Deliveries so far (for progress display).
     pub fn delivered(&self) -> u64 {
-        (0..self.shards.len()).map(|i| self.shard(i).delivered).sum()
+        (0..self.shards.len())
+            .map(|i| self.shard(i).delivered)
+            .sum()
     }
 
     /// Everything merged: (histogram, deliveries, first delivery ns, last delivery ns).

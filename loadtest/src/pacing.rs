@@ -49,6 +49,10 @@ impl Schedule {
     /// How many messages fall inside `[offset, offset + duration)`.
     pub fn count_within(&self, duration: Duration) -> u64 {
         let d = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
-        if d == 0 { 0 } else { (d - 1) / self.interval_ns + 1 }
+        if d == 0 {
+            0
+        } else {
+            (d - 1) / self.interval_ns + 1
+        }
     }
 }

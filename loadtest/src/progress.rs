@@ -22,9 +22,10 @@ impl Progress {
             return ProgressBar::hidden();
         }
         let pb = ProgressBar::new(len);
-        let style = ProgressStyle::with_template("{msg:12} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+        let style =
+            ProgressStyle::with_template("{msg:12} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
         pb.set_style(style);
         pb.set_message(what.to_owned());
         pb.enable_steady_tick(Duration::from_millis(200));
@@ -37,7 +38,8 @@ impl Progress {
             return ProgressBar::hidden();
         }
         let pb = ProgressBar::new_spinner();
-        let style = ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let style = ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
         pb.set_style(style);
         pb.set_message(what.to_owned());
         pb.enable_steady_tick(Duration::from_millis(200));

@@ -144,7 +144,12 @@ pub fn render_svg(report: &Report) -> String {
     const BOTTOM: f64 = 50.0;
     let pw = W - LEFT - RIGHT;
     let ph = H - TOP - BOTTOM;
-    let curve: Vec<[f64; 2]> = report.latency_curve.iter().copied().filter(|p| p[0] < 100.0).collect();
+    let curve: Vec<[f64; 2]> = report
+        .latency_curve
+        .iter()
+        .copied()
+        .filter(|p| p[0] < 100.0)
+        .collect();
     let max_ms = report
         .latency_curve
         .iter()
@@ -166,29 +171,65 @@ pub fn render_svg(report: &Report) -> String {
         xml_escape(&report.scenario),
         report.latency.as_ref().map_or(0, |l| l.count)
     );
-    let _ = writeln!(s, r#"<text x="{}" y="22" text-anchor="middle" font-size="14">{title}</text>"#, W / 2.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="14">{title}</text>"#,
+        W / 2.0
+    );
     // Grid and labels: x at 0, 90, 99, 99.9, 99.99, 99.999 %.
-    for (i, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"].iter().enumerate() {
+    for (i, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
+        .iter()
+        .enumerate()
+    {
         let x = LEFT + pw * i as f64 / 5.0;
-        let _ = writeln!(s, r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##, TOP + ph);
-        let _ = writeln!(s, r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#, TOP + ph + 16.0);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+            TOP + ph
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#,
+            TOP + ph + 16.0
+        );
     }
     for i in 0..=5 {
         let ms = y_top * f64::from(i) / 5.0;
         let y = y_of(ms);
-        let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##, LEFT + pw);
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, LEFT - 6.0, y + 4.0, fmt_ms(ms));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
+            LEFT + pw
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            LEFT - 6.0,
+            y + 4.0,
+            fmt_ms(ms)
+        );
     }
-    let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">percentile</text>"#, LEFT + pw / 2.0, H - 10.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">percentile</text>"#,
+        LEFT + pw / 2.0,
+        H - 10.0
+    );
     let _ = writeln!(
         s,
         r#"<text x="16" y="{:.1}" text-anchor="middle" transform="rotate(-90 16 {:.1})">latency (ms)</text>"#,
         TOP + ph / 2.0,
         TOP + ph / 2.0
     );
-    let _ = writeln!(s, r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>"##);
+    let _ = writeln!(
+        s,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>"##
+    );
     if !curve.is_empty() {
-        let points: Vec<String> = curve.iter().map(|p| format!("{:.1},{:.1}", x_of(p[0]), y_of(p[1]))).collect();
+        let points: Vec<String> = curve
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x_of(p[0]), y_of(p[1])))
+            .collect();
         let _ = writeln!(
             s,
             r##"<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{}"/>"##,
@@ -203,7 +244,12 @@ pub fn render_svg(report: &Report) -> String {
             fmt_ms(l.p999_ms),
             fmt_ms(l.max_ms)
         );
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}">{legend}</text>"#, LEFT + 8.0, TOP + 16.0);
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}">{legend}</text>"#,
+            LEFT + 8.0,
+            TOP + 16.0
+        );
     }
     s.push_str("</svg>\n");
     s
@@ -236,7 +282,9 @@ fn fmt_ms(ms: f64) -> String {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// The human summary printed on stdout.
@@ -264,7 +312,11 @@ pub fn summary(r: &Report) -> String {
             t.deliveries_per_second,
             t.delivery_seconds,
             t.offered_deliveries_per_second,
-            if t.drained { "" } else { ", NOT drained before the timeout" }
+            if t.drained {
+                ""
+            } else {
+                ", NOT drained before the timeout"
+            }
         );
     }
     if let Some(m) = &r.messages {
@@ -291,7 +343,13 @@ pub fn summary(r: &Report) -> String {
         let _ = writeln!(
             s,
             "server pid {} RSS KiB: before {} connected {} end {} peak {} => {:.2} KiB/session; CPU {:.1}% of a core",
-            m.pid, m.rss_before_kib, m.rss_connected_kib, m.rss_end_kib, m.rss_peak_kib, m.kib_per_session, m.cpu_percent
+            m.pid,
+            m.rss_before_kib,
+            m.rss_connected_kib,
+            m.rss_end_kib,
+            m.rss_peak_kib,
+            m.kib_per_session,
+            m.cpu_percent
         );
     }
     let h = &r.sessions;

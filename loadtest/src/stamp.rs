@@ -32,7 +32,10 @@ pub struct Stamp {
 impl Stamp {
     /// The body: the stamp as text, then `.` up to `payload` bytes (never shorter than the stamp).
     pub fn body(&self, payload: usize) -> Bytes {
-        let text = format!("stream={} seq={} sent_ns={} ", self.stream, self.seq, self.sent_ns);
+        let text = format!(
+            "stream={} seq={} sent_ns={} ",
+            self.stream, self.seq, self.sent_ns
+        );
         let mut b = BytesMut::with_capacity(payload.max(text.len()));
         b.put_slice(text.as_bytes());
         while b.len() < payload {
@@ -53,7 +56,11 @@ impl Stamp {
         let stream = field(parts.next()?, "stream=")?;
         let seq = field(parts.next()?, "seq=")?;
         let sent_ns = field(parts.next()?, "sent_ns=")?;
-        Some(Stamp { stream, seq, sent_ns })
+        Some(Stamp {
+            stream,
+            seq,
+            sent_ns,
+        })
     }
 
     /// Reads a stamp from the `x-*` headers of a frame.

@@ -38,13 +38,17 @@ pub struct Target {
 /// assert!(loadtest::target::check_loopback("ws://10.0.0.1/ws").is_err());
 /// ```
 pub fn check_loopback(url: &str) -> Result<Target, TargetError> {
-    let uri: Uri = url.parse().map_err(|_| TargetError::Invalid(url.to_owned()))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| TargetError::Invalid(url.to_owned()))?;
     match uri.scheme_str() {
         Some(s) if s.eq_ignore_ascii_case("ws") => {}
         Some(_) => return Err(TargetError::Scheme(url.to_owned())),
         None => return Err(TargetError::Invalid(url.to_owned())),
     }
-    let host = uri.host().ok_or_else(|| TargetError::NoHost(url.to_owned()))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| TargetError::NoHost(url.to_owned()))?;
     let port = uri.port_u16().unwrap_or(80);
     let ip = loopback_ip(host).ok_or_else(|| TargetError::NotLoopback(url.to_owned()))?;
     Ok(Target {

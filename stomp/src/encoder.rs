@@ -1,7 +1,7 @@
 //! Encoding: frames to bytes.
 //!
 //! The encoder writes LF line ends, escapes headers by the rules of the frame's command and the
-//! connection's version (see [`escape`](crate::escape) rules in the crate docs), and manages
+//! connection's version (see the escaping rules in the crate docs and `escape.rs`), and manages
 //! `content-length` itself:
 //!
 //! - any `content-length` headers in the frame are ignored (they might be stale);

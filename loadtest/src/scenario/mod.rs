@@ -82,7 +82,9 @@ pub fn source_addresses(sessions: usize, requested: usize) -> Vec<IpAddr> {
 
 /// Replaces `{i}` and `{user}` in a destination template.
 pub fn expand(template: &str, i: usize, user: &str) -> String {
-    template.replace("{i}", &i.to_string()).replace("{user}", user)
+    template
+        .replace("{i}", &i.to_string())
+        .replace("{user}", user)
 }
 
 /// Sets up every planned session, `connect_concurrency` at a time, and hands each to `run` (spawned
@@ -104,36 +106,39 @@ where
     let bar = common.progress.bar(n as u64, label);
     let started = Instant::now();
     let heartbeat = (common.heartbeat_ms, common.heartbeat_ms);
-    let results: Vec<(usize, Result<JoinHandle<T>, String>)> = futures_util::stream::iter(plans.into_iter().enumerate())
-        .map(|(i, plan)| {
-            let spec = ConnectSpec {
-                target: common.targets[plan.target % common.targets.len()].clone(),
-                credentials: common.credentials.clone(),
-                host_header: common.host_header.clone(),
-                heartbeat,
-                source: (!sources.is_empty()).then(|| sources[i % sources.len()]),
-                timeout: common.connect_timeout,
-                ws_read_buffer: common.ws_read_buffer,
-            };
-            let run = run.clone();
-            let bar = bar.clone();
-            async move {
-                let set_up = async {
-                    let mut session = Session::connect(&spec, &plan.user).await?;
-                    session.subscribe_all(&plan.subscriptions, spec.timeout).await?;
-                    Ok::<_, crate::client::SessionError>(session)
+    let results: Vec<(usize, Result<JoinHandle<T>, String>)> =
+        futures_util::stream::iter(plans.into_iter().enumerate())
+            .map(|(i, plan)| {
+                let spec = ConnectSpec {
+                    target: common.targets[plan.target % common.targets.len()].clone(),
+                    credentials: common.credentials.clone(),
+                    host_header: common.host_header.clone(),
+                    heartbeat,
+                    source: (!sources.is_empty()).then(|| sources[i % sources.len()]),
+                    timeout: common.connect_timeout,
+                    ws_read_buffer: common.ws_read_buffer,
                 };
-                let r = match set_up.await {
-                    Ok(session) => Ok(tokio::spawn(run(i, session))),
-                    Err(e) => Err(format!("session {i} ({}): {e}", plan.user)),
-                };
-                bar.inc(1);
-                (i, r)
-            }
-        })
-        .buffer_unordered(common.connect_concurrency.max(1))
-        .collect()
-        .await;
+                let run = run.clone();
+                let bar = bar.clone();
+                async move {
+                    let set_up = async {
+                        let mut session = Session::connect(&spec, &plan.user).await?;
+                        session
+                            .subscribe_all(&plan.subscriptions, spec.timeout)
+                            .await?;
+                        Ok::<_, crate::client::SessionError>(session)
+                    };
+                    let r = match set_up.await {
+                        Ok(session) => Ok(tokio::spawn(run(i, session))),
+                        Err(e) => Err(format!("session {i} ({}): {e}", plan.user)),
+                    };
+                    bar.inc(1);
+                    (i, r)
+                }
+            })
+            .buffer_unordered(common.connect_concurrency.max(1))
+            .collect()
+            .await;
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let mut handles: Vec<Option<JoinHandle<T>>> = (0..n).map(|_| None).collect();
@@ -158,7 +163,11 @@ where
     }
     errors.sort();
     setup.first_error = errors.into_iter().next().map(|(_, e)| e);
-    setup.per_second = if seconds > 0.0 { setup.established as f64 / seconds } else { 0.0 };
+    setup.per_second = if seconds > 0.0 {
+        setup.established as f64 / seconds
+    } else {
+        0.0
+    };
     (handles, setup)
 }
 
@@ -219,7 +228,11 @@ impl ReceiverOutcome {
 
 /// Reads a session until `ctx.stop`: counts MESSAGE frames per stream, records their latency,
 /// answers the heart-beat contract.
-pub async fn receive(index: usize, mut session: Session, ctx: Arc<ReceiveContext>) -> ReceiverOutcome {
+pub async fn receive(
+    index: usize,
+    mut session: Session,
+    ctx: Arc<ReceiveContext>,
+) -> ReceiverOutcome {
     let mut out = ReceiverOutcome::default();
     let mut hb = heartbeat_timer(session.send_every);
     loop {
@@ -468,7 +481,8 @@ pub async fn run_messages(common: &Common, run: MessageRun) -> anyhow::Result<Re
     let publish_origin = Arc::new(AtomicU64::new(0));
     let sent_counter = Arc::new(AtomicU64::new(0));
     let done_counter = Arc::new(AtomicU64::new(0));
-    let (sender_plans, send_plans): (Vec<SessionPlan>, Vec<SendPlan>) = run.senders.into_iter().unzip();
+    let (sender_plans, send_plans): (Vec<SessionPlan>, Vec<SendPlan>) =
+        run.senders.into_iter().unzip();
     let send_plans = Arc::new(send_plans);
     let (senders, sender_setup) = {
         let go = go.clone();
@@ -518,7 +532,8 @@ pub async fn run_messages(common: &Common, run: MessageRun) -> anyhow::Result<Re
     let expected_total: u64 = send_plans.iter().map(|p| p.max_messages).sum::<u64>() * run.fan;
     let spinner = common.progress.spinner("publishing");
     let mut sender_outcomes = Vec::new();
-    let mut sender_handles: Vec<JoinHandle<SenderOutcome>> = senders.into_iter().flatten().collect();
+    let mut sender_handles: Vec<JoinHandle<SenderOutcome>> =
+        senders.into_iter().flatten().collect();
     let mut rss_peak = rss_connected.unwrap_or(0);
     // Wait for the senders to finish their schedules (they stay connected until `stop`).
     let mut finished = false;
@@ -526,7 +541,9 @@ pub async fn run_messages(common: &Common, run: MessageRun) -> anyhow::Result<Re
         tokio::time::sleep(Duration::from_millis(200)).await;
         let sent = sent_counter.load(Ordering::Relaxed);
         let delivered = ctx.recorder.delivered();
-        spinner.set_message(format!("sent {sent} delivered {delivered}/{expected_total}"));
+        spinner.set_message(format!(
+            "sent {sent} delivered {delivered}/{expected_total}"
+        ));
         if let Some(r) = common.pid.and_then(|p| crate::procfs::rss_kib(p).ok()) {
             rss_peak = rss_peak.max(r);
         }
@@ -607,10 +624,18 @@ pub async fn run_messages(common: &Common, run: MessageRun) -> anyhow::Result<Re
     let delivery_seconds = last_delivery.saturating_sub(start_ns) as f64 / 1e9;
     report.throughput = Some(Throughput {
         target_publish_rate: run.target_rate,
-        publish_rate: if publish_seconds > 0.0 { tally.sent as f64 / publish_seconds } else { 0.0 },
+        publish_rate: if publish_seconds > 0.0 {
+            tally.sent as f64 / publish_seconds
+        } else {
+            0.0
+        },
         publish_seconds,
         offered_deliveries_per_second: run.target_rate * run.fan as f64,
-        deliveries_per_second: if delivery_seconds > 0.0 { delivered as f64 / delivery_seconds } else { 0.0 },
+        deliveries_per_second: if delivery_seconds > 0.0 {
+            delivered as f64 / delivery_seconds
+        } else {
+            0.0
+        },
         delivery_seconds,
         drained,
     });
@@ -632,7 +657,11 @@ pub async fn run_messages(common: &Common, run: MessageRun) -> anyhow::Result<Re
             rss_end_kib: end,
             rss_peak_kib: rss_peak.max(end),
             kib_per_session: end.saturating_sub(before) as f64 / sessions as f64,
-            cpu_percent: if wall > 0.0 { 100.0 * cpu_secs / wall } else { 0.0 },
+            cpu_percent: if wall > 0.0 {
+                100.0 * cpu_secs / wall
+            } else {
+                0.0
+            },
         });
     }
     report.loadtest_rss_kib = crate::procfs::rss_kib(std::process::id()).ok();
