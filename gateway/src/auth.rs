@@ -196,26 +196,10 @@ impl Verifier {
     }
 
     fn check(&self, alg: Algorithm, data: &[u8], signature: &[u8]) -> bool {
-        // `verify_slice` compares in constant time.
         match alg {
-            Algorithm::Hs256 => Hmac::<Sha256>::new_from_slice(&self.secret)
-                .map(|mut m| {
-                    m.update(data);
-                    m.verify_slice(signature).is_ok()
-                })
-                .unwrap_or(false),
-            Algorithm::Hs384 => Hmac::<Sha384>::new_from_slice(&self.secret)
-                .map(|mut m| {
-                    m.update(data);
-                    m.verify_slice(signature).is_ok()
-                })
-                .unwrap_or(false),
-            Algorithm::Hs512 => Hmac::<Sha512>::new_from_slice(&self.secret)
-                .map(|mut m| {
-                    m.update(data);
-                    m.verify_slice(signature).is_ok()
-                })
-                .unwrap_or(false),
+            Algorithm::Hs256 => verify::<Hmac<Sha256>>(&self.secret, data, signature),
+            Algorithm::Hs384 => verify::<Hmac<Sha384>>(&self.secret, data, signature),
+            Algorithm::Hs512 => verify::<Hmac<Sha512>>(&self.secret, data, signature),
         }
     }
 
@@ -242,6 +226,17 @@ impl Verifier {
             Algorithm::Hs512 => mac::<Hmac<Sha512>>(&self.secret, signed.as_bytes()),
         };
         format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+}
+
+/// Checks an HMAC in constant time (`verify_slice`).
+fn verify<M: Mac + hmac::digest::KeyInit>(key: &[u8], data: &[u8], signature: &[u8]) -> bool {
+    match <M as hmac::digest::KeyInit>::new_from_slice(key) {
+        Ok(mut m) => {
+            m.update(data);
+            m.verify_slice(signature).is_ok()
+        }
+        Err(_) => false,
     }
 }
 

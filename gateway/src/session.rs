@@ -306,18 +306,14 @@ impl Session {
                 let headers = forwarded_headers(&frame);
                 let body = frame.body;
                 if let Some(tx) = frame.headers.get("transaction") {
-                    let ops = self
-                        .transactions
-                        .get_mut(tx)
-                        .ok_or_else(|| format!("unknown transaction '{tx}'"))?;
-                    if ops.len() >= self.config.max_transaction_frames {
-                        return Err("too many frames in one transaction".into());
-                    }
-                    ops.push(TxOp::Send {
-                        destination: dest,
-                        headers,
-                        body,
-                    });
+                    self.hold(
+                        tx,
+                        TxOp::Send {
+                            destination: dest,
+                            headers,
+                            body,
+                        },
+                    )?;
                     push_receipt(&mut actions, receipt);
                 } else {
                     actions.push(Action::Submit {
@@ -385,14 +381,7 @@ impl Session {
             Command::Ack | Command::Nack => {
                 self.check_ack(&frame)?;
                 if let Some(tx) = frame.get("transaction") {
-                    let ops = self
-                        .transactions
-                        .get_mut(tx)
-                        .ok_or_else(|| format!("unknown transaction '{tx}'"))?;
-                    if ops.len() >= self.config.max_transaction_frames {
-                        return Err("too many frames in one transaction".into());
-                    }
-                    ops.push(TxOp::Ack);
+                    self.hold(tx, TxOp::Ack)?;
                 }
                 // Topic messages are not redelivered, so an acknowledgement only has to name a message
                 // this session was given; NACK drops it (documented in docs/gateway.md).
@@ -452,6 +441,19 @@ impl Session {
             other => return Err(format!("{} is a server frame", other.as_str())),
         }
         Ok(actions)
+    }
+
+    /// Holds an operation in an open transaction until COMMIT.
+    fn hold(&mut self, tx: &str, op: TxOp) -> Result<(), String> {
+        let ops = self
+            .transactions
+            .get_mut(tx)
+            .ok_or_else(|| format!("unknown transaction '{tx}'"))?;
+        if ops.len() >= self.config.max_transaction_frames {
+            return Err("too many frames in one transaction".into());
+        }
+        ops.push(op);
+        Ok(())
     }
 
     /// An ACK/NACK must name a message delivered to a client-ack subscription of this session.
