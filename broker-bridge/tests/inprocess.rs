@@ -425,38 +425,70 @@ async fn competing_workers_process_commands_concurrently() {
         workers: WORKERS,
         ..InProcessConfig::default()
     });
-    // Each handler waits until WORKERS handlers are running at once: this only completes if the
-    // workers really run concurrently.
-    let barrier = Arc::new(Barrier::new(WORKERS));
+    // Commands of different sessions run in parallel, up to one per worker.
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     {
-        let (barrier, running, peak) = (barrier.clone(), running.clone(), peak.clone());
+        let (running, peak) = (running.clone(), peak.clone());
         bus.register_handler(
             "/app/",
             handler_fn(move |_| {
-                let (barrier, running, peak) = (barrier.clone(), running.clone(), peak.clone());
+                let (running, peak) = (running.clone(), peak.clone());
                 async move {
                     let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(now, Ordering::SeqCst);
-                    barrier.wait().await;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(Duration::from_millis(30)).await;
                     running.fetch_sub(1, Ordering::SeqCst);
                     Ok(())
                 }
             }),
         );
     }
-    for _ in 0..2 * WORKERS {
-        bus.submit(command("/app/send")).await.unwrap();
+    const COMMANDS: usize = 64;
+    for i in 0..COMMANDS {
+        let mut cmd = command("/app/send");
+        cmd.session = format!("s{i}");
+        bus.submit(cmd).await.unwrap();
     }
-    let m = metrics_until(&bus, |m| m.commands_handled == 2 * WORKERS as u64).await;
+    let m = metrics_until(&bus, |m| m.commands_handled == COMMANDS as u64).await;
     assert_eq!(m.commands_failed, 0);
     assert_eq!(
         peak.load(Ordering::SeqCst),
         WORKERS,
         "at most `workers` at once, and all of them"
     );
+}
+
+#[tokio::test]
+async fn one_sessions_commands_are_handled_in_order() {
+    let bus = bus_with(InProcessConfig {
+        workers: 4,
+        ..InProcessConfig::default()
+    });
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let seen = seen.clone();
+        bus.register_handler(
+            "/app/",
+            handler_fn(move |cmd: AppCommand| {
+                let seen = seen.clone();
+                async move {
+                    let n: usize = std::str::from_utf8(&cmd.body).unwrap().parse().unwrap();
+                    // Later commands finish faster: only serial handling keeps the order.
+                    tokio::time::sleep(Duration::from_micros(((200 - n) * 20) as u64)).await;
+                    seen.lock().unwrap().push(n);
+                    Ok(())
+                }
+            }),
+        );
+    }
+    for n in 0..200usize {
+        let mut cmd = command("/app/send");
+        cmd.body = bytes::Bytes::from(n.to_string());
+        bus.submit(cmd).await.unwrap();
+    }
+    metrics_until(&bus, |m| m.commands_handled == 200).await;
+    assert_eq!(*seen.lock().unwrap(), (0..200).collect::<Vec<_>>());
 }
 
 #[tokio::test]

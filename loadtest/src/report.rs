@@ -103,7 +103,7 @@ pub struct SessionHealth {
     pub error_frames: u64,
     /// Sessions whose connection ended before the harness closed it.
     pub dropped: u64,
-    /// Server heart-beats received (idle).
+    /// Bare EOLs received from the server: its heart-beats (RabbitMQ also ends every frame with one).
     pub server_heartbeats: u64,
     /// Sessions that heard at least one heart-beat or frame from the server during the hold (idle).
     pub sessions_heard_from: u64,
@@ -139,7 +139,7 @@ pub fn render_svg(report: &Report) -> String {
     const W: f64 = 720.0;
     const H: f64 = 420.0;
     const LEFT: f64 = 70.0;
-    const RIGHT: f64 = 20.0;
+    const RIGHT: f64 = 40.0;
     const TOP: f64 = 40.0;
     const BOTTOM: f64 = 50.0;
     let pw = W - LEFT - RIGHT;
@@ -261,10 +261,10 @@ fn nines(pct: f64) -> f64 {
     -rest.log10()
 }
 
-/// The smallest of 1, 2, 5 × 10^k at or above `v`.
+/// The smallest of 1, 1.5, 2, 2.5, 3, 4, 5, 6, 8 × 10^k at or above `v`.
 fn nice_ceiling(v: f64) -> f64 {
     let mag = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
+    [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
         .iter()
         .map(|m| m * mag)
         .find(|c| *c >= v)
@@ -272,7 +272,9 @@ fn nice_ceiling(v: f64) -> f64 {
 }
 
 fn fmt_ms(ms: f64) -> String {
-    if ms >= 100.0 {
+    if ms == 0.0 {
+        "0".to_owned()
+    } else if ms >= 100.0 {
         format!("{ms:.0}")
     } else if ms >= 1.0 {
         format!("{ms:.2}")
@@ -355,7 +357,7 @@ pub fn summary(r: &Report) -> String {
     let h = &r.sessions;
     let _ = writeln!(
         s,
-        "health       {} ERROR frames, {} sessions dropped, {} server heart-beats, {} sessions heard from",
+        "health       {} ERROR frames, {} sessions dropped, {} server EOLs (heart-beats), {} sessions heard from",
         h.error_frames, h.dropped, h.server_heartbeats, h.sessions_heard_from
     );
     if let Some(p) = &h.first_problem {

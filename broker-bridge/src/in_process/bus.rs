@@ -32,10 +32,14 @@ struct Shared {
     routes: RwLock<Routes>,
     /// Sorted by prefix length, longest first.
     handlers: RwLock<Vec<Route>>,
-    work_tx: mpsc::Sender<Job>,
+    /// One queue per worker. A command goes to the queue its session hashes to, so the commands of
+    /// one session are handled one after the other, in the order they were submitted, while
+    /// different sessions' commands run in parallel.
+    work_tx: Vec<mpsc::Sender<Job>>,
     /// Taken by the first `submit`, which starts the workers.
-    work_rx: Mutex<Option<mpsc::Receiver<Job>>>,
+    work_rx: Mutex<Option<Vec<mpsc::Receiver<Job>>>>,
     workers_started: AtomicBool,
+    shard_hasher: std::hash::RandomState,
     next_link: AtomicU64,
     counters: Arc<Counters>,
 }
@@ -102,17 +106,21 @@ impl fmt::Debug for InProcessBus {
 
 impl InProcessBus {
     pub(crate) fn new(registry: Registry, config: InProcessConfig) -> Self {
-        let (work_tx, work_rx) = mpsc::channel(config.work_queue_capacity.max(1));
+        let workers = config.workers.max(1);
+        let per_worker = config.work_queue_capacity.max(1).div_ceil(workers);
+        let (work_tx, work_rx): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| mpsc::channel(per_worker)).unzip();
         Self {
             shared: Arc::new(Shared {
                 registry,
                 inbox_capacity: config.node_inbox_capacity.max(1),
-                workers: config.workers.max(1),
+                workers,
                 routes: RwLock::new(Routes::default()),
                 handlers: RwLock::new(Vec::new()),
                 work_tx,
                 work_rx: Mutex::new(Some(work_rx)),
                 workers_started: AtomicBool::new(false),
+                shard_hasher: std::hash::RandomState::new(),
                 next_link: AtomicU64::new(1),
                 counters: Arc::new(Counters::default()),
             }),
@@ -181,12 +189,11 @@ impl Shared {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             BusError::Unavailable("no Tokio runtime to run the command workers on".to_owned())
         })?;
-        let Some(rx) = slot.take() else {
+        let Some(queues) = slot.take() else {
             return Ok(());
         };
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        for id in 0..self.workers {
-            runtime.spawn(worker(id, Arc::clone(&rx), Arc::clone(&self.counters)));
+        for (id, rx) in queues.into_iter().enumerate() {
+            runtime.spawn(worker(id, rx, Arc::clone(&self.counters)));
         }
         self.workers_started.store(true, Ordering::Release);
         Ok(())
@@ -257,14 +264,9 @@ impl Routes {
 
 /// One competing consumer of the work queue. Each command runs in its own task so that a panicking
 /// handler is caught (as a `JoinError`) instead of killing the worker.
-async fn worker(
-    id: usize,
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
-    counters: Arc<Counters>,
-) {
+async fn worker(id: usize, mut rx: mpsc::Receiver<Job>, counters: Arc<Counters>) {
     loop {
-        // The lock is held only while waiting for the next job, not while handling it.
-        let job = rx.lock().await.recv().await;
+        let job = rx.recv().await;
         let Some(Job {
             prefix,
             handler,
@@ -378,8 +380,13 @@ impl BusBackend for InProcessBus {
             return Err(BusError::NoRoute(cmd.destination));
         };
         shared.ensure_workers()?;
-        shared
-            .work_tx
+        let shard = {
+            use std::hash::{BuildHasher, Hash, Hasher};
+            let mut h = shared.shard_hasher.build_hasher();
+            cmd.session.hash(&mut h);
+            (h.finish() as usize) % shared.work_tx.len()
+        };
+        shared.work_tx[shard]
             .send(Job {
                 prefix,
                 handler,
@@ -404,7 +411,7 @@ impl BusBackend for InProcessBus {
 
     fn health(&self) -> Health {
         let shared = &self.shared;
-        if shared.work_tx.is_closed() {
+        if shared.work_tx.iter().any(mpsc::Sender::is_closed) {
             return Health::Down("application command workers stopped".to_owned());
         }
         let full: Vec<String> = read(&shared.routes)
@@ -419,7 +426,7 @@ impl BusBackend for InProcessBus {
                 full.join(", ")
             ));
         }
-        if shared.work_tx.capacity() == 0 {
+        if shared.work_tx.iter().any(|tx| tx.capacity() == 0) {
             return Health::Degraded("application command queue full".to_owned());
         }
         Health::Up
