@@ -381,10 +381,8 @@ impl BusBackend for InProcessBus {
         };
         shared.ensure_workers()?;
         let shard = {
-            use std::hash::{BuildHasher, Hash, Hasher};
-            let mut h = shared.shard_hasher.build_hasher();
-            cmd.session.hash(&mut h);
-            (h.finish() as usize) % shared.work_tx.len()
+            use std::hash::BuildHasher;
+            (shared.shard_hasher.hash_one(&cmd.session) as usize) % shared.work_tx.len()
         };
         shared.work_tx[shard]
             .send(Job {
