@@ -9,7 +9,7 @@ use broker_bridge::{
     AppCommand, Bus, BusError, BusMetrics, Delivery, Envelope, HandlerError, Health,
     InProcessConfig, NodeId, NodeLink, Registry, SessionEntry, Target, handler_fn,
 };
-use tokio::sync::{Barrier, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(5);
