@@ -15,7 +15,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use broker_bridge::{AppCommand, SessionEntry};
 use bytes::{Bytes, BytesMut};
 use stomp::{Frame, Item, StompCodec};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
@@ -86,7 +85,7 @@ pub async fn run(
     let number = SESSION_NUMBERS.fetch_add(1, Ordering::Relaxed);
     let id: Arc<str> = Arc::from(format!("{}-{}", gw.node, random_id(12)));
     let session = Session::new(id.clone(), gw.session_config.clone(), gw.verifier.clone());
-    let (tx, mut rx) = mpsc::channel::<Bytes>(gw.config.outbound_queue);
+    let queue = Arc::new(crate::queue::Outbound::new(gw.config.outbound_queue));
     let kill = CancellationToken::new();
     let now = Instant::now();
     let mut d = Driver {
@@ -98,7 +97,7 @@ pub async fn run(
         handle: SessionHandle {
             session: number,
             version: stomp::Version::V1_2,
-            tx,
+            queue: queue.clone(),
             kill: kill.clone(),
         },
         targets: HashMap::new(),
@@ -137,7 +136,7 @@ pub async fn run(
             () = shutdown.cancelled() => {
                 // Drain what is already queued, then tell the client why it is being closed.
                 let mut batch = Vec::new();
-                while let Ok(b) = rx.try_recv() { batch.push(b); }
+                queue.drain(&mut batch, usize::MAX);
                 if !batch.is_empty() { let _ = d.sink.send(&batch).await; }
                 d.write_error("server shutting down").await;
                 break CloseReason::Shutdown;
@@ -148,12 +147,7 @@ pub async fn run(
                 inbuf.extend_from_slice(&chunk);
                 if let Some(reason) = d.on_input(&mut inbuf).await { break reason; }
             }
-            Some(first) = rx.recv() => {
-                let mut batch = Vec::with_capacity(8);
-                batch.push(first);
-                while batch.len() < 64 {
-                    match rx.try_recv() { Ok(b) => batch.push(b), Err(_) => break }
-                }
+            batch = queue.next_batch(64) => {
                 // A write blocked on a client that does not read must not outlive the hub's verdict.
                 let written = tokio::select! {
                     r = d.sink.send(&batch) => r.is_ok(),
@@ -402,6 +396,7 @@ impl Driver<'_> {
 impl Driver<'_> {
     /// Unsubscribes everything, leaves the registry, and records why the connection ended.
     async fn finish(&mut self, reason: CloseReason, transport: &'static str) {
+        self.handle.queue.close();
         let user = self.session.principal().map(|p| p.user.clone());
         for (_, (sub, target)) in std::mem::take(&mut self.targets) {
             self.gw

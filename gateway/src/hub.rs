@@ -21,10 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use broker_bridge::{Delivery, Target};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use parking_lot::RwLock;
 use stomp::{AckMode, MessageTemplate, Version};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::destination::SubscribeTarget;
@@ -43,7 +42,7 @@ pub struct SessionHandle {
     /// Server-unique session number.
     pub session: u64,
     pub version: Version,
-    pub tx: mpsc::Sender<Bytes>,
+    pub queue: Arc<crate::queue::Outbound>,
     /// Cancelled when the hub gives up on the session (slow consumer).
     pub kill: CancellationToken,
 }
@@ -236,11 +235,11 @@ impl Hub {
                 continue;
             }
             let frame = buf.split().freeze();
-            match s.handle.tx.try_send(frame) {
+            match s.handle.queue.try_push(frame) {
                 Ok(()) => {
                     self.metrics.deliveries.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(crate::queue::PushError::Full) => {
                     if !s.handle.kill.is_cancelled() {
                         self.metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
@@ -250,7 +249,7 @@ impl Hub {
                         s.handle.kill.cancel();
                     }
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(crate::queue::PushError::Closed) => {}
             }
         }
     }

@@ -17,6 +17,7 @@ pub mod connection;
 pub mod destination;
 pub mod hub;
 pub mod metrics;
+pub mod queue;
 pub mod server;
 pub mod session;
 pub mod sockjs;

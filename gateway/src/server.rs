@@ -53,7 +53,7 @@ impl Default for GatewayConfig {
             session: SessionConfig::default(),
             allowed_origins: Vec::new(),
             tcp_read_chunk: 4096,
-            ws_buffer: 4096,
+            ws_buffer: 1024,
         }
     }
 }
