@@ -1,7 +1,7 @@
 //! `GET /metrics`: the gateway's counters in the Prometheus text format (version 0.0.4).
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::Gateway;
 
@@ -11,91 +11,93 @@ impl Gateway {
         let m = &self.metrics;
         let h = &self.hub.metrics;
         let b = self.bus.metrics();
+        let rows: [(&str, &str, &str, u64); 13] = [
+            (
+                "sessions_open",
+                "gauge",
+                "STOMP sessions open now.",
+                m.sessions_open.load(Relaxed),
+            ),
+            (
+                "sessions_total",
+                "counter",
+                "STOMP sessions opened since start.",
+                m.sessions_total.load(Relaxed),
+            ),
+            (
+                "frames_in_total",
+                "counter",
+                "Client frames handled.",
+                m.frames_in.load(Relaxed),
+            ),
+            (
+                "commands_total",
+                "counter",
+                "Application commands accepted by the bus.",
+                m.commands.load(Relaxed),
+            ),
+            (
+                "errors_sent_total",
+                "counter",
+                "ERROR frames sent (each closes its session).",
+                m.errors_sent.load(Relaxed),
+            ),
+            (
+                "heartbeat_timeouts_total",
+                "counter",
+                "Sessions closed for missing heart-beats.",
+                m.heartbeat_timeouts.load(Relaxed),
+            ),
+            (
+                "deliveries_total",
+                "counter",
+                "MESSAGE frames queued to local sessions.",
+                h.deliveries.load(Relaxed),
+            ),
+            (
+                "slow_consumers_total",
+                "counter",
+                "Sessions closed because their outbound queue was full.",
+                h.slow_consumers.load(Relaxed),
+            ),
+            (
+                "undeliverable_total",
+                "counter",
+                "Bus deliveries with no local subscriber.",
+                h.undeliverable.load(Relaxed),
+            ),
+            (
+                "bus_published_total",
+                "counter",
+                "Bus publishes accepted.",
+                b.published,
+            ),
+            (
+                "bus_dropped_total",
+                "counter",
+                "Bus deliveries lost to detached nodes.",
+                b.dropped,
+            ),
+            (
+                "bus_commands_handled_total",
+                "counter",
+                "Application commands handled.",
+                b.commands_handled,
+            ),
+            (
+                "bus_commands_failed_total",
+                "counter",
+                "Application commands whose handler failed.",
+                b.commands_failed,
+            ),
+        ];
         let mut out = String::with_capacity(2048);
-        let mut put = |name: &str, kind: &str, help: &str, value: u64| {
+        for (name, kind, help, value) in rows {
             let _ = writeln!(
                 out,
                 "# HELP instar_{name} {help}\n# TYPE instar_{name} {kind}\ninstar_{name} {value}"
             );
-        };
-        put(
-            "sessions_open",
-            "gauge",
-            "STOMP sessions open now.",
-            m.sessions_open.load(Ordering::Relaxed),
-        );
-        put(
-            "sessions_total",
-            "counter",
-            "STOMP sessions opened since start.",
-            m.sessions_total.load(Ordering::Relaxed),
-        );
-        put(
-            "frames_in_total",
-            "counter",
-            "Client frames handled.",
-            m.frames_in.load(Ordering::Relaxed),
-        );
-        put(
-            "commands_total",
-            "counter",
-            "Application commands accepted by the bus.",
-            m.commands.load(Ordering::Relaxed),
-        );
-        put(
-            "errors_sent_total",
-            "counter",
-            "ERROR frames sent (each closes its session).",
-            m.errors_sent.load(Ordering::Relaxed),
-        );
-        put(
-            "heartbeat_timeouts_total",
-            "counter",
-            "Sessions closed for missing heart-beats.",
-            m.heartbeat_timeouts.load(Ordering::Relaxed),
-        );
-        put(
-            "deliveries_total",
-            "counter",
-            "MESSAGE frames queued to local sessions.",
-            h.deliveries.load(Ordering::Relaxed),
-        );
-        put(
-            "slow_consumers_total",
-            "counter",
-            "Sessions closed because their outbound queue was full.",
-            h.slow_consumers.load(Ordering::Relaxed),
-        );
-        put(
-            "undeliverable_total",
-            "counter",
-            "Bus deliveries with no local subscriber.",
-            h.undeliverable.load(Ordering::Relaxed),
-        );
-        put(
-            "bus_published_total",
-            "counter",
-            "Bus publishes accepted.",
-            b.published,
-        );
-        put(
-            "bus_dropped_total",
-            "counter",
-            "Bus deliveries lost to detached nodes.",
-            b.dropped,
-        );
-        put(
-            "bus_commands_handled_total",
-            "counter",
-            "Application commands handled.",
-            b.commands_handled,
-        );
-        put(
-            "bus_commands_failed_total",
-            "counter",
-            "Application commands whose handler failed.",
-            b.commands_failed,
-        );
+        }
         out
     }
 }
