@@ -58,6 +58,9 @@ pub(crate) struct ServeArgs {
     /// Register the load-test handlers for /app/bench.* (never in production). [default: false]
     #[arg(long, env = "INSTAR_BENCH_ECHO", value_parser = clap::builder::BoolishValueParser::new())]
     pub bench_echo: Option<bool>,
+    /// Social service (REST) settings.
+    #[command(flatten)]
+    pub social: crate::social_config::SocialArgs,
 }
 
 /// The same settings, as read from the TOML file.
@@ -78,6 +81,7 @@ struct FileSettings {
     public_topics: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
     bench_echo: Option<bool>,
+    social: Option<crate::social_config::SocialFile>,
 }
 
 /// Resolved settings.
@@ -97,6 +101,7 @@ pub(crate) struct Settings {
     pub public_topics: Vec<String>,
     pub allowed_origins: Vec<String>,
     pub bench_echo: bool,
+    pub social: social::SocialConfig,
 }
 
 impl ServeArgs {
@@ -132,7 +137,11 @@ impl ServeArgs {
                 gateway::random_id(48)
             }
         };
+        let social = self
+            .social
+            .resolve(&file.social.clone().unwrap_or_default(), &jwt_secret)?;
         Ok(Settings {
+            social,
             listen: self
                 .listen
                 .or(file.listen)

@@ -4,6 +4,10 @@
 
 mod bench;
 mod config;
+mod node;
+mod node_config;
+mod social_cmd;
+mod social_config;
 
 use std::sync::Arc;
 
@@ -13,6 +17,7 @@ use clap::{Parser, Subcommand};
 use gateway::Gateway;
 use gateway::destination::PrefixPolicy;
 use tracing_subscriber::EnvFilter;
+use warp::Filter as _;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,6 +34,10 @@ struct Cli {
 enum Command {
     /// Run everything in one process on one port (embedded default: in-process bus and registry).
     Serve(config::ServeArgs),
+    /// Run one scale-out gateway node: RabbitMQ bus, Redis session registry (N of them behind nginx).
+    Gateway(node_config::GatewayArgs),
+    /// Run the social REST service alone (scale-out: MariaDB, Redis, RabbitMQ, S3).
+    Social(social_cmd::SocialCmdArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +55,8 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args.resolve()?)),
+        Command::Gateway(args) => runtime.block_on(node::run(args.resolve()?)),
+        Command::Social(args) => runtime.block_on(social_cmd::run(args)),
     }
 }
 
@@ -64,13 +75,26 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
         cfg.node_id.as_str().into(),
         cfg.gateway_config(),
         cfg.jwt_secret.as_bytes(),
-        bus,
+        bus.clone(),
         policy,
     )
     .await
     .context("attaching the gateway to the bus")?;
 
-    let routes = gw.routes();
+    let social = social::Ctx::start(&cfg.social, bus.clone())
+        .await
+        .context("starting the social service")?;
+    social::chat::register(&social, &bus);
+    tracing::info!(
+        database = %migrations::redact(&cfg.social.database_url),
+        "social service ready"
+    );
+    let routes = social
+        .routes()
+        .map(|r| Box::new(r) as Box<dyn warp::Reply>)
+        .or(gw.routes())
+        .unify()
+        .boxed();
     let (addr, http) = gateway::server::serve_http(routes, cfg.listen, gw.shutdown.clone())
         .await
         .with_context(|| format!("binding HTTP on {}", cfg.listen))?;

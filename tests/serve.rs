@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = "serve-test-secret";
+const SECRET: &str = "serve-test-secret-serve-test-secret";
 
 fn token(user: &str) -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
@@ -35,6 +35,10 @@ async fn start() -> (Child, String) {
         .env("INSTAR_LISTEN", "127.0.0.1:0")
         .env("INSTAR_TCP_LISTEN", "off")
         .env("INSTAR_JWT_SECRET", SECRET)
+        .env(
+            "INSTAR_DATA_DIR",
+            std::env::temp_dir().join(format!("instar-serve-test-{}", std::process::id())),
+        )
         .env("INSTAR_LOG", "info")
         .stderr(Stdio::piped())
         .kill_on_drop(true)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+use crate::amqp::{AmqpBus, AmqpConfig};
 use crate::error::{BusError, HandlerError};
 use crate::in_process::{InProcessBus, InProcessConfig};
 use crate::model::{AppCommand, Delivery, Envelope, NodeId, Target};
@@ -136,6 +137,21 @@ impl Bus {
             backend: Arc::new(InProcessBus::new(registry.clone(), config)),
             registry,
         }
+    }
+
+    /// The RabbitMQ bus (scale-out), routing user deliveries through `registry` (normally
+    /// [`Registry::redis`]). Connects before returning (fails with [`BusError::Unavailable`] if the
+    /// broker cannot be reached) and then stays connected in the background, reconnecting with
+    /// backoff. Needs a Tokio runtime. See [`AmqpConfig`] and the crate docs for the topology and the
+    /// guarantees.
+    ///
+    /// A process that only publishes and handles commands (the social service) never opens a node;
+    /// [`Bus::register_handler`] makes it consume the command queues.
+    pub async fn amqp(registry: Registry, config: AmqpConfig) -> Result<Bus, BusError> {
+        Ok(Bus {
+            backend: Arc::new(AmqpBus::connect(registry.clone(), config).await?),
+            registry,
+        })
     }
 
     /// A gateway node attaches. Its inbox receives topic deliveries for the topics it has bound and user

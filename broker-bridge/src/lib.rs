@@ -84,15 +84,19 @@
 //! # }
 //! ```
 
+mod amqp;
 mod bus;
 mod error;
 mod in_process;
 mod model;
+mod redis_registry;
 mod registry;
 
+pub use amqp::AmqpConfig;
 pub use async_trait::async_trait;
 pub use bus::{AppHandler, Bus, BusMetrics, Health, NodeInbox, NodeInterest, NodeLink, handler_fn};
 pub use error::{BusError, HandlerError};
 pub use in_process::InProcessConfig;
 pub use model::{AppCommand, Delivery, Envelope, NodeId, SessionEntry, Target};
-pub use registry::Registry;
+pub use redis_registry::RedisRegistryConfig;
+pub use registry::{NodeLease, Registry};

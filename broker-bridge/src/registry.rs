@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::bus::Health;
 use crate::error::BusError;
 use crate::in_process::InProcessRegistry;
 use crate::model::{NodeId, SessionEntry};
+use crate::redis_registry::{RedisRegistry, RedisRegistryConfig};
 
 /// An implementation of the registry. Private so that implementations live in this crate.
 #[async_trait]
@@ -19,6 +21,57 @@ pub(crate) trait RegistryBackend: Send + Sync + fmt::Debug + 'static {
     async fn nodes_of(&self, user: &str) -> Result<Vec<NodeId>, BusError>;
     async fn is_online(&self, user: &str) -> Result<bool, BusError>;
     async fn remove_node(&self, node: &NodeId) -> Result<usize, BusError>;
+    async fn hold_lease(&self, node: &NodeId) -> Result<NodeLease, BusError>;
+    async fn live_nodes(&self) -> Result<Vec<NodeId>, BusError>;
+    async fn sweep(&self) -> Result<usize, BusError>;
+    fn health(&self) -> Health;
+}
+
+/// A node's lease in the registry: while it is held (and refreshed in the background by the Redis
+/// registry), the node counts as alive and its sessions are kept. Dropping it stops the refresh and
+/// deletes the lease (in the background); [`NodeLease::release`] does the same and waits, and also
+/// removes the node's remaining sessions.
+///
+/// The in-process registry has no leases: its `NodeLease` does nothing.
+pub struct NodeLease {
+    node: NodeId,
+    inner: Option<Box<dyn LeaseControl>>,
+}
+
+impl fmt::Debug for NodeLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeLease")
+            .field("node", &self.node)
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+/// The implementation side of a lease.
+#[async_trait]
+pub(crate) trait LeaseControl: Send + Sync + fmt::Debug + 'static {
+    /// Stops refreshing, deletes the lease and removes the node's sessions.
+    async fn release(&self) -> Result<(), BusError>;
+}
+
+impl NodeLease {
+    pub(crate) fn new(node: NodeId, inner: Option<Box<dyn LeaseControl>>) -> Self {
+        Self { node, inner }
+    }
+
+    /// The node this lease is for.
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// Gives the lease up now: stops the refresh, deletes the lease and removes the node's remaining
+    /// sessions from the registry.
+    pub async fn release(mut self) -> Result<(), BusError> {
+        match self.inner.take() {
+            Some(inner) => inner.release().await,
+            None => Ok(()),
+        }
+    }
 }
 
 /// The session registry. Cheap to clone; all clones share one registry.
@@ -41,6 +94,16 @@ impl Registry {
         Registry {
             backend: Arc::new(InProcessRegistry::default()),
         }
+    }
+
+    /// The Redis registry (scale-out): connects to Redis and checks it answers.
+    ///
+    /// See [`RedisRegistryConfig`] for the keys it uses, and the crate documentation for the lease and
+    /// sweeping rules.
+    pub async fn redis(config: RedisRegistryConfig) -> Result<Registry, BusError> {
+        Ok(Registry {
+            backend: Arc::new(RedisRegistry::connect(config).await?),
+        })
     }
 
     /// Records a session (on CONNECT). Registering an existing session id replaces its entry.
@@ -76,5 +139,46 @@ impl Registry {
     /// Sweep: removes every session on `node` (the node went away); returns how many were removed.
     pub async fn remove_node(&self, node: &NodeId) -> Result<usize, BusError> {
         self.backend.remove_node(node).await
+    }
+
+    /// Takes the lease of `node` and keeps it alive in the background until the returned
+    /// [`NodeLease`] is dropped or released. Sessions registered (through this `Registry`) on a node
+    /// whose lease this process holds are written again if the registry lost them (a Redis restart,
+    /// or a lease that expired while the node was cut off and was swept by another node).
+    ///
+    /// Redis: fails with [`BusError::NodeInUse`] if another process holds the lease and it does not
+    /// expire within one lease TTL. In-process: always succeeds and does nothing.
+    pub async fn hold_lease(&self, node: &NodeId) -> Result<NodeLease, BusError> {
+        self.backend.hold_lease(node).await
+    }
+
+    /// Nodes with a live lease (Redis), or with at least one session (in-process), sorted.
+    pub async fn live_nodes(&self) -> Result<Vec<NodeId>, BusError> {
+        self.backend.live_nodes().await
+    }
+
+    /// Removes the sessions of every node whose lease has expired; returns how many sessions were
+    /// removed. Processes holding a lease run this periodically by themselves
+    /// ([`RedisRegistryConfig::sweep_every`]). In-process: does nothing.
+    pub async fn sweep(&self) -> Result<usize, BusError> {
+        self.backend.sweep().await
+    }
+
+    /// Presence: where `user` is online, as `(node, sessions on that node)` pairs in order of the
+    /// user's first session on each node; empty when the user is offline.
+    pub async fn presence(&self, user: &str) -> Result<Vec<(NodeId, usize)>, BusError> {
+        let mut out: Vec<(NodeId, usize)> = Vec::new();
+        for entry in self.backend.sessions_of(user).await? {
+            match out.iter_mut().find(|(node, _)| *node == entry.node) {
+                Some((_, count)) => *count += 1,
+                None => out.push((entry.node, 1)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Health of the registry (Redis reachable, leases refreshed).
+    pub fn health(&self) -> Health {
+        self.backend.health()
     }
 }

@@ -105,7 +105,8 @@ impl Gateway {
         Ok(gw)
     }
 
-    /// The HTTP routes: `/stomp` (STOMP over WebSocket) and `/ws` (SockJS, plus raw `/ws/websocket`).
+    /// The HTTP routes: `/stomp` (STOMP over WebSocket), `/ws` (SockJS, plus raw `/ws/websocket`),
+    /// `/metrics`, and `/health` (the bus's health: 200 `up` or `degraded: ...`, 503 `down: ...`).
     pub fn routes(self: &Arc<Self>) -> warp::filters::BoxedFilter<(Box<dyn warp::Reply>,)> {
         let gw = self.clone();
         let max = self.config.max_ws_message;
@@ -169,9 +170,28 @@ impl Gateway {
                     "text/plain; version=0.0.4",
                 )) as Box<dyn warp::Reply>
             });
+        let gw = self.clone();
+        let health = warp::path("health")
+            .and(warp::path::end())
+            .and(warp::get())
+            .map(move || {
+                let (status, text) = match gw.bus.health() {
+                    broker_bridge::Health::Up => (warp::http::StatusCode::OK, "up".to_owned()),
+                    broker_bridge::Health::Degraded(why) => {
+                        (warp::http::StatusCode::OK, format!("degraded: {why}"))
+                    }
+                    broker_bridge::Health::Down(why) => (
+                        warp::http::StatusCode::SERVICE_UNAVAILABLE,
+                        format!("down: {why}"),
+                    ),
+                };
+                Box::new(warp::reply::with_status(text, status)) as Box<dyn warp::Reply>
+            });
         stomp_ws
             .map(|r: Box<dyn warp::Reply>| r)
             .or(metrics)
+            .unify()
+            .or(health)
             .unify()
             .or(sockjs_routes)
             .unify()

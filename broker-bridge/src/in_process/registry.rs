@@ -6,9 +6,10 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::lock;
+use crate::bus::Health;
 use crate::error::BusError;
 use crate::model::{NodeId, SessionEntry};
-use crate::registry::RegistryBackend;
+use crate::registry::{NodeLease, RegistryBackend};
 
 #[derive(Debug, Default)]
 pub(crate) struct InProcessRegistry {
@@ -105,5 +106,23 @@ impl RegistryBackend for InProcessRegistry {
         };
         let removed = ids.iter().filter(|id| tables.remove(id).is_some()).count();
         Ok(removed)
+    }
+
+    async fn hold_lease(&self, node: &NodeId) -> Result<NodeLease, BusError> {
+        Ok(NodeLease::new(node.clone(), None))
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<NodeId>, BusError> {
+        let mut nodes: Vec<NodeId> = lock(&self.tables).by_node.keys().cloned().collect();
+        nodes.sort();
+        Ok(nodes)
+    }
+
+    async fn sweep(&self) -> Result<usize, BusError> {
+        Ok(0)
+    }
+
+    fn health(&self) -> Health {
+        Health::Up
     }
 }

@@ -1,0 +1,1347 @@
+//! The RabbitMQ bus (scale-out): AMQP 0-9-1 through lapin, publisher confirms everywhere.
+//!
+//! # Topology (names under [`AmqpConfig::prefix`], `instar` by default)
+//!
+//! | name | kind | what |
+//! |---|---|---|
+//! | `{p}.topic` | topic exchange, durable | topic messages, routing key = topic name |
+//! | `{p}.node` | direct exchange, durable | user deliveries, routing key = node id |
+//! | `{p}.work` | direct exchange, durable | application commands, routing key = shard number |
+//! | `{p}.node.{node}` | queue, one per gateway node | bound to `{p}.node` with the node id, and to `{p}.topic` with every topic the node's sessions subscribe to (the hub counts references: bind on the first local subscriber, unbind after the last) |
+//! | `{p}.work.{0..K}` | durable queues, single active consumer | the command shards |
+//!
+//! # Guarantees
+//!
+//! * `publish` and `submit` resolve `Ok` only after the broker **confirmed** the message (publisher
+//!   confirms); a broker outage, a nack, or no confirm within [`AmqpConfig::confirm_timeout`] is
+//!   [`BusError::Unavailable`]. While the connection is down or blocked (`connection.blocked`),
+//!   they wait up to [`AmqpConfig::wait_for_connection`] before failing.
+//! * Node queues are durable by default ([`AmqpConfig::durable_node_queues`]) and deliveries are
+//!   persistent, so a confirmed delivery survives a broker restart; the queue expires
+//!   ([`AmqpConfig::node_queue_expires`]) once its node is gone. Deliveries are acknowledged after
+//!   they are in the node's inbox, so a delivery in flight when the connection drops comes again
+//!   (at-least-once: a duplicate is possible around a reconnect, a loss is not).
+//! * Commands are persistent in durable queues, and acknowledged after their handler finished.
+//! * **Per-session order.** A command goes to shard `fnv1a(session) % K`. Each shard queue has
+//!   `x-single-active-consumer`, so one process at a time consumes it, and that process runs the
+//!   commands of one session one after the other, in queue order (different sessions of the shard
+//!   run concurrently, up to [`AmqpConfig::work_prefetch`]).
+//! * **Handler errors.** `Ok`: ack. `Rejected`/other errors/panics: logged, counted, ack (dropped).
+//!   `Transient`: retried in place after a delay doubling from [`AmqpConfig::retry_delay`], up to
+//!   [`AmqpConfig::handler_retries`] times (the session's later commands wait: order first), then
+//!   logged, counted and dropped. If the process dies meanwhile, the broker hands the unacknowledged
+//!   command to the next consumer.
+//! * **Reconnect.** On connection loss the bus reconnects with exponential backoff
+//!   ([`AmqpConfig::reconnect_min`] .. [`AmqpConfig::reconnect_max`]), declares the topology again,
+//!   re-declares every attached node's queue and binds every topic its hub currently wants (and
+//!   unbinds those it gave up during the outage), and restarts the consumers. `bind`/`unbind`
+//!   called during an outage are recorded and applied on reconnect.
+
+mod codec;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::future::{FutureExt, join_all};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Event, ExchangeKind};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::bus::{
+    AppHandler, BusBackend, BusMetrics, Health, NodeControl, NodeLink, validate_topic,
+};
+use crate::error::{BusError, HandlerError};
+use crate::model::{AppCommand, Delivery, Envelope, NodeId, Target};
+use crate::registry::{NodeLease, Registry};
+
+/// Settings of the RabbitMQ bus. `Default` suits a local broker; every field is public.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmqpConfig {
+    /// AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f` (plain TCP; no TLS is compiled in).
+    pub url: String,
+    /// Prefix of every exchange and queue name. Default `instar`. One per deployment (and test).
+    pub prefix: String,
+    /// Unacknowledged deliveries per node-queue consumer. Default 1024.
+    pub node_prefetch: u16,
+    /// Unacknowledged commands per shard consumer (commands of different sessions handled at once).
+    /// Default 64.
+    pub work_prefetch: u16,
+    /// Number of command shards (queues). All processes of a deployment must agree. Default 8.
+    pub work_shards: u16,
+    /// Channels used for publishing (round robin). Default 4.
+    pub publish_channels: usize,
+    /// Capacity of each node's inbox, in deliveries. Default 4096.
+    pub node_inbox_capacity: usize,
+    /// Durable node queues with persistent deliveries (survive a broker restart). When false, node
+    /// queues are exclusive and deliveries transient (faster; a broker restart loses the deliveries
+    /// queued at that moment). Default true.
+    pub durable_node_queues: bool,
+    /// A durable node queue without consumer is deleted by the broker after this long. Default 60 s.
+    pub node_queue_expires: Duration,
+    /// How long a publish waits for its confirm. Default 10 s.
+    pub confirm_timeout: Duration,
+    /// How long `publish`/`submit`/`open_node` wait for a (re)connection or an unblock. Default 5 s.
+    pub wait_for_connection: Duration,
+    /// First reconnect delay; doubled after each failure up to `reconnect_max`. Default 100 ms.
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay. Default 5 s.
+    pub reconnect_max: Duration,
+    /// Times a command whose handler failed with `Transient` is retried. Default 5.
+    pub handler_retries: u32,
+    /// Delay before the first retry, doubled each time (at most 5 s). Default 100 ms.
+    pub retry_delay: Duration,
+    /// AMQP heart-beat in seconds (0: the broker's proposal). Default 10.
+    pub heartbeat_secs: u16,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
+            prefix: "instar".to_owned(),
+            node_prefetch: 1024,
+            work_prefetch: 64,
+            work_shards: 8,
+            publish_channels: 4,
+            node_inbox_capacity: 4096,
+            durable_node_queues: true,
+            node_queue_expires: Duration::from_secs(60),
+            confirm_timeout: Duration::from_secs(10),
+            wait_for_connection: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            handler_retries: 5,
+            retry_delay: Duration::from_millis(100),
+            heartbeat_secs: 10,
+        }
+    }
+}
+
+impl AmqpConfig {
+    /// The default settings with another URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the name prefix.
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    fn topic_exchange(&self) -> String {
+        format!("{}.topic", self.prefix)
+    }
+
+    fn node_exchange(&self) -> String {
+        format!("{}.node", self.prefix)
+    }
+
+    fn work_exchange(&self) -> String {
+        format!("{}.work", self.prefix)
+    }
+
+    fn node_queue(&self, node: &str) -> String {
+        format!("{}.node.{node}", self.prefix)
+    }
+
+    fn work_queue(&self, shard: u16) -> String {
+        format!("{}.work.{shard}", self.prefix)
+    }
+
+    fn shards(&self) -> u16 {
+        self.work_shards.max(1)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn amqp_err(e: &lapin::Error) -> BusError {
+    BusError::Unavailable(format!("rabbitmq: {e}"))
+}
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+    unrouted: AtomicU64,
+    no_session: AtomicU64,
+    commands_submitted: AtomicU64,
+    commands_unrouted: AtomicU64,
+    commands_handled: AtomicU64,
+    commands_failed: AtomicU64,
+    commands_panicked: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+type Route = (Arc<str>, Arc<dyn AppHandler>);
+
+/// One live connection and its channels.
+struct Live {
+    generation: u64,
+    conn: Connection,
+    publishers: Vec<Mutex<Channel>>,
+    next: AtomicUsize,
+    control: tokio::sync::Mutex<Channel>,
+}
+
+impl Live {
+    fn connected(&self) -> bool {
+        self.conn.status().connected()
+    }
+
+    /// A publishing channel (round robin), replaced if the broker closed it.
+    async fn publisher(&self) -> Result<Channel, lapin::Error> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
+        let channel = lock(&self.publishers[i]).clone();
+        if channel.status().connected() {
+            return Ok(channel);
+        }
+        let fresh = self.conn.create_channel().await?;
+        fresh
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        *lock(&self.publishers[i]) = fresh.clone();
+        Ok(fresh)
+    }
+
+    /// The channel for declarations and bindings, replaced if the broker closed it.
+    async fn control(&self) -> Result<tokio::sync::MutexGuard<'_, Channel>, lapin::Error> {
+        let mut guard = self.control.lock().await;
+        if !guard.status().connected() {
+            *guard = self.conn.create_channel().await?;
+        }
+        Ok(guard)
+    }
+}
+
+/// Topic interest and consumer of one attached node.
+struct NodeState {
+    node: NodeId,
+    link: u64,
+    queue: String,
+    tx: mpsc::Sender<Delivery>,
+    setup: tokio::sync::Mutex<NodeSetup>,
+}
+
+#[derive(Default)]
+struct NodeSetup {
+    /// Generation of the connection the queue was last set up on (0: never).
+    generation: u64,
+    /// Topics the hub wants.
+    desired: HashSet<String>,
+    /// Topics bound on the broker (as far as we know).
+    bound: HashSet<String>,
+    consumer: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    config: AmqpConfig,
+    registry: Registry,
+    live: watch::Sender<Option<Arc<Live>>>,
+    blocked: watch::Sender<Option<String>>,
+    last_error: Mutex<String>,
+    nodes: Mutex<HashMap<NodeId, Arc<NodeState>>>,
+    handlers: RwLock<Vec<Route>>,
+    /// Wakes the supervisor (handlers registered, bus closed).
+    wake: Notify,
+    closed: AtomicBool,
+    next_link: AtomicU64,
+    counters: Counters,
+}
+
+/// The bus handle stored in [`crate::Bus`]; dropping the last one stops the bus.
+pub(crate) struct AmqpBus {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for AmqpBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpBus")
+            .field("prefix", &self.shared.config.prefix)
+            .field("connected", &self.shared.live.borrow().is_some())
+            .field("nodes", &lock(&self.shared.nodes).len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for AmqpBus {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+}
+
+impl AmqpBus {
+    /// Connects (failing if the first connection attempt fails) and starts the supervisor.
+    pub(crate) async fn connect(registry: Registry, config: AmqpConfig) -> Result<Self, BusError> {
+        let (live, _) = watch::channel(None);
+        let (blocked, _) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            config,
+            registry,
+            live,
+            blocked,
+            last_error: Mutex::new(String::from("not connected yet")),
+            nodes: Mutex::new(HashMap::new()),
+            handlers: RwLock::new(Vec::new()),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            next_link: AtomicU64::new(1),
+            counters: Counters::default(),
+        });
+        let first = Shared::connect(&shared, 1).await?;
+        tokio::spawn(supervise(Arc::clone(&shared), first));
+        Ok(Self { shared })
+    }
+}
+
+impl Shared {
+    fn set_error(&self, message: String) {
+        *lock(&self.last_error) = message;
+    }
+
+    /// Opens a connection and declares the shared topology.
+    async fn connect(
+        self: &Arc<Self>,
+        generation: u64,
+    ) -> Result<(Arc<Live>, ConnEvents), BusError> {
+        let config = &self.config;
+        let mut url = config.url.clone();
+        if config.heartbeat_secs > 0 && !url.contains("heartbeat=") {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&format!("heartbeat={}", config.heartbeat_secs));
+        }
+        let properties = ConnectionProperties::default()
+            .with_connection_name(
+                format!("instar {} pid {}", config.prefix, std::process::id()).into(),
+            )
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio::current());
+        let conn = tokio::time::timeout(
+            config.wait_for_connection,
+            Connection::connect(&url, properties),
+        )
+        .await
+        .map_err(|_| BusError::Unavailable("rabbitmq: connect timed out".to_owned()))?
+        .map_err(|e| amqp_err(&e))?;
+        let events = conn.events_listener();
+        let result = async {
+            let control = conn.create_channel().await?;
+            let durable = ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            };
+            control
+                .exchange_declare(
+                    &config.topic_exchange(),
+                    ExchangeKind::Topic,
+                    durable,
+                    FieldTable::default(),
+                )
+                .await?;
+            control
+                .exchange_declare(
+                    &config.node_exchange(),
+                    ExchangeKind::Direct,
+                    durable,
+                    FieldTable::default(),
+                )
+                .await?;
+            control
+                .exchange_declare(
+                    &config.work_exchange(),
+                    ExchangeKind::Direct,
+                    durable,
+                    FieldTable::default(),
+                )
+                .await?;
+            for shard in 0..config.shards() {
+                let queue = config.work_queue(shard);
+                control
+                    .queue_declare(
+                        &queue,
+                        QueueDeclareOptions {
+                            durable: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        work_queue_args(),
+                    )
+                    .await?;
+                control
+                    .queue_bind(
+                        &queue,
+                        &config.work_exchange(),
+                        &shard.to_string(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+            let mut publishers = Vec::new();
+            for _ in 0..config.publish_channels.max(1) {
+                let channel = conn.create_channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                publishers.push(Mutex::new(channel));
+            }
+            Ok::<_, lapin::Error>((control, publishers))
+        }
+        .await;
+        let (control, publishers) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = conn.close(320, "topology declaration failed").await;
+                return Err(amqp_err(&e));
+            }
+        };
+        Ok((
+            Arc::new(Live {
+                generation,
+                conn,
+                publishers,
+                next: AtomicUsize::new(0),
+                control: tokio::sync::Mutex::new(control),
+            }),
+            ConnEvents(Box::pin(events)),
+        ))
+    }
+
+    fn current(&self) -> Option<Arc<Live>> {
+        self.live.borrow().clone().filter(|l| l.connected())
+    }
+
+    fn unavailable(&self) -> BusError {
+        BusError::Unavailable(format!(
+            "not connected to RabbitMQ ({})",
+            lock(&self.last_error)
+        ))
+    }
+
+    /// The live connection, waiting for a reconnect until `deadline`.
+    async fn wait_live(&self, deadline: Instant) -> Result<Arc<Live>, BusError> {
+        let mut rx = self.live.subscribe();
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(BusError::Closed);
+            }
+            if let Some(live) = rx.borrow_and_update().clone().filter(|l| l.connected()) {
+                return Ok(live);
+            }
+            let wait = tokio::time::timeout_at(deadline, rx.changed()).await;
+            match wait {
+                Ok(Ok(())) => {}
+                // A dead connection the supervisor has not noticed yet: poll.
+                Ok(Err(_)) => return Err(BusError::Closed),
+                Err(_) => return Err(self.unavailable()),
+            }
+            if Instant::now() >= deadline {
+                return Err(self.unavailable());
+            }
+        }
+    }
+
+    /// Waits while the broker blocks publishing (`connection.blocked`), until `deadline`.
+    async fn wait_unblocked(&self, deadline: Instant) -> Result<(), BusError> {
+        let mut rx = self.blocked.subscribe();
+        loop {
+            let reason = rx.borrow_and_update().clone();
+            let Some(reason) = reason else {
+                return Ok(());
+            };
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(BusError::Unavailable(format!(
+                    "RabbitMQ blocks publishing: {reason}"
+                )));
+            }
+        }
+    }
+
+    /// Publishes one message and waits for the broker's confirm. `Ok(true)`: routed to at least
+    /// one queue; `Ok(false)`: returned unroutable (mandatory).
+    async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<bool, BusError> {
+        let deadline = Instant::now() + self.config.wait_for_connection;
+        loop {
+            let live = self.wait_live(deadline).await?;
+            self.wait_unblocked(deadline).await?;
+            let channel = match live.publisher().await {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(error = %e, "no publishing channel; waiting for the connection");
+                    self.retry_pause(deadline, &e).await?;
+                    continue;
+                }
+            };
+            let options = BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            };
+            let confirm = match channel
+                .basic_publish(exchange, routing_key, options, payload, properties.clone())
+                .await
+            {
+                Ok(confirm) => confirm,
+                Err(e) => {
+                    // Not sent: safe to try again on a fresh channel or connection.
+                    debug!(error = %e, "publish not sent; retrying");
+                    self.retry_pause(deadline, &e).await?;
+                    continue;
+                }
+            };
+            return match tokio::time::timeout(self.config.confirm_timeout, confirm).await {
+                Ok(Ok(Confirmation::Ack(returned))) => Ok(returned.is_none()),
+                Ok(Ok(Confirmation::NotRequested)) => Ok(true),
+                Ok(Ok(Confirmation::Nack(_))) => Err(BusError::Unavailable(
+                    "rabbitmq refused the message (nack)".to_owned(),
+                )),
+                Ok(Err(e)) => Err(amqp_err(&e)),
+                Err(_) => Err(BusError::Unavailable(
+                    "rabbitmq: no publisher confirm in time".to_owned(),
+                )),
+            };
+        }
+    }
+
+    async fn retry_pause(&self, deadline: Instant, e: &lapin::Error) -> Result<(), BusError> {
+        if Instant::now() + Duration::from_millis(20) >= deadline {
+            return Err(amqp_err(e));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(())
+    }
+
+    fn delivery_mode(&self) -> u8 {
+        if self.config.durable_node_queues {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Declares the node's queue on `live`, binds its route and wanted topics, starts its consumer.
+    /// Called with the node's setup lock held.
+    async fn setup_node(
+        self: &Arc<Self>,
+        live: &Arc<Live>,
+        state: &Arc<NodeState>,
+        setup: &mut NodeSetup,
+        fresh: bool,
+    ) -> Result<(), lapin::Error> {
+        if setup.generation == live.generation {
+            return Ok(());
+        }
+        if let Some(old) = setup.consumer.take() {
+            old.abort();
+        }
+        let config = &self.config;
+        let channel = live.conn.create_channel().await?;
+        channel
+            .basic_qos(config.node_prefetch, BasicQosOptions::default())
+            .await?;
+        if fresh && config.durable_node_queues {
+            // A queue left by an earlier process with this node id holds stale bindings.
+            channel
+                .queue_delete(&state.queue, QueueDeleteOptions::default())
+                .await?;
+        }
+        let (options, args) = if config.durable_node_queues {
+            let mut args = FieldTable::default();
+            let expires = u32::try_from(config.node_queue_expires.as_millis())
+                .unwrap_or(u32::MAX)
+                .max(1000);
+            args.insert(ShortString::from("x-expires"), AMQPValue::LongUInt(expires));
+            (
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+        } else {
+            (
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+        };
+        channel.queue_declare(&state.queue, options, args).await?;
+        channel
+            .queue_bind(
+                &state.queue,
+                &config.node_exchange(),
+                &state.node,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let topic_exchange = config.topic_exchange();
+        let desired: Vec<String> = setup.desired.iter().cloned().collect();
+        for topic in &desired {
+            channel
+                .queue_bind(
+                    &state.queue,
+                    &topic_exchange,
+                    topic,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        let stale: Vec<String> = setup.bound.difference(&setup.desired).cloned().collect();
+        for topic in &stale {
+            channel
+                .queue_unbind(&state.queue, &topic_exchange, topic, FieldTable::default())
+                .await?;
+        }
+        setup.bound = setup.desired.clone();
+        let consumer = channel
+            .basic_consume(
+                &state.queue,
+                &format!("node-{}", state.node),
+                BasicConsumeOptions {
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        setup.consumer = Some(tokio::spawn(node_consumer(
+            Arc::downgrade(self),
+            Arc::clone(state),
+            channel,
+            consumer,
+        )));
+        setup.generation = live.generation;
+        debug!(node = %state.node, topics = desired.len(), generation = live.generation, "node queue set up");
+        Ok(())
+    }
+
+    /// Re-attaches every node after a reconnect.
+    async fn restore_nodes(self: &Arc<Self>, live: &Arc<Live>) -> Result<(), lapin::Error> {
+        let nodes: Vec<Arc<NodeState>> = lock(&self.nodes).values().cloned().collect();
+        for state in nodes {
+            let mut setup = state.setup.lock().await;
+            self.setup_node(live, &state, &mut setup, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts one consumer per command shard.
+    async fn start_workers(
+        self: &Arc<Self>,
+        live: &Arc<Live>,
+    ) -> Result<Vec<JoinHandle<()>>, lapin::Error> {
+        let mut tasks = Vec::new();
+        for shard in 0..self.config.shards() {
+            let channel = live.conn.create_channel().await?;
+            channel
+                .basic_qos(self.config.work_prefetch.max(1), BasicQosOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    &self.config.work_queue(shard),
+                    &format!("work-{shard}-{}", std::process::id()),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            tasks.push(tokio::spawn(shard_consumer(
+                Arc::clone(self),
+                shard,
+                channel,
+                consumer,
+            )));
+        }
+        debug!(shards = tasks.len(), "command consumers started");
+        Ok(tasks)
+    }
+
+    fn resolve(&self, destination: &str) -> Option<Route> {
+        self.handlers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(prefix, _)| destination.starts_with(&**prefix))
+            .map(|(p, h)| (Arc::clone(p), Arc::clone(h)))
+    }
+
+    fn has_handlers(&self) -> bool {
+        !self
+            .handlers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// Runs a command's handler, with the retry policy; never fails.
+    async fn handle_command(&self, cmd: AppCommand, redelivered: bool) {
+        let counters = &self.counters;
+        let Some((prefix, handler)) = self.resolve(&cmd.destination) else {
+            bump(&counters.commands_unrouted);
+            warn!(destination = %cmd.destination, session = %cmd.session, "no handler for this command in this process; dropped");
+            return;
+        };
+        if redelivered {
+            debug!(destination = %cmd.destination, session = %cmd.session, "command redelivered (its first handling may have happened)");
+        }
+        let mut delay = self.config.retry_delay;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (h, c) = (Arc::clone(&handler), cmd.clone());
+            let outcome = tokio::spawn(async move { h.handle(c).await }).await;
+            match outcome {
+                Ok(Ok(())) => {
+                    bump(&counters.commands_handled);
+                    return;
+                }
+                Ok(Err(HandlerError::Transient(msg))) if attempt <= self.config.handler_retries => {
+                    debug!(%prefix, destination = %cmd.destination, session = %cmd.session, attempt, error = %msg, "transient handler failure; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Ok(Err(err)) => {
+                    bump(&counters.commands_failed);
+                    warn!(%prefix, destination = %cmd.destination, session = %cmd.session, attempts = attempt, error = %err, "application handler failed; command dropped");
+                    return;
+                }
+                Err(join) if join.is_panic() => {
+                    bump(&counters.commands_failed);
+                    bump(&counters.commands_panicked);
+                    error!(%prefix, destination = %cmd.destination, session = %cmd.session, "application handler panicked; command dropped");
+                    return;
+                }
+                Err(_) => {
+                    bump(&counters.commands_failed);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Detaches a node: forget it, stop its consumer, delete its queue, give up its lease.
+    async fn detach(self: &Arc<Self>, node: &NodeId, link: u64, lease: Option<NodeLease>) {
+        let state = {
+            let mut nodes = lock(&self.nodes);
+            match nodes.get(node) {
+                Some(s) if s.link == link => nodes.remove(node),
+                _ => None,
+            }
+        };
+        if let Some(state) = state {
+            let mut setup = state.setup.lock().await;
+            if let Some(task) = setup.consumer.take() {
+                task.abort();
+            }
+            setup.generation = 0;
+            if let Some(live) = self.current()
+                && let Ok(control) = live.control().await
+                && let Err(e) = control
+                    .queue_delete(&state.queue, QueueDeleteOptions::default())
+                    .await
+            {
+                debug!(%node, error = %e, "could not delete the node queue (it expires by itself)");
+            }
+            debug!(%node, "node detached");
+        }
+        if let Some(lease) = lease
+            && let Err(e) = lease.release().await
+        {
+            debug!(%node, error = %e, "could not release the node's lease (it expires by itself)");
+        }
+    }
+}
+
+fn work_queue_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-single-active-consumer"),
+        AMQPValue::Boolean(true),
+    );
+    args
+}
+
+/// The connection's event stream (errors, blocked/unblocked).
+struct ConnEvents(std::pin::Pin<Box<dyn futures_util::Stream<Item = Event> + Send>>);
+
+/// Keeps the bus connected: watches the connection, reconnects with backoff, restores nodes and
+/// consumers.
+async fn supervise(shared: Arc<Shared>, first: (Arc<Live>, ConnEvents)) {
+    let mut next = Some(first);
+    let mut generation = 1u64;
+    let mut backoff = shared.config.reconnect_min;
+    loop {
+        if shared.closed.load(Ordering::Acquire) {
+            break;
+        }
+        let (live, mut events) = match next.take() {
+            Some(v) => v,
+            None => {
+                generation += 1;
+                match shared.connect(generation).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        warn!(error = %e, retry_in_ms = backoff.as_millis(), "RabbitMQ connection failed");
+                        shared.set_error(e.to_string());
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = shared.wake.notified() => {}
+                        }
+                        backoff = (backoff * 2).min(shared.config.reconnect_max);
+                        continue;
+                    }
+                }
+            }
+        };
+        shared.blocked.send_replace(None);
+        let mut workers: Vec<JoinHandle<()>> = Vec::new();
+        let ready = async {
+            shared.restore_nodes(&live).await?;
+            if shared.has_handlers() {
+                workers = shared.start_workers(&live).await?;
+            }
+            Ok::<_, lapin::Error>(())
+        }
+        .await;
+        if let Err(e) = ready {
+            warn!(error = %e, "restoring queues and consumers failed; reconnecting");
+            shared.set_error(e.to_string());
+            let _ = live.conn.close(320, "restore failed").await;
+            for w in workers.drain(..) {
+                w.abort();
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(shared.config.reconnect_max);
+            continue;
+        }
+        backoff = shared.config.reconnect_min;
+        shared.set_error(String::new());
+        info!(generation = live.generation, "connected to RabbitMQ");
+        shared.live.send_replace(Some(Arc::clone(&live)));
+
+        let mut poll = tokio::time::interval(Duration::from_millis(250));
+        let reason = loop {
+            tokio::select! {
+                event = events.0.next() => match event {
+                    Some(Event::ConnectionBlocked(reason)) => {
+                        warn!(%reason, "RabbitMQ blocked the connection; publishing waits");
+                        shared.blocked.send_replace(Some(reason));
+                    }
+                    Some(Event::ConnectionUnblocked) => {
+                        info!("RabbitMQ unblocked the connection");
+                        shared.blocked.send_replace(None);
+                    }
+                    Some(Event::Error(e)) => break e.to_string(),
+                    Some(_) => {}
+                    None => break "connection events ended".to_owned(),
+                },
+                () = shared.wake.notified() => {
+                    if shared.closed.load(Ordering::Acquire) {
+                        break "bus closed".to_owned();
+                    }
+                    if workers.is_empty() && shared.has_handlers() {
+                        match shared.start_workers(&live).await {
+                            Ok(w) => workers = w,
+                            Err(e) => warn!(error = %e, "starting the command consumers failed"),
+                        }
+                    }
+                }
+                _ = poll.tick() => {
+                    if !live.connected() {
+                        break format!("connection state {:?}", live.conn.status().state());
+                    }
+                    // A consumer that ended (its channel was closed by the broker) means trouble.
+                    if workers.iter().any(JoinHandle::is_finished) {
+                        break "a command consumer stopped".to_owned();
+                    }
+                }
+            }
+        };
+        shared.live.send_replace(None);
+        shared.blocked.send_replace(None);
+        for w in workers.drain(..) {
+            w.abort();
+        }
+        if shared.closed.load(Ordering::Acquire) {
+            let _ = live.conn.close(200, "bus closed").await;
+            break;
+        }
+        warn!(%reason, "lost the RabbitMQ connection; reconnecting");
+        shared.set_error(reason);
+        if live.connected() {
+            let _ = live.conn.close(320, "reconnecting").await;
+        }
+        tokio::time::sleep(backoff).await;
+    }
+    // Closed: stop node consumers so inboxes end.
+    let nodes: Vec<Arc<NodeState>> = lock(&shared.nodes).drain().map(|(_, s)| s).collect();
+    for state in nodes {
+        if let Some(task) = state.setup.lock().await.consumer.take() {
+            task.abort();
+        }
+    }
+    debug!("AMQP bus stopped");
+}
+
+/// Moves deliveries from a node queue into the node's inbox; acknowledges them in batches once
+/// they are in the inbox.
+async fn node_consumer(
+    shared: Weak<Shared>,
+    state: Arc<NodeState>,
+    channel: Channel,
+    mut consumer: lapin::Consumer,
+) {
+    let ack_multiple = BasicAckOptions { multiple: true };
+    loop {
+        let Some(first) = consumer.next().await else {
+            break;
+        };
+        let mut next = Some(first);
+        let mut last_tag = None;
+        let mut batch = 0;
+        while let Some(item) = next.take() {
+            let delivery = match item {
+                Ok(d) => d,
+                Err(e) => {
+                    debug!(node = %state.node, error = %e, "node consumer stopped");
+                    return;
+                }
+            };
+            last_tag = Some(delivery.delivery_tag);
+            match codec::decode_delivery(&delivery.properties, delivery.data) {
+                Ok(d) => {
+                    if state.tx.send(d).await.is_err() {
+                        return; // node detached
+                    }
+                    if let Some(shared) = shared.upgrade() {
+                        bump(&shared.counters.delivered);
+                    }
+                }
+                Err(e) => {
+                    warn!(node = %state.node, field = e.0, "undecodable delivery dropped");
+                    if let Some(shared) = shared.upgrade() {
+                        bump(&shared.counters.dropped);
+                    }
+                }
+            }
+            batch += 1;
+            if batch < 256 {
+                next = consumer.next().now_or_never().flatten();
+            }
+        }
+        if let Some(tag) = last_tag
+            && let Err(e) = channel.basic_ack(tag, ack_multiple).await
+        {
+            debug!(node = %state.node, error = %e, "ack failed; node consumer stops");
+            return;
+        }
+    }
+}
+
+/// Consumes one command shard: commands of one session run one after the other, different
+/// sessions concurrently (bounded by the prefetch).
+async fn shard_consumer(
+    shared: Arc<Shared>,
+    shard: u16,
+    channel: Channel,
+    mut consumer: lapin::Consumer,
+) {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, u64)>();
+    // session -> (sequence of its last command, completion of that command)
+    let mut chains: HashMap<String, (u64, oneshot::Receiver<()>)> = HashMap::new();
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            Some((session, s)) = done_rx.recv() => {
+                if chains.get(&session).is_some_and(|(last, _)| *last == s) {
+                    chains.remove(&session);
+                }
+            }
+            next = consumer.next() => {
+                let delivery = match next {
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => {
+                        debug!(shard, error = %e, "command consumer stopped");
+                        return;
+                    }
+                    None => return,
+                };
+                let tag = delivery.delivery_tag;
+                let redelivered = delivery.redelivered;
+                let cmd = match codec::decode_command(&delivery.properties, delivery.data) {
+                    Ok(cmd) => cmd,
+                    Err(e) => {
+                        warn!(shard, field = e.0, "undecodable command dropped");
+                        bump(&shared.counters.commands_failed);
+                        let _ = channel.basic_ack(tag, BasicAckOptions::default()).await;
+                        continue;
+                    }
+                };
+                seq += 1;
+                let (tx, rx) = oneshot::channel();
+                let session = cmd.session.clone();
+                let previous = chains.insert(session.clone(), (seq, rx)).map(|(_, rx)| rx);
+                let (shared, channel, done, s) = (Arc::clone(&shared), channel.clone(), done_tx.clone(), seq);
+                tokio::spawn(async move {
+                    if let Some(previous) = previous {
+                        let _ = previous.await;
+                    }
+                    shared.handle_command(cmd, redelivered).await;
+                    if let Err(e) = channel.basic_ack(tag, BasicAckOptions::default()).await {
+                        debug!(error = %e, "command ack failed; the broker will redeliver it");
+                    }
+                    let _ = tx.send(());
+                    let _ = done.send((session, s));
+                });
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BusBackend for AmqpBus {
+    async fn open_node(&self, node: NodeId) -> Result<NodeLink, BusError> {
+        let shared = &self.shared;
+        if lock(&shared.nodes).contains_key(&node) {
+            return Err(BusError::NodeInUse(node.to_string()));
+        }
+        let lease = shared.registry.hold_lease(&node).await?;
+        let (tx, rx) = mpsc::channel(shared.config.node_inbox_capacity.max(1));
+        let link = shared.next_link.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(NodeState {
+            node: node.clone(),
+            link,
+            queue: shared.config.node_queue(&node),
+            tx,
+            setup: tokio::sync::Mutex::new(NodeSetup::default()),
+        });
+        {
+            let mut nodes = lock(&shared.nodes);
+            if nodes.contains_key(&node) {
+                return Err(BusError::NodeInUse(node.to_string()));
+            }
+            nodes.insert(node.clone(), Arc::clone(&state));
+        }
+        let deadline = Instant::now() + shared.config.wait_for_connection;
+        let attached = async {
+            let live = shared.wait_live(deadline).await?;
+            let mut setup = state.setup.lock().await;
+            shared
+                .setup_node(&live, &state, &mut setup, true)
+                .await
+                .map_err(|e| amqp_err(&e))
+        }
+        .await;
+        if let Err(e) = attached {
+            shared.detach(&node, link, Some(lease)).await;
+            return Err(e);
+        }
+        info!(%node, queue = %state.queue, "node attached to RabbitMQ");
+        let control = AmqpNode {
+            shared: Arc::downgrade(shared),
+            state: Arc::downgrade(&state),
+            node: node.clone(),
+            link,
+            lease: Mutex::new(Some(lease)),
+        };
+        Ok(NodeLink::new(node, rx, Box::new(control)))
+    }
+
+    async fn publish(&self, target: Target, envelope: Envelope) -> Result<(), BusError> {
+        let shared = &self.shared;
+        let counters = &shared.counters;
+        let (exchange, keys): (String, Vec<String>) = match &target {
+            Target::Topic(topic) => {
+                validate_topic(topic)?;
+                (shared.config.topic_exchange(), vec![topic.clone()])
+            }
+            Target::User { user, .. } => {
+                let nodes = shared.registry.nodes_of(user).await?;
+                if nodes.is_empty() {
+                    bump(&counters.no_session);
+                    bump(&counters.published);
+                    return Ok(());
+                }
+                (
+                    shared.config.node_exchange(),
+                    nodes.iter().map(|n| n.to_string()).collect(),
+                )
+            }
+        };
+        let properties = BasicProperties::default()
+            .with_delivery_mode(shared.delivery_mode())
+            .with_headers(codec::envelope_headers(&target, &envelope));
+        let sends = keys.iter().map(|key| {
+            shared.publish_confirmed(&exchange, key, &envelope.body, properties.clone())
+        });
+        let mut first_error = None;
+        for (key, result) in keys.iter().zip(join_all(sends).await) {
+            match result {
+                Ok(true) => {}
+                Ok(false) => match &target {
+                    Target::Topic(_) => bump(&counters.unrouted),
+                    Target::User { user, .. } => {
+                        debug!(node = %key, %user, "registry names a node without a queue; delivery dropped");
+                        bump(&counters.dropped);
+                    }
+                },
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        bump(&counters.published);
+        Ok(())
+    }
+
+    async fn submit(&self, cmd: AppCommand) -> Result<(), BusError> {
+        let shared = &self.shared;
+        let shard = codec::stable_hash(&cmd.session) % u64::from(shared.config.shards());
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(codec::command_headers(&cmd));
+        let routed = shared
+            .publish_confirmed(
+                &shared.config.work_exchange(),
+                &shard.to_string(),
+                &cmd.body,
+                properties,
+            )
+            .await?;
+        if !routed {
+            return Err(BusError::Unavailable(
+                "rabbitmq: the command queue is missing".to_owned(),
+            ));
+        }
+        bump(&shared.counters.commands_submitted);
+        Ok(())
+    }
+
+    fn register_handler(&self, prefix: &str, handler: Arc<dyn AppHandler>) {
+        {
+            let mut handlers = self
+                .shared
+                .handlers
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            match handlers.iter_mut().find(|(p, _)| &**p == prefix) {
+                Some(slot) => slot.1 = handler,
+                None => {
+                    handlers.push((Arc::from(prefix), handler));
+                    handlers.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+                }
+            }
+        }
+        self.shared.wake.notify_one();
+    }
+
+    fn health(&self) -> Health {
+        let shared = &self.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Health::Down("the bus is closed".to_owned());
+        }
+        if shared.current().is_none() {
+            return Health::Down(format!(
+                "not connected to RabbitMQ: {}",
+                lock(&shared.last_error)
+            ));
+        }
+        if let Health::Down(why) = shared.registry.health() {
+            return Health::Down(why);
+        }
+        if let Some(reason) = shared.blocked.borrow().clone() {
+            return Health::Degraded(format!("RabbitMQ blocks publishing: {reason}"));
+        }
+        let full: Vec<String> = lock(&shared.nodes)
+            .values()
+            .filter(|s| s.tx.capacity() == 0)
+            .map(|s| s.node.to_string())
+            .collect();
+        if !full.is_empty() {
+            return Health::Degraded(format!("inbox full: {}", full.join(", ")));
+        }
+        Health::Up
+    }
+
+    fn metrics(&self) -> BusMetrics {
+        let c = &self.shared.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        BusMetrics {
+            published: get(&c.published),
+            delivered: get(&c.delivered),
+            dropped: get(&c.dropped),
+            unrouted: get(&c.unrouted),
+            no_session: get(&c.no_session),
+            commands_submitted: get(&c.commands_submitted),
+            commands_unrouted: get(&c.commands_unrouted),
+            commands_handled: get(&c.commands_handled),
+            commands_failed: get(&c.commands_failed),
+            commands_panicked: get(&c.commands_panicked),
+        }
+    }
+}
+
+/// The control side of one node link.
+struct AmqpNode {
+    shared: Weak<Shared>,
+    state: Weak<NodeState>,
+    node: NodeId,
+    link: u64,
+    lease: Mutex<Option<NodeLease>>,
+}
+
+impl fmt::Debug for AmqpNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpNode")
+            .field("node", &self.node)
+            .field("attached", &(self.state.strong_count() > 0))
+            .finish()
+    }
+}
+
+impl AmqpNode {
+    fn parts(&self) -> Result<(Arc<Shared>, Arc<NodeState>), BusError> {
+        match (self.shared.upgrade(), self.state.upgrade()) {
+            (Some(shared), Some(state)) => Ok((shared, state)),
+            _ => Err(BusError::Closed),
+        }
+    }
+
+    async fn change(&self, topic: &str, bind: bool) -> Result<(), BusError> {
+        validate_topic(topic)?;
+        let (shared, state) = self.parts()?;
+        let mut setup = state.setup.lock().await;
+        let changed = if bind {
+            setup.desired.insert(topic.to_owned())
+        } else {
+            setup.desired.remove(topic)
+        };
+        if !changed {
+            return Ok(());
+        }
+        let Some(live) = shared
+            .current()
+            .filter(|l| l.generation == setup.generation)
+        else {
+            // Disconnected: applied when the node is set up again after the reconnect.
+            return Ok(());
+        };
+        let exchange = shared.config.topic_exchange();
+        let result = async {
+            let control = live.control().await?;
+            if bind {
+                control
+                    .queue_bind(
+                        &state.queue,
+                        &exchange,
+                        topic,
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+            } else {
+                control
+                    .queue_unbind(&state.queue, &exchange, topic, FieldTable::default())
+                    .await
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                if bind {
+                    setup.bound.insert(topic.to_owned());
+                } else {
+                    setup.bound.remove(topic);
+                }
+                Ok(())
+            }
+            Err(_) if !live.connected() => Ok(()), // restored on reconnect
+            Err(e) => {
+                // Undo, so the hub's view and ours agree.
+                if bind {
+                    setup.desired.remove(topic);
+                } else {
+                    setup.desired.insert(topic.to_owned());
+                }
+                Err(amqp_err(&e))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl NodeControl for AmqpNode {
+    async fn bind(&self, topic: &str) -> Result<(), BusError> {
+        self.change(topic, true).await
+    }
+
+    async fn unbind(&self, topic: &str) -> Result<(), BusError> {
+        self.change(topic, false).await
+    }
+
+    async fn close(&self) -> Result<(), BusError> {
+        let lease = lock(&self.lease).take();
+        if let Some(shared) = self.shared.upgrade() {
+            shared.detach(&self.node, self.link, lease).await;
+        } else if let Some(lease) = lease {
+            lease.release().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AmqpNode {
+    fn drop(&mut self) {
+        let lease = lock(&self.lease).take();
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        if lease.is_none() && !lock(&shared.nodes).contains_key(&self.node) {
+            return; // closed already
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (node, link) = (self.node.clone(), self.link);
+            runtime.spawn(async move { shared.detach(&node, link, lease).await });
+        }
+    }
+}

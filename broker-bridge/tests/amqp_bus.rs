@@ -1,0 +1,374 @@
+//! The RabbitMQ bus with the Redis registry, against the shared servers (`INSTAR_TEST_AMQP_URL`,
+//! `INSTAR_TEST_REDIS_URL`). Each test uses its own exchange/queue prefix and Redis key prefix.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use broker_bridge::{
+    AmqpConfig, AppCommand, Bus, BusMetrics, Delivery, Envelope, HandlerError, Health, NodeId,
+    NodeLink, RedisRegistryConfig, Registry, SessionEntry, Target, handler_fn,
+};
+use common::{clean_redis, eventually, service, unique};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Env {
+    amqp: String,
+    redis: String,
+    prefix: String,
+}
+
+impl Env {
+    fn new(tag: &str) -> Option<Self> {
+        let amqp = service("INSTAR_TEST_AMQP_URL")?;
+        let redis = service("INSTAR_TEST_REDIS_URL")?;
+        Some(Self {
+            amqp,
+            redis,
+            prefix: unique(tag),
+        })
+    }
+
+    fn amqp_config(&self) -> AmqpConfig {
+        AmqpConfig {
+            // Expire queues of crashed test runs quickly.
+            node_queue_expires: Duration::from_secs(20),
+            work_shards: 4,
+            ..AmqpConfig::new(&self.amqp).with_prefix(&self.prefix)
+        }
+    }
+
+    async fn registry(&self) -> Registry {
+        Registry::redis(
+            RedisRegistryConfig::new(&self.redis)
+                .with_prefix(format!("{}:", self.prefix))
+                .with_lease_ttl(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// One "process": its own registry client and bus connection.
+    async fn bus(&self) -> Bus {
+        Bus::amqp(self.registry().await, self.amqp_config())
+            .await
+            .unwrap()
+    }
+
+    async fn done(self) {
+        clean_redis(&self.redis, &format!("{}:", self.prefix)).await;
+    }
+}
+
+fn entry(session: &str, user: &str, node: &str) -> SessionEntry {
+    SessionEntry {
+        session: session.to_owned(),
+        user: user.to_owned(),
+        node: NodeId::from(node),
+        connected_at_ms: 1,
+    }
+}
+
+async fn recv(link: &mut NodeLink) -> Delivery {
+    timeout(WAIT, link.recv())
+        .await
+        .expect("a delivery within the deadline")
+        .expect("bus alive")
+}
+
+async fn nothing(link: &mut NodeLink) {
+    if let Ok(Some(d)) = timeout(Duration::from_millis(300), link.recv()).await {
+        panic!("unexpected delivery {d:?}");
+    }
+}
+
+fn body(d: &Delivery) -> &str {
+    std::str::from_utf8(&d.envelope.body).unwrap()
+}
+
+async fn metrics_until(bus: &Bus, check: impl Fn(&BusMetrics) -> bool) -> BusMetrics {
+    timeout(WAIT, async {
+        loop {
+            let m = bus.metrics();
+            if check(&m) {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("metrics condition not reached: {:?}", bus.metrics()))
+}
+
+#[tokio::test]
+async fn topics_reach_each_bound_node_once_and_envelopes_survive_exactly() {
+    let Some(env) = Env::new("amqp-topic") else {
+        return;
+    };
+    let (bus1, bus2, social) = (env.bus().await, env.bus().await, env.bus().await);
+    let mut n1 = bus1.open_node(NodeId::from("gw-1")).await.unwrap();
+    let mut n2 = bus2.open_node(NodeId::from("gw-2")).await.unwrap();
+    assert_eq!(bus1.health(), Health::Up);
+    n1.bind("chat.5").await.unwrap();
+    n1.bind("chat.5").await.unwrap(); // idempotent
+    n2.bind("chat.5").await.unwrap();
+    n2.bind("chat.6").await.unwrap();
+
+    let envelope = Envelope {
+        destination: "/topic/chat.5".into(),
+        content_type: Some("application/json;charset=UTF-8".into()),
+        headers: vec![
+            ("x-a".into(), "1".into()),
+            ("x-b".into(), "with: colon\nand newline".into()),
+            ("x-a".into(), "dup".into()),
+        ],
+        body: bytes::Bytes::from_static(b"{\"m\":\"h\xc3\xa9\"}\0tail"),
+    };
+    social
+        .publish(Target::topic("chat.5"), envelope.clone())
+        .await
+        .unwrap();
+    for link in [&mut n1, &mut n2] {
+        let d = recv(link).await;
+        assert_eq!(d.target, Target::topic("chat.5"));
+        assert_eq!(*d.envelope, envelope, "envelope unchanged by the AMQP hop");
+        nothing(link).await; // once per node, not more
+    }
+    social
+        .publish(
+            Target::topic("chat.6"),
+            Envelope::new("/topic/chat.6", "six"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(body(&recv(&mut n2).await), "six");
+    nothing(&mut n1).await;
+
+    // Unbind stops delivery; a topic nobody bound is not an error.
+    n2.unbind("chat.5").await.unwrap();
+    n2.unbind("chat.5").await.unwrap();
+    social
+        .publish(Target::topic("chat.5"), Envelope::new("/topic/chat.5", "x"))
+        .await
+        .unwrap();
+    assert_eq!(body(&recv(&mut n1).await), "x");
+    nothing(&mut n2).await;
+    social
+        .publish(
+            Target::topic("nobody.here"),
+            Envelope::new("/topic/nobody.here", "x"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(social.metrics().unrouted, 1);
+    assert!(n1.bind("bad.*").await.is_err());
+    drop((n1, n2));
+    env.done().await;
+}
+
+#[tokio::test]
+async fn user_messages_go_to_the_nodes_of_the_users_sessions() {
+    let Some(env) = Env::new("amqp-user") else {
+        return;
+    };
+    let (bus1, bus2, social) = (env.bus().await, env.bus().await, env.bus().await);
+    let mut n1 = bus1.open_node(NodeId::from("gw-1")).await.unwrap();
+    let mut n2 = bus2.open_node(NodeId::from("gw-2")).await.unwrap();
+    bus1.registry()
+        .register(entry("gw-1-a", "alice", "gw-1"))
+        .await
+        .unwrap();
+    bus2.registry()
+        .register(entry("gw-2-a", "alice", "gw-2"))
+        .await
+        .unwrap();
+    bus2.registry()
+        .register(entry("gw-2-b", "bob", "gw-2"))
+        .await
+        .unwrap();
+    assert!(social.registry().is_online("alice").await.unwrap());
+
+    let env_a = Envelope::new("/user/queue/notify", "for alice").with_content_type("text/plain");
+    social
+        .publish(Target::user("alice", "notify"), env_a.clone())
+        .await
+        .unwrap();
+    for link in [&mut n1, &mut n2] {
+        let d = recv(link).await;
+        assert_eq!(d.target, Target::user("alice", "notify"));
+        assert_eq!(*d.envelope, env_a);
+        nothing(link).await;
+    }
+    social
+        .publish(
+            Target::user("bob", "notify"),
+            Envelope::new("/user/queue/notify", "for bob"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(body(&recv(&mut n2).await), "for bob");
+    nothing(&mut n1).await;
+    social
+        .publish(
+            Target::user("nobody", "notify"),
+            Envelope::new("/user/queue/notify", "x"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(social.metrics().no_session, 1);
+
+    // A node that detached: its sessions stay listed until swept, deliveries to it are dropped.
+    n1.close().await.unwrap();
+    bus1.registry()
+        .register(entry("gw-1-z", "zed", "gw-1"))
+        .await
+        .unwrap();
+    social
+        .publish(
+            Target::user("zed", "notify"),
+            Envelope::new("/user/queue/notify", "x"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(social.metrics().dropped, 1);
+    drop(n2);
+    env.done().await;
+}
+
+fn command(session: &str, seq: usize) -> AppCommand {
+    AppCommand {
+        destination: "/app/send".into(),
+        principal: "alice".into(),
+        session: session.into(),
+        node: NodeId::from("gw-1"),
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("seq".into(), seq.to_string()),
+        ],
+        body: bytes::Bytes::from(format!("{{\"seq\":{seq}}}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_reach_a_handler_in_another_process_in_per_session_order() {
+    let Some(env) = Env::new("amqp-cmd") else {
+        return;
+    };
+    let gateway = env.bus().await;
+    let social = env.bus().await;
+    let (tx, mut rx) = mpsc::unbounded_channel::<AppCommand>();
+    social.register_handler(
+        "/app/",
+        handler_fn(move |cmd: AppCommand| {
+            let tx = tx.clone();
+            async move {
+                // Uneven handler times: a session's commands must still come out in order.
+                let seq: u64 = cmd.headers[1].1.parse().unwrap();
+                tokio::time::sleep(Duration::from_micros((seq * 7919) % 3000)).await;
+                let _ = tx.send(cmd);
+                Ok(())
+            }
+        }),
+    );
+    let first = command("gw-1-s0", 0);
+    let sessions = 20;
+    let per_session = 25;
+    for i in 0..per_session {
+        for s in 0..sessions {
+            gateway
+                .submit(command(&format!("gw-1-s{s}"), i))
+                .await
+                .unwrap();
+        }
+    }
+    let mut next = vec![0usize; sessions];
+    for _ in 0..sessions * per_session {
+        let cmd = timeout(WAIT, rx.recv())
+            .await
+            .expect("command handled")
+            .unwrap();
+        if cmd.session == first.session && cmd.headers == first.headers {
+            assert_eq!(cmd, first, "command unchanged by the AMQP hop");
+        }
+        let s: usize = cmd.session.trim_start_matches("gw-1-s").parse().unwrap();
+        let seq: usize = cmd.headers[1].1.parse().unwrap();
+        assert_eq!(seq, next[s], "session {s} out of order");
+        next[s] += 1;
+    }
+    assert_eq!(gateway.metrics().commands_submitted, 500);
+    metrics_until(&social, |m| m.commands_handled == 500).await;
+    env.done().await;
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_and_rejections_dropped() {
+    let Some(env) = Env::new("amqp-retry") else {
+        return;
+    };
+    let gateway = env.bus().await;
+    let social = env.bus().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    social.register_handler(
+        "/app/flaky",
+        handler_fn(move |_cmd: AppCommand| {
+            let c = Arc::clone(&c);
+            async move {
+                if c.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(HandlerError::Transient("database busy".into()))
+                } else {
+                    Ok(())
+                }
+            }
+        }),
+    );
+    social.register_handler(
+        "/app/bad",
+        handler_fn(|_cmd: AppCommand| async { Err(HandlerError::Rejected("not a member".into())) }),
+    );
+    social.register_handler(
+        "/app/panic",
+        handler_fn(|_cmd: AppCommand| async { panic!("handler bug") }),
+    );
+    let mut cmd = command("gw-1-x", 0);
+    cmd.destination = "/app/flaky".into();
+    gateway.submit(cmd.clone()).await.unwrap();
+    cmd.destination = "/app/bad".into();
+    gateway.submit(cmd.clone()).await.unwrap();
+    cmd.destination = "/app/panic".into();
+    gateway.submit(cmd.clone()).await.unwrap();
+    cmd.destination = "/app/unknown".into();
+    gateway.submit(cmd).await.unwrap();
+    let m = metrics_until(&social, |m| {
+        m.commands_handled == 1 && m.commands_failed == 2 && m.commands_unrouted == 1
+    })
+    .await;
+    assert_eq!(m.commands_panicked, 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "two retries, then success");
+    env.done().await;
+}
+
+#[tokio::test]
+async fn a_node_id_is_exclusive_and_dropping_the_link_frees_it() {
+    let Some(env) = Env::new("amqp-excl") else {
+        return;
+    };
+    let (bus1, bus2) = (env.bus().await, env.bus().await);
+    let link = bus1.open_node(NodeId::from("gw-1")).await.unwrap();
+    assert!(bus1.open_node(NodeId::from("gw-1")).await.is_err());
+    let reg = bus1.registry().clone();
+    assert_eq!(reg.live_nodes().await.unwrap(), [NodeId::from("gw-1")]);
+    drop(link);
+    eventually(WAIT, "lease released", || async {
+        reg.live_nodes().await.unwrap().is_empty()
+    })
+    .await;
+    let _again = bus2.open_node(NodeId::from("gw-1")).await.unwrap();
+    env.done().await;
+}

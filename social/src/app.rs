@@ -1,0 +1,196 @@
+//! The social service: configuration, shared state, and the assembled `/api` routes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker_bridge::Bus;
+use migrations::PoolSettings;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::HeaderMap;
+use warp::reply::Response;
+
+use crate::http::{ApiError, Cors};
+use crate::kv::{Kv, KvConfig};
+use crate::mail::{LogMailer, Mailer, SmtpConfig, SmtpMailer};
+use crate::media::{Media, MediaConfig};
+use crate::notify::Notifier;
+use crate::store::Store;
+use crate::tokens::Tokens;
+
+/// Limits on what a client may do, per window.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Failed sign-ins allowed per user id per window (then 429 until the window ends).
+    pub sign_in_failures: u64,
+    /// Sign-in attempts allowed per client address per window.
+    pub sign_in_per_address: u64,
+    /// Window of the sign-in limits.
+    pub sign_in_window: Duration,
+    /// Verification mails per address per window.
+    pub email_sends: u64,
+    /// Verification mails per client address per window.
+    pub email_sends_per_address: u64,
+    /// Window of the mail limits.
+    pub email_window: Duration,
+    /// Wrong code attempts before the code is discarded.
+    pub email_code_attempts: u64,
+    /// Lifetime of an e-mail code (the original's: 3 minutes).
+    pub email_code_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            sign_in_failures: 10,
+            sign_in_per_address: 60,
+            sign_in_window: Duration::from_secs(15 * 60),
+            email_sends: 5,
+            email_sends_per_address: 20,
+            email_window: Duration::from_secs(60 * 60),
+            email_code_attempts: 5,
+            email_code_ttl: Duration::from_secs(180),
+        }
+    }
+}
+
+/// Everything the social service needs to start.
+#[derive(Debug, Clone)]
+pub struct SocialConfig {
+    /// `sqlite://PATH` or `mysql://USER:PASS@HOST:PORT/DB`.
+    pub database_url: String,
+    /// Connection pool settings.
+    pub pool: PoolSettings,
+    /// HMAC secret for JWTs (at least 32 bytes).
+    pub jwt_secret: String,
+    /// Token lifetime, seconds.
+    pub token_ttl_secs: i64,
+    /// The one browser origin allowed cross-origin (`None`: none).
+    pub cors_origin: Option<String>,
+    /// Media storage.
+    pub media: MediaConfig,
+    /// Codes, counters and caches.
+    pub kv: KvConfig,
+    /// SMTP for verification mails (`None`: mails are logged).
+    pub smtp: Option<SmtpConfig>,
+    /// Rate limits.
+    pub limits: Limits,
+}
+
+/// State shared by every handler. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// The database.
+    pub store: Store,
+    /// Codes, counters and caches.
+    pub kv: Arc<dyn Kv>,
+    /// Images and files.
+    pub media: Media,
+    /// JWT signing and checking.
+    pub tokens: Arc<Tokens>,
+    /// Outgoing mail.
+    pub mailer: Arc<dyn Mailer>,
+    /// Pushes through the bus.
+    pub notifier: Notifier,
+    /// Rate limits.
+    pub limits: Arc<Limits>,
+    /// CORS policy.
+    pub cors: Cors,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Database.
+    #[error("database: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// JWT secret.
+    #[error("{0}")]
+    Tokens(#[from] crate::tokens::TokenError),
+    /// Media storage.
+    #[error("media: {0}")]
+    Media(#[from] crate::media::MediaError),
+    /// Key-value store.
+    #[error("{0}")]
+    Kv(#[from] crate::kv::KvError),
+    /// Mail.
+    #[error("{0}")]
+    Mail(#[from] crate::mail::MailError),
+}
+
+impl Ctx {
+    /// Opens the database (migrating it), the key-value store and media storage.
+    pub async fn start(cfg: &SocialConfig, bus: Bus) -> Result<Ctx, StartError> {
+        let tokens = Arc::new(Tokens::new(cfg.jwt_secret.as_bytes(), cfg.token_ttl_secs)?);
+        let store = Store::open(&cfg.database_url, &cfg.pool).await?;
+        let kv = crate::kv::open(&cfg.kv).await?;
+        let media = Media::new(cfg.media.clone()).await?;
+        let mailer: Arc<dyn Mailer> = match &cfg.smtp {
+            Some(smtp) => Arc::new(SmtpMailer::new(smtp)?),
+            None => Arc::new(LogMailer),
+        };
+        Ok(Ctx {
+            store,
+            kv,
+            media,
+            tokens,
+            mailer,
+            notifier: Notifier::new(bus),
+            limits: Arc::new(cfg.limits.clone()),
+            cors: Cors::new(cfg.cors_origin.clone()),
+        })
+    }
+
+    /// Counts one event against `key` and fails with 429 `TMR` past `max` in `window`. A key-value
+    /// store outage fails closed for limits (a 500 `DE`), never silently unlimited.
+    pub async fn limit(&self, key: &str, max: u64, window: Duration) -> Result<(), ApiError> {
+        match self.kv.incr(&format!("limit:{key}"), window).await {
+            Ok(n) if n > max => Err(ApiError::too_many()),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::error!(error = %e, "rate limit store unavailable");
+                Err(ApiError::database())
+            }
+        }
+    }
+
+    /// The `/api/**` routes (with CORS, the envelope for every failure) and `/media/**` when media
+    /// is stored locally.
+    pub fn routes(&self) -> BoxedFilter<(Response,)> {
+        let api = api_routes(self);
+        match self.media.routes() {
+            Some(media) => api.or(media).unify().boxed(),
+            None => api,
+        }
+    }
+}
+
+fn api_routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
+    let cors = ctx.cors.clone();
+    // Preflights and foreign origins are answered before routing or authentication.
+    let early = warp::path("api")
+        .and(warp::method())
+        .and(warp::header::headers_cloned())
+        .and_then(move |method, headers: HeaderMap| {
+            let cors = cors.clone();
+            async move {
+                if let Some(res) = cors.preflight(&method, &headers) {
+                    return Ok(res);
+                }
+                cors.refuse(&headers).ok_or_else(warp::reject::not_found)
+            }
+        });
+    let cors = ctx.cors.clone();
+    let main = warp::path("api")
+        .and(warp::header::headers_cloned())
+        .and(
+            crate::routes::all(ctx)
+                .recover(crate::http::recover)
+                .unify(),
+        )
+        .map(move |headers: HeaderMap, mut res: Response| {
+            cors.decorate(&mut res, headers.get(warp::http::header::ORIGIN));
+            res
+        });
+    early.or(main).unify().boxed()
+}

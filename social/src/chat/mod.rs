@@ -1,0 +1,326 @@
+//! Chat: the application handlers (`/app/send`, `/app/update/read`), the write operations shared
+//! with the REST routes (`routes::chat`), the outbox that carries every chat push, and the
+//! membership queries the gateway uses (subscription policy, missed-message replay).
+//!
+//! Rules (see `docs/chat.md` for the whole picture):
+//! * a **member** of a room is a participant whose row is not hidden; only members send, read,
+//!   list, subscribe and replay. Someone who left is hidden until invited again (group) or until
+//!   the DM is re-opened or receives a message (direct);
+//! * the sender of a message is always the authenticated principal; anything else the client puts
+//!   in the body besides `chatRoomId` and `message` is ignored;
+//! * every push is written to the outbox in the transaction that makes the change, published after
+//!   the commit and deleted once the bus accepted it; rows left behind are re-sent by a sweeper
+//!   ([`register`] starts it). Chat messages carry [`MESSAGE_ID_HEADER`] so the gateway can drop
+//!   duplicates;
+//! * changes to one room are serialised in this process (a lock per room shard held from before
+//!   the transaction until the pushes are published), so a room's messages are published in id
+//!   order; across processes the room row lock orders the commits.
+
+pub mod dto;
+mod ops;
+pub mod outbox;
+
+use std::sync::{Arc, LazyLock};
+
+use async_trait::async_trait;
+use broker_bridge::{AppCommand, AppHandler, Bus, HandlerError};
+use serde_json::Value;
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::app::Ctx;
+use crate::http::ApiError;
+use crate::media::MediaError;
+use crate::store::StoreError;
+use crate::store::chat::{MessageRow, ParticipantRow};
+
+pub use dto::{AttachmentDto, ChatAlarm, ChatMessageDto, ChatRoomDto, ReadInfoDto};
+pub use ops::{EMPTY_ROOM_TITLE, MAX_TITLE_CHARS, Upload, auto_title};
+pub(crate) use ops::{
+    create_room, invite, leave, post_files, set_room_image, set_title, update_read,
+};
+
+/// Envelope header carrying the numeric message id on `/topic/chat.{id}` broadcasts.
+pub const MESSAGE_ID_HEADER: &str = "x-instar-message-id";
+/// Control header on `/user/queue/$control` envelopes (value `revoke`).
+pub const CONTROL_HEADER: &str = "x-instar-control";
+/// The topic (without `/topic/`) a control envelope is about.
+pub const CONTROL_TOPIC_HEADER: &str = "x-instar-topic";
+/// User queue of control envelopes for the gateway (never delivered to clients).
+pub const CONTROL_QUEUE: &str = "$control";
+/// Longest text message, in characters (`chatroom_message.message` is `VARCHAR(4000)`).
+pub const MAX_MESSAGE_CHARS: usize = 4000;
+/// Most members a room may have.
+pub const MAX_ROOM_MEMBERS: usize = 100;
+/// Most messages one replay call returns.
+pub const MAX_REPLAY: usize = 500;
+
+/// Why a chat operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// Not allowed or invalid (not a member, no such room, bad input): 400 `BR`, or
+    /// [`HandlerError::Rejected`].
+    #[error("refused: {0}")]
+    Refused(&'static str),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A payload could not be serialised.
+    #[error("serialising: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Media storage failed (client errors become [`ChatError::Refused`]).
+    #[error("media: {0}")]
+    Media(String),
+}
+
+impl From<MediaError> for ChatError {
+    fn from(e: MediaError) -> Self {
+        if e.is_client_error() {
+            tracing::debug!(error = %e, "chat upload refused");
+            ChatError::Refused("upload refused")
+        } else {
+            ChatError::Media(e.to_string())
+        }
+    }
+}
+
+impl From<ChatError> for ApiError {
+    fn from(e: ChatError) -> Self {
+        match e {
+            ChatError::Refused(why) => {
+                tracing::debug!(why, "chat request refused");
+                ApiError::bad_request()
+            }
+            ChatError::Store(e) => e.into(),
+            ChatError::Json(e) => {
+                tracing::error!(error = %e, "serialising a chat payload");
+                ApiError::database()
+            }
+            ChatError::Media(why) => {
+                tracing::error!(%why, "storing a chat upload");
+                ApiError::database()
+            }
+        }
+    }
+}
+
+impl From<ChatError> for HandlerError {
+    fn from(e: ChatError) -> Self {
+        match e {
+            ChatError::Refused(why) => HandlerError::Rejected(why.to_owned()),
+            ChatError::Store(e) => HandlerError::Transient(e.to_string()),
+            ChatError::Json(e) => HandlerError::Other(Box::new(e)),
+            ChatError::Media(why) => HandlerError::Transient(why),
+        }
+    }
+}
+
+/// Why [`Ctx::chat_messages_after`] returned nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The user is not a member of the room (or it does not exist).
+    #[error("not a member of the room")]
+    NotMember,
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A payload could not be serialised.
+    #[error("serialising: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-room ordering
+
+const ROOM_SHARDS: usize = 64;
+
+static ROOM_LOCKS: LazyLock<[Mutex<()>; ROOM_SHARDS]> =
+    LazyLock::new(|| std::array::from_fn(|_| Mutex::new(())));
+
+/// Serialises changes to `room` in this process, from before the transaction until its pushes
+/// are published. Take it before [`crate::store::Store::write`], never after.
+pub(crate) async fn room_lock(room: i64) -> MutexGuard<'static, ()> {
+    let shard = usize::try_from(room.rem_euclid(ROOM_SHARDS as i64)).unwrap_or(0);
+    ROOM_LOCKS[shard].lock().await
+}
+
+/// The member row of `user` in `room` when `user` is a member (participant, not hidden).
+pub(crate) async fn member(
+    ctx: &Ctx,
+    room: i64,
+    user: &str,
+) -> Result<Option<ParticipantRow>, StoreError> {
+    Ok(ctx
+        .store
+        .chat_participant(room, user)
+        .await?
+        .filter(|p| p.is_hidden == 0))
+}
+
+/// DTOs of stored messages, with their senders and attachments loaded in two batched queries.
+pub(crate) async fn message_dtos(
+    ctx: &Ctx,
+    rows: &[MessageRow],
+) -> Result<Vec<ChatMessageDto>, StoreError> {
+    let file_ids: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.kind == dto::FILE)
+        .map(|r| r.id)
+        .collect();
+    let attachments = ctx.store.chat_attachments(&file_ids).await?;
+    let mut sender_ids: Vec<String> = rows.iter().map(|r| r.sender_id.clone()).collect();
+    sender_ids.sort();
+    sender_ids.dedup();
+    let senders = ctx.store.chat_users(&sender_ids).await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let sender = senders.iter().find(|s| s.id == row.sender_id);
+            let atts: Vec<_> = attachments
+                .iter()
+                .filter(|a| a.message_id == row.id)
+                .collect();
+            ChatMessageDto::build(row, sender, &atts)
+        })
+        .collect())
+}
+
+/// Parses a room or message id sent as a JSON number or a numeric string.
+fn json_id(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Parses the id in a topic name (`chat.{id}`), decimal without sign or leading zeros.
+fn topic_room(topic: &str) -> Option<i64> {
+    let id = topic
+        .strip_prefix("chat.")
+        .or_else(|| topic.strip_prefix("members.info."))?;
+    let n: i64 = id.parse().ok()?;
+    (n > 0 && n.to_string() == id).then_some(n)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Application handlers
+
+/// Registers the chat handlers for `/app/` on `bus` and starts the outbox sweeper (on the
+/// current Tokio runtime). Pushes go out through `ctx.notifier`'s bus.
+pub fn register(ctx: &Ctx, bus: &Bus) {
+    bus.register_handler("/app/", Arc::new(ChatHandler { ctx: ctx.clone() }));
+    outbox::spawn_sweeper(ctx);
+}
+
+/// Handles `/app/send` and `/app/update/read`; any other `/app/` destination is rejected.
+#[derive(Debug)]
+struct ChatHandler {
+    ctx: Ctx,
+}
+
+#[async_trait]
+impl AppHandler for ChatHandler {
+    async fn handle(&self, cmd: AppCommand) -> Result<(), HandlerError> {
+        let body: Value = serde_json::from_slice(&cmd.body)
+            .map_err(|e| HandlerError::Rejected(format!("body is not JSON: {e}")))?;
+        let room = json_id(body.get("chatRoomId"))
+            .ok_or_else(|| HandlerError::Rejected("chatRoomId missing or not a number".into()))?;
+        match cmd.destination.as_str() {
+            "/app/send" => {
+                // The sender is the session's principal; `senderId`, `type`, `attachments` and
+                // any other field of the body are ignored.
+                let text = body
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| HandlerError::Rejected("message missing".into()))?;
+                ops::send_text(&self.ctx, &cmd.principal, room, text).await?;
+                Ok(())
+            }
+            "/app/update/read" => {
+                let message = json_id(body.get("messageId"))
+                    .ok_or_else(|| HandlerError::Rejected("messageId missing".into()))?;
+                update_read(&self.ctx, &cmd.principal, room, message).await?;
+                Ok(())
+            }
+            other => Err(HandlerError::Rejected(format!(
+                "unknown destination {other}"
+            ))),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway queries
+
+impl Ctx {
+    /// Whether `user` may subscribe to `topic` (given without `/topic/`): `chat.{id}` and
+    /// `members.info.{id}` for the current members of room `id` (participants who have not left);
+    /// every other topic is refused. A database error refuses (and is logged).
+    pub async fn may_subscribe_topic(&self, user: &str, topic: &str) -> bool {
+        let Some(room) = topic_room(topic) else {
+            return false;
+        };
+        match member(self, room, user).await {
+            Ok(m) => m.is_some(),
+            Err(e) => {
+                tracing::warn!(%user, %topic, error = %e, "subscription check failed; refused");
+                false
+            }
+        }
+    }
+
+    /// Messages of `room` with an id above `after_id`, oldest first, at most `limit` (capped at
+    /// [`MAX_REPLAY`]), for a member catching up after a reconnect: `(message id, ChatMessageDto
+    /// JSON)`, the same bytes the broadcast carried unless the sender renamed themselves since.
+    /// Messages before the member joined are not included.
+    pub async fn chat_messages_after(
+        &self,
+        user: &str,
+        room: i64,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Vec<u8>)>, ReplayError> {
+        let Some(me) = member(self, room, user).await? else {
+            return Err(ReplayError::NotMember);
+        };
+        let limit = i64::try_from(limit.min(MAX_REPLAY)).unwrap_or(0);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .store
+            .chat_messages_after_id(room, me.history_from, after_id, limit)
+            .await?;
+        let dtos = message_dtos(self, &rows).await?;
+        dtos.into_iter()
+            .map(|d| Ok((d.message_id, serde_json::to_vec(&d)?)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        assert_eq!(topic_room("chat.5"), Some(5));
+        assert_eq!(topic_room("members.info.12"), Some(12));
+        assert_eq!(topic_room("chat.05"), None);
+        assert_eq!(topic_room("chat.-1"), None);
+        assert_eq!(topic_room("chat.0"), None);
+        assert_eq!(topic_room("chat.*"), None);
+        assert_eq!(topic_room("chat/5"), None);
+        assert_eq!(topic_room("members/info/5"), None);
+        assert_eq!(topic_room("other.5"), None);
+    }
+
+    #[test]
+    fn ids_from_json() {
+        assert_eq!(json_id(Some(&Value::from(12))), Some(12));
+        assert_eq!(json_id(Some(&Value::from("12"))), Some(12));
+        assert_eq!(json_id(Some(&Value::from("x"))), None);
+        assert_eq!(json_id(Some(&Value::Null)), None);
+        assert_eq!(json_id(None), None);
+    }
+}

@@ -1,0 +1,374 @@
+//! The REST envelope, error mapping and the filters every route shares.
+//!
+//! Envelope (contract §1): a flat JSON object with `code` and the endpoint's fields as siblings.
+//! Handlers return [`ApiResult`]; errors become `{"code": …}` responses with the contract's HTTP
+//! status, never warp rejections, so one route's failure cannot fall through to another route.
+//! Framework-level failures (missing or malformed query parameters, bad JSON, oversized bodies,
+//! wrong method) answer 400 `{"code":"BR"}`; unexpected errors 500 `{"code":"DE"}` (the original
+//! answered 401 for all of these, contract §1.3).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::store::StoreError;
+use crate::tokens::Tokens;
+
+/// Largest JSON request body (the longest legitimate one, a 2,200-character caption inside a post,
+/// is far smaller; multipart uploads have their own limits).
+pub const MAX_JSON_BODY: u64 = 64 * 1024;
+
+/// A handler's outcome.
+pub type ApiResult = Result<Response, ApiError>;
+
+/// An error response: HTTP status, contract code, and the endpoint's payload keys to send as `null`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    nulls: &'static [&'static str],
+}
+
+impl ApiError {
+    /// An error with a code and status.
+    pub const fn new(status: StatusCode, code: &'static str) -> Self {
+        Self {
+            status,
+            code,
+            nulls: &[],
+        }
+    }
+
+    /// The same error with the endpoint's payload keys present as `null` (contract §1.1).
+    #[must_use]
+    pub const fn with_nulls(mut self, keys: &'static [&'static str]) -> Self {
+        self.nulls = keys;
+        self
+    }
+
+    /// 400 `BR`.
+    pub const fn bad_request() -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BR")
+    }
+
+    /// 400 with another code (`DU`, `DUE`, `NV`, …).
+    pub const fn bad_request_code(code: &'static str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code)
+    }
+
+    /// 500 `DE`.
+    pub const fn database() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "DE")
+    }
+
+    /// 401 `AV`.
+    pub const fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "AV")
+    }
+
+    /// 429 `TMR` (too many requests; not in the original, which had no limits).
+    pub const fn too_many() -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "TMR")
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The response.
+    pub fn into_response(self) -> Response {
+        let mut body = Map::new();
+        body.insert("code".into(), Value::from(self.code));
+        for k in self.nulls {
+            body.insert((*k).into(), Value::Null);
+        }
+        json_response(self.status, &Value::Object(body))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error");
+        ApiError::database()
+    }
+}
+
+/// 200 `{"code":"SC", ...fields of payload}`. `payload` must serialise to a JSON object (or unit).
+pub fn sc<T: Serialize>(payload: &T) -> ApiResult {
+    let value = serde_json::to_value(payload).map_err(|e| {
+        tracing::error!(error = %e, "serialising a response");
+        ApiError::database()
+    })?;
+    let mut body = Map::new();
+    body.insert("code".into(), Value::from("SC"));
+    match value {
+        Value::Object(fields) => body.extend(fields),
+        Value::Null => {}
+        other => {
+            tracing::error!(?other, "response payload is not an object");
+            return Err(ApiError::database());
+        }
+    }
+    Ok(json_response(StatusCode::OK, &Value::Object(body)))
+}
+
+/// 200 `{"code":"SC"}`.
+pub fn sc_only() -> ApiResult {
+    sc(&())
+}
+
+/// 200 with an empty body (the contract's "void" endpoints).
+pub fn empty() -> ApiResult {
+    Ok(StatusCode::OK.into_response())
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{\"code\":\"DE\"}".to_vec());
+    let mut res = Response::new(bytes.into());
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// Turns a handler's result into a response.
+pub fn finish(result: ApiResult) -> Response {
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+/// Rejections of our own filters.
+#[derive(Debug)]
+pub enum Refusal {
+    /// No or bad token on a protected route.
+    Unauthorized,
+    /// Malformed input (JSON, query, multipart).
+    BadInput(String),
+    /// Body over the limit.
+    TooLarge,
+}
+
+impl warp::reject::Reject for Refusal {}
+
+/// JSON body of type `T`: `Content-Type` must be JSON (compared case-insensitively: the frontend
+/// sends `Application/json` once), the body at most [`MAX_JSON_BODY`] bytes, checked before it is
+/// buffered. Unknown fields are ignored.
+pub fn json_body<T: DeserializeOwned + Send>()
+-> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and(warp::header::optional::<u64>("content-length"))
+        .and_then(|ct: Option<String>, len: Option<u64>| async move {
+            let is_json = ct.as_deref().is_some_and(|ct| {
+                let main = ct.split(';').next().unwrap_or("").trim();
+                main.eq_ignore_ascii_case("application/json")
+                    || (main.len() > 5 && main.to_ascii_lowercase().ends_with("+json"))
+            });
+            if !is_json {
+                return Err(warp::reject::custom(Refusal::BadInput(
+                    "Content-Type must be application/json".into(),
+                )));
+            }
+            if len.is_some_and(|n| n > MAX_JSON_BODY) {
+                return Err(warp::reject::custom(Refusal::TooLarge));
+            }
+            Ok(())
+        })
+        .untuple_one()
+        .and(limited_body(MAX_JSON_BODY))
+        .and_then(|bytes: Bytes| async move {
+            serde_json::from_slice::<T>(&bytes)
+                .map_err(|e| warp::reject::custom(Refusal::BadInput(format!("JSON: {e}"))))
+        })
+}
+
+/// The body, refused with [`Refusal::TooLarge`] past `limit` bytes whether or not the client sent
+/// `Content-Length` (streamed bodies are cut off at the limit, not buffered whole).
+pub fn limited_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::body::stream().and_then(move |stream| collect_limited(stream, limit))
+}
+
+async fn collect_limited<S, B>(stream: S, limit: u64) -> Result<Bytes, Rejection>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use futures_util::TryStreamExt as _;
+    let mut buf = bytes::BytesMut::new();
+    let mut stream = Box::pin(stream);
+    while let Some(mut chunk) = stream
+        .try_next()
+        .await
+        .map_err(|e| warp::reject::custom(Refusal::BadInput(format!("body: {e}"))))?
+    {
+        if buf.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(warp::reject::custom(Refusal::TooLarge));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            buf.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// The authenticated user id, from `Authorization: Bearer <jwt>`; 401 `AV` otherwise.
+pub fn authed(tokens: Arc<Tokens>) -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization").and_then(move |h: Option<String>| {
+        let tokens = Arc::clone(&tokens);
+        async move {
+            let user = h
+                .as_deref()
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .map(str::trim)
+                .and_then(|t| tokens.verify(t).ok())
+                .map(|c| c.sub);
+            user.ok_or_else(|| warp::reject::custom(Refusal::Unauthorized))
+        }
+    })
+}
+
+/// GET that also answers HEAD (as Spring's `@GetMapping` does).
+pub fn get() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::get().or(warp::head()).unify()
+}
+
+/// Maps rejections under `/api` to envelope responses.
+pub async fn recover(r: Rejection) -> Result<Response, Infallible> {
+    let err = if let Some(refusal) = r.find::<Refusal>() {
+        match refusal {
+            Refusal::Unauthorized => ApiError::unauthorized(),
+            Refusal::BadInput(why) => {
+                tracing::debug!(%why, "bad request");
+                ApiError::bad_request()
+            }
+            Refusal::TooLarge => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "BR"),
+        }
+    } else if r.is_not_found() {
+        ApiError::new(StatusCode::NOT_FOUND, "NF")
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "BR")
+    } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "BR")
+    } else if r.find::<warp::reject::InvalidQuery>().is_some()
+        || r.find::<warp::reject::MissingHeader>().is_some()
+        || r.find::<warp::reject::InvalidHeader>().is_some()
+        || r.find::<warp::reject::LengthRequired>().is_some()
+        || r.find::<warp::reject::UnsupportedMediaType>().is_some()
+    {
+        ApiError::bad_request()
+    } else {
+        tracing::debug!(?r, "unmapped rejection");
+        ApiError::bad_request()
+    };
+    Ok(err.into_response())
+}
+
+/// CORS as the original configured it (contract §0.3): exactly one allowed origin, credentials,
+/// requested methods and headers echoed, `Authorization` exposed; preflights answered before
+/// authentication; a foreign origin gets 403.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    origin: Option<Arc<str>>,
+}
+
+impl Cors {
+    /// CORS for `origin` (`None`: cross-origin requests are refused; same-origin ones pass).
+    pub fn new(origin: Option<String>) -> Self {
+        Self {
+            origin: origin.map(|o| Arc::from(o.trim_end_matches('/'))),
+        }
+    }
+
+    fn allowed(&self, origin: &str) -> bool {
+        self.origin.as_deref() == Some(origin)
+    }
+
+    /// Answers a preflight, or `None` when the request is not one.
+    pub fn preflight(&self, method: &Method, headers: &HeaderMap) -> Option<Response> {
+        if method != Method::OPTIONS {
+            return None;
+        }
+        let origin = headers.get(header::ORIGIN)?.to_str().ok()?;
+        let requested = headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+        if !self.allowed(origin) {
+            return Some(forbidden());
+        }
+        let mut res = StatusCode::OK.into_response();
+        let h = res.headers_mut();
+        self.decorate_headers(h, origin);
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, requested.clone());
+        if let Some(req_headers) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, req_headers.clone());
+        }
+        h.append(
+            header::VARY,
+            HeaderValue::from_static("Access-Control-Request-Method"),
+        );
+        h.append(
+            header::VARY,
+            HeaderValue::from_static("Access-Control-Request-Headers"),
+        );
+        Some(res)
+    }
+
+    /// A 403 response for a foreign `Origin`; `None` when the request may proceed.
+    pub fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
+        match headers.get(header::ORIGIN) {
+            None => None,
+            Some(v) => match v.to_str() {
+                Ok(o) if self.allowed(o) => None,
+                _ => Some(forbidden()),
+            },
+        }
+    }
+
+    fn decorate_headers(&self, h: &mut HeaderMap, origin: &str) {
+        if let Ok(v) = HeaderValue::from_str(origin) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        }
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Authorization"),
+        );
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+
+    /// Adds the CORS response headers for an allowed origin.
+    pub fn decorate(&self, res: &mut Response, origin: Option<&HeaderValue>) {
+        if let Some(origin) = origin.and_then(|o| o.to_str().ok()) {
+            self.decorate_headers(res.headers_mut(), origin);
+        }
+    }
+}
+
+fn forbidden() -> Response {
+    let mut res = Response::new("Invalid CORS request".into());
+    *res.status_mut() = StatusCode::FORBIDDEN;
+    res
+}
+
+/// Parses an optional query value that the frontend may send empty (`?userId=`), as `None`.
+pub fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
+}

@@ -1,0 +1,260 @@
+//! Short-lived keyed state: e-mail codes, rate-limit windows, caches.
+//!
+//! In-process for the embedded default, Redis for scale-out (several social processes must see the
+//! same codes and counters). Keys are namespaced by a configurable prefix (the original used raw
+//! e-mail addresses and Google subjects as Redis keys, contract §5).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+/// Errors from the key-value store.
+#[derive(Debug, thiserror::Error)]
+#[error("key-value store: {0}")]
+pub struct KvError(pub String);
+
+/// A key-value store with expiry.
+#[async_trait]
+pub trait Kv: Send + Sync + std::fmt::Debug + 'static {
+    /// The value of `key`, if present and not expired.
+    async fn get(&self, key: &str) -> Result<Option<String>, KvError>;
+    /// Sets `key` to `value`, expiring after `ttl`.
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), KvError>;
+    /// Deletes `key`; true when it existed.
+    async fn del(&self, key: &str) -> Result<bool, KvError>;
+    /// Adds one to the counter at `key` and returns the new count; a new counter expires after
+    /// `window` (fixed-window rate limiting).
+    async fn incr(&self, key: &str, window: Duration) -> Result<u64, KvError>;
+}
+
+/// Which store to use.
+#[derive(Debug, Clone)]
+pub enum KvConfig {
+    /// In this process.
+    Memory,
+    /// Redis at `url`, keys prefixed by `prefix`.
+    Redis {
+        /// `redis://host:port/db`.
+        url: String,
+        /// Key prefix, e.g. `instar:`.
+        prefix: String,
+    },
+}
+
+/// Opens the configured store.
+pub async fn open(cfg: &KvConfig) -> Result<Arc<dyn Kv>, KvError> {
+    match cfg {
+        KvConfig::Memory => Ok(Arc::new(MemoryKv::default())),
+        KvConfig::Redis { url, prefix } => Ok(Arc::new(RedisKv::connect(url, prefix).await?)),
+    }
+}
+
+#[derive(Debug)]
+enum Entry {
+    Text(String),
+    Count(u64),
+}
+
+type Slots = HashMap<String, (Entry, Instant)>;
+
+/// In-process store. Expired entries are dropped lazily and by a sweep every 1,024 writes.
+#[derive(Debug, Default)]
+pub struct MemoryKv {
+    map: Mutex<(Slots, u32)>,
+}
+
+impl MemoryKv {
+    fn write<R>(&self, f: impl FnOnce(&mut Slots, Instant) -> R) -> R {
+        let now = Instant::now();
+        let mut guard = self.map.lock();
+        let (map, writes) = &mut *guard;
+        *writes = writes.wrapping_add(1);
+        if *writes % 1024 == 0 {
+            map.retain(|_, (_, exp)| *exp > now);
+        }
+        f(map, now)
+    }
+}
+
+#[async_trait]
+impl Kv for MemoryKv {
+    async fn get(&self, key: &str) -> Result<Option<String>, KvError> {
+        let now = Instant::now();
+        let guard = self.map.lock();
+        Ok(match guard.0.get(key) {
+            Some((Entry::Text(v), exp)) if *exp > now => Some(v.clone()),
+            Some((Entry::Count(n), exp)) if *exp > now => Some(n.to_string()),
+            _ => None,
+        })
+    }
+
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), KvError> {
+        self.write(|map, now| {
+            map.insert(key.to_owned(), (Entry::Text(value.to_owned()), now + ttl));
+        });
+        Ok(())
+    }
+
+    async fn del(&self, key: &str) -> Result<bool, KvError> {
+        let now = Instant::now();
+        let mut guard = self.map.lock();
+        Ok(guard.0.remove(key).is_some_and(|(_, exp)| exp > now))
+    }
+
+    async fn incr(&self, key: &str, window: Duration) -> Result<u64, KvError> {
+        Ok(self.write(|map, now| {
+            let slot = map
+                .entry(key.to_owned())
+                .or_insert((Entry::Count(0), now + window));
+            if slot.1 <= now {
+                *slot = (Entry::Count(0), now + window);
+            }
+            match &mut slot.0 {
+                Entry::Count(n) => {
+                    *n += 1;
+                    *n
+                }
+                Entry::Text(_) => {
+                    *slot = (Entry::Count(1), now + window);
+                    1
+                }
+            }
+        }))
+    }
+}
+
+/// Redis store (a multiplexed connection that reconnects by itself).
+pub struct RedisKv {
+    conn: redis::aio::ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisKv")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisKv {
+    /// Connects to `url`; every key gets `prefix`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, KvError> {
+        let client = redis::Client::open(url).map_err(|e| KvError(e.to_string()))?;
+        let conn = redis::aio::ConnectionManager::new(client)
+            .await
+            .map_err(|e| KvError(e.to_string()))?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[async_trait]
+impl Kv for RedisKv {
+    async fn get(&self, key: &str) -> Result<Option<String>, KvError> {
+        let mut c = self.conn.clone();
+        redis::cmd("GET")
+            .arg(self.key(key))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| KvError(e.to_string()))
+    }
+
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), KvError> {
+        let mut c = self.conn.clone();
+        redis::cmd("SET")
+            .arg(self.key(key))
+            .arg(value)
+            .arg("PX")
+            .arg(millis(ttl))
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(|e| KvError(e.to_string()))
+    }
+
+    async fn del(&self, key: &str) -> Result<bool, KvError> {
+        let mut c = self.conn.clone();
+        let n: u64 = redis::cmd("DEL")
+            .arg(self.key(key))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| KvError(e.to_string()))?;
+        Ok(n > 0)
+    }
+
+    async fn incr(&self, key: &str, window: Duration) -> Result<u64, KvError> {
+        let mut c = self.conn.clone();
+        let key = self.key(key);
+        let (n, _): (u64, i64) = redis::pipe()
+            .atomic()
+            .cmd("INCR")
+            .arg(&key)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(millis(window))
+            .arg("NX")
+            .query_async(&mut c)
+            .await
+            .map_err(|e| KvError(e.to_string()))?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_values_expire() {
+        let kv = MemoryKv::default();
+        kv.set("a", "1", Duration::from_millis(30)).await.unwrap();
+        assert_eq!(kv.get("a").await.unwrap().as_deref(), Some("1"));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert_eq!(kv.get("a").await.unwrap(), None);
+        assert!(!kv.del("a").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn memory_counters_use_fixed_windows() {
+        let kv = MemoryKv::default();
+        let w = Duration::from_millis(40);
+        assert_eq!(kv.incr("c", w).await.unwrap(), 1);
+        assert_eq!(kv.incr("c", w).await.unwrap(), 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(kv.incr("c", w).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn redis_store_round_trip() {
+        let url = std::env::var("INSTAR_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let prefix = format!(
+            "instar-test-kv-{}-{}:",
+            std::process::id(),
+            crate::time::now_micros()
+        );
+        let kv = RedisKv::connect(&url, &prefix).await.unwrap();
+        kv.set("code", "12345", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(kv.get("code").await.unwrap().as_deref(), Some("12345"));
+        assert!(kv.del("code").await.unwrap());
+        assert_eq!(kv.get("code").await.unwrap(), None);
+        assert_eq!(kv.incr("n", Duration::from_secs(5)).await.unwrap(), 1);
+        assert_eq!(kv.incr("n", Duration::from_secs(5)).await.unwrap(), 2);
+        kv.del("n").await.unwrap();
+    }
+}

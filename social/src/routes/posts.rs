@@ -1,0 +1,787 @@
+//! `/api/post/**`: create, profile grid, details, like, comments and view history (contract §3.1
+//! #20–#27, §6.1, §6.3, §6.6, §6.7).
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use futures_util::TryStreamExt as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::multipart::{FormData, Part};
+use warp::reply::Response;
+
+use super::with_ctx;
+use crate::app::Ctx;
+use crate::http::{ApiError, ApiResult, authed, empty, finish, get, json_body, sc};
+use crate::media::{MediaError, StoredImage};
+use crate::model::{Alarm, AlarmType, Comment, ImageTags, Post, PostTag, SimpleUser};
+use crate::store::posts::{NewAttachment, NewPost, PostRow};
+use crate::store::{Store, StoreError, alarms, comments, likes, posts};
+use crate::time::{now_micros, parse_client_time};
+
+/// Largest multipart request (and so largest file) of a post: 10 MiB (contract §0).
+pub const MAX_UPLOAD_BYTES: u64 = 10 * 1024 * 1024;
+/// Largest `data` part (the JSON of the post).
+const MAX_DATA_BYTES: usize = 256 * 1024;
+/// Images per post.
+pub const MAX_IMAGES: usize = 10;
+/// Caption length in characters (the frontend's limit).
+pub const MAX_CAPTION_CHARS: usize = 2_200;
+/// Location length in characters (`post.location` is VARCHAR(100)).
+pub const MAX_LOCATION_CHARS: usize = 100;
+/// Hashtag length in characters (`post_tags.tag_name` is VARCHAR(100)).
+pub const MAX_HASHTAG_CHARS: usize = 100;
+/// Distinct hashtags per post.
+pub const MAX_HASHTAGS: usize = 30;
+/// User tags per image.
+pub const MAX_TAGS_PER_IMAGE: usize = 20;
+/// Comment length in characters.
+pub const MAX_COMMENT_CHARS: usize = 2_200;
+/// Profile grid page.
+pub const GRID_PAGE: i64 = 9;
+/// Comment page.
+pub const COMMENT_PAGE: i64 = 30;
+/// The caller's own comments shown first (and left out of the pages).
+pub const TOP_COMMENTS: i64 = 3;
+/// Media key prefix of post images.
+const MEDIA_PREFIX: &str = "post";
+
+/// The routes of this module.
+pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
+    let auth = || authed(ctx.tokens.clone());
+    let create = warp::path!("post" / "create")
+        .and(warp::post())
+        .and(with_ctx(ctx))
+        .and(auth())
+        .and(warp::multipart::form().max_length(MAX_UPLOAD_BYTES))
+        .then(create)
+        .map(finish);
+    let list = warp::path!("post" / "get" / "list")
+        .and(get())
+        .and(with_ctx(ctx))
+        .and(auth())
+        .and(warp::query::<HashMap<String, String>>())
+        .then(list)
+        .map(finish);
+    let details = warp::path!("post" / "get" / "details_info")
+        .and(get())
+        .and(with_ctx(ctx))
+        .and(auth())
+        .and(warp::query::<HashMap<String, String>>())
+        .then(details)
+        .map(finish);
+    let like = warp::path!("post" / "like")
+        .and(warp::post())
+        .and(with_ctx(ctx))
+        .and(auth())
+        .and(warp::query::<HashMap<String, String>>())
+        .then(like)
+        .map(finish);
+    let comment = warp::path!("post" / "comment")
+        .and(warp::post())
+        .and(with_ctx(ctx))
+        .and(auth())
+        .and(json_body::<Value>())
+        .then(comment)
+        .map(finish);
+    let top = warp::path!("post" / "comment" / "top-list")
+        .and(get())
+        .and(with_ctx(ctx))
+        .and(auth())
+        .and(warp::query::<HashMap<String, String>>())
+        .then(top_list)
+        .map(finish);
+    let page = warp::path!("post" / "comment" / "pagination-list")
+        .and(get())
+        .and(with_ctx(ctx))
+        .and(auth())
+        .and(warp::query::<HashMap<String, String>>())
+        .then(comment_page)
+        .map(finish);
+    let view = warp::path!("post" / "view_history")
+        .and(warp::post())
+        .and(with_ctx(ctx))
+        .and(auth())
+        .and(json_body::<Value>())
+        .then(view_history)
+        .map(finish);
+    create
+        .or(list)
+        .unify()
+        .or(details)
+        .unify()
+        .or(like)
+        .unify()
+        .or(comment)
+        .unify()
+        .or(top)
+        .unify()
+        .or(page)
+        .unify()
+        .or(view)
+        .unify()
+        .boxed()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input helpers
+
+/// An optional integer query parameter: absent, empty, `null` or `undefined` is `None`; anything
+/// else that is not an integer is 400 `BR`.
+pub(crate) fn query_i64(q: &HashMap<String, String>, key: &str) -> Result<Option<i64>, ApiError> {
+    match q.get(key).map(|s| s.trim()) {
+        None | Some("" | "null" | "undefined") => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(|_| ApiError::bad_request()),
+    }
+}
+
+/// A required integer query parameter.
+fn required_i64(q: &HashMap<String, String>, key: &str) -> Result<i64, ApiError> {
+    query_i64(q, key)?.ok_or_else(ApiError::bad_request)
+}
+
+/// A JSON number or a string holding one, as an integer.
+fn json_i64(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A JSON number or a string holding one, as a float.
+fn json_f64(v: Option<&Value>) -> Option<f64> {
+    match v? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building posts (shared with the feed)
+
+/// Turns post rows into [`Post`]s in the same order, loading authors, attachments, user tags and
+/// the viewer's likes in batches: four statements whatever the number of posts. A post whose author
+/// is gone is left out.
+pub(crate) async fn build_posts(
+    store: &Store,
+    viewer: &str,
+    rows: Vec<PostRow>,
+) -> Result<Vec<Post>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let mut author_ids: Vec<String> = Vec::new();
+    for r in &rows {
+        if !author_ids.contains(&r.user_id) {
+            author_ids.push(r.user_id.clone());
+        }
+    }
+    let images = async {
+        let attachments = store.post_attachments(&ids).await?;
+        let attachment_ids: Vec<i64> = attachments.iter().map(|a| a.id).collect();
+        let tags = store.post_user_tags(&attachment_ids).await?;
+        Ok::<_, StoreError>((attachments, tags))
+    };
+    let (authors, (attachments, tags), liked) = tokio::try_join!(
+        store.post_authors(&author_ids),
+        images,
+        store.liked_among(viewer, &ids),
+    )?;
+    let authors: HashMap<String, SimpleUser> =
+        authors.into_iter().map(|u| (u.id.clone(), u)).collect();
+    let liked: HashSet<i64> = liked.into_iter().collect();
+    let mut tags_by_attachment: HashMap<i64, Vec<PostTag>> = HashMap::new();
+    for t in tags {
+        tags_by_attachment
+            .entry(t.post_attachment_id)
+            .or_default()
+            .push(PostTag {
+                user_id: t.user_id,
+                x: t.x_coordinate,
+                y: t.y_coordinate,
+            });
+    }
+    let mut images_by_post: HashMap<i64, Vec<ImageTags>> = HashMap::new();
+    for a in attachments {
+        images_by_post
+            .entry(a.post_id)
+            .or_default()
+            .push(ImageTags {
+                tags: tags_by_attachment.remove(&a.id).unwrap_or_default(),
+                url: a.url,
+                thumbnail_url: a.thumbnail_url,
+                blurhash: a.blurhash,
+                width: a.width,
+                height: a.height,
+            });
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let Some(user) = authors.get(&r.user_id) else {
+            tracing::warn!(post = r.id, author = %r.user_id, "post without an author left out");
+            continue;
+        };
+        out.push(Post {
+            post_id: r.id,
+            user: user.clone(),
+            comment: r.comment,
+            location: r.location,
+            favorite_count: r.favorite_count,
+            comment_count: r.comment_count,
+            created_at: r.create_at,
+            image_tags: images_by_post.remove(&r.id).unwrap_or_default(),
+            is_liked: liked.contains(&r.id),
+        });
+    }
+    Ok(out)
+}
+
+/// One user as a [`SimpleUser`] (`None`: no such account).
+async fn simple_user(store: &Store, id: &str) -> Result<Option<SimpleUser>, StoreError> {
+    Ok(store
+        .post_authors(&[id.to_owned()])
+        .await?
+        .into_iter()
+        .next())
+}
+
+// ---------------------------------------------------------------------------------------------
+// #20 POST /api/post/create
+
+/// The `data` part, validated.
+#[derive(Debug, Default, PartialEq)]
+struct PostInput {
+    comment: String,
+    location: Option<String>,
+    /// Per image index: (user id, x, y), one entry per user (the last one given wins).
+    tags: Vec<Vec<(String, f64, f64)>>,
+    hashtags: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PostData {
+    #[serde(default)]
+    comment: Option<String>,
+    #[serde(default)]
+    location: Option<String>,
+    #[serde(default)]
+    tags: Value,
+    #[serde(default)]
+    hashtags: Option<Vec<Option<String>>>,
+}
+
+/// Normalises a hashtag as the frontend does (contract §6.3): trimmed, leading `#` removed,
+/// lower-cased. The morphological last-noun rule of the original is not applied (yet).
+pub fn normalize_hashtag(raw: &str) -> String {
+    raw.trim().trim_start_matches('#').trim().to_lowercase()
+}
+
+/// Parses and validates the `data` part for a post with `images` images.
+fn parse_post_data(bytes: &[u8], images: usize) -> Result<PostInput, ApiError> {
+    let data: PostData = serde_json::from_slice(bytes).map_err(|e| {
+        tracing::debug!(error = %e, "post data");
+        ApiError::bad_request()
+    })?;
+    let comment = data.comment.unwrap_or_default();
+    if comment.chars().count() > MAX_CAPTION_CHARS {
+        return Err(ApiError::bad_request());
+    }
+    if data
+        .location
+        .as_deref()
+        .is_some_and(|l| l.chars().count() > MAX_LOCATION_CHARS)
+    {
+        return Err(ApiError::bad_request());
+    }
+    let mut hashtags: Vec<String> = Vec::new();
+    for raw in data.hashtags.unwrap_or_default().into_iter().flatten() {
+        let tag = normalize_hashtag(&raw);
+        if tag.is_empty() {
+            continue;
+        }
+        if tag.chars().count() > MAX_HASHTAG_CHARS {
+            return Err(ApiError::bad_request());
+        }
+        if !hashtags.contains(&tag) {
+            hashtags.push(tag);
+        }
+    }
+    if hashtags.len() > MAX_HASHTAGS {
+        return Err(ApiError::bad_request());
+    }
+    // `tags`: {"0": [..], "1": [..]} (an array of arrays is accepted too); null or absent: none.
+    let mut tags: Vec<Vec<(String, f64, f64)>> = vec![Vec::new(); images];
+    let entries: Vec<(Option<usize>, &Value)> = match &data.tags {
+        Value::Null => Vec::new(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| (k.trim().parse::<usize>().ok(), v))
+            .collect(),
+        Value::Array(list) => list.iter().enumerate().map(|(i, v)| (Some(i), v)).collect(),
+        _ => return Err(ApiError::bad_request()),
+    };
+    for (index, list) in entries {
+        let list = match list {
+            Value::Null => continue,
+            Value::Array(list) => list,
+            _ => return Err(ApiError::bad_request()),
+        };
+        // Tags for an image that was not sent (or a key that is not an index) are ignored.
+        let Some(slot) = index.and_then(|i| tags.get_mut(i)) else {
+            continue;
+        };
+        for tag in list {
+            let user = match tag.get("userId") {
+                Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
+                _ => return Err(ApiError::bad_request()),
+            };
+            let (Some(x), Some(y)) = (json_f64(tag.get("x")), json_f64(tag.get("y"))) else {
+                return Err(ApiError::bad_request());
+            };
+            if !(0.0..=100.0).contains(&x) || !(0.0..=100.0).contains(&y) {
+                return Err(ApiError::bad_request());
+            }
+            slot.retain(|(u, _, _)| *u != user);
+            slot.push((user, x, y));
+        }
+        if slot.len() > MAX_TAGS_PER_IMAGE {
+            return Err(ApiError::bad_request());
+        }
+    }
+    Ok(PostInput {
+        comment,
+        location: data.location,
+        tags,
+        hashtags,
+    })
+}
+
+/// Reads one part, refusing it past `limit` bytes.
+async fn read_part(part: Part, limit: usize) -> Result<Bytes, ApiError> {
+    let mut buf = BytesMut::new();
+    let mut stream = Box::pin(part.stream());
+    while let Some(mut chunk) = stream.try_next().await.map_err(|e| {
+        tracing::debug!(error = %e, "multipart part");
+        ApiError::bad_request()
+    })? {
+        if buf.len() + chunk.remaining() > limit {
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "BR"));
+        }
+        while chunk.has_remaining() {
+            let piece = chunk.chunk();
+            let n = piece.len();
+            buf.extend_from_slice(piece);
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// The `images` parts (in order) and the `data` part of a post form; other parts are skipped.
+async fn read_post_form(mut form: FormData) -> Result<(Vec<Bytes>, Option<Bytes>), ApiError> {
+    let mut images = Vec::new();
+    let mut data = None;
+    let per_file = usize::try_from(MAX_UPLOAD_BYTES).unwrap_or(usize::MAX);
+    while let Some(part) = form.try_next().await.map_err(|e| {
+        tracing::debug!(error = %e, "multipart form");
+        ApiError::bad_request()
+    })? {
+        match part.name() {
+            "images" => {
+                if images.len() == MAX_IMAGES {
+                    return Err(ApiError::bad_request());
+                }
+                images.push(read_part(part, per_file).await?);
+            }
+            "data" => {
+                if data.is_some() {
+                    return Err(ApiError::bad_request());
+                }
+                data = Some(read_part(part, MAX_DATA_BYTES).await?);
+            }
+            _ => {}
+        }
+    }
+    Ok((images, data))
+}
+
+fn media_error(e: &MediaError) -> ApiError {
+    if e.is_client_error() {
+        tracing::debug!(error = %e, "upload refused");
+        ApiError::bad_request()
+    } else {
+        tracing::error!(error = %e, "storing an upload");
+        ApiError::database()
+    }
+}
+
+async fn create(ctx: Ctx, user: String, form: FormData) -> ApiResult {
+    let (images, data) = read_post_form(form).await?;
+    let data = data.ok_or_else(ApiError::bad_request)?;
+    if images.is_empty() {
+        return Err(ApiError::bad_request());
+    }
+    let input = parse_post_data(&data, images.len())?;
+    let Some(author) = simple_user(&ctx.store, &user).await? else {
+        return Err(ApiError::bad_request());
+    };
+    // Every upload first, all at once (decoding is bounded by the media service); any refusal
+    // deletes whatever was stored.
+    let results = futures_util::future::join_all(
+        images
+            .into_iter()
+            .map(|bytes| ctx.media.store_image(MEDIA_PREFIX, bytes)),
+    )
+    .await;
+    let mut guard = ctx.media.guard();
+    let mut stored: Vec<StoredImage> = Vec::with_capacity(results.len());
+    let mut failure: Option<ApiError> = None;
+    for r in results {
+        match r {
+            Ok(img) => {
+                guard.add_image(&img);
+                stored.push(img);
+            }
+            Err(e) => {
+                let err = media_error(&e);
+                // A bad upload (400) wins over a storage failure (500) when both happen.
+                if failure
+                    .as_ref()
+                    .is_none_or(|f| f.status() != StatusCode::BAD_REQUEST)
+                {
+                    failure = Some(err);
+                }
+            }
+        }
+    }
+    if let Some(err) = failure {
+        guard.rollback().await;
+        return Err(err);
+    }
+    let now = now_micros();
+    match insert_post(&ctx.store, &user, &input, &stored, now).await {
+        Ok((post_id, tagged)) => {
+            guard.commit();
+            for recipient in tagged {
+                let alarm = Alarm::PostTag {
+                    create_at: now,
+                    sender_id: author.id.clone(),
+                    sender_profile_image: author.profile_image.clone(),
+                    post_id,
+                };
+                ctx.notifier.notify_user(&recipient, &alarm).await;
+            }
+            sc(&json!({ "postId": post_id }))
+        }
+        Err(e) => {
+            guard.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// The post's rows in one transaction. Returns the post id and the users to notify (each
+/// distinct tagged user but the author, whose `POST_TAG` alarm references their first tag row).
+async fn insert_post(
+    store: &Store,
+    user: &str,
+    input: &PostInput,
+    images: &[StoredImage],
+    now: i64,
+) -> Result<(i64, Vec<String>), ApiError> {
+    let mut tagged: Vec<String> = Vec::new();
+    for (u, _, _) in input.tags.iter().flatten() {
+        if !tagged.contains(u) {
+            tagged.push(u.clone());
+        }
+    }
+    let mut tx = store.write().await?;
+    if !tagged.is_empty() {
+        let found = posts::existing_users(tx.conn(), &tagged).await?;
+        if found.len() != tagged.len() {
+            return Err(ApiError::bad_request());
+        }
+    }
+    let post_id = posts::insert(
+        tx.conn(),
+        &NewPost {
+            user,
+            comment: &input.comment,
+            location: input.location.as_deref(),
+            profile_image: images.first().map(|i| i.url.as_str()),
+            at: now,
+        },
+    )
+    .await?;
+    let mut first_tag_row: HashMap<String, i64> = HashMap::new();
+    for (i, img) in images.iter().enumerate() {
+        let attachment = posts::insert_attachment(
+            tx.conn(),
+            &NewAttachment {
+                post_id,
+                url: &img.url,
+                thumbnail_url: &img.thumbnail_url,
+                blurhash: &img.blurhash,
+                width: i64::from(img.width),
+                height: i64::from(img.height),
+            },
+        )
+        .await?;
+        for (u, x, y) in input.tags.get(i).into_iter().flatten() {
+            let row = posts::insert_user_tag(tx.conn(), attachment, u, *x, *y, now).await?;
+            first_tag_row.entry(u.clone()).or_insert(row);
+        }
+    }
+    posts::insert_hashtags(tx.conn(), store.dialect(), post_id, &input.hashtags).await?;
+    posts::add_post_count(tx.conn(), user, 1).await?;
+    let mut notify = Vec::new();
+    for u in tagged {
+        if u == user {
+            continue;
+        }
+        if let Some(row) = first_tag_row.get(&u) {
+            alarms::insert(tx.conn(), &u, AlarmType::PostTag, *row, now).await?;
+            notify.push(u);
+        }
+    }
+    tx.commit().await?;
+    Ok((post_id, notify))
+}
+
+// ---------------------------------------------------------------------------------------------
+// #21 GET /api/post/get/list?userId=&postId=
+
+async fn list(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
+    let owner = crate::http::non_empty(q.get("userId").cloned()).unwrap_or(user);
+    let before = query_i64(&q, "postId")?.unwrap_or(i64::MAX);
+    let list = ctx.store.post_previews(&owner, before, GRID_PAGE).await?;
+    sc(&json!({ "list": list }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// #22 GET /api/post/get/details_info?postId=
+
+async fn details(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
+    let id = required_i64(&q, "postId")?;
+    let Some(row) = ctx.store.post_by_id(id).await? else {
+        return Err(ApiError::bad_request());
+    };
+    let post = build_posts(&ctx.store, &user, vec![row])
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(ApiError::bad_request)?;
+    sc(&json!({ "post": post }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// #23 POST /api/post/like?postId=
+
+async fn like(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
+    let post = required_i64(&q, "postId")?;
+    let now = now_micros();
+    let mut tx = ctx.store.write().await?;
+    let Some(author) = posts::lock(tx.conn(), ctx.store.dialect(), post).await? else {
+        return Err(ApiError::bad_request());
+    };
+    let notify = match likes::find(tx.conn(), post, &user).await? {
+        None => {
+            let like = likes::insert(tx.conn(), post, &user, now).await?;
+            posts::add_favorite_count(tx.conn(), post, 1).await?;
+            if author == user {
+                false
+            } else {
+                alarms::insert(tx.conn(), &author, AlarmType::PostLikeReceive, like, now).await?;
+                true
+            }
+        }
+        Some(like) => {
+            likes::delete(tx.conn(), like).await?;
+            posts::add_favorite_count(tx.conn(), post, -1).await?;
+            alarms::delete_for(tx.conn(), &author, AlarmType::PostLikeReceive, like).await?;
+            false
+        }
+    };
+    tx.commit().await?;
+    if notify {
+        match simple_user(&ctx.store, &user).await {
+            Ok(Some(liker)) => {
+                let alarm = Alarm::PostLike {
+                    create_at: now,
+                    user: liker,
+                    post_id: post,
+                };
+                ctx.notifier.notify_user(&author, &alarm).await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "like push skipped"),
+        }
+    }
+    sc(&())
+}
+
+// ---------------------------------------------------------------------------------------------
+// #24 POST /api/post/comment
+
+async fn comment(ctx: Ctx, user: String, body: Value) -> ApiResult {
+    let post = json_i64(body.get("postId")).ok_or_else(ApiError::bad_request)?;
+    let content = match body.get("comment") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        _ => return Err(ApiError::bad_request()),
+    };
+    if content.chars().count() > MAX_COMMENT_CHARS {
+        return Err(ApiError::bad_request());
+    }
+    let Some(me) = simple_user(&ctx.store, &user).await? else {
+        return Err(ApiError::bad_request());
+    };
+    let now = now_micros();
+    let mut tx = ctx.store.write().await?;
+    let Some(author) = posts::lock(tx.conn(), ctx.store.dialect(), post).await? else {
+        return Err(ApiError::bad_request());
+    };
+    let id = comments::insert(tx.conn(), &user, post, &content, now).await?;
+    posts::add_comment_count(tx.conn(), post, 1).await?;
+    let notify = author != user;
+    if notify {
+        alarms::insert(tx.conn(), &author, AlarmType::PostCommentReceive, id, now).await?;
+    }
+    tx.commit().await?;
+    let comment = Comment {
+        id,
+        post_id: post,
+        user_id: me.id,
+        name: me.name,
+        profile_image: me.profile_image,
+        content,
+        create_at: now,
+    };
+    if notify {
+        let alarm = Alarm::PostComment {
+            create_at: now,
+            post: comment.clone(),
+            post_id: post,
+        };
+        ctx.notifier.notify_user(&author, &alarm).await;
+    }
+    sc(&json!({ "comment": comment }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// #25 GET /api/post/comment/top-list?postId=
+
+async fn top_list(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
+    let post = required_i64(&q, "postId")?;
+    let list = ctx.store.comments_top(post, &user, TOP_COMMENTS).await?;
+    sc(&json!({ "list": list }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// #26 GET /api/post/comment/pagination-list?postId=&commentId=
+
+async fn comment_page(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
+    let post = required_i64(&q, "postId")?;
+    let before = query_i64(&q, "commentId")?.unwrap_or(i64::MAX);
+    // The caller's top list is shown above the pages: leave exactly those comments out (computed
+    // now, not from a cache that a new comment would make stale).
+    let top = ctx.store.comment_top_ids(post, &user, TOP_COMMENTS).await?;
+    let list = ctx
+        .store
+        .comment_page(post, before, &top, COMMENT_PAGE)
+        .await?;
+    sc(&json!({ "list": list }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// #27 POST /api/post/view_history
+
+/// The time a view is recorded at: the client's `viewedAt` unless it is absent, unparseable or in
+/// the future, then the server's clock.
+pub fn view_time(client: Option<&str>, now: i64) -> i64 {
+    client
+        .and_then(parse_client_time)
+        .filter(|t| *t <= now)
+        .unwrap_or(now)
+}
+
+async fn view_history(ctx: Ctx, user: String, body: Value) -> ApiResult {
+    let Some(post) = json_i64(body.get("postId")) else {
+        return empty();
+    };
+    let now = now_micros();
+    let at = view_time(body.get("viewedAt").and_then(Value::as_str), now);
+    let seconds = json_i64(body.get("timeSpentSeconds")).filter(|s| (0..=86_400).contains(s));
+    let result = async {
+        let mut tx = ctx.store.write().await?;
+        let n = posts::record_view(tx.conn(), &user, post, at, seconds).await?;
+        tx.commit().await?;
+        Ok::<_, StoreError>(n)
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, post, "view not recorded");
+    }
+    empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn post_data_is_validated_and_normalised() {
+        let input = parse_post_data(
+            br##"{"comment":"hi #Sea","location":null,"tags":{"0":[{"userId":"bob","x":10,"y":"20.5","id":3},{"userId":"bob","x":1,"y":2}],"5":[{"userId":"x","x":1,"y":1}],"k":[]},"hashtags":[" #Sea ","sea","","Sky"]}"##,
+            2,
+        )
+        .unwrap();
+        assert_eq!(input.comment, "hi #Sea");
+        assert_eq!(input.tags, vec![vec![("bob".to_owned(), 1.0, 2.0)], vec![]]);
+        assert_eq!(input.hashtags, vec!["sea".to_owned(), "sky".to_owned()]);
+
+        let none = parse_post_data(br#"{"comment":"x","tags":null}"#, 1).unwrap();
+        assert_eq!(none.tags, vec![Vec::new()]);
+        let missing = parse_post_data(br#"{}"#, 1).unwrap();
+        assert_eq!(missing.comment, "");
+
+        for bad in [
+            &br#"{"tags":{"0":[{"userId":"bob","x":101,"y":1}]}}"#[..],
+            br#"{"tags":{"0":[{"userId":"bob","x":-1,"y":1}]}}"#,
+            br#"{"tags":{"0":[{"userId":"","x":1,"y":1}]}}"#,
+            br#"{"tags":{"0":[{"userId":"bob","x":1}]}}"#,
+            br#"{"tags":"nope"}"#,
+            br#"not json"#,
+        ] {
+            assert!(
+                parse_post_data(bad, 1).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long_tag = format!(r#"{{"hashtags":["{}"]}}"#, "a".repeat(101));
+        assert!(parse_post_data(long_tag.as_bytes(), 1).is_err());
+        let long_caption = format!(r#"{{"comment":"{}"}}"#, "가".repeat(2_201));
+        assert!(parse_post_data(long_caption.as_bytes(), 1).is_err());
+        let ok_caption = format!(r#"{{"comment":"{}"}}"#, "가".repeat(2_200));
+        assert!(parse_post_data(ok_caption.as_bytes(), 1).is_ok());
+    }
+
+    #[test]
+    fn view_times_fall_back_to_the_server_clock() {
+        let now = 1_736_850_531_123_000;
+        assert_eq!(view_time(Some("2025-01-14T10:28:51.123Z"), now), now);
+        assert_eq!(
+            view_time(Some("2025-01-14T10:28:50Z"), now),
+            now - 1_123_000
+        );
+        assert_eq!(view_time(Some("2030-01-01T00:00:00Z"), now), now);
+        assert_eq!(view_time(Some("garbage"), now), now);
+        assert_eq!(view_time(None, now), now);
+    }
+}

@@ -1,0 +1,128 @@
+//! The SQL store: one code path for SQLite and MySQL/MariaDB through sqlx's `Any` driver.
+//!
+//! Rules every statement follows: one function per statement (grouped by domain in the submodules),
+//! `?` placeholders, keyset pagination for lists that grow, list endpoints load related rows in
+//! batches (`IN (…)`) instead of one query per item, and every backend difference goes through
+//! [`Dialect`]. Writes that must be atomic run in a [`WriteTx`] from [`Store::write`].
+
+pub mod alarms;
+pub mod auth;
+pub mod chat;
+pub mod comments;
+pub mod dialect;
+pub mod feed;
+pub mod follows;
+pub mod likes;
+pub mod posts;
+pub mod users;
+
+use std::sync::Arc;
+
+use migrations::{Backend, PoolSettings};
+use sqlx::{Any, AnyConnection, AnyPool, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+pub use dialect::Dialect;
+
+/// Store errors. Anything but [`StoreError::Conflict`] means "database error" to callers.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key was hit (duplicate id, e-mail, follow, like…).
+    #[error("unique key violated: {0}")]
+    Conflict(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(sqlx::Error),
+    /// Opening or migrating failed.
+    #[error("{0}")]
+    Setup(#[from] migrations::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e
+            && db.is_unique_violation()
+        {
+            return StoreError::Conflict(db.message().to_owned());
+        }
+        StoreError::Db(e)
+    }
+}
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Handle to the database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+    /// SQLite allows one writer; queueing writers here (FIFO) instead of in SQLite's busy handler
+    /// (which sleeps and polls) keeps write latency flat under contention.
+    writer: Option<Arc<Mutex<()>>>,
+}
+
+/// A write transaction. Dropping it without [`WriteTx::commit`] rolls back.
+#[derive(Debug)]
+pub struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _writer: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    /// The connection to run statements on.
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> StoreResult<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://…` or `mysql://…`) and applies pending migrations.
+    pub async fn open(url: &str, settings: &PoolSettings) -> StoreResult<Store> {
+        let (pool, backend) = migrations::connect(url, settings).await?;
+        migrations::migrate(&pool, backend).await?;
+        Ok(Store {
+            pool,
+            dialect: Dialect(backend),
+            writer: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+        })
+    }
+
+    /// The pool, for single statements outside transactions.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The backend's SQL differences.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Starts a write transaction (SQLite: `BEGIN IMMEDIATE` behind the in-process writer queue).
+    pub async fn write(&self) -> StoreResult<WriteTx> {
+        let guard = match &self.writer {
+            Some(m) => Some(Arc::clone(m).lock_owned().await),
+            None => None,
+        };
+        let tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+        Ok(WriteTx { tx, _writer: guard })
+    }
+
+    /// Closes the pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The id a successful `INSERT` generated.
+pub fn inserted_id(result: &sqlx::any::AnyQueryResult) -> StoreResult<i64> {
+    result
+        .last_insert_id()
+        .ok_or_else(|| StoreError::Db(sqlx::Error::Protocol("no generated id returned".into())))
+}

@@ -1,0 +1,271 @@
+//! Test harness: a social service on a real loopback port, on SQLite (temp file) or MariaDB (a
+//! database of its own, dropped afterwards), with the in-process bus and local media in a temp dir.
+//!
+//! `on_both!(name)` runs `async fn name(db: Db)` once per backend, as `name::sqlite` and
+//! `name::mysql`. MariaDB comes from `INSTAR_TEST_MYSQL_URL` (default
+//! `mysql://instar:instar@127.0.0.1:3306`, what `scripts/test` sets up).
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use broker_bridge::{Bus, InProcessConfig, Registry};
+use serde_json::Value;
+use social::app::{Ctx, Limits, SocialConfig};
+use social::kv::KvConfig;
+use social::media::{Backend, MediaConfig};
+use warp::Filter;
+
+/// The JWT secret of every test app.
+pub const SECRET: &str = "test-secret-test-secret-test-secret!";
+
+/// Which database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    MySql,
+}
+
+#[macro_export]
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::common::Db::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                super::$name(super::common::Db::MySql).await
+            }
+        }
+    };
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A unique name for this process and call.
+pub fn unique(prefix: &str) -> String {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+        % 1_000_000_000;
+    format!("{prefix}{}_{t}_{n}", std::process::id())
+}
+
+fn mysql_base() -> String {
+    std::env::var("INSTAR_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://instar:instar@127.0.0.1:3306".to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// A running social service.
+pub struct TestApp {
+    pub base: String,
+    pub ctx: Ctx,
+    pub bus: Bus,
+    pub client: reqwest::Client,
+    pub dir: PathBuf,
+    db_url: String,
+    db: Db,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestApp {
+    /// Starts with default settings.
+    pub async fn start(db: Db) -> TestApp {
+        Self::start_with(db, |_| {}).await
+    }
+
+    /// Starts after `tweak` adjusted the configuration.
+    pub async fn start_with(db: Db, tweak: impl FnOnce(&mut SocialConfig)) -> TestApp {
+        let dir = std::env::temp_dir().join(unique("instar-social-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db_url = match db {
+            Db::Sqlite => format!("sqlite://{}", dir.join("instar.db").display()),
+            Db::MySql => {
+                let url = format!("{}/{}", mysql_base(), unique("instar_t"));
+                migrations::create_database(&url)
+                    .await
+                    .unwrap_or_else(|e| panic!("MariaDB at {}: {e}", mysql_base()));
+                url
+            }
+        };
+        let mut cfg = SocialConfig {
+            database_url: db_url.clone(),
+            pool: migrations::PoolSettings::default(),
+            jwt_secret: SECRET.to_owned(),
+            token_ttl_secs: 3600,
+            cors_origin: Some("http://localhost:3000".to_owned()),
+            media: MediaConfig {
+                backend: Backend::Local {
+                    dir: dir.join("media"),
+                    url_prefix: "/media".to_owned(),
+                },
+                ..MediaConfig::default()
+            },
+            kv: KvConfig::Memory,
+            smtp: None,
+            limits: Limits::default(),
+        };
+        tweak(&mut cfg);
+        let bus = Bus::in_process(Registry::in_process(), InProcessConfig::default());
+        let ctx = Ctx::start(&cfg, bus.clone()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let routes = ctx.routes().with(warp::log("social-test"));
+        tokio::spawn(
+            warp::serve(routes)
+                .incoming(listener)
+                .graceful(async move {
+                    let _ = rx.await;
+                })
+                .run(),
+        );
+        TestApp {
+            base: format!("http://{addr}"),
+            ctx,
+            bus,
+            client: reqwest::Client::new(),
+            dir,
+            db_url,
+            db,
+            shutdown: Some(tx),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A token for `user` (the account need not exist).
+    pub fn token(&self, user: &str) -> String {
+        self.ctx.tokens.issue(user, "USER").unwrap()
+    }
+
+    /// GET `path` with an optional bearer token; status and JSON body (`Value::Null` if empty).
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.client.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        read(req.send().await.unwrap()).await
+    }
+
+    /// POST `body` as JSON.
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self.client.post(self.url(path)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        read(req.send().await.unwrap()).await
+    }
+
+    /// POST raw bytes with a content type.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        read(req.send().await.unwrap()).await
+    }
+
+    /// POST a multipart form.
+    pub async fn post_multipart(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        form: reqwest::multipart::Form,
+    ) -> (u16, Value) {
+        let mut req = self.client.post(self.url(path)).multipart(form);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        read(req.send().await.unwrap()).await
+    }
+
+    /// Creates a local account directly in the store (password `password1!`, e-mail
+    /// `{id}@example.com`) and returns a token for it.
+    pub async fn user(&self, id: &str) -> String {
+        self.user_named(id, id).await
+    }
+
+    /// Like [`Self::user`] with a display name.
+    pub async fn user_named(&self, id: &str, name: &str) -> String {
+        let hash = social::password::hash("password1!".to_owned())
+            .await
+            .unwrap();
+        let email = format!("{}@example.com", id.to_lowercase());
+        let mut tx = self.ctx.store.write().await.unwrap();
+        social::store::users::insert(
+            tx.conn(),
+            &social::store::users::NewUser {
+                id,
+                password: Some(&hash),
+                name,
+                sex: Some("female"),
+                email: &email,
+                comment: Some(""),
+                address: Some("Seoul"),
+                address_detail: Some("1-1"),
+                profile_image: Some(""),
+                kind: "LOCAL",
+                social_id: None,
+                created_at: social::time::now_micros(),
+            },
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        self.token(id)
+    }
+}
+
+async fn read(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    let bytes = res.bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    (status, body)
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.db == Db::MySql {
+            let url = self.db_url.clone();
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    let _ = rt.block_on(migrations::drop_database(&url));
+                }
+            })
+            .join();
+        }
+    }
+}

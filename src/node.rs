@@ -1,0 +1,69 @@
+//! `instar gateway`: one scale-out gateway node. Same edge as `instar serve` (`/stomp`, `/ws`,
+//! optional TCP), but the bus is RabbitMQ and the session registry Redis, so N such processes behind
+//! nginx (see `deploy/` and `docs/scaleout.md`) serve one deployment. Application commands go to the
+//! durable work queues for the social workers; this process handles none, except the load-test
+//! handlers when `INSTAR_BENCH_ECHO=1`.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use broker_bridge::{Bus, Registry};
+use gateway::Gateway;
+use gateway::destination::PrefixPolicy;
+
+use crate::node_config::NodeSettings;
+
+pub(crate) async fn run(cfg: NodeSettings) -> anyhow::Result<()> {
+    let registry = Registry::redis(cfg.registry_config())
+        .await
+        .with_context(|| format!("connecting to the session registry at {}", cfg.redis_url))?;
+    let bus = Bus::amqp(registry, cfg.amqp_config())
+        .await
+        .context("connecting to RabbitMQ")?;
+    if cfg.bench_echo {
+        tracing::warn!(
+            "INSTAR_BENCH_ECHO is on: /app/bench.* republishes client messages (load tests only)"
+        );
+        crate::bench::BenchEcho::register(&bus);
+    }
+    let policy =
+        Arc::new(PrefixPolicy::new(cfg.public_topics.clone()).allow_anonymous(cfg.allow_anonymous));
+    let node = cfg.node_id.clone();
+    let gw = Gateway::start(
+        node.as_str().into(),
+        cfg.gateway_config(),
+        cfg.jwt_secret.as_bytes(),
+        bus.clone(),
+        policy,
+    )
+    .await
+    .context("attaching the gateway node to the bus")?;
+
+    let (addr, http) = gateway::server::serve_http(gw.routes(), cfg.listen, gw.shutdown.clone())
+        .await
+        .with_context(|| format!("binding HTTP on {}", cfg.listen))?;
+    tracing::info!(%addr, node = %node, "HTTP listening: /stomp (STOMP over WebSocket), /ws (SockJS), /health");
+    let http = tokio::spawn(http);
+
+    if let Some(tcp) = cfg.tcp_listen {
+        let listener = tokio::net::TcpListener::bind(tcp)
+            .await
+            .with_context(|| format!("binding STOMP/TCP on {tcp}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "STOMP over TCP listening");
+        tokio::spawn(gateway::serve_tcp(gw.clone(), listener));
+    }
+
+    crate::shutdown_signal().await;
+    tracing::info!(
+        sessions = gw.open_sessions(),
+        "shutting down: draining sessions"
+    );
+    gw.drain(cfg.drain_grace).await;
+    let _ = tokio::time::timeout(cfg.drain_grace, http).await;
+    // Sessions unregistered themselves while draining; remove any that could not (registry outage).
+    if let Err(e) = bus.registry().remove_node(&gw.node).await {
+        tracing::warn!(error = %e, "could not clear this node's sessions (the sweeper will)");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! `instar social`: the REST service alone, for scale-out. Several such processes run behind nginx
+//! next to the `instar gateway` nodes; they share MariaDB, Redis (codes, limits, caches and the
+//! session registry), RabbitMQ (alarms and chat broadcasts go out through it; chat commands come in
+//! from its durable work queues) and S3.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use broker_bridge::{AmqpConfig, Bus, Registry, RedisRegistryConfig};
+use clap::Args;
+use serde::Deserialize;
+use warp::Filter as _;
+
+use crate::social_config::{SocialArgs, SocialFile};
+
+/// Flags of `instar social`.
+#[derive(Debug, Args, Default)]
+pub(crate) struct SocialCmdArgs {
+    /// TOML file: `listen`, `amqp_url`, `bus_prefix`, `jwt_secret`, and a `[social]` table.
+    #[arg(long, env = "INSTAR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP address for /api (and /media with local storage). [default: 127.0.0.1:8081]
+    #[arg(long, env = "INSTAR_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// RabbitMQ URL. [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    #[arg(long, env = "INSTAR_AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
+    /// Prefix of the exchanges, queues and registry keys shared with the gateway nodes. [default: instar]
+    #[arg(long, env = "INSTAR_BUS_PREFIX")]
+    pub bus_prefix: Option<String>,
+    /// Secret the tokens are signed with (the gateway nodes must use the same). Required.
+    #[arg(long, env = "INSTAR_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Seconds in-flight requests get to finish on SIGINT/SIGTERM. [default: 10]
+    #[arg(long, env = "INSTAR_DRAIN_SECS")]
+    pub drain_secs: Option<u64>,
+    /// Social service settings (database, Redis, media, mail).
+    #[command(flatten)]
+    pub social: SocialArgs,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<SocketAddr>,
+    amqp_url: Option<String>,
+    bus_prefix: Option<String>,
+    jwt_secret: Option<String>,
+    drain_secs: Option<u64>,
+    social: Option<SocialFile>,
+}
+
+pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
+    let file: FileSettings = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("parsing config file {}", path.display()))?
+        }
+        None => FileSettings::default(),
+    };
+    let jwt_secret = args
+        .jwt_secret
+        .clone()
+        .or(file.jwt_secret.clone())
+        .filter(|s| !s.is_empty())
+        .context("INSTAR_JWT_SECRET is required for `instar social` (the gateways verify the tokens it signs)")?;
+    let social_file = file.social.clone().unwrap_or_default();
+    let cfg = args.social.resolve(&social_file, &jwt_secret)?;
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8081)));
+    let prefix = args
+        .bus_prefix
+        .clone()
+        .or(file.bus_prefix.clone())
+        .unwrap_or_else(|| "instar".to_owned());
+    let amqp_url = args
+        .amqp_url
+        .clone()
+        .or(file.amqp_url.clone())
+        .unwrap_or_else(|| AmqpConfig::default().url);
+    let redis_url = match &cfg.kv {
+        social::kv::KvConfig::Redis { url, .. } => url.clone(),
+        social::kv::KvConfig::Memory => RedisRegistryConfig::default().url,
+    };
+    let registry = Registry::redis(
+        RedisRegistryConfig::new(redis_url.clone()).with_prefix(format!("{prefix}:")),
+    )
+    .await
+    .with_context(|| format!("connecting to the session registry at {redis_url}"))?;
+    let mut amqp = AmqpConfig::new(amqp_url);
+    amqp.prefix = prefix;
+    let bus = Bus::amqp(registry, amqp)
+        .await
+        .context("connecting to RabbitMQ")?;
+    let ctx = social::Ctx::start(&cfg, bus.clone())
+        .await
+        .context("starting the social service")?;
+    social::chat::register(&ctx, &bus);
+    tracing::info!(
+        database = %migrations::redact(&cfg.database_url),
+        "social service ready"
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding HTTP on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let routes = ctx.routes().with(warp::trace::request());
+    let server = tokio::spawn(
+        warp::serve(routes)
+            .incoming(listener)
+            .graceful(async move {
+                let _ = rx.await;
+            })
+            .run(),
+    );
+    tracing::info!(%addr, "HTTP listening: /api (REST)");
+    crate::shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = tx.send(());
+    let grace = Duration::from_secs(args.drain_secs.or(file.drain_secs).unwrap_or(10));
+    let _ = tokio::time::timeout(grace, server).await;
+    ctx.store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Settings of the social service (REST API, store, media, mail), shared by `instar serve` (where
+//! they default to the embedded setup: a SQLite file and a media directory under `--data-dir`) and
+//! `instar social` (scale-out: MariaDB, Redis, S3). Flags and `INSTAR_*` variables, over a `[social]`
+//! table of the TOML file, over the defaults.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use serde::Deserialize;
+use social::kv::KvConfig;
+use social::mail::SmtpConfig;
+use social::media::{Backend, MediaConfig};
+
+/// Social service flags.
+#[derive(Debug, Args, Default, Clone)]
+pub(crate) struct SocialArgs {
+    /// Directory for the embedded database and local media. [default: ./instar-data]
+    #[arg(long, env = "INSTAR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or mysql://USER:PASS@HOST:PORT/DB. [default: sqlite://<data-dir>/instar.db]
+    #[arg(long, env = "INSTAR_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Largest number of pooled database connections. [default: 16]
+    #[arg(long, env = "INSTAR_DATABASE_POOL")]
+    pub database_pool: Option<u32>,
+    /// The browser origin of the frontend allowed cross-origin with credentials (e.g. http://localhost:3000). [default: none]
+    #[arg(long, env = "INSTAR_CORS_ORIGIN")]
+    pub cors_origin: Option<String>,
+    /// Redis URL for e-mail codes, rate limits and caches shared by several social processes. [default: in-process]
+    #[arg(long, env = "INSTAR_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key the service writes. [default: instar:]
+    #[arg(long, env = "INSTAR_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
+    /// Local media directory (when no S3 bucket is set). [default: <data-dir>/media]
+    #[arg(long, env = "INSTAR_MEDIA_DIR")]
+    pub media_dir: Option<PathBuf>,
+    /// URL prefix of local media. [default: /media]
+    #[arg(long, env = "INSTAR_MEDIA_URL_PREFIX")]
+    pub media_url_prefix: Option<String>,
+    /// S3 bucket for media; setting it switches from the local directory to S3. [default: none]
+    #[arg(long, env = "INSTAR_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// S3-compatible endpoint URL (omit for AWS). [default: none]
+    #[arg(long, env = "INSTAR_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region. [default: us-east-1]
+    #[arg(long, env = "INSTAR_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// S3 access key id.
+    #[arg(long, env = "INSTAR_S3_ACCESS_KEY", hide_env_values = true)]
+    pub s3_access_key: Option<String>,
+    /// S3 secret access key.
+    #[arg(long, env = "INSTAR_S3_SECRET_KEY", hide_env_values = true)]
+    pub s3_secret_key: Option<String>,
+    /// Path-style S3 addressing (most S3-compatible servers need it). [default: true with an endpoint]
+    #[arg(long, env = "INSTAR_S3_PATH_STYLE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub s3_path_style: Option<bool>,
+    /// Public base URL of media objects (e.g. a CDN). [default: derived from endpoint and bucket]
+    #[arg(long, env = "INSTAR_S3_PUBLIC_URL")]
+    pub s3_public_url: Option<String>,
+    /// SMTP host for verification mails; without it mails are logged. [default: none]
+    #[arg(long, env = "INSTAR_SMTP_HOST")]
+    pub smtp_host: Option<String>,
+    /// SMTP port. [default: 587]
+    #[arg(long, env = "INSTAR_SMTP_PORT")]
+    pub smtp_port: Option<u16>,
+    /// SMTP security: starttls, tls or none. [default: starttls]
+    #[arg(long, env = "INSTAR_SMTP_SECURITY")]
+    pub smtp_security: Option<String>,
+    /// SMTP user name.
+    #[arg(long, env = "INSTAR_SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+    /// SMTP password.
+    #[arg(long, env = "INSTAR_SMTP_PASSWORD", hide_env_values = true)]
+    pub smtp_password: Option<String>,
+    /// From address of verification mails. [default: no-reply@localhost]
+    #[arg(long, env = "INSTAR_SMTP_FROM")]
+    pub smtp_from: Option<String>,
+}
+
+/// The `[social]` table of the TOML file (same names, without the `--`, with `_`).
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SocialFile {
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    database_pool: Option<u32>,
+    cors_origin: Option<String>,
+    redis_url: Option<String>,
+    redis_prefix: Option<String>,
+    media_dir: Option<PathBuf>,
+    media_url_prefix: Option<String>,
+    s3_bucket: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_access_key: Option<String>,
+    s3_secret_key: Option<String>,
+    s3_path_style: Option<bool>,
+    s3_public_url: Option<String>,
+    smtp_host: Option<String>,
+    smtp_port: Option<u16>,
+    smtp_security: Option<String>,
+    smtp_username: Option<String>,
+    smtp_password: Option<String>,
+    smtp_from: Option<String>,
+}
+
+macro_rules! pick {
+    ($a:ident, $f:ident, $name:ident) => {
+        $a.$name.clone().or_else(|| $f.$name.clone())
+    };
+}
+
+impl SocialArgs {
+    /// Resolves the social configuration with the JWT secret shared with the gateway.
+    pub(crate) fn resolve(
+        &self,
+        file: &SocialFile,
+        jwt_secret: &str,
+    ) -> anyhow::Result<social::SocialConfig> {
+        let a = self;
+        let f = file;
+        let data_dir = pick!(a, f, data_dir).unwrap_or_else(|| PathBuf::from("instar-data"));
+        let database_url = match pick!(a, f, database_url) {
+            Some(url) => url,
+            None => {
+                std::fs::create_dir_all(&data_dir)
+                    .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+                format!("sqlite://{}", data_dir.join("instar.db").display())
+            }
+        };
+        let media = match pick!(a, f, s3_bucket) {
+            Some(bucket) => {
+                let endpoint = pick!(a, f, s3_endpoint);
+                Backend::S3 {
+                    path_style: pick!(a, f, s3_path_style).unwrap_or(endpoint.is_some()),
+                    endpoint,
+                    region: pick!(a, f, s3_region).unwrap_or_else(|| "us-east-1".to_owned()),
+                    bucket,
+                    access_key: pick!(a, f, s3_access_key).unwrap_or_default(),
+                    secret_key: pick!(a, f, s3_secret_key).unwrap_or_default(),
+                    public_base_url: pick!(a, f, s3_public_url),
+                    create_bucket: false,
+                }
+            }
+            None => Backend::Local {
+                dir: pick!(a, f, media_dir).unwrap_or_else(|| data_dir.join("media")),
+                url_prefix: pick!(a, f, media_url_prefix)
+                    .unwrap_or_else(|| social::media::DEFAULT_URL_PREFIX.to_owned()),
+            },
+        };
+        let kv = match pick!(a, f, redis_url) {
+            Some(url) => KvConfig::Redis {
+                url,
+                prefix: pick!(a, f, redis_prefix).unwrap_or_else(|| "instar:".to_owned()),
+            },
+            None => KvConfig::Memory,
+        };
+        let smtp = pick!(a, f, smtp_host).map(|host| SmtpConfig {
+            host,
+            port: pick!(a, f, smtp_port).unwrap_or(587),
+            security: pick!(a, f, smtp_security).unwrap_or_else(|| "starttls".to_owned()),
+            username: pick!(a, f, smtp_username),
+            password: pick!(a, f, smtp_password),
+            from: pick!(a, f, smtp_from).unwrap_or_else(|| "no-reply@localhost".to_owned()),
+        });
+        if jwt_secret.len() < 32 {
+            anyhow::bail!(
+                "INSTAR_JWT_SECRET must be at least 32 bytes (HS256's minimum); it is {}",
+                jwt_secret.len()
+            );
+        }
+        Ok(social::SocialConfig {
+            database_url,
+            pool: migrations::PoolSettings {
+                max_connections: pick!(a, f, database_pool).unwrap_or(16).max(1),
+                ..migrations::PoolSettings::default()
+            },
+            jwt_secret: jwt_secret.to_owned(),
+            token_ttl_secs: social::tokens::DEFAULT_TTL_SECS,
+            cors_origin: pick!(a, f, cors_origin),
+            media: MediaConfig {
+                backend: media,
+                ..MediaConfig::default()
+            },
+            kv,
+            smtp,
+            limits: social::Limits::default(),
+        })
+    }
+}
