@@ -6,6 +6,7 @@ mod bench;
 mod config;
 mod node;
 mod node_config;
+mod policy;
 mod social_cmd;
 mod social_config;
 
@@ -69,8 +70,18 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
         );
         bench::BenchEcho::register(&bus);
     }
-    let policy =
-        Arc::new(PrefixPolicy::new(cfg.public_topics.clone()).allow_anonymous(cfg.allow_anonymous));
+    let social = social::Ctx::start(&cfg.social, bus.clone())
+        .await
+        .context("starting the social service")?;
+    social::chat::register(&social, &bus);
+    tracing::info!(
+        database = %migrations::redact(&cfg.social.database_url),
+        "social service ready"
+    );
+    let policy = Arc::new(policy::RoomPolicy::new(
+        PrefixPolicy::new(cfg.public_topics.clone()).allow_anonymous(cfg.allow_anonymous),
+        social.clone(),
+    ));
     let gw = Gateway::start(
         cfg.node_id.as_str().into(),
         cfg.gateway_config(),
@@ -81,14 +92,6 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
     .await
     .context("attaching the gateway to the bus")?;
 
-    let social = social::Ctx::start(&cfg.social, bus.clone())
-        .await
-        .context("starting the social service")?;
-    social::chat::register(&social, &bus);
-    tracing::info!(
-        database = %migrations::redact(&cfg.social.database_url),
-        "social service ready"
-    );
     let routes = social
         .routes()
         .map(|r| Box::new(r) as Box<dyn warp::Reply>)
@@ -98,7 +101,7 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
     let (addr, http) = gateway::server::serve_http(routes, cfg.listen, gw.shutdown.clone())
         .await
         .with_context(|| format!("binding HTTP on {}", cfg.listen))?;
-    tracing::info!(%addr, "HTTP listening: /stomp (STOMP over WebSocket), /ws (SockJS)");
+    tracing::info!(%addr, "HTTP listening: /api (REST), /media, /stomp (STOMP over WebSocket), /ws (SockJS)");
     let http = tokio::spawn(http);
 
     if let Some(tcp) = cfg.tcp_listen {

@@ -220,7 +220,9 @@ impl NodeSettings {
     pub(crate) fn gateway_config(&self) -> gateway::GatewayConfig {
         let mut g = gateway::GatewayConfig::default();
         g.limits.max_body_bytes = self.max_body;
-        g.max_ws_message = g.max_ws_message.max(self.max_body + g.limits.max_head_bytes);
+        g.max_ws_message = g
+            .max_ws_message
+            .max(self.max_body + g.limits.max_head_bytes);
         g.outbound_queue = self.outbound_queue;
         g.session.heartbeat = (self.heartbeat_ms, self.heartbeat_ms);
         g.session.allow_anonymous = self.allow_anonymous;

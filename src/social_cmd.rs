@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use broker_bridge::{AmqpConfig, Bus, Registry, RedisRegistryConfig};
+use broker_bridge::{AmqpConfig, Bus, RedisRegistryConfig, Registry};
 use clap::Args;
 use serde::Deserialize;
 use warp::Filter as _;

@@ -102,7 +102,8 @@ async fn sockjs_http_sessions_stick_to_their_node() {
         assert_eq!(status, 204, "xhr_send of {sid} reached its node");
         let (status, body) = http(nginx.port, "POST", &format!("{base}/xhr"), "").await;
         assert_eq!(status, 200);
-        let frames: Vec<String> = serde_json::from_str(body.trim().trim_start_matches('a')).unwrap();
+        let frames: Vec<String> =
+            serde_json::from_str(body.trim().trim_start_matches('a')).unwrap();
         let connected = &frames[0];
         assert!(connected.starts_with("CONNECTED\n"), "{connected}");
         let session = header(connected, "session").unwrap();
@@ -143,7 +144,7 @@ async fn a_killed_node_is_swept_within_its_lease_and_clients_move_to_the_survivo
     let killed = Instant::now();
     assert!(alice.closed_within(Duration::from_secs(5)).await);
 
-    // The survivor sweeps the dead node's sessions once its lease expires (TTL + sweep interval).
+    // The survivor sweeps the dead node's sessions within the lease TTL (+ scheduling slack).
     eventually(Duration::from_secs(10), "alice swept", || async {
         !registry.is_online("alice").await.unwrap_or(true)
     })
@@ -151,16 +152,21 @@ async fn a_killed_node_is_swept_within_its_lease_and_clients_move_to_the_survivo
     let swept_after = killed.elapsed();
     eprintln!("swept {swept_after:?} after SIGKILL (lease TTL {ttl_ms} ms)");
     assert!(
-        swept_after <= Duration::from_millis(ttl_ms + 2500),
+        swept_after <= Duration::from_millis(ttl_ms + 500),
         "swept after {swept_after:?}"
     );
-    assert_eq!(registry.live_nodes().await.unwrap(), [broker_bridge::NodeId::from(b.id.as_str())]);
+    assert_eq!(
+        registry.live_nodes().await.unwrap(),
+        [broker_bridge::NodeId::from(b.id.as_str())]
+    );
 
     // alice reconnects through nginx (the dead node is skipped) and lands on the survivor.
     let mut alice = Client::connect(&url, "alice").await;
     assert!(alice.on(&b.id), "reconnected to {}", alice.session);
     alice.subscribe("/user/queue/bench").await;
-    alice.send("/app/bench.direct", &[("to", "bob")], "after").await;
+    alice
+        .send("/app/bench.direct", &[("to", "bob")], "after")
+        .await;
     assert_eq!(bob.message().await.1, "after");
     bob.send("/app/bench.direct", &[("to", "alice")], "welcome back")
         .await;

@@ -24,12 +24,17 @@ async fn sessions_are_written_back_after_a_redis_restart() {
     let mut bob = Client::connect(&format!("ws://{}/stomp", b.addr), "bob").await;
     alice.subscribe("/user/queue/bench").await;
     bob.subscribe("/user/queue/bench").await;
-    alice.send("/app/bench.direct", &[("to", "bob")], "one").await;
+    alice
+        .send("/app/bench.direct", &[("to", "bob")], "one")
+        .await;
     assert_eq!(bob.message().await.1, "one");
 
     redis.restart();
     let registry = services.registry().await;
-    assert!(!registry.is_online("alice").await.unwrap(), "Redis came back empty");
+    assert!(
+        !registry.is_online("alice").await.unwrap(),
+        "Redis came back empty"
+    );
     eventually(Duration::from_secs(10), "sessions written back", || async {
         registry.nodes_of("alice").await.unwrap_or_default() == [NodeId::from(a.id.as_str())]
             && registry.nodes_of("bob").await.unwrap_or_default() == [NodeId::from(b.id.as_str())]
@@ -40,8 +45,11 @@ async fn sessions_are_written_back_after_a_redis_restart() {
     })
     .await;
 
-    alice.send("/app/bench.direct", &[("to", "bob")], "two").await;
+    alice
+        .send("/app/bench.direct", &[("to", "bob")], "two")
+        .await;
     assert_eq!(bob.message().await.1, "two");
-    bob.send("/app/bench.direct", &[("to", "alice")], "three").await;
+    bob.send("/app/bench.direct", &[("to", "alice")], "three")
+        .await;
     assert_eq!(alice.message().await.1, "three");
 }

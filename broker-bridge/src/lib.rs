@@ -50,22 +50,42 @@
 //! * **User routing snapshot.** A user delivery goes to the nodes the registry lists at the moment of the
 //!   publish; a session registered a moment later does not receive it.
 //!
-//! ## RabbitMQ + Redis (scale-out; a later implementation behind the same API)
+//! ## RabbitMQ + Redis (scale-out): [`Bus::amqp`], [`Registry::redis`]
 //!
-//! Vocabulary of that implementation, kept here only:
+//! ```no_run
+//! use broker_bridge::{AmqpConfig, Bus, NodeId, RedisRegistryConfig, Registry};
+//! # async fn f() -> Result<(), broker_bridge::BusError> {
+//! let registry = Registry::redis(RedisRegistryConfig::new("redis://127.0.0.1:6379")).await?;
+//! let bus = Bus::amqp(registry, AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")).await?;
+//! // a gateway node: takes the node's lease and declares its queue
+//! let node = bus.open_node(NodeId::from("gw-1")).await?;
+//! // a social worker opens no node; registering a handler makes it consume the command shards
+//! # Ok(()) }
+//! ```
 //!
-//! * one exclusive, auto-delete AMQP queue per gateway node (its inbox), consumed with a bounded prefetch;
-//!   `bind`/`unbind` become `queue.bind`/`queue.unbind` of that queue to a topic exchange with the topic
-//!   name as routing key (topic names may not contain the AMQP wildcards `*` and `#`, and the in-process
-//!   bus rejects them too so both behave alike);
+//! The vocabulary of that implementation stays inside this crate:
+//!
+//! * one queue per gateway node (durable with `x-expires` by default, or exclusive), consumed with a
+//!   bounded prefetch; `bind`/`unbind` become `queue.bind`/`queue.unbind` of that queue to a topic
+//!   exchange with the topic name as routing key (topic names may not contain the AMQP wildcards `*`
+//!   and `#`, and the in-process bus rejects them too so both behave alike);
 //! * user deliveries are routed through a direct exchange to each node queue the Redis registry lists;
-//! * one durable work queue for application commands, consumed by the social workers (prefetch bounds
-//!   concurrency; handlers' transient failures are candidates for redelivery);
+//! * application commands go to K durable work queues (shard = FNV-1a of the session id), each with a
+//!   single active consumer, so one session's commands are handled in order by whichever process
+//!   registered handlers; transient handler failures are retried in place with a growing delay;
 //! * `publish`/`submit` resolve on the broker's publisher confirm, so "accepted" means "the broker owns
-//!   it"; a broker outage surfaces as [`BusError::Unavailable`] instead of a silent drop;
-//! * the Redis registry keeps session → node and user → sessions entries, plus a lease per node with a
-//!   TTL refreshed by the node; when a lease expires the node's entries are swept
-//!   ([`Registry::remove_node`]). Entries never expire while their session is alive.
+//!   it"; a broker outage or `connection.blocked` surfaces as [`BusError::Unavailable`] (after a
+//!   bounded wait) instead of a silent drop; the connection is re-established with backoff and the
+//!   topology, node queues, bindings and consumers are restored;
+//! * the Redis registry keeps session → node and user → sessions entries, plus a lease per node
+//!   refreshed by the node; a dead node's entries are swept by the surviving nodes within the lease
+//!   TTL ([`Registry::sweep`], [`Registry::remove_node`]). Entries never expire while their session is
+//!   alive, and a node writes its sessions back if Redis lost them.
+//!
+//! Differences from the in-process bus: `submit` cannot know whether any process has a handler for
+//! the destination (no [`BusError::NoRoute`]; a consumer without a matching handler drops the command
+//! and counts it as `commands_unrouted`); delivery is at-least-once around reconnects instead of
+//! at-most-once. See the `amqp` module docs (source) and `docs/scaleout.md` for the details.
 //!
 //! # Example
 //!

@@ -7,7 +7,7 @@
 //! | `{p}s:{session}` | hash | `user`, `node`, `at` (connected, ms since the epoch) | never: removed on disconnect or by the sweeper |
 //! | `{p}u:{user}` | sorted set | the user's session ids, scored by registration order | never (empty sets vanish) |
 //! | `{p}n:{node}` | set | the session ids on a node | never: deleted when the node is swept |
-//! | `{p}l:{node}` | string | the node's lease: a random token of the holding process | the lease TTL, refreshed every TTL/3 |
+//! | `{p}l:{node}` | string | the node's lease: a random token of the holding process | 3/4 of the lease TTL, refreshed every 1/4 |
 //! | `{p}nodes` | set | node ids that have held a lease or have sessions | – |
 //! | `{p}seq` | counter | registration order | – |
 //!
@@ -18,11 +18,12 @@
 //! # Leases and sweeping
 //!
 //! A gateway node holds a lease ([`crate::Registry::hold_lease`], taken by the AMQP bus's
-//! `open_node`). A background task refreshes it every `lease_ttl / 3` and, every
-//! [`RedisRegistryConfig::sweep_every`], sweeps: for every node in `{p}nodes` whose lease key is gone,
-//! one script removes all its sessions (it checks the lease is still absent first). A node killed
-//! without warning therefore loses its sessions at most `lease_ttl + sweep_every` after its last
-//! refresh, as long as one other node is alive to sweep.
+//! `open_node`): a key that expires after 3/4 of [`RedisRegistryConfig::lease_ttl`], refreshed by a
+//! background task every 1/4 (so two refreshes may fail before it lapses). The same task sweeps every
+//! [`RedisRegistryConfig::sweep_every`] (default: 1/4 of the TTL): for every node in `{p}nodes` whose
+//! lease key is gone, one script removes all its sessions (it checks the lease is still absent
+//! first). A node killed without warning therefore loses its sessions **within `lease_ttl`** of its
+//! death, as long as one other node is alive to sweep.
 //!
 //! The process also remembers the sessions it registered. If a refresh finds its lease key missing
 //! (Redis restarted and lost its data, or the node was cut off longer than the TTL and another node
@@ -51,10 +52,12 @@ pub struct RedisRegistryConfig {
     pub url: String,
     /// Prefix of every key. Default `instar:`. Give each deployment (and each test) its own.
     pub prefix: String,
-    /// Lifetime of a node's lease; it is refreshed every third of it. Default 10 s.
+    /// Bound on how long a dead node's sessions stay registered. The lease key lives 3/4 of it and
+    /// is refreshed every 1/4. Default 10 s.
     pub lease_ttl: Duration,
-    /// How often a lease-holding process sweeps nodes whose lease expired. Default 2 s.
-    pub sweep_every: Duration,
+    /// How often a lease-holding process sweeps nodes whose lease expired. Default (`None`): a
+    /// quarter of `lease_ttl`.
+    pub sweep_every: Option<Duration>,
     /// Timeout of one Redis request. Default 2 s.
     pub response_timeout: Duration,
     /// Timeout of connecting to Redis. Default 2 s.
@@ -71,7 +74,7 @@ impl Default for RedisRegistryConfig {
             url: "redis://127.0.0.1:6379".to_owned(),
             prefix: "instar:".to_owned(),
             lease_ttl: Duration::from_secs(10),
-            sweep_every: Duration::from_secs(2),
+            sweep_every: None,
             response_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
             reconnect_min: Duration::from_millis(50),
@@ -104,7 +107,19 @@ impl RedisRegistryConfig {
     }
 
     fn refresh_every(&self) -> Duration {
-        (self.lease_ttl / 3).max(Duration::from_millis(50))
+        (self.lease_ttl / 4).max(Duration::from_millis(50))
+    }
+
+    fn key_ttl_ms(&self) -> u64 {
+        u64::try_from((self.lease_ttl * 3 / 4).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(150)
+    }
+
+    fn sweep_every(&self) -> Duration {
+        self.sweep_every
+            .unwrap_or(self.lease_ttl / 4)
+            .max(Duration::from_millis(50))
     }
 }
 
@@ -425,7 +440,7 @@ impl Inner {
 
     async fn refresh(&self, node: &NodeId, token: &str) -> Result<i64, BusError> {
         let mut conn = self.conn.clone();
-        let ttl_ms = u64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(u64::MAX);
+        let ttl_ms = self.config.key_ttl_ms();
         let result: Result<i64, _> = self
             .scripts
             .refresh
@@ -455,7 +470,7 @@ impl Inner {
 /// The lease's background task: refresh, write back lost sessions, retry unregisters, sweep.
 async fn lease_task(inner: Arc<Inner>, node: NodeId, token: String) {
     let refresh_every = inner.config.refresh_every();
-    let sweep_every = inner.config.sweep_every.max(Duration::from_millis(50));
+    let sweep_every = inner.config.sweep_every();
     let tick = refresh_every.min(sweep_every);
     let mut next_refresh = Instant::now() + refresh_every;
     let mut next_sweep = Instant::now();
@@ -648,7 +663,7 @@ impl RegistryBackend for RedisRegistry {
             return Err(BusError::NodeInUse(node.to_string()));
         }
         let token = format!("{}-{:x}", std::process::id(), now_ms() ^ random_u64());
-        let ttl_ms = u64::try_from(inner.config.lease_ttl.as_millis()).unwrap_or(u64::MAX);
+        let ttl_ms = inner.config.key_ttl_ms();
         let deadline = Instant::now() + inner.config.lease_ttl + Duration::from_secs(1);
         loop {
             let mut conn = inner.conn.clone();

@@ -159,7 +159,7 @@ impl Registry {
 
     /// Removes the sessions of every node whose lease has expired; returns how many sessions were
     /// removed. Processes holding a lease run this periodically by themselves
-    /// ([`RedisRegistryConfig::sweep_every`]). In-process: does nothing.
+    /// (`RedisRegistryConfig::sweep_every`). In-process: does nothing.
     pub async fn sweep(&self) -> Result<usize, BusError> {
         self.backend.sweep().await
     }

@@ -372,3 +372,50 @@ async fn a_node_id_is_exclusive_and_dropping_the_link_frees_it() {
     let _again = bus2.open_node(NodeId::from("gw-1")).await.unwrap();
     env.done().await;
 }
+
+/// Someone deletes a node's queue behind the bus's back: the consumer is cancelled, the bus notices,
+/// reconnects, declares the queue again and restores its bindings.
+#[tokio::test]
+async fn a_deleted_node_queue_is_declared_and_bound_again() {
+    let Some(env) = Env::new("amqp-del") else {
+        return;
+    };
+    let (gateway, social) = (env.bus().await, env.bus().await);
+    let mut node = gateway.open_node(NodeId::from("gw-1")).await.unwrap();
+    node.bind("room.1").await.unwrap();
+    let properties = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio::current());
+    let conn = lapin::Connection::connect(&env.amqp, properties)
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_delete(
+            &format!("{}.node.gw-1", env.prefix),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let _ = conn.close(200, "done").await;
+    let mut got = false;
+    for i in 0..100 {
+        social
+            .publish(
+                Target::topic("room.1"),
+                Envelope::new("/topic/room.1", i.to_string()),
+            )
+            .await
+            .unwrap();
+        if let Ok(Some(_)) = timeout(Duration::from_millis(100), node.recv()).await {
+            got = true;
+            break;
+        }
+    }
+    assert!(got, "deliveries resumed after the queue was re-declared");
+    eventually(WAIT, "health up", || async {
+        gateway.health() == Health::Up
+    })
+    .await;
+    env.done().await;
+}

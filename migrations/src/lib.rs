@@ -215,6 +215,7 @@ mod tests {
                 } else if let Some((_, cols)) = current.as_mut()
                     && let Some(word) = line.split_whitespace().next()
                     && word != "PRIMARY"
+                    && word != "FOREIGN"
                 {
                     cols.push(word.to_owned());
                 }

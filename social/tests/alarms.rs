@@ -13,11 +13,8 @@ use social::model::AlarmType;
 use social::time::now_micros;
 
 fn png() -> Vec<u8> {
-    let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
-        4,
-        4,
-        image::Rgb([1, 2, 3]),
-    ));
+    let img =
+        image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3])));
     let mut out = Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
     out.into_inner()
@@ -90,7 +87,11 @@ async fn alarm_shapes_and_order(db: Db) {
     let app = TestApp::start(db).await;
     let alice = app.user_named("alice01", "Alice").await;
     let bob = app.user_named("bob123", "Bob").await;
-    exec(&app, "UPDATE user SET profile_image = '/media/profile/b' WHERE id = 'bob123'").await;
+    exec(
+        &app,
+        "UPDATE user SET profile_image = '/media/profile/b' WHERE id = 'bob123'",
+    )
+    .await;
 
     let post = create_post(
         &app,
@@ -98,10 +99,19 @@ async fn alarm_shapes_and_order(db: Db) {
         json!({"comment": "x", "tags": {"0": [{"userId": "bob123", "x": 1, "y": 2}]}}),
     )
     .await;
-    app.post_raw(&format!("/api/post/like?postId={post}"), Some(&bob), "text/plain", Vec::new())
-        .await;
+    app.post_raw(
+        &format!("/api/post/like?postId={post}"),
+        Some(&bob),
+        "text/plain",
+        Vec::new(),
+    )
+    .await;
     let (_, c) = app
-        .post("/api/post/comment", Some(&bob), json!({"postId": post, "comment": "nice"}))
+        .post(
+            "/api/post/comment",
+            Some(&bob),
+            json!({"postId": post, "comment": "nice"}),
+        )
         .await;
     follow_with_alarm(&app, "bob123", "alice01").await;
 
@@ -135,7 +145,9 @@ async fn alarm_shapes_and_order(db: Db) {
     let list = alarm_list(&app, &bob).await;
     assert_eq!(
         list,
-        vec![json!({"alarmType": "POST_TAG", "create_at": list[0]["create_at"], "senderId": "alice01", "senderProfileImage": "", "postId": post})]
+        vec![
+            json!({"alarmType": "POST_TAG", "create_at": list[0]["create_at"], "senderId": "alice01", "senderProfileImage": "", "postId": post})
+        ]
     );
 
     let (status, body) = app.get("/api/alarm/getList", None).await;
@@ -155,11 +167,20 @@ async fn alarm_list_survives_vanished_targets(db: Db) {
     )
     .await;
     for t in [&bob, &carol] {
-        app.post_raw(&format!("/api/post/like?postId={post}"), Some(t), "text/plain", Vec::new())
-            .await;
-    }
-    app.post("/api/post/comment", Some(&bob), json!({"postId": post, "comment": "c"}))
+        app.post_raw(
+            &format!("/api/post/like?postId={post}"),
+            Some(t),
+            "text/plain",
+            Vec::new(),
+        )
         .await;
+    }
+    app.post(
+        "/api/post/comment",
+        Some(&bob),
+        json!({"postId": post, "comment": "c"}),
+    )
+    .await;
     let follows = follow_with_alarm(&app, "carol1", "alice01").await;
     // An alarm of a type that is never stored, and one pointing at a like that never existed.
     let now = now_micros();
@@ -172,7 +193,10 @@ async fn alarm_list_survives_vanished_targets(db: Db) {
             .await
             .unwrap();
     }
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM alarm WHERE user_id = 'alice01'").await, 6);
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM alarm WHERE user_id = 'alice01'").await,
+        6
+    );
 
     // Targets vanish behind the alarms' backs (no API deletes them yet; a future delete or a
     // cascade would).
@@ -189,8 +213,14 @@ async fn alarm_list_survives_vanished_targets(db: Db) {
     let list = alarm_list(&app, &bob).await;
     assert!(list.is_empty());
     // Stale alarms are purged; the unknown type is skipped, not touched.
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM alarm WHERE user_id = 'alice01'").await, 2);
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM alarm WHERE user_id = 'bob123'").await, 0);
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM alarm WHERE user_id = 'alice01'").await,
+        2
+    );
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM alarm WHERE user_id = 'bob123'").await,
+        0
+    );
     assert_eq!(
         count(&app, "SELECT COUNT(*) FROM alarm WHERE alarm_type = 'CHAT'").await,
         1
@@ -205,15 +235,27 @@ async fn alarm_list_is_the_newest_twenty(db: Db) {
     let app = TestApp::start(db).await;
     let alice = app.user("alice01").await;
     let mut order = Vec::new();
-    for i in 0..25 {
+    for i in 0..23 {
         let u = format!("fan{i:02}");
-        app.user(&u).await;
+        sqlx::query("INSERT INTO user (id, name, email, created_at) VALUES (?, ?, ?, 0)")
+            .bind(&u)
+            .bind(&u)
+            .bind(format!("{u}@example.com"))
+            .execute(app.ctx.store.pool())
+            .await
+            .unwrap();
         follow_with_alarm(&app, &u, "alice01").await;
         order.push(u);
     }
     order.reverse();
     let list = alarm_list(&app, &alice).await;
-    let senders: Vec<&str> = list.iter().map(|a| a["senderId"].as_str().unwrap()).collect();
-    assert_eq!(senders, order[..20].iter().map(String::as_str).collect::<Vec<_>>());
+    let senders: Vec<&str> = list
+        .iter()
+        .map(|a| a["senderId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        senders,
+        order[..20].iter().map(String::as_str).collect::<Vec<_>>()
+    );
 }
 on_both!(alarm_list_is_the_newest_twenty);

@@ -227,7 +227,10 @@ async fn feed_tier_boundary_on_a_page_boundary(db: Db) {
     everything.extend(&others);
     everything.sort_unstable_by(|a, b| b.cmp(a));
     let pages = walk_feed(&app, &loner).await;
-    assert_eq!(pages, vec![everything[..30].to_vec(), everything[30..].to_vec()]);
+    assert_eq!(
+        pages,
+        vec![everything[..30].to_vec(), everything[30..].to_vec()]
+    );
 
     // A feed with nothing in it.
     let app2 = TestApp::start(db).await;
@@ -255,7 +258,12 @@ async fn feed_posts_are_complete_and_is_liked_is_the_viewers(db: Db) {
     )
     .await;
     let (status, _) = app
-        .post_raw(&format!("/api/post/like?postId={post}"), Some(&bob), "text/plain", Vec::new())
+        .post_raw(
+            &format!("/api/post/like?postId={post}"),
+            Some(&bob),
+            "text/plain",
+            Vec::new(),
+        )
         .await;
     assert_eq!(status, 200);
     follow(&app, "carol1", "alice01").await;
@@ -274,11 +282,22 @@ async fn feed_posts_are_complete_and_is_liked_is_the_viewers(db: Db) {
     let p = &body["feed"][0];
     assert_eq!(p["isLiked"], true);
     assert_eq!(p["favoriteCount"], 1);
-    assert_eq!(p["user"], json!({"id": "alice01", "name": "Alice", "profileImage": "", "following": false}));
+    assert_eq!(
+        p["user"],
+        json!({"id": "alice01", "name": "Alice", "profileImage": "", "following": false})
+    );
     assert_eq!(p["comment"], "hello");
     assert_eq!(p["location"], "Busan");
-    assert_eq!(p["imageTags"][0]["tags"], json!([{"userId": "carol1", "x": 5.0, "y": 6.0}]));
-    assert!(p["imageTags"][0]["url"].as_str().unwrap().starts_with("/media/post/"));
+    assert_eq!(
+        p["imageTags"][0]["tags"],
+        json!([{"userId": "carol1", "x": 5.0, "y": 6.0}])
+    );
+    assert!(
+        p["imageTags"][0]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("/media/post/")
+    );
     assert!(p["createdAt"].is_string());
 
     let (_, body) = app.get("/api/feed", Some(&carol)).await;
@@ -330,7 +349,12 @@ async fn batch_needs_an_admin_and_recomputes_scores(db: Db) {
     }
 
     // P1: hashtag "sea" + AI tag "ocean"; P2: AI tag "sea".
-    let p1 = create_post(&app, &alice, json!({"comment": "#sea", "hashtags": ["sea"]})).await;
+    let p1 = create_post(
+        &app,
+        &alice,
+        json!({"comment": "#sea", "hashtags": ["sea"]}),
+    )
+    .await;
     let p2 = create_post(&app, &alice, json!({"comment": "x"})).await;
     for (post, name) in [(p1, "ocean"), (p2, "sea")] {
         sqlx::query("INSERT INTO post_tags (post_id, tag_name, type) VALUES (?, ?, 'AI_TAG')")
@@ -341,12 +365,26 @@ async fn batch_needs_an_admin_and_recomputes_scores(db: Db) {
             .unwrap();
     }
     // Bob: like + comment + view of P1 now, like of P2 now.
-    app.post_raw(&format!("/api/post/like?postId={p1}"), Some(&bob), "text/plain", Vec::new())
-        .await;
-    app.post_raw(&format!("/api/post/like?postId={p2}"), Some(&bob), "text/plain", Vec::new())
-        .await;
-    app.post("/api/post/comment", Some(&bob), json!({"postId": p1, "comment": "wow"}))
-        .await;
+    app.post_raw(
+        &format!("/api/post/like?postId={p1}"),
+        Some(&bob),
+        "text/plain",
+        Vec::new(),
+    )
+    .await;
+    app.post_raw(
+        &format!("/api/post/like?postId={p2}"),
+        Some(&bob),
+        "text/plain",
+        Vec::new(),
+    )
+    .await;
+    app.post(
+        "/api/post/comment",
+        Some(&bob),
+        json!({"postId": p1, "comment": "wow"}),
+    )
+    .await;
     app.post("/api/post/view_history", Some(&bob), json!({"postId": p1}))
         .await;
     // Carol: a like 20 days ago, a like 40 days ago (outside every window), a view 10 days ago
@@ -367,7 +405,10 @@ async fn batch_needs_an_admin_and_recomputes_scores(db: Db) {
         .unwrap();
     }
 
-    for (run, path) in ["/api/batch/run_scheduler", "/api/auth/test"].iter().enumerate() {
+    for (run, path) in ["/api/batch/run_scheduler", "/api/auth/test"]
+        .iter()
+        .enumerate()
+    {
         let (status, body) = app.get(path, Some(&admin)).await;
         assert_eq!((status, &body), (200, &Value::Null), "run {run}");
         // The same scores after every run: recomputed, not accumulated.

@@ -282,7 +282,9 @@ impl Client {
             if let Some(f) = self.pending.pop_front() {
                 return Some(f);
             }
-            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
             let Ok(Message::Text(text)) = msg else {
                 if matches!(msg, Ok(Message::Close(_)) | Err(_)) {
                     return None;
@@ -385,7 +387,10 @@ pub async fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, Stri
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()

@@ -702,6 +702,19 @@ impl Shared {
             .map(|(p, h)| (Arc::clone(p), Arc::clone(h)))
     }
 
+    /// A node (still attached) whose queue consumer on this connection ended: the broker closed
+    /// its channel (queue deleted by hand, say). Reconnecting sets it up again.
+    fn stopped_node_consumer(&self, generation: u64) -> Option<NodeId> {
+        let nodes: Vec<Arc<NodeState>> = lock(&self.nodes).values().cloned().collect();
+        nodes.into_iter().find_map(|state| {
+            let setup = state.setup.try_lock().ok()?;
+            let stopped = setup.generation == generation
+                && !state.tx.is_closed()
+                && setup.consumer.as_ref().is_some_and(JoinHandle::is_finished);
+            stopped.then(|| state.node.clone())
+        })
+    }
+
     fn has_handlers(&self) -> bool {
         !self
             .handlers
@@ -890,6 +903,9 @@ async fn supervise(shared: Arc<Shared>, first: (Arc<Live>, ConnEvents)) {
                     // A consumer that ended (its channel was closed by the broker) means trouble.
                     if workers.iter().any(JoinHandle::is_finished) {
                         break "a command consumer stopped".to_owned();
+                    }
+                    if let Some(node) = shared.stopped_node_consumer(live.generation) {
+                        break format!("the consumer of node {node} stopped");
                     }
                 }
             }

@@ -221,31 +221,34 @@ struct ChatHandler {
 #[async_trait]
 impl AppHandler for ChatHandler {
     async fn handle(&self, cmd: AppCommand) -> Result<(), HandlerError> {
+        let send = match cmd.destination.as_str() {
+            "/app/send" => true,
+            "/app/update/read" => false,
+            other => {
+                return Err(HandlerError::Rejected(format!(
+                    "unknown destination {other}"
+                )));
+            }
+        };
+        // Bodies are JSON whatever the frame's content type says (contract §1.6).
         let body: Value = serde_json::from_slice(&cmd.body)
             .map_err(|e| HandlerError::Rejected(format!("body is not JSON: {e}")))?;
         let room = json_id(body.get("chatRoomId"))
             .ok_or_else(|| HandlerError::Rejected("chatRoomId missing or not a number".into()))?;
-        match cmd.destination.as_str() {
-            "/app/send" => {
-                // The sender is the session's principal; `senderId`, `type`, `attachments` and
-                // any other field of the body are ignored.
-                let text = body
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| HandlerError::Rejected("message missing".into()))?;
-                ops::send_text(&self.ctx, &cmd.principal, room, text).await?;
-                Ok(())
-            }
-            "/app/update/read" => {
-                let message = json_id(body.get("messageId"))
-                    .ok_or_else(|| HandlerError::Rejected("messageId missing".into()))?;
-                update_read(&self.ctx, &cmd.principal, room, message).await?;
-                Ok(())
-            }
-            other => Err(HandlerError::Rejected(format!(
-                "unknown destination {other}"
-            ))),
+        if send {
+            // The sender is the session's principal; `senderId`, `type`, `attachments` and any
+            // other field of the body are ignored.
+            let text = body
+                .get("message")
+                .and_then(Value::as_str)
+                .ok_or_else(|| HandlerError::Rejected("message missing".into()))?;
+            ops::send_text(&self.ctx, &cmd.principal, room, text).await?;
+        } else {
+            let message = json_id(body.get("messageId"))
+                .ok_or_else(|| HandlerError::Rejected("messageId missing".into()))?;
+            update_read(&self.ctx, &cmd.principal, room, message).await?;
         }
+        Ok(())
     }
 }
 

@@ -16,8 +16,7 @@ use crate::app::Ctx;
 use crate::media::{THUMB_SUFFIX, sniff};
 use crate::store::StoreError;
 use crate::store::chat::{
-    self as sql, AttachmentRow, DIRECT, GROUP, MessageRow, NewAttachment, ParticipantRow,
-    SenderRow,
+    self as sql, AttachmentRow, DIRECT, GROUP, MessageRow, NewAttachment, ParticipantRow, SenderRow,
 };
 use crate::time::now_micros;
 
@@ -103,10 +102,7 @@ pub(crate) fn direct_key(a: &str, b: &str) -> String {
     format!("{}:{first}{second}", first.len())
 }
 
-async fn sender_row(
-    conn: &mut sqlx::AnyConnection,
-    user: &str,
-) -> Result<SenderRow, ChatError> {
+async fn sender_row(conn: &mut sqlx::AnyConnection, user: &str) -> Result<SenderRow, ChatError> {
     sql::users_by_ids(conn, &[user.to_owned()])
         .await?
         .into_iter()
@@ -126,7 +122,10 @@ async fn unhide_direct(
     let mut out = Vec::new();
     for p in parts.iter().filter(|p| !visible(p)) {
         sql::set_hidden(conn, room, &p.user_id, false).await?;
-        out.push(alarm(&p.user_id, &ChatAlarm::CreateRoom { create_at: now })?);
+        out.push(alarm(
+            &p.user_id,
+            &ChatAlarm::CreateRoom { create_at: now },
+        )?);
         members.push(p.user_id.clone());
     }
     Ok(out)
@@ -629,7 +628,11 @@ pub(crate) async fn post_files(
             kind: dto::FILE.to_owned(),
         };
         let refs: Vec<&AttachmentRow> = rows.iter().collect();
-        out.push(message_push(&ChatMessageDto::build(&row, Some(&me), &refs))?);
+        out.push(message_push(&ChatMessageDto::build(
+            &row,
+            Some(&me),
+            &refs,
+        ))?);
     }
     let staged: Staged = outbox::stage(tx.conn(), out, now).await?;
     tx.commit().await?;
@@ -736,7 +739,10 @@ mod tests {
 
     #[test]
     fn direct_keys_are_symmetric_and_unambiguous() {
-        assert_eq!(direct_key("bob02", "alice01"), direct_key("alice01", "bob02"));
+        assert_eq!(
+            direct_key("bob02", "alice01"),
+            direct_key("alice01", "bob02")
+        );
         assert_eq!(direct_key("alice01", "bob02"), "7:alice01bob02");
         assert_ne!(direct_key("a|b", "c"), direct_key("a", "b|c"));
         assert_ne!(direct_key("ab", "c"), direct_key("a", "bc"));

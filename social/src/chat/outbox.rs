@@ -50,7 +50,11 @@ impl Outgoing {
     }
 
     /// `payload` as JSON to `/user/queue/{queue}` of `user`.
-    pub fn user<T: Serialize>(user: &str, queue: &str, payload: &T) -> serde_json::Result<Outgoing> {
+    pub fn user<T: Serialize>(
+        user: &str,
+        queue: &str,
+        payload: &T,
+    ) -> serde_json::Result<Outgoing> {
         Ok(Outgoing {
             target: Target::user(user, queue),
             envelope: Envelope::new(format!("/user/queue/{queue}"), serde_json::to_vec(payload)?)
@@ -99,11 +103,7 @@ fn decode_target(s: &str) -> Option<Target> {
 }
 
 /// Writes `items` to the outbox in the caller's transaction.
-pub async fn stage(
-    conn: &mut AnyConnection,
-    items: Vec<Outgoing>,
-    at: i64,
-) -> StoreResult<Staged> {
+pub async fn stage(conn: &mut AnyConnection, items: Vec<Outgoing>, at: i64) -> StoreResult<Staged> {
     let mut staged = Vec::with_capacity(items.len());
     for item in items {
         let target = encode_target(&item.target);
@@ -132,8 +132,11 @@ pub async fn stage(
 /// Publishes one push, bounded by [`PUBLISH_TIMEOUT`]; false when the bus refused or timed out.
 async fn publish(ctx: &Ctx, item: Outgoing) -> bool {
     let bus = ctx.notifier.bus();
-    match tokio::time::timeout(PUBLISH_TIMEOUT, bus.publish(item.target.clone(), item.envelope))
-        .await
+    match tokio::time::timeout(
+        PUBLISH_TIMEOUT,
+        bus.publish(item.target.clone(), item.envelope),
+    )
+    .await
     {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
@@ -222,7 +225,11 @@ pub async fn sweep(ctx: &Ctx, min_age: Duration) -> StoreResult<usize> {
         if !publish(ctx, item).await {
             break;
         }
-        tracing::info!(id = row.id, attempts = row.attempts + 1, "chat push re-sent from the outbox");
+        tracing::info!(
+            id = row.id,
+            attempts = row.attempts + 1,
+            "chat push re-sent from the outbox"
+        );
         done.push(row.id);
     }
     let delivered = done.len();

@@ -20,7 +20,9 @@ use crate::chat::{
     self, ChatError, ChatRoomDto, ReadInfoDto, Upload, auto_title, create_room, invite, leave,
     post_files, set_room_image, set_title,
 };
-use crate::http::{ApiError, ApiResult, Refusal, authed, empty, finish, get, json_body, sc, sc_only};
+use crate::http::{
+    ApiError, ApiResult, Refusal, authed, empty, finish, get, json_body, sc, sc_only,
+};
 use crate::model::SimpleUser;
 use crate::routes::with_ctx;
 use crate::store::chat::{DIRECT, GROUP, PeerRow, like_prefix};
@@ -313,7 +315,11 @@ async fn recommend(ctx: Ctx, user: String) -> ApiResult {
 async fn history(ctx: Ctx, user: String, q: HistoryQuery) -> ApiResult {
     let before = match crate::http::non_empty(q.message_id) {
         None => None,
-        Some(s) => Some(s.trim().parse::<i64>().map_err(|_| ApiError::bad_request())?),
+        Some(s) => Some(
+            s.trim()
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request())?,
+        ),
     };
     let from = require_member(&ctx, q.chat_room_id, &user).await?;
     let rows = ctx
@@ -346,8 +352,14 @@ async fn read_info(ctx: Ctx, user: String, q: RoomQuery) -> ApiResult {
 /// a group's image; 400 `BR` for a DM, a non-member or anything that is not a picture.
 async fn group_image(ctx: Ctx, user: String, form: FormData) -> ApiResult {
     let file_limit = ctx.media.limits().max_file_bytes;
-    let form = read_form(form, &["file"], 1, file_limit, file_limit as u64 + MULTIPART_SLACK)
-        .await?;
+    let form = read_form(
+        form,
+        &["file"],
+        1,
+        file_limit,
+        file_limit as u64 + MULTIPART_SLACK,
+    )
+    .await?;
     let room = form.room()?;
     let Some(file) = form.files.into_iter().next() else {
         return Err(ApiError::bad_request());
@@ -360,13 +372,7 @@ async fn group_image(ctx: Ctx, user: String, form: FormData) -> ApiResult {
 /// sets its title (at most 100 characters); empty or null restores the automatic title. Answers
 /// the title now shown to the caller.
 async fn group_title(ctx: Ctx, user: String, body: TitleBody) -> ApiResult {
-    let title = set_title(
-        &ctx,
-        &user,
-        body.chat_room_id,
-        body.update_title.as_deref(),
-    )
-    .await?;
+    let title = set_title(&ctx, &user, body.chat_room_id, body.update_title.as_deref()).await?;
     sc(&json!({ "title": title }))
 }
 

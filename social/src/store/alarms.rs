@@ -2,8 +2,7 @@
 
 use sqlx::AnyConnection;
 
-use super::StoreResult;
-use super::posts::generated_id;
+use super::{StoreResult, inserted_id};
 use crate::model::AlarmType;
 
 /// Stores an alarm for `user` pointing at `reference` (the follows / favorite / comment / tag row id)
@@ -24,7 +23,7 @@ pub async fn insert(
     .bind(at)
     .execute(&mut *conn)
     .await?;
-    generated_id(conn, &r).await
+    inserted_id(conn, &r).await
 }
 
 /// Deletes the alarms of `user` of `kind` pointing at `reference` (an unfollow or unlike takes its

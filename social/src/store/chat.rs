@@ -208,13 +208,17 @@ pub async fn insert_room(
     .bind(at)
     .bind(at)
     .bind(direct_key)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    inserted_id(&r)
+    inserted_id(conn, &r).await
 }
 
 /// Sets (or with `None` clears) the custom title.
-pub async fn set_title(conn: &mut AnyConnection, room: i64, title: Option<&str>) -> StoreResult<()> {
+pub async fn set_title(
+    conn: &mut AnyConnection,
+    room: i64,
+    title: Option<&str>,
+) -> StoreResult<()> {
     sqlx::query("UPDATE chatroom SET title = ? WHERE id = ?")
         .bind(title)
         .bind(room)
@@ -363,12 +367,14 @@ pub async fn set_hidden(
     user: &str,
     hidden: bool,
 ) -> StoreResult<()> {
-    sqlx::query("UPDATE chatroom_participant SET is_hidden = ? WHERE chatroom_id = ? AND user_id = ?")
-        .bind(i64::from(hidden))
-        .bind(room)
-        .bind(user)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "UPDATE chatroom_participant SET is_hidden = ? WHERE chatroom_id = ? AND user_id = ?",
+    )
+    .bind(i64::from(hidden))
+    .bind(room)
+    .bind(user)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -474,9 +480,9 @@ pub async fn insert_message(
     .bind(message)
     .bind(at)
     .bind(kind)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    inserted_id(&r)
+    inserted_id(conn, &r).await
 }
 
 /// An attachment to insert.
@@ -510,9 +516,9 @@ pub async fn insert_attachment(
     .bind(a.size)
     .bind(a.file_name)
     .bind(a.object_key)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    inserted_id(&r)
+    inserted_id(conn, &r).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -549,9 +555,9 @@ pub async fn outbox_insert(
     .bind(row.headers)
     .bind(row.body.to_vec())
     .bind(at)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    inserted_id(&r)
+    inserted_id(conn, &r).await
 }
 
 /// Deletes delivered outbox rows.
@@ -559,7 +565,10 @@ pub async fn outbox_delete(conn: &mut AnyConnection, ids: &[i64]) -> StoreResult
     if ids.is_empty() {
         return Ok(0);
     }
-    let sql = format!("DELETE FROM outbox WHERE id IN ({})", placeholders(ids.len()));
+    let sql = format!(
+        "DELETE FROM outbox WHERE id IN ({})",
+        placeholders(ids.len())
+    );
     let mut q = sqlx::query(&sql);
     for id in ids {
         q = q.bind(id);

@@ -3,8 +3,7 @@
 use sqlx::{AnyConnection, FromRow};
 
 use super::dialect::placeholders;
-use super::posts::generated_id;
-use super::{Store, StoreResult};
+use super::{Store, StoreResult, inserted_id};
 use crate::model::Comment;
 
 #[derive(Debug, FromRow)]
@@ -53,7 +52,7 @@ pub async fn insert(
     .bind(at)
     .execute(&mut *conn)
     .await?;
-    generated_id(conn, &r).await
+    inserted_id(conn, &r).await
 }
 
 impl Store {

@@ -3,8 +3,7 @@
 use sqlx::AnyConnection;
 
 use super::dialect::placeholders;
-use super::posts::generated_id;
-use super::{Store, StoreResult};
+use super::{Store, StoreResult, inserted_id};
 
 /// The id of `user`'s like of `post`, if any.
 pub async fn find(conn: &mut AnyConnection, post: i64, user: &str) -> StoreResult<Option<i64>> {
@@ -25,7 +24,7 @@ pub async fn insert(conn: &mut AnyConnection, post: i64, user: &str, at: i64) ->
         .bind(at)
         .execute(&mut *conn)
         .await?;
-    generated_id(conn, &r).await
+    inserted_id(conn, &r).await
 }
 
 /// Deletes the like with `id`.

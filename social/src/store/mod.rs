@@ -120,9 +120,17 @@ impl Store {
     }
 }
 
-/// The id a successful `INSERT` generated.
-pub fn inserted_id(result: &sqlx::any::AnyQueryResult) -> StoreResult<i64> {
-    result
-        .last_insert_id()
-        .ok_or_else(|| StoreError::Db(sqlx::Error::Protocol("no generated id returned".into())))
+/// The id the `INSERT` that gave `result` generated, asked of the same connection when the driver
+/// does not report it (sqlx's `Any` driver drops SQLite's rowid: `last_insert_rowid()` is per
+/// connection, hence exact; MySQL always reports the id).
+pub async fn inserted_id(
+    conn: &mut AnyConnection,
+    result: &sqlx::any::AnyQueryResult,
+) -> StoreResult<i64> {
+    if let Some(id) = result.last_insert_id() {
+        return Ok(id);
+    }
+    Ok(sqlx::query_scalar::<_, i64>("SELECT last_insert_rowid()")
+        .fetch_one(conn)
+        .await?)
 }
