@@ -60,10 +60,9 @@ pub(crate) async fn run(cfg: NodeSettings) -> anyhow::Result<()> {
     );
     gw.drain(cfg.drain_grace).await;
     let _ = tokio::time::timeout(cfg.drain_grace, http).await;
-    // Sessions unregistered themselves while draining; remove any that could not (registry outage).
-    if let Err(e) = bus.registry().remove_node(&gw.node).await {
-        tracing::warn!(error = %e, "could not clear this node's sessions (the sweeper will)");
-    }
+    // Sessions unregistered themselves while draining; detaching deletes the node queue, releases
+    // the lease and removes any session entry left (a registry outage): nothing waits for expiry.
+    bus.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -99,6 +99,8 @@ pub(crate) trait BusBackend: Send + Sync + fmt::Debug + 'static {
     fn register_handler(&self, prefix: &str, handler: Arc<dyn AppHandler>);
     fn health(&self) -> Health;
     fn metrics(&self) -> BusMetrics;
+    /// Detaches every node of this process and stops the bus (default: nothing to do).
+    async fn shutdown(&self) {}
 }
 
 /// A node's control channel to its implementation: topic interest and detaching.
@@ -198,6 +200,14 @@ impl Bus {
     /// A snapshot of the counters.
     pub fn metrics(&self) -> BusMetrics {
         self.backend.metrics()
+    }
+
+    /// Graceful stop for a process that is about to exit: RabbitMQ bus: detaches every node this
+    /// process attached (deletes its queue, releases its lease and removes its remaining sessions
+    /// from the registry) and closes the connection; afterwards operations fail with
+    /// [`BusError::Closed`]. In-process bus: does nothing (the process's memory goes with it).
+    pub async fn shutdown(&self) {
+        self.backend.shutdown().await;
     }
 }
 

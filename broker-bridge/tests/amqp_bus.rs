@@ -370,6 +370,20 @@ async fn a_node_id_is_exclusive_and_dropping_the_link_frees_it() {
     })
     .await;
     let _again = bus2.open_node(NodeId::from("gw-1")).await.unwrap();
+    bus2.registry()
+        .register(entry("gw-1-s", "alice", "gw-1"))
+        .await
+        .unwrap();
+
+    // A graceful shutdown detaches the node: lease and sessions gone, the bus refuses work.
+    bus2.shutdown().await;
+    assert!(reg.live_nodes().await.unwrap().is_empty());
+    assert!(!reg.is_online("alice").await.unwrap());
+    assert_eq!(
+        bus2.publish(Target::topic("t"), Envelope::new("/topic/t", "x"))
+            .await,
+        Err(broker_bridge::BusError::Closed)
+    );
     env.done().await;
 }
 

@@ -246,6 +246,8 @@ struct NodeState {
     queue: String,
     tx: mpsc::Sender<Delivery>,
     setup: tokio::sync::Mutex<NodeSetup>,
+    /// The node's registry lease, released on detach.
+    lease: Mutex<Option<NodeLease>>,
 }
 
 #[derive(Default)]
@@ -270,6 +272,8 @@ struct Shared {
     /// Wakes the supervisor (handlers registered, bus closed).
     wake: Notify,
     closed: AtomicBool,
+    /// Set by the supervisor once it has closed the connection for good.
+    stopped: watch::Sender<bool>,
     next_link: AtomicU64,
     counters: Counters,
 }
@@ -311,6 +315,7 @@ impl AmqpBus {
             handlers: RwLock::new(Vec::new()),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
+            stopped: watch::channel(false).0,
             next_link: AtomicU64::new(1),
             counters: Counters::default(),
         });
@@ -572,8 +577,9 @@ impl Shared {
         channel
             .basic_qos(config.node_prefetch, BasicQosOptions::default())
             .await?;
-        if fresh && config.durable_node_queues {
-            // A queue left by an earlier process with this node id holds stale bindings.
+        if fresh {
+            // A queue left by an earlier process with this node id holds stale bindings (and may
+            // have been declared with the other durability).
             channel
                 .queue_delete(&state.queue, QueueDeleteOptions::default())
                 .await?;
@@ -770,7 +776,7 @@ impl Shared {
     }
 
     /// Detaches a node: forget it, stop its consumer, delete its queue, give up its lease.
-    async fn detach(self: &Arc<Self>, node: &NodeId, link: u64, lease: Option<NodeLease>) {
+    async fn detach(self: &Arc<Self>, node: &NodeId, link: u64) {
         let state = {
             let mut nodes = lock(&self.nodes);
             match nodes.get(node) {
@@ -778,7 +784,11 @@ impl Shared {
                 _ => None,
             }
         };
-        if let Some(state) = state {
+        let Some(state) = state else {
+            return;
+        };
+        let lease = lock(&state.lease).take();
+        {
             let mut setup = state.setup.lock().await;
             if let Some(task) = setup.consumer.take() {
                 task.abort();
@@ -881,7 +891,9 @@ async fn supervise(shared: Arc<Shared>, first: (Arc<Live>, ConnEvents)) {
                         info!("RabbitMQ unblocked the connection");
                         shared.blocked.send_replace(None);
                     }
-                    Some(Event::Error(e)) => break e.to_string(),
+                    // Channel errors are reported here too; only a dead connection matters.
+                    Some(Event::Error(e)) if !live.connected() => break e.to_string(),
+                    Some(Event::Error(e)) => debug!(error = %e, "channel error"),
                     Some(_) => {}
                     None => break "connection events ended".to_owned(),
                 },
@@ -933,6 +945,7 @@ async fn supervise(shared: Arc<Shared>, first: (Arc<Live>, ConnEvents)) {
             task.abort();
         }
     }
+    shared.stopped.send_replace(true);
     debug!("AMQP bus stopped");
 }
 
@@ -1067,6 +1080,7 @@ impl BusBackend for AmqpBus {
             queue: shared.config.node_queue(&node),
             tx,
             setup: tokio::sync::Mutex::new(NodeSetup::default()),
+            lease: Mutex::new(Some(lease)),
         });
         {
             let mut nodes = lock(&shared.nodes);
@@ -1086,7 +1100,7 @@ impl BusBackend for AmqpBus {
         }
         .await;
         if let Err(e) = attached {
-            shared.detach(&node, link, Some(lease)).await;
+            shared.detach(&node, link).await;
             return Err(e);
         }
         info!(%node, queue = %state.queue, "node attached to RabbitMQ");
@@ -1095,7 +1109,6 @@ impl BusBackend for AmqpBus {
             state: Arc::downgrade(&state),
             node: node.clone(),
             link,
-            lease: Mutex::new(Some(lease)),
         };
         Ok(NodeLink::new(node, rx, Box::new(control)))
     }
@@ -1173,6 +1186,21 @@ impl BusBackend for AmqpBus {
         Ok(())
     }
 
+    async fn shutdown(&self) {
+        let shared = &self.shared;
+        let nodes: Vec<(NodeId, u64)> = lock(&shared.nodes)
+            .values()
+            .map(|s| (s.node.clone(), s.link))
+            .collect();
+        for (node, link) in nodes {
+            shared.detach(&node, link).await;
+        }
+        let mut stopped = shared.stopped.subscribe();
+        shared.closed.store(true, Ordering::Release);
+        shared.wake.notify_one();
+        let _ = tokio::time::timeout(Duration::from_secs(2), stopped.wait_for(|s| *s)).await;
+    }
+
     fn register_handler(&self, prefix: &str, handler: Arc<dyn AppHandler>) {
         {
             let mut handlers = self
@@ -1243,7 +1271,6 @@ struct AmqpNode {
     state: Weak<NodeState>,
     node: NodeId,
     link: u64,
-    lease: Mutex<Option<NodeLease>>,
 }
 
 impl fmt::Debug for AmqpNode {
@@ -1336,11 +1363,8 @@ impl NodeControl for AmqpNode {
     }
 
     async fn close(&self) -> Result<(), BusError> {
-        let lease = lock(&self.lease).take();
         if let Some(shared) = self.shared.upgrade() {
-            shared.detach(&self.node, self.link, lease).await;
-        } else if let Some(lease) = lease {
-            lease.release().await?;
+            shared.detach(&self.node, self.link).await;
         }
         Ok(())
     }
@@ -1348,16 +1372,15 @@ impl NodeControl for AmqpNode {
 
 impl Drop for AmqpNode {
     fn drop(&mut self) {
-        let lease = lock(&self.lease).take();
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        if lease.is_none() && !lock(&shared.nodes).contains_key(&self.node) {
+        if !lock(&shared.nodes).contains_key(&self.node) {
             return; // closed already
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (node, link) = (self.node.clone(), self.link);
-            runtime.spawn(async move { shared.detach(&node, link, lease).await });
+            runtime.spawn(async move { shared.detach(&node, link).await });
         }
     }
 }

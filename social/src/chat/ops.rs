@@ -168,7 +168,7 @@ pub(crate) async fn send_text(
     };
     let id = sql::insert_message(tx.conn(), room, sender, Some(text), dto::TEXT, now).await?;
     sql::touch_room(tx.conn(), room, text, now).await?;
-    for m in members.iter().filter(|m| *m != sender) {
+    for m in &members {
         out.push(alarm(
             m,
             &ChatAlarm::Chat {
@@ -489,7 +489,7 @@ fn file_name(name: &str) -> String {
 /// `store_image` and make one IMAGE message; PDF, HWP/OLE and ZIP-based documents are stored
 /// as downloads and make one FILE message; anything else is skipped. Nothing acceptable: refused.
 /// Each message is broadcast like `/app/send`, with a CHAT alarm `사진 N장을 보냈습니다.` /
-/// `파일 N개를 보냈습니다.` to the other members.
+/// `파일 N개를 보냈습니다.` to every member (the sender included, as the original).
 pub(crate) async fn post_files(
     ctx: &Ctx,
     sender: &str,
@@ -609,7 +609,7 @@ pub(crate) async fn post_files(
             format!("파일 {}개를 보냈습니다.", stored.len())
         };
         sql::touch_room(tx.conn(), room, &summary, now).await?;
-        for m in members.iter().filter(|m| *m != sender) {
+        for m in &members {
             out.push(alarm(
                 m,
                 &ChatAlarm::Chat {
