@@ -228,6 +228,24 @@ where
     Ok(buf.freeze())
 }
 
+/// A multipart form: `Content-Length` (when sent) at most `limit`, else 413. warp's own cap is off
+/// because the parts are read as a stream and capped again by the route as they arrive, so chunked
+/// bodies are bounded too.
+pub fn multipart_form(
+    limit: u64,
+) -> impl Filter<Extract = (warp::multipart::FormData,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and_then(move |len: Option<u64>| async move {
+            if len.is_some_and(|n| n > limit) {
+                Err(warp::reject::custom(Refusal::TooLarge))
+            } else {
+                Ok(())
+            }
+        })
+        .untuple_one()
+        .and(warp::multipart::form().max_length(None))
+}
+
 /// The authenticated user id, from `Authorization: Bearer <jwt>`; 401 `AV` otherwise.
 pub fn authed(tokens: Arc<Tokens>) -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization").and_then(move |h: Option<String>| {

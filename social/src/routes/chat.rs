@@ -20,9 +20,7 @@ use crate::chat::{
     self, ChatError, ChatRoomDto, ReadInfoDto, Upload, auto_title, create_room, invite, leave,
     post_files, set_room_image, set_title,
 };
-use crate::http::{
-    ApiError, ApiResult, Refusal, authed, empty, finish, get, json_body, sc, sc_only,
-};
+use crate::http::{ApiError, ApiResult, authed, empty, finish, get, json_body, sc, sc_only};
 use crate::model::SimpleUser;
 use crate::routes::with_ctx;
 use crate::store::chat::{DIRECT, GROUP, PeerRow, like_prefix};
@@ -85,7 +83,7 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         .and(warp::put())
         .and(with_ctx(ctx))
         .and(auth())
-        .and(multipart_form(limit))
+        .and(crate::http::multipart_form(limit))
         .then(group_image)
         .map(finish);
     let title = warp::path!("chat" / "update" / "group" / "title")
@@ -127,7 +125,7 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_ctx(ctx))
         .and(auth())
-        .and(multipart_form(limit))
+        .and(crate::http::multipart_form(limit))
         .then(upload_chat)
         .map(finish);
     list.or(create)
@@ -449,23 +447,6 @@ async fn upload_chat(ctx: Ctx, user: String, form: FormData) -> ApiResult {
 
 // ---------------------------------------------------------------------------------------------
 // Multipart
-
-/// A multipart form: `Content-Length` (when sent) at most `limit`, else 413; parts are read as a
-/// stream and capped again by [`read_form`].
-fn multipart_form(
-    limit: u64,
-) -> impl Filter<Extract = (FormData,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<u64>("content-length")
-        .and_then(move |len: Option<u64>| async move {
-            if len.is_some_and(|n| n > limit) {
-                Err(warp::reject::custom(Refusal::TooLarge))
-            } else {
-                Ok(())
-            }
-        })
-        .untuple_one()
-        .and(warp::multipart::form().max_length(None))
-}
 
 /// The parts of a chat form.
 struct ChatForm {

@@ -17,7 +17,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use crate::app::Ctx;
-use crate::http::{ApiError, ApiResult, Refusal, authed, finish, get, json_body, sc, sc_only};
+use crate::http::{ApiError, ApiResult, authed, finish, get, json_body, sc, sc_only};
 use crate::media::{MediaError, THUMB_SUFFIX};
 use crate::model::{Alarm, AlarmType, EditUser, MeUser, SimpleUser, UserDetails};
 use crate::password::MAX_PASSWORD_BYTES;
@@ -120,7 +120,7 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_ctx(ctx))
         .and(auth())
-        .and(multipart_form(limit))
+        .and(crate::http::multipart_form(limit))
         .then(upload_profile)
         .map(finish);
     me.or(follow)
@@ -464,23 +464,6 @@ async fn edit_password(ctx: Ctx, caller: String, body: PasswordBody) -> ApiResul
         })?;
     ctx.store.set_password(&caller, &hash).await?;
     sc_only()
-}
-
-/// A multipart form: `Content-Length` (when sent) at most `limit`, else 413; the parts are read
-/// as a stream and capped again by [`read_file_part`], so chunked bodies are bounded too.
-fn multipart_form(
-    limit: u64,
-) -> impl Filter<Extract = (FormData,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<u64>("content-length")
-        .and_then(move |len: Option<u64>| async move {
-            if len.is_some_and(|n| n > limit) {
-                Err(warp::reject::custom(Refusal::TooLarge))
-            } else {
-                Ok(())
-            }
-        })
-        .untuple_one()
-        .and(warp::multipart::form().max_length(None))
 }
 
 /// Why the `file` part could not be read.
