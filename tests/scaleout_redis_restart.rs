@@ -52,4 +52,6 @@ async fn sessions_are_written_back_after_a_redis_restart() {
     bob.send("/app/bench.direct", &[("to", "alice")], "three")
         .await;
     assert_eq!(alice.message().await.1, "three");
+    drop((a, b));
+    services.clean().await;
 }

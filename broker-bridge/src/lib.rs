@@ -84,8 +84,8 @@
 //!
 //! Differences from the in-process bus: `submit` cannot know whether any process has a handler for
 //! the destination (no [`BusError::NoRoute`]; a consumer without a matching handler drops the command
-//! and counts it as `commands_unrouted`); delivery is at-least-once around reconnects instead of
-//! at-most-once. See the `amqp` module docs (source) and `docs/scaleout.md` for the details.
+//! and counts it as `commands_unrouted`); topic publishes are not mandatory, so `unrouted` stays 0;
+//! delivery is at-least-once around reconnects instead of at-most-once. See the `amqp` module docs (source) and `docs/scaleout.md` for the details.
 //!
 //! # Example
 //!

@@ -388,6 +388,11 @@ impl Inner {
         let nodes = self.ok(nodes)?;
         let mut removed = 0usize;
         for node in nodes {
+            // Our own lease may have lapsed for a moment (a stalled refresh): the next refresh takes
+            // it again, so our live sessions are not ours to sweep.
+            if lock(&self.leased).contains(node.as_str()) {
+                continue;
+            }
             let n = self.remove_node(&node, false).await?;
             if n >= 0 {
                 info!(%node, sessions = n, "registry: swept a node whose lease expired");

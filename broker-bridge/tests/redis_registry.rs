@@ -190,7 +190,7 @@ async fn sessions_of_a_dead_node_are_swept_after_its_lease_expires() {
     .await;
     let took = killed.elapsed();
     // Within the lease TTL (900 ms), plus scheduling slack.
-    assert!(took <= Duration::from_millis(1200), "swept after {took:?}");
+    assert!(took <= Duration::from_millis(1600), "swept after {took:?}");
     assert_eq!(ids(&survivor.sessions_of("bob").await.unwrap()), ["live-1"]);
     assert_eq!(
         survivor.live_nodes().await.unwrap(),

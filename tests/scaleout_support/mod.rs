@@ -83,6 +83,14 @@ impl Services {
         })
     }
 
+    /// Deletes the test's exchanges and command queues (after the nodes are gone).
+    pub async fn clean(&self) {
+        let config = broker_bridge::AmqpConfig::new(&self.amqp).with_prefix(&self.prefix);
+        if let Err(e) = config.delete_topology().await {
+            eprintln!("note: could not delete the test's AMQP topology: {e}");
+        }
+    }
+
     /// A registry client on the same keys as the nodes.
     pub async fn registry(&self) -> broker_bridge::Registry {
         broker_bridge::Registry::redis(

@@ -50,8 +50,8 @@ use futures_util::StreamExt;
 use futures_util::future::{FutureExt, join_all};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -145,6 +145,39 @@ impl AmqpConfig {
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
+    }
+
+    /// Deletes this prefix's exchanges and command queues (with any commands still in them) from
+    /// the broker: for tests and for decommissioning a deployment. Node queues are deleted by their
+    /// nodes (or expire).
+    pub async fn delete_topology(&self) -> Result<(), BusError> {
+        let properties = ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio::current());
+        let conn = Connection::connect(&self.url, properties)
+            .await
+            .map_err(|e| amqp_err(&e))?;
+        let result = async {
+            let channel = conn.create_channel().await?;
+            for shard in 0..self.shards() {
+                channel
+                    .queue_delete(&self.work_queue(shard), QueueDeleteOptions::default())
+                    .await?;
+            }
+            for exchange in [
+                self.topic_exchange(),
+                self.node_exchange(),
+                self.work_exchange(),
+            ] {
+                channel
+                    .exchange_delete(&exchange, ExchangeDeleteOptions::default())
+                    .await?;
+            }
+            Ok::<_, lapin::Error>(())
+        }
+        .await;
+        let _ = conn.close(200, "topology deleted").await;
+        result.map_err(|e| amqp_err(&e))
     }
 
     fn topic_exchange(&self) -> String {
@@ -490,14 +523,15 @@ impl Shared {
         }
     }
 
-    /// Publishes one message and waits for the broker's confirm. `Ok(true)`: routed to at least
-    /// one queue; `Ok(false)`: returned unroutable (mandatory).
+    /// Publishes one message and waits for the broker's confirm. With `mandatory`, `Ok(false)`
+    /// means the broker returned it unroutable; otherwise `Ok(true)` whether routed or not.
     async fn publish_confirmed(
         &self,
         exchange: &str,
         routing_key: &str,
         payload: &[u8],
         properties: BasicProperties,
+        mandatory: bool,
     ) -> Result<bool, BusError> {
         let deadline = Instant::now() + self.config.wait_for_connection;
         loop {
@@ -512,7 +546,7 @@ impl Shared {
                 }
             };
             let options = BasicPublishOptions {
-                mandatory: true,
+                mandatory,
                 ..BasicPublishOptions::default()
             };
             let confirm = match channel
@@ -1005,22 +1039,44 @@ async fn node_consumer(
 }
 
 /// Consumes one command shard: commands of one session run one after the other, different
-/// sessions concurrently (bounded by the prefetch).
+/// sessions concurrently (bounded by the prefetch). Finished commands are acknowledged in batches:
+/// one `multiple` ack up to the highest delivery tag below which every command has finished.
 async fn shard_consumer(
     shared: Arc<Shared>,
     shard: u16,
     channel: Channel,
     mut consumer: lapin::Consumer,
 ) {
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, u64)>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, u64, u64)>();
     // session -> (sequence of its last command, completion of that command)
     let mut chains: HashMap<String, (u64, oneshot::Receiver<()>)> = HashMap::new();
+    let mut acks = AckWindow::default();
     let mut seq = 0u64;
     loop {
         tokio::select! {
-            Some((session, s)) = done_rx.recv() => {
-                if chains.get(&session).is_some_and(|(last, _)| *last == s) {
-                    chains.remove(&session);
+            Some(first) = done_rx.recv() => {
+                let mut next = Some(first);
+                while let Some((session, s, tag)) = next.take() {
+                    if chains.get(&session).is_some_and(|(last, _)| *last == s) {
+                        chains.remove(&session);
+                    }
+                    acks.finished(tag);
+                    next = done_rx.try_recv().ok();
+                }
+                let mut result = Ok(());
+                if let Some(upto) = acks.take_ackable() {
+                    result = channel.basic_ack(upto, BasicAckOptions { multiple: true }).await;
+                }
+                // A slow command (retrying, say) must not hold the prefetch window hostage: past
+                // half of it, finished commands behind it are acknowledged one by one.
+                for tag in acks.take_finished_if_over(usize::from(shared.config.work_prefetch / 2)) {
+                    if result.is_ok() {
+                        result = channel.basic_ack(tag, BasicAckOptions::default()).await;
+                    }
+                }
+                if let Err(e) = result {
+                    debug!(shard, error = %e, "command ack failed; the broker will redeliver");
+                    return;
                 }
             }
             next = consumer.next() => {
@@ -1033,13 +1089,14 @@ async fn shard_consumer(
                     None => return,
                 };
                 let tag = delivery.delivery_tag;
+                acks.delivered(tag);
                 let redelivered = delivery.redelivered;
                 let cmd = match codec::decode_command(&delivery.properties, delivery.data) {
                     Ok(cmd) => cmd,
                     Err(e) => {
                         warn!(shard, field = e.0, "undecodable command dropped");
                         bump(&shared.counters.commands_failed);
-                        let _ = channel.basic_ack(tag, BasicAckOptions::default()).await;
+                        let _ = done_tx.send((String::new(), 0, tag));
                         continue;
                     }
                 };
@@ -1047,20 +1104,66 @@ async fn shard_consumer(
                 let (tx, rx) = oneshot::channel();
                 let session = cmd.session.clone();
                 let previous = chains.insert(session.clone(), (seq, rx)).map(|(_, rx)| rx);
-                let (shared, channel, done, s) = (Arc::clone(&shared), channel.clone(), done_tx.clone(), seq);
+                let (shared, done, s) = (Arc::clone(&shared), done_tx.clone(), seq);
                 tokio::spawn(async move {
                     if let Some(previous) = previous {
                         let _ = previous.await;
                     }
                     shared.handle_command(cmd, redelivered).await;
-                    if let Err(e) = channel.basic_ack(tag, BasicAckOptions::default()).await {
-                        debug!(error = %e, "command ack failed; the broker will redeliver it");
-                    }
                     let _ = tx.send(());
-                    let _ = done.send((session, s));
+                    let _ = done.send((session, s, tag));
                 });
             }
         }
+    }
+}
+
+/// Delivery tags handed out and finished, for acknowledging in order with `multiple`.
+#[derive(Default)]
+struct AckWindow {
+    /// Delivered and not acknowledged, in tag order; `true` once finished.
+    open: std::collections::BTreeMap<u64, bool>,
+}
+
+impl AckWindow {
+    fn delivered(&mut self, tag: u64) {
+        self.open.insert(tag, false);
+    }
+
+    fn finished(&mut self, tag: u64) {
+        if let Some(done) = self.open.get_mut(&tag) {
+            *done = true;
+        }
+    }
+
+    /// The highest tag such that it and every lower open tag are finished (then forgotten).
+    fn take_ackable(&mut self) -> Option<u64> {
+        let mut upto = None;
+        while let Some(entry) = self.open.first_entry() {
+            if !*entry.get() {
+                break;
+            }
+            upto = Some(*entry.key());
+            entry.remove();
+        }
+        upto
+    }
+
+    /// If more than `limit` finished tags wait behind an unfinished one, removes and returns them.
+    fn take_finished_if_over(&mut self, limit: usize) -> Vec<u64> {
+        if self.open.values().filter(|done| **done).count() <= limit {
+            return Vec::new();
+        }
+        let finished: Vec<u64> = self
+            .open
+            .iter()
+            .filter(|(_, done)| **done)
+            .map(|(tag, _)| *tag)
+            .collect();
+        for tag in &finished {
+            self.open.remove(tag);
+        }
+        finished
     }
 }
 
@@ -1137,8 +1240,17 @@ impl BusBackend for AmqpBus {
         let properties = BasicProperties::default()
             .with_delivery_mode(shared.delivery_mode())
             .with_headers(codec::envelope_headers(&target, &envelope));
+        // Topic messages nobody listens to are normal: not mandatory (lapin would log each
+        // returned message). User deliveries are: a node without a queue counts as dropped.
+        let mandatory = matches!(target, Target::User { .. });
         let sends = keys.iter().map(|key| {
-            shared.publish_confirmed(&exchange, key, &envelope.body, properties.clone())
+            shared.publish_confirmed(
+                &exchange,
+                key,
+                &envelope.body,
+                properties.clone(),
+                mandatory,
+            )
         });
         let mut first_error = None;
         for (key, result) in keys.iter().zip(join_all(sends).await) {
@@ -1175,6 +1287,7 @@ impl BusBackend for AmqpBus {
                 &shard.to_string(),
                 &cmd.body,
                 properties,
+                true,
             )
             .await?;
         if !routed {
@@ -1382,5 +1495,32 @@ impl Drop for AmqpNode {
             let (node, link) = (self.node.clone(), self.link);
             runtime.spawn(async move { shared.detach(&node, link).await });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AckWindow;
+
+    #[test]
+    fn ack_window_acknowledges_in_order_and_releases_stragglers() {
+        let mut w = AckWindow::default();
+        for tag in 1..=5 {
+            w.delivered(tag);
+        }
+        w.finished(2);
+        assert_eq!(w.take_ackable(), None, "1 is still running");
+        w.finished(1);
+        w.finished(3);
+        assert_eq!(w.take_ackable(), Some(3));
+        w.finished(5);
+        assert_eq!(w.take_ackable(), None);
+        assert!(w.take_finished_if_over(1).is_empty());
+        w.delivered(6);
+        w.finished(6);
+        assert_eq!(w.take_finished_if_over(1), vec![5, 6]);
+        w.finished(4);
+        assert_eq!(w.take_ackable(), Some(4));
+        assert_eq!(w.take_ackable(), None);
     }
 }
