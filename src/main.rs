@@ -80,7 +80,7 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
     );
     let policy = Arc::new(policy::RoomPolicy::new(
         PrefixPolicy::new(cfg.public_topics.clone()).allow_anonymous(cfg.allow_anonymous),
-        social.clone(),
+        social.rooms(),
     ));
     let gw = Gateway::start(
         cfg.node_id.as_str().into(),

@@ -2,7 +2,8 @@
 //! optional TCP), but the bus is RabbitMQ and the session registry Redis, so N such processes behind
 //! nginx (see `deploy/` and `docs/scaleout.md`) serve one deployment. Application commands go to the
 //! durable work queues for the social workers; this process handles none, except the load-test
-//! handlers when `INSTAR_BENCH_ECHO=1`.
+//! handlers when `INSTAR_BENCH_ECHO=1`. Given the database (`INSTAR_DATABASE_URL`), it authorises
+//! chat room topics by membership and replays missed messages, reading the store directly.
 
 use std::sync::Arc;
 
@@ -26,8 +27,24 @@ pub(crate) async fn run(cfg: NodeSettings) -> anyhow::Result<()> {
         );
         crate::bench::BenchEcho::register(&bus);
     }
-    let policy =
-        Arc::new(PrefixPolicy::new(cfg.public_topics.clone()).allow_anonymous(cfg.allow_anonymous));
+    let public = PrefixPolicy::new(cfg.public_topics.clone()).allow_anonymous(cfg.allow_anonymous);
+    let rooms = match &cfg.database_url {
+        Some(url) => Some(
+            social::chat::Rooms::open(url, &migrations::PoolSettings::default())
+                .await
+                .with_context(|| format!("opening the database at {}", migrations::redact(url)))?,
+        ),
+        None => {
+            tracing::warn!(
+                "no INSTAR_DATABASE_URL: chat room topics cannot be authorised and are refused"
+            );
+            None
+        }
+    };
+    let policy: Arc<dyn gateway::destination::TopicPolicy> = match &rooms {
+        Some(rooms) => Arc::new(crate::policy::RoomPolicy::new(public, rooms.clone())),
+        None => Arc::new(public),
+    };
     let node = cfg.node_id.clone();
     let gw = Gateway::start(
         node.as_str().into(),
@@ -63,6 +80,9 @@ pub(crate) async fn run(cfg: NodeSettings) -> anyhow::Result<()> {
     // Sessions unregistered themselves while draining; detaching deletes the node queue, releases
     // the lease and removes any session entry left (a registry outage): nothing waits for expiry.
     bus.shutdown().await;
+    if let Some(rooms) = rooms {
+        rooms.close().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -73,6 +73,11 @@ pub(crate) struct GatewayArgs {
     /// Register the load-test handlers for /app/bench.* on the bus (never in production). [default: false]
     #[arg(long, env = "INSTAR_BENCH_ECHO", value_parser = clap::builder::BoolishValueParser::new())]
     pub bench_echo: Option<bool>,
+    /// The social service's database (MariaDB/MySQL URL). When set, chat room topics are
+    /// authorised by membership and SUBSCRIBEs may replay missed messages; when unset, only the
+    /// public prefixes can be subscribed to.
+    #[arg(long, env = "INSTAR_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
 }
 
 /// The same settings, as read from the TOML file.
@@ -96,6 +101,7 @@ struct FileSettings {
     public_topics: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
     bench_echo: Option<bool>,
+    database_url: Option<String>,
 }
 
 /// Resolved settings of one gateway node.
@@ -118,6 +124,7 @@ pub(crate) struct NodeSettings {
     pub public_topics: Vec<String>,
     pub allowed_origins: Vec<String>,
     pub bench_echo: bool,
+    pub database_url: Option<String>,
 }
 
 impl GatewayArgs {
@@ -212,6 +219,10 @@ impl GatewayArgs {
                 .or(file.allowed_origins)
                 .unwrap_or_default(),
             bench_echo: self.bench_echo.or(file.bench_echo).unwrap_or(false),
+            database_url: self
+                .database_url
+                .or(file.database_url)
+                .filter(|u| !u.is_empty()),
         })
     }
 }

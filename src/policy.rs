@@ -1,20 +1,24 @@
-//! Who may subscribe to which topic, for `instar serve`: the configured public prefixes for any
-//! authenticated session, and a chat room's topics (`chat.{id}`, `members.info.{id}`) only for the
-//! room's current members, as the social service's store says at SUBSCRIBE time. The original let
-//! anyone subscribe to any room.
+//! Who may subscribe to which topic, for `instar serve` and for `instar gateway` nodes given the
+//! database: the configured public prefixes for any authenticated session, and a chat room's topics
+//! (`chat.{id}`, `members.info.{id}`) only for the room's current members, as the store says at
+//! SUBSCRIBE time. The original let anyone subscribe to any room. The same adapter serves
+//! missed-message replay (`x-instar-last-message-id`) from the store.
 
+use bytes::Bytes;
 use gateway::destination::{PrefixPolicy, TopicPolicy};
+use gateway::replay::{ReplayError, Replayed};
+use social::chat::Rooms;
 
 /// Public prefixes, plus room membership.
 #[derive(Debug)]
 pub(crate) struct RoomPolicy {
     public: PrefixPolicy,
-    social: social::Ctx,
+    rooms: Rooms,
 }
 
 impl RoomPolicy {
-    pub(crate) fn new(public: PrefixPolicy, social: social::Ctx) -> Self {
-        Self { public, social }
+    pub(crate) fn new(public: PrefixPolicy, rooms: Rooms) -> Self {
+        Self { public, rooms }
     }
 }
 
@@ -28,11 +32,41 @@ impl TopicPolicy for RoomPolicy {
     async fn may_subscribe(&self, user: Option<&str>, topic: &str) -> bool {
         if is_room_topic(topic) {
             match user {
-                Some(user) => self.social.may_subscribe_topic(user, topic).await,
+                Some(user) => self.rooms.may_subscribe_topic(user, topic).await,
                 None => false,
             }
         } else {
             self.public.may_subscribe(user, topic).await
+        }
+    }
+
+    async fn replay(
+        &self,
+        user: &str,
+        topic: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Replayed>, ReplayError> {
+        let Some(room) = Rooms::chat_topic_room(topic) else {
+            return Err(ReplayError::Unsupported);
+        };
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        match self.rooms.messages_after(user, room, after, limit).await {
+            Ok(rows) => Ok(rows
+                .into_iter()
+                .filter_map(|(id, json)| {
+                    Some(Replayed {
+                        id: u64::try_from(id).ok()?,
+                        content_type: Some("application/json".into()),
+                        body: Bytes::from(json),
+                    })
+                })
+                .collect()),
+            Err(social::chat::ReplayError::NotMember) => Err(ReplayError::Forbidden),
+            Err(e) => {
+                tracing::error!(%user, %topic, error = %e, "replay failed");
+                Err(ReplayError::Unavailable)
+            }
         }
     }
 }
@@ -46,5 +80,17 @@ mod tests {
         assert!(is_room_topic("chat.5"));
         assert!(is_room_topic("members.info.5"));
         assert!(!is_room_topic("public.bench"));
+    }
+
+    #[test]
+    fn control_vocabulary_matches_the_chat_service() {
+        // Defined on both sides of the bus (the gateway cannot depend on social): they must agree.
+        assert_eq!(social::chat::CONTROL_QUEUE, gateway::hub::CONTROL_QUEUE);
+        assert_eq!(social::chat::CONTROL_HEADER, gateway::hub::CONTROL_HEADER);
+        assert_eq!(
+            social::chat::CONTROL_TOPIC_HEADER,
+            gateway::hub::CONTROL_TOPIC_HEADER
+        );
+        assert_eq!(social::chat::MESSAGE_ID_HEADER, gateway::replay::ID_HEADER);
     }
 }

@@ -5,137 +5,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod flow_support;
+
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flow_support::{Server, account, call, start};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-const SECRET: &str = "flow-test-secret-flow-test-secret!!";
-
-struct Server {
-    _child: Child,
-    base: String,
-    log: Arc<Mutex<Vec<String>>>,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn start() -> Server {
-    let dir = std::env::temp_dir().join(format!(
-        "instar-flow-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_instar"))
-        .arg("serve")
-        .env("INSTAR_LISTEN", "127.0.0.1:0")
-        .env("INSTAR_TCP_LISTEN", "off")
-        .env("INSTAR_JWT_SECRET", SECRET)
-        .env("INSTAR_DATA_DIR", &dir)
-        .env("INSTAR_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("instar starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("HTTP listening")
-                && let Some(a) = line.split("addr=").nth(1)
-            {
-                return a.split_whitespace().next().unwrap().to_owned();
-            }
-        }
-        panic!("instar exited before listening");
-    })
-    .await
-    .expect("instar listens in time");
-    let sink = log.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    Server {
-        _child: child,
-        base: format!("http://{addr}"),
-        log,
-        dir,
-    }
-}
-
-async fn call(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let res = req.send().await.unwrap();
-    let status = res.status().as_u16();
-    let bytes = res.bytes().await.unwrap();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    (status, body)
-}
-
-/// Without SMTP the verification mail is logged; read the code from the server's log.
-async fn mailed_code(server: &Server, email: &str) -> String {
-    for _ in 0..100 {
-        let found = server
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .find(|l| l.contains(email) && l.contains("mail"))
-            .and_then(|l| l.split("body=").nth(1))
-            .map(|b| {
-                b.chars()
-                    .filter(char::is_ascii_digit)
-                    .take(5)
-                    .collect::<String>()
-            });
-        if let Some(code) = found.filter(|c| c.len() == 5) {
-            return code;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no verification code logged for {email}");
-}
-
-async fn account(server: &Server, http: &reqwest::Client, id: &str) -> String {
-    let email = format!("{id}@example.com");
-    let (s, _) = call(http.get(format!(
-        "{}/api/auth/send/email?receive_email={email}",
-        server.base
-    )))
-    .await;
-    assert_eq!(s, 200);
-    let code = mailed_code(server, &email).await;
-    let (s, b) = call(http.post(format!("{}/api/auth/signUp", server.base)).json(&json!({
-        "id": id, "password": "password-123", "name": id, "sex": "female", "email": email,
-        "email_code": code, "address": "Seoul", "addressDetail": "1", "duplicateCheckId": true
-    })))
-    .await;
-    assert_eq!((s, &b), (200, &json!({"code": "SC"})));
-    let (s, b) = call(
-        http.post(format!("{}/api/auth/signIn", server.base))
-            .json(&json!({"id": id, "password": "password-123"})),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
-    b["token"].as_str().unwrap().to_owned()
-}
 
 struct Listener {
     child: Child,
@@ -212,8 +90,8 @@ fn png() -> Vec<u8> {
 async fn follow_post_like_comment_alarms_arrive_live_and_are_listed() {
     let server = start().await;
     let http = reqwest::Client::new();
-    let alice = account(&server, &http, "alice01").await;
-    let bob = account(&server, &http, "bobby02").await;
+    let alice = account(&server.base, &server.log, &http, "alice01").await;
+    let bob = account(&server.base, &server.log, &http, "bobby02").await;
 
     // Bob (the author) expects FOLLOW, POST_LIKE_RECEIVE, POST_COMMENT_RECEIVE; Alice (the follower,
     // tagged on Bob's picture) expects POST_TAG.

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::destination::{DestinationError, SubscribeTarget};
 use crate::hub::SessionHandle;
+use crate::replay::{self, ReplayError};
 use crate::session::{Action, Session, State, SubState};
 use crate::transport::{Sink, Source};
 use crate::{Gateway, random_id};
@@ -247,6 +248,80 @@ impl Driver<'_> {
         self.execute(actions).await;
     }
 
+    /// Writes the stored messages of `topic` after `after` to `sub` (which is holding its live
+    /// deliveries), then releases the held ones that were not replayed. `Ok(Some(_))` means the
+    /// connection must end; `Err` is the reason to refuse the subscription.
+    async fn replay(
+        &mut self,
+        sub: &SubState,
+        topic: &str,
+        user: &str,
+        mut after: u64,
+    ) -> Result<Option<CloseReason>, ReplayError> {
+        let destination = format!("/topic/{topic}");
+        let max = self.gw.config.max_replay;
+        let mut newest = None;
+        let mut total = 0usize;
+        let mut failure = None;
+        loop {
+            let page = match self
+                .gw
+                .policy
+                .replay(user, topic, after, replay::PAGE)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            let full = page.len() >= replay::PAGE;
+            if total + page.len() > max {
+                failure = Some(ReplayError::TooMany(max));
+                break;
+            }
+            total += page.len();
+            for m in page {
+                let seq = sub.delivered.fetch_add(1, Ordering::Relaxed) + 1;
+                let id = sub.message_id(seq);
+                let mut frame = Frame::new(stomp::Command::Message)
+                    .header("destination", &destination)
+                    .header("subscription", &sub.id)
+                    .header("message-id", &id);
+                if sub.ack != stomp::AckMode::Auto {
+                    frame = frame.header("ack", &id);
+                }
+                if let Some(ct) = &m.content_type {
+                    frame = frame.header("content-type", ct);
+                }
+                frame = frame
+                    .header(replay::ID_HEADER, m.id.to_string())
+                    .header(replay::REPLAYED_HEADER, "true")
+                    .with_body(m.body);
+                if self.write(&frame).await.is_err() {
+                    return Ok(Some(CloseReason::WriteError));
+                }
+                after = m.id;
+                newest = Some(m.id);
+            }
+            if !full {
+                break;
+            }
+        }
+        self.gw
+            .metrics
+            .replayed
+            .fetch_add(total as u64, Ordering::Relaxed);
+        if !crate::hub::finish_replay(sub, &self.handle.queue, newest) {
+            self.handle.kill.cancel();
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
     /// Carries out the session's actions in order. Returns why the connection must end, if it must.
     async fn execute(&mut self, actions: Vec<Action>) -> Option<CloseReason> {
         let mut actions = std::collections::VecDeque::from(actions);
@@ -303,6 +378,7 @@ impl Driver<'_> {
                     sub,
                     target,
                     receipt,
+                    replay_after,
                 } => {
                     let user = self.session.principal().map(|p| p.user.clone());
                     if let SubscribeTarget::Topic(topic) = &target
@@ -312,6 +388,9 @@ impl Driver<'_> {
                         actions.clear();
                         actions.extend(self.session.fail(&msg, receipt.as_deref(), None));
                         continue;
+                    }
+                    if replay_after.is_some() {
+                        sub.begin_replay();
                     }
                     if let Err(e) = self
                         .gw
@@ -327,7 +406,25 @@ impl Driver<'_> {
                         ));
                         continue;
                     }
-                    self.targets.insert(sub.index, (sub, target));
+                    self.targets
+                        .insert(sub.index, (sub.clone(), target.clone()));
+                    if let (Some(after), SubscribeTarget::Topic(topic), Some(user)) =
+                        (replay_after, &target, user.as_deref())
+                    {
+                        match self.replay(&sub, topic, user, after).await {
+                            Ok(None) => {}
+                            Ok(Some(reason)) => return Some(reason),
+                            Err(e) => {
+                                actions.clear();
+                                actions.extend(self.session.fail(
+                                    &e.to_string(),
+                                    receipt.as_deref(),
+                                    None,
+                                ));
+                                continue;
+                            }
+                        }
+                    }
                     if let Some(r) = receipt {
                         let frame = Frame::new(stomp::Command::Receipt).header("receipt-id", &r);
                         if self.write(&frame).await.is_err() {

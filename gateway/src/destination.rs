@@ -96,6 +96,20 @@ pub fn check_send(dest: &str) -> Result<(), DestinationError> {
 pub trait TopicPolicy: Send + Sync + 'static {
     /// May `user` (None for an anonymous session, when those are allowed) receive `topic`?
     async fn may_subscribe(&self, user: Option<&str>, topic: &str) -> bool;
+
+    /// The stored messages of `topic` with an id above `after`, oldest first, at most `limit`, for
+    /// a SUBSCRIBE carrying [`LAST_ID_HEADER`](crate::replay::LAST_ID_HEADER) (see
+    /// [`crate::replay`]). Topics without history refuse with [`ReplayError::Unsupported`].
+    async fn replay(
+        &self,
+        user: &str,
+        topic: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::replay::Replayed>, crate::replay::ReplayError> {
+        let _ = (user, topic, after, limit);
+        Err(crate::replay::ReplayError::Unsupported)
+    }
 }
 
 /// Allows topics starting with one of a list of prefixes, to authenticated users (and to anonymous

@@ -14,8 +14,15 @@
 //! The hub also keeps the node's topic interest: it binds a topic on the bus when its first local
 //! subscriber arrives and unbinds it after the last one leaves. Binding is serialised by an async lock so
 //! a bind and an unbind of the same topic can never be reordered.
+//!
+//! Two more duties:
+//! - **revoke controls**: a delivery to a user's [`CONTROL_QUEUE`] is never shown to clients; with
+//!   `x-instar-control: revoke` and `x-instar-topic: T` it drops every local subscription of that user
+//!   to topic `T` at once (a member who left a chat room stops receiving before any other message);
+//! - **replay buffering**: while a subscription replays stored messages ([`crate::replay`]), its live
+//!   deliveries are held instead of queued.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -27,7 +34,16 @@ use stomp::{AckMode, MessageTemplate, Version};
 use tokio_util::sync::CancellationToken;
 
 use crate::destination::SubscribeTarget;
+use crate::replay::{ID_HEADER, parse_id};
 use crate::session::SubState;
+
+/// The user queue of control envelopes for the gateway itself (never delivered to clients; clients
+/// cannot name it, `$` being outside the destination grammar).
+pub const CONTROL_QUEUE: &str = "$control";
+/// Header of a control envelope naming the control (`revoke`).
+pub const CONTROL_HEADER: &str = "x-instar-control";
+/// Header of a revoke control naming the topic (without `/topic/`).
+pub const CONTROL_TOPIC_HEADER: &str = "x-instar-topic";
 
 /// How the hub tells the bus which topics this node wants.
 #[async_trait]
@@ -51,6 +67,8 @@ pub struct SessionHandle {
 struct Subscriber {
     handle: SessionHandle,
     sub: Arc<SubState>,
+    /// The session's user (revoke controls name users).
+    user: Option<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -65,13 +83,18 @@ pub struct HubMetrics {
     pub deliveries: AtomicU64,
     pub slow_consumers: AtomicU64,
     pub undeliverable: AtomicU64,
+    /// Subscriptions dropped by revoke controls.
+    pub revoked: AtomicU64,
+    /// Live deliveries held while their subscription replayed.
+    pub held: AtomicU64,
 }
 
 /// The local fan-out hub of one gateway node.
 pub struct Hub {
-    state: RwLock<State>,
+    state: Arc<RwLock<State>>,
     interest: Arc<dyn Interest>,
-    bind_lock: tokio::sync::Mutex<()>,
+    /// The topics bound on the bus; its lock serialises binds and unbinds.
+    bound: Arc<tokio::sync::Mutex<HashSet<String>>>,
     pub metrics: HubMetrics,
 }
 
@@ -86,9 +109,9 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     pub fn new(interest: Arc<dyn Interest>) -> Self {
         Self {
-            state: RwLock::new(State::default()),
+            state: Arc::new(RwLock::new(State::default())),
             interest,
-            bind_lock: tokio::sync::Mutex::new(()),
+            bound: Arc::new(tokio::sync::Mutex::new(HashSet::new())),
             metrics: HubMetrics::default(),
         }
     }
@@ -101,19 +124,31 @@ impl Hub {
         target: &SubscribeTarget,
         user: Option<&str>,
     ) -> Result<(), String> {
-        let entry = Subscriber { handle, sub };
+        let entry = Subscriber {
+            handle,
+            sub,
+            user: user.map(Arc::from),
+        };
         match target {
             SubscribeTarget::Topic(topic) => {
-                let _guard = self.bind_lock.lock().await;
-                let first = {
-                    let mut st = self.state.write();
-                    let list = st.topics.entry(topic.clone()).or_default();
-                    list.push(entry.clone());
-                    list.len() == 1
-                };
-                if first && let Err(e) = self.interest.bind(topic).await {
-                    self.remove_topic_entry(topic, entry.handle.session, entry.sub.index);
-                    return Err(e);
+                let mut bound = self.bound.lock().await;
+                self.state
+                    .write()
+                    .topics
+                    .entry(topic.clone())
+                    .or_default()
+                    .push(entry.clone());
+                if !bound.contains(topic) {
+                    if let Err(e) = self.interest.bind(topic).await {
+                        remove_topic_entry(
+                            &self.state,
+                            topic,
+                            entry.handle.session,
+                            entry.sub.index,
+                        );
+                        return Err(e);
+                    }
+                    bound.insert(topic.clone());
                 }
                 Ok(())
             }
@@ -132,20 +167,6 @@ impl Hub {
         }
     }
 
-    fn remove_topic_entry(&self, topic: &str, session: u64, index: u32) -> bool {
-        let mut st = self.state.write();
-        let Some(list) = st.topics.get_mut(topic) else {
-            return false;
-        };
-        list.retain(|s| !(s.handle.session == session && s.sub.index == index));
-        if list.is_empty() {
-            st.topics.remove(topic);
-            true
-        } else {
-            false
-        }
-    }
-
     /// Removes a subscription; unbinds the topic after its last local subscriber.
     pub async fn unsubscribe(
         &self,
@@ -156,12 +177,9 @@ impl Hub {
     ) {
         match target {
             SubscribeTarget::Topic(topic) => {
-                let _guard = self.bind_lock.lock().await;
-                if self.remove_topic_entry(topic, session, sub.index)
-                    && let Err(e) = self.interest.unbind(topic).await
-                {
-                    tracing::warn!(topic, error = %e, "unbind failed");
-                }
+                let mut bound = self.bound.lock().await;
+                remove_topic_entry(&self.state, topic, session, sub.index);
+                release(&self.state, &*self.interest, &mut bound, topic).await;
             }
             SubscribeTarget::UserQueue(queue) => {
                 let Some(user) = user else { return };
@@ -181,6 +199,58 @@ impl Hub {
         }
     }
 
+    /// Carries out a control envelope sent to `user`'s [`CONTROL_QUEUE`].
+    fn control(&self, user: &str, env: &broker_bridge::Envelope) {
+        let header = |name: &str| {
+            env.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let (Some("revoke"), Some(topic)) = (header(CONTROL_HEADER), header(CONTROL_TOPIC_HEADER))
+        else {
+            tracing::warn!(
+                user,
+                control = header(CONTROL_HEADER).unwrap_or("-"),
+                "unknown control envelope ignored"
+            );
+            return;
+        };
+        let (revoked, emptied) = {
+            let mut st = self.state.write();
+            let Some(list) = st.topics.get_mut(topic) else {
+                return;
+            };
+            let before = list.len();
+            list.retain(|s| s.user.as_deref() != Some(user));
+            let revoked = before - list.len();
+            let emptied = list.is_empty();
+            if emptied {
+                st.topics.remove(topic);
+            }
+            (revoked, emptied)
+        };
+        if revoked > 0 {
+            self.metrics
+                .revoked
+                .fetch_add(revoked as u64, Ordering::Relaxed);
+            tracing::debug!(user, topic, revoked, "subscriptions revoked");
+        }
+        if emptied {
+            // Unbinding waits on the bus: do it off the delivery path, under the bind lock.
+            let (state, interest, bound) = (
+                self.state.clone(),
+                self.interest.clone(),
+                self.bound.clone(),
+            );
+            let topic = topic.to_owned();
+            tokio::spawn(async move {
+                let mut bound = bound.lock().await;
+                release(&state, &*interest, &mut bound, &topic).await;
+            });
+        }
+    }
+
     /// Number of local subscribers of a topic.
     pub fn topic_subscribers(&self, topic: &str) -> usize {
         self.state.read().topics.get(topic).map_or(0, Vec::len)
@@ -188,6 +258,12 @@ impl Hub {
 
     /// Delivers one bus message to its local subscribers. Never waits.
     pub fn dispatch(&self, delivery: &Delivery) {
+        if let Target::User { user, queue } = &delivery.target
+            && queue == CONTROL_QUEUE
+        {
+            self.control(user, &delivery.envelope);
+            return;
+        }
         let st = self.state.read();
         let (subs, destination): (&[Subscriber], std::borrow::Cow<'_, str>) = match &delivery.target
         {
@@ -205,8 +281,12 @@ impl Hub {
         };
         let env = &delivery.envelope;
         let mut extra = stomp::Headers::default();
+        let mut message_id = None;
         for (k, v) in &env.headers {
             extra.push(k, v);
+            if k == ID_HEADER {
+                message_id = parse_id(v);
+            }
         }
         // One template per STOMP version present among the recipients (header escaping differs).
         let mut templates: [Option<MessageTemplate>; 3] = [None, None, None];
@@ -226,6 +306,12 @@ impl Hub {
                     s.handle.version,
                 )
             });
+            if let Some(mid) = message_id
+                && mid <= s.sub.floor.load(Ordering::Acquire)
+            {
+                // Replayed already (a late publish of a message the store had).
+                continue;
+            }
             let seq = s.sub.delivered.fetch_add(1, Ordering::Relaxed) + 1;
             let id = s.sub.message_id(seq);
             let ack = (s.sub.ack != AckMode::Auto).then_some(id.as_str());
@@ -235,6 +321,22 @@ impl Hub {
                 continue;
             }
             let frame = buf.split().freeze();
+            if s.sub.replaying.load(Ordering::Acquire) {
+                let mut held = s.sub.held.lock();
+                if let Some(held) = held.as_mut() {
+                    if held.hold(message_id, frame) {
+                        self.metrics.held.fetch_add(1, Ordering::Relaxed);
+                    } else if !s.handle.kill.is_cancelled() {
+                        self.metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            session = s.handle.session,
+                            "slow consumer: too many live messages during a replay, closing"
+                        );
+                        s.handle.kill.cancel();
+                    }
+                    continue;
+                }
+            }
             match s.handle.queue.try_push(frame) {
                 Ok(()) => {
                     self.metrics.deliveries.fetch_add(1, Ordering::Relaxed);
@@ -253,4 +355,57 @@ impl Hub {
             }
         }
     }
+}
+
+/// Removes one subscriber of a topic.
+fn remove_topic_entry(state: &RwLock<State>, topic: &str, session: u64, index: u32) {
+    let mut st = state.write();
+    let Some(list) = st.topics.get_mut(topic) else {
+        return;
+    };
+    list.retain(|s| !(s.handle.session == session && s.sub.index == index));
+    if list.is_empty() {
+        st.topics.remove(topic);
+    }
+}
+
+/// Unbinds `topic` if it is bound and has no local subscriber left. Called with the bind lock held.
+async fn release(
+    state: &RwLock<State>,
+    interest: &dyn Interest,
+    bound: &mut HashSet<String>,
+    topic: &str,
+) {
+    if state.read().topics.contains_key(topic) || !bound.remove(topic) {
+        return;
+    }
+    if let Err(e) = interest.unbind(topic).await {
+        tracing::warn!(topic, error = %e, "unbind failed");
+    }
+}
+
+/// Hands `sub` the live deliveries held during its replay (those not already replayed, see
+/// [`crate::replay::ReplayBuffer::finish`]) and makes it live again, atomically with respect to
+/// [`Hub::dispatch`]. Returns `false` if the session must be closed as a slow consumer.
+pub fn finish_replay(
+    sub: &SubState,
+    queue: &crate::queue::Outbound,
+    newest_replayed: Option<u64>,
+) -> bool {
+    let mut held = sub.held.lock();
+    let buffer = held.take();
+    if let Some(newest) = newest_replayed {
+        sub.floor.store(newest, Ordering::Release);
+    }
+    let mut ok = true;
+    if let Some(buffer) = buffer {
+        ok = !buffer.overflowed();
+        for frame in buffer.finish(newest_replayed) {
+            if ok && queue.try_push(frame).is_err() {
+                ok = false;
+            }
+        }
+    }
+    sub.replaying.store(false, Ordering::Release);
+    ok
 }

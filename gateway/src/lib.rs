@@ -5,7 +5,8 @@
 //! - [`destination`]: the closed destination grammar and the topic authorisation policy;
 //! - [`session`]: the per-connection STOMP state machine, without sockets;
 //! - [`connection`]: the task that runs a session over a transport (timers, queues, bus calls);
-//! - [`hub`]: local fan-out from the bus to sessions, slow-consumer policy, topic interest;
+//! - [`hub`]: local fan-out from the bus to sessions, slow-consumer policy, topic interest, revoke controls;
+//! - [`replay`]: missed-message recovery on SUBSCRIBE;
 //! - [`transport`]: WebSocket and TCP byte pipes; [`sockjs`]: the SockJS server;
 //! - [`server`]: the HTTP routes, the TCP listener and graceful shutdown.
 //!
@@ -18,6 +19,7 @@ pub mod destination;
 pub mod hub;
 pub mod metrics;
 pub mod queue;
+pub mod replay;
 pub mod server;
 pub mod session;
 pub mod sockjs;
@@ -51,6 +53,8 @@ pub struct Metrics {
     pub commands: AtomicU64,
     pub errors_sent: AtomicU64,
     pub heartbeat_timeouts: AtomicU64,
+    /// Stored messages written by replays on SUBSCRIBE.
+    pub replayed: AtomicU64,
 }
 
 /// Everything a connection needs, shared by all connections of one node.

@@ -11,7 +11,7 @@ impl Gateway {
         let m = &self.metrics;
         let h = &self.hub.metrics;
         let b = self.bus.metrics();
-        let rows: [(&str, &str, &str, u64); 13] = [
+        let rows: [(&str, &str, &str, u64); 16] = [
             (
                 "sessions_open",
                 "gauge",
@@ -47,6 +47,24 @@ impl Gateway {
                 "counter",
                 "Sessions closed for missing heart-beats.",
                 m.heartbeat_timeouts.load(Relaxed),
+            ),
+            (
+                "replayed_total",
+                "counter",
+                "Stored messages replayed to SUBSCRIBEs naming a last message id.",
+                m.replayed.load(Relaxed),
+            ),
+            (
+                "revoked_subscriptions_total",
+                "counter",
+                "Subscriptions dropped by revoke controls (a member left a room).",
+                h.revoked.load(Relaxed),
+            ),
+            (
+                "held_during_replay_total",
+                "counter",
+                "Live deliveries held while their subscription replayed.",
+                h.held.load(Relaxed),
             ),
             (
                 "deliveries_total",

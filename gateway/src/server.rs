@@ -40,6 +40,8 @@ pub struct GatewayConfig {
     pub tcp_read_chunk: usize,
     /// WebSocket read and write buffer per connection (most of an idle connection's memory).
     pub ws_buffer: usize,
+    /// Most stored messages one SUBSCRIBE replays ([`crate::replay`]); a longer gap is refused.
+    pub max_replay: usize,
 }
 
 impl Default for GatewayConfig {
@@ -54,6 +56,7 @@ impl Default for GatewayConfig {
             allowed_origins: Vec::new(),
             tcp_read_chunk: 4096,
             ws_buffer: 1024,
+            max_replay: 5_000,
         }
     }
 }

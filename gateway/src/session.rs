@@ -75,11 +75,13 @@ pub enum Action {
         send_every: u32,
         expect_within: u32,
     },
-    /// Authorise (for topics) and open a subscription; then write `receipt` if any.
+    /// Authorise (for topics) and open a subscription; replay the stored messages after
+    /// `replay_after` when set (see [`crate::replay`]); then write `receipt` if any.
     Subscribe {
         sub: Arc<SubState>,
         target: SubscribeTarget,
         receipt: Option<String>,
+        replay_after: Option<u64>,
     },
     /// Close a subscription.
     Unsubscribe { sub: Arc<SubState> },
@@ -104,9 +106,36 @@ pub struct SubState {
     pub ack: AckMode,
     /// Messages delivered so far; the hub increments it. ACKs may name only ids up to it.
     pub delivered: AtomicU64,
+    /// Set while the subscription replays stored messages: the hub then holds live deliveries in
+    /// [`SubState::held`] instead of sending them.
+    pub replaying: std::sync::atomic::AtomicBool,
+    /// Live deliveries held during a replay.
+    pub held: parking_lot::Mutex<Option<crate::replay::ReplayBuffer>>,
+    /// The newest replayed message id: live messages with an id at or below it were replayed
+    /// already (their publish was late) and are dropped. 0 when nothing was replayed.
+    pub floor: AtomicU64,
 }
 
 impl SubState {
+    /// A live subscription.
+    pub fn new(id: Arc<str>, index: u32, ack: AckMode) -> Self {
+        Self {
+            id,
+            index,
+            ack,
+            delivered: AtomicU64::new(0),
+            replaying: std::sync::atomic::AtomicBool::new(false),
+            held: parking_lot::Mutex::new(None),
+            floor: AtomicU64::new(0),
+        }
+    }
+
+    /// Starts holding live deliveries (before the subscription is registered with the hub).
+    pub fn begin_replay(&self) {
+        *self.held.lock() = Some(crate::replay::ReplayBuffer::default());
+        self.replaying.store(true, Ordering::Release);
+    }
+
     /// The `message-id` (and, in client ack modes, the `ack` id) of delivery number `seq`.
     pub fn message_id(&self, seq: u64) -> String {
         format!("{}-{}", self.index, seq)
@@ -351,18 +380,29 @@ impl Session {
                         format!("invalid ack mode '{a}': use auto, client or client-individual")
                     })?,
                 };
-                let sub = Arc::new(SubState {
-                    id: id.clone(),
-                    index: self.next_index,
-                    ack,
-                    delivered: AtomicU64::new(0),
-                });
+                let replay_after = match frame.get(crate::replay::LAST_ID_HEADER) {
+                    None => None,
+                    Some(_) if !matches!(target, SubscribeTarget::Topic(_)) => {
+                        return Err(format!(
+                            "'{}' applies to topics only",
+                            crate::replay::LAST_ID_HEADER
+                        ));
+                    }
+                    Some(v) => Some(crate::replay::parse_id(v).ok_or_else(|| {
+                        format!(
+                            "invalid '{}' header: a message id (decimal digits) is expected",
+                            crate::replay::LAST_ID_HEADER
+                        )
+                    })?),
+                };
+                let sub = Arc::new(SubState::new(id.clone(), self.next_index, ack));
                 self.next_index = self.next_index.wrapping_add(1);
                 self.subs.insert(id, sub.clone());
                 actions.push(Action::Subscribe {
                     sub,
                     target,
                     receipt: receipt.map(str::to_owned),
+                    replay_after,
                 });
             }
             Command::Unsubscribe => {
@@ -650,6 +690,35 @@ mod tests {
                 .unwrap_or("")
                 .contains("at most 2")
         );
+    }
+
+    #[test]
+    fn last_message_id_header_is_checked() {
+        let sub = |dest: &str, last: &str| {
+            Frame::new(Command::Subscribe)
+                .header("id", "a")
+                .header("destination", dest)
+                .header(crate::replay::LAST_ID_HEADER, last)
+        };
+        let mut s = session(SessionConfig::default());
+        connect(&mut s, &[("accept-version", "1.2")]);
+        match &s.on_frame(sub("/topic/chat.1", "41"), NOW)[0] {
+            Action::Subscribe { replay_after, .. } => assert_eq!(*replay_after, Some(41)),
+            other => panic!("{other:?}"),
+        }
+        for (dest, last, why) in [
+            ("/topic/chat.1", "-3", "invalid"),
+            ("/topic/chat.1", "x", "invalid"),
+            ("/user/queue/notify", "3", "topics only"),
+        ] {
+            let mut s = session(SessionConfig::default());
+            connect(&mut s, &[("accept-version", "1.2")]);
+            let e = s.on_frame(sub(dest, last), NOW);
+            assert!(
+                reply(&e[0]).get("message").unwrap_or("").contains(why),
+                "{dest} {last}"
+            );
+        }
     }
 
     #[test]

@@ -86,6 +86,15 @@ impl TestGateway {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut GatewayConfig)) -> Self {
+        Self::start_full(tweak, |_| Arc::new(PrefixPolicy::new(["public."]))).await
+    }
+
+    /// A gateway whose topic policy is built from its bus.
+    #[allow(dead_code)]
+    pub async fn start_full(
+        tweak: impl FnOnce(&mut GatewayConfig),
+        policy: impl FnOnce(&Bus) -> Arc<dyn gateway::destination::TopicPolicy>,
+    ) -> Self {
         let mut config = GatewayConfig {
             connect_timeout: Duration::from_secs(3),
             ..GatewayConfig::default()
@@ -100,7 +109,7 @@ impl TestGateway {
                 bus: bus.clone(),
             }),
         );
-        let policy = Arc::new(PrefixPolicy::new(["public."]));
+        let policy = policy(&bus);
         let gw = Gateway::start("test-node".into(), config, SECRET, bus.clone(), policy)
             .await
             .expect("gateway starts");

@@ -30,8 +30,8 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::app::Ctx;
 use crate::http::ApiError;
 use crate::media::MediaError;
-use crate::store::StoreError;
 use crate::store::chat::{MessageRow, ParticipantRow};
+use crate::store::{Store, StoreError};
 
 pub use dto::{AttachmentDto, ChatAlarm, ChatMessageDto, ChatRoomDto, ReadInfoDto};
 pub use ops::{EMPTY_ROOM_TITLE, MAX_TITLE_CHARS, Upload, auto_title};
@@ -149,8 +149,16 @@ pub(crate) async fn member(
     room: i64,
     user: &str,
 ) -> Result<Option<ParticipantRow>, StoreError> {
-    Ok(ctx
-        .store
+    member_in(&ctx.store, room, user).await
+}
+
+/// [`member`] on a bare store.
+async fn member_in(
+    store: &Store,
+    room: i64,
+    user: &str,
+) -> Result<Option<ParticipantRow>, StoreError> {
+    Ok(store
         .chat_participant(room, user)
         .await?
         .filter(|p| p.is_hidden == 0))
@@ -161,16 +169,24 @@ pub(crate) async fn message_dtos(
     ctx: &Ctx,
     rows: &[MessageRow],
 ) -> Result<Vec<ChatMessageDto>, StoreError> {
+    message_dtos_in(&ctx.store, rows).await
+}
+
+/// [`message_dtos`] on a bare store.
+async fn message_dtos_in(
+    store: &Store,
+    rows: &[MessageRow],
+) -> Result<Vec<ChatMessageDto>, StoreError> {
     let file_ids: Vec<i64> = rows
         .iter()
         .filter(|r| r.kind == dto::FILE)
         .map(|r| r.id)
         .collect();
-    let attachments = ctx.store.chat_attachments(&file_ids).await?;
+    let attachments = store.chat_attachments(&file_ids).await?;
     let mut sender_ids: Vec<String> = rows.iter().map(|r| r.sender_id.clone()).collect();
     sender_ids.sort();
     sender_ids.dedup();
-    let senders = ctx.store.chat_users(&sender_ids).await?;
+    let senders = store.chat_users(&sender_ids).await?;
     Ok(rows
         .iter()
         .map(|row| {
@@ -255,7 +271,30 @@ impl AppHandler for ChatHandler {
 // ---------------------------------------------------------------------------------------------
 // Gateway queries
 
-impl Ctx {
+/// What the gateway asks about rooms: who may subscribe to a room's topics, and which messages a
+/// reconnecting member missed. Needs only the database, so a scale-out gateway node can open one
+/// with [`Rooms::open`] without the rest of the social service.
+#[derive(Debug, Clone)]
+pub struct Rooms {
+    store: Store,
+}
+
+impl Rooms {
+    /// A view on an already open store.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// Opens the database at `url` (migrations are the social service's job, not run here).
+    pub async fn open(url: &str, pool: &migrations::PoolSettings) -> Result<Self, StoreError> {
+        Ok(Self::new(Store::open(url, pool).await?))
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+
     /// Whether `user` may subscribe to `topic` (given without `/topic/`): `chat.{id}` and
     /// `members.info.{id}` for the current members of room `id` (participants who have not left);
     /// every other topic is refused. A database error refuses (and is logged).
@@ -263,7 +302,7 @@ impl Ctx {
         let Some(room) = topic_room(topic) else {
             return false;
         };
-        match member(self, room, user).await {
+        match member_in(&self.store, room, user).await {
             Ok(m) => m.is_some(),
             Err(e) => {
                 tracing::warn!(%user, %topic, error = %e, "subscription check failed; refused");
@@ -276,14 +315,14 @@ impl Ctx {
     /// [`MAX_REPLAY`]), for a member catching up after a reconnect: `(message id, ChatMessageDto
     /// JSON)`, the same bytes the broadcast carried unless the sender renamed themselves since.
     /// Messages before the member joined are not included.
-    pub async fn chat_messages_after(
+    pub async fn messages_after(
         &self,
         user: &str,
         room: i64,
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<(i64, Vec<u8>)>, ReplayError> {
-        let Some(me) = member(self, room, user).await? else {
+        let Some(me) = member_in(&self.store, room, user).await? else {
             return Err(ReplayError::NotMember);
         };
         let limit = i64::try_from(limit.min(MAX_REPLAY)).unwrap_or(0);
@@ -294,10 +333,41 @@ impl Ctx {
             .store
             .chat_messages_after_id(room, me.history_from, after_id, limit)
             .await?;
-        let dtos = message_dtos(self, &rows).await?;
+        let dtos = message_dtos_in(&self.store, &rows).await?;
         dtos.into_iter()
             .map(|d| Ok((d.message_id, serde_json::to_vec(&d)?)))
             .collect()
+    }
+
+    /// The room a chat topic (`chat.{id}`, without `/topic/`) belongs to; `None` for any other
+    /// topic, `members.info.{id}` included (it has nothing to replay).
+    pub fn chat_topic_room(topic: &str) -> Option<i64> {
+        topic.strip_prefix("chat.").and_then(|_| topic_room(topic))
+    }
+}
+
+impl Ctx {
+    /// The gateway's view on the rooms, sharing this service's pool.
+    pub fn rooms(&self) -> Rooms {
+        Rooms::new(self.store.clone())
+    }
+
+    /// [`Rooms::may_subscribe_topic`].
+    pub async fn may_subscribe_topic(&self, user: &str, topic: &str) -> bool {
+        self.rooms().may_subscribe_topic(user, topic).await
+    }
+
+    /// [`Rooms::messages_after`].
+    pub async fn chat_messages_after(
+        &self,
+        user: &str,
+        room: i64,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Vec<u8>)>, ReplayError> {
+        self.rooms()
+            .messages_after(user, room, after_id, limit)
+            .await
     }
 }
 
@@ -316,6 +386,8 @@ mod tests {
         assert_eq!(topic_room("chat/5"), None);
         assert_eq!(topic_room("members/info/5"), None);
         assert_eq!(topic_room("other.5"), None);
+        assert_eq!(Rooms::chat_topic_room("chat.7"), Some(7));
+        assert_eq!(Rooms::chat_topic_room("members.info.7"), None);
     }
 
     #[test]

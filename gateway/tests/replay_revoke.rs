@@ -1,0 +1,409 @@
+//! Missed-message replay on SUBSCRIBE and revoke controls, over STOMP/TCP against a real gateway
+//! with the in-process bus. The policy here is a scripted message history; the chat service's own
+//! (database-backed) one is tested end to end in the root crate.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use broker_bridge::{Bus, Envelope, Target};
+use bytes::Bytes;
+use common::{TestGateway, token};
+use futures_util::{SinkExt, StreamExt};
+use gateway::destination::TopicPolicy;
+use gateway::hub::{CONTROL_HEADER, CONTROL_QUEUE, CONTROL_TOPIC_HEADER};
+use gateway::replay::{ID_HEADER, LAST_ID_HEADER, REPLAYED_HEADER, ReplayError, Replayed};
+use parking_lot::Mutex;
+use stomp::{Command, Frame, Item, StompCodec};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+/// A room history: `chat.*` topics for everyone, replay from `messages`. On its first read it
+/// publishes `live_during_read` (id, body) to the topic, as messages committed concurrently would be.
+struct History {
+    bus: Bus,
+    messages: Mutex<Vec<(u64, String)>>,
+    live_during_read: Mutex<Vec<(u64, String)>>,
+    reads: Mutex<usize>,
+}
+
+fn chat_envelope(topic: &str, id: u64, body: &str) -> Envelope {
+    Envelope {
+        destination: format!("/topic/{topic}"),
+        content_type: Some("application/json".into()),
+        headers: vec![(ID_HEADER.into(), id.to_string())],
+        body: Bytes::copy_from_slice(body.as_bytes()),
+    }
+}
+
+#[async_trait]
+impl TopicPolicy for History {
+    async fn may_subscribe(&self, user: Option<&str>, topic: &str) -> bool {
+        user.is_some() && topic.starts_with("chat.")
+    }
+
+    async fn replay(
+        &self,
+        _user: &str,
+        topic: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Replayed>, ReplayError> {
+        if topic == "chat.closed" {
+            return Err(ReplayError::Forbidden);
+        }
+        *self.reads.lock() += 1;
+        let page: Vec<Replayed> = self
+            .messages
+            .lock()
+            .iter()
+            .filter(|(id, _)| *id > after)
+            .take(limit)
+            .map(|(id, body)| Replayed {
+                id: *id,
+                content_type: Some("application/json".into()),
+                body: Bytes::copy_from_slice(body.as_bytes()),
+            })
+            .collect();
+        let live: Vec<_> = std::mem::take(&mut *self.live_during_read.lock());
+        for (id, body) in live {
+            self.bus
+                .publish(Target::Topic(topic.into()), chat_envelope(topic, id, &body))
+                .await
+                .expect("publish");
+        }
+        // Let the live copies reach the hub while this read is still "in flight".
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(page)
+    }
+}
+
+struct Peer {
+    framed: Framed<TcpStream, StompCodec>,
+}
+
+impl Peer {
+    async fn connect(gw: &TestGateway, user: &str) -> Peer {
+        let stream = TcpStream::connect(gw.tcp).await.expect("tcp");
+        let mut framed = Framed::new(stream, StompCodec::default());
+        let f = Frame::new(Command::Connect)
+            .header("accept-version", "1.2")
+            .header("Authorization", format!("Bearer {}", token(user, 3600)));
+        framed.send(f).await.expect("send");
+        let mut p = Peer { framed };
+        p.expect(Command::Connected).await;
+        gw.wait_online(user).await;
+        p
+    }
+
+    async fn next(&mut self, wait: Duration) -> Option<Frame> {
+        loop {
+            match tokio::time::timeout(wait, self.framed.next()).await {
+                Ok(Some(Ok(Item::Frame(f)))) => return Some(f),
+                Ok(Some(Ok(Item::HeartBeat))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    async fn expect(&mut self, cmd: Command) -> Frame {
+        let f = self
+            .next(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("no {cmd:?}"));
+        assert_eq!(f.command, cmd, "{f:?}");
+        f
+    }
+
+    async fn subscribe(&mut self, id: &str, dest: &str, last: Option<&str>) {
+        let mut f = Frame::new(Command::Subscribe)
+            .header("id", id)
+            .header("destination", dest)
+            .header("receipt", format!("r-{id}"));
+        if let Some(last) = last {
+            f = f.header(LAST_ID_HEADER, last);
+        }
+        self.framed.send(f).await.expect("send");
+    }
+
+    /// MESSAGE frames until the RECEIPT `r-{id}`.
+    async fn until_receipt(&mut self, id: &str) -> Vec<Frame> {
+        let mut out = Vec::new();
+        loop {
+            let f = self.expect_any().await;
+            if f.command == Command::Receipt {
+                assert_eq!(f.get("receipt-id"), Some(format!("r-{id}").as_str()));
+                return out;
+            }
+            assert_eq!(f.command, Command::Message, "{f:?}");
+            out.push(f);
+        }
+    }
+
+    async fn expect_any(&mut self) -> Frame {
+        self.next(Duration::from_secs(5)).await.expect("a frame")
+    }
+}
+
+fn body(f: &Frame) -> String {
+    String::from_utf8_lossy(&f.body).into_owned()
+}
+
+async fn history_gateway(
+    messages: &[(u64, &str)],
+    live: &[(u64, &str)],
+) -> (TestGateway, Arc<History>) {
+    let slot: Arc<Mutex<Option<Arc<History>>>> = Arc::default();
+    let s2 = slot.clone();
+    let messages: Vec<(u64, String)> = messages.iter().map(|(i, b)| (*i, b.to_string())).collect();
+    let live: Vec<(u64, String)> = live.iter().map(|(i, b)| (*i, b.to_string())).collect();
+    let gw = TestGateway::start_full(
+        |_| {},
+        move |bus| {
+            let h = Arc::new(History {
+                bus: bus.clone(),
+                messages: Mutex::new(messages),
+                live_during_read: Mutex::new(live),
+                reads: Mutex::new(0),
+            });
+            *s2.lock() = Some(h.clone());
+            h
+        },
+    )
+    .await;
+    let h = slot.lock().clone().expect("policy built");
+    (gw, h)
+}
+
+#[tokio::test]
+async fn replay_fills_the_gap_then_goes_live_without_duplicates() {
+    // Stored: 1..=5. While the store is read, message 5 (already stored, its publish late) and 6
+    // (committed after the read) are published live.
+    let (gw, _h) = history_gateway(
+        &[(1, "m1"), (2, "m2"), (3, "m3"), (4, "m4"), (5, "m5")],
+        &[(5, "m5"), (6, "m6")],
+    )
+    .await;
+    let mut c = Peer::connect(&gw, "alice").await;
+    c.subscribe("s1", "/topic/chat.9", Some("2")).await;
+    let replayed = c.until_receipt("s1").await;
+    let bodies: Vec<String> = replayed.iter().map(body).collect();
+    assert_eq!(bodies, ["m3", "m4", "m5"], "replayed before the receipt");
+    for f in &replayed {
+        assert_eq!(f.get(REPLAYED_HEADER), Some("true"));
+        assert_eq!(f.get("destination"), Some("/topic/chat.9"));
+        assert_eq!(f.get("subscription"), Some("s1"));
+        assert!(f.get(ID_HEADER).is_some());
+    }
+    // Then the live one, once, unmarked; the late copy of 5 is dropped.
+    let live = c.expect(Command::Message).await;
+    assert_eq!(body(&live), "m6");
+    assert_eq!(live.get(REPLAYED_HEADER), None);
+    // A late publish of an already replayed id after the replay is dropped too; a new one passes.
+    gw.bus
+        .publish(
+            Target::Topic("chat.9".into()),
+            chat_envelope("chat.9", 4, "m4"),
+        )
+        .await
+        .unwrap();
+    gw.bus
+        .publish(
+            Target::Topic("chat.9".into()),
+            chat_envelope("chat.9", 7, "m7"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(body(&c.expect(Command::Message).await), "m7");
+    assert!(c.next(Duration::from_millis(200)).await.is_none());
+    // Message ids are unique within the subscription.
+    let mut ids: Vec<String> = replayed
+        .iter()
+        .chain([&live])
+        .map(|f| f.get("message-id").unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4);
+}
+
+#[tokio::test]
+async fn replay_pages_through_long_gaps_and_caps_them() {
+    let many: Vec<(u64, String)> = (1..=1_200).map(|i| (i, format!("m{i}"))).collect();
+    let refs: Vec<(u64, &str)> = many.iter().map(|(i, b)| (*i, b.as_str())).collect();
+    let (gw, h) = history_gateway(&refs, &[]).await;
+    let mut c = Peer::connect(&gw, "bob").await;
+    c.subscribe("s", "/topic/chat.1", Some("0")).await;
+    let got = c.until_receipt("s").await;
+    assert_eq!(got.len(), 1_200);
+    assert!(
+        got.windows(2)
+            .all(|w| w[0].get(ID_HEADER).unwrap().parse::<u64>().unwrap()
+                < w[1].get(ID_HEADER).unwrap().parse::<u64>().unwrap())
+    );
+    assert_eq!(*h.reads.lock(), 3, "pages of 500");
+
+    // Past max_replay the SUBSCRIBE is refused with a clear error.
+    let gw2 = TestGateway::start_full(
+        |c| c.max_replay = 1_000,
+        |bus| {
+            Arc::new(History {
+                bus: bus.clone(),
+                messages: Mutex::new(many.clone()),
+                live_during_read: Mutex::new(Vec::new()),
+                reads: Mutex::new(0),
+            })
+        },
+    )
+    .await;
+    let mut c = Peer::connect(&gw2, "bob").await;
+    c.subscribe("s", "/topic/chat.1", Some("0")).await;
+    let mut frames = 0;
+    let e = loop {
+        let f = c.expect_any().await;
+        if f.command == Command::Error {
+            break f;
+        }
+        frames += 1;
+    };
+    assert!(frames <= 1_000);
+    assert!(
+        e.get("message").unwrap().contains("more than 1000"),
+        "{e:?}"
+    );
+    assert_eq!(e.get("receipt-id"), Some("r-s"));
+}
+
+#[tokio::test]
+async fn replay_refusals_and_nothing_missed() {
+    let (gw, _h) = history_gateway(&[(1, "m1")], &[]).await;
+    // Nothing after the client's id: just the receipt, then live.
+    let mut c = Peer::connect(&gw, "carol").await;
+    c.subscribe("a", "/topic/chat.3", Some("1")).await;
+    assert!(c.until_receipt("a").await.is_empty());
+    gw.bus
+        .publish(
+            Target::Topic("chat.3".into()),
+            chat_envelope("chat.3", 2, "m2"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(body(&c.expect(Command::Message).await), "m2");
+    // A history the policy refuses: ERROR naming the reason.
+    let mut d = Peer::connect(&gw, "dave").await;
+    d.subscribe("b", "/topic/chat.closed", Some("1")).await;
+    let e = d.expect(Command::Error).await;
+    assert!(
+        e.get("message").unwrap().contains("not authorised"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn revoke_control_drops_only_that_users_subscriptions_and_is_never_delivered() {
+    let (gw, _h) = history_gateway(&[], &[]).await;
+    let mut leaver = Peer::connect(&gw, "leaver").await;
+    let mut stayer = Peer::connect(&gw, "stayer").await;
+    for p in [&mut leaver, &mut stayer] {
+        p.subscribe("c", "/topic/chat.5", None).await;
+        p.until_receipt("c").await;
+        p.subscribe("o", "/topic/chat.6", None).await;
+        p.until_receipt("o").await;
+    }
+    // The leaver's session subscribing to the control queue is refused by the grammar.
+    let mut sneaky = Peer::connect(&gw, "leaver").await;
+    sneaky
+        .subscribe("x", &format!("/user/queue/{CONTROL_QUEUE}"), None)
+        .await;
+    let e = sneaky.expect(Command::Error).await;
+    assert!(e.get("message").unwrap().contains("invalid destination"));
+
+    let control = Envelope {
+        destination: format!("/user/queue/{CONTROL_QUEUE}"),
+        content_type: Some("application/json".into()),
+        headers: vec![
+            (CONTROL_HEADER.into(), "revoke".into()),
+            (CONTROL_TOPIC_HEADER.into(), "chat.5".into()),
+        ],
+        body: Bytes::from_static(br#"{"control":"revoke","topic":"chat.5"}"#),
+    };
+    gw.bus
+        .publish(Target::user("leaver", CONTROL_QUEUE), control)
+        .await
+        .unwrap();
+    // Wait until the hub carried it out.
+    for _ in 0..100 {
+        if gw.gw.hub.topic_subscribers("chat.5") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gw.gw.hub.topic_subscribers("chat.5"), 1);
+    gw.bus
+        .publish(
+            Target::Topic("chat.5".into()),
+            chat_envelope("chat.5", 1, "after-leave"),
+        )
+        .await
+        .unwrap();
+    gw.bus
+        .publish(
+            Target::Topic("chat.6".into()),
+            chat_envelope("chat.6", 1, "other-room"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(body(&stayer.expect(Command::Message).await), "after-leave");
+    assert_eq!(body(&stayer.expect(Command::Message).await), "other-room");
+    // The leaver gets the other room only: not the control, not the left room.
+    let f = leaver.expect(Command::Message).await;
+    assert_eq!(body(&f), "other-room");
+    assert!(leaver.next(Duration::from_millis(200)).await.is_none());
+    // Unsubscribing the revoked subscription later is harmless.
+    leaver
+        .framed
+        .send(
+            Frame::new(Command::Unsubscribe)
+                .header("id", "c")
+                .header("receipt", "u"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        leaver.expect(Command::Receipt).await.get("receipt-id"),
+        Some("u")
+    );
+    assert_eq!(gw.gw.hub.topic_subscribers("chat.5"), 1);
+
+    // When the last local subscriber is revoked, the topic is unbound (nothing is left to route).
+    let control = Envelope {
+        destination: format!("/user/queue/{CONTROL_QUEUE}"),
+        content_type: None,
+        headers: vec![
+            (CONTROL_HEADER.into(), "revoke".into()),
+            (CONTROL_TOPIC_HEADER.into(), "chat.5".into()),
+        ],
+        body: Bytes::new(),
+    };
+    gw.bus
+        .publish(Target::user("stayer", CONTROL_QUEUE), control)
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if gw.gw.hub.topic_subscribers("chat.5") == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gw.gw.hub.topic_subscribers("chat.5"), 0);
+    assert_eq!(
+        gw.gw
+            .hub
+            .metrics
+            .revoked
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}

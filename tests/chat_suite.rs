@@ -1,0 +1,134 @@
+//! The chat suite (`tests/js/chat_suite.mjs`, @stomp/stompjs over sockjs-client, three users) run
+//! twice: against `instar serve` (SQLite, in-process bus), and across two `instar gateway` nodes
+//! with an `instar social` worker on MariaDB, RabbitMQ and Redis, where bob's gateway is killed
+//! with SIGKILL mid-conversation and bob recovers every message on the other node by resubscribing
+//! with the last message id he saw.
+#![allow(clippy::unwrap_used)]
+
+mod flow_support;
+mod scaleout_support;
+
+use flow_support::{Proc, SECRET, account, chat_suite, start, unique_dir};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+const CHECKS: usize = 8;
+
+/// The suite's three users and their account ids.
+const USERS: [(&str, &str); 3] = [
+    ("alice", "alice01"),
+    ("bob", "bobby02"),
+    ("carol", "carol03"),
+];
+
+fn ids() -> serde_json::Value {
+    json!(
+        USERS
+            .into_iter()
+            .collect::<std::collections::HashMap<_, _>>()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_suite_on_the_embedded_server() {
+    let server = start().await;
+    let http = reqwest::Client::new();
+    let mut tokens = serde_json::Map::new();
+    for (name, id) in USERS {
+        tokens.insert(
+            name.into(),
+            account(&server.base, &server.log, &http, id).await.into(),
+        );
+    }
+    let ws = vec![format!("{}/ws", server.base)];
+    let passed = chat_suite(
+        &server.base,
+        &ws,
+        &ids(),
+        &tokens.into(),
+        None::<fn(String) -> std::future::Ready<()>>,
+    )
+    .await;
+    assert_eq!(passed.len(), CHECKS, "{passed:?}");
+    assert!(passed.last().unwrap().contains("replayed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_suite_across_two_gateway_nodes_with_a_node_killed() {
+    let Some(services) = scaleout_support::Services::get("chat") else {
+        return;
+    };
+    let Some(mysql) = scaleout_support::service("INSTAR_TEST_MYSQL_URL") else {
+        return;
+    };
+    let db_url = format!("{}/{}", mysql.trim_end_matches('/'), services.prefix);
+    migrations::create_database(&db_url).await.unwrap();
+    let media = unique_dir("chat-media");
+    let common = |extra: &[(&'static str, String)]| {
+        let mut v: Vec<(&'static str, String)> = vec![
+            ("INSTAR_AMQP_URL", services.amqp.clone()),
+            ("INSTAR_REDIS_URL", services.redis.clone()),
+            ("INSTAR_BUS_PREFIX", services.prefix.clone()),
+            ("INSTAR_JWT_SECRET", SECRET.into()),
+            ("INSTAR_DATABASE_URL", db_url.clone()),
+            ("INSTAR_LISTEN", "127.0.0.1:0".into()),
+        ];
+        v.extend_from_slice(extra);
+        v
+    };
+    // The social worker first: it migrates the database.
+    let social = Proc::spawn(
+        "social",
+        &["social"],
+        &common(&[
+            ("INSTAR_REDIS_PREFIX", format!("{}:", services.prefix)),
+            ("INSTAR_MEDIA_DIR", media.display().to_string()),
+        ]),
+    )
+    .await;
+    let a_id = format!("{}a", services.prefix);
+    let b_id = format!("{}b", services.prefix);
+    let a = Proc::spawn(
+        "gw-a",
+        &["gateway"],
+        &common(&[("INSTAR_NODE_ID", a_id.clone())]),
+    )
+    .await;
+    let b = Proc::spawn(
+        "gw-b",
+        &["gateway"],
+        &common(&[("INSTAR_NODE_ID", b_id.clone())]),
+    )
+    .await;
+
+    let http = reqwest::Client::new();
+    let mut tokens = serde_json::Map::new();
+    for (name, id) in USERS {
+        tokens.insert(
+            name.into(),
+            account(&social.base(), &social.log, &http, id).await.into(),
+        );
+    }
+    let ws = vec![format!("{}/ws", a.base()), format!("{}/ws", b.base())];
+    let nodes = Mutex::new(vec![a, b]);
+    let passed = chat_suite(&social.base(), &ws, &ids(), &json!(tokens), {
+        let nodes = &nodes;
+        Some(move |url: String| async move {
+            let mut nodes = nodes.lock().await;
+            let victim = nodes
+                .iter_mut()
+                .find(|n| url.starts_with(&n.base()))
+                .expect("bob's node");
+            victim.kill().await;
+        })
+    })
+    .await;
+    assert_eq!(passed.len(), CHECKS, "{passed:?}");
+    assert!(passed.last().unwrap().contains("killed"));
+
+    drop(nodes);
+    drop(social);
+    services.clean().await;
+    let _ = migrations::drop_database(&db_url).await;
+    let _ = std::fs::remove_dir_all(&media);
+}
