@@ -132,3 +132,59 @@ async fn chat_suite_across_two_gateway_nodes_with_a_node_killed() {
     let _ = migrations::drop_database(&db_url).await;
     let _ = std::fs::remove_dir_all(&media);
 }
+
+/// `loadtest chat` (built next to `instar` by a workspace build) against `instar serve`: two DMs,
+/// everything delivered once and in order, and every message found in the rooms' history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_chat_scenario_counts_deliveries_and_persistence() {
+    let loadtest = std::path::Path::new(env!("CARGO_BIN_EXE_instar")).with_file_name("loadtest");
+    if !loadtest.exists() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            !ci,
+            "{} is missing: build the workspace",
+            loadtest.display()
+        );
+        eprintln!("note: {} is not built; skipping", loadtest.display());
+        return;
+    }
+    let server = start().await;
+    let http = reqwest::Client::new();
+    for k in 1..=4 {
+        account(&server.base, &server.log, &http, &format!("chat{k:05}")).await;
+    }
+    let dir = unique_dir("loadtest-chat");
+    std::fs::create_dir_all(&dir).unwrap();
+    let json_path = dir.join("report.json");
+    let out = tokio::process::Command::new(&loadtest)
+        .arg("chat")
+        .arg("--url")
+        .arg(format!("ws://{}/stomp", server.proc.addr))
+        .args(["--jwt-secret", SECRET])
+        .args(["--rooms", "2", "--room-size", "2", "--rate", "200"])
+        .args(["--max-messages", "200", "--duration", "5", "--drain", "10"])
+        .args(["--timeout", "60", "--quiet", "--json"])
+        .arg(&json_path)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let m = &report["messages"];
+    assert_eq!(m["sent"], 200, "{stdout}");
+    assert_eq!(m["delivered"], 200, "{stdout}");
+    for k in ["lost", "duplicated", "reordered", "misrouted"] {
+        assert_eq!(m[k], 0, "{k}: {stdout}");
+    }
+    let p = &report["persistence"];
+    assert_eq!(p["persisted"], 200, "{stdout}");
+    assert_eq!(p["missing"], 0, "{stdout}");
+    assert_eq!(p["duplicated"], 0, "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,7 +12,7 @@
 //! - [`latency`]: the time origin and sharded HDR histograms;
 //! - [`procfs`]: server RSS and CPU from `/proc`, our own open-files limit;
 //! - [`report`]: JSON, SVG and the stdout summary;
-//! - [`scenario`]: `fanout`, `direct`, `idle`.
+//! - [`scenario`]: `fanout`, `direct`, `chat`, `idle`.
 
 pub mod accounting;
 pub mod client;

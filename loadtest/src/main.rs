@@ -19,7 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use loadtest::client::Credentials;
 use loadtest::progress::Progress;
 use loadtest::report::{self, Report};
-use loadtest::scenario::{Common, direct, fanout, idle};
+use loadtest::scenario::{Common, chat, direct, fanout, idle};
 use loadtest::target::check_loopback;
 
 #[derive(Debug, Parser)]
@@ -51,6 +51,13 @@ enum Scenario {
         common: CommonArgs,
         #[command(flatten)]
         args: direct::DirectArgs,
+    },
+    /// R chat rooms of M members through Instar's /app/send: persisted and delivered, latency.
+    Chat {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        args: chat::ChatArgs,
     },
     /// N sessions with 2 subscriptions each, heart-beats only: server RSS per idle session.
     Idle {
@@ -216,6 +223,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             check_sessions(args.pairs.saturating_mul(2))?;
             (common, args.pairs * 2)
         }
+        Scenario::Chat { common, args } => {
+            check_range("--rate", args.rate, MAX_RATE)?;
+            check_range("--duration", args.duration, MAX_SECONDS)?;
+            check_range("--drain", args.drain, MAX_SECONDS)?;
+            check_sessions(args.rooms.saturating_mul(args.room_size))?;
+            (common, args.rooms * args.room_size)
+        }
         Scenario::Idle { common, args } => {
             check_range("--hold", args.hold, MAX_SECONDS)?;
             check_sessions(args.sessions)?;
@@ -249,6 +263,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             match &cli.scenario {
                 Scenario::Fanout { args, .. } => fanout::run(&common, args).await,
                 Scenario::Direct { args, .. } => direct::run(&common, args).await,
+                Scenario::Chat { args, .. } => chat::run(&common, args).await,
                 Scenario::Idle { args, .. } => idle::run(&common, args).await,
             }
         };

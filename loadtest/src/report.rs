@@ -12,7 +12,7 @@ use crate::latency::LatencySummary;
 /// Everything a run measured. Sections a scenario does not measure are `null` in JSON.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
-    /// `fanout`, `direct` or `idle`.
+    /// `fanout`, `direct`, `chat` or `idle`.
     pub scenario: String,
     /// Seconds since the Unix epoch when the run started.
     pub started_unix: u64,
@@ -36,8 +36,25 @@ pub struct Report {
     pub sessions: SessionHealth,
     /// The harness's own RSS at the end, KiB.
     pub loadtest_rss_kib: Option<u64>,
+    /// What the server stored (chat: messages found in the rooms' history afterwards).
+    pub persistence: Option<Persistence>,
     /// Set when the run hit its hard timeout or could not complete.
     pub aborted: Option<String>,
+}
+
+/// Messages sent vs. found in the server's store after the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Persistence {
+    /// Messages written by the senders.
+    pub sent: u64,
+    /// Distinct messages of this run found in the store.
+    pub persisted: u64,
+    /// Sent but not found.
+    pub missing: u64,
+    /// Found more than once.
+    pub duplicated: u64,
+    /// History requests made to count them.
+    pub requests: u64,
 }
 
 /// Session set-up figures.
@@ -362,6 +379,13 @@ pub fn summary(r: &Report) -> String {
     );
     if let Some(p) = &h.first_problem {
         let _ = writeln!(s, "             first problem: {p}");
+    }
+    if let Some(p) = &r.persistence {
+        let _ = writeln!(
+            s,
+            "persisted    {} of {} sent ({} missing, {} duplicated; {} history requests)",
+            p.persisted, p.sent, p.missing, p.duplicated, p.requests
+        );
     }
     if let Some(k) = r.loadtest_rss_kib {
         let _ = writeln!(s, "loadtest     RSS {k} KiB");

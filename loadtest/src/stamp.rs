@@ -32,10 +32,7 @@ pub struct Stamp {
 impl Stamp {
     /// The body: the stamp as text, then `.` up to `payload` bytes (never shorter than the stamp).
     pub fn body(&self, payload: usize) -> Bytes {
-        let text = format!(
-            "stream={} seq={} sent_ns={} ",
-            self.stream, self.seq, self.sent_ns
-        );
+        let text = self.text();
         let mut b = BytesMut::with_capacity(payload.max(text.len()));
         b.put_slice(text.as_bytes());
         while b.len() < payload {
@@ -74,7 +71,25 @@ impl Stamp {
 
     /// The body's stamp, else the headers'.
     pub fn from_frame(frame: &Frame) -> Option<Stamp> {
-        Stamp::from_body(&frame.body).or_else(|| Stamp::from_headers(frame))
+        Stamp::from_body(&frame.body)
+            .or_else(|| Stamp::from_headers(frame))
+            .or_else(|| Stamp::from_chat_json(&frame.body))
+    }
+
+    /// The stamp text alone (what [`Stamp::body`] starts with).
+    pub fn text(&self) -> String {
+        format!(
+            "stream={} seq={} sent_ns={} ",
+            self.stream, self.seq, self.sent_ns
+        )
+    }
+
+    /// Reads a stamp from the `"message"` string of a chat message JSON (Instar's
+    /// `/topic/chat.{id}` broadcasts and history entries carry the text the sender wrote).
+    pub fn from_chat_json(body: &[u8]) -> Option<Stamp> {
+        const KEY: &[u8] = b"\"message\":\"";
+        let at = body.windows(KEY.len()).position(|w| w == KEY)?;
+        Stamp::from_body(&body[at + KEY.len()..])
     }
 
     /// Adds the stamp headers to a frame under construction.
@@ -88,4 +103,25 @@ impl Stamp {
 
 fn field(part: &str, prefix: &str) -> Option<u64> {
     part.strip_prefix(prefix)?.parse().ok()
+}
+
+#[cfg(test)]
+mod chat_tests {
+    use super::*;
+
+    #[test]
+    fn stamp_inside_chat_json() {
+        let st = Stamp {
+            stream: 3,
+            seq: 41,
+            sent_ns: 99,
+        };
+        let body = format!(
+            r#"{{"type":"TEXT","chatRoomId":7,"messageId":5,"senderId":"u","message":"{}run=x ....","attachments":null}}"#,
+            st.text()
+        );
+        assert_eq!(Stamp::from_chat_json(body.as_bytes()), Some(st));
+        assert_eq!(Stamp::from_chat_json(br#"{"message":"hello"}"#), None);
+        assert_eq!(Stamp::from_chat_json(b"{}"), None);
+    }
 }

@@ -92,6 +92,7 @@ pub async fn run(common: &Common, args: &DirectArgs) -> anyhow::Result<Report> {
                 schedule,
                 max_messages: count,
                 payload: args.payload,
+                body: super::BodyFormat::Plain,
             },
         ));
     }

@@ -75,6 +75,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> anyhow::Result<Report> {
         schedule,
         max_messages: count,
         payload: args.payload,
+        body: super::BodyFormat::Plain,
     };
     let parameters = serde_json::json!({
         "subscribers": args.subscribers,

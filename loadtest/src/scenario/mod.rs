@@ -1,5 +1,6 @@
 //! What the scenarios share: options, session set-up at scale, and the sender and receiver loops.
 
+pub mod chat;
 pub mod direct;
 pub mod fanout;
 pub mod idle;
@@ -302,6 +303,34 @@ pub struct SendPlan {
     pub max_messages: u64,
     /// Body size, bytes.
     pub payload: usize,
+    /// How the stamp is wrapped.
+    pub body: BodyFormat,
+}
+
+/// The body of each SEND.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// `text/plain`: the stamp, then `.` padding ([`Stamp::body`]).
+    Plain,
+    /// Instar's `/app/send`: `{"chatRoomId": room, "message": "<stamp>run=<run> ..."}` as JSON.
+    Chat { room: i64, run: String },
+}
+
+impl BodyFormat {
+    /// Content type and body for `stamp`.
+    pub fn render(&self, stamp: &Stamp, payload: usize) -> (&'static str, bytes::Bytes) {
+        match self {
+            BodyFormat::Plain => ("text/plain", stamp.body(payload)),
+            BodyFormat::Chat { room, run } => {
+                let mut text = format!("{}run={run} ", stamp.text());
+                while text.len() < payload {
+                    text.push('.');
+                }
+                let body = serde_json::json!({ "chatRoomId": room, "message": text });
+                ("application/json", bytes::Bytes::from(body.to_string()))
+            }
+        }
+    }
 }
 
 /// What one sender did.
@@ -346,13 +375,14 @@ pub async fn send_stream(
                     seq,
                     sent_ns: plan.schedule.intended_ns(seq),
                 };
+                let (content_type, body) = plan.body.render(&stamp, plan.payload);
                 let mut frame = Frame::new(Command::Send)
                     .header("destination", &plan.destination)
-                    .header("content-type", "text/plain");
+                    .header("content-type", content_type);
                 for (k, v) in &plan.headers {
                     frame = frame.header(k, v);
                 }
-                let frame = stamp.add_headers(frame).with_body(stamp.body(plan.payload));
+                let frame = stamp.add_headers(frame).with_body(body);
                 result = session.feed(frame).await;
                 if result.is_err() {
                     break;
