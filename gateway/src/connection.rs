@@ -389,6 +389,8 @@ impl Driver<'_> {
                         actions.extend(self.session.fail(&msg, receipt.as_deref(), None));
                         continue;
                     }
+                    // (The session refuses the header without a principal: replay is per user.)
+                    let replay_after = replay_after.filter(|_| user.is_some());
                     if replay_after.is_some() {
                         sub.begin_replay();
                     }

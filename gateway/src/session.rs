@@ -382,6 +382,9 @@ impl Session {
                 };
                 let replay_after = match frame.get(crate::replay::LAST_ID_HEADER) {
                     None => None,
+                    Some(_) if self.principal.is_none() => {
+                        return Err("anonymous sessions cannot replay missed messages".into());
+                    }
                     Some(_) if !matches!(target, SubscribeTarget::Topic(_)) => {
                         return Err(format!(
                             "'{}' applies to topics only",

@@ -285,7 +285,8 @@ impl Rooms {
         Self { store }
     }
 
-    /// Opens the database at `url` (migrations are the social service's job, not run here).
+    /// Opens the database at `url`, applying pending migrations like every process that opens the
+    /// store does (they are idempotent and serialised by the migrator).
     pub async fn open(url: &str, pool: &migrations::PoolSettings) -> Result<Self, StoreError> {
         Ok(Self::new(Store::open(url, pool).await?))
     }
