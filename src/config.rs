@@ -45,6 +45,10 @@ pub(crate) struct ServeArgs {
     pub connect_timeout_secs: Option<u64>,
     /// Seconds sessions get to drain on SIGINT/SIGTERM. [default: 10]
     #[arg(long, env = "INSTAR_DRAIN_SECS")]
+    /// Concurrent workers running application commands (/app/send, ...); one session's commands
+    /// always go to the same worker, in order. [default: 16]
+    #[arg(long, env = "INSTAR_COMMAND_WORKERS")]
+    pub command_workers: Option<usize>,
     pub drain_secs: Option<u64>,
     /// Accept CONNECT without a token (read-only sessions). [default: false]
     #[arg(long, env = "INSTAR_ALLOW_ANONYMOUS", value_parser = clap::builder::BoolishValueParser::new())]
@@ -77,6 +81,7 @@ struct FileSettings {
     outbound_queue: Option<usize>,
     connect_timeout_secs: Option<u64>,
     drain_secs: Option<u64>,
+    command_workers: Option<usize>,
     allow_anonymous: Option<bool>,
     public_topics: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
@@ -97,6 +102,7 @@ pub(crate) struct Settings {
     pub outbound_queue: usize,
     pub connect_timeout: Duration,
     pub drain_grace: Duration,
+    pub command_workers: usize,
     pub allow_anonymous: bool,
     pub public_topics: Vec<String>,
     pub allowed_origins: Vec<String>,
@@ -169,6 +175,11 @@ impl ServeArgs {
                     .unwrap_or(10),
             ),
             drain_grace: Duration::from_secs(self.drain_secs.or(file.drain_secs).unwrap_or(10)),
+            command_workers: self
+                .command_workers
+                .or(file.command_workers)
+                .unwrap_or(16)
+                .clamp(1, 256),
             allow_anonymous: self
                 .allow_anonymous
                 .or(file.allow_anonymous)

@@ -63,7 +63,13 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
     let registry = Registry::in_process();
-    let bus = Bus::in_process(registry, InProcessConfig::default());
+    let bus = Bus::in_process(
+        registry,
+        InProcessConfig {
+            workers: cfg.command_workers,
+            ..InProcessConfig::default()
+        },
+    );
     if cfg.bench_echo {
         tracing::warn!(
             "INSTAR_BENCH_ECHO is on: /app/bench.* republishes client messages (load tests only)"

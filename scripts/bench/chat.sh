@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The chat benchmark of docs/benchmarks.md: `instar serve` (release) on a fresh database, the
+# chat00001.. members seeded, then `loadtest chat` with the given arguments.
+#
+#   scripts/bench/chat.sh sqlite [LOADTEST CHAT ARGS...]
+#   scripts/bench/chat.sh mysql://user:pass@127.0.0.1:3306 [LOADTEST CHAT ARGS...]
+#
+# With a MySQL/MariaDB base URL a database named instar_bench_chat_<pid> is created and dropped.
+# Build first: cargo build --release -p instar -p loadtest
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+BIN="$ROOT/target/release"
+db=${1:?usage: chat.sh sqlite|mysql://... [loadtest chat args]}
+shift
+secret="chat-bench-secret-chat-bench-secret!"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+data=$(mktemp -d /tmp/instar-chat-bench.XXXXXX)
+export INSTAR_JWT_SECRET="$secret" INSTAR_DATA_DIR="$data" INSTAR_LISTEN="127.0.0.1:$port" \
+  INSTAR_TCP_LISTEN=off INSTAR_LOG="${INSTAR_LOG:-warn}"
+dbname=""
+if [ "$db" != sqlite ]; then
+  dbname="instar_bench_chat_$$"
+  hostport=${db#*@}; hostport=${hostport%%/*}
+  creds=${db#mysql://}; creds=${creds%%@*}
+  myargs=(-h "${hostport%%:*}" -P "${hostport##*:}" -u "${creds%%:*}" "-p${creds#*:}")
+  mariadb "${myargs[@]}" -e "CREATE DATABASE $dbname CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+  export INSTAR_DATABASE_URL="${db%/}/$dbname"
+fi
+cleanup() {
+  [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  [ -n "$dbname" ] && mariadb "${myargs[@]}" -e "DROP DATABASE IF EXISTS $dbname" || true
+  rm -rf "$data"
+}
+trap cleanup EXIT
+"$BIN/instar" serve &
+pid=$!
+for _ in $(seq 100); do
+  curl -fs "http://127.0.0.1:$port/api/auth/checkId?id=x" -o /dev/null -X POST -H 'Content-Type: application/json' -d '{"id":"x"}' && break
+  curl -fs "http://127.0.0.1:$port/ws/info" -o /dev/null && break
+  sleep 0.2
+done
+if [ -z "$dbname" ]; then
+  sqlite3 "$data/instar.db" < "$ROOT/scripts/bench/seed_chat.sqlite.sql"
+else
+  mariadb "${myargs[@]}" "$dbname" < "$ROOT/scripts/bench/seed_chat.mysql.sql"
+fi
+"$BIN/loadtest" chat --url "ws://127.0.0.1:$port/stomp" --jwt-secret "$secret" --pid "$pid" "$@"
