@@ -6,9 +6,10 @@ use loadtest::jwt::{hmac_sha256, sign_hs256};
 
 #[test]
 fn matches_an_independently_computed_token() {
+    // Claims {"exp":1700003600,"iat":1700000000,"role":"USER","sub":"alice"}.
     let expected = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.\
-eyJleHAiOjE3MDAwMDM2MDAsImlhdCI6MTcwMDAwMDAwMCwic3ViIjoiYWxpY2UifQ.\
-fAKFY6Vviugdt7QCmgxZPVs2l7x6keJ9TC6Lop_Ee3I";
+eyJleHAiOjE3MDAwMDM2MDAsImlhdCI6MTcwMDAwMDAwMCwicm9sZSI6IlVTRVIiLCJzdWIiOiJhbGljZSJ9.\
+VM5Wq9dpPii_97zYNYsYMs_j8uSz0h1lH8NXpWpiviI";
     assert_eq!(
         sign_hs256(b"bench", "alice", 1_700_000_000, 1_700_003_600),
         expected
@@ -35,7 +36,7 @@ fn has_three_parts_with_the_expected_header_and_claims() {
     .expect("claims JSON");
     assert_eq!(
         claims,
-        serde_json::json!({"sub": "bench-sub-42", "iat": 10, "exp": 3610})
+        serde_json::json!({"sub": "bench-sub-42", "role": "USER", "iat": 10, "exp": 3610})
     );
     let signature = URL_SAFE_NO_PAD
         .decode(parts[2])
