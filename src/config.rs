@@ -113,27 +113,12 @@ pub(crate) struct Settings {
 impl ServeArgs {
     /// Flags and environment over the file over the defaults.
     pub(crate) fn resolve(self) -> anyhow::Result<Settings> {
-        let file: FileSettings = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("parsing config file {}", path.display()))?
-            }
-            None => FileSettings::default(),
-        };
+        let file: FileSettings = crate::config::read_file(self.config.as_deref())?;
         let tcp = self
             .tcp_listen
             .or(file.tcp_listen)
             .unwrap_or_else(|| "127.0.0.1:61613".to_owned());
-        let tcp_listen = if tcp.eq_ignore_ascii_case("off") || tcp.is_empty() {
-            None
-        } else {
-            Some(
-                tcp.parse()
-                    .with_context(|| format!("invalid tcp_listen address '{tcp}'"))?,
-            )
-        };
+        let tcp_listen = crate::config::tcp_address(&tcp)?;
         let jwt_secret = match self.jwt_secret.or(file.jwt_secret) {
             Some(s) if !s.is_empty() => s,
             _ => {
@@ -211,4 +196,27 @@ impl Settings {
         g.allowed_origins = self.allowed_origins.clone();
         g
     }
+}
+
+/// Reads a TOML settings file, or the defaults when no file is given.
+pub(crate) fn read_file<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+/// A STOMP/TCP listen setting: `off` (or empty) for none, else an address.
+pub(crate) fn tcp_address(value: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    if value.eq_ignore_ascii_case("off") || value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .with_context(|| format!("invalid tcp_listen address '{value}'"))
 }

@@ -130,27 +130,12 @@ pub(crate) struct NodeSettings {
 impl GatewayArgs {
     /// Flags and environment over the file over the defaults.
     pub(crate) fn resolve(self) -> anyhow::Result<NodeSettings> {
-        let file: FileSettings = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("parsing config file {}", path.display()))?
-            }
-            None => FileSettings::default(),
-        };
+        let file: FileSettings = crate::config::read_file(self.config.as_deref())?;
         let tcp = self
             .tcp_listen
             .or(file.tcp_listen)
             .unwrap_or_else(|| "off".to_owned());
-        let tcp_listen = if tcp.eq_ignore_ascii_case("off") || tcp.is_empty() {
-            None
-        } else {
-            Some(
-                tcp.parse()
-                    .with_context(|| format!("invalid tcp_listen address '{tcp}'"))?,
-            )
-        };
+        let tcp_listen = crate::config::tcp_address(&tcp)?;
         let jwt_secret = self
             .jwt_secret
             .or(file.jwt_secret)

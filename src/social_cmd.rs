@@ -53,15 +53,7 @@ struct FileSettings {
 }
 
 pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
-    let file: FileSettings = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading config file {}", path.display()))?;
-            toml::from_str(&text)
-                .with_context(|| format!("parsing config file {}", path.display()))?
-        }
-        None => FileSettings::default(),
-    };
+    let file: FileSettings = crate::config::read_file(args.config.as_deref())?;
     let jwt_secret = args
         .jwt_secret
         .clone()
