@@ -46,7 +46,7 @@ pub(crate) struct ServeArgs {
     /// Seconds sessions get to drain on SIGINT/SIGTERM. [default: 10]
     #[arg(long, env = "INSTAR_DRAIN_SECS")]
     /// Concurrent workers running application commands (/app/send, ...); one session's commands
-    /// always go to the same worker, in order. [default: 16]
+    /// always go to the same worker, in order. [default: 128]
     #[arg(long, env = "INSTAR_COMMAND_WORKERS")]
     pub command_workers: Option<usize>,
     pub drain_secs: Option<u64>,
@@ -108,6 +108,7 @@ pub(crate) struct Settings {
     pub allowed_origins: Vec<String>,
     pub bench_echo: bool,
     pub social: social::SocialConfig,
+    pub chat_writers: Option<usize>,
 }
 
 impl ServeArgs {
@@ -128,10 +129,10 @@ impl ServeArgs {
                 gateway::random_id(48)
             }
         };
-        let social = self
-            .social
-            .resolve(&file.social.clone().unwrap_or_default(), &jwt_secret)?;
+        let social_file = file.social.clone().unwrap_or_default();
+        let social = self.social.resolve(&social_file, &jwt_secret)?;
         Ok(Settings {
+            chat_writers: self.social.chat_writers(&social_file),
             social,
             listen: self
                 .listen
@@ -163,8 +164,8 @@ impl ServeArgs {
             command_workers: self
                 .command_workers
                 .or(file.command_workers)
-                .unwrap_or(16)
-                .clamp(1, 256),
+                .unwrap_or(128)
+                .clamp(1, 1024),
             allow_anonymous: self
                 .allow_anonymous
                 .or(file.allow_anonymous)

@@ -79,7 +79,7 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
     let social = social::Ctx::start(&cfg.social, bus.clone())
         .await
         .context("starting the social service")?;
-    social::chat::register(&social, &bus);
+    social::chat::register_with(&social, &bus, cfg.chat_writers);
     tracing::info!(
         database = %migrations::redact(&cfg.social.database_url),
         "social service ready"

@@ -78,6 +78,9 @@ pub(crate) struct SocialArgs {
     /// From address of verification mails. [default: no-reply@localhost]
     #[arg(long, env = "INSTAR_SMTP_FROM")]
     pub smtp_from: Option<String>,
+    /// Chat send writers: tasks writing batches of /app/send messages, sends sharded by room. [default: 1 on SQLite, 1 on MySQL/MariaDB]
+    #[arg(long, env = "INSTAR_CHAT_WRITERS")]
+    pub chat_writers: Option<usize>,
 }
 
 /// The `[social]` table of the TOML file (same names, without the `--`, with `_`).
@@ -105,6 +108,7 @@ pub(crate) struct SocialFile {
     smtp_username: Option<String>,
     smtp_password: Option<String>,
     smtp_from: Option<String>,
+    chat_writers: Option<usize>,
 }
 
 macro_rules! pick {
@@ -114,6 +118,12 @@ macro_rules! pick {
 }
 
 impl SocialArgs {
+    /// The chat send writers asked for (`None`: the backend's default), at most 64.
+    pub(crate) fn chat_writers(&self, file: &SocialFile) -> Option<usize> {
+        let (a, f) = (self, file);
+        pick!(a, f, chat_writers).map(|n| n.clamp(1, 64))
+    }
+
     /// Resolves the social configuration with the JWT secret shared with the gateway.
     pub(crate) fn resolve(
         &self,

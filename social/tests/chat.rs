@@ -177,7 +177,8 @@ where
     panic!("timed out waiting for {what}");
 }
 
-/// Sends `text` through the bus as `user` and waits until it is stored; returns its id.
+/// Sends `text` through the bus as `user` and waits until it is stored and its pushes published;
+/// returns its id.
 async fn send(app: &TestApp, user: &str, room: i64, text: &str) -> i64 {
     app.bus
         .submit(cmd(
@@ -197,6 +198,11 @@ async fn send(app: &TestApp, user: &str, room: i64, text: &str) -> i64 {
         .await
         .unwrap();
         if let Some(id) = row {
+            // Stored; the pushes are out once the outbox is empty.
+            poll("the pushes to be published", || async {
+                outbox_len(app).await == 0
+            })
+            .await;
             return id;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1836,3 +1842,238 @@ async fn a_stalled_bus_leaves_the_push_for_the_sweeper(db: Db) {
     .await;
 }
 on_both!(a_stalled_bus_leaves_the_push_for_the_sweeper);
+
+// ---------------------------------------------------------------------------------------------
+// Batched sends
+
+/// Runs `futs` concurrently, polling them in order (so the first poll of each, which queues a
+/// send, happens in order); their outputs in order.
+async fn in_order<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in futs.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *slot = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+async fn batched_sends_keep_order_and_refuse_one_by_one(db: Db) {
+    use std::sync::atomic::Ordering;
+    let app = start(db).await;
+    let alice = quick_user(&app, "alice01", "Alice").await;
+    let bob = quick_user(&app, "bob02", "Bob").await;
+    quick_user(&app, "carol03", "Carol").await;
+    quick_user(&app, "dave04", "Dave").await;
+    let group = create(&app, &alice, &["bob02", "carol03"]).await;
+    let dm = create(&app, &alice, &["bob02"]).await;
+    let other = create(&app, &alice, &["carol03"]).await;
+    // Bob hides the DM: the first batched message brings it back for him.
+    let (status, _) = leave(&app, &bob, dm).await;
+    assert_eq!(status, 200);
+    let rooms = [group, dm, other];
+    let mut link = node(&app, "n1", &["alice01", "bob02", "carol03"]).await;
+    for r in rooms {
+        link.bind(&format!("chat.{r}")).await.unwrap();
+    }
+    drain(&mut link, 200).await;
+
+    let writer = social::chat::writer::SendWriter::start(&app.ctx, 2).unwrap();
+    let members = |room: i64| -> &'static [&'static str] {
+        if room == group {
+            &["alice01", "bob02", "carol03"]
+        } else if room == dm {
+            &["alice01"]
+        } else {
+            &["alice01", "carol03"]
+        }
+    };
+    // 300 sends queued at once, every tenth from a non-member.
+    let sends: Vec<(i64, String, String)> = (0..300)
+        .map(|i| {
+            let room = rooms[i % 3];
+            let sender = if i % 10 == 9 {
+                "dave04".to_owned()
+            } else {
+                let m = members(room);
+                m[(i / 3) % m.len()].to_owned()
+            };
+            (room, sender, format!("batch {i}"))
+        })
+        .collect();
+    let answers = in_order(
+        sends
+            .iter()
+            .map(|(room, sender, text)| writer.send(sender, *room, text))
+            .collect(),
+    )
+    .await;
+
+    let mut expected: std::collections::HashMap<i64, Vec<(i64, String)>> = Default::default();
+    for ((room, sender, text), answer) in sends.iter().zip(&answers) {
+        if sender == "dave04" {
+            assert!(
+                matches!(
+                    answer,
+                    Err(social::chat::ChatError::Refused("not a member"))
+                ),
+                "{answer:?}"
+            );
+        } else {
+            let id = *answer.as_ref().unwrap();
+            expected.entry(*room).or_default().push((id, text.clone()));
+        }
+    }
+    let stats = writer.stats();
+    assert_eq!(stats.refused.load(Ordering::Relaxed), 30);
+    assert_eq!(stats.messages.load(Ordering::Relaxed), 270);
+    assert_eq!(stats.fallbacks.load(Ordering::Relaxed), 0);
+    let batches = stats.batches.load(Ordering::Relaxed);
+    assert!(batches < 20, "{batches} transactions for 270 messages");
+
+    // Per room: ids rise in the order the sends were queued, the store holds exactly those
+    // rows, the broadcasts arrive once each in id order, and the preview is the last one.
+    let mut broadcast: std::collections::HashMap<i64, Vec<i64>> = Default::default();
+    let mut alarms: std::collections::HashMap<String, usize> = Default::default();
+    let mut create_room = 0;
+    for d in drain(&mut link, 1500).await {
+        match &d.target {
+            Target::Topic(t) => {
+                let m = json_of(&d);
+                let room = m["chatRoomId"].as_i64().unwrap();
+                assert_eq!(t, &format!("chat.{room}"));
+                assert_eq!(
+                    header(&d, "x-instar-message-id"),
+                    Some(m["messageId"].to_string().as_str())
+                );
+                broadcast
+                    .entry(room)
+                    .or_default()
+                    .push(m["messageId"].as_i64().unwrap());
+            }
+            Target::User { user, .. } => {
+                let a = json_of(&d);
+                if a["alarmType"] == "CREATE_ROOM" {
+                    assert_eq!(user, "bob02");
+                    create_room += 1;
+                } else {
+                    assert_eq!(a["alarmType"], "CHAT");
+                    *alarms.entry(user.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(create_room, 1);
+    for r in rooms {
+        let want = &expected[&r];
+        let ids: Vec<i64> = want.iter().map(|(id, _)| *id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert_eq!(broadcast[&r], ids);
+        let stored: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, message FROM chatroom_message WHERE chatroom_id = ? AND type = 'TEXT' \
+             ORDER BY id",
+        )
+        .bind(r)
+        .fetch_all(app.ctx.store.pool())
+        .await
+        .unwrap();
+        assert_eq!(&stored, want);
+        let preview: Option<String> =
+            sqlx::query_scalar("SELECT last_message FROM chatroom WHERE id = ?")
+                .bind(r)
+                .fetch_one(app.ctx.store.pool())
+                .await
+                .unwrap();
+        assert_eq!(preview.as_deref(), Some(want.last().unwrap().1.as_str()));
+    }
+    // CHAT alarms: one per message to each member (bob is back in the DM).
+    let n = |r: i64| expected[&r].len();
+    assert_eq!(alarms["alice01"], n(group) + n(dm) + n(other));
+    assert_eq!(alarms["bob02"], n(group) + n(dm));
+    assert_eq!(alarms["carol03"], n(group) + n(other));
+    let hidden: i64 = sqlx::query_scalar(
+        "SELECT is_hidden FROM chatroom_participant WHERE chatroom_id = ? AND user_id = 'bob02'",
+    )
+    .bind(dm)
+    .fetch_one(app.ctx.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(hidden, 0);
+    assert_eq!(outbox_len(&app).await, 0);
+    // Checks that need no database are made before queueing.
+    assert!(writer.send("alice01", group, " ").await.is_err());
+    assert!(writer.send("alice01", 999_999, "x").await.is_err());
+}
+on_both!(batched_sends_keep_order_and_refuse_one_by_one);
+
+/// A batch's outbox row names its messages; the sweeper rebuilds their pushes from the store.
+async fn a_batch_row_left_behind_is_rebuilt_from_the_store(db: Db) {
+    let app = start(db).await;
+    let alice = quick_user(&app, "alice01", "Alice").await;
+    quick_user(&app, "bob02", "Bob").await;
+    let room = create(&app, &alice, &["bob02"]).await;
+    let mut link = node(&app, "n1", &["alice01", "bob02"]).await;
+    link.bind(&format!("chat.{room}")).await.unwrap();
+    drain(&mut link, 200).await;
+    let ids = insert_messages(&app, room, "alice01", 2).await;
+    let mut tx = app.ctx.store.write().await.unwrap();
+    let body = serde_json::to_vec(&ids).unwrap();
+    social::store::chat::outbox_insert(
+        tx.conn(),
+        &social::store::chat::NewOutbox {
+            target: social::chat::writer::MESSAGES_TARGET,
+            destination: "/topic/chat",
+            content_type: Some("application/json"),
+            headers: None,
+            body: &body,
+        },
+        social::time::now_micros() - 10_000_000,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut topic = Vec::new();
+    let mut alarms = Vec::new();
+    while topic.len() < 2 || alarms.len() < 4 {
+        let d = recv(&mut link).await;
+        match &d.target {
+            Target::Topic(_) => topic.push(d),
+            Target::User { .. } => alarms.push(d),
+        }
+    }
+    let (_, hist) = history(&app, &alice, room, None).await;
+    for (d, id) in topic.iter().zip(&ids) {
+        assert_eq!(
+            header(d, "x-instar-message-id"),
+            Some(id.to_string().as_str())
+        );
+        let m = json_of(d);
+        assert_eq!(m["messageId"], *id);
+        // The same JSON as the history (newest first there).
+        let same = hist["list"].as_array().unwrap().iter().any(|h| *h == m);
+        assert!(same, "{m} not in {hist}");
+    }
+    for a in &alarms {
+        assert_eq!(json_of(a)["alarmType"], "CHAT");
+    }
+    poll("the row to be deleted", || async {
+        outbox_len(&app).await == 0
+    })
+    .await;
+}
+on_both!(a_batch_row_left_behind_is_rebuilt_from_the_store);

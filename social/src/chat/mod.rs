@@ -12,6 +12,8 @@
 //!   the commit and deleted once the bus accepted it; rows left behind are re-sent by a sweeper
 //!   ([`register`] starts it). Chat messages carry [`MESSAGE_ID_HEADER`] so the gateway can drop
 //!   duplicates;
+//! * `/app/send` messages are written in batches, one transaction for all the sends queued at
+//!   the moment ([`writer`]);
 //! * changes to one room are serialised in this process (a lock per room shard held from before
 //!   the transaction until the pushes are published), so a room's messages are published in id
 //!   order; across processes the room row lock orders the commits.
@@ -19,6 +21,7 @@
 pub mod dto;
 mod ops;
 pub mod outbox;
+pub mod writer;
 
 use std::sync::{Arc, LazyLock};
 
@@ -139,8 +142,24 @@ static ROOM_LOCKS: LazyLock<[Mutex<()>; ROOM_SHARDS]> =
 /// Serialises changes to `room` in this process, from before the transaction until its pushes
 /// are published. Take it before [`crate::store::Store::write`], never after.
 pub(crate) async fn room_lock(room: i64) -> MutexGuard<'static, ()> {
-    let shard = usize::try_from(room.rem_euclid(ROOM_SHARDS as i64)).unwrap_or(0);
-    ROOM_LOCKS[shard].lock().await
+    ROOM_LOCKS[room_shard(room)].lock().await
+}
+
+fn room_shard(room: i64) -> usize {
+    usize::try_from(room.rem_euclid(ROOM_SHARDS as i64)).unwrap_or(0)
+}
+
+/// [`room_lock`] for several rooms at once: their shards are taken in ascending order, so two
+/// holders of several shards cannot deadlock (and everyone else holds one at a time).
+pub(crate) async fn room_locks(rooms: &[i64]) -> Vec<MutexGuard<'static, ()>> {
+    let mut shards: Vec<usize> = rooms.iter().map(|&r| room_shard(r)).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    let mut guards = Vec::with_capacity(shards.len());
+    for s in shards {
+        guards.push(ROOM_LOCKS[s].lock().await);
+    }
+    guards
 }
 
 /// The member row of `user` in `room` when `user` is a member (participant, not hidden).
@@ -224,7 +243,23 @@ fn topic_room(topic: &str) -> Option<i64> {
 /// Registers the chat handlers for `/app/` on `bus` and starts the outbox sweeper (on the
 /// current Tokio runtime). Pushes go out through `ctx.notifier`'s bus.
 pub fn register(ctx: &Ctx, bus: &Bus) {
-    bus.register_handler("/app/", Arc::new(ChatHandler { ctx: ctx.clone() }));
+    register_with(ctx, bus, None);
+}
+
+/// [`register`] with `writers` send writer tasks (`None`: one; see [`writer`]).
+pub fn register_with(ctx: &Ctx, bus: &Bus, writers: Option<usize>) {
+    let writers = writers.unwrap_or(match ctx.store.dialect().0 {
+        migrations::Backend::Sqlite => 1,
+        migrations::Backend::MySql => SEND_WRITERS_MYSQL,
+    });
+    let writer = writer::SendWriter::start(ctx, writers);
+    bus.register_handler(
+        "/app/",
+        Arc::new(ChatHandler {
+            ctx: ctx.clone(),
+            writer,
+        }),
+    );
     outbox::spawn_sweeper(ctx);
 }
 
@@ -232,7 +267,13 @@ pub fn register(ctx: &Ctx, bus: &Bus) {
 #[derive(Debug)]
 struct ChatHandler {
     ctx: Ctx,
+    /// Batches sends; `None` (no runtime at registration) writes each alone.
+    writer: Option<writer::SendWriter>,
 }
+
+/// Writer tasks on MySQL/MariaDB, where transactions on different rooms run in parallel (SQLite
+/// has one writer, so one).
+const SEND_WRITERS_MYSQL: usize = 1;
 
 #[async_trait]
 impl AppHandler for ChatHandler {
@@ -258,7 +299,10 @@ impl AppHandler for ChatHandler {
                 .get("message")
                 .and_then(Value::as_str)
                 .ok_or_else(|| HandlerError::Rejected("message missing".into()))?;
-            ops::send_text(&self.ctx, &cmd.principal, room, text).await?;
+            match &self.writer {
+                Some(w) => w.send(&cmd.principal, room, text).await?,
+                None => ops::send_text(&self.ctx, &cmd.principal, room, text).await?,
+            };
         } else {
             let message = json_id(body.get("messageId"))
                 .ok_or_else(|| HandlerError::Rejected("messageId missing".into()))?;

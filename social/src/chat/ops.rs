@@ -9,8 +9,8 @@ use serde_json::json;
 use super::dto::{self, ChatAlarm, ChatMessageDto, ReadInfoDto};
 use super::outbox::{self, Outgoing, Staged};
 use super::{
-    CONTROL_HEADER, CONTROL_QUEUE, CONTROL_TOPIC_HEADER, ChatError, MAX_MESSAGE_CHARS,
-    MAX_ROOM_MEMBERS, MESSAGE_ID_HEADER, member, room_lock,
+    CONTROL_HEADER, CONTROL_QUEUE, CONTROL_TOPIC_HEADER, ChatError, MAX_ROOM_MEMBERS,
+    MESSAGE_ID_HEADER, member, room_lock,
 };
 use crate::app::Ctx;
 use crate::media::{THUMB_SUFFIX, sniff};
@@ -61,12 +61,12 @@ fn info_topic(room: i64) -> String {
 }
 
 /// The broadcast of a new message on `/topic/chat.{room}`, with the de-duplication header.
-fn message_push(dto: &ChatMessageDto) -> Result<Outgoing, ChatError> {
+pub(crate) fn message_push(dto: &ChatMessageDto) -> Result<Outgoing, ChatError> {
     Ok(Outgoing::topic(&chat_topic(dto.chat_room_id), dto)?
         .with_header(MESSAGE_ID_HEADER, &dto.message_id.to_string()))
 }
 
-fn alarm(user: &str, alarm: &ChatAlarm) -> Result<Outgoing, ChatError> {
+pub(crate) fn alarm(user: &str, alarm: &ChatAlarm) -> Result<Outgoing, ChatError> {
     Ok(Outgoing::user(user, "notify", alarm)?)
 }
 
@@ -138,12 +138,7 @@ pub(crate) async fn send_text(
     room: i64,
     text: &str,
 ) -> Result<i64, ChatError> {
-    if text.trim().is_empty() {
-        return Err(ChatError::Refused("empty message"));
-    }
-    if text.chars().count() > MAX_MESSAGE_CHARS {
-        return Err(ChatError::Refused("message too long"));
-    }
+    super::writer::check_text(text)?;
     let _order = room_lock(room).await;
     let store = &ctx.store;
     let mut tx = store.write().await?;

@@ -3,7 +3,8 @@
 //! publish timed out, process died between commit and publish) are re-sent by a sweeper.
 //!
 //! Target encoding in `outbox.target`: `topic:{name}` or `user:{queue}:{user}` (queue names have
-//! no `:`; user ids may).
+//! no `:`; user ids may), or `messages` for a batch of `/app/send` messages whose pushes the
+//! sweeper rebuilds from the stored messages (body: their ids; see [`super::writer`]).
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use broker_bridge::{Envelope, Target};
 use serde::Serialize;
 use sqlx::AnyConnection;
 
+use super::writer::{self, MESSAGES_TARGET};
 use crate::app::Ctx;
 use crate::store::StoreResult;
 use crate::store::chat::{NewOutbox, OutboxRow, outbox_insert};
@@ -130,7 +132,7 @@ pub async fn stage(conn: &mut AnyConnection, items: Vec<Outgoing>, at: i64) -> S
 }
 
 /// Publishes one push, bounded by [`PUBLISH_TIMEOUT`]; false when the bus refused or timed out.
-async fn publish(ctx: &Ctx, item: Outgoing) -> bool {
+pub(crate) async fn publish(ctx: &Ctx, item: Outgoing) -> bool {
     let bus = ctx.notifier.bus();
     match tokio::time::timeout(
         PUBLISH_TIMEOUT,
@@ -148,6 +150,38 @@ async fn publish(ctx: &Ctx, item: Outgoing) -> bool {
             false
         }
     }
+}
+
+/// Publishes `pushes` keeping the order of those with the same destination (a topic, or a
+/// user's queues): one chain per destination, the chains concurrently, so a batch over many rooms
+/// costs about one confirmation round trip per push of its busiest destination, not per push.
+/// True when the bus accepted every push.
+pub(crate) async fn publish_all(ctx: &Ctx, pushes: Vec<Outgoing>) -> bool {
+    let mut chains: Vec<Vec<Outgoing>> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for push in pushes {
+        let key = match &push.target {
+            Target::Topic(name) => format!("t:{name}"),
+            Target::User { user, .. } => format!("u:{user}"),
+        };
+        let i = *index.entry(key).or_insert_with(|| {
+            chains.push(Vec::new());
+            chains.len() - 1
+        });
+        chains[i].push(push);
+    }
+    let runs = chains.into_iter().map(|chain| async move {
+        for push in chain {
+            if !publish(ctx, push).await {
+                return false;
+            }
+        }
+        true
+    });
+    futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .all(|ok| ok)
 }
 
 /// Publishes staged pushes in order (after the commit) and deletes the accepted ones from the
@@ -213,7 +247,12 @@ pub async fn sweep(ctx: &Ctx, min_age: Duration) -> StoreResult<usize> {
             dropped.push(row.id);
             continue;
         }
-        let Some(item) = row_to_outgoing(&row) else {
+        let items = if row.target == MESSAGES_TARGET {
+            writer::rebuild(ctx, &row.body).await?
+        } else {
+            row_to_outgoing(&row).map(|item| vec![item])
+        };
+        let Some(items) = items else {
             tracing::error!(id = row.id, target = %row.target, "malformed outbox row; dropped");
             dropped.push(row.id);
             continue;
@@ -222,7 +261,14 @@ pub async fn sweep(ctx: &Ctx, min_age: Duration) -> StoreResult<usize> {
         if !ctx.store.outbox_claim(row.id, now, next).await? {
             continue;
         }
-        if !publish(ctx, item).await {
+        let mut all = true;
+        for item in items {
+            if !publish(ctx, item).await {
+                all = false;
+                break;
+            }
+        }
+        if !all {
             break;
         }
         tracing::info!(

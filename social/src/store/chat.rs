@@ -9,7 +9,7 @@
 use sqlx::{AnyConnection, FromRow};
 
 use super::dialect::placeholders;
-use super::{Dialect, Store, StoreResult, inserted_id};
+use super::{Dialect, Store, StoreError, StoreResult, first_inserted_id, inserted_id};
 
 /// `chatroom.type` of a one-to-one room.
 pub const DIRECT: &str = "DIRECT";
@@ -576,6 +576,271 @@ pub async fn outbox_delete(conn: &mut AnyConnection, ids: &[i64]) -> StoreResult
     Ok(q.execute(conn).await?.rows_affected())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Batched sends (`chat::writer`)
+
+/// A participant row with its room, for statements over several rooms.
+#[derive(Debug, Clone, FromRow)]
+pub struct RoomParticipantRow {
+    /// Room id.
+    pub chatroom_id: i64,
+    /// User id.
+    pub user_id: String,
+    /// 1 when the participant left.
+    pub is_hidden: i64,
+}
+
+/// A participant of one of several rooms with the display fields a message needs.
+#[derive(Debug, Clone, FromRow)]
+pub struct RoomMemberRow {
+    /// Room id.
+    pub chatroom_id: i64,
+    /// User id.
+    pub user_id: String,
+    /// 1 when the participant left.
+    pub is_hidden: i64,
+    /// Display name.
+    pub name: String,
+    /// Profile image URL.
+    pub profile_image: Option<String>,
+}
+
+/// A message to insert with [`insert_messages`].
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    /// Room id.
+    pub room: i64,
+    /// Author.
+    pub sender: &'a str,
+    /// Text.
+    pub message: &'a str,
+    /// `TEXT`.
+    pub kind: &'a str,
+}
+
+/// Locks the rows of `rooms` (in id order, so two lockers cannot deadlock) until the transaction
+/// ends and returns the ones that exist.
+pub async fn lock_rooms(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    rooms: &[i64],
+) -> StoreResult<Vec<RoomRow>> {
+    if rooms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT id, title, type, profile_image FROM chatroom WHERE id IN ({}) ORDER BY id{}",
+        placeholders(rooms.len()),
+        d.for_update()
+    );
+    let mut q = sqlx::query_as::<_, RoomRow>(&sql);
+    for r in rooms {
+        q = q.bind(r);
+    }
+    Ok(q.fetch_all(conn).await?)
+}
+
+/// The participants (hidden ones included) of `rooms`, by room then user id.
+pub async fn participants_of(
+    conn: &mut AnyConnection,
+    rooms: &[i64],
+) -> StoreResult<Vec<RoomParticipantRow>> {
+    if rooms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT chatroom_id, user_id, is_hidden FROM chatroom_participant \
+         WHERE chatroom_id IN ({}) ORDER BY chatroom_id, user_id",
+        placeholders(rooms.len())
+    );
+    let mut q = sqlx::query_as::<_, RoomParticipantRow>(&sql);
+    for r in rooms {
+        q = q.bind(r);
+    }
+    Ok(q.fetch_all(conn).await?)
+}
+
+/// The participants (hidden ones included) of `rooms` with their display fields, by room then
+/// user id. A plain read: call it after [`lock_rooms`], whose locks every membership change takes.
+pub async fn members_of(
+    conn: &mut AnyConnection,
+    rooms: &[i64],
+) -> StoreResult<Vec<RoomMemberRow>> {
+    if rooms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT p.chatroom_id, p.user_id, p.is_hidden, u.name, u.profile_image \
+         FROM chatroom_participant p JOIN user u ON u.id = p.user_id \
+         WHERE p.chatroom_id IN ({}) ORDER BY p.chatroom_id, p.user_id",
+        placeholders(rooms.len())
+    );
+    let mut q = sqlx::query_as::<_, RoomMemberRow>(&sql);
+    for r in rooms {
+        q = q.bind(r);
+    }
+    Ok(q.fetch_all(conn).await?)
+}
+
+/// How the ids of one multi-row `INSERT` are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertedIds {
+    /// Consecutive from the first, this far apart: SQLite (one writer at a time), and MySQL when
+    /// `innodb_autoinc_lock_mode` is 0 or 1, which give a statement with a known row count
+    /// consecutive values (`auto_increment_increment` apart).
+    Consecutive(i64),
+    /// Read back as the rows of the (locked) rooms from the first id on: MySQL's interleaved
+    /// mode (2) does not promise consecutive values within a statement.
+    ReadBack,
+}
+
+impl InsertedIds {
+    /// What the server behind `conn` gives.
+    pub async fn probe(conn: &mut AnyConnection, d: Dialect) -> StoreResult<InsertedIds> {
+        if d.0 == migrations::Backend::Sqlite {
+            return Ok(InsertedIds::Consecutive(1));
+        }
+        let (mode, step): (i64, i64) = sqlx::query_as(
+            "SELECT CAST(@@innodb_autoinc_lock_mode AS SIGNED), \
+             CAST(@@auto_increment_increment AS SIGNED)",
+        )
+        .fetch_one(conn)
+        .await?;
+        Ok(if mode <= 1 && step >= 1 {
+            InsertedIds::Consecutive(step)
+        } else {
+            InsertedIds::ReadBack
+        })
+    }
+}
+
+/// Inserts `rows` (all stamped `at`) with one statement and returns their ids, in the order of
+/// `rows`, found as `ids` says ([`InsertedIds::probe`]). The caller must hold the row locks of
+/// every room in `rows` ([`lock_rooms`]): read back, the ids are the rows of those rooms from the
+/// statement's first id on, which are then exactly the inserted ones.
+pub async fn insert_messages(
+    conn: &mut AnyConnection,
+    rows: &[NewMessage<'_>],
+    at: i64,
+    ids: InsertedIds,
+) -> StoreResult<Vec<i64>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = String::with_capacity(96 + rows.len() * 18);
+    sql.push_str(
+        "INSERT INTO chatroom_message (chatroom_id, sender_id, message, create_at, type) VALUES ",
+    );
+    for i in 0..rows.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("(?, ?, ?, ?, ?)");
+    }
+    let mut q = sqlx::query(&sql);
+    for r in rows {
+        q = q
+            .bind(r.room)
+            .bind(r.sender)
+            .bind(r.message)
+            .bind(at)
+            .bind(r.kind);
+    }
+    let result = q.execute(&mut *conn).await?;
+    let first = first_inserted_id(&mut *conn, &result, rows.len()).await?;
+    if let InsertedIds::Consecutive(step) = ids {
+        return Ok((0..rows.len())
+            .map(|k| first + step * i64::try_from(k).unwrap_or(i64::MAX))
+            .collect());
+    }
+    let mut rooms: Vec<i64> = rows.iter().map(|r| r.room).collect();
+    rooms.sort_unstable();
+    rooms.dedup();
+    let sql = format!(
+        "SELECT id, chatroom_id FROM chatroom_message WHERE id >= ? AND chatroom_id IN ({}) \
+         ORDER BY id",
+        placeholders(rooms.len())
+    );
+    let mut q = sqlx::query_as::<_, (i64, i64)>(&sql).bind(first);
+    for r in &rooms {
+        q = q.bind(r);
+    }
+    let back = q.fetch_all(&mut *conn).await?;
+    if back.len() != rows.len() {
+        return Err(StoreError::Db(sqlx::Error::Protocol(format!(
+            "inserted {} messages but read back {}",
+            rows.len(),
+            back.len()
+        ))));
+    }
+    // The k-th inserted row of a room is the k-th read back of that room.
+    let mut per_room: std::collections::HashMap<i64, std::collections::VecDeque<i64>> =
+        std::collections::HashMap::with_capacity(rooms.len());
+    for (id, room) in back {
+        per_room.entry(room).or_default().push_back(id);
+    }
+    rows.iter()
+        .map(|r| {
+            per_room
+                .get_mut(&r.room)
+                .and_then(std::collections::VecDeque::pop_front)
+                .ok_or_else(|| {
+                    StoreError::Db(sqlx::Error::Protocol(
+                        "inserted messages do not match the rows read back".to_owned(),
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// Sets the last message preview and time of several rooms with one statement: `last` holds
+/// `(room, preview)` with each room once.
+pub async fn touch_rooms(
+    conn: &mut AnyConnection,
+    last: &[(i64, &str)],
+    at: i64,
+) -> StoreResult<()> {
+    if last.is_empty() {
+        return Ok(());
+    }
+    let mut sql = String::from("UPDATE chatroom SET last_message = CASE id");
+    for _ in last {
+        sql.push_str(" WHEN ? THEN ?");
+    }
+    sql.push_str(" ELSE last_message END, last_message_time = ? WHERE id IN (");
+    sql.push_str(&placeholders(last.len()));
+    sql.push(')');
+    let mut q = sqlx::query(&sql);
+    for (room, preview) in last {
+        q = q.bind(room).bind(*preview);
+    }
+    q = q.bind(at);
+    for (room, _) in last {
+        q = q.bind(room);
+    }
+    q.execute(conn).await?;
+    Ok(())
+}
+
+/// Messages by id, in id order.
+pub async fn messages_by_ids(
+    conn: &mut AnyConnection,
+    ids: &[i64],
+) -> StoreResult<Vec<MessageRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM chatroom_message WHERE id IN ({}) ORDER BY id",
+        placeholders(ids.len())
+    );
+    let mut q = sqlx::query_as::<_, MessageRow>(&sql);
+    for id in ids {
+        q = q.bind(id);
+    }
+    Ok(q.fetch_all(conn).await?)
+}
+
 impl Store {
     // -----------------------------------------------------------------------------------------
     // Reads for the REST routes
@@ -710,6 +975,21 @@ impl Store {
             q = q.bind(id);
         }
         Ok(q.fetch_all(self.pool()).await?)
+    }
+
+    /// Messages by id, in id order (the outbox sweeper rebuilding a batch's pushes).
+    pub async fn chat_messages_by_ids(&self, ids: &[i64]) -> StoreResult<Vec<MessageRow>> {
+        let mut conn = self.pool().acquire().await?;
+        messages_by_ids(&mut conn, ids).await
+    }
+
+    /// The participants of `rooms`, hidden ones included.
+    pub async fn chat_participants_of(
+        &self,
+        rooms: &[i64],
+    ) -> StoreResult<Vec<RoomParticipantRow>> {
+        let mut conn = self.pool().acquire().await?;
+        participants_of(&mut conn, rooms).await
     }
 
     /// Display fields of users.

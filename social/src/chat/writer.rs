@@ -1,0 +1,438 @@
+//! Group commit for `/app/send`: the text messages sent at the same time are written together.
+//!
+//! One `/app/send` costs about nine statements and a commit (flushed to disk) when written alone.
+//! Under load that, not the bus, limits the messages per second, so sends are queued to a writer
+//! task that takes everything queued (up to [`MAX_BATCH`]) and writes it in one transaction:
+//!
+//! 1. the outbox rows of earlier batches that were delivered are deleted (the clean-up rides on
+//!    the next transaction instead of costing one of its own; when the queue is idle it runs at
+//!    once);
+//! 2. the batch's rooms are locked (one statement, rows in id order) and their participants read
+//!    with their display fields (one statement; senders are members, so this gives the senders');
+//! 3. each send is checked as [`super::ops::send_text`] checks it (room exists, sender is a
+//!    member); refused ones are answered and left out; a hidden DM participant is brought back
+//!    with its `CREATE_ROOM` push staged in the outbox;
+//! 4. the messages are inserted with one statement, the rooms' previews updated with one;
+//! 5. one outbox row names the batch's message ids (`target` = [`MESSAGES_TARGET`]), so a crash or
+//!    a bus outage after the commit leaves the pushes to the sweeper, which rebuilds them from
+//!    the stored messages;
+//! 6. commit, then each message's `/topic/chat.{id}` broadcast and its `CHAT` alarms are
+//!    published (in order per destination, destinations concurrently:
+//!    [`outbox::publish_all`]), and every sender is answered with its message id.
+//!
+//! The rooms' process locks ([`super::room_locks`]) are held from before the transaction until the
+//! pushes are published, as for every other chat write, so a room's broadcasts leave in id order.
+//! Sends are sharded over the writers by room, which keeps one room's messages in arrival order.
+//! A batch whose transaction fails is retried one send at a time through
+//! [`super::ops::send_text`], so one bad send cannot fail the others.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::dto::{self, ChatAlarm, ChatMessageDto};
+use super::outbox::{self, Outgoing};
+use super::{ChatError, MAX_MESSAGE_CHARS, ops, room_locks};
+use crate::app::Ctx;
+use crate::store::chat::{
+    self as sql, DIRECT, InsertedIds, MessageRow, NewMessage, NewOutbox, SenderRow,
+};
+use crate::store::{StoreError, StoreResult};
+use crate::time::now_micros;
+
+/// Most sends written in one transaction.
+pub const MAX_BATCH: usize = 256;
+/// Sends queued per writer before `/app/send` handlers wait.
+const QUEUE: usize = 4096;
+/// `outbox.target` of a row naming a batch of TEXT messages (its body: their ids, a JSON array)
+/// whose broadcasts and `CHAT` alarms are still to be published.
+pub const MESSAGES_TARGET: &str = "messages";
+
+/// Counters of the writers, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub batches: AtomicU64,
+    /// Messages written by them.
+    pub messages: AtomicU64,
+    /// Sends refused (not a member, no such room).
+    pub refused: AtomicU64,
+    /// Batches whose transaction failed and were retried one send at a time.
+    pub fallbacks: AtomicU64,
+}
+
+/// The queue in front of the writers.
+#[derive(Debug, Clone)]
+pub struct SendWriter {
+    shards: Arc<[mpsc::Sender<Request>]>,
+    stats: Arc<WriterStats>,
+}
+
+#[derive(Debug)]
+struct Request {
+    sender: String,
+    room: i64,
+    text: String,
+    reply: oneshot::Sender<Result<i64, ChatError>>,
+}
+
+impl SendWriter {
+    /// Starts `writers` writer tasks (at least one) on the current Tokio runtime; `None` without
+    /// one. They stop when every handle is dropped.
+    pub fn start(ctx: &Ctx, writers: usize) -> Option<SendWriter> {
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        let stats = Arc::new(WriterStats::default());
+        let shards: Vec<_> = (0..writers.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                rt.spawn(run(ctx.clone(), rx, Arc::clone(&stats)));
+                tx
+            })
+            .collect();
+        Some(SendWriter {
+            shards: shards.into(),
+            stats,
+        })
+    }
+
+    /// The writers' counters.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    /// Stores a TEXT message from `sender` in `room` and broadcasts it, like
+    /// [`ops::send_text`], batched with the other sends of the moment. Returns its id.
+    pub async fn send(&self, sender: &str, room: i64, text: &str) -> Result<i64, ChatError> {
+        check_text(text)?;
+        let n = i64::try_from(self.shards.len()).unwrap_or(1);
+        let shard = usize::try_from(room.rem_euclid(n)).unwrap_or(0);
+        let (reply, answer) = oneshot::channel();
+        let req = Request {
+            sender: sender.to_owned(),
+            room,
+            text: text.to_owned(),
+            reply,
+        };
+        if self.shards[shard].send(req).await.is_err() {
+            return Err(ChatError::Refused("the chat writer has stopped"));
+        }
+        answer
+            .await
+            .unwrap_or(Err(ChatError::Refused("the chat writer has stopped")))
+    }
+}
+
+/// The checks that need no database.
+pub(crate) fn check_text(text: &str) -> Result<(), ChatError> {
+    if text.trim().is_empty() {
+        return Err(ChatError::Refused("empty message"));
+    }
+    if text.chars().count() > MAX_MESSAGE_CHARS {
+        return Err(ChatError::Refused("message too long"));
+    }
+    Ok(())
+}
+
+async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Request>, stats: Arc<WriterStats>) {
+    let mut delivered_rows: Vec<i64> = Vec::new();
+    // How the ids of a multi-row insert are found, asked of the server once.
+    let mut inserted_ids: Option<InsertedIds> = None;
+    let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            break;
+        }
+        write_and_publish(
+            &ctx,
+            std::mem::take(&mut batch),
+            &rx,
+            &mut delivered_rows,
+            &mut inserted_ids,
+            &stats,
+        )
+        .await;
+    }
+    if !delivered_rows.is_empty() {
+        let _ = ctx.store.outbox_remove(&delivered_rows).await;
+    }
+}
+
+/// What one committed batch publishes.
+struct Written {
+    /// `CREATE_ROOM` pushes of DMs brought back, staged in the outbox on their own.
+    unhidden: outbox::Staged,
+    /// The batch's outbox row.
+    outbox_row: i64,
+    /// The messages' pushes, in order.
+    pushes: Vec<Outgoing>,
+    /// Answers: per request, its message id or why it was refused.
+    answers: Vec<Result<i64, ChatError>>,
+}
+
+async fn write_and_publish(
+    ctx: &Ctx,
+    batch: Vec<Request>,
+    queue: &mpsc::Receiver<Request>,
+    delivered_rows: &mut Vec<i64>,
+    inserted_ids: &mut Option<InsertedIds>,
+    stats: &WriterStats,
+) {
+    let mut rooms: Vec<i64> = batch.iter().map(|r| r.room).collect();
+    rooms.sort_unstable();
+    rooms.dedup();
+    let locks = room_locks(&rooms).await;
+    let started = std::time::Instant::now();
+    match write(ctx, &batch, &rooms, delivered_rows, inserted_ids).await {
+        Ok(written) => {
+            let committed = started.elapsed();
+            delivered_rows.clear();
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            outbox::deliver(ctx, written.unhidden).await;
+            // A failure leaves the row to the sweeper, which re-sends the batch (the gateway
+            // drops the broadcasts already delivered by their message id).
+            if outbox::publish_all(ctx, written.pushes).await {
+                delivered_rows.push(written.outbox_row);
+            }
+            drop(locks);
+            tracing::debug!(
+                sends = batch.len(),
+                rooms = rooms.len(),
+                commit_us = committed.as_micros(),
+                total_us = started.elapsed().as_micros(),
+                "chat batch written"
+            );
+            if queue.is_empty() && ctx.store.outbox_remove(delivered_rows).await.is_ok() {
+                // Idle: cleaned up now rather than with the next batch (and before the senders
+                // are answered).
+                delivered_rows.clear();
+            }
+            for (req, answer) in batch.into_iter().zip(written.answers) {
+                match &answer {
+                    Ok(_) => stats.messages.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => stats.refused.fetch_add(1, Ordering::Relaxed),
+                };
+                let _ = req.reply.send(answer);
+            }
+        }
+        Err(e) => {
+            drop(locks);
+            stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, sends = batch.len(), "batched chat write failed; sending one at a time");
+            for req in batch {
+                let answer = ops::send_text(ctx, &req.sender, req.room, &req.text).await;
+                let _ = req.reply.send(answer);
+            }
+        }
+    }
+}
+
+/// Members (visible participants) per room after bringing back hidden DM participants.
+struct RoomState {
+    direct: bool,
+    members: Vec<String>,
+    hidden: Vec<String>,
+}
+
+async fn write(
+    ctx: &Ctx,
+    batch: &[Request],
+    rooms: &[i64],
+    delivered_rows: &[i64],
+    inserted_ids: &mut Option<InsertedIds>,
+) -> Result<Written, ChatError> {
+    let store = &ctx.store;
+    let mut tx = store.write().await?;
+    for chunk in delivered_rows.chunks(500) {
+        sql::outbox_delete(tx.conn(), chunk).await?;
+    }
+    let locked = sql::lock_rooms(tx.conn(), store.dialect(), rooms).await?;
+    let mut state: HashMap<i64, RoomState> = locked
+        .iter()
+        .map(|r| {
+            (
+                r.id,
+                RoomState {
+                    direct: r.kind == DIRECT,
+                    members: Vec::new(),
+                    hidden: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    // Senders are members, so the members' display fields are the senders'.
+    let mut senders: HashMap<String, SenderRow> = HashMap::new();
+    for p in sql::members_of(tx.conn(), rooms).await? {
+        if let Some(s) = state.get_mut(&p.chatroom_id) {
+            if p.is_hidden == 0 {
+                senders
+                    .entry(p.user_id.clone())
+                    .or_insert_with(|| SenderRow {
+                        id: p.user_id.clone(),
+                        name: p.name,
+                        profile_image: p.profile_image,
+                    });
+                s.members.push(p.user_id);
+            } else {
+                s.hidden.push(p.user_id);
+            }
+        }
+    }
+
+    let now = now_micros();
+    let mut answers: Vec<Result<i64, ChatError>> = Vec::with_capacity(batch.len());
+    let mut accepted: Vec<usize> = Vec::with_capacity(batch.len());
+    let mut unhide_pushes = Vec::new();
+    for (i, req) in batch.iter().enumerate() {
+        let Some(s) = state.get_mut(&req.room) else {
+            answers.push(Err(ChatError::Refused("no such room")));
+            continue;
+        };
+        if !s.members.iter().any(|m| *m == req.sender) {
+            answers.push(Err(ChatError::Refused("not a member")));
+            continue;
+        }
+        if s.direct && !s.hidden.is_empty() {
+            // A DM comes back for whoever hid it when a message arrives.
+            for user in std::mem::take(&mut s.hidden) {
+                sql::set_hidden(tx.conn(), req.room, &user, false).await?;
+                unhide_pushes.push(Outgoing::user(
+                    &user,
+                    "notify",
+                    &ChatAlarm::CreateRoom { create_at: now },
+                )?);
+                s.members.push(user);
+            }
+        }
+        answers.push(Ok(0));
+        accepted.push(i);
+    }
+    let unhidden = outbox::stage(tx.conn(), unhide_pushes, now).await?;
+
+    let rows: Vec<NewMessage<'_>> = accepted
+        .iter()
+        .map(|&i| NewMessage {
+            room: batch[i].room,
+            sender: &batch[i].sender,
+            message: &batch[i].text,
+            kind: dto::TEXT,
+        })
+        .collect();
+    let ids = match *inserted_ids {
+        Some(how) => how,
+        None => *inserted_ids.insert(InsertedIds::probe(tx.conn(), store.dialect()).await?),
+    };
+    let ids = sql::insert_messages(tx.conn(), &rows, now, ids).await?;
+    // Each room's preview is its last message of the batch.
+    let mut last: Vec<(i64, &str)> = Vec::new();
+    for &i in accepted.iter().rev() {
+        if !last.iter().any(|(room, _)| *room == batch[i].room) {
+            last.push((batch[i].room, batch[i].text.as_str()));
+        }
+    }
+    sql::touch_rooms(tx.conn(), &last, now).await?;
+
+    let mut pushes = Vec::with_capacity(accepted.len() * 3);
+    for (&i, &id) in accepted.iter().zip(&ids) {
+        let req = &batch[i];
+        answers[i] = Ok(id);
+        let row = MessageRow {
+            id,
+            chatroom_id: req.room,
+            sender_id: req.sender.clone(),
+            message: Some(req.text.clone()),
+            create_at: now,
+            kind: dto::TEXT.to_owned(),
+        };
+        let members = state
+            .get(&req.room)
+            .map(|s| s.members.as_slice())
+            .unwrap_or_default();
+        message_pushes(&row, senders.get(&req.sender), members, &mut pushes)?;
+    }
+    let body = serde_json::to_vec(&ids)?;
+    let outbox_row = sql::outbox_insert(
+        tx.conn(),
+        &NewOutbox {
+            target: MESSAGES_TARGET,
+            destination: "/topic/chat",
+            content_type: Some("application/json"),
+            headers: None,
+            body: &body,
+        },
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Written {
+        unhidden,
+        outbox_row,
+        pushes,
+        answers,
+    })
+}
+
+/// The pushes announcing one stored TEXT message: its broadcast on `/topic/chat.{room}` (with the
+/// de-duplication header), then a `CHAT` alarm to each of `members`.
+pub(crate) fn message_pushes(
+    row: &MessageRow,
+    sender: Option<&SenderRow>,
+    members: &[String],
+    out: &mut Vec<Outgoing>,
+) -> Result<(), ChatError> {
+    out.push(ops::message_push(&ChatMessageDto::build(row, sender, &[]))?);
+    let text = row.message.clone().unwrap_or_default();
+    for m in members {
+        out.push(ops::alarm(
+            m,
+            &ChatAlarm::Chat {
+                create_at: row.create_at,
+                chat_room_id: row.chatroom_id,
+                message: text.clone(),
+            },
+        )?);
+    }
+    Ok(())
+}
+
+/// The pushes of an outbox row written by a batch (its body: the message ids), rebuilt from the
+/// store for the sweeper. Messages deleted since (their room was deleted) are skipped.
+pub(crate) async fn rebuild(ctx: &Ctx, body: &[u8]) -> StoreResult<Option<Vec<Outgoing>>> {
+    let Ok(ids) = serde_json::from_slice::<Vec<i64>>(body) else {
+        return Ok(None);
+    };
+    let rows = ctx.store.chat_messages_by_ids(&ids).await?;
+    let mut rooms: Vec<i64> = rows.iter().map(|r| r.chatroom_id).collect();
+    rooms.sort_unstable();
+    rooms.dedup();
+    let mut members: HashMap<i64, Vec<String>> = HashMap::new();
+    for p in ctx.store.chat_participants_of(&rooms).await? {
+        if p.is_hidden == 0 {
+            members.entry(p.chatroom_id).or_default().push(p.user_id);
+        }
+    }
+    let mut sender_ids: Vec<String> = rows.iter().map(|r| r.sender_id.clone()).collect();
+    sender_ids.sort_unstable();
+    sender_ids.dedup();
+    let senders: HashMap<String, SenderRow> = ctx
+        .store
+        .chat_users(&sender_ids)
+        .await?
+        .into_iter()
+        .map(|s| (s.id.clone(), s))
+        .collect();
+    let mut out = Vec::new();
+    for row in &rows {
+        let m = members
+            .get(&row.chatroom_id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if message_pushes(row, senders.get(&row.sender_id), m, &mut out).is_err() {
+            return Err(StoreError::Db(sqlx::Error::Protocol(
+                "could not serialise a chat push".to_owned(),
+            )));
+        }
+    }
+    Ok(Some(out))
+}
