@@ -2065,7 +2065,7 @@ async fn a_batch_row_left_behind_is_rebuilt_from_the_store(db: Db) {
         let m = json_of(d);
         assert_eq!(m["messageId"], *id);
         // The same JSON as the history (newest first there).
-        let same = hist["list"].as_array().unwrap().iter().any(|h| *h == m);
+        let same = hist["list"].as_array().unwrap().contains(&m);
         assert!(same, "{m} not in {hist}");
     }
     for a in &alarms {

@@ -289,7 +289,7 @@ async fn write(
             answers.push(Err(ChatError::Refused("no such room")));
             continue;
         };
-        if !s.members.iter().any(|m| *m == req.sender) {
+        if !s.members.contains(&req.sender) {
             answers.push(Err(ChatError::Refused("not a member")));
             continue;
         }
