@@ -45,11 +45,11 @@ pub(crate) struct ServeArgs {
     pub connect_timeout_secs: Option<u64>,
     /// Seconds sessions get to drain on SIGINT/SIGTERM. [default: 10]
     #[arg(long, env = "INSTAR_DRAIN_SECS")]
+    pub drain_secs: Option<u64>,
     /// Concurrent workers running application commands (/app/send, ...); one session's commands
     /// always go to the same worker, in order. [default: 128]
     #[arg(long, env = "INSTAR_COMMAND_WORKERS")]
     pub command_workers: Option<usize>,
-    pub drain_secs: Option<u64>,
     /// Accept CONNECT without a token (read-only sessions). [default: false]
     #[arg(long, env = "INSTAR_ALLOW_ANONYMOUS", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_anonymous: Option<bool>,

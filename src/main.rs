@@ -149,3 +149,56 @@ async fn shutdown_signal() {
         () = term => {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn every_setting_is_a_flag_with_its_own_variable() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        for sub in ["serve", "gateway", "social"] {
+            let cmd = cli.find_subcommand(sub).expect("subcommand");
+            let mut envs = Vec::new();
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(!arg.is_positional(), "`instar {sub}`: {id} is positional");
+                let env = arg
+                    .get_env()
+                    .unwrap_or_else(|| panic!("`instar {sub}`: {id} has no variable"));
+                let env = env.to_string_lossy().into_owned();
+                assert!(env.starts_with("INSTAR_"), "{env}");
+                assert!(!envs.contains(&env), "`instar {sub}`: {env} twice");
+                envs.push(env);
+            }
+        }
+    }
+
+    #[test]
+    fn serve_flags_land_in_their_fields() {
+        assert!(Cli::try_parse_from(["instar", "serve", "5"]).is_err());
+        let cli = Cli::try_parse_from([
+            "instar",
+            "serve",
+            "--drain-secs",
+            "3",
+            "--command-workers",
+            "7",
+            "--chat-writers",
+            "2",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        assert_eq!(args.drain_secs, Some(3));
+        assert_eq!(args.command_workers, Some(7));
+        assert_eq!(args.social.chat_writers, Some(2));
+    }
+}

@@ -78,7 +78,7 @@ pub(crate) struct SocialArgs {
     /// From address of verification mails. [default: no-reply@localhost]
     #[arg(long, env = "INSTAR_SMTP_FROM")]
     pub smtp_from: Option<String>,
-    /// Chat send writers: tasks writing batches of /app/send messages, sends sharded by room. [default: 1 on SQLite, 1 on MySQL/MariaDB]
+    /// Chat send writers: tasks writing batches of /app/send messages, sends sharded by room. [default: 1]
     #[arg(long, env = "INSTAR_CHAT_WRITERS")]
     pub chat_writers: Option<usize>,
 }

@@ -248,10 +248,7 @@ pub fn register(ctx: &Ctx, bus: &Bus) {
 
 /// [`register`] with `writers` send writer tasks (`None`: one; see [`writer`]).
 pub fn register_with(ctx: &Ctx, bus: &Bus, writers: Option<usize>) {
-    let writers = writers.unwrap_or(match ctx.store.dialect().0 {
-        migrations::Backend::Sqlite => 1,
-        migrations::Backend::MySql => SEND_WRITERS_MYSQL,
-    });
+    let writers = writers.unwrap_or(SEND_WRITERS);
     let writer = writer::SendWriter::start(ctx, writers);
     bus.register_handler(
         "/app/",
@@ -271,9 +268,9 @@ struct ChatHandler {
     writer: Option<writer::SendWriter>,
 }
 
-/// Writer tasks on MySQL/MariaDB, where transactions on different rooms run in parallel (SQLite
-/// has one writer, so one).
-const SEND_WRITERS_MYSQL: usize = 1;
+/// Default send writer tasks. One: SQLite has one writer at a time anyway, and on MariaDB more
+/// writers made larger numbers of smaller batches, which measured slower (docs/benchmarks.md).
+const SEND_WRITERS: usize = 1;
 
 #[async_trait]
 impl AppHandler for ChatHandler {
