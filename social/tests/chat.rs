@@ -2077,3 +2077,48 @@ async fn a_batch_row_left_behind_is_rebuilt_from_the_store(db: Db) {
     .await;
 }
 on_both!(a_batch_row_left_behind_is_rebuilt_from_the_store);
+
+/// Both ways of finding a multi-row insert's ids give each row its own id, rooms interleaved.
+async fn multi_row_insert_ids_match_their_rows(db: Db) {
+    use social::store::chat::{self as sql, InsertedIds, NewMessage};
+    let app = start(db).await;
+    let alice = quick_user(&app, "alice01", "Alice").await;
+    quick_user(&app, "bob02", "Bob").await;
+    quick_user(&app, "carol03", "Carol").await;
+    let a = create(&app, &alice, &["bob02"]).await;
+    let b = create(&app, &alice, &["carol03"]).await;
+    let d = app.ctx.store.dialect();
+    let mut tx = app.ctx.store.write().await.unwrap();
+    let probed = InsertedIds::probe(tx.conn(), d).await.unwrap();
+    tx.commit().await.unwrap();
+    for how in [probed, InsertedIds::ReadBack] {
+        let texts: Vec<String> = (0..9).map(|i| format!("{how:?} {i}")).collect();
+        let rows: Vec<NewMessage<'_>> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| NewMessage {
+                room: if i % 3 == 0 { b } else { a },
+                sender: "alice01",
+                message: t,
+                kind: "TEXT",
+            })
+            .collect();
+        let mut tx = app.ctx.store.write().await.unwrap();
+        sql::lock_rooms(tx.conn(), d, &[a, b]).await.unwrap();
+        let ids = sql::insert_messages(tx.conn(), &rows, social::time::now_micros(), how)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(ids.len(), rows.len());
+        for (id, row) in ids.iter().zip(&rows) {
+            let (room, text): (i64, String) =
+                sqlx::query_as("SELECT chatroom_id, message FROM chatroom_message WHERE id = ?")
+                    .bind(id)
+                    .fetch_one(app.ctx.store.pool())
+                    .await
+                    .unwrap();
+            assert_eq!((room, text.as_str()), (row.room, row.message), "{how:?}");
+        }
+    }
+}
+on_both!(multi_row_insert_ids_match_their_rows);
