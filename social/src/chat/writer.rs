@@ -407,7 +407,7 @@ pub(crate) async fn rebuild(ctx: &Ctx, body: &[u8]) -> StoreResult<Option<Vec<Ou
     rooms.sort_unstable();
     rooms.dedup();
     let mut members: HashMap<i64, Vec<String>> = HashMap::new();
-    for p in ctx.store.chat_participants_of(&rooms).await? {
+    for p in ctx.store.chat_members_of(&rooms).await? {
         if p.is_hidden == 0 {
             members.entry(p.chatroom_id).or_default().push(p.user_id);
         }

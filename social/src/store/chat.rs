@@ -579,17 +579,6 @@ pub async fn outbox_delete(conn: &mut AnyConnection, ids: &[i64]) -> StoreResult
 // ---------------------------------------------------------------------------------------------
 // Batched sends (`chat::writer`)
 
-/// A participant row with its room, for statements over several rooms.
-#[derive(Debug, Clone, FromRow)]
-pub struct RoomParticipantRow {
-    /// Room id.
-    pub chatroom_id: i64,
-    /// User id.
-    pub user_id: String,
-    /// 1 when the participant left.
-    pub is_hidden: i64,
-}
-
 /// A participant of one of several rooms with the display fields a message needs.
 #[derive(Debug, Clone, FromRow)]
 pub struct RoomMemberRow {
@@ -640,28 +629,9 @@ pub async fn lock_rooms(
     Ok(q.fetch_all(conn).await?)
 }
 
-/// The participants (hidden ones included) of `rooms`, by room then user id.
-pub async fn participants_of(
-    conn: &mut AnyConnection,
-    rooms: &[i64],
-) -> StoreResult<Vec<RoomParticipantRow>> {
-    if rooms.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql = format!(
-        "SELECT chatroom_id, user_id, is_hidden FROM chatroom_participant \
-         WHERE chatroom_id IN ({}) ORDER BY chatroom_id, user_id",
-        placeholders(rooms.len())
-    );
-    let mut q = sqlx::query_as::<_, RoomParticipantRow>(&sql);
-    for r in rooms {
-        q = q.bind(r);
-    }
-    Ok(q.fetch_all(conn).await?)
-}
-
 /// The participants (hidden ones included) of `rooms` with their display fields, by room then
-/// user id. A plain read: call it after [`lock_rooms`], whose locks every membership change takes.
+/// user id. A plain read; in a batch write, call it after [`lock_rooms`], whose locks every
+/// membership change takes.
 pub async fn members_of(
     conn: &mut AnyConnection,
     rooms: &[i64],
@@ -983,13 +953,10 @@ impl Store {
         messages_by_ids(&mut conn, ids).await
     }
 
-    /// The participants of `rooms`, hidden ones included.
-    pub async fn chat_participants_of(
-        &self,
-        rooms: &[i64],
-    ) -> StoreResult<Vec<RoomParticipantRow>> {
+    /// The participants of `rooms` with their display fields, hidden ones included.
+    pub async fn chat_members_of(&self, rooms: &[i64]) -> StoreResult<Vec<RoomMemberRow>> {
         let mut conn = self.pool().acquire().await?;
-        participants_of(&mut conn, rooms).await
+        members_of(&mut conn, rooms).await
     }
 
     /// Display fields of users.
