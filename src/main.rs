@@ -41,6 +41,11 @@ enum Command {
     Social(social_cmd::SocialCmdArgs),
 }
 
+/// mimalloc: many small, short-lived allocations per request (JSON, headers, frames) from
+/// several threads; measured faster than the system allocator on the REST and STOMP paths.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

@@ -81,6 +81,12 @@ pub(crate) struct SocialArgs {
     /// Chat send writers: tasks writing batches of /app/send messages, sends sharded by room. [default: 1]
     #[arg(long, env = "INSTAR_CHAT_WRITERS")]
     pub chat_writers: Option<usize>,
+    /// Read cache of posts and images (entries each; authors and likes get a quarter); 0 turns it off. [default: 100000]
+    #[arg(long, env = "INSTAR_READ_CACHE_ENTRIES")]
+    pub read_cache_entries: Option<usize>,
+    /// Lifetime of a read cache entry, seconds (bounds staleness when an invalidation is lost). [default: 600]
+    #[arg(long, env = "INSTAR_READ_CACHE_TTL_SECS")]
+    pub read_cache_ttl_secs: Option<u64>,
 }
 
 /// The `[social]` table of the TOML file (same names, without the `--`, with `_`).
@@ -109,6 +115,8 @@ pub(crate) struct SocialFile {
     smtp_password: Option<String>,
     smtp_from: Option<String>,
     chat_writers: Option<usize>,
+    read_cache_entries: Option<usize>,
+    read_cache_ttl_secs: Option<u64>,
 }
 
 macro_rules! pick {
@@ -198,6 +206,12 @@ impl SocialArgs {
             kv,
             smtp,
             limits: social::Limits::default(),
+            cache: social::cache::ReadCacheConfig {
+                entries: pick!(a, f, read_cache_entries).unwrap_or(social::cache::DEFAULT_ENTRIES),
+                ttl: pick!(a, f, read_cache_ttl_secs).map_or(social::cache::DEFAULT_TTL, |s| {
+                    std::time::Duration::from_secs(s.max(1))
+                }),
+            },
         })
     }
 }

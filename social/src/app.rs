@@ -10,6 +10,7 @@ use warp::filters::BoxedFilter;
 use warp::http::HeaderMap;
 use warp::reply::Response;
 
+use crate::cache::{ReadCache, ReadCacheConfig};
 use crate::http::{ApiError, Cors};
 use crate::kv::{Kv, KvConfig};
 use crate::mail::{LogMailer, Mailer, SmtpConfig, SmtpMailer};
@@ -75,11 +76,24 @@ pub struct SocialConfig {
     pub smtp: Option<SmtpConfig>,
     /// Rate limits.
     pub limits: Limits,
+    /// Read cache of posts, authors and likes.
+    pub cache: ReadCacheConfig,
 }
 
-/// State shared by every handler. Cheap to clone.
+/// State shared by every handler: one reference count to clone (every request takes a clone).
 #[derive(Debug, Clone)]
-pub struct Ctx {
+pub struct Ctx(Arc<CtxInner>);
+
+impl std::ops::Deref for Ctx {
+    type Target = CtxInner;
+    fn deref(&self) -> &CtxInner {
+        &self.0
+    }
+}
+
+/// What [`Ctx`] holds.
+#[derive(Debug, Clone)]
+pub struct CtxInner {
     /// The database.
     pub store: Store,
     /// Codes, counters and caches.
@@ -96,6 +110,8 @@ pub struct Ctx {
     pub limits: Arc<Limits>,
     /// CORS policy.
     pub cors: Cors,
+    /// Read cache of posts, authors and likes (invalidated through the bus).
+    pub cache: Arc<ReadCache>,
 }
 
 /// Why the service could not start.
@@ -116,9 +132,20 @@ pub enum StartError {
     /// Mail.
     #[error("{0}")]
     Mail(#[from] crate::mail::MailError),
+    /// The bus (the read cache's invalidation listener).
+    #[error("bus: {0}")]
+    Bus(#[from] broker_bridge::BusError),
 }
 
 impl Ctx {
+    /// A copy of this context whose pushes go through `notifier` (another bus).
+    #[must_use]
+    pub fn with_notifier(&self, notifier: Notifier) -> Ctx {
+        let mut inner = (*self.0).clone();
+        inner.notifier = notifier;
+        Ctx(Arc::new(inner))
+    }
+
     /// Opens the database (migrating it), the key-value store and media storage.
     pub async fn start(cfg: &SocialConfig, bus: Bus) -> Result<Ctx, StartError> {
         let tokens = Arc::new(Tokens::new(cfg.jwt_secret.as_bytes(), cfg.token_ttl_secs)?);
@@ -129,7 +156,11 @@ impl Ctx {
             Some(smtp) => Arc::new(SmtpMailer::new(smtp)?),
             None => Arc::new(LogMailer),
         };
-        Ok(Ctx {
+        let cache = Arc::new(ReadCache::new(&cfg.cache, Some(bus.clone())));
+        if cfg.cache.entries > 0 {
+            Arc::clone(&cache).listen(bus.clone()).await?;
+        }
+        Ok(Ctx(Arc::new(CtxInner {
             store,
             kv,
             media,
@@ -138,7 +169,8 @@ impl Ctx {
             notifier: Notifier::new(bus),
             limits: Arc::new(cfg.limits.clone()),
             cors: Cors::new(cfg.cors_origin.clone()),
-        })
+            cache,
+        })))
     }
 
     /// Counts one event against `key` and fails with 429 `TMR` past `max` in `window`. A key-value

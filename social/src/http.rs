@@ -108,21 +108,22 @@ impl From<StoreError> for ApiError {
 
 /// 200 `{"code":"SC", ...fields of payload}`. `payload` must serialise to a JSON object (or unit).
 pub fn sc<T: Serialize>(payload: &T) -> ApiResult {
-    let value = serde_json::to_value(payload).map_err(|e| {
-        tracing::error!(error = %e, "serialising a response");
+    /// `{"code":"SC", ...payload's fields}`, written straight to bytes.
+    #[derive(Serialize)]
+    struct Sc<'a, T> {
+        code: &'static str,
+        #[serde(flatten)]
+        payload: &'a T,
+    }
+    let bytes = serde_json::to_vec(&Sc {
+        code: "SC",
+        payload,
+    })
+    .map_err(|e| {
+        tracing::error!(error = %e, "serialising a response (the payload must be an object)");
         ApiError::database()
     })?;
-    let mut body = Map::new();
-    body.insert("code".into(), Value::from("SC"));
-    match value {
-        Value::Object(fields) => body.extend(fields),
-        Value::Null => {}
-        other => {
-            tracing::error!(?other, "response payload is not an object");
-            return Err(ApiError::database());
-        }
-    }
-    Ok(json_response(StatusCode::OK, &Value::Object(body)))
+    Ok(json_bytes(StatusCode::OK, bytes))
 }
 
 /// 200 `{"code":"SC"}`.
@@ -138,6 +139,11 @@ pub fn empty() -> ApiResult {
 /// A JSON response.
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{\"code\":\"DE\"}".to_vec());
+    json_bytes(status, bytes)
+}
+
+/// A response with an already serialised JSON body.
+fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response {
     let mut res = Response::new(bytes.into());
     *res.status_mut() = status;
     res.headers_mut().insert(

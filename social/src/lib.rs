@@ -6,6 +6,7 @@
 //! statement; [`http`] the envelope, errors and shared filters.
 
 pub mod app;
+pub mod cache;
 pub mod chat;
 pub mod http;
 pub mod kv;

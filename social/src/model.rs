@@ -136,7 +136,7 @@ pub struct Post {
     /// Post id.
     pub post_id: i64,
     /// Author (`following` always false).
-    pub user: SimpleUser,
+    pub user: std::sync::Arc<SimpleUser>,
     /// Caption.
     pub comment: String,
     /// Place name.
@@ -149,7 +149,7 @@ pub struct Post {
     #[serde(serialize_with = "serialize_micros")]
     pub created_at: i64,
     /// Images in upload order.
-    pub image_tags: Vec<ImageTags>,
+    pub image_tags: std::sync::Arc<Vec<ImageTags>>,
     /// Whether the caller likes the post (the original computed it for the author).
     #[serde(rename = "isLiked")]
     pub is_liked: bool,

@@ -1788,8 +1788,9 @@ async fn a_stalled_bus_leaves_the_push_for_the_sweeper(db: Db) {
     )
     .await
     .unwrap();
-    let mut ctx = app.ctx.clone();
-    ctx.notifier = social::notify::Notifier::new(bus.clone());
+    let ctx = app
+        .ctx
+        .with_notifier(social::notify::Notifier::new(bus.clone()));
     social::chat::register(&ctx, &bus);
     bus.submit(cmd(
         "/app/send",

@@ -1020,3 +1020,179 @@ async fn view_history_is_recorded_with_sane_times(db: Db) {
     assert_eq!(rows[4].1, None);
 }
 on_both!(view_history_is_recorded_with_sane_times);
+
+// ---------------------------------------------------------------------------------------------
+// The read cache behind details_info and the feed
+
+async fn details_of(app: &TestApp, token: &str, post: i64) -> Value {
+    let (status, body) = app
+        .get(
+            &format!("/api/post/get/details_info?postId={post}"),
+            Some(token),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["post"].clone()
+}
+
+async fn in_feed(app: &TestApp, token: &str, post: i64) -> Value {
+    let (status, body) = app.get("/api/feed", Some(token)).await;
+    assert_eq!(status, 200, "{body}");
+    body["feed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["postId"] == post)
+        .cloned()
+        .unwrap_or_else(|| panic!("post {post} not in {body}"))
+}
+
+async fn toggle_like(app: &TestApp, token: &str, post: i64) {
+    let (status, _) = app
+        .post_raw(
+            &format!("/api/post/like?postId={post}"),
+            Some(token),
+            "text/plain",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+async fn sql(app: &TestApp, statement: &str) {
+    sqlx::query(statement)
+        .execute(app.ctx.store.pool())
+        .await
+        .unwrap();
+}
+
+/// Details and the feed are answered from memory once read, and every write through the API
+/// (like, unlike, comment, profile edit, profile image) shows at once in the next read. A change
+/// made behind the service's back (straight into the database) is *not* seen until something
+/// invalidates the row, which proves the reads really come from the cache.
+async fn cached_reads_follow_every_write(db: Db) {
+    let app = TestApp::start(db).await;
+    let alice = app.user_named("alice01", "Alice").await;
+    let bob = quick_user(&app, "bob123").await;
+    let post = create_post(&app, &alice, json!({"comment": "x"})).await;
+
+    let first = details_of(&app, &bob, post).await;
+    assert_eq!(first["user"]["name"], "Alice");
+    let before = app.ctx.cache.stats();
+    assert_eq!(details_of(&app, &bob, post).await, first);
+    let after = app.ctx.cache.stats();
+    // Row, images, author and bob's likes: all from memory.
+    assert_eq!((after.hits - before.hits, after.misses), (4, before.misses));
+
+    sql(
+        &app,
+        &format!("UPDATE post SET comment_count = 40 WHERE id = {post}"),
+    )
+    .await;
+    assert_eq!(details_of(&app, &bob, post).await["commentCount"], 0);
+
+    // Bob likes: his next reads (details and feed) show it, alice's show the count only.
+    toggle_like(&app, &bob, post).await;
+    let p = details_of(&app, &bob, post).await;
+    assert_eq!(
+        (&p["favoriteCount"], &p["isLiked"], &p["commentCount"]),
+        (&json!(1), &json!(true), &json!(40))
+    );
+    let p = details_of(&app, &alice, post).await;
+    assert_eq!(
+        (&p["favoriteCount"], &p["isLiked"]),
+        (&json!(1), &json!(false))
+    );
+    let f = in_feed(&app, &bob, post).await;
+    assert_eq!(
+        (&f["favoriteCount"], &f["isLiked"]),
+        (&json!(1), &json!(true))
+    );
+
+    // A comment moves the counter.
+    let (status, _) = app
+        .post(
+            "/api/post/comment",
+            Some(&bob),
+            json!({"postId": post, "comment": "nice"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(details_of(&app, &bob, post).await["commentCount"], 41);
+
+    // The author renames herself and uploads a profile image: every post of hers shows both.
+    let (status, body) = app
+        .post(
+            "/api/user/edit/info",
+            Some(&alice),
+            json!({"name": "Alice Two"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        details_of(&app, &bob, post).await["user"]["name"],
+        "Alice Two"
+    );
+    assert_eq!(in_feed(&app, &bob, post).await["user"]["name"], "Alice Two");
+    let (status, body) = app
+        .post_multipart(
+            "/api/file/upload/profile",
+            Some(&alice),
+            Form::new().part("file", image_part(png(32, 32), "me.png")),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        details_of(&app, &bob, post).await["user"]["profileImage"],
+        body["url"]
+    );
+
+    // Bob unlikes.
+    toggle_like(&app, &bob, post).await;
+    let p = details_of(&app, &bob, post).await;
+    assert_eq!(
+        (&p["favoriteCount"], &p["isLiked"]),
+        (&json!(0), &json!(false))
+    );
+    assert_eq!(in_feed(&app, &bob, post).await["isLiked"], false);
+}
+on_both!(cached_reads_follow_every_write);
+
+/// Two social processes on one database and one bus (scale-out): each caches what it read, and a
+/// write through one reaches the other's next read through the invalidation topic.
+async fn a_write_through_one_process_reaches_the_others_cache(db: Db) {
+    let a = TestApp::start(db).await;
+    let b = a.second().await;
+    let alice = a.user_named("alice01", "Alice").await;
+    let bob = quick_user(&a, "bob123").await;
+    let post = create_post(&a, &alice, json!({"comment": "x"})).await;
+    assert_eq!(details_of(&b, &bob, post).await["favoriteCount"], 0);
+    assert_eq!(details_of(&a, &bob, post).await["favoriteCount"], 0);
+    let hits = b.ctx.cache.stats().hits;
+    details_of(&b, &bob, post).await;
+    assert!(b.ctx.cache.stats().hits > hits, "b answers from its cache");
+
+    toggle_like(&a, &bob, post).await;
+    let (status, _) = a
+        .post(
+            "/api/user/edit/info",
+            Some(&alice),
+            json!({"name": "Alice Two"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = details_of(&b, &bob, post).await;
+        if p["favoriteCount"] == 1 && p["isLiked"] == true && p["user"]["name"] == "Alice Two" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b still shows {p} after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(b.ctx.cache.stats().invalidations >= 3);
+}
+on_both!(a_write_through_one_process_reaches_the_others_cache);

@@ -14,6 +14,7 @@
 //! ignored: no personalised cache exists yet, so `pointer` is always null.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 use warp::Filter;
@@ -99,7 +100,7 @@ async fn feed(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
         Some(r) if last_in_followed => (Some(r.id), Some(FOLLOWED_TIER)),
         Some(r) => (Some(r.id), Some(r.favorite_count)),
     };
-    let feed = build_posts(&ctx.store, &user, rows).await?;
+    let feed = build_posts(&ctx, &user, rows.into_iter().map(Arc::new).collect()).await?;
     sc(&FeedPage {
         feed,
         pointer: None,

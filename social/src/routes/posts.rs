@@ -2,10 +2,11 @@
 //! #20–#27, §6.1, §6.3, §6.6, §6.7).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use futures_util::TryStreamExt as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -15,10 +16,11 @@ use warp::reply::Response;
 
 use super::with_ctx;
 use crate::app::Ctx;
+use crate::cache::{Change, Liked, MAX_LIKED, Ticket};
 use crate::http::{ApiError, ApiResult, authed, empty, finish, get, json_body, sc};
 use crate::media::{MediaError, StoredImage};
 use crate::model::{Alarm, AlarmType, Comment, ImageTags, Post, PostTag, SimpleUser};
-use crate::store::posts::{NewAttachment, NewPost, PostRow};
+use crate::store::posts::{AttachmentRow, NewAttachment, NewPost, PostRow, UserTagRow};
 use crate::store::{Store, StoreError, alarms, comments, likes, posts};
 use crate::time::{now_micros, parse_client_time};
 
@@ -164,38 +166,132 @@ fn json_f64(v: Option<&Value>) -> Option<f64> {
 // ---------------------------------------------------------------------------------------------
 // Building posts (shared with the feed)
 
-/// Turns post rows into [`Post`]s in the same order, loading authors, attachments, user tags and
-/// the viewer's likes in batches: four statements whatever the number of posts. A post whose author
+/// Turns post rows into [`Post`]s in the same order. Images, authors and the viewer's likes come
+/// from the read cache ([`crate::cache`]); what it lacks is loaded in batches, at most four
+/// statements whatever the number of posts and none when everything is cached. A post whose author
 /// is gone is left out.
 pub(crate) async fn build_posts(
-    store: &Store,
+    ctx: &Ctx,
     viewer: &str,
-    rows: Vec<PostRow>,
+    rows: Vec<Arc<PostRow>>,
 ) -> Result<Vec<Post>, StoreError> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let mut author_ids: Vec<String> = Vec::new();
+    let (cache, store) = (&ctx.cache, &ctx.store);
+    let mut images: HashMap<i64, Arc<Vec<ImageTags>>> = HashMap::new();
+    let mut missing_images: Vec<i64> = Vec::new();
+    let mut authors: HashMap<String, Arc<SimpleUser>> = HashMap::new();
+    let mut missing_authors: Vec<(String, Ticket)> = Vec::new();
     for r in &rows {
-        if !author_ids.contains(&r.user_id) {
-            author_ids.push(r.user_id.clone());
+        if !images.contains_key(&r.id) && !missing_images.contains(&r.id) {
+            match cache.images(r.id) {
+                Some(i) => {
+                    images.insert(r.id, i);
+                }
+                None => missing_images.push(r.id),
+            }
+        }
+        if !authors.contains_key(&r.user_id)
+            && !missing_authors.iter().any(|(a, _)| *a == r.user_id)
+        {
+            match cache.author(&r.user_id) {
+                Some(a) => {
+                    authors.insert(r.user_id.clone(), a);
+                }
+                None => {
+                    let t = cache.author_ticket(&r.user_id);
+                    missing_authors.push((r.user_id.clone(), t));
+                }
+            }
         }
     }
-    let images = async {
-        let attachments = store.post_attachments(&ids).await?;
+    let cached_likes = cache.liked(viewer);
+    let likes_ticket = cache.liked_ticket(viewer);
+
+    let load_images = async {
+        if missing_images.is_empty() {
+            return Ok::<_, StoreError>(HashMap::new());
+        }
+        let attachments = store.post_attachments(&missing_images).await?;
         let attachment_ids: Vec<i64> = attachments.iter().map(|a| a.id).collect();
         let tags = store.post_user_tags(&attachment_ids).await?;
-        Ok::<_, StoreError>((attachments, tags))
+        Ok(assemble_images(attachments, tags))
     };
-    let (authors, (attachments, tags), liked) = tokio::try_join!(
-        store.post_authors(&author_ids),
-        images,
-        store.liked_among(viewer, &ids),
-    )?;
-    let authors: HashMap<String, SimpleUser> =
-        authors.into_iter().map(|u| (u.id.clone(), u)).collect();
-    let liked: HashSet<i64> = liked.into_iter().collect();
+    let load_authors = async {
+        if missing_authors.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = missing_authors.iter().map(|(a, _)| a.clone()).collect();
+        store.post_authors(&ids).await
+    };
+    let load_likes = async {
+        if let Some(l) = cached_likes {
+            return Ok(l);
+        }
+        let limit = i64::try_from(MAX_LIKED + 1).unwrap_or(i64::MAX);
+        let ids = store.liked_by(viewer, limit).await?;
+        let liked = if ids.len() > MAX_LIKED {
+            Liked::TooMany
+        } else {
+            Liked::Set(ids.into_iter().collect())
+        };
+        Ok(cache.fill_liked(viewer, liked, likes_ticket))
+    };
+    let (mut new_images, new_authors, likes) =
+        tokio::try_join!(load_images, load_authors, load_likes)?;
+    for id in missing_images {
+        let i = new_images.remove(&id).unwrap_or_default();
+        images.insert(id, cache.fill_images(id, i));
+    }
+    for u in new_authors {
+        let ticket = missing_authors
+            .iter()
+            .find(|(a, _)| *a == u.id)
+            .map(|(_, t)| *t);
+        let u = match ticket {
+            Some(t) => cache.fill_author(u, t),
+            None => Arc::new(u),
+        };
+        authors.insert(u.id.clone(), u);
+    }
+    let heavy_liker: HashSet<i64> = match &*likes {
+        Liked::Set(_) => HashSet::new(),
+        Liked::TooMany => {
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            store.liked_among(viewer, &ids).await?.into_iter().collect()
+        }
+    };
+    let is_liked = |id: i64| match &*likes {
+        Liked::Set(set) => set.contains(&id),
+        Liked::TooMany => heavy_liker.contains(&id),
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let Some(user) = authors.get(&r.user_id) else {
+            tracing::warn!(post = r.id, author = %r.user_id, "post without an author left out");
+            continue;
+        };
+        out.push(Post {
+            post_id: r.id,
+            user: Arc::clone(user),
+            comment: r.comment.clone(),
+            location: r.location.clone(),
+            favorite_count: r.favorite_count,
+            comment_count: r.comment_count,
+            created_at: r.create_at,
+            image_tags: images.get(&r.id).cloned().unwrap_or_default(),
+            is_liked: is_liked(r.id),
+        });
+    }
+    Ok(out)
+}
+
+/// Groups attachment and user-tag rows into each post's images, in upload order.
+fn assemble_images(
+    attachments: Vec<AttachmentRow>,
+    tags: Vec<UserTagRow>,
+) -> HashMap<i64, Vec<ImageTags>> {
     let mut tags_by_attachment: HashMap<i64, Vec<PostTag>> = HashMap::new();
     for t in tags {
         tags_by_attachment
@@ -221,25 +317,20 @@ pub(crate) async fn build_posts(
                 height: a.height,
             });
     }
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let Some(user) = authors.get(&r.user_id) else {
-            tracing::warn!(post = r.id, author = %r.user_id, "post without an author left out");
-            continue;
-        };
-        out.push(Post {
-            post_id: r.id,
-            user: user.clone(),
-            comment: r.comment,
-            location: r.location,
-            favorite_count: r.favorite_count,
-            comment_count: r.comment_count,
-            created_at: r.create_at,
-            image_tags: images_by_post.remove(&r.id).unwrap_or_default(),
-            is_liked: liked.contains(&r.id),
-        });
+    images_by_post
+}
+
+/// The post `id` (`None`: no such post), from the read cache when it has it.
+pub(crate) async fn post_row(ctx: &Ctx, id: i64) -> Result<Option<Arc<PostRow>>, StoreError> {
+    if let Some(row) = ctx.cache.row(id) {
+        return Ok(Some(row));
     }
-    Ok(out)
+    let ticket = ctx.cache.row_ticket(id);
+    Ok(ctx
+        .store
+        .post_by_id(id)
+        .await?
+        .map(|row| ctx.cache.fill_row(row, ticket)))
 }
 
 /// One user as a [`SimpleUser`] (`None`: no such account).
@@ -568,16 +659,17 @@ async fn list(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
 // #22 GET /api/post/get/details_info?postId=
 
 async fn details(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
+    #[derive(Serialize)]
+    struct Details<'a> {
+        post: &'a Post,
+    }
     let id = required_i64(&q, "postId")?;
-    let Some(row) = ctx.store.post_by_id(id).await? else {
+    let Some(row) = post_row(&ctx, id).await? else {
         return Err(ApiError::bad_request());
     };
-    let post = build_posts(&ctx.store, &user, vec![row])
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(ApiError::bad_request)?;
-    sc(&json!({ "post": post }))
+    let posts = build_posts(&ctx, &user, vec![row]).await?;
+    let post = posts.first().ok_or_else(ApiError::bad_request)?;
+    sc(&Details { post })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -608,7 +700,12 @@ async fn like(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
             false
         }
     };
-    tx.commit().await?;
+    // Invalidated even when the commit's outcome is unknown (an error after it was sent).
+    let committed = tx.commit().await;
+    ctx.cache
+        .changed(&[Change::Post(post), Change::Likes(user.clone())])
+        .await;
+    committed?;
     if notify {
         match simple_user(&ctx.store, &user).await {
             Ok(Some(liker)) => {
@@ -652,7 +749,9 @@ async fn comment(ctx: Ctx, user: String, body: Value) -> ApiResult {
     if notify {
         alarms::insert(tx.conn(), &author, AlarmType::PostCommentReceive, id, now).await?;
     }
-    tx.commit().await?;
+    let committed = tx.commit().await;
+    ctx.cache.changed(&[Change::Post(post)]).await;
+    committed?;
     let comment = Comment {
         id,
         post_id: post,

@@ -17,6 +17,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use crate::app::Ctx;
+use crate::cache::Change;
 use crate::http::{ApiError, ApiResult, authed, finish, get, json_body, sc, sc_only};
 use crate::media::{MediaError, THUMB_SUFFIX};
 use crate::model::{Alarm, AlarmType, EditUser, MeUser, SimpleUser, UserDetails};
@@ -422,9 +423,9 @@ async fn edit_info(ctx: Ctx, caller: String, mut body: EditUser) -> ApiResult {
     {
         return Err(ApiError::bad_request());
     }
-    if ctx.store.update_profile_info(&caller, &body).await? == 0
-        && !ctx.store.user_exists(&caller).await?
-    {
+    let updated = ctx.store.update_profile_info(&caller, &body).await;
+    ctx.cache.changed(&[Change::User(caller.clone())]).await;
+    if updated? == 0 && !ctx.store.user_exists(&caller).await? {
         return Err(ApiError::bad_request());
     }
     sc_only()
@@ -577,7 +578,9 @@ async fn upload_profile(ctx: Ctx, caller: String, form: FormData) -> ApiResult {
         &image.blurhash,
     )
     .await?;
-    tx.commit().await?;
+    let committed = tx.commit().await;
+    ctx.cache.changed(&[Change::User(caller.clone())]).await;
+    committed?;
     guard.commit();
 
     let old_image = own_profile_key(&ctx, old.profile_image.as_deref());

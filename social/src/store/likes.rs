@@ -68,6 +68,17 @@ impl Store {
         Ok(q.fetch_all(self.pool()).await?)
     }
 
+    /// Up to `limit` ids of the posts `user` likes, in no particular order.
+    pub async fn liked_by(&self, user: &str, limit: i64) -> StoreResult<Vec<i64>> {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT post_id FROM post_favorite WHERE user_id = ? LIMIT ?",
+        )
+        .bind(user)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// The likes with `ids` that still exist, with their likers.
     pub async fn likes_by_ids(&self, ids: &[i64]) -> StoreResult<Vec<LikeRef>> {
         if ids.is_empty() {

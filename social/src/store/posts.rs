@@ -266,6 +266,22 @@ impl Store {
             .await?)
     }
 
+    /// The posts with `ids` that exist, in no particular order.
+    pub async fn posts_by_ids(&self, ids: &[i64]) -> StoreResult<Vec<PostRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {POST_COLUMNS} FROM post p WHERE p.id IN ({})",
+            placeholders(ids.len())
+        );
+        let mut q = sqlx::query_as::<_, PostRow>(&sql);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        Ok(q.fetch_all(self.pool()).await?)
+    }
+
     /// Profile grid page: up to `limit` posts of `user` with `id < before`, newest first.
     pub async fn post_previews(
         &self,

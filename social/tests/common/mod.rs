@@ -72,6 +72,9 @@ pub struct TestApp {
     pub dir: PathBuf,
     db_url: String,
     db: Db,
+    cfg: SocialConfig,
+    /// Drops the database and the directory on drop (false for [`TestApp::second`]).
+    owner: bool,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -111,9 +114,46 @@ impl TestApp {
             kv: KvConfig::Memory,
             smtp: None,
             limits: Limits::default(),
+            cache: social::cache::ReadCacheConfig::default(),
         };
         tweak(&mut cfg);
         let bus = Bus::in_process(Registry::in_process(), InProcessConfig::default());
+        Self::serve(cfg, bus, dir, db_url, db, true).await
+    }
+
+    /// A second social process on the same database, media directory and bus (scale-out with two
+    /// `instar social` behind a balancer).
+    pub async fn second(&self) -> TestApp {
+        let cfg = SocialConfig {
+            database_url: self.db_url.clone(),
+            media: MediaConfig {
+                backend: Backend::Local {
+                    dir: self.dir.join("media"),
+                    url_prefix: "/media".to_owned(),
+                },
+                ..MediaConfig::default()
+            },
+            ..self.cfg.clone()
+        };
+        Self::serve(
+            cfg,
+            self.bus.clone(),
+            self.dir.clone(),
+            self.db_url.clone(),
+            self.db,
+            false,
+        )
+        .await
+    }
+
+    async fn serve(
+        cfg: SocialConfig,
+        bus: Bus,
+        dir: PathBuf,
+        db_url: String,
+        db: Db,
+        owner: bool,
+    ) -> TestApp {
         let ctx = Ctx::start(&cfg, bus.clone()).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -135,6 +175,8 @@ impl TestApp {
             dir,
             db_url,
             db,
+            owner,
+            cfg,
             shutdown: Some(tx),
         }
     }
@@ -253,6 +295,9 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if !self.owner {
+            return;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         if self.db == Db::MySql {

@@ -1,0 +1,571 @@
+//! Read cache of what `GET /api/post/get/details_info` and `GET /api/feed` show: post rows (with
+//! their counters), post images (with user tags), authors' display fields, and each viewer's liked
+//! post ids.
+//!
+//! # Consistency
+//!
+//! * **Images** never change once a post is committed (there is no post edit), so they are cached
+//!   until evicted.
+//! * **Post rows, authors and liked sets** are invalidated by the writes that change them, *after*
+//!   the commit: a like or unlike ([`Change::Post`] and [`Change::Likes`] of the liker), a comment
+//!   ([`Change::Post`]), a profile edit or profile image ([`Change::User`]). The writing process
+//!   drops its own entries before it answers, so a client always reads its own writes from the
+//!   process it wrote to.
+//! * **Other processes** (scale-out: several `instar social` behind nginx) learn of each change
+//!   through the bus: every process binds its own node to the topic [`INVALIDATION_TOPIC`] (a name
+//!   no STOMP client can subscribe to: `:` is not allowed in destinations), and a write publishes
+//!   its changes there. They are stale for the bus's delivery time (milliseconds).
+//! * **Lost invalidations** (the bus was down when a change was published, or this process lost
+//!   its connection) are bounded two ways: every entry expires within [`ReadCacheConfig::ttl`] of
+//!   being loaded (75–100 % of it, so that entries loaded together do not expire together), and a process whose bus comes back after being down clears everything.
+//! * **A read racing a write** cannot put an old value back: a reader takes a [`Ticket`] (the
+//!   generation of the key's slot) before it reads the database, and its fill is dropped if the
+//!   key was invalidated in between. Invalidation and fill of one slot are serialised by a lock.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use broker_bridge::{Bus, Envelope, Health, NodeId, Target};
+use parking_lot::Mutex;
+use quick_cache::Equivalent;
+use quick_cache::sync::Cache;
+
+use crate::model::{ImageTags, SimpleUser};
+use crate::store::posts::PostRow;
+
+/// The bus topic that carries invalidations between social processes.
+pub const INVALIDATION_TOPIC: &str = "instar:cache";
+/// Default capacity: post rows and images each; authors and liked sets get a quarter.
+pub const DEFAULT_ENTRIES: usize = 100_000;
+/// Default lifetime of an entry (each gets 75–100 % of it). It only bounds how long a lost
+/// invalidation can leave an entry stale; writes through the service invalidate at once.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
+/// A viewer with more likes than this is not cached (their likes are read per request).
+pub const MAX_LIKED: usize = 4_096;
+/// Generation slots per table (a power of two).
+const SLOTS: usize = 1024;
+
+/// Read cache settings.
+#[derive(Debug, Clone)]
+pub struct ReadCacheConfig {
+    /// Entries of the post-row and the image table (0: no caching at all).
+    pub entries: usize,
+    /// Lifetime of an entry.
+    pub ttl: Duration,
+}
+
+impl Default for ReadCacheConfig {
+    fn default() -> Self {
+        Self {
+            entries: DEFAULT_ENTRIES,
+            ttl: DEFAULT_TTL,
+        }
+    }
+}
+
+/// Something that changed in the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A post's row (its counters).
+    Post(i64),
+    /// A user's display fields (name, profile image).
+    User(String),
+    /// The set of posts a user likes.
+    Likes(String),
+}
+
+impl Change {
+    fn encode(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = match self {
+            Change::Post(id) => writeln!(out, "post:{id}"),
+            Change::User(u) => writeln!(out, "user:{u}"),
+            Change::Likes(u) => writeln!(out, "likes:{u}"),
+        };
+    }
+
+    fn decode(line: &str) -> Option<Change> {
+        let (kind, key) = line.split_once(':')?;
+        match kind {
+            "post" => key.parse().ok().map(Change::Post),
+            "user" if !key.is_empty() => Some(Change::User(key.to_owned())),
+            "likes" if !key.is_empty() => Some(Change::Likes(key.to_owned())),
+            _ => None,
+        }
+    }
+
+    /// The lines of an invalidation message body (unknown lines are skipped).
+    pub fn decode_all(body: &[u8]) -> Vec<Change> {
+        String::from_utf8_lossy(body)
+            .lines()
+            .filter_map(Change::decode)
+            .collect()
+    }
+}
+
+/// A viewer's likes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liked {
+    /// Every post the viewer likes.
+    Set(HashSet<i64>),
+    /// More than [`MAX_LIKED`]: read per request instead.
+    TooMany,
+}
+
+/// The generation of a key's slot, taken before reading the database.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket {
+    slot: usize,
+    generation: u64,
+}
+
+struct Entry<V> {
+    value: Arc<V>,
+    expires: Instant,
+}
+
+impl<V> Clone for Entry<V> {
+    fn clone(&self) -> Self {
+        Self {
+            value: Arc::clone(&self.value),
+            expires: self.expires,
+        }
+    }
+}
+
+/// One cached relation.
+struct Table<K, V> {
+    map: Cache<K, Entry<V>>,
+    slots: Box<[Mutex<u64>]>,
+    hasher: RandomState,
+    ttl: Duration,
+    enabled: bool,
+}
+
+impl<K: Eq + Hash + Clone, V> Table<K, V> {
+    fn new(capacity: usize, ttl: Duration) -> Self {
+        Self {
+            map: Cache::new(capacity.max(1)),
+            slots: (0..SLOTS).map(|_| Mutex::new(0)).collect(),
+            hasher: RandomState::new(),
+            ttl,
+            enabled: capacity > 0,
+        }
+    }
+
+    fn slot<Q: Hash + ?Sized>(&self, key: &Q) -> usize {
+        // Truncation is fine: only the low bits pick the slot.
+        #[allow(clippy::cast_possible_truncation)]
+        let h = self.hasher.hash_one(key) as usize;
+        h & (SLOTS - 1)
+    }
+
+    fn get<Q>(&self, key: &Q) -> Option<Arc<V>>
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+    {
+        if !self.enabled {
+            return None;
+        }
+        let e = self.map.get(key)?;
+        (Instant::now() < e.expires).then_some(e.value)
+    }
+
+    fn ticket<Q: Hash + ?Sized>(&self, key: &Q) -> Ticket {
+        let slot = self.slot(key);
+        Ticket {
+            slot,
+            generation: *self.slots[slot].lock(),
+        }
+    }
+
+    /// Stores `value` unless the key was invalidated since `ticket` was taken.
+    fn fill(&self, key: K, value: Arc<V>, ticket: Ticket) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        let generation = self.slots[ticket.slot].lock();
+        if *generation != ticket.generation {
+            return false;
+        }
+        // 75–100 % of the TTL, so that entries loaded together do not all expire together.
+        let life = self.ttl.mul_f64(rand::random_range(0.75..=1.0));
+        self.map.insert(
+            key,
+            Entry {
+                value,
+                expires: Instant::now() + life,
+            },
+        );
+        true
+    }
+
+    fn invalidate<Q>(&self, key: &Q)
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+    {
+        let mut generation = self.slots[self.slot(key)].lock();
+        *generation += 1;
+        self.map.remove(key);
+    }
+
+    fn clear(&self) {
+        let mut held: Vec<_> = self.slots.iter().map(|s| s.lock()).collect();
+        for g in &mut held {
+            **g += 1;
+        }
+        self.map.clear();
+    }
+}
+
+/// Hit and miss counters.
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    rejected_fills: AtomicU64,
+    invalidations: AtomicU64,
+    clears: AtomicU64,
+    publish_failures: AtomicU64,
+}
+
+/// A snapshot of the counters (monotonic since start).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadCacheStats {
+    /// Lookups answered from memory.
+    pub hits: u64,
+    /// Lookups that went to the database.
+    pub misses: u64,
+    /// Fills dropped because the key changed while it was read.
+    pub rejected_fills: u64,
+    /// Keys invalidated (local writes and other processes' messages).
+    pub invalidations: u64,
+    /// Whole-cache clears (the bus came back after an outage).
+    pub clears: u64,
+    /// Invalidation messages the bus refused (other processes then rely on the TTL).
+    pub publish_failures: u64,
+}
+
+/// The read cache. Cheap to share (`Arc`).
+pub struct ReadCache {
+    rows: Table<i64, PostRow>,
+    images: Table<i64, Vec<ImageTags>>,
+    authors: Table<String, SimpleUser>,
+    liked: Table<String, Liked>,
+    counters: Counters,
+    bus: Option<Bus>,
+}
+
+impl std::fmt::Debug for ReadCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadCache")
+            .field("rows", &self.rows.map.len())
+            .field("images", &self.images.map.len())
+            .field("authors", &self.authors.map.len())
+            .field("liked", &self.liked.map.len())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl ReadCache {
+    /// An empty cache; changes are published on `bus` when there is one.
+    pub fn new(cfg: &ReadCacheConfig, bus: Option<Bus>) -> Self {
+        let small = if cfg.entries == 0 {
+            0
+        } else {
+            (cfg.entries / 4).max(1)
+        };
+        Self {
+            rows: Table::new(cfg.entries, cfg.ttl),
+            images: Table::new(cfg.entries, cfg.ttl),
+            authors: Table::new(small, cfg.ttl),
+            liked: Table::new(small, cfg.ttl),
+            counters: Counters::default(),
+            bus,
+        }
+    }
+
+    fn count<T>(&self, found: Option<T>) -> Option<T> {
+        let c = if found.is_some() {
+            &self.counters.hits
+        } else {
+            &self.counters.misses
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    fn filled(&self, stored: bool) {
+        if !stored {
+            self.counters.rejected_fills.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A post row.
+    pub fn row(&self, id: i64) -> Option<Arc<PostRow>> {
+        self.count(self.rows.get(&id))
+    }
+
+    /// Ticket for filling the row of `id`.
+    pub fn row_ticket(&self, id: i64) -> Ticket {
+        self.rows.ticket(&id)
+    }
+
+    /// Stores a row read after `ticket` was taken.
+    pub fn fill_row(&self, row: PostRow, ticket: Ticket) -> Arc<PostRow> {
+        let row = Arc::new(row);
+        let stored = self.rows.fill(row.id, Arc::clone(&row), ticket);
+        self.filled(stored);
+        row
+    }
+
+    /// A post's images.
+    pub fn images(&self, post: i64) -> Option<Arc<Vec<ImageTags>>> {
+        self.count(self.images.get(&post))
+    }
+
+    /// Stores a post's images (they never change, so no ticket).
+    pub fn fill_images(&self, post: i64, images: Vec<ImageTags>) -> Arc<Vec<ImageTags>> {
+        let images = Arc::new(images);
+        let ticket = self.images.ticket(&post);
+        self.images.fill(post, Arc::clone(&images), ticket);
+        images
+    }
+
+    /// An author's display fields.
+    pub fn author(&self, id: &str) -> Option<Arc<SimpleUser>> {
+        self.count(self.authors.get(id))
+    }
+
+    /// Ticket for filling the author `id`.
+    pub fn author_ticket(&self, id: &str) -> Ticket {
+        self.authors.ticket(id)
+    }
+
+    /// Stores an author read after `ticket` was taken.
+    pub fn fill_author(&self, user: SimpleUser, ticket: Ticket) -> Arc<SimpleUser> {
+        let user = Arc::new(user);
+        let stored = self
+            .authors
+            .fill(user.id.clone(), Arc::clone(&user), ticket);
+        self.filled(stored);
+        user
+    }
+
+    /// A viewer's likes.
+    pub fn liked(&self, viewer: &str) -> Option<Arc<Liked>> {
+        self.count(self.liked.get(viewer))
+    }
+
+    /// Ticket for filling the likes of `viewer`.
+    pub fn liked_ticket(&self, viewer: &str) -> Ticket {
+        self.liked.ticket(viewer)
+    }
+
+    /// Stores a viewer's likes read after `ticket` was taken.
+    pub fn fill_liked(&self, viewer: &str, liked: Liked, ticket: Ticket) -> Arc<Liked> {
+        let liked = Arc::new(liked);
+        let stored = self
+            .liked
+            .fill(viewer.to_owned(), Arc::clone(&liked), ticket);
+        self.filled(stored);
+        liked
+    }
+
+    /// Drops what `changes` name, here only.
+    pub fn apply(&self, changes: &[Change]) {
+        for c in changes {
+            match c {
+                Change::Post(id) => self.rows.invalidate(id),
+                Change::User(u) => self.authors.invalidate(u.as_str()),
+                Change::Likes(u) => self.liked.invalidate(u.as_str()),
+            }
+        }
+        self.counters
+            .invalidations
+            .fetch_add(changes.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Drops everything.
+    pub fn clear(&self) {
+        self.rows.clear();
+        self.images.clear();
+        self.authors.clear();
+        self.liked.clear();
+        self.counters.clears.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Call after committing `changes`: drops them here, then tells the other processes.
+    pub async fn changed(&self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        self.apply(changes);
+        let Some(bus) = &self.bus else {
+            return;
+        };
+        let mut body = String::new();
+        for c in changes {
+            c.encode(&mut body);
+        }
+        let env = Envelope::new(format!("/topic/{INVALIDATION_TOPIC}"), body);
+        if let Err(e) = bus.publish(Target::topic(INVALIDATION_TOPIC), env).await {
+            self.counters
+                .publish_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "cache invalidation not published; other processes catch up within the TTL");
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> ReadCacheStats {
+        let c = &self.counters;
+        ReadCacheStats {
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            rejected_fills: c.rejected_fills.load(Ordering::Relaxed),
+            invalidations: c.invalidations.load(Ordering::Relaxed),
+            clears: c.clears.load(Ordering::Relaxed),
+            publish_failures: c.publish_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Binds a node of this process to [`INVALIDATION_TOPIC`] and applies what arrives, until the
+    /// bus shuts down. Clears everything when the bus comes back after being down.
+    pub async fn listen(self: Arc<Self>, bus: Bus) -> Result<(), broker_bridge::BusError> {
+        let node = NodeId::from(format!("social-cache-{}", uuid::Uuid::new_v4().simple()));
+        let mut link = bus.open_node(node.clone()).await?;
+        link.bind(INVALIDATION_TOPIC).await?;
+        tracing::info!(%node, topic = INVALIDATION_TOPIC, "read cache listening for invalidations");
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let mut health = tokio::time::interval(Duration::from_secs(1));
+            let mut was_down = false;
+            loop {
+                tokio::select! {
+                    n = link.recv_many(&mut buf, 256) => {
+                        if n == 0 {
+                            break;
+                        }
+                        for d in buf.drain(..) {
+                            self.apply(&Change::decode_all(&d.envelope.body));
+                        }
+                    }
+                    _ = health.tick() => {
+                        let down = matches!(bus.health(), Health::Down(_));
+                        if was_down && !down {
+                            tracing::info!("bus back: read cache cleared (invalidations may have been missed)");
+                            self.clear();
+                        }
+                        was_down = down;
+                    }
+                }
+            }
+            tracing::debug!(%node, "read cache listener stopped");
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, likes: i64) -> PostRow {
+        PostRow {
+            id,
+            user_id: "u".into(),
+            comment: String::new(),
+            location: None,
+            favorite_count: likes,
+            comment_count: 0,
+            create_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_fill_that_raced_an_invalidation_is_dropped() {
+        let c = ReadCache::new(&ReadCacheConfig::default(), None);
+        let t = c.row_ticket(7);
+        // A writer commits and invalidates while the reader is reading the old row.
+        c.apply(&[Change::Post(7)]);
+        c.fill_row(row(7, 1), t);
+        assert!(c.row(7).is_none());
+        assert_eq!(c.stats().rejected_fills, 1);
+        // A fresh read is kept.
+        let t = c.row_ticket(7);
+        c.fill_row(row(7, 2), t);
+        assert_eq!(c.row(7).map(|r| r.favorite_count), Some(2));
+        c.apply(&[Change::Post(7)]);
+        assert!(c.row(7).is_none());
+    }
+
+    #[test]
+    fn entries_expire_and_a_zero_capacity_caches_nothing() {
+        let c = ReadCache::new(
+            &ReadCacheConfig {
+                entries: 10,
+                ttl: Duration::from_millis(20),
+            },
+            None,
+        );
+        let t = c.author_ticket("a");
+        c.fill_author(
+            SimpleUser {
+                id: "a".into(),
+                name: "A".into(),
+                profile_image: None,
+                following: false,
+            },
+            t,
+        );
+        assert!(c.author("a").is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(c.author("a").is_none());
+
+        let off = ReadCache::new(
+            &ReadCacheConfig {
+                entries: 0,
+                ttl: DEFAULT_TTL,
+            },
+            None,
+        );
+        let t = off.row_ticket(1);
+        off.fill_row(row(1, 0), t);
+        off.fill_images(1, Vec::new());
+        assert!(off.row(1).is_none() && off.images(1).is_none());
+    }
+
+    #[test]
+    fn clear_drops_everything_and_rejects_fills_in_flight() {
+        let c = ReadCache::new(&ReadCacheConfig::default(), None);
+        let t = c.row_ticket(1);
+        c.fill_row(row(1, 0), t);
+        let t = c.liked_ticket("v");
+        c.clear();
+        c.fill_liked("v", Liked::TooMany, t);
+        assert!(c.row(1).is_none() && c.liked("v").is_none());
+    }
+
+    #[test]
+    fn changes_round_trip_through_their_encoding() {
+        let changes = vec![
+            Change::Post(42),
+            Change::User("kim:1".into()),
+            Change::Likes("lee".into()),
+        ];
+        let mut body = String::new();
+        for c in &changes {
+            c.encode(&mut body);
+        }
+        assert_eq!(Change::decode_all(body.as_bytes()), changes);
+        assert_eq!(
+            Change::decode_all(b"post:x\nbogus\nuser:\nlikes:a\n"),
+            vec![Change::Likes("a".into())]
+        );
+    }
+}
