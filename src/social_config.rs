@@ -211,6 +211,7 @@ impl SocialArgs {
                 ttl: pick!(a, f, read_cache_ttl_secs).map_or(social::cache::DEFAULT_TTL, |s| {
                     std::time::Duration::from_secs(s.max(1))
                 }),
+                ..social::cache::ReadCacheConfig::default()
             },
         })
     }

@@ -45,6 +45,10 @@ pub const DEFAULT_ENTRIES: usize = 100_000;
 pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
 /// A viewer with more likes than this is not cached (their likes are read per request).
 pub const MAX_LIKED: usize = 4_096;
+/// Default of [`ReadCacheConfig::author_posts`].
+pub const DEFAULT_AUTHOR_POSTS: usize = 1_000;
+/// Default of [`ReadCacheConfig::followees`].
+pub const DEFAULT_FOLLOWEES: usize = 2_000;
 /// Generation slots per table (a power of two).
 const SLOTS: usize = 1024;
 
@@ -55,6 +59,10 @@ pub struct ReadCacheConfig {
     pub entries: usize,
     /// Lifetime of an entry.
     pub ttl: Duration,
+    /// Newest post ids kept per author for the feed's followed tier.
+    pub author_posts: usize,
+    /// Most followed users kept per viewer (beyond, the followed tier is read from the database).
+    pub followees: usize,
 }
 
 impl Default for ReadCacheConfig {
@@ -62,6 +70,8 @@ impl Default for ReadCacheConfig {
         Self {
             entries: DEFAULT_ENTRIES,
             ttl: DEFAULT_TTL,
+            author_posts: DEFAULT_AUTHOR_POSTS,
+            followees: DEFAULT_FOLLOWEES,
         }
     }
 }
@@ -75,6 +85,10 @@ pub enum Change {
     User(String),
     /// The set of posts a user likes.
     Likes(String),
+    /// The users a user follows.
+    Follows(String),
+    /// The posts a user wrote (a new one).
+    Posts(String),
 }
 
 impl Change {
@@ -84,6 +98,8 @@ impl Change {
             Change::Post(id) => writeln!(out, "post:{id}"),
             Change::User(u) => writeln!(out, "user:{u}"),
             Change::Likes(u) => writeln!(out, "likes:{u}"),
+            Change::Follows(u) => writeln!(out, "follows:{u}"),
+            Change::Posts(u) => writeln!(out, "posts:{u}"),
         };
     }
 
@@ -93,6 +109,8 @@ impl Change {
             "post" => key.parse().ok().map(Change::Post),
             "user" if !key.is_empty() => Some(Change::User(key.to_owned())),
             "likes" if !key.is_empty() => Some(Change::Likes(key.to_owned())),
+            "follows" if !key.is_empty() => Some(Change::Follows(key.to_owned())),
+            "posts" if !key.is_empty() => Some(Change::Posts(key.to_owned())),
             _ => None,
         }
     }
@@ -113,6 +131,25 @@ pub enum Liked {
     Set(HashSet<i64>),
     /// More than [`MAX_LIKED`]: read per request instead.
     TooMany,
+}
+
+/// The users a viewer follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Followees {
+    /// All of them.
+    List(Vec<String>),
+    /// More than [`ReadCacheConfig::followees`]: the followed tier is read from the database.
+    TooMany,
+}
+
+/// The newest post ids of an author, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorPosts {
+    /// Post ids, descending.
+    pub ids: Vec<i64>,
+    /// Whether `ids` are all of the author's posts (else only the newest
+    /// [`ReadCacheConfig::author_posts`]).
+    pub complete: bool,
 }
 
 /// The generation of a key's slot, taken before reading the database.
@@ -255,6 +292,9 @@ pub struct ReadCache {
     images: Table<i64, Vec<ImageTags>>,
     authors: Table<String, SimpleUser>,
     liked: Table<String, Liked>,
+    followees: Table<String, Followees>,
+    author_posts: Table<String, AuthorPosts>,
+    limits: (usize, usize),
     counters: Counters,
     bus: Option<Bus>,
 }
@@ -284,6 +324,9 @@ impl ReadCache {
             images: Table::new(cfg.entries, cfg.ttl),
             authors: Table::new(small, cfg.ttl),
             liked: Table::new(small, cfg.ttl),
+            followees: Table::new(small, cfg.ttl),
+            author_posts: Table::new(small, cfg.ttl),
+            limits: (cfg.author_posts.max(1), cfg.followees.max(1)),
             counters: Counters::default(),
             bus,
         }
@@ -376,6 +419,66 @@ impl ReadCache {
         liked
     }
 
+    /// Whether anything is cached at all.
+    pub fn enabled(&self) -> bool {
+        self.rows.enabled
+    }
+
+    /// Newest post ids kept per author.
+    pub fn author_posts_limit(&self) -> usize {
+        self.limits.0
+    }
+
+    /// Most followed users kept per viewer.
+    pub fn followees_limit(&self) -> usize {
+        self.limits.1
+    }
+
+    /// Whom a viewer follows.
+    pub fn followees(&self, viewer: &str) -> Option<Arc<Followees>> {
+        self.count(self.followees.get(viewer))
+    }
+
+    /// Ticket for filling whom `viewer` follows.
+    pub fn followees_ticket(&self, viewer: &str) -> Ticket {
+        self.followees.ticket(viewer)
+    }
+
+    /// Stores whom a viewer follows, read after `ticket` was taken.
+    pub fn fill_followees(&self, viewer: &str, f: Followees, ticket: Ticket) -> Arc<Followees> {
+        let f = Arc::new(f);
+        let stored = self
+            .followees
+            .fill(viewer.to_owned(), Arc::clone(&f), ticket);
+        self.filled(stored);
+        f
+    }
+
+    /// An author's newest post ids.
+    pub fn author_posts(&self, author: &str) -> Option<Arc<AuthorPosts>> {
+        self.count(self.author_posts.get(author))
+    }
+
+    /// Ticket for filling an author's post ids.
+    pub fn author_posts_ticket(&self, author: &str) -> Ticket {
+        self.author_posts.ticket(author)
+    }
+
+    /// Stores an author's newest post ids, read after `ticket` was taken.
+    pub fn fill_author_posts(
+        &self,
+        author: &str,
+        p: AuthorPosts,
+        ticket: Ticket,
+    ) -> Arc<AuthorPosts> {
+        let p = Arc::new(p);
+        let stored = self
+            .author_posts
+            .fill(author.to_owned(), Arc::clone(&p), ticket);
+        self.filled(stored);
+        p
+    }
+
     /// Drops what `changes` name, here only.
     pub fn apply(&self, changes: &[Change]) {
         for c in changes {
@@ -383,6 +486,8 @@ impl ReadCache {
                 Change::Post(id) => self.rows.invalidate(id),
                 Change::User(u) => self.authors.invalidate(u.as_str()),
                 Change::Likes(u) => self.liked.invalidate(u.as_str()),
+                Change::Follows(u) => self.followees.invalidate(u.as_str()),
+                Change::Posts(u) => self.author_posts.invalidate(u.as_str()),
             }
         }
         self.counters
@@ -396,6 +501,8 @@ impl ReadCache {
         self.images.clear();
         self.authors.clear();
         self.liked.clear();
+        self.followees.clear();
+        self.author_posts.clear();
         self.counters.clears.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -510,6 +617,7 @@ mod tests {
             &ReadCacheConfig {
                 entries: 10,
                 ttl: Duration::from_millis(20),
+                ..ReadCacheConfig::default()
             },
             None,
         );
@@ -530,7 +638,7 @@ mod tests {
         let off = ReadCache::new(
             &ReadCacheConfig {
                 entries: 0,
-                ttl: DEFAULT_TTL,
+                ..ReadCacheConfig::default()
             },
             None,
         );
@@ -557,6 +665,8 @@ mod tests {
             Change::Post(42),
             Change::User("kim:1".into()),
             Change::Likes("lee".into()),
+            Change::Follows("park".into()),
+            Change::Posts("choi".into()),
         ];
         let mut body = String::new();
         for c in &changes {

@@ -438,3 +438,79 @@ async fn batch_needs_an_admin_and_recomputes_scores(db: Db) {
     assert_eq!(res.status(), 200);
 }
 on_both!(batch_needs_an_admin_and_recomputes_scores);
+
+// ---------------------------------------------------------------------------------------------
+// The followed tier from the read cache
+
+async fn api_follow(app: &TestApp, token: &str, whom: &str, on: bool) {
+    let (path, body) = if on {
+        ("/api/user/follow", json!({"followingId": whom}))
+    } else {
+        ("/api/user/un_follow", json!({"unFollowingId": whom}))
+    };
+    let (status, body) = app.post(path, Some(token), body).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn first_in_feed(app: &TestApp, token: &str) -> i64 {
+    let (_, body) = app.get("/api/feed", Some(token)).await;
+    body["feed"][0]["postId"].as_i64().unwrap()
+}
+
+/// The followed tier is merged in memory from whom the viewer follows and each author's newest
+/// post ids (here only 4 kept per author, so later pages fall back to the database). Every page
+/// equals what a process without the cache answers, and a new post, a follow and an unfollow
+/// show in the very next read — and, through the bus, in another process's next reads.
+async fn followed_tier_from_memory_follows_every_write(db: Db) {
+    let app = TestApp::start_with(db, |cfg| cfg.cache.author_posts = 4).await;
+    let plain = app.second_with(|cfg| cfg.cache.entries = 0).await;
+    let other = app.second().await;
+    let viewer = app.user("viewer1").await;
+    let a1 = app.user("author1").await;
+    for u in ["author2", "author3"] {
+        app.user(u).await;
+    }
+    for i in 0..12 {
+        seed_post(&app, if i % 3 == 0 { "author2" } else { "author1" }, i).await;
+        seed_post(&app, "author3", 1).await;
+    }
+    api_follow(&app, &viewer, "author1", true).await;
+    api_follow(&app, &viewer, "author2", true).await;
+
+    let same = |what: &'static str| {
+        let (app, plain, viewer) = (&app, &plain, viewer.clone());
+        async move {
+            let cached = walk_feed(app, &viewer).await;
+            assert_eq!(cached, walk_feed(plain, &viewer).await, "{what}");
+            cached
+        }
+    };
+    let pages = same("first read").await;
+    assert_eq!(pages.concat().len(), 24);
+    let misses = app.ctx.cache.stats().misses;
+    assert_eq!(same("second read").await, pages);
+    // Followees, their post ids, rows, images, authors and likes: all from memory.
+    assert_eq!(app.ctx.cache.stats().misses, misses, "all from memory");
+    assert_eq!(first_in_feed(&other, &viewer).await, pages[0][0]);
+
+    // A followed author posts: first in the feed at once here, and soon on the other process.
+    let fresh = create_post(&app, &a1, json!({"comment": "new"})).await;
+    assert_eq!(first_in_feed(&app, &viewer).await, fresh);
+    same("after a new post").await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while first_in_feed(&other, &viewer).await != fresh {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "other process stale"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // Following and unfollowing change the tiers at once.
+    api_follow(&app, &viewer, "author3", true).await;
+    let pages = same("after a follow").await;
+    assert_eq!(pages.concat().len(), 25);
+    api_follow(&app, &viewer, "author1", false).await;
+    same("after an unfollow").await;
+}
+on_both!(followed_tier_from_memory_follows_every_write);

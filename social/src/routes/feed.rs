@@ -13,7 +13,7 @@
 //! out followed users' posts). `pages` (the personalised cache's page index) is accepted and
 //! ignored: no personalised cache exists yet, so `pointer` is always null.
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -24,8 +24,11 @@ use warp::reply::Response;
 use super::posts::{build_posts, query_i64};
 use super::with_ctx;
 use crate::app::Ctx;
+use crate::cache::{AuthorPosts, Followees};
 use crate::http::{ApiResult, authed, finish, get, sc};
 use crate::model::Post;
+use crate::store::StoreError;
+use crate::store::posts::PostRow;
 
 /// Posts per page.
 pub const FEED_PAGE: i64 = 30;
@@ -77,11 +80,20 @@ async fn feed(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     // Validated (a malformed value is 400 BR) but unused until the personalised tier exists.
     let _pages = query_i64(&q, "pages")?;
     let cursor = Cursor::from_query(query_i64(&q, "postId")?, query_i64(&q, "favoriteCount")?);
-    let mut rows = Vec::new();
+    let mut rows: Vec<Arc<PostRow>> = Vec::new();
     let mut last_in_followed = false;
     let (fc, before) = match cursor {
         Cursor::Followed(before) => {
-            rows = ctx.store.feed_followed(&user, before, FEED_PAGE).await?;
+            rows = match followed_from_cache(&ctx, &user, before, FEED_PAGE).await? {
+                Some(rows) => rows,
+                None => ctx
+                    .store
+                    .feed_followed(&user, before, FEED_PAGE)
+                    .await?
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect(),
+            };
             last_in_followed = !rows.is_empty();
             (i64::MAX, i64::MAX)
         }
@@ -93,14 +105,14 @@ async fn feed(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
         if !popular.is_empty() {
             last_in_followed = false;
         }
-        rows.extend(popular);
+        rows.extend(popular.into_iter().map(Arc::new));
     }
     let (last_post_id, last_favorite_count) = match rows.last() {
         None => (None, None),
         Some(r) if last_in_followed => (Some(r.id), Some(FOLLOWED_TIER)),
         Some(r) => (Some(r.id), Some(r.favorite_count)),
     };
-    let feed = build_posts(&ctx, &user, rows.into_iter().map(Arc::new).collect()).await?;
+    let feed = build_posts(&ctx, &user, rows).await?;
     sc(&FeedPage {
         feed,
         pointer: None,
@@ -109,9 +121,160 @@ async fn feed(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     })
 }
 
+fn as_limit(n: usize) -> i64 {
+    i64::try_from(n.saturating_add(1)).unwrap_or(i64::MAX)
+}
+
+/// The followed tier from the read cache: whom `viewer` follows and each one's newest post ids,
+/// merged newest first below `before`, then the rows. `None` when the cache cannot answer exactly
+/// (more followees than it keeps, or the page reaches past an author's kept ids): the database
+/// query answers instead.
+async fn followed_from_cache(
+    ctx: &Ctx,
+    viewer: &str,
+    before: i64,
+    limit: i64,
+) -> Result<Option<Vec<Arc<PostRow>>>, StoreError> {
+    let cache = &ctx.cache;
+    if !cache.enabled() {
+        return Ok(None);
+    }
+    let limit = usize::try_from(limit).unwrap_or(0);
+    let followees = match cache.followees(viewer) {
+        Some(f) => f,
+        None => {
+            let ticket = cache.followees_ticket(viewer);
+            let cap = cache.followees_limit();
+            let list = ctx.store.followees_of(viewer, as_limit(cap)).await?;
+            let f = if list.len() > cap {
+                Followees::TooMany
+            } else {
+                Followees::List(list)
+            };
+            cache.fill_followees(viewer, f, ticket)
+        }
+    };
+    let Followees::List(authors) = &*followees else {
+        return Ok(None);
+    };
+    let mut lists = Vec::with_capacity(authors.len());
+    for author in authors.iter().filter(|a| *a != viewer) {
+        let posts = match cache.author_posts(author) {
+            Some(p) => p,
+            None => {
+                let ticket = cache.author_posts_ticket(author);
+                let cap = cache.author_posts_limit();
+                let mut ids = ctx.store.post_ids_of(author, as_limit(cap)).await?;
+                let complete = ids.len() <= cap;
+                ids.truncate(cap);
+                cache.fill_author_posts(author, AuthorPosts { ids, complete }, ticket)
+            }
+        };
+        lists.push(posts);
+    }
+    let Some(ids) = merge_newest(&lists, before, limit) else {
+        return Ok(None);
+    };
+    Ok(Some(rows_of(ctx, &ids).await?))
+}
+
+/// The newest `limit` ids below `before` across the authors' lists (each newest first), or `None`
+/// when an author's uncached older posts could belong on the page.
+fn merge_newest(lists: &[Arc<AuthorPosts>], before: i64, limit: usize) -> Option<Vec<i64>> {
+    let mut heads = BinaryHeap::with_capacity(lists.len());
+    for (i, l) in lists.iter().enumerate() {
+        let pos = l.ids.partition_point(|&id| id >= before);
+        if let Some(&id) = l.ids.get(pos) {
+            heads.push((id, i, pos));
+        }
+    }
+    let mut ids = Vec::with_capacity(limit);
+    while ids.len() < limit {
+        let Some((id, i, pos)) = heads.pop() else {
+            break;
+        };
+        ids.push(id);
+        if let Some(&next) = lists[i].ids.get(pos + 1) {
+            heads.push((next, i, pos + 1));
+        }
+    }
+    // An incomplete list's missing posts are all older than its oldest kept id: they are off
+    // the page only if the page is full and that oldest id is not newer than the page's last.
+    let floor = if ids.len() == limit {
+        ids.last().copied()
+    } else {
+        None
+    };
+    for l in lists.iter().filter(|l| !l.complete) {
+        let oldest = l.ids.last().copied().unwrap_or(i64::MAX);
+        match floor {
+            Some(f) if oldest <= f => {}
+            _ => return None,
+        }
+    }
+    Some(ids)
+}
+
+/// The rows of `ids` in that order, from the read cache or one statement for those it lacks.
+async fn rows_of(ctx: &Ctx, ids: &[i64]) -> Result<Vec<Arc<PostRow>>, StoreError> {
+    let cache = &ctx.cache;
+    let mut found: HashMap<i64, Arc<PostRow>> = HashMap::with_capacity(ids.len());
+    let mut missing = Vec::new();
+    for &id in ids {
+        match cache.row(id) {
+            Some(r) => {
+                found.insert(id, r);
+            }
+            None => missing.push((id, cache.row_ticket(id))),
+        }
+    }
+    if !missing.is_empty() {
+        let want: Vec<i64> = missing.iter().map(|(id, _)| *id).collect();
+        for row in ctx.store.posts_by_ids(&want).await? {
+            let Some(&(_, ticket)) = missing.iter().find(|(id, _)| *id == row.id) else {
+                continue;
+            };
+            let id = row.id;
+            found.insert(id, cache.fill_row(row, ticket));
+        }
+    }
+    Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn list(ids: &[i64], complete: bool) -> Arc<AuthorPosts> {
+        Arc::new(AuthorPosts {
+            ids: ids.to_vec(),
+            complete,
+        })
+    }
+
+    #[test]
+    fn followed_lists_merge_newest_first_below_the_cursor() {
+        let lists = [
+            list(&[9, 5, 2], true),
+            list(&[8, 7, 1], true),
+            list(&[], true),
+        ];
+        assert_eq!(merge_newest(&lists, i64::MAX, 4), Some(vec![9, 8, 7, 5]));
+        assert_eq!(merge_newest(&lists, 5, 4), Some(vec![2, 1]));
+        assert_eq!(merge_newest(&lists, 1, 4), Some(vec![]));
+    }
+
+    #[test]
+    fn an_incomplete_list_answers_only_when_its_gap_is_off_the_page() {
+        // The second author has older posts than 7 that are not kept.
+        let lists = [list(&[9, 5, 2], true), list(&[8, 7], false)];
+        // Page 9, 8: 7 is kept and older than the page's last, so nothing missing belongs here.
+        assert_eq!(merge_newest(&lists, i64::MAX, 2), Some(vec![9, 8]));
+        // Page 9, 8, 7, 5 would need to know the author's posts between 7 and 5.
+        assert_eq!(merge_newest(&lists, i64::MAX, 4), None);
+        // A short page needs everything.
+        assert_eq!(merge_newest(&[list(&[3], false)], i64::MAX, 4), None);
+    }
 
     #[test]
     fn cursors_encode_the_tier() {

@@ -556,7 +556,9 @@ async fn create(ctx: Ctx, user: String, form: FormData) -> ApiResult {
         return Err(err);
     }
     let now = now_micros();
-    match insert_post(&ctx.store, &user, &input, &stored, now).await {
+    let inserted = insert_post(&ctx.store, &user, &input, &stored, now).await;
+    ctx.cache.changed(&[Change::Posts(user.clone())]).await;
+    match inserted {
         Ok((post_id, tagged)) => {
             guard.commit();
             for recipient in tagged {

@@ -237,7 +237,9 @@ async fn follow(ctx: Ctx, caller: String, body: FollowBody) -> ApiResult {
     users::add_follow_count(tx.conn(), &caller, 1).await?;
     users::add_follower_count(tx.conn(), &target, 1).await?;
     follows::insert_follow_alarm(tx.conn(), &target, id, now).await?;
-    tx.commit().await?;
+    let committed = tx.commit().await;
+    ctx.cache.changed(&[Change::Follows(caller.clone())]).await;
+    committed?;
 
     forget_recommendations(&ctx, &caller).await;
     ctx.notifier
@@ -273,7 +275,9 @@ async fn un_follow(ctx: Ctx, caller: String, body: UnFollowBody) -> ApiResult {
     users::add_follow_count(tx.conn(), &caller, -1).await?;
     users::add_follower_count(tx.conn(), &target, -1).await?;
     alarms::delete_for(tx.conn(), &target, AlarmType::Follow, id).await?;
-    tx.commit().await?;
+    let committed = tx.commit().await;
+    ctx.cache.changed(&[Change::Follows(caller.clone())]).await;
+    committed?;
 
     forget_recommendations(&ctx, &caller).await;
     sc_only()

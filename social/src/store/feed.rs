@@ -9,6 +9,28 @@ use super::{Store, StoreResult};
 const DAY_MICROS: i64 = 86_400_000_000;
 
 impl Store {
+    /// Up to `limit` of the users `viewer` follows, in no particular order.
+    pub async fn followees_of(&self, viewer: &str, limit: i64) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar::<_, String>(
+            "SELECT following_id FROM follows WHERE follower_id = ? LIMIT ?",
+        )
+        .bind(viewer)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The ids of the newest `limit` posts of `author`, newest first.
+    pub async fn post_ids_of(&self, author: &str, limit: i64) -> StoreResult<Vec<i64>> {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT id FROM post WHERE user_id = ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(author)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// Followed tier: posts of the users `viewer` follows (never the viewer's own), `id < before`,
     /// newest first.
     pub async fn feed_followed(

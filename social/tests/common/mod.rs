@@ -124,7 +124,12 @@ impl TestApp {
     /// A second social process on the same database, media directory and bus (scale-out with two
     /// `instar social` behind a balancer).
     pub async fn second(&self) -> TestApp {
-        let cfg = SocialConfig {
+        self.second_with(|_| {}).await
+    }
+
+    /// [`TestApp::second`] after `tweak` adjusted its configuration.
+    pub async fn second_with(&self, tweak: impl FnOnce(&mut SocialConfig)) -> TestApp {
+        let mut cfg = SocialConfig {
             database_url: self.db_url.clone(),
             media: MediaConfig {
                 backend: Backend::Local {
@@ -135,6 +140,7 @@ impl TestApp {
             },
             ..self.cfg.clone()
         };
+        tweak(&mut cfg);
         Self::serve(
             cfg,
             self.bus.clone(),
