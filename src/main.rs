@@ -103,9 +103,27 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
     .await
     .context("attaching the gateway to the bus")?;
 
+    // `/metrics`: the gateway's counters, then the social service's.
+    let metrics = {
+        let (gw, social) = (gw.clone(), social.clone());
+        warp::path("metrics")
+            .and(warp::path::end())
+            .and(warp::get())
+            .map(move || {
+                let mut text = gw.metrics_text();
+                text.push_str(&social.metrics_text());
+                Box::new(warp::reply::with_header(
+                    text,
+                    "content-type",
+                    "text/plain; version=0.0.4",
+                )) as Box<dyn warp::Reply>
+            })
+    };
     let routes = social
         .routes()
         .map(|r| Box::new(r) as Box<dyn warp::Reply>)
+        .or(metrics)
+        .unify()
         .or(gw.routes())
         .unify()
         .boxed();

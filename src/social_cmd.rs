@@ -12,6 +12,7 @@ use broker_bridge::{AmqpConfig, Bus, RedisRegistryConfig, Registry};
 use clap::Args;
 use serde::Deserialize;
 use warp::Filter as _;
+use warp::Reply as _;
 
 use crate::social_config::{SocialArgs, SocialFile};
 
@@ -103,7 +104,25 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding HTTP on {listen}"))?;
     let addr = listener.local_addr()?;
-    let routes = ctx.routes().with(warp::trace::request());
+    let metrics = {
+        let ctx = ctx.clone();
+        warp::path("metrics")
+            .and(warp::path::end())
+            .and(warp::get())
+            .map(move || {
+                warp::reply::with_header(
+                    ctx.metrics_text(),
+                    "content-type",
+                    "text/plain; version=0.0.4",
+                )
+                .into_response()
+            })
+    };
+    let routes = ctx
+        .routes()
+        .or(metrics)
+        .unify()
+        .with(warp::trace::request());
     let server = tokio::spawn(
         warp::serve(routes)
             .incoming(listener)

@@ -124,3 +124,47 @@ async fn serves_stomp_and_drains_on_sigterm() {
         .unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+#[tokio::test]
+async fn metrics_list_the_gateway_and_read_cache_counters() {
+    let (_child, addr) = start().await;
+    let http = reqwest::Client::new();
+    // One details lookup of a missing post goes to the database: a read cache miss.
+    let res = http
+        .get(format!("http://{addr}/api/post/get/details_info?postId=1"))
+        .bearer_auth(
+            social::tokens::Tokens::new(SECRET.as_bytes(), 600)
+                .unwrap()
+                .issue("metrics01", "USER")
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let res = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = res.text().await.unwrap();
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("instar_sessions_open"), 0);
+    assert!(value("instar_read_cache_misses_total") >= 1);
+    value("instar_read_cache_hits_total");
+    value("instar_read_cache_invalidations_total");
+    assert!(text.contains("# TYPE instar_read_cache_hits_total counter"));
+}

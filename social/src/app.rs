@@ -7,7 +7,7 @@ use broker_bridge::Bus;
 use migrations::PoolSettings;
 use warp::Filter;
 use warp::filters::BoxedFilter;
-use warp::http::HeaderMap;
+use warp::http::{HeaderMap, HeaderValue};
 use warp::reply::Response;
 
 use crate::cache::{ReadCache, ReadCacheConfig};
@@ -186,6 +186,52 @@ impl Ctx {
         }
     }
 
+    /// The social service's counters in the Prometheus text format (appended to `/metrics`).
+    pub fn metrics_text(&self) -> String {
+        use std::fmt::Write as _;
+        let c = self.cache.stats();
+        let rows: [(&str, &str, u64); 6] = [
+            (
+                "read_cache_hits_total",
+                "Read cache lookups answered from memory.",
+                c.hits,
+            ),
+            (
+                "read_cache_misses_total",
+                "Read cache lookups that went to the database.",
+                c.misses,
+            ),
+            (
+                "read_cache_rejected_fills_total",
+                "Read cache fills dropped because the key changed while it was read.",
+                c.rejected_fills,
+            ),
+            (
+                "read_cache_invalidations_total",
+                "Read cache keys invalidated (local writes and other processes' messages).",
+                c.invalidations,
+            ),
+            (
+                "read_cache_clears_total",
+                "Whole read cache clears (the bus came back after an outage).",
+                c.clears,
+            ),
+            (
+                "read_cache_publish_failures_total",
+                "Read cache invalidations the bus refused (other processes rely on the TTL).",
+                c.publish_failures,
+            ),
+        ];
+        let mut out = String::with_capacity(1024);
+        for (name, help, value) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP instar_{name} {help}\n# TYPE instar_{name} counter\ninstar_{name} {value}"
+            );
+        }
+        out
+    }
+
     /// The `/api/**` routes (with CORS, the envelope for every failure) and `/media/**` when media
     /// is stored locally.
     pub fn routes(&self) -> BoxedFilter<(Response,)> {
@@ -199,11 +245,13 @@ impl Ctx {
 
 fn api_routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
     let cors = ctx.cors.clone();
-    // Preflights and foreign origins are answered before routing or authentication.
+    // Preflights and foreign origins are answered before routing or authentication. Only requests
+    // that carry an `Origin` get here (the rest skip the header copy).
     let early = warp::path("api")
+        .and(warp::header::value("origin"))
         .and(warp::method())
         .and(warp::header::headers_cloned())
-        .and_then(move |method, headers: HeaderMap| {
+        .and_then(move |_origin: HeaderValue, method, headers: HeaderMap| {
             let cors = cors.clone();
             async move {
                 if let Some(res) = cors.preflight(&method, &headers) {
@@ -214,14 +262,19 @@ fn api_routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         });
     let cors = ctx.cors.clone();
     let main = warp::path("api")
-        .and(warp::header::headers_cloned())
+        .and(
+            warp::header::value("origin")
+                .map(Some)
+                .or(warp::any().map(|| None))
+                .unify(),
+        )
         .and(
             crate::routes::all(ctx)
                 .recover(crate::http::recover)
                 .unify(),
         )
-        .map(move |headers: HeaderMap, mut res: Response| {
-            cors.decorate(&mut res, headers.get(warp::http::header::ORIGIN));
+        .map(move |origin: Option<HeaderValue>, mut res: Response| {
+            cors.decorate(&mut res, origin.as_ref());
             res
         });
     early.or(main).unify().boxed()

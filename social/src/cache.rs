@@ -23,15 +23,17 @@
 //!   key was invalidated in between. Invalidation and fill of one slot are serialised by a lock.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use broker_bridge::{Bus, Envelope, Health, NodeId, Target};
 use parking_lot::Mutex;
 use quick_cache::Equivalent;
 use quick_cache::sync::Cache;
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::model::{ImageTags, SimpleUser};
 use crate::store::posts::PostRow;
@@ -133,6 +135,17 @@ pub enum Liked {
     TooMany,
 }
 
+/// A value kept as its JSON text, written into responses without serialising it again.
+pub type Json = Box<RawValue>;
+
+/// `value` as JSON text (`null`, logged, if it cannot be serialised: never for the types kept).
+pub fn to_json<T: Serialize>(value: &T) -> Json {
+    serde_json::value::to_raw_value(value).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "serialising a cached value");
+        RawValue::NULL.to_owned()
+    })
+}
+
 /// The users a viewer follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Followees {
@@ -161,7 +174,8 @@ pub struct Ticket {
 
 struct Entry<V> {
     value: Arc<V>,
-    expires: Instant,
+    /// Coarse monotonic clock (a few ms of resolution, a fraction of the cost of a precise read).
+    expires: coarsetime::Instant,
 }
 
 impl<V> Clone for Entry<V> {
@@ -177,7 +191,7 @@ impl<V> Clone for Entry<V> {
 struct Table<K, V> {
     map: Cache<K, Entry<V>>,
     slots: Box<[Mutex<u64>]>,
-    hasher: RandomState,
+    hasher: foldhash::fast::RandomState,
     ttl: Duration,
     enabled: bool,
 }
@@ -187,7 +201,7 @@ impl<K: Eq + Hash + Clone, V> Table<K, V> {
         Self {
             map: Cache::new(capacity.max(1)),
             slots: (0..SLOTS).map(|_| Mutex::new(0)).collect(),
-            hasher: RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             ttl,
             enabled: capacity > 0,
         }
@@ -208,7 +222,7 @@ impl<K: Eq + Hash + Clone, V> Table<K, V> {
             return None;
         }
         let e = self.map.get(key)?;
-        (Instant::now() < e.expires).then_some(e.value)
+        (coarsetime::Instant::now_without_cache_update() < e.expires).then_some(e.value)
     }
 
     fn ticket<Q: Hash + ?Sized>(&self, key: &Q) -> Ticket {
@@ -234,7 +248,8 @@ impl<K: Eq + Hash + Clone, V> Table<K, V> {
             key,
             Entry {
                 value,
-                expires: Instant::now() + life,
+                expires: coarsetime::Instant::now_without_cache_update()
+                    + coarsetime::Duration::from(life),
             },
         );
         true
@@ -289,8 +304,8 @@ pub struct ReadCacheStats {
 /// The read cache. Cheap to share (`Arc`).
 pub struct ReadCache {
     rows: Table<i64, PostRow>,
-    images: Table<i64, Vec<ImageTags>>,
-    authors: Table<String, SimpleUser>,
+    images: Table<i64, Json>,
+    authors: Table<String, Json>,
     liked: Table<String, Liked>,
     followees: Table<String, Followees>,
     author_posts: Table<String, AuthorPosts>,
@@ -366,21 +381,21 @@ impl ReadCache {
         row
     }
 
-    /// A post's images.
-    pub fn images(&self, post: i64) -> Option<Arc<Vec<ImageTags>>> {
+    /// A post's images (the `imageTags` array).
+    pub fn images(&self, post: i64) -> Option<Arc<Json>> {
         self.count(self.images.get(&post))
     }
 
     /// Stores a post's images (they never change, so no ticket).
-    pub fn fill_images(&self, post: i64, images: Vec<ImageTags>) -> Arc<Vec<ImageTags>> {
-        let images = Arc::new(images);
+    pub fn fill_images(&self, post: i64, images: &[ImageTags]) -> Arc<Json> {
+        let images = Arc::new(to_json(&images));
         let ticket = self.images.ticket(&post);
         self.images.fill(post, Arc::clone(&images), ticket);
         images
     }
 
-    /// An author's display fields.
-    pub fn author(&self, id: &str) -> Option<Arc<SimpleUser>> {
+    /// An author's display fields (a `user` object of a post).
+    pub fn author(&self, id: &str) -> Option<Arc<Json>> {
         self.count(self.authors.get(id))
     }
 
@@ -390,13 +405,13 @@ impl ReadCache {
     }
 
     /// Stores an author read after `ticket` was taken.
-    pub fn fill_author(&self, user: SimpleUser, ticket: Ticket) -> Arc<SimpleUser> {
-        let user = Arc::new(user);
+    pub fn fill_author(&self, user: &SimpleUser, ticket: Ticket) -> Arc<Json> {
+        let json = Arc::new(to_json(user));
         let stored = self
             .authors
-            .fill(user.id.clone(), Arc::clone(&user), ticket);
+            .fill(user.id.clone(), Arc::clone(&json), ticket);
         self.filled(stored);
-        user
+        json
     }
 
     /// A viewer's likes.
@@ -591,6 +606,7 @@ mod tests {
             favorite_count: likes,
             comment_count: 0,
             create_at: 0,
+            json: Default::default(),
         }
     }
 
@@ -623,7 +639,7 @@ mod tests {
         );
         let t = c.author_ticket("a");
         c.fill_author(
-            SimpleUser {
+            &SimpleUser {
                 id: "a".into(),
                 name: "A".into(),
                 profile_image: None,
@@ -644,7 +660,7 @@ mod tests {
         );
         let t = off.row_ticket(1);
         off.fill_row(row(1, 0), t);
-        off.fill_images(1, Vec::new());
+        off.fill_images(1, &[]);
         assert!(off.row(1).is_none() && off.images(1).is_none());
     }
 

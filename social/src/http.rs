@@ -126,6 +126,11 @@ pub fn sc<T: Serialize>(payload: &T) -> ApiResult {
     Ok(json_bytes(StatusCode::OK, bytes))
 }
 
+/// 200 with `body`, a complete `{"code":"SC",…}` object written by hand (the hottest routes).
+pub fn sc_json(body: String) -> Response {
+    json_bytes(StatusCode::OK, body.into_bytes())
+}
+
 /// 200 `{"code":"SC"}`.
 pub fn sc_only() -> ApiResult {
     sc(&())

@@ -9,6 +9,7 @@ pub mod app;
 pub mod cache;
 pub mod chat;
 pub mod http;
+pub mod json;
 pub mod kv;
 pub mod mail;
 pub mod media;

@@ -16,7 +16,6 @@
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
-use serde::Serialize;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
@@ -25,7 +24,8 @@ use super::posts::{build_posts, query_i64};
 use super::with_ctx;
 use crate::app::Ctx;
 use crate::cache::{AuthorPosts, Followees};
-use crate::http::{ApiResult, authed, finish, get, sc};
+use crate::http::{ApiResult, authed, finish, get, sc_json};
+use crate::json::push_opt_i64;
 use crate::model::Post;
 use crate::store::StoreError;
 use crate::store::posts::PostRow;
@@ -47,14 +47,23 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// The feed response (`pointer` is the personalised page index, null in these tiers).
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FeedPage {
-    feed: Vec<Post>,
-    pointer: Option<i64>,
-    last_post_id: Option<i64>,
-    last_favorite_count: Option<i64>,
+/// The feed response: `{"code":"SC","feed":[…],"pointer":null,"lastPostId":…,"lastFavoriteCount":…}`
+/// (`pointer` is the personalised page index, null in these tiers).
+fn feed_page(feed: &[Post], last_post_id: Option<i64>, last_favorite_count: Option<i64>) -> String {
+    let mut out = String::with_capacity(64 + feed.len() * 640);
+    out.push_str("{\"code\":\"SC\",\"feed\":[");
+    for (i, post) in feed.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        post.write_json(&mut out);
+    }
+    out.push_str("],\"pointer\":null,\"lastPostId\":");
+    push_opt_i64(&mut out, last_post_id);
+    out.push_str(",\"lastFavoriteCount\":");
+    push_opt_i64(&mut out, last_favorite_count);
+    out.push('}');
+    out
 }
 
 /// Where a page starts.
@@ -113,12 +122,7 @@ async fn feed(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
         Some(r) => (Some(r.id), Some(r.favorite_count)),
     };
     let feed = build_posts(&ctx, &user, rows).await?;
-    sc(&FeedPage {
-        feed,
-        pointer: None,
-        last_post_id,
-        last_favorite_count,
-    })
+    Ok(sc_json(feed_page(&feed, last_post_id, last_favorite_count)))
 }
 
 fn as_limit(n: usize) -> i64 {
@@ -274,6 +278,21 @@ mod tests {
         assert_eq!(merge_newest(&lists, i64::MAX, 4), None);
         // A short page needs everything.
         assert_eq!(merge_newest(&[list(&[3], false)], i64::MAX, 4), None);
+    }
+
+    #[test]
+    fn a_page_carries_its_cursor_beside_the_posts() {
+        let page: serde_json::Value =
+            serde_json::from_str(&feed_page(&[], None, None)).expect("valid JSON");
+        assert_eq!(
+            page,
+            serde_json::json!({"code": "SC", "feed": [], "pointer": null,
+                               "lastPostId": null, "lastFavoriteCount": null})
+        );
+        let page: serde_json::Value =
+            serde_json::from_str(&feed_page(&[], Some(9), Some(FOLLOWED_TIER))).expect("valid");
+        assert_eq!(page["lastPostId"], 9);
+        assert_eq!(page["lastFavoriteCount"], -1);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use futures_util::TryStreamExt as _;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -16,8 +16,8 @@ use warp::reply::Response;
 
 use super::with_ctx;
 use crate::app::Ctx;
-use crate::cache::{Change, Liked, MAX_LIKED, Ticket};
-use crate::http::{ApiError, ApiResult, authed, empty, finish, get, json_body, sc};
+use crate::cache::{Change, Json, Liked, MAX_LIKED, Ticket, to_json};
+use crate::http::{ApiError, ApiResult, authed, empty, finish, get, json_body, sc, sc_json};
 use crate::media::{MediaError, StoredImage};
 use crate::model::{Alarm, AlarmType, Comment, ImageTags, Post, PostTag, SimpleUser};
 use crate::store::posts::{AttachmentRow, NewAttachment, NewPost, PostRow, UserTagRow};
@@ -179,26 +179,22 @@ pub(crate) async fn build_posts(
         return Ok(Vec::new());
     }
     let (cache, store) = (&ctx.cache, &ctx.store);
-    let mut images: HashMap<i64, Arc<Vec<ImageTags>>> = HashMap::new();
+    let mut images: Vec<(i64, Arc<Json>)> = Vec::with_capacity(rows.len());
     let mut missing_images: Vec<i64> = Vec::new();
-    let mut authors: HashMap<String, Arc<SimpleUser>> = HashMap::new();
+    let mut authors: Vec<(String, Arc<Json>)> = Vec::with_capacity(rows.len());
     let mut missing_authors: Vec<(String, Ticket)> = Vec::new();
     for r in &rows {
-        if !images.contains_key(&r.id) && !missing_images.contains(&r.id) {
+        if !images.iter().any(|(id, _)| *id == r.id) && !missing_images.contains(&r.id) {
             match cache.images(r.id) {
-                Some(i) => {
-                    images.insert(r.id, i);
-                }
+                Some(i) => images.push((r.id, i)),
                 None => missing_images.push(r.id),
             }
         }
-        if !authors.contains_key(&r.user_id)
+        if !authors.iter().any(|(a, _)| *a == r.user_id)
             && !missing_authors.iter().any(|(a, _)| *a == r.user_id)
         {
             match cache.author(&r.user_id) {
-                Some(a) => {
-                    authors.insert(r.user_id.clone(), a);
-                }
+                Some(a) => authors.push((r.user_id.clone(), a)),
                 None => {
                     let t = cache.author_ticket(&r.user_id);
                     missing_authors.push((r.user_id.clone(), t));
@@ -242,18 +238,18 @@ pub(crate) async fn build_posts(
         tokio::try_join!(load_images, load_authors, load_likes)?;
     for id in missing_images {
         let i = new_images.remove(&id).unwrap_or_default();
-        images.insert(id, cache.fill_images(id, i));
+        images.push((id, cache.fill_images(id, &i)));
     }
     for u in new_authors {
         let ticket = missing_authors
             .iter()
             .find(|(a, _)| *a == u.id)
             .map(|(_, t)| *t);
-        let u = match ticket {
-            Some(t) => cache.fill_author(u, t),
-            None => Arc::new(u),
+        let json = match ticket {
+            Some(t) => cache.fill_author(&u, t),
+            None => Arc::new(to_json(&u)),
         };
-        authors.insert(u.id.clone(), u);
+        authors.push((u.id, json));
     }
     let heavy_liker: HashSet<i64> = match &*likes {
         Liked::Set(_) => HashSet::new(),
@@ -268,20 +264,19 @@ pub(crate) async fn build_posts(
     };
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let Some(user) = authors.get(&r.user_id) else {
+        let Some((_, user)) = authors.iter().find(|(a, _)| *a == r.user_id) else {
             tracing::warn!(post = r.id, author = %r.user_id, "post without an author left out");
             continue;
         };
+        let image_tags = images
+            .iter()
+            .find(|(id, _)| *id == r.id)
+            .map_or_else(|| Arc::new(to_json(&[(); 0])), |(_, i)| Arc::clone(i));
         out.push(Post {
-            post_id: r.id,
-            user: Arc::clone(user),
-            comment: r.comment.clone(),
-            location: r.location.clone(),
-            favorite_count: r.favorite_count,
-            comment_count: r.comment_count,
-            created_at: r.create_at,
-            image_tags: images.get(&r.id).cloned().unwrap_or_default(),
             is_liked: is_liked(r.id),
+            user: Arc::clone(user),
+            image_tags,
+            row: r,
         });
     }
     Ok(out)
@@ -661,17 +656,17 @@ async fn list(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
 // #22 GET /api/post/get/details_info?postId=
 
 async fn details(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
-    #[derive(Serialize)]
-    struct Details<'a> {
-        post: &'a Post,
-    }
     let id = required_i64(&q, "postId")?;
     let Some(row) = post_row(&ctx, id).await? else {
         return Err(ApiError::bad_request());
     };
     let posts = build_posts(&ctx, &user, vec![row]).await?;
     let post = posts.first().ok_or_else(ApiError::bad_request)?;
-    sc(&Details { post })
+    let mut out = String::with_capacity(1024);
+    out.push_str("{\"code\":\"SC\",\"post\":");
+    post.write_json(&mut out);
+    out.push('}');
+    Ok(sc_json(out))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -27,6 +27,41 @@ pub struct PostRow {
     pub comment_count: i64,
     /// Creation time, µs.
     pub create_at: i64,
+    /// The row's unchanging fields as JSON, rendered once per row value (see [`RowJson`]).
+    #[sqlx(skip)]
+    pub json: RowJson,
+}
+
+/// `"comment":…,"location":…,"createdAt":"…"` of a [`PostRow`], rendered on first use and kept
+/// with the row (a cached row is rendered once, not once per response). Derived from the row's
+/// other fields, so it takes no part in equality.
+#[derive(Debug, Clone, Default)]
+pub struct RowJson(std::sync::OnceLock<Box<str>>);
+
+impl PartialEq for RowJson {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl PostRow {
+    /// The rendered `comment`, `location` and `createdAt` members (no braces, no trailing comma).
+    pub fn fixed_json(&self) -> &str {
+        self.json.0.get_or_init(|| {
+            let mut out = String::with_capacity(self.comment.len() + 64);
+            out.push_str("\"comment\":");
+            crate::json::push_str(&mut out, &self.comment);
+            out.push_str(",\"location\":");
+            match &self.location {
+                Some(l) => crate::json::push_str(&mut out, l),
+                None => out.push_str("null"),
+            }
+            out.push_str(",\"createdAt\":\"");
+            out.push_str(&crate::time::format_micros(self.create_at));
+            out.push('"');
+            out.into_boxed_str()
+        })
+    }
 }
 
 /// Columns of [`PostRow`] on the alias `p`.
