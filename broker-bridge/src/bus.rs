@@ -88,6 +88,10 @@ pub struct BusMetrics {
     pub commands_failed: u64,
     /// Commands whose handler panicked (included in `commands_failed`).
     pub commands_panicked: u64,
+    /// Messages sent to the broker for publishes and commands (RabbitMQ: publishes to one route
+    /// that wait at the same moment share one message, so under load this grows far slower than
+    /// `published + commands_submitted`; in-process: always 0).
+    pub broker_messages: u64,
 }
 
 /// An implementation of the bus. Private so that implementations live in this crate.

@@ -435,3 +435,120 @@ async fn a_deleted_node_queue_is_declared_and_bound_again() {
     .await;
     env.done().await;
 }
+
+/// Publishes and commands issued at the same moment to one route share AMQP messages (batches):
+/// every one still arrives exactly once, topic messages in the order they were issued, commands of
+/// a session in order, and the broker sees far fewer messages than there were publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_to_one_route_travel_in_batches_in_order() {
+    let Some(env) = Env::new("amqp-batch") else {
+        return;
+    };
+    let (bus1, bus2, social) = (env.bus().await, env.bus().await, env.bus().await);
+    let mut n1 = bus1.open_node(NodeId::from("gw-1")).await.unwrap();
+    let mut n2 = bus2.open_node(NodeId::from("gw-2")).await.unwrap();
+    n1.bind("room.1").await.unwrap();
+    n2.bind("room.1").await.unwrap();
+    bus1.registry()
+        .register(entry("gw-1-a", "alice", "gw-1"))
+        .await
+        .unwrap();
+    bus2.registry()
+        .register(entry("gw-2-a", "alice", "gw-2"))
+        .await
+        .unwrap();
+
+    // 400 topic messages and 400 user messages, all in flight at once.
+    let n = 400;
+    let topic = (0..n).map(|i| {
+        let e = Envelope::new("/topic/room.1", format!("t{i}")).with_header("x-i", i.to_string());
+        social.publish(Target::topic("room.1"), e)
+    });
+    for r in futures_util::future::join_all(topic).await {
+        r.unwrap();
+    }
+    let user = (0..n).map(|i| {
+        social.publish(
+            Target::user("alice", "notify"),
+            Envelope::new("/user/queue/notify", format!("u{i}")),
+        )
+    });
+    for r in futures_util::future::join_all(user).await {
+        r.unwrap();
+    }
+    for link in [&mut n1, &mut n2] {
+        for i in 0..n {
+            let d = recv(link).await;
+            assert_eq!(d.target, Target::topic("room.1"));
+            assert_eq!(body(&d), format!("t{i}"), "topic order");
+            assert_eq!(d.envelope.headers, vec![("x-i".into(), i.to_string())]);
+        }
+        // User publishes look the user's nodes up first, so they reach their routes in the order
+        // the lookups finish: each arrives once, in no promised order.
+        let mut seen: Vec<String> = Vec::new();
+        for _ in 0..n {
+            let d = recv(link).await;
+            assert_eq!(d.target, Target::user("alice", "notify"));
+            seen.push(body(&d).to_owned());
+        }
+        seen.sort();
+        let mut expect: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+        expect.sort();
+        assert_eq!(seen, expect);
+        nothing(link).await;
+    }
+    let m = social.metrics();
+    assert_eq!(m.published, 2 * n as u64);
+    // 400 topic publishes on one route, and 400 user publishes on each of two node routes.
+    assert!(
+        m.broker_messages < (3 * n / 4) as u64,
+        "publishes were not batched: {m:?}"
+    );
+
+    // Commands: 20 sessions submitting 25 each concurrently (each session in order).
+    let (tx, mut rx) = mpsc::unbounded_channel::<AppCommand>();
+    social.register_handler(
+        "/app/",
+        handler_fn(move |cmd: AppCommand| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(cmd);
+                Ok(())
+            }
+        }),
+    );
+    let (sessions, per_session) = (20, 25);
+    let gateway = env.bus().await;
+    let submitters = (0..sessions).map(|s| {
+        let gateway = gateway.clone();
+        async move {
+            for i in 0..per_session {
+                gateway
+                    .submit(command(&format!("gw-1-s{s}"), i))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    futures_util::future::join_all(submitters).await;
+    let mut next = vec![0usize; sessions];
+    for _ in 0..sessions * per_session {
+        let cmd = timeout(WAIT, rx.recv()).await.expect("handled").unwrap();
+        let s: usize = cmd.session.trim_start_matches("gw-1-s").parse().unwrap();
+        let seq: usize = cmd.headers[1].1.parse().unwrap();
+        assert_eq!(seq, next[s], "session {s} out of order");
+        next[s] += 1;
+    }
+    let g = gateway.metrics();
+    assert_eq!(g.commands_submitted, (sessions * per_session) as u64);
+    assert!(
+        g.broker_messages < (sessions * per_session / 2) as u64,
+        "commands were not batched: {g:?}"
+    );
+    metrics_until(&social, |m| {
+        m.commands_handled == (sessions * per_session) as u64
+    })
+    .await;
+    drop((n1, n2));
+    env.done().await;
+}

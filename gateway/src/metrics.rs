@@ -11,7 +11,7 @@ impl Gateway {
         let m = &self.metrics;
         let h = &self.hub.metrics;
         let b = self.bus.metrics();
-        let rows: [(&str, &str, &str, u64); 16] = [
+        let rows: [(&str, &str, &str, u64); 17] = [
             (
                 "sessions_open",
                 "gauge",
@@ -107,6 +107,12 @@ impl Gateway {
                 "counter",
                 "Application commands whose handler failed.",
                 b.commands_failed,
+            ),
+            (
+                "bus_broker_messages_total",
+                "counter",
+                "Messages sent to the broker for publishes and commands (concurrent ones to one route share a message).",
+                b.broker_messages,
             ),
         ];
         let mut out = String::with_capacity(2048);

@@ -225,6 +225,7 @@ struct Counters {
     commands_handled: AtomicU64,
     commands_failed: AtomicU64,
     commands_panicked: AtomicU64,
+    broker_messages: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -309,6 +310,28 @@ struct Shared {
     stopped: watch::Sender<bool>,
     next_link: AtomicU64,
     counters: Counters,
+    /// Publishing lanes per route, by [`Lane`] kind (see [`Shared::publish_item`]).
+    lanes: [Mutex<HashMap<String, mpsc::UnboundedSender<Pending>>>; 3],
+}
+
+/// The three kinds of route a publish takes; each has its exchange, and its lanes by routing key.
+#[derive(Debug, Clone, Copy)]
+enum Lane {
+    /// `{p}.topic`, routing key = topic name; not mandatory.
+    Topic = 0,
+    /// `{p}.node`, routing key = node id; mandatory.
+    Node = 1,
+    /// `{p}.work`, routing key = shard; mandatory, always persistent.
+    Work = 2,
+}
+
+/// A lane with nothing to send for this long ends (a busy route keeps its lane).
+const LANE_IDLE: Duration = Duration::from_secs(5);
+
+/// A publish waiting in its lane, and where its outcome goes.
+struct Pending {
+    item: codec::BatchItem,
+    done: oneshot::Sender<Result<bool, BusError>>,
 }
 
 /// The bus handle stored in [`crate::Bus`]; dropping the last one stops the bus.
@@ -351,6 +374,7 @@ impl AmqpBus {
             stopped: watch::channel(false).0,
             next_link: AtomicU64::new(1),
             counters: Counters::default(),
+            lanes: Default::default(),
         });
         let first = Shared::connect(&shared, 1).await?;
         tokio::spawn(supervise(Arc::clone(&shared), first));
@@ -573,6 +597,46 @@ impl Shared {
                 )),
             };
         }
+    }
+
+    /// Publishes `item` on `lane` with routing key `key` and waits for the broker's confirm
+    /// (`Ok(false)`: a mandatory message came back unroutable).
+    ///
+    /// Every route has one lane task, which has at most one message in flight: what callers
+    /// queue on the route while that message waits for its confirm goes next as **one** AMQP
+    /// message (a batch, up to [`codec::MAX_BATCH_ITEMS`] items or about
+    /// [`codec::MAX_BATCH_BYTES`]), confirmed once for all of them. An idle route costs one
+    /// confirm round trip, as before; a busy one sends far fewer, larger messages, which is what
+    /// the broker's per-message work (routing, persistence, confirms, acks) scales with. Items of
+    /// one route leave in the order they were queued.
+    async fn publish_item(
+        self: &Arc<Self>,
+        lane: Lane,
+        key: &str,
+        item: codec::BatchItem,
+    ) -> Result<bool, BusError> {
+        let (done, outcome) = oneshot::channel();
+        let mut pending = Pending { item, done };
+        loop {
+            let sender = {
+                let mut lanes = lock(&self.lanes[lane as usize]);
+                match lanes.get(key) {
+                    Some(s) if !s.is_closed() => s.clone(),
+                    _ => {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        lanes.insert(key.to_owned(), tx.clone());
+                        tokio::spawn(run_lane(Arc::downgrade(self), lane, key.to_owned(), rx));
+                        tx
+                    }
+                }
+            };
+            match sender.send(pending) {
+                Ok(()) => break,
+                // The lane ended just now (idle): the next turn starts a new one.
+                Err(mpsc::error::SendError(p)) => pending = p,
+            }
+        }
+        outcome.await.unwrap_or(Err(BusError::Closed))
     }
 
     async fn retry_pause(&self, deadline: Instant, e: &lapin::Error) -> Result<(), BusError> {
@@ -983,6 +1047,81 @@ async fn supervise(shared: Arc<Shared>, first: (Arc<Live>, ConnEvents)) {
     debug!("AMQP bus stopped");
 }
 
+/// One route's lane (see [`Shared::publish_item`]): takes what waits, sends it as one message,
+/// hands every waiter the outcome, and ends once idle for [`LANE_IDLE`].
+async fn run_lane(
+    shared: Weak<Shared>,
+    lane: Lane,
+    key: String,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+) {
+    let mut batch: Vec<Pending> = Vec::new();
+    let mut body: Vec<u8> = Vec::new();
+    loop {
+        let first = match tokio::time::timeout(LANE_IDLE, rx.recv()).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(_) => {
+                // Idle: leave the map, then send what raced in before the close (recv yields
+                // it, then None).
+                if let Some(shared) = shared.upgrade() {
+                    lock(&shared.lanes[lane as usize]).remove(&key);
+                }
+                rx.close();
+                continue;
+            }
+        };
+        let mut size = first.item.encoded_len();
+        batch.push(first);
+        while batch.len() < codec::MAX_BATCH_ITEMS && size < codec::MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    size += p.item.encoded_len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(shared) = shared.upgrade() else {
+            for p in batch.drain(..) {
+                let _ = p.done.send(Err(BusError::Closed));
+            }
+            return;
+        };
+        let config = &shared.config;
+        let (exchange, mandatory, mode) = match lane {
+            Lane::Topic => (config.topic_exchange(), false, shared.delivery_mode()),
+            Lane::Node => (config.node_exchange(), true, shared.delivery_mode()),
+            Lane::Work => (config.work_exchange(), true, 2),
+        };
+        let result = if let [one] = batch.as_slice() {
+            let (headers, payload) = one.item.single();
+            let properties = BasicProperties::default()
+                .with_delivery_mode(mode)
+                .with_headers(headers);
+            shared
+                .publish_confirmed(&exchange, &key, payload, properties, mandatory)
+                .await
+        } else {
+            body.clear();
+            body.reserve(size);
+            for p in &batch {
+                codec::encode_item(&mut body, &p.item);
+            }
+            let properties = BasicProperties::default()
+                .with_delivery_mode(mode)
+                .with_headers(codec::batch_headers(batch.len()));
+            shared
+                .publish_confirmed(&exchange, &key, &body, properties, mandatory)
+                .await
+        };
+        bump(&shared.counters.broker_messages);
+        for p in batch.drain(..) {
+            let _ = p.done.send(result.clone());
+        }
+    }
+}
+
 /// Moves deliveries from a node queue into the node's inbox; acknowledges them in batches once
 /// they are in the inbox.
 async fn node_consumer(
@@ -1008,13 +1147,15 @@ async fn node_consumer(
                 }
             };
             last_tag = Some(delivery.delivery_tag);
-            match codec::decode_delivery(&delivery.properties, delivery.data) {
-                Ok(d) => {
-                    if state.tx.send(d).await.is_err() {
-                        return; // node detached
-                    }
-                    if let Some(shared) = shared.upgrade() {
-                        bump(&shared.counters.delivered);
+            match codec::decode_deliveries(&delivery.properties, delivery.data) {
+                Ok(deliveries) => {
+                    for d in deliveries {
+                        if state.tx.send(d).await.is_err() {
+                            return; // node detached
+                        }
+                        if let Some(shared) = shared.upgrade() {
+                            bump(&shared.counters.delivered);
+                        }
                     }
                 }
                 Err(e) => {
@@ -1089,50 +1230,55 @@ async fn shard_consumer(
                     None => return,
                 };
                 let tag = delivery.delivery_tag;
-                acks.delivered(tag);
                 let redelivered = delivery.redelivered;
-                let cmd = match codec::decode_command(&delivery.properties, delivery.data) {
-                    Ok(cmd) => cmd,
+                let cmds = match codec::decode_commands(&delivery.properties, delivery.data) {
+                    Ok(cmds) => cmds,
                     Err(e) => {
                         warn!(shard, field = e.0, "undecodable command dropped");
                         bump(&shared.counters.commands_failed);
+                        acks.delivered(tag, 1);
                         let _ = done_tx.send((String::new(), 0, tag));
                         continue;
                     }
                 };
-                seq += 1;
-                let (tx, rx) = oneshot::channel();
-                let session = cmd.session.clone();
-                let previous = chains.insert(session.clone(), (seq, rx)).map(|(_, rx)| rx);
-                let (shared, done, s) = (Arc::clone(&shared), done_tx.clone(), seq);
-                tokio::spawn(async move {
-                    if let Some(previous) = previous {
-                        let _ = previous.await;
-                    }
-                    shared.handle_command(cmd, redelivered).await;
-                    let _ = tx.send(());
-                    let _ = done.send((session, s, tag));
-                });
+                // A batch is acknowledged once all of its commands have finished.
+                acks.delivered(tag, cmds.len());
+                for cmd in cmds {
+                    seq += 1;
+                    let (tx, rx) = oneshot::channel();
+                    let session = cmd.session.clone();
+                    let previous = chains.insert(session.clone(), (seq, rx)).map(|(_, rx)| rx);
+                    let (shared, done, s) = (Arc::clone(&shared), done_tx.clone(), seq);
+                    tokio::spawn(async move {
+                        if let Some(previous) = previous {
+                            let _ = previous.await;
+                        }
+                        shared.handle_command(cmd, redelivered).await;
+                        let _ = tx.send(());
+                        let _ = done.send((session, s, tag));
+                    });
+                }
             }
         }
     }
 }
 
-/// Delivery tags handed out and finished, for acknowledging in order with `multiple`.
+/// Delivery tags handed out and finished, for acknowledging in order with `multiple`. A
+/// delivery (a batch) of N commands is finished once all N have finished.
 #[derive(Default)]
 struct AckWindow {
-    /// Delivered and not acknowledged, in tag order; `true` once finished.
-    open: std::collections::BTreeMap<u64, bool>,
+    /// Delivered and not acknowledged, in tag order, with the commands of each still running.
+    open: std::collections::BTreeMap<u64, usize>,
 }
 
 impl AckWindow {
-    fn delivered(&mut self, tag: u64) {
-        self.open.insert(tag, false);
+    fn delivered(&mut self, tag: u64, commands: usize) {
+        self.open.insert(tag, commands.max(1));
     }
 
     fn finished(&mut self, tag: u64) {
-        if let Some(done) = self.open.get_mut(&tag) {
-            *done = true;
+        if let Some(left) = self.open.get_mut(&tag) {
+            *left = left.saturating_sub(1);
         }
     }
 
@@ -1140,7 +1286,7 @@ impl AckWindow {
     fn take_ackable(&mut self) -> Option<u64> {
         let mut upto = None;
         while let Some(entry) = self.open.first_entry() {
-            if !*entry.get() {
+            if *entry.get() > 0 {
                 break;
             }
             upto = Some(*entry.key());
@@ -1151,13 +1297,13 @@ impl AckWindow {
 
     /// If more than `limit` finished tags wait behind an unfinished one, removes and returns them.
     fn take_finished_if_over(&mut self, limit: usize) -> Vec<u64> {
-        if self.open.values().filter(|done| **done).count() <= limit {
+        if self.open.values().filter(|left| **left == 0).count() <= limit {
             return Vec::new();
         }
         let finished: Vec<u64> = self
             .open
             .iter()
-            .filter(|(_, done)| **done)
+            .filter(|(_, left)| **left == 0)
             .map(|(tag, _)| *tag)
             .collect();
         for tag in &finished {
@@ -1219,10 +1365,10 @@ impl BusBackend for AmqpBus {
     async fn publish(&self, target: Target, envelope: Envelope) -> Result<(), BusError> {
         let shared = &self.shared;
         let counters = &shared.counters;
-        let (exchange, keys): (String, Vec<String>) = match &target {
+        let (lane, keys): (Lane, Vec<String>) = match &target {
             Target::Topic(topic) => {
                 validate_topic(topic)?;
-                (shared.config.topic_exchange(), vec![topic.clone()])
+                (Lane::Topic, vec![topic.clone()])
             }
             Target::User { user, .. } => {
                 let nodes = shared.registry.nodes_of(user).await?;
@@ -1231,26 +1377,14 @@ impl BusBackend for AmqpBus {
                     bump(&counters.published);
                     return Ok(());
                 }
-                (
-                    shared.config.node_exchange(),
-                    nodes.iter().map(|n| n.to_string()).collect(),
-                )
+                (Lane::Node, nodes.iter().map(|n| n.to_string()).collect())
             }
         };
-        let properties = BasicProperties::default()
-            .with_delivery_mode(shared.delivery_mode())
-            .with_headers(codec::envelope_headers(&target, &envelope));
         // Topic messages nobody listens to are normal: not mandatory (lapin would log each
         // returned message). User deliveries are: a node without a queue counts as dropped.
-        let mandatory = matches!(target, Target::User { .. });
         let sends = keys.iter().map(|key| {
-            shared.publish_confirmed(
-                &exchange,
-                key,
-                &envelope.body,
-                properties.clone(),
-                mandatory,
-            )
+            let item = codec::BatchItem::Envelope(target.clone(), envelope.clone());
+            shared.publish_item(lane, key, item)
         });
         let mut first_error = None;
         for (key, result) in keys.iter().zip(join_all(sends).await) {
@@ -1278,16 +1412,11 @@ impl BusBackend for AmqpBus {
     async fn submit(&self, cmd: AppCommand) -> Result<(), BusError> {
         let shared = &self.shared;
         let shard = codec::stable_hash(&cmd.session) % u64::from(shared.config.shards());
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_headers(codec::command_headers(&cmd));
         let routed = shared
-            .publish_confirmed(
-                &shared.config.work_exchange(),
+            .publish_item(
+                Lane::Work,
                 &shard.to_string(),
-                &cmd.body,
-                properties,
-                true,
+                codec::BatchItem::Command(cmd),
             )
             .await?;
         if !routed {
@@ -1374,6 +1503,7 @@ impl BusBackend for AmqpBus {
             commands_handled: get(&c.commands_handled),
             commands_failed: get(&c.commands_failed),
             commands_panicked: get(&c.commands_panicked),
+            broker_messages: get(&c.broker_messages),
         }
     }
 }
@@ -1506,7 +1636,7 @@ mod tests {
     fn ack_window_acknowledges_in_order_and_releases_stragglers() {
         let mut w = AckWindow::default();
         for tag in 1..=5 {
-            w.delivered(tag);
+            w.delivered(tag, 1);
         }
         w.finished(2);
         assert_eq!(w.take_ackable(), None, "1 is still running");
@@ -1516,11 +1646,24 @@ mod tests {
         w.finished(5);
         assert_eq!(w.take_ackable(), None);
         assert!(w.take_finished_if_over(1).is_empty());
-        w.delivered(6);
+        w.delivered(6, 1);
         w.finished(6);
         assert_eq!(w.take_finished_if_over(1), vec![5, 6]);
         w.finished(4);
         assert_eq!(w.take_ackable(), Some(4));
         assert_eq!(w.take_ackable(), None);
+    }
+
+    #[test]
+    fn a_batch_is_acknowledged_after_its_last_command() {
+        let mut w = AckWindow::default();
+        w.delivered(1, 3);
+        w.delivered(2, 1);
+        w.finished(2);
+        w.finished(1);
+        w.finished(1);
+        assert_eq!(w.take_ackable(), None, "one command of batch 1 still runs");
+        w.finished(1);
+        assert_eq!(w.take_ackable(), Some(2));
     }
 }

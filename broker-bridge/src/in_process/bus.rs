@@ -444,6 +444,7 @@ impl BusBackend for InProcessBus {
             commands_handled: get(&c.commands_handled),
             commands_failed: get(&c.commands_failed),
             commands_panicked: get(&c.commands_panicked),
+            broker_messages: 0,
         }
     }
 }
