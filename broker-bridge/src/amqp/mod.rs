@@ -41,7 +41,7 @@ mod codec;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
@@ -82,7 +82,8 @@ pub struct AmqpConfig {
     pub work_prefetch: u16,
     /// Number of command shards (queues). All processes of a deployment must agree. Default 8.
     pub work_shards: u16,
-    /// Channels used for publishing (round robin). Default 4.
+    /// Channels used for publishing (each route's lane uses one, chosen by its routing key).
+    /// Default 4.
     pub publish_channels: usize,
     /// Capacity of each node's inbox, in deliveries. Default 4096.
     pub node_inbox_capacity: usize,
@@ -239,7 +240,6 @@ struct Live {
     generation: u64,
     conn: Connection,
     publishers: Vec<Mutex<Channel>>,
-    next: AtomicUsize,
     control: tokio::sync::Mutex<Channel>,
 }
 
@@ -248,9 +248,9 @@ impl Live {
         self.conn.status().connected()
     }
 
-    /// A publishing channel (round robin), replaced if the broker closed it.
-    async fn publisher(&self) -> Result<Channel, lapin::Error> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
+    /// Publishing channel `i` (modulo their number), replaced if the broker closed it.
+    async fn publisher(&self, i: usize) -> Result<Channel, lapin::Error> {
+        let i = i % self.publishers.len();
         let channel = lock(&self.publishers[i]).clone();
         if channel.status().connected() {
             return Ok(channel);
@@ -487,7 +487,6 @@ impl Shared {
                 generation,
                 conn,
                 publishers,
-                next: AtomicUsize::new(0),
                 control: tokio::sync::Mutex::new(control),
             }),
             ConnEvents(Box::pin(events)),
@@ -547,21 +546,25 @@ impl Shared {
         }
     }
 
-    /// Publishes one message and waits for the broker's confirm. With `mandatory`, `Ok(false)`
-    /// means the broker returned it unroutable; otherwise `Ok(true)` whether routed or not.
-    async fn publish_confirmed(
+    /// Publishes one message on publishing channel `channel` (an index, taken modulo the number
+    /// of channels: messages sent one after the other on one channel reach their queue in that
+    /// order) and returns its confirm, to be awaited with [`Shared::await_confirm`]. Waits for the
+    /// connection and retries a message that could not be sent, up to
+    /// [`AmqpConfig::wait_for_connection`].
+    async fn send(
         &self,
+        channel: usize,
         exchange: &str,
         routing_key: &str,
         payload: &[u8],
         properties: BasicProperties,
         mandatory: bool,
-    ) -> Result<bool, BusError> {
+    ) -> Result<lapin::publisher_confirm::PublisherConfirm, BusError> {
         let deadline = Instant::now() + self.config.wait_for_connection;
         loop {
             let live = self.wait_live(deadline).await?;
             self.wait_unblocked(deadline).await?;
-            let channel = match live.publisher().await {
+            let channel = match live.publisher(channel).await {
                 Ok(c) => c,
                 Err(e) => {
                     debug!(error = %e, "no publishing channel; waiting for the connection");
@@ -573,37 +576,44 @@ impl Shared {
                 mandatory,
                 ..BasicPublishOptions::default()
             };
-            let confirm = match channel
+            match channel
                 .basic_publish(exchange, routing_key, options, payload, properties.clone())
                 .await
             {
-                Ok(confirm) => confirm,
+                Ok(confirm) => return Ok(confirm),
                 Err(e) => {
                     // Not sent: safe to try again on a fresh channel or connection.
                     debug!(error = %e, "publish not sent; retrying");
                     self.retry_pause(deadline, &e).await?;
-                    continue;
                 }
-            };
-            return match tokio::time::timeout(self.config.confirm_timeout, confirm).await {
-                Ok(Ok(Confirmation::Ack(returned))) => Ok(returned.is_none()),
-                Ok(Ok(Confirmation::NotRequested)) => Ok(true),
-                Ok(Ok(Confirmation::Nack(_))) => Err(BusError::Unavailable(
-                    "rabbitmq refused the message (nack)".to_owned(),
-                )),
-                Ok(Err(e)) => Err(amqp_err(&e)),
-                Err(_) => Err(BusError::Unavailable(
-                    "rabbitmq: no publisher confirm in time".to_owned(),
-                )),
-            };
+            }
+        }
+    }
+
+    /// Waits for a confirm. With `mandatory`, `Ok(false)` means the broker returned the message
+    /// unroutable; otherwise `Ok(true)` whether routed or not.
+    async fn await_confirm(
+        &self,
+        confirm: lapin::publisher_confirm::PublisherConfirm,
+    ) -> Result<bool, BusError> {
+        match tokio::time::timeout(self.config.confirm_timeout, confirm).await {
+            Ok(Ok(Confirmation::Ack(returned))) => Ok(returned.is_none()),
+            Ok(Ok(Confirmation::NotRequested)) => Ok(true),
+            Ok(Ok(Confirmation::Nack(_))) => Err(BusError::Unavailable(
+                "rabbitmq refused the message (nack)".to_owned(),
+            )),
+            Ok(Err(e)) => Err(amqp_err(&e)),
+            Err(_) => Err(BusError::Unavailable(
+                "rabbitmq: no publisher confirm in time".to_owned(),
+            )),
         }
     }
 
     /// Publishes `item` on `lane` with routing key `key` and waits for the broker's confirm
     /// (`Ok(false)`: a mandatory message came back unroutable).
     ///
-    /// Every route has one lane task, which has at most one message in flight: what callers
-    /// queue on the route while that message waits for its confirm goes next as **one** AMQP
+    /// Every route has one lane task, with at most [`LANE_IN_FLIGHT`] messages waiting for their
+    /// confirms: what callers queue on the route while all of them wait goes next as **one** AMQP
     /// message (a batch, up to [`codec::MAX_BATCH_ITEMS`] items or about
     /// [`codec::MAX_BATCH_BYTES`]), confirmed once for all of them. An idle route costs one
     /// confirm round trip, as before; a busy one sends far fewer, larger messages, which is what
@@ -1047,17 +1057,27 @@ async fn supervise(shared: Arc<Shared>, first: (Arc<Live>, ConnEvents)) {
     debug!("AMQP bus stopped");
 }
 
-/// One route's lane (see [`Shared::publish_item`]): takes what waits, sends it as one message,
-/// hands every waiter the outcome, and ends once idle for [`LANE_IDLE`].
+/// Messages of one lane waiting for their confirms at the same time.
+const LANE_IN_FLIGHT: usize = 4;
+
+/// One route's lane (see [`Shared::publish_item`]): takes what waits, sends it as one message on
+/// the lane's channel, hands every waiter the outcome once confirmed, and ends once idle for
+/// [`LANE_IDLE`]. Up to [`LANE_IN_FLIGHT`] messages wait for their confirms at once; while all
+/// of them do, new publishes queue and leave together in the next message.
 async fn run_lane(
     shared: Weak<Shared>,
     lane: Lane,
     key: String,
     mut rx: mpsc::UnboundedReceiver<Pending>,
 ) {
-    let mut batch: Vec<Pending> = Vec::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(LANE_IN_FLIGHT));
+    // One channel per lane keeps the lane's messages in order; lanes spread over the channels.
+    let channel = usize::try_from(codec::stable_hash(&key)).unwrap_or(0);
     let mut body: Vec<u8> = Vec::new();
     loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let first = match tokio::time::timeout(LANE_IDLE, rx.recv()).await {
             Ok(Some(p)) => p,
             Ok(None) => return,
@@ -1072,7 +1092,7 @@ async fn run_lane(
             }
         };
         let mut size = first.item.encoded_len();
-        batch.push(first);
+        let mut batch = vec![first];
         while batch.len() < codec::MAX_BATCH_ITEMS && size < codec::MAX_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(p) => {
@@ -1083,7 +1103,7 @@ async fn run_lane(
             }
         }
         let Some(shared) = shared.upgrade() else {
-            for p in batch.drain(..) {
+            for p in batch {
                 let _ = p.done.send(Err(BusError::Closed));
             }
             return;
@@ -1094,13 +1114,13 @@ async fn run_lane(
             Lane::Node => (config.node_exchange(), true, shared.delivery_mode()),
             Lane::Work => (config.work_exchange(), true, 2),
         };
-        let result = if let [one] = batch.as_slice() {
+        let sent = if let [one] = batch.as_slice() {
             let (headers, payload) = one.item.single();
             let properties = BasicProperties::default()
                 .with_delivery_mode(mode)
                 .with_headers(headers);
             shared
-                .publish_confirmed(&exchange, &key, payload, properties, mandatory)
+                .send(channel, &exchange, &key, payload, properties, mandatory)
                 .await
         } else {
             body.clear();
@@ -1112,12 +1132,26 @@ async fn run_lane(
                 .with_delivery_mode(mode)
                 .with_headers(codec::batch_headers(batch.len()));
             shared
-                .publish_confirmed(&exchange, &key, &body, properties, mandatory)
+                .send(channel, &exchange, &key, &body, properties, mandatory)
                 .await
         };
         bump(&shared.counters.broker_messages);
-        for p in batch.drain(..) {
-            let _ = p.done.send(result.clone());
+        match sent {
+            Err(e) => {
+                for p in batch {
+                    let _ = p.done.send(Err(e.clone()));
+                }
+            }
+            Ok(confirm) => {
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let result = shared.await_confirm(confirm).await;
+                    for p in batch {
+                        let _ = p.done.send(result.clone());
+                    }
+                    drop(slot);
+                });
+            }
         }
     }
 }
