@@ -125,6 +125,16 @@ async fn chat_suite_across_two_gateway_nodes_with_a_node_killed() {
     .await;
     assert_eq!(passed.len(), CHECKS, "{passed:?}");
     assert!(passed.last().unwrap().contains("killed"));
+    // The social worker's own /metrics lists its read cache and nothing of a gateway.
+    let metrics = http
+        .get(format!("{}/metrics", social.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("\ninstar_read_cache_hits_total "), "{text}");
+    assert!(!text.contains("instar_sessions_open"), "{text}");
 
     drop(nodes);
     drop(social);
