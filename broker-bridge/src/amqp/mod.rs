@@ -1074,6 +1074,17 @@ async fn run_lane(
     // One channel per lane keeps the lane's messages in order; lanes spread over the channels.
     let channel = usize::try_from(codec::stable_hash(&key)).unwrap_or(0);
     let mut body: Vec<u8> = Vec::new();
+    // The route's exchange and options, fixed for the lane's life.
+    let Some((exchange, mandatory, mode)) = shared.upgrade().map(|shared| {
+        let config = &shared.config;
+        match lane {
+            Lane::Topic => (config.topic_exchange(), false, shared.delivery_mode()),
+            Lane::Node => (config.node_exchange(), true, shared.delivery_mode()),
+            Lane::Work => (config.work_exchange(), true, 2),
+        }
+    }) else {
+        return;
+    };
     loop {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
@@ -1107,12 +1118,6 @@ async fn run_lane(
                 let _ = p.done.send(Err(BusError::Closed));
             }
             return;
-        };
-        let config = &shared.config;
-        let (exchange, mandatory, mode) = match lane {
-            Lane::Topic => (config.topic_exchange(), false, shared.delivery_mode()),
-            Lane::Node => (config.node_exchange(), true, shared.delivery_mode()),
-            Lane::Work => (config.work_exchange(), true, 2),
         };
         let sent = if let [one] = batch.as_slice() {
             let (headers, payload) = one.item.single();
