@@ -94,6 +94,8 @@ struct FileSettings {
 pub(crate) struct Settings {
     pub listen: SocketAddr,
     pub tcp_listen: Option<SocketAddr>,
+    /// Whether the TCP address was given (flag, variable or file) rather than the default.
+    pub tcp_listen_given: bool,
     pub jwt_secret: String,
     pub node_id: String,
     pub heartbeat_ms: u32,
@@ -115,10 +117,9 @@ impl ServeArgs {
     /// Flags and environment over the file over the defaults.
     pub(crate) fn resolve(self) -> anyhow::Result<Settings> {
         let file: FileSettings = crate::config::read_file(self.config.as_deref())?;
-        let tcp = self
-            .tcp_listen
-            .or(file.tcp_listen)
-            .unwrap_or_else(|| "127.0.0.1:61613".to_owned());
+        let given = self.tcp_listen.or(file.tcp_listen);
+        let tcp_listen_given = given.is_some();
+        let tcp = given.unwrap_or_else(|| "127.0.0.1:61613".to_owned());
         let tcp_listen = crate::config::tcp_address(&tcp)?;
         let jwt_secret = match self.jwt_secret.or(file.jwt_secret) {
             Some(s) if !s.is_empty() => s,
@@ -139,6 +140,7 @@ impl ServeArgs {
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             tcp_listen,
+            tcp_listen_given,
             jwt_secret,
             node_id: self
                 .node_id

@@ -134,11 +134,23 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
     let http = tokio::spawn(http);
 
     if let Some(tcp) = cfg.tcp_listen {
-        let listener = tokio::net::TcpListener::bind(tcp)
-            .await
-            .with_context(|| format!("binding STOMP/TCP on {tcp}"))?;
-        tracing::info!(addr = %listener.local_addr()?, "STOMP over TCP listening");
-        tokio::spawn(gateway::serve_tcp(gw.clone(), listener));
+        match tokio::net::TcpListener::bind(tcp).await {
+            Ok(listener) => {
+                tracing::info!(addr = %listener.local_addr()?, "STOMP over TCP listening");
+                tokio::spawn(gateway::serve_tcp(gw.clone(), listener));
+            }
+            // The default port is often taken by a local broker's STOMP plugin: the product
+            // still runs (the frontend uses /ws and /stomp), and the log says how to choose.
+            Err(e) if !cfg.tcp_listen_given && e.kind() == std::io::ErrorKind::AddrInUse => {
+                tracing::warn!(
+                    addr = %tcp,
+                    "STOMP over TCP not started: the default port is in use (set INSTAR_TCP_LISTEN to another address, or off)"
+                );
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("binding STOMP/TCP on {tcp}")));
+            }
+        }
     }
 
     shutdown_signal().await;

@@ -168,3 +168,60 @@ async fn metrics_list_the_gateway_and_read_cache_counters() {
     value("instar_read_cache_invalidations_total");
     assert!(text.contains("# TYPE instar_read_cache_hits_total counter"));
 }
+
+#[tokio::test]
+async fn a_busy_default_tcp_port_is_skipped_but_a_chosen_one_is_an_error() {
+    // The default 127.0.0.1:61613 is taken (a local broker's STOMP plugin usually has it; if
+    // not, this test holds it): serve still runs, with a warning.
+    let _held = std::net::TcpListener::bind("127.0.0.1:61613").ok();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_instar"))
+        .arg("serve")
+        .env("INSTAR_LISTEN", "127.0.0.1:0")
+        .env_remove("INSTAR_TCP_LISTEN")
+        .env("INSTAR_JWT_SECRET", SECRET)
+        .env(
+            "INSTAR_DATA_DIR",
+            std::env::temp_dir().join(format!("instar-serve-tcp-test-{}", std::process::id())),
+        )
+        .env("INSTAR_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let warned = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("STOMP over TCP not started") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap();
+    assert!(warned, "no warning about the busy default port");
+    assert!(child.try_wait().unwrap().is_none(), "serve exited");
+    drop(child);
+
+    // An address the user chose must bind, or serve stops with the reason.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        Command::new(env!("CARGO_BIN_EXE_instar"))
+            .arg("serve")
+            .env("INSTAR_LISTEN", "127.0.0.1:0")
+            .env("INSTAR_TCP_LISTEN", busy.local_addr().unwrap().to_string())
+            .env("INSTAR_JWT_SECRET", SECRET)
+            .env(
+                "INSTAR_DATA_DIR",
+                std::env::temp_dir().join(format!("instar-serve-tcp2-test-{}", std::process::id())),
+            )
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("binding STOMP/TCP"), "{err}");
+}
