@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -18,7 +19,24 @@ use crate::registry::Registry;
 pub trait AppHandler: Send + Sync + 'static {
     /// Handles one command. An error is logged and counted; it never stops the workers.
     async fn handle(&self, cmd: AppCommand) -> Result<(), HandlerError>;
+
+    /// Starts handling one command and returns what is left of it, for workers that overlap the
+    /// commands of one session: the part that must happen in the session's order (queueing the
+    /// command, say) runs before this returns, and the worker may start the session's next
+    /// command while the returned [`Completion`] is still running. Its result is logged and
+    /// counted like [`handle`](AppHandler::handle)'s.
+    ///
+    /// The in-process bus's workers call this; the AMQP consumers call `handle`, because they
+    /// acknowledge a command only once it is handled. The default runs `handle` to the end, so a
+    /// handler that does not override it keeps one command of a session at a time.
+    async fn start(&self, cmd: AppCommand) -> Result<Completion, HandlerError> {
+        self.handle(cmd).await?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
 }
+
+/// The rest of a command started with [`AppHandler::start`].
+pub type Completion = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'static>>;
 
 /// Wraps an async closure as an [`AppHandler`].
 ///

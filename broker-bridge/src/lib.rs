@@ -114,7 +114,9 @@ mod registry;
 
 pub use amqp::AmqpConfig;
 pub use async_trait::async_trait;
-pub use bus::{AppHandler, Bus, BusMetrics, Health, NodeInbox, NodeInterest, NodeLink, handler_fn};
+pub use bus::{
+    AppHandler, Bus, BusMetrics, Completion, Health, NodeInbox, NodeInterest, NodeLink, handler_fn,
+};
 pub use error::{BusError, HandlerError};
 pub use in_process::InProcessConfig;
 pub use model::{AppCommand, Delivery, Envelope, NodeId, SessionEntry, Target};

@@ -491,6 +491,77 @@ async fn one_sessions_commands_are_handled_in_order() {
     assert_eq!(*seen.lock().unwrap(), (0..200).collect::<Vec<_>>());
 }
 
+/// What [`TwoPhase`] saw.
+#[derive(Default)]
+struct TwoPhaseState {
+    started: std::sync::Mutex<Vec<usize>>,
+    running: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// A handler overriding `start`: the in-process workers start a session's commands in order but
+/// run their completions side by side, and count every outcome, panics included.
+struct TwoPhase(Arc<TwoPhaseState>);
+
+#[broker_bridge::async_trait]
+impl broker_bridge::AppHandler for TwoPhase {
+    async fn handle(&self, _cmd: AppCommand) -> Result<(), HandlerError> {
+        Err(HandlerError::Rejected(
+            "the in-process workers call start".to_owned(),
+        ))
+    }
+
+    async fn start(&self, cmd: AppCommand) -> Result<broker_bridge::Completion, HandlerError> {
+        let n: usize = std::str::from_utf8(&cmd.body).unwrap().parse().unwrap();
+        if n % 50 == 7 {
+            return Err(HandlerError::Rejected("refused at start".to_owned()));
+        }
+        let state = Arc::clone(&self.0);
+        state.started.lock().unwrap().push(n);
+        let now = state.running.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak.fetch_max(now, Ordering::SeqCst);
+        Ok(Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            state.running.fetch_sub(1, Ordering::SeqCst);
+            match n % 50 {
+                13 => Err(HandlerError::Rejected("refused later".to_owned())),
+                21 => panic!("completion bug"),
+                _ => Ok(()),
+            }
+        }))
+    }
+}
+
+#[tokio::test]
+async fn two_phase_handlers_overlap_one_sessions_completions_in_start_order() {
+    let bus = bus_with(InProcessConfig {
+        workers: 1,
+        ..InProcessConfig::default()
+    });
+    let state = Arc::new(TwoPhaseState::default());
+    bus.register_handler("/app/", Arc::new(TwoPhase(Arc::clone(&state))));
+    const N: usize = 600;
+    for n in 0..N {
+        let mut cmd = command("/app/send");
+        cmd.body = bytes::Bytes::from(n.to_string());
+        bus.submit(cmd).await.unwrap();
+    }
+    let m = metrics_until(&bus, |m| m.commands_handled + m.commands_failed == N as u64).await;
+    // 12 refused at start, 12 refused later, 12 panicked; none lost, the worker still alive.
+    assert_eq!(m.commands_failed, 36);
+    assert_eq!(m.commands_panicked, 12);
+    assert_eq!(m.commands_handled, N as u64 - 36);
+    let want: Vec<usize> = (0..N).filter(|n| n % 50 != 7).collect();
+    assert_eq!(
+        *state.started.lock().unwrap(),
+        want,
+        "started in submit order"
+    );
+    // One worker and one session, yet completions overlapped, never more than the bound.
+    let peak = state.peak.load(Ordering::SeqCst);
+    assert!(peak > 1 && peak <= 256, "peak {peak}");
+}
+
 #[tokio::test]
 async fn full_inbox_makes_publish_wait_not_drop() {
     let bus = bus_with(InProcessConfig {

@@ -2021,6 +2021,66 @@ async fn batched_sends_keep_order_and_refuse_one_by_one(db: Db) {
 }
 on_both!(batched_sends_keep_order_and_refuse_one_by_one);
 
+/// The writer sends a batch's values as literals in a multi-statement script
+/// (`social::store::script`): every text arrives byte for byte, none is read as SQL.
+async fn batched_texts_are_stored_byte_for_byte(db: Db) {
+    let app = start(db).await;
+    let alice = quick_user(&app, "alice01", "Alice").await;
+    quick_user(&app, "bob02", "Bob").await;
+    let room = create(&app, &alice, &["bob02"]).await;
+    let mut link = node(&app, "n1", &["alice01", "bob02"]).await;
+    link.bind(&format!("chat.{room}")).await.unwrap();
+    drain(&mut link, 200).await;
+    let writer = social::chat::writer::SendWriter::start(&app.ctx, 1).unwrap();
+    let long: String = "가".repeat(social::chat::MAX_MESSAGE_CHARS);
+    let texts: Vec<String> = vec![
+        "it's".into(),
+        "'); DROP TABLE chatroom_message; --".into(),
+        "back\\slash \\' \\\"".into(),
+        "nul \0 inside".into(),
+        "quote \" and ` and ;\n; COMMIT;".into(),
+        "100% _under_ %".into(),
+        "안녕하세요 😀 👩‍👩‍👧".into(),
+        "X'41' _utf8mb4 X'41' CAST(X'41' AS TEXT)".into(),
+        "\r\n\ttabs".into(),
+        long,
+    ];
+    let answers = in_order(
+        texts
+            .iter()
+            .map(|t| writer.send("alice01", room, t))
+            .collect(),
+    )
+    .await;
+    let ids: Vec<i64> = answers.into_iter().map(Result::unwrap).collect();
+    let stored: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, message FROM chatroom_message WHERE chatroom_id = ? AND type = 'TEXT' \
+         ORDER BY id",
+    )
+    .bind(room)
+    .fetch_all(app.ctx.store.pool())
+    .await
+    .unwrap();
+    let want: Vec<(i64, String)> = ids.iter().copied().zip(texts.iter().cloned()).collect();
+    assert_eq!(stored, want);
+    let preview: Option<String> =
+        sqlx::query_scalar("SELECT last_message FROM chatroom WHERE id = ?")
+            .bind(room)
+            .fetch_one(app.ctx.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(preview.as_deref(), texts.last().map(String::as_str));
+    let broadcast: Vec<String> = drain(&mut link, 500)
+        .await
+        .iter()
+        .filter(|d| matches!(d.target, Target::Topic(_)))
+        .map(|d| json_of(d)["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(broadcast, texts);
+    assert_eq!(outbox_len(&app).await, 0);
+}
+on_both!(batched_texts_are_stored_byte_for_byte);
+
 /// A batch's outbox row names its messages; the sweeper rebuilds their pushes from the store.
 async fn a_batch_row_left_behind_is_rebuilt_from_the_store(db: Db) {
     let app = start(db).await;

@@ -264,38 +264,120 @@ impl Routes {
 
 /// One competing consumer of the work queue. Each command runs in its own task so that a panicking
 /// handler is caught (as a `JoinError`) instead of killing the worker.
+/// Completions ([`AppHandler::start`]) a worker keeps running before it takes its next job.
+const WORKER_PENDING: usize = 256;
+
+/// What a finished (or failed to start) command tells the worker.
+struct Finished {
+    prefix: Arc<str>,
+    destination: String,
+    session: String,
+    outcome: Result<Result<(), crate::error::HandlerError>, tokio::task::JoinError>,
+}
+
 async fn worker(id: usize, mut rx: mpsc::Receiver<Job>, counters: Arc<Counters>) {
+    // A shard's commands are started one after another, in order; what a handler leaves for
+    // later runs here concurrently, at most WORKER_PENDING at a time.
+    let mut pending: tokio::task::JoinSet<Finished> = tokio::task::JoinSet::new();
     loop {
-        let job = rx.recv().await;
+        while pending.len() >= WORKER_PENDING {
+            if let Some(done) = pending.join_next().await {
+                account(id, &counters, done);
+            }
+        }
+        let job = tokio::select! {
+            biased;
+            Some(done) = pending.join_next(), if !pending.is_empty() => {
+                account(id, &counters, done);
+                continue;
+            }
+            job = rx.recv() => job,
+        };
         let Some(Job {
             prefix,
             handler,
             cmd,
         }) = job
         else {
+            while let Some(done) = pending.join_next().await {
+                account(id, &counters, done);
+            }
             debug!(worker = id, "work queue closed; worker stops");
             return;
         };
         let destination = cmd.destination.clone();
         let session = cmd.session.clone();
-        let outcome = tokio::spawn(async move { handler.handle(cmd).await }).await;
-        match outcome {
-            Ok(Ok(())) => bump(&counters.commands_handled, 1),
-            Ok(Err(err)) => {
-                bump(&counters.commands_failed, 1);
-                warn!(worker = id, %prefix, %destination, %session, error = %err, "application handler failed");
+        let started = tokio::spawn(async move { handler.start(cmd).await }).await;
+        match started {
+            Ok(Ok(completion)) => {
+                pending.spawn(async move {
+                    let outcome = tokio::spawn(completion).await;
+                    Finished {
+                        prefix,
+                        destination,
+                        session,
+                        outcome,
+                    }
+                });
             }
-            Err(join) if join.is_panic() => {
-                bump(&counters.commands_failed, 1);
-                bump(&counters.commands_panicked, 1);
-                error!(worker = id, %prefix, %destination, %session, "application handler panicked");
+            Ok(Err(err)) => account(
+                id,
+                &counters,
+                Ok(Finished {
+                    prefix,
+                    destination,
+                    session,
+                    outcome: Ok(Err(err)),
+                }),
+            ),
+            Err(join) => {
+                let cancelled = !join.is_panic();
+                account(
+                    id,
+                    &counters,
+                    Ok(Finished {
+                        prefix,
+                        destination,
+                        session,
+                        outcome: Err(join),
+                    }),
+                );
+                if cancelled {
+                    return;
+                }
             }
-            Err(_) => {
-                // Cancelled: the runtime is shutting down.
-                bump(&counters.commands_failed, 1);
-                debug!(worker = id, %destination, "application handler cancelled; worker stops");
-                return;
-            }
+        }
+    }
+}
+
+/// Counts and logs one command's outcome.
+fn account(id: usize, counters: &Counters, done: Result<Finished, tokio::task::JoinError>) {
+    let Ok(Finished {
+        prefix,
+        destination,
+        session,
+        outcome,
+    }) = done
+    else {
+        // The completion's wrapper itself was cancelled: the runtime is shutting down.
+        bump(&counters.commands_failed, 1);
+        return;
+    };
+    match outcome {
+        Ok(Ok(())) => bump(&counters.commands_handled, 1),
+        Ok(Err(err)) => {
+            bump(&counters.commands_failed, 1);
+            warn!(worker = id, %prefix, %destination, %session, error = %err, "application handler failed");
+        }
+        Err(join) if join.is_panic() => {
+            bump(&counters.commands_failed, 1);
+            bump(&counters.commands_panicked, 1);
+            error!(worker = id, %prefix, %destination, %session, "application handler panicked");
+        }
+        Err(_) => {
+            // Cancelled: the runtime is shutting down.
+            bump(&counters.commands_failed, 1);
+            debug!(worker = id, %destination, "application handler cancelled");
         }
     }
 }

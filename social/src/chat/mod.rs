@@ -26,7 +26,7 @@ pub mod writer;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
-use broker_bridge::{AppCommand, AppHandler, Bus, HandlerError};
+use broker_bridge::{AppCommand, AppHandler, Bus, Completion, HandlerError};
 use serde_json::Value;
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -272,9 +272,14 @@ struct ChatHandler {
 /// writers made larger numbers of smaller batches, which measured slower (docs/benchmarks.md).
 const SEND_WRITERS: usize = 1;
 
-#[async_trait]
-impl AppHandler for ChatHandler {
-    async fn handle(&self, cmd: AppCommand) -> Result<(), HandlerError> {
+/// A parsed chat command.
+enum ChatCommand {
+    Send { room: i64, text: String },
+    Read { room: i64, message: i64 },
+}
+
+impl ChatCommand {
+    fn parse(cmd: &AppCommand) -> Result<ChatCommand, HandlerError> {
         let send = match cmd.destination.as_str() {
             "/app/send" => true,
             "/app/update/read" => false,
@@ -296,17 +301,59 @@ impl AppHandler for ChatHandler {
                 .get("message")
                 .and_then(Value::as_str)
                 .ok_or_else(|| HandlerError::Rejected("message missing".into()))?;
-            match &self.writer {
-                Some(w) => w.send(&cmd.principal, room, text).await?,
-                None => ops::send_text(&self.ctx, &cmd.principal, room, text).await?,
-            };
+            Ok(ChatCommand::Send {
+                room,
+                text: text.to_owned(),
+            })
         } else {
             let message = json_id(body.get("messageId"))
                 .ok_or_else(|| HandlerError::Rejected("messageId missing".into()))?;
-            update_read(&self.ctx, &cmd.principal, room, message).await?;
+            Ok(ChatCommand::Read { room, message })
         }
+    }
+}
+
+#[async_trait]
+impl AppHandler for ChatHandler {
+    async fn handle(&self, cmd: AppCommand) -> Result<(), HandlerError> {
+        match ChatCommand::parse(&cmd)? {
+            ChatCommand::Send { room, text } => match &self.writer {
+                Some(w) => w.send(&cmd.principal, room, &text).await?,
+                None => ops::send_text(&self.ctx, &cmd.principal, room, &text).await?,
+            },
+            ChatCommand::Read { room, message } => {
+                update_read(&self.ctx, &cmd.principal, room, message).await?;
+                0
+            }
+        };
         Ok(())
     }
+
+    /// A send is queued to the writer in the session's order and answered later, so a session's
+    /// next send can join the same batch; read receipts are handled to the end.
+    async fn start(&self, cmd: AppCommand) -> Result<Completion, HandlerError> {
+        match (ChatCommand::parse(&cmd)?, &self.writer) {
+            (ChatCommand::Send { room, text }, Some(w)) => {
+                let answer = w.enqueue(&cmd.principal, room, &text).await?;
+                Ok(Box::pin(async move {
+                    answer.await?;
+                    Ok(())
+                }))
+            }
+            (ChatCommand::Send { room, text }, None) => {
+                ops::send_text(&self.ctx, &cmd.principal, room, &text).await?;
+                Ok(done())
+            }
+            (ChatCommand::Read { room, message }, _) => {
+                update_read(&self.ctx, &cmd.principal, room, message).await?;
+                Ok(done())
+            }
+        }
+    }
+}
+
+fn done() -> Completion {
+    Box::pin(std::future::ready(Ok(())))
 }
 
 // ---------------------------------------------------------------------------------------------

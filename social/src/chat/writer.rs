@@ -39,6 +39,7 @@ use crate::app::Ctx;
 use crate::store::chat::{
     self as sql, DIRECT, InsertedIds, MessageRow, NewMessage, NewOutbox, SenderRow,
 };
+use crate::store::script::Script;
 use crate::store::{StoreError, StoreResult};
 use crate::time::now_micros;
 
@@ -105,6 +106,18 @@ impl SendWriter {
     /// Stores a TEXT message from `sender` in `room` and broadcasts it, like
     /// [`ops::send_text`], batched with the other sends of the moment. Returns its id.
     pub async fn send(&self, sender: &str, room: i64, text: &str) -> Result<i64, ChatError> {
+        self.enqueue(sender, room, text).await?.await
+    }
+
+    /// Queues a send (waiting while the writer's queue is full) and returns the future of its
+    /// answer. Sends queued one after another are written, and their broadcasts published, in
+    /// that order when they are for the same room.
+    pub async fn enqueue(
+        &self,
+        sender: &str,
+        room: i64,
+        text: &str,
+    ) -> Result<impl Future<Output = Result<i64, ChatError>> + Send + 'static, ChatError> {
         check_text(text)?;
         let n = i64::try_from(self.shards.len()).unwrap_or(1);
         let shard = usize::try_from(room.rem_euclid(n)).unwrap_or(0);
@@ -118,9 +131,11 @@ impl SendWriter {
         if self.shards[shard].send(req).await.is_err() {
             return Err(ChatError::Refused("the chat writer has stopped"));
         }
-        answer
-            .await
-            .unwrap_or(Err(ChatError::Refused("the chat writer has stopped")))
+        Ok(async move {
+            answer
+                .await
+                .unwrap_or(Err(ChatError::Refused("the chat writer has stopped")))
+        })
     }
 }
 
@@ -163,8 +178,8 @@ async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Request>, stats: Arc<WriterStats>)
 struct Written {
     /// `CREATE_ROOM` pushes of DMs brought back, staged in the outbox on their own.
     unhidden: outbox::Staged,
-    /// The batch's outbox row.
-    outbox_row: i64,
+    /// The batch's outbox row (`None`: its id did not come back; the sweeper deletes it).
+    outbox_row: Option<i64>,
     /// The messages' pushes, in order.
     pushes: Vec<Outgoing>,
     /// Answers: per request, its message id or why it was refused.
@@ -192,8 +207,10 @@ async fn write_and_publish(
             outbox::deliver(ctx, written.unhidden).await;
             // A failure leaves the row to the sweeper, which re-sends the batch (the gateway
             // drops the broadcasts already delivered by their message id).
-            if outbox::publish_all(ctx, written.pushes).await {
-                delivered_rows.push(written.outbox_row);
+            if outbox::publish_all(ctx, written.pushes).await
+                && let Some(row) = written.outbox_row
+            {
+                delivered_rows.push(row);
             }
             drop(locks);
             tracing::debug!(
@@ -242,19 +259,34 @@ async fn write(
     delivered_rows: &[i64],
     inserted_ids: &mut Option<InsertedIds>,
 ) -> Result<Written, ChatError> {
+    const ROOMS: i64 = 1;
+    const MEMBERS: i64 = 2;
+    const MESSAGES: i64 = 3;
+    const OUTBOX: i64 = 4;
     let store = &ctx.store;
-    let mut tx = store.write().await?;
-    for chunk in delivered_rows.chunks(500) {
-        sql::outbox_delete(tx.conn(), chunk).await?;
-    }
-    let locked = sql::lock_rooms(tx.conn(), store.dialect(), rooms).await?;
-    let mut state: HashMap<i64, RoomState> = locked
-        .iter()
-        .map(|r| {
+    let d = store.dialect();
+    let t0 = std::time::Instant::now();
+    let mut tx = store.script_write().await?;
+    let how = match *inserted_ids {
+        Some(how) => how,
+        None => *inserted_ids.insert(InsertedIds::probe(tx.conn()?, d).await?),
+    };
+
+    // Round trip 1: begin, clean up earlier batches' outbox rows, lock the rooms, read members.
+    let mut script = Script::new(d);
+    script.sql(tx.begin()).end();
+    sql::script_outbox_delete(&mut script, delivered_rows);
+    sql::script_lock_rooms(&mut script, d, rooms, ROOMS);
+    sql::script_members_of(&mut script, rooms, MEMBERS);
+    let result = script.run(tx.conn()?).await?;
+    let locked_us = t0.elapsed().as_micros();
+    let mut state: HashMap<i64, RoomState> = sql::locked_rooms(&result, ROOMS)?
+        .into_iter()
+        .map(|(id, kind)| {
             (
-                r.id,
+                id,
                 RoomState {
-                    direct: r.kind == DIRECT,
+                    direct: kind == DIRECT,
                     members: Vec::new(),
                     hidden: Vec::new(),
                 },
@@ -263,7 +295,7 @@ async fn write(
         .collect();
     // Senders are members, so the members' display fields are the senders'.
     let mut senders: HashMap<String, SenderRow> = HashMap::new();
-    for p in sql::members_of(tx.conn(), rooms).await? {
+    for p in sql::members_rows(&result, MEMBERS)? {
         if let Some(s) = state.get_mut(&p.chatroom_id) {
             if p.is_hidden == 0 {
                 senders
@@ -279,6 +311,7 @@ async fn write(
             }
         }
     }
+    drop(result);
 
     let now = now_micros();
     let mut answers: Vec<Result<i64, ChatError>> = Vec::with_capacity(batch.len());
@@ -294,9 +327,10 @@ async fn write(
             continue;
         }
         if s.direct && !s.hidden.is_empty() {
-            // A DM comes back for whoever hid it when a message arrives.
+            // A DM comes back for whoever hid it when a message arrives (rare: statements of
+            // their own).
             for user in std::mem::take(&mut s.hidden) {
-                sql::set_hidden(tx.conn(), req.room, &user, false).await?;
+                sql::set_hidden(tx.conn()?, req.room, &user, false).await?;
                 unhide_pushes.push(Outgoing::user(
                     &user,
                     "notify",
@@ -308,8 +342,9 @@ async fn write(
         answers.push(Ok(0));
         accepted.push(i);
     }
-    let unhidden = outbox::stage(tx.conn(), unhide_pushes, now).await?;
+    let unhidden = outbox::stage(tx.conn()?, unhide_pushes, now).await?;
 
+    // Round trip 2: the messages and the rooms' previews (each room's last message of the batch).
     let rows: Vec<NewMessage<'_>> = accepted
         .iter()
         .map(|&i| NewMessage {
@@ -319,19 +354,22 @@ async fn write(
             kind: dto::TEXT,
         })
         .collect();
-    let ids = match *inserted_ids {
-        Some(how) => how,
-        None => *inserted_ids.insert(InsertedIds::probe(tx.conn(), store.dialect()).await?),
-    };
-    let ids = sql::insert_messages(tx.conn(), &rows, now, ids).await?;
-    // Each room's preview is its last message of the batch.
     let mut last: Vec<(i64, &str)> = Vec::new();
     for &i in accepted.iter().rev() {
         if !last.iter().any(|(room, _)| *room == batch[i].room) {
             last.push((batch[i].room, batch[i].text.as_str()));
         }
     }
-    sql::touch_rooms(tx.conn(), &last, now).await?;
+    let ids = if rows.is_empty() {
+        Vec::new()
+    } else {
+        let mut script = Script::new(d);
+        sql::script_insert_messages(&mut script, d, &rows, now, how, MESSAGES);
+        sql::script_touch_rooms(&mut script, &last, now);
+        let result = script.run(tx.conn()?).await?;
+        sql::inserted_message_ids(&result, d, &rows, how, MESSAGES)?
+    };
+    let inserted_us = t0.elapsed().as_micros();
 
     let mut pushes = Vec::with_capacity(accepted.len() * 3);
     for (&i, &id) in accepted.iter().zip(&ids) {
@@ -351,9 +389,13 @@ async fn write(
             .unwrap_or_default();
         message_pushes(&row, senders.get(&req.sender), members, &mut pushes)?;
     }
+
+    // Round trip 3: the batch's outbox row, and the commit.
     let body = serde_json::to_vec(&ids)?;
-    let outbox_row = sql::outbox_insert(
-        tx.conn(),
+    let mut script = Script::new(d);
+    sql::script_outbox_insert(
+        &mut script,
+        d,
         &NewOutbox {
             target: MESSAGES_TARGET,
             destination: "/topic/chat",
@@ -362,9 +404,22 @@ async fn write(
             body: &body,
         },
         now,
-    )
-    .await?;
-    tx.commit().await?;
+        OUTBOX,
+    );
+    script.sql("COMMIT").end();
+    let result = script.run(tx.conn()?).await?;
+    tx.committed();
+    // Committed: a missing id only leaves the row to the sweeper (whose re-sends the gateway
+    // drops by message id), never a reason to write the batch again.
+    let outbox_row = sql::inserted_row_id(&result, OUTBOX)
+        .inspect_err(|e| tracing::warn!(error = %e, "no id for a chat batch's outbox row"))
+        .ok();
+    tracing::trace!(
+        locked_us,
+        inserted_us,
+        committed_us = t0.elapsed().as_micros(),
+        "chat batch steps"
+    );
     Ok(Written {
         unhidden,
         outbox_row,

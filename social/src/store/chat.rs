@@ -6,9 +6,10 @@
 //! [`super::WriteTx`] that first locks the room row with [`lock_room`], so concurrent leaves,
 //! invites and sends on one room are serialised on MySQL as they are on SQLite.
 
-use sqlx::{AnyConnection, FromRow};
+use sqlx::{AnyConnection, FromRow, Row as _};
 
-use super::dialect::placeholders;
+use super::dialect::{InsertedEnd, placeholders};
+use super::script::{Rows, Script};
 use super::{Dialect, Store, StoreError, StoreResult, first_inserted_id, inserted_id};
 
 /// `chatroom.type` of a one-to-one room.
@@ -736,6 +737,12 @@ pub async fn insert_messages(
         q = q.bind(r);
     }
     let back = q.fetch_all(&mut *conn).await?;
+    match_read_back(rows, back)
+}
+
+/// The ids of `rows`, in their order, from the `(id, room)` pairs read back in id order (see
+/// [`InsertedIds::ReadBack`]).
+fn match_read_back(rows: &[NewMessage<'_>], back: Vec<(i64, i64)>) -> StoreResult<Vec<i64>> {
     if back.len() != rows.len() {
         return Err(StoreError::Db(sqlx::Error::Protocol(format!(
             "inserted {} messages but read back {}",
@@ -745,7 +752,7 @@ pub async fn insert_messages(
     }
     // The k-th inserted row of a room is the k-th read back of that room.
     let mut per_room: std::collections::HashMap<i64, std::collections::VecDeque<i64>> =
-        std::collections::HashMap::with_capacity(rooms.len());
+        std::collections::HashMap::new();
     for (id, room) in back {
         per_room.entry(room).or_default().push_back(id);
     }
@@ -1119,6 +1126,193 @@ pub fn like_prefix(prefix: &str) -> String {
     }
     out.push('%');
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same statements for scripts (`chat::writer`: one round trip for several statements)
+
+/// Appends [`outbox_delete`] for `ids` (nothing when empty).
+pub fn script_outbox_delete(s: &mut Script, ids: &[i64]) {
+    for chunk in ids.chunks(500) {
+        s.sql("DELETE FROM outbox WHERE id IN (")
+            .ints(chunk)
+            .sql(")")
+            .end();
+    }
+}
+
+/// Appends [`lock_rooms`] (id and type only) as `SELECT` `k`; read with [`locked_rooms`].
+/// `rooms` must not be empty.
+pub fn script_lock_rooms(s: &mut Script, d: Dialect, rooms: &[i64], k: i64) {
+    s.select(k)
+        .sql("id, type FROM chatroom WHERE id IN (")
+        .ints(rooms)
+        .sql(") ORDER BY id")
+        .sql(d.for_update())
+        .end();
+}
+
+/// The rooms [`script_lock_rooms`] returned: id and type.
+pub fn locked_rooms(rows: &Rows, k: i64) -> StoreResult<Vec<(i64, String)>> {
+    rows.of(k)
+        .map(|r| Ok((r.try_get("id")?, r.try_get("type")?)))
+        .collect()
+}
+
+/// Appends [`members_of`] as `SELECT` `k`; read with [`members_rows`]. `rooms` must not be empty.
+pub fn script_members_of(s: &mut Script, rooms: &[i64], k: i64) {
+    s.select(k)
+        .sql(
+            "p.chatroom_id, p.user_id, p.is_hidden, u.name, u.profile_image \
+             FROM chatroom_participant p JOIN user u ON u.id = p.user_id \
+             WHERE p.chatroom_id IN (",
+        )
+        .ints(rooms)
+        .sql(") ORDER BY p.chatroom_id, p.user_id")
+        .end();
+}
+
+/// The participants [`script_members_of`] returned.
+pub fn members_rows(rows: &Rows, k: i64) -> StoreResult<Vec<RoomMemberRow>> {
+    rows.of(k)
+        .map(|r| RoomMemberRow::from_row(r).map_err(StoreError::from))
+        .collect()
+}
+
+/// Appends [`insert_messages`]' `INSERT` and, as `SELECT` `k`, what gives the ids back; read
+/// them with [`inserted_message_ids`]. `rows` must not be empty, and the caller must hold the
+/// rooms' locks (taken earlier in the transaction).
+pub fn script_insert_messages(
+    s: &mut Script,
+    d: Dialect,
+    rows: &[NewMessage<'_>],
+    at: i64,
+    ids: InsertedIds,
+    k: i64,
+) {
+    s.sql(
+        "INSERT INTO chatroom_message (chatroom_id, sender_id, message, create_at, type) VALUES ",
+    );
+    for (i, r) in rows.iter().enumerate() {
+        s.sql(if i > 0 { ", (" } else { "(" })
+            .int(r.room)
+            .sql(", ")
+            .text(r.sender)
+            .sql(", ")
+            .text(r.message)
+            .sql(", ")
+            .int(at)
+            .sql(", ")
+            .text(r.kind)
+            .sql(")");
+    }
+    s.end();
+    let (last_id, _) = d.last_insert_id();
+    match ids {
+        InsertedIds::Consecutive(_) => {
+            s.select(k).sql(last_id).sql(" AS id").end();
+        }
+        InsertedIds::ReadBack => {
+            let mut rooms: Vec<i64> = rows.iter().map(|r| r.room).collect();
+            rooms.sort_unstable();
+            rooms.dedup();
+            s.select(k)
+                .sql("id, chatroom_id FROM chatroom_message WHERE id >= ")
+                .sql(last_id)
+                .sql(" AND chatroom_id IN (")
+                .ints(&rooms)
+                .sql(") ORDER BY id")
+                .end();
+        }
+    }
+}
+
+/// The ids of the messages [`script_insert_messages`] inserted, in the order of `rows`.
+pub fn inserted_message_ids(
+    result: &Rows,
+    d: Dialect,
+    rows: &[NewMessage<'_>],
+    ids: InsertedIds,
+    k: i64,
+) -> StoreResult<Vec<i64>> {
+    let n = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+    match ids {
+        InsertedIds::Consecutive(step) => {
+            let id: i64 = result
+                .of(k)
+                .next()
+                .ok_or_else(|| protocol("no id for the inserted messages"))?
+                .try_get("id")?;
+            let first = match d.last_insert_id().1 {
+                InsertedEnd::First => id,
+                InsertedEnd::Last => id - step * (n - 1),
+            };
+            Ok((0..n).map(|i| first + step * i).collect())
+        }
+        InsertedIds::ReadBack => {
+            let back: Vec<(i64, i64)> = result
+                .of(k)
+                .map(|r| Ok((r.try_get("id")?, r.try_get("chatroom_id")?)))
+                .collect::<StoreResult<_>>()?;
+            match_read_back(rows, back)
+        }
+    }
+}
+
+fn protocol(msg: &str) -> StoreError {
+    StoreError::Db(sqlx::Error::Protocol(msg.to_owned()))
+}
+
+/// Appends [`touch_rooms`] (nothing when `last` is empty).
+pub fn script_touch_rooms(s: &mut Script, last: &[(i64, &str)], at: i64) {
+    if last.is_empty() {
+        return;
+    }
+    s.sql("UPDATE chatroom SET last_message = CASE id");
+    for (room, preview) in last {
+        s.sql(" WHEN ").int(*room).sql(" THEN ").text(preview);
+    }
+    s.sql(" ELSE last_message END, last_message_time = ")
+        .int(at)
+        .sql(" WHERE id IN (");
+    for (i, (room, _)) in last.iter().enumerate() {
+        if i > 0 {
+            s.sql(", ");
+        }
+        s.int(*room);
+    }
+    s.sql(")").end();
+}
+
+/// Appends [`outbox_insert`] and, as `SELECT` `k`, its id (read with [`inserted_row_id`]).
+pub fn script_outbox_insert(s: &mut Script, d: Dialect, row: &NewOutbox<'_>, at: i64, k: i64) {
+    s.sql(
+        "INSERT INTO outbox (target, destination, content_type, headers, body, create_at, attempts) \
+         VALUES (",
+    )
+    .text(row.target)
+    .sql(", ")
+    .text(row.destination)
+    .sql(", ")
+    .opt_text(row.content_type)
+    .sql(", ")
+    .opt_text(row.headers)
+    .sql(", ")
+    .bytes(row.body)
+    .sql(", ")
+    .int(at)
+    .sql(", 0)")
+    .end();
+    s.select(k).sql(d.last_insert_id().0).sql(" AS id").end();
+}
+
+/// The id of the single row whose insert was followed by `SELECT` `k` of its id.
+pub fn inserted_row_id(result: &Rows, k: i64) -> StoreResult<i64> {
+    Ok(result
+        .of(k)
+        .next()
+        .ok_or_else(|| protocol("no id for the inserted row"))?
+        .try_get("id")?)
 }
 
 #[cfg(test)]

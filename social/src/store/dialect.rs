@@ -53,10 +53,50 @@ impl Dialect {
         }
     }
 
+    /// Appends `v` as a text literal that holds only hexadecimal digits (see
+    /// [`super::script`]): MySQL's `_utf8mb4 X'…'`, SQLite's `CAST(X'…' AS TEXT)`.
+    pub fn text_literal(self, out: &mut String, v: &str) {
+        if v.is_empty() {
+            out.push_str("''");
+            return;
+        }
+        match self.0 {
+            Backend::Sqlite => {
+                out.push_str("CAST(X'");
+                super::script::push_hex(out, v.as_bytes());
+                out.push_str("' AS TEXT)");
+            }
+            Backend::MySql => {
+                out.push_str("_utf8mb4 X'");
+                super::script::push_hex(out, v.as_bytes());
+                out.push('\'');
+            }
+        }
+    }
+
+    /// Expression giving an id the previous `INSERT` on this connection generated, and whether
+    /// it is the first row's (MySQL's `LAST_INSERT_ID()`) or the last row's (SQLite's
+    /// `last_insert_rowid()`) of a multi-row insert.
+    pub fn last_insert_id(self) -> (&'static str, InsertedEnd) {
+        match self.0 {
+            Backend::Sqlite => ("last_insert_rowid()", InsertedEnd::Last),
+            Backend::MySql => ("CAST(LAST_INSERT_ID() AS SIGNED)", InsertedEnd::First),
+        }
+    }
+
     /// Escape character clause for `LIKE` patterns built by [`like_contains`].
     pub fn like_escape(self) -> &'static str {
         " ESCAPE '!'"
     }
+}
+
+/// Which row of a multi-row `INSERT` [`Dialect::last_insert_id`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertedEnd {
+    /// The first row's id.
+    First,
+    /// The last row's id.
+    Last,
 }
 
 /// A `LIKE` pattern matching `needle` anywhere, with `%`, `_` and the escape character escaped

@@ -14,11 +14,13 @@ pub mod feed;
 pub mod follows;
 pub mod likes;
 pub mod posts;
+pub mod script;
 pub mod users;
 
 use std::sync::Arc;
 
 use migrations::{Backend, PoolSettings};
+use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -82,7 +84,67 @@ impl WriteTx {
     }
 }
 
+/// A write transaction driven by [`script::Script`]s: the first script sent starts with
+/// [`ScriptTx::begin`]'s statement and the last ends with `COMMIT`, so neither costs a round trip
+/// of its own. Dropped before [`ScriptTx::committed`], the connection is closed instead of going
+/// back to the pool, which rolls the transaction back on the server.
+#[derive(Debug)]
+pub struct ScriptTx {
+    conn: Option<PoolConnection<Any>>,
+    dialect: Dialect,
+    committed: bool,
+    _writer: Option<OwnedMutexGuard<()>>,
+}
+
+impl ScriptTx {
+    /// The statement (without `;`) that starts the transaction; put it first in the first script.
+    pub fn begin(&self) -> &'static str {
+        self.dialect.begin_write()
+    }
+
+    /// The connection to run scripts and statements on.
+    pub fn conn(&mut self) -> StoreResult<&mut AnyConnection> {
+        match self.conn.as_mut() {
+            Some(c) => Ok(&mut **c),
+            None => Err(StoreError::Db(sqlx::Error::PoolClosed)),
+        }
+    }
+
+    /// Records that a script ending with `COMMIT` succeeded: the connection goes back to the
+    /// pool when this is dropped.
+    pub fn committed(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for ScriptTx {
+    fn drop(&mut self) {
+        if !self.committed
+            && let Some(conn) = self.conn.take()
+        {
+            // Closing the socket (or the SQLite handle) rolls back whatever is open.
+            drop(conn.detach());
+        }
+    }
+}
+
 impl Store {
+    /// A connection for a write transaction run by scripts (SQLite: behind the in-process writer
+    /// queue, like [`Store::write`]).
+    pub async fn script_write(&self) -> StoreResult<ScriptTx> {
+        let guard = match &self.writer {
+            Some(m) => Some(Arc::clone(m).lock_owned().await),
+            None => None,
+        };
+        let conn = self.pool.acquire().await?;
+        Ok(ScriptTx {
+            conn: Some(conn),
+            dialect: self.dialect,
+            committed: false,
+            _writer: guard,
+        })
+    }
+
     /// Connects to `url` (`sqlite://…` or `mysql://…`) and applies pending migrations.
     pub async fn open(url: &str, settings: &PoolSettings) -> StoreResult<Store> {
         let (pool, backend) = migrations::connect(url, settings).await?;
