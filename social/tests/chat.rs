@@ -2139,6 +2139,100 @@ async fn a_batch_row_left_behind_is_rebuilt_from_the_store(db: Db) {
 }
 on_both!(a_batch_row_left_behind_is_rebuilt_from_the_store);
 
+/// The writer's own outbox row (its body computed by the database from the insert's id, in the
+/// same script as the messages) is rebuilt by the sweeper when the pushes were not published.
+async fn a_batch_row_written_by_the_database_is_rebuilt(db: Db) {
+    use social::store::chat::{self as sql, InsertedIds, NewMessage, NewOutbox};
+    use social::store::script::Script;
+    let app = start(db).await;
+    let alice = quick_user(&app, "alice01", "Alice").await;
+    quick_user(&app, "bob02", "Bob").await;
+    let room = create(&app, &alice, &["bob02"]).await;
+    let mut link = node(&app, "n1", &["alice01", "bob02"]).await;
+    link.bind(&format!("chat.{room}")).await.unwrap();
+    drain(&mut link, 200).await;
+
+    let store = &app.ctx.store;
+    let d = store.dialect();
+    let mut tx = store.script_write().await.unwrap();
+    let how = InsertedIds::probe(tx.conn().unwrap(), d).await.unwrap();
+    let InsertedIds::Consecutive(step) = how else {
+        panic!("the test servers give consecutive ids");
+    };
+    let texts = ["one", "two", "three"];
+    let rows: Vec<NewMessage<'_>> = texts
+        .iter()
+        .map(|t| NewMessage {
+            room,
+            sender: "alice01",
+            message: t,
+            kind: "TEXT",
+        })
+        .collect();
+    let at = social::time::now_micros() - 10_000_000;
+    let mut script = Script::new(d);
+    script.sql(tx.begin()).end();
+    sql::script_insert_messages(&mut script, d, &rows, at, how, 3);
+    sql::script_batch_outbox_insert(
+        &mut script,
+        d,
+        &NewOutbox {
+            target: social::chat::writer::MESSAGES_TARGET,
+            destination: "/topic/chat",
+            content_type: Some("application/json"),
+            headers: None,
+            body: b"",
+        },
+        rows.len(),
+        step,
+        at,
+        4,
+    );
+    script.sql("COMMIT").end();
+    let result = script.run(tx.conn().unwrap()).await.unwrap();
+    tx.committed();
+    drop(tx);
+    let ids = sql::inserted_message_ids(&result, d, &rows, how, 3).unwrap();
+    let row = sql::inserted_row_id(&result, 4).unwrap();
+    let body: Vec<u8> = sqlx::query_scalar("SELECT body FROM outbox WHERE id = ?")
+        .bind(row)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!(r#"{{"first":{},"count":3,"step":{step}}}"#, ids[0])
+    );
+
+    let mut topic = Vec::new();
+    while topic.len() < 3 {
+        let d = recv(&mut link).await;
+        if let Target::Topic(_) = &d.target {
+            topic.push(json_of(&d));
+        }
+    }
+    let got: Vec<(i64, String)> = topic
+        .iter()
+        .map(|m| {
+            (
+                m["messageId"].as_i64().unwrap(),
+                m["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(i64, String)> = ids
+        .iter()
+        .copied()
+        .zip(texts.iter().map(|t| (*t).to_owned()))
+        .collect();
+    assert_eq!(got, want);
+    poll("the row to be deleted", || async {
+        outbox_len(&app).await == 0
+    })
+    .await;
+}
+on_both!(a_batch_row_written_by_the_database_is_rebuilt);
+
 /// Both ways of finding a multi-row insert's ids give each row its own id, rooms interleaved.
 async fn multi_row_insert_ids_match_their_rows(db: Db) {
     use social::store::chat::{self as sql, InsertedIds, NewMessage};

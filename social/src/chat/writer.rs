@@ -360,14 +360,70 @@ async fn write(
             last.push((batch[i].room, batch[i].text.as_str()));
         }
     }
-    let ids = if rows.is_empty() {
-        Vec::new()
-    } else {
-        let mut script = Script::new(d);
-        sql::script_insert_messages(&mut script, d, &rows, now, how, MESSAGES);
-        sql::script_touch_rooms(&mut script, &last, now);
-        let result = script.run(tx.conn()?).await?;
-        sql::inserted_message_ids(&result, d, &rows, how, MESSAGES)?
+    let batch_row = |body: &'static [u8]| NewOutbox {
+        target: MESSAGES_TARGET,
+        destination: "/topic/chat",
+        content_type: Some("application/json"),
+        headers: None,
+        body,
+    };
+    let mut script = Script::new(d);
+    let mut outbox_row = None;
+    let ids = match how {
+        _ if rows.is_empty() => {
+            // Everything refused: nothing to store but the clean-up.
+            script.sql("COMMIT").end();
+            script.run(tx.conn()?).await?;
+            tx.committed();
+            return Ok(Written {
+                unhidden,
+                outbox_row: None,
+                pushes: Vec::new(),
+                answers,
+            });
+        }
+        InsertedIds::Consecutive(step) => {
+            // Consecutive ids: the outbox row's body is computed from the insert's id, so the
+            // row and the commit go in this round trip too.
+            sql::script_insert_messages(&mut script, d, &rows, now, how, MESSAGES);
+            sql::script_touch_rooms(&mut script, &last, now);
+            sql::script_batch_outbox_insert(
+                &mut script,
+                d,
+                &batch_row(b""),
+                rows.len(),
+                step,
+                now,
+                OUTBOX,
+            );
+            script.sql("COMMIT").end();
+            let result = script.run(tx.conn()?).await?;
+            tx.committed();
+            outbox_row = outbox_row_id(&result, OUTBOX);
+            match sql::inserted_message_ids(&result, d, &rows, how, MESSAGES) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    // Committed, so never written again: the sweeper publishes the batch from
+                    // its outbox row.
+                    tracing::error!(error = %e, "a committed chat batch's ids did not come back");
+                    for &i in &accepted {
+                        answers[i] = Err(ChatError::Refused("stored; delivered by the outbox"));
+                    }
+                    return Ok(Written {
+                        unhidden,
+                        outbox_row: None,
+                        pushes: Vec::new(),
+                        answers,
+                    });
+                }
+            }
+        }
+        InsertedIds::ReadBack => {
+            sql::script_insert_messages(&mut script, d, &rows, now, how, MESSAGES);
+            sql::script_touch_rooms(&mut script, &last, now);
+            let result = script.run(tx.conn()?).await?;
+            sql::inserted_message_ids(&result, d, &rows, how, MESSAGES)?
+        }
     };
     let inserted_us = t0.elapsed().as_micros();
 
@@ -390,30 +446,25 @@ async fn write(
         message_pushes(&row, senders.get(&req.sender), members, &mut pushes)?;
     }
 
-    // Round trip 3: the batch's outbox row, and the commit.
-    let body = serde_json::to_vec(&ids)?;
-    let mut script = Script::new(d);
-    sql::script_outbox_insert(
-        &mut script,
-        d,
-        &NewOutbox {
-            target: MESSAGES_TARGET,
-            destination: "/topic/chat",
-            content_type: Some("application/json"),
-            headers: None,
-            body: &body,
-        },
-        now,
-        OUTBOX,
-    );
-    script.sql("COMMIT").end();
-    let result = script.run(tx.conn()?).await?;
-    tx.committed();
-    // Committed: a missing id only leaves the row to the sweeper (whose re-sends the gateway
-    // drops by message id), never a reason to write the batch again.
-    let outbox_row = sql::inserted_row_id(&result, OUTBOX)
-        .inspect_err(|e| tracing::warn!(error = %e, "no id for a chat batch's outbox row"))
-        .ok();
+    if !tx.is_committed() {
+        // Round trip 3 (ids read back): the batch's outbox row naming them, and the commit.
+        let body = serde_json::to_vec(&ids)?;
+        let mut script = Script::new(d);
+        sql::script_outbox_insert(
+            &mut script,
+            d,
+            &NewOutbox {
+                body: &body,
+                ..batch_row(b"")
+            },
+            now,
+            OUTBOX,
+        );
+        script.sql("COMMIT").end();
+        let result = script.run(tx.conn()?).await?;
+        tx.committed();
+        outbox_row = outbox_row_id(&result, OUTBOX);
+    }
     tracing::trace!(
         locked_us,
         inserted_us,
@@ -426,6 +477,14 @@ async fn write(
         pushes,
         answers,
     })
+}
+
+/// The batch's outbox row id from a committed script. A missing id only leaves the row to the
+/// sweeper (whose re-sends the gateway drops by message id), never a reason to write again.
+fn outbox_row_id(result: &crate::store::script::Rows, k: i64) -> Option<i64> {
+    sql::inserted_row_id(result, k)
+        .inspect_err(|e| tracing::warn!(error = %e, "no id for a chat batch's outbox row"))
+        .ok()
 }
 
 /// The pushes announcing one stored TEXT message: its broadcast on `/topic/chat.{room}` (with the
@@ -451,10 +510,33 @@ pub(crate) fn message_pushes(
     Ok(())
 }
 
+/// The message ids a batch's outbox row names: a JSON array of ids, or
+/// `{"first":…,"count":…,"step":…}` for consecutive ones (written by the database, see
+/// [`sql::script_batch_outbox_insert`]). `None` for anything else, or more than a batch holds.
+pub(crate) fn batch_ids(body: &[u8]) -> Option<Vec<i64>> {
+    #[derive(serde::Deserialize)]
+    struct Range {
+        first: i64,
+        count: usize,
+        step: i64,
+    }
+    if let Ok(ids) = serde_json::from_slice::<Vec<i64>>(body) {
+        return Some(ids);
+    }
+    let r: Range = serde_json::from_slice(body).ok()?;
+    if r.count > MAX_BATCH || r.step < 1 {
+        return None;
+    }
+    let count = i64::try_from(r.count).ok()?;
+    (0..count)
+        .map(|i| r.step.checked_mul(i).and_then(|d| r.first.checked_add(d)))
+        .collect()
+}
+
 /// The pushes of an outbox row written by a batch (its body: the message ids), rebuilt from the
 /// store for the sweeper. Messages deleted since (their room was deleted) are skipped.
 pub(crate) async fn rebuild(ctx: &Ctx, body: &[u8]) -> StoreResult<Option<Vec<Outgoing>>> {
-    let Ok(ids) = serde_json::from_slice::<Vec<i64>>(body) else {
+    let Some(ids) = batch_ids(body) else {
         return Ok(None);
     };
     let rows = ctx.store.chat_messages_by_ids(&ids).await?;
@@ -490,4 +572,31 @@ pub(crate) async fn rebuild(ctx: &Ctx, body: &[u8]) -> StoreResult<Option<Vec<Ou
         }
     }
     Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_rows_name_their_messages_as_a_list_or_a_range() {
+        assert_eq!(batch_ids(b"[3,5,9]"), Some(vec![3, 5, 9]));
+        assert_eq!(
+            batch_ids(br#"{"first":10,"count":3,"step":2}"#),
+            Some(vec![10, 12, 14])
+        );
+        assert_eq!(
+            batch_ids(br#"{"first":10,"count":1,"step":1}"#),
+            Some(vec![10])
+        );
+        // More than a batch holds, a step that is not positive, overflow, junk: refused.
+        assert_eq!(batch_ids(br#"{"first":1,"count":100000,"step":1}"#), None);
+        assert_eq!(batch_ids(br#"{"first":1,"count":2,"step":0}"#), None);
+        assert_eq!(
+            batch_ids(format!(r#"{{"first":{},"count":2,"step":1}}"#, i64::MAX).as_bytes()),
+            None
+        );
+        assert_eq!(batch_ids(b"{}"), None);
+        assert_eq!(batch_ids(b"not json"), None);
+    }
 }

@@ -1306,6 +1306,47 @@ pub fn script_outbox_insert(s: &mut Script, d: Dialect, row: &NewOutbox<'_>, at:
     s.select(k).sql(d.last_insert_id().0).sql(" AS id").end();
 }
 
+/// Appends the outbox row of a batch of `count` messages inserted just before by
+/// [`script_insert_messages`] with consecutive ids `step` apart, and, as `SELECT` `k`, the row's
+/// id. Its body, `{"first":…,"count":…,"step":…}`, is computed by the database from the insert's
+/// id, so the row goes in the same round trip as the messages. `count` must be at least 1.
+pub fn script_batch_outbox_insert(
+    s: &mut Script,
+    d: Dialect,
+    row: &NewOutbox<'_>,
+    count: usize,
+    step: i64,
+    at: i64,
+    k: i64,
+) {
+    let n = i64::try_from(count).unwrap_or(i64::MAX);
+    let (last_id, end) = d.last_insert_id();
+    let first = match end {
+        InsertedEnd::First => last_id.to_owned(),
+        InsertedEnd::Last => format!("({last_id} - {})", step.saturating_mul(n - 1)),
+    };
+    let tail = format!("',\"count\":{n},\"step\":{step}}}'");
+    let body = d.bytes_concat(&["'{\"first\":'", &first, &tail]);
+    s.sql(
+        "INSERT INTO outbox (target, destination, content_type, headers, body, create_at, attempts) \
+         VALUES (",
+    )
+    .text(row.target)
+    .sql(", ")
+    .text(row.destination)
+    .sql(", ")
+    .opt_text(row.content_type)
+    .sql(", ")
+    .opt_text(row.headers)
+    .sql(", ")
+    .sql(&body)
+    .sql(", ")
+    .int(at)
+    .sql(", 0)")
+    .end();
+    s.select(k).sql(last_id).sql(" AS id").end();
+}
+
 /// The id of the single row whose insert was followed by `SELECT` `k` of its id.
 pub fn inserted_row_id(result: &Rows, k: i64) -> StoreResult<i64> {
     Ok(result

@@ -84,6 +84,15 @@ impl Dialect {
         }
     }
 
+    /// An expression joining SQL expressions `parts` as text, as a byte string (for a BLOB
+    /// column): MySQL's `CONCAT(…)`, SQLite's `CAST((… || …) AS BLOB)`.
+    pub fn bytes_concat(self, parts: &[&str]) -> String {
+        match self.0 {
+            Backend::Sqlite => format!("CAST(({}) AS BLOB)", parts.join(" || ")),
+            Backend::MySql => format!("CONCAT({})", parts.join(", ")),
+        }
+    }
+
     /// Escape character clause for `LIKE` patterns built by [`like_contains`].
     pub fn like_escape(self) -> &'static str {
         " ESCAPE '!'"

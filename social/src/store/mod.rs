@@ -112,8 +112,13 @@ impl ScriptTx {
 
     /// Records that a script ending with `COMMIT` succeeded: the connection goes back to the
     /// pool when this is dropped.
-    pub fn committed(mut self) {
+    pub fn committed(&mut self) {
         self.committed = true;
+    }
+
+    /// Whether [`ScriptTx::committed`] was called.
+    pub fn is_committed(&self) -> bool {
+        self.committed
     }
 }
 
