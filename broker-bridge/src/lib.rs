@@ -28,7 +28,10 @@
 //! ([`InProcessConfig::work_queue_capacity`]) drained by [`InProcessConfig::workers`] worker tasks
 //! (started on the first [`Bus::submit`], on the caller's Tokio runtime). Each command runs in its own task,
 //! so a handler that returns an error or panics is logged and counted ([`BusMetrics`]) and the worker goes
-//! on with the next command.
+//! on with the next command. A worker calls [`AppHandler::start`]: it starts its commands one after
+//! another, in order, and lets what a handler leaves for later (the returned [`Completion`]) run
+//! alongside, at most 256 per worker; handlers that keep the default `start` are handled one at a
+//! time per worker as before.
 //!
 //! Guarantees:
 //!
