@@ -2139,6 +2139,70 @@ async fn a_batch_row_left_behind_is_rebuilt_from_the_store(db: Db) {
 }
 on_both!(a_batch_row_left_behind_is_rebuilt_from_the_store);
 
+/// A batch whose script fails part-way (here a trigger refuses one message) leaves nothing: the
+/// transaction is rolled back with its connection, and the sends are written one at a time, so
+/// only the bad one is refused and the others are stored and broadcast once each.
+async fn a_failed_batch_is_rolled_back_and_retried_one_by_one(db: Db) {
+    use std::sync::atomic::Ordering;
+    let app = start(db).await;
+    let alice = quick_user(&app, "alice01", "Alice").await;
+    quick_user(&app, "bob02", "Bob").await;
+    let room = create(&app, &alice, &["bob02"]).await;
+    let trigger = match db {
+        Db::Sqlite => {
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON chatroom_message \
+             WHEN NEW.message = 'boom' BEGIN SELECT RAISE(ABORT, 'boom refused'); END"
+        }
+        Db::MySql => {
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON chatroom_message FOR EACH ROW \
+             IF NEW.message = 'boom' THEN \
+             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'boom refused'; END IF"
+        }
+    };
+    sqlx::raw_sql(trigger)
+        .execute(app.ctx.store.pool())
+        .await
+        .unwrap();
+    let mut link = node(&app, "n1", &["alice01", "bob02"]).await;
+    link.bind(&format!("chat.{room}")).await.unwrap();
+    drain(&mut link, 200).await;
+
+    let writer = social::chat::writer::SendWriter::start(&app.ctx, 1).unwrap();
+    let texts = ["first", "boom", "last"];
+    let answers = in_order(
+        texts
+            .iter()
+            .map(|t| writer.send("alice01", room, t))
+            .collect(),
+    )
+    .await;
+    assert!(answers[0].is_ok() && answers[2].is_ok(), "{answers:?}");
+    assert!(answers[1].is_err(), "{answers:?}");
+    assert_eq!(writer.stats().fallbacks.load(Ordering::Relaxed), 1);
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT message FROM chatroom_message WHERE chatroom_id = ? AND type = 'TEXT' ORDER BY id",
+    )
+    .bind(room)
+    .fetch_all(app.ctx.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(stored, ["first", "last"]);
+    let broadcast: Vec<String> = drain(&mut link, 500)
+        .await
+        .iter()
+        .filter(|d| matches!(d.target, Target::Topic(_)))
+        .map(|d| json_of(d)["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(broadcast, ["first", "last"]);
+    assert_eq!(outbox_len(&app).await, 0);
+    // The failed transaction's connection did not come back to the pool half-open, and (SQLite)
+    // the writer queue was released: the next batch goes through.
+    let id = writer.send("alice01", room, "after").await.unwrap();
+    assert!(id > *answers[2].as_ref().unwrap());
+    assert_eq!(writer.stats().fallbacks.load(Ordering::Relaxed), 1);
+}
+on_both!(a_failed_batch_is_rolled_back_and_retried_one_by_one);
+
 /// The writer's own outbox row (its body computed by the database from the insert's id, in the
 /// same script as the messages) is rebuilt by the sweeper when the pushes were not published.
 async fn a_batch_row_written_by_the_database_is_rebuilt(db: Db) {

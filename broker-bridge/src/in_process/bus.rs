@@ -308,7 +308,7 @@ async fn worker(id: usize, mut rx: mpsc::Receiver<Job>, counters: Arc<Counters>)
         let destination = cmd.destination.clone();
         let session = cmd.session.clone();
         let started = tokio::spawn(async move { handler.start(cmd).await }).await;
-        match started {
+        let outcome = match started {
             Ok(Ok(completion)) => {
                 pending.spawn(async move {
                     let outcome = tokio::spawn(completion).await;
@@ -319,33 +319,25 @@ async fn worker(id: usize, mut rx: mpsc::Receiver<Job>, counters: Arc<Counters>)
                         outcome,
                     }
                 });
+                continue;
             }
-            Ok(Err(err)) => account(
-                id,
-                &counters,
-                Ok(Finished {
-                    prefix,
-                    destination,
-                    session,
-                    outcome: Ok(Err(err)),
-                }),
-            ),
-            Err(join) => {
-                let cancelled = !join.is_panic();
-                account(
-                    id,
-                    &counters,
-                    Ok(Finished {
-                        prefix,
-                        destination,
-                        session,
-                        outcome: Err(join),
-                    }),
-                );
-                if cancelled {
-                    return;
-                }
-            }
+            Ok(Err(err)) => Ok(Err(err)),
+            Err(join) => Err(join),
+        };
+        // Refused at start, or `start` itself panicked or was cancelled.
+        let cancelled = matches!(&outcome, Err(join) if !join.is_panic());
+        account(
+            id,
+            &counters,
+            Ok(Finished {
+                prefix,
+                destination,
+                session,
+                outcome,
+            }),
+        );
+        if cancelled {
+            return;
         }
     }
 }

@@ -372,9 +372,7 @@ async fn write(
     let ids = match how {
         _ if rows.is_empty() => {
             // Everything refused: nothing to store but the clean-up.
-            script.sql("COMMIT").end();
-            script.run(tx.conn()?).await?;
-            tx.committed();
+            tx.commit_with(&mut script).await?;
             return Ok(Written {
                 unhidden,
                 outbox_row: None,
@@ -396,9 +394,7 @@ async fn write(
                 now,
                 OUTBOX,
             );
-            script.sql("COMMIT").end();
-            let result = script.run(tx.conn()?).await?;
-            tx.committed();
+            let result = tx.commit_with(&mut script).await?;
             outbox_row = outbox_row_id(&result, OUTBOX);
             match sql::inserted_message_ids(&result, d, &rows, how, MESSAGES) {
                 Ok(ids) => ids,
@@ -460,9 +456,7 @@ async fn write(
             now,
             OUTBOX,
         );
-        script.sql("COMMIT").end();
-        let result = script.run(tx.conn()?).await?;
-        tx.committed();
+        let result = tx.commit_with(&mut script).await?;
         outbox_row = outbox_row_id(&result, OUTBOX);
     }
     tracing::trace!(

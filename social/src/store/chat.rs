@@ -1286,30 +1286,16 @@ pub fn script_touch_rooms(s: &mut Script, last: &[(i64, &str)], at: i64) {
 
 /// Appends [`outbox_insert`] and, as `SELECT` `k`, its id (read with [`inserted_row_id`]).
 pub fn script_outbox_insert(s: &mut Script, d: Dialect, row: &NewOutbox<'_>, at: i64, k: i64) {
-    s.sql(
-        "INSERT INTO outbox (target, destination, content_type, headers, body, create_at, attempts) \
-         VALUES (",
-    )
-    .text(row.target)
-    .sql(", ")
-    .text(row.destination)
-    .sql(", ")
-    .opt_text(row.content_type)
-    .sql(", ")
-    .opt_text(row.headers)
-    .sql(", ")
-    .bytes(row.body)
-    .sql(", ")
-    .int(at)
-    .sql(", 0)")
-    .end();
-    s.select(k).sql(d.last_insert_id().0).sql(" AS id").end();
+    script_outbox_row(s, d, row, at, k, |s| {
+        s.bytes(row.body);
+    });
 }
 
 /// Appends the outbox row of a batch of `count` messages inserted just before by
 /// [`script_insert_messages`] with consecutive ids `step` apart, and, as `SELECT` `k`, the row's
 /// id. Its body, `{"first":…,"count":…,"step":…}`, is computed by the database from the insert's
-/// id, so the row goes in the same round trip as the messages. `count` must be at least 1.
+/// id, so the row goes in the same round trip as the messages (`row.body` is not used). `count`
+/// must be at least 1.
 pub fn script_batch_outbox_insert(
     s: &mut Script,
     d: Dialect,
@@ -1327,6 +1313,20 @@ pub fn script_batch_outbox_insert(
     };
     let tail = format!("',\"count\":{n},\"step\":{step}}}'");
     let body = d.bytes_concat(&["'{\"first\":'", &first, &tail]);
+    script_outbox_row(s, d, row, at, k, |s| {
+        s.sql(&body);
+    });
+}
+
+/// An outbox row whose body `body` appends, then `SELECT` `k` of its id.
+fn script_outbox_row(
+    s: &mut Script,
+    d: Dialect,
+    row: &NewOutbox<'_>,
+    at: i64,
+    k: i64,
+    body: impl FnOnce(&mut Script),
+) {
     s.sql(
         "INSERT INTO outbox (target, destination, content_type, headers, body, create_at, attempts) \
          VALUES (",
@@ -1338,13 +1338,10 @@ pub fn script_batch_outbox_insert(
     .opt_text(row.content_type)
     .sql(", ")
     .opt_text(row.headers)
-    .sql(", ")
-    .sql(&body)
-    .sql(", ")
-    .int(at)
-    .sql(", 0)")
-    .end();
-    s.select(k).sql(last_id).sql(" AS id").end();
+    .sql(", ");
+    body(s);
+    s.sql(", ").int(at).sql(", 0)").end();
+    s.select(k).sql(d.last_insert_id().0).sql(" AS id").end();
 }
 
 /// The id of the single row whose insert was followed by `SELECT` `k` of its id.

@@ -116,6 +116,14 @@ impl ScriptTx {
         self.committed = true;
     }
 
+    /// Ends `script` with `COMMIT`, sends it, and records the commit.
+    pub async fn commit_with(&mut self, script: &mut script::Script) -> StoreResult<script::Rows> {
+        script.sql("COMMIT").end();
+        let rows = script.run(self.conn()?).await?;
+        self.committed();
+        Ok(rows)
+    }
+
     /// Whether [`ScriptTx::committed`] was called.
     pub fn is_committed(&self) -> bool {
         self.committed
