@@ -212,6 +212,13 @@ async fn send(app: &TestApp, user: &str, room: i64, text: &str) -> i64 {
 
 /// Submits a command and waits until the bus counted it as handled or failed; true when failed.
 async fn run(app: &TestApp, c: AppCommand) -> bool {
+    // Earlier commands may still be finishing (their broadcasts go out before they are counted):
+    // wait until every one is, so the counters below move for this command only.
+    poll("earlier commands to finish", || {
+        let m = app.bus.metrics();
+        async move { m.commands_handled + m.commands_failed >= m.commands_submitted }
+    })
+    .await;
     let before = app.bus.metrics();
     app.bus.submit(c).await.unwrap();
     let mut failed = false;
