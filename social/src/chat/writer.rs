@@ -237,6 +237,12 @@ async fn write_and_publish(
             drop(locks);
             stats.fallbacks.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, sends = batch.len(), "batched chat write failed; sending one at a time");
+            // The clean-up of earlier batches' rows rolled back with the failed transaction:
+            // those were published, so they go now rather than to the sweeper, which would send
+            // them again.
+            if ctx.store.outbox_remove(delivered_rows).await.is_ok() {
+                delivered_rows.clear();
+            }
             for req in batch {
                 let answer = ops::send_text(ctx, &req.sender, req.room, &req.text).await;
                 let _ = req.reply.send(answer);
