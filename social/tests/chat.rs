@@ -265,6 +265,29 @@ async fn insert_messages(app: &TestApp, room: i64, sender: &str, n: usize) -> Ve
     ids
 }
 
+/// Alice (whose token this returns) and Bob in a DM, and a node with both their sessions bound to
+/// the room's topic, drained of the set-up pushes.
+async fn dm_with_link(db: Db) -> (TestApp, String, i64, NodeLink) {
+    let app = start(db).await;
+    let alice = quick_user(&app, "alice01", "Alice").await;
+    quick_user(&app, "bob02", "Bob").await;
+    let room = create(&app, &alice, &["bob02"]).await;
+    let mut link = node(&app, "n1", &["alice01", "bob02"]).await;
+    link.bind(&format!("chat.{room}")).await.unwrap();
+    drain(&mut link, 200).await;
+    (app, alice, room, link)
+}
+
+/// The texts of the room broadcasts arriving on `link` within half a second, in order.
+async fn broadcast_texts(link: &mut NodeLink) -> Vec<String> {
+    drain(link, 500)
+        .await
+        .iter()
+        .filter(|d| matches!(d.target, Target::Topic(_)))
+        .map(|d| json_of(d)["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 async fn node(app: &TestApp, name: &str, user_sessions: &[&str]) -> NodeLink {
     let link = app.bus.open_node(name.into()).await.unwrap();
     for user in user_sessions {
@@ -2031,13 +2054,7 @@ on_both!(batched_sends_keep_order_and_refuse_one_by_one);
 /// The writer sends a batch's values as literals in a multi-statement script
 /// (`social::store::script`): every text arrives byte for byte, none is read as SQL.
 async fn batched_texts_are_stored_byte_for_byte(db: Db) {
-    let app = start(db).await;
-    let alice = quick_user(&app, "alice01", "Alice").await;
-    quick_user(&app, "bob02", "Bob").await;
-    let room = create(&app, &alice, &["bob02"]).await;
-    let mut link = node(&app, "n1", &["alice01", "bob02"]).await;
-    link.bind(&format!("chat.{room}")).await.unwrap();
-    drain(&mut link, 200).await;
+    let (app, _, room, mut link) = dm_with_link(db).await;
     let writer = social::chat::writer::SendWriter::start(&app.ctx, 1).unwrap();
     let long: String = "가".repeat(social::chat::MAX_MESSAGE_CHARS);
     let texts: Vec<String> = vec![
@@ -2077,12 +2094,7 @@ async fn batched_texts_are_stored_byte_for_byte(db: Db) {
             .await
             .unwrap();
     assert_eq!(preview.as_deref(), texts.last().map(String::as_str));
-    let broadcast: Vec<String> = drain(&mut link, 500)
-        .await
-        .iter()
-        .filter(|d| matches!(d.target, Target::Topic(_)))
-        .map(|d| json_of(d)["message"].as_str().unwrap().to_owned())
-        .collect();
+    let broadcast = broadcast_texts(&mut link).await;
     assert_eq!(broadcast, texts);
     assert_eq!(outbox_len(&app).await, 0);
 }
@@ -2090,13 +2102,7 @@ on_both!(batched_texts_are_stored_byte_for_byte);
 
 /// A batch's outbox row names its messages; the sweeper rebuilds their pushes from the store.
 async fn a_batch_row_left_behind_is_rebuilt_from_the_store(db: Db) {
-    let app = start(db).await;
-    let alice = quick_user(&app, "alice01", "Alice").await;
-    quick_user(&app, "bob02", "Bob").await;
-    let room = create(&app, &alice, &["bob02"]).await;
-    let mut link = node(&app, "n1", &["alice01", "bob02"]).await;
-    link.bind(&format!("chat.{room}")).await.unwrap();
-    drain(&mut link, 200).await;
+    let (app, alice, room, mut link) = dm_with_link(db).await;
     let ids = insert_messages(&app, room, "alice01", 2).await;
     let mut tx = app.ctx.store.write().await.unwrap();
     let body = serde_json::to_vec(&ids).unwrap();
@@ -2151,10 +2157,7 @@ on_both!(a_batch_row_left_behind_is_rebuilt_from_the_store);
 /// only the bad one is refused and the others are stored and broadcast once each.
 async fn a_failed_batch_is_rolled_back_and_retried_one_by_one(db: Db) {
     use std::sync::atomic::Ordering;
-    let app = start(db).await;
-    let alice = quick_user(&app, "alice01", "Alice").await;
-    quick_user(&app, "bob02", "Bob").await;
-    let room = create(&app, &alice, &["bob02"]).await;
+    let (app, _, room, mut link) = dm_with_link(db).await;
     let trigger = match db {
         Db::Sqlite => {
             "CREATE TRIGGER refuse_boom BEFORE INSERT ON chatroom_message \
@@ -2170,9 +2173,6 @@ async fn a_failed_batch_is_rolled_back_and_retried_one_by_one(db: Db) {
         .execute(app.ctx.store.pool())
         .await
         .unwrap();
-    let mut link = node(&app, "n1", &["alice01", "bob02"]).await;
-    link.bind(&format!("chat.{room}")).await.unwrap();
-    drain(&mut link, 200).await;
 
     let writer = social::chat::writer::SendWriter::start(&app.ctx, 1).unwrap();
     let texts = ["first", "boom", "last"];
@@ -2194,12 +2194,7 @@ async fn a_failed_batch_is_rolled_back_and_retried_one_by_one(db: Db) {
     .await
     .unwrap();
     assert_eq!(stored, ["first", "last"]);
-    let broadcast: Vec<String> = drain(&mut link, 500)
-        .await
-        .iter()
-        .filter(|d| matches!(d.target, Target::Topic(_)))
-        .map(|d| json_of(d)["message"].as_str().unwrap().to_owned())
-        .collect();
+    let broadcast = broadcast_texts(&mut link).await;
     assert_eq!(broadcast, ["first", "last"]);
     assert_eq!(outbox_len(&app).await, 0);
     // The failed transaction's connection did not come back to the pool half-open, and (SQLite)
@@ -2215,13 +2210,7 @@ on_both!(a_failed_batch_is_rolled_back_and_retried_one_by_one);
 async fn a_batch_row_written_by_the_database_is_rebuilt(db: Db) {
     use social::store::chat::{self as sql, InsertedIds, NewMessage, NewOutbox};
     use social::store::script::Script;
-    let app = start(db).await;
-    let alice = quick_user(&app, "alice01", "Alice").await;
-    quick_user(&app, "bob02", "Bob").await;
-    let room = create(&app, &alice, &["bob02"]).await;
-    let mut link = node(&app, "n1", &["alice01", "bob02"]).await;
-    link.bind(&format!("chat.{room}")).await.unwrap();
-    drain(&mut link, 200).await;
+    let (app, _, room, mut link) = dm_with_link(db).await;
 
     let store = &app.ctx.store;
     let d = store.dialect();
@@ -2329,12 +2318,13 @@ async fn multi_row_insert_ids_match_their_rows(db: Db) {
                 kind: "TEXT",
             })
             .collect();
-        let mut tx = app.ctx.store.write().await.unwrap();
-        sql::lock_rooms(tx.conn(), d, &[a, b]).await.unwrap();
-        let ids = sql::insert_messages(tx.conn(), &rows, social::time::now_micros(), how)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
+        let mut tx = app.ctx.store.script_write().await.unwrap();
+        let mut script = social::store::script::Script::new(d);
+        script.sql(tx.begin()).end();
+        sql::script_lock_rooms(&mut script, d, &[a, b], 1);
+        sql::script_insert_messages(&mut script, d, &rows, social::time::now_micros(), how, 2);
+        let result = tx.commit_with(&mut script).await.unwrap();
+        let ids = sql::inserted_message_ids(&result, d, &rows, how, 2).unwrap();
         assert_eq!(ids.len(), rows.len());
         for (id, row) in ids.iter().zip(&rows) {
             let (room, text): (i64, String) =

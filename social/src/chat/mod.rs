@@ -316,17 +316,7 @@ impl ChatCommand {
 #[async_trait]
 impl AppHandler for ChatHandler {
     async fn handle(&self, cmd: AppCommand) -> Result<(), HandlerError> {
-        match ChatCommand::parse(&cmd)? {
-            ChatCommand::Send { room, text } => match &self.writer {
-                Some(w) => w.send(&cmd.principal, room, &text).await?,
-                None => ops::send_text(&self.ctx, &cmd.principal, room, &text).await?,
-            },
-            ChatCommand::Read { room, message } => {
-                update_read(&self.ctx, &cmd.principal, room, message).await?;
-                0
-            }
-        };
-        Ok(())
+        self.start(cmd).await?.await
     }
 
     /// A send is queued to the writer in the session's order and answered later, so a session's

@@ -10,7 +10,7 @@ use sqlx::{AnyConnection, FromRow, Row as _};
 
 use super::dialect::{InsertedEnd, placeholders};
 use super::script::{Rows, Script};
-use super::{Dialect, Store, StoreError, StoreResult, first_inserted_id, inserted_id};
+use super::{Dialect, Store, StoreError, StoreResult, inserted_id};
 
 /// `chatroom.type` of a one-to-one room.
 pub const DIRECT: &str = "DIRECT";
@@ -608,30 +608,8 @@ pub struct NewMessage<'a> {
     pub kind: &'a str,
 }
 
-/// Locks the rows of `rooms` (in id order, so two lockers cannot deadlock) until the transaction
-/// ends and returns the ones that exist.
-pub async fn lock_rooms(
-    conn: &mut AnyConnection,
-    d: Dialect,
-    rooms: &[i64],
-) -> StoreResult<Vec<RoomRow>> {
-    if rooms.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql = format!(
-        "SELECT id, title, type, profile_image FROM chatroom WHERE id IN ({}) ORDER BY id{}",
-        placeholders(rooms.len()),
-        d.for_update()
-    );
-    let mut q = sqlx::query_as::<_, RoomRow>(&sql);
-    for r in rooms {
-        q = q.bind(r);
-    }
-    Ok(q.fetch_all(conn).await?)
-}
-
 /// The participants (hidden ones included) of `rooms` with their display fields, by room then
-/// user id. A plain read; in a batch write, call it after [`lock_rooms`], whose locks every
+/// user id. A plain read; in a batch write, call it after [`script_lock_rooms`], whose locks every
 /// membership change takes.
 pub async fn members_of(
     conn: &mut AnyConnection,
@@ -685,61 +663,6 @@ impl InsertedIds {
     }
 }
 
-/// Inserts `rows` (all stamped `at`) with one statement and returns their ids, in the order of
-/// `rows`, found as `ids` says ([`InsertedIds::probe`]). The caller must hold the row locks of
-/// every room in `rows` ([`lock_rooms`]): read back, the ids are the rows of those rooms from the
-/// statement's first id on, which are then exactly the inserted ones.
-pub async fn insert_messages(
-    conn: &mut AnyConnection,
-    rows: &[NewMessage<'_>],
-    at: i64,
-    ids: InsertedIds,
-) -> StoreResult<Vec<i64>> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut sql = String::with_capacity(96 + rows.len() * 18);
-    sql.push_str(
-        "INSERT INTO chatroom_message (chatroom_id, sender_id, message, create_at, type) VALUES ",
-    );
-    for i in 0..rows.len() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str("(?, ?, ?, ?, ?)");
-    }
-    let mut q = sqlx::query(&sql);
-    for r in rows {
-        q = q
-            .bind(r.room)
-            .bind(r.sender)
-            .bind(r.message)
-            .bind(at)
-            .bind(r.kind);
-    }
-    let result = q.execute(&mut *conn).await?;
-    let first = first_inserted_id(&mut *conn, &result, rows.len()).await?;
-    if let InsertedIds::Consecutive(step) = ids {
-        return Ok((0..rows.len())
-            .map(|k| first + step * i64::try_from(k).unwrap_or(i64::MAX))
-            .collect());
-    }
-    let mut rooms: Vec<i64> = rows.iter().map(|r| r.room).collect();
-    rooms.sort_unstable();
-    rooms.dedup();
-    let sql = format!(
-        "SELECT id, chatroom_id FROM chatroom_message WHERE id >= ? AND chatroom_id IN ({}) \
-         ORDER BY id",
-        placeholders(rooms.len())
-    );
-    let mut q = sqlx::query_as::<_, (i64, i64)>(&sql).bind(first);
-    for r in &rooms {
-        q = q.bind(r);
-    }
-    let back = q.fetch_all(&mut *conn).await?;
-    match_read_back(rows, back)
-}
-
 /// The ids of `rows`, in their order, from the `(id, room)` pairs read back in id order (see
 /// [`InsertedIds::ReadBack`]).
 fn match_read_back(rows: &[NewMessage<'_>], back: Vec<(i64, i64)>) -> StoreResult<Vec<i64>> {
@@ -768,35 +691,6 @@ fn match_read_back(rows: &[NewMessage<'_>], back: Vec<(i64, i64)>) -> StoreResul
                 })
         })
         .collect()
-}
-
-/// Sets the last message preview and time of several rooms with one statement: `last` holds
-/// `(room, preview)` with each room once.
-pub async fn touch_rooms(
-    conn: &mut AnyConnection,
-    last: &[(i64, &str)],
-    at: i64,
-) -> StoreResult<()> {
-    if last.is_empty() {
-        return Ok(());
-    }
-    let mut sql = String::from("UPDATE chatroom SET last_message = CASE id");
-    for _ in last {
-        sql.push_str(" WHEN ? THEN ?");
-    }
-    sql.push_str(" ELSE last_message END, last_message_time = ? WHERE id IN (");
-    sql.push_str(&placeholders(last.len()));
-    sql.push(')');
-    let mut q = sqlx::query(&sql);
-    for (room, preview) in last {
-        q = q.bind(room).bind(*preview);
-    }
-    q = q.bind(at);
-    for (room, _) in last {
-        q = q.bind(room);
-    }
-    q.execute(conn).await?;
-    Ok(())
 }
 
 /// Messages by id, in id order.
@@ -1141,8 +1035,9 @@ pub fn script_outbox_delete(s: &mut Script, ids: &[i64]) {
     }
 }
 
-/// Appends [`lock_rooms`] (id and type only) as `SELECT` `k`; read with [`locked_rooms`].
-/// `rooms` must not be empty.
+/// Appends the locking read of `rooms` (in id order, so two lockers cannot deadlock; the locks
+/// last until the transaction ends) as `SELECT` `k`; read the rooms that exist, id and type,
+/// with [`locked_rooms`]. `rooms` must not be empty.
 pub fn script_lock_rooms(s: &mut Script, d: Dialect, rooms: &[i64], k: i64) {
     s.select(k)
         .sql("id, type FROM chatroom WHERE id IN (")
@@ -1179,9 +1074,12 @@ pub fn members_rows(rows: &Rows, k: i64) -> StoreResult<Vec<RoomMemberRow>> {
         .collect()
 }
 
-/// Appends [`insert_messages`]' `INSERT` and, as `SELECT` `k`, what gives the ids back; read
-/// them with [`inserted_message_ids`]. `rows` must not be empty, and the caller must hold the
-/// rooms' locks (taken earlier in the transaction).
+/// Appends the `INSERT` of `rows` (all stamped `at`, one statement) and, as `SELECT` `k`, what
+/// gives their ids back as `ids` says ([`InsertedIds::probe`]); read them with
+/// [`inserted_message_ids`]. `rows` must not be empty, and the caller must hold the row locks of
+/// every room in `rows` ([`script_lock_rooms`], earlier in the transaction): read back, the ids
+/// are the rows of those rooms from the statement's first id on, which are then exactly the
+/// inserted ones.
 pub fn script_insert_messages(
     s: &mut Script,
     d: Dialect,
@@ -1207,22 +1105,36 @@ pub fn script_insert_messages(
             .sql(")");
     }
     s.end();
-    let (last_id, _) = d.last_insert_id();
     match ids {
         InsertedIds::Consecutive(_) => {
-            s.select(k).sql(last_id).sql(" AS id").end();
+            s.select(k).sql(d.last_insert_id().0).sql(" AS id").end();
         }
         InsertedIds::ReadBack => {
+            // Where the last row's id is what the database gives, rows are consecutive (SQLite:
+            // one writer at a time).
+            let first = first_inserted_id(d, rows.len(), 1);
             let mut rooms: Vec<i64> = rows.iter().map(|r| r.room).collect();
             rooms.sort_unstable();
             rooms.dedup();
             s.select(k)
                 .sql("id, chatroom_id FROM chatroom_message WHERE id >= ")
-                .sql(last_id)
+                .sql(&first)
                 .sql(" AND chatroom_id IN (")
                 .ints(&rooms)
                 .sql(") ORDER BY id")
                 .end();
+        }
+    }
+}
+
+/// SQL giving the first id of the `count`-row insert just made, its ids `step` apart.
+fn first_inserted_id(d: Dialect, count: usize, step: i64) -> String {
+    let (last_id, end) = d.last_insert_id();
+    match end {
+        InsertedEnd::First => last_id.to_owned(),
+        InsertedEnd::Last => {
+            let n = i64::try_from(count).unwrap_or(i64::MAX);
+            format!("({last_id} - {})", step.saturating_mul(n - 1))
         }
     }
 }
@@ -1263,7 +1175,8 @@ fn protocol(msg: &str) -> StoreError {
     StoreError::Db(sqlx::Error::Protocol(msg.to_owned()))
 }
 
-/// Appends [`touch_rooms`] (nothing when `last` is empty).
+/// Appends the update of several rooms' last message preview and time (one statement): `last`
+/// holds `(room, preview)` with each room once. Nothing when `last` is empty.
 pub fn script_touch_rooms(s: &mut Script, last: &[(i64, &str)], at: i64) {
     if last.is_empty() {
         return;
@@ -1306,11 +1219,7 @@ pub fn script_batch_outbox_insert(
     k: i64,
 ) {
     let n = i64::try_from(count).unwrap_or(i64::MAX);
-    let (last_id, end) = d.last_insert_id();
-    let first = match end {
-        InsertedEnd::First => last_id.to_owned(),
-        InsertedEnd::Last => format!("({last_id} - {})", step.saturating_mul(n - 1)),
-    };
+    let first = first_inserted_id(d, count, step);
     let tail = format!("',\"count\":{n},\"step\":{step}}}'");
     let body = d.bytes_concat(&["'{\"first\":'", &first, &tail]);
     script_outbox_row(s, d, row, at, k, |s| {

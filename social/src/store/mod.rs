@@ -195,23 +195,6 @@ impl Store {
     }
 }
 
-/// The id of the first row of the multi-row `INSERT` of `n` rows that gave `result`: MySQL
-/// reports the first row's id; SQLite's `last_insert_rowid()` is the last row's, and its rows get
-/// consecutive ids (one writer at a time).
-pub async fn first_inserted_id(
-    conn: &mut AnyConnection,
-    result: &sqlx::any::AnyQueryResult,
-    n: usize,
-) -> StoreResult<i64> {
-    if let Some(id) = result.last_insert_id() {
-        return Ok(id);
-    }
-    let last = sqlx::query_scalar::<_, i64>("SELECT last_insert_rowid()")
-        .fetch_one(conn)
-        .await?;
-    Ok(last.saturating_sub(i64::try_from(n).unwrap_or(i64::MAX)) + 1)
-}
-
 /// The id the `INSERT` that gave `result` generated, asked of the same connection when the driver
 /// does not report it (sqlx's `Any` driver drops SQLite's rowid: `last_insert_rowid()` is per
 /// connection, hence exact; MySQL always reports the id).

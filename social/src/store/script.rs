@@ -102,11 +102,6 @@ impl Script {
         &self.sql
     }
 
-    /// Whether nothing was appended.
-    pub fn is_empty(&self) -> bool {
-        self.sql.is_empty()
-    }
-
     /// Sends the script on `conn` and returns the rows of its `SELECT`s.
     pub async fn run(&self, conn: &mut AnyConnection) -> StoreResult<Rows> {
         let rows: Vec<AnyRow> = sqlx::raw_sql(&self.sql)
