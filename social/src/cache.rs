@@ -273,11 +273,37 @@ impl<K: Eq + Hash + Clone, V> Table<K, V> {
     }
 }
 
+/// Stripes of the hit and miss counters (a power of two).
+const STRIPES: usize = 16;
+
+/// One stripe of the lookup counters, alone on its cache lines: a feed request makes about a
+/// hundred lookups, and one counter shared by every worker thread bounced its cache line between
+/// the cores on each of them.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct LookupStripe {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// The stripe of the calling thread (threads are spread over the stripes in start order).
+fn stripe() -> usize {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static STRIPE: usize = {
+            // Only the low bits are used.
+            #[allow(clippy::cast_possible_truncation)]
+            let n = NEXT.fetch_add(1, Ordering::Relaxed) as usize;
+            n & (STRIPES - 1)
+        };
+    }
+    STRIPE.with(|s| *s)
+}
+
 /// Hit and miss counters.
 #[derive(Debug, Default)]
 struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
+    lookups: [LookupStripe; STRIPES],
     rejected_fills: AtomicU64,
     invalidations: AtomicU64,
     clears: AtomicU64,
@@ -348,10 +374,11 @@ impl ReadCache {
     }
 
     fn count<T>(&self, found: Option<T>) -> Option<T> {
+        let stripe = &self.counters.lookups[stripe()];
         let c = if found.is_some() {
-            &self.counters.hits
+            &stripe.hits
         } else {
-            &self.counters.misses
+            &stripe.misses
         };
         c.fetch_add(1, Ordering::Relaxed);
         found
@@ -547,8 +574,16 @@ impl ReadCache {
     pub fn stats(&self) -> ReadCacheStats {
         let c = &self.counters;
         ReadCacheStats {
-            hits: c.hits.load(Ordering::Relaxed),
-            misses: c.misses.load(Ordering::Relaxed),
+            hits: c
+                .lookups
+                .iter()
+                .map(|l| l.hits.load(Ordering::Relaxed))
+                .sum(),
+            misses: c
+                .lookups
+                .iter()
+                .map(|l| l.misses.load(Ordering::Relaxed))
+                .sum(),
             rejected_fills: c.rejected_fills.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
             clears: c.clears.load(Ordering::Relaxed),

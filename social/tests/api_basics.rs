@@ -30,6 +30,20 @@ async fn unknown_routes_and_bad_input_get_envelope_errors(db: Db) {
     let (status, body) = app.get("/api/no/such/route", None).await;
     assert_eq!(status, 404);
     assert_eq!(body["code"], "NF");
+    // Routes are grouped by their first segment: an unknown route under a known one, or a bare
+    // known one, is still 404, and a known route with the wrong method still 405.
+    for path in [
+        "/api/post/nope",
+        "/api/post",
+        "/api/feed/extra",
+        "/api/file/upload/x",
+    ] {
+        let (status, body) = app.get(path, None).await;
+        assert_eq!((status, &body["code"]), (404, &json!("NF")), "{path}");
+    }
+    let token = app.ctx.tokens.issue("alice01", "USER").unwrap();
+    let (status, body) = app.get("/api/post/like", Some(&token)).await;
+    assert_eq!((status, body), (405, json!({"code": "BR"})));
     // Bad JSON on a public route: 400 BR (the original answered 401 AV, contract §1.3).
     let (status, body) = app
         .post_raw(

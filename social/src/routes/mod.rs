@@ -15,21 +15,44 @@ pub mod posts;
 pub mod users;
 
 /// All routes, without the `/api` prefix.
+///
+/// Each module's routes sit behind a check of the first path segment, so a request is matched
+/// against one module's routes (two for the shared `auth` and `file` prefixes) rather than tried
+/// against all sixty in turn: a request for the last route, or for no route at all, used to spend
+/// more time in route matching than in its handler. The hottest modules come first.
 pub fn all(ctx: &Ctx) -> BoxedFilter<(Response,)> {
-    auth::routes(ctx)
-        .or(users::routes(ctx))
+    under(&["feed"])
+        .and(feed::routes(ctx))
+        .or(under(&["post"]).and(posts::routes(ctx)))
         .unify()
-        .or(posts::routes(ctx))
+        .or(under(&["user", "file"]).and(users::routes(ctx)))
         .unify()
-        .or(feed::routes(ctx))
+        .or(under(&["chat", "file"]).and(chat::routes(ctx)))
         .unify()
-        .or(alarms::routes(ctx))
+        .or(under(&["alarm"]).and(alarms::routes(ctx)))
         .unify()
-        .or(batch::routes(ctx))
+        .or(under(&["auth"]).and(auth::routes(ctx)))
         .unify()
-        .or(chat::routes(ctx))
+        .or(under(&["batch", "auth"]).and(batch::routes(ctx)))
         .unify()
         .boxed()
+}
+
+/// Passes (consuming nothing) when the first remaining path segment is one of `prefixes`; else
+/// rejects as not found, the rejection a route of another path gives.
+fn under(
+    prefixes: &'static [&'static str],
+) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::path::peek()
+        .and_then(move |rest: warp::path::Peek| {
+            let first = rest.segments().next().unwrap_or("");
+            std::future::ready(if prefixes.contains(&first) {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            })
+        })
+        .untuple_one()
 }
 
 /// A filter handing out a clone of the context.
