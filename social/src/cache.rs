@@ -165,6 +165,35 @@ pub struct AuthorPosts {
     pub complete: bool,
 }
 
+/// A post rendered once for every viewer: its JSON object up to and including `"isLiked":`, to
+/// which a response appends the viewer's `true}` or `false}`. Built from a cached row, its images
+/// and its author; dropped with the row (a like, a comment) and ignored once its author changed.
+#[derive(Debug)]
+pub struct PostView {
+    /// `{"postId":…,"user":{…},…,"imageTags":[…],"isLiked":`
+    pub head: Box<str>,
+    /// The author's epoch slot and its value when the author's JSON was read.
+    author_epoch: (usize, u64),
+}
+
+impl PostView {
+    /// A view for one response only (its parts may be older than the cache's).
+    pub fn unstored(head: Box<str>) -> Arc<PostView> {
+        Arc::new(PostView {
+            head,
+            author_epoch: (0, 0),
+        })
+    }
+}
+
+/// What a [`PostView`] is filled with: the view's own ticket, and the author's epoch, both taken
+/// before the row and the author were read.
+#[derive(Debug, Clone, Copy)]
+pub struct ViewTicket {
+    ticket: Ticket,
+    author_epoch: (usize, u64),
+}
+
 /// The generation of a key's slot, taken before reading the database.
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket {
@@ -335,6 +364,10 @@ pub struct ReadCache {
     liked: Table<String, Liked>,
     followees: Table<String, Followees>,
     author_posts: Table<String, AuthorPosts>,
+    views: Table<i64, PostView>,
+    /// Per author slot: bumped after an author's entry is dropped, so that the views written with
+    /// the old author JSON are ignored (an author's posts are not listed anywhere to drop them).
+    author_epochs: Box<[AtomicU64]>,
     limits: (usize, usize),
     counters: Counters,
     bus: Option<Bus>,
@@ -367,6 +400,8 @@ impl ReadCache {
             liked: Table::new(small, cfg.ttl),
             followees: Table::new(small, cfg.ttl),
             author_posts: Table::new(small, cfg.ttl),
+            views: Table::new(cfg.entries, cfg.ttl),
+            author_epochs: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             limits: (cfg.author_posts.max(1), cfg.followees.max(1)),
             counters: Counters::default(),
             bus,
@@ -521,12 +556,81 @@ impl ReadCache {
         p
     }
 
+    /// A post's rendered view, unless its author changed since it was rendered. Counted as a hit
+    /// when found; a missing view is not a miss (no database read: the post is rendered from its
+    /// parts, whose lookups count).
+    pub fn view(&self, id: i64) -> Option<Arc<PostView>> {
+        let view = self.views.get(&id).filter(|v| {
+            let (slot, epoch) = v.author_epoch;
+            self.author_epochs[slot].load(Ordering::Acquire) == epoch
+        })?;
+        self.count(Some(view))
+    }
+
+    /// Whether the cache holds exactly `row` (uncounted). A view rendered from a row read before
+    /// its ticket may be kept only if this holds after the ticket: the cached row is current, so
+    /// a view equal to the one it would give is current too.
+    pub fn holds_row(&self, row: &PostRow) -> bool {
+        self.rows.get(&row.id).is_some_and(|c| *c == *row)
+    }
+
+    /// Ticket for rendering the view of post `id` by `author`: take it before reading the row and
+    /// the author that the view is built from.
+    pub fn view_ticket(&self, id: i64, author: &str) -> ViewTicket {
+        let slot = self.authors.slot(author);
+        ViewTicket {
+            author_epoch: (slot, self.author_epochs[slot].load(Ordering::Acquire)),
+            ticket: self.views.ticket(&id),
+        }
+    }
+
+    /// The first half of a view ticket, for a post whose author is not known yet: take it before
+    /// reading the row, then complete it with [`ReadCache::view_ticket_with`].
+    pub fn views_slot_ticket(&self, id: i64) -> Ticket {
+        self.views.ticket(&id)
+    }
+
+    /// Completes a ticket of [`ReadCache::views_slot_ticket`] once the row names the author (and
+    /// before the author is read).
+    pub fn view_ticket_with(&self, ticket: Ticket, author: &str) -> ViewTicket {
+        let slot = self.authors.slot(author);
+        ViewTicket {
+            author_epoch: (slot, self.author_epochs[slot].load(Ordering::Acquire)),
+            ticket,
+        }
+    }
+
+    /// Stores a view rendered from parts read after `ticket` was taken (dropped if the post or
+    /// its author changed since).
+    pub fn fill_view(&self, id: i64, head: Box<str>, ticket: ViewTicket) -> Arc<PostView> {
+        let view = Arc::new(PostView {
+            head,
+            author_epoch: ticket.author_epoch,
+        });
+        let (slot, epoch) = ticket.author_epoch;
+        let stored = self.author_epochs[slot].load(Ordering::Acquire) == epoch
+            && self.views.fill(id, Arc::clone(&view), ticket.ticket);
+        self.filled(stored);
+        view
+    }
+
     /// Drops what `changes` name, here only.
     pub fn apply(&self, changes: &[Change]) {
         for c in changes {
             match c {
-                Change::Post(id) => self.rows.invalidate(id),
-                Change::User(u) => self.authors.invalidate(u.as_str()),
+                Change::Post(id) => {
+                    // The row first: a view rendered after the view's slot moved on must not
+                    // find the old row still cached.
+                    self.rows.invalidate(id);
+                    self.views.invalidate(id);
+                }
+                Change::User(u) => {
+                    // The author first, then the epoch: a view whose epoch was read before the
+                    // bump is ignored; one read after it finds the author's entry gone.
+                    self.authors.invalidate(u.as_str());
+                    self.author_epochs[self.authors.slot(u.as_str())]
+                        .fetch_add(1, Ordering::AcqRel);
+                }
                 Change::Likes(u) => self.liked.invalidate(u.as_str()),
                 Change::Follows(u) => self.followees.invalidate(u.as_str()),
                 Change::Posts(u) => self.author_posts.invalidate(u.as_str()),
@@ -545,6 +649,7 @@ impl ReadCache {
         self.liked.clear();
         self.followees.clear();
         self.author_posts.clear();
+        self.views.clear();
         self.counters.clears.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -697,6 +802,56 @@ mod tests {
         off.fill_row(row(1, 0), t);
         off.fill_images(1, &[]);
         assert!(off.row(1).is_none() && off.images(1).is_none());
+    }
+
+    fn head(text: &str) -> Box<str> {
+        text.into()
+    }
+
+    #[test]
+    fn a_view_is_dropped_with_its_post_and_ignored_once_its_author_changes() {
+        let c = ReadCache::new(&ReadCacheConfig::default(), None);
+        let t = c.view_ticket(7, "kim");
+        c.fill_view(7, head("v7"), t);
+        let t = c.view_ticket(8, "lee");
+        c.fill_view(8, head("v8"), t);
+        assert_eq!(c.view(7).map(|v| v.head.to_string()), Some("v7".into()));
+        // A like or a comment on post 7.
+        c.apply(&[Change::Post(7)]);
+        assert!(c.view(7).is_none());
+        assert!(c.view(8).is_some());
+        // Lee edits the profile: every view of Lee's posts is ignored from now on.
+        c.apply(&[Change::User("lee".into())]);
+        assert!(c.view(8).is_none());
+        // Rendered again afterwards, it is kept.
+        let t = c.view_ticket(8, "lee");
+        c.fill_view(8, head("v8 new"), t);
+        assert_eq!(c.view(8).map(|v| v.head.to_string()), Some("v8 new".into()));
+    }
+
+    #[test]
+    fn a_view_rendered_from_parts_older_than_a_change_is_not_kept() {
+        let c = ReadCache::new(&ReadCacheConfig::default(), None);
+        // The post changes while its view is being rendered.
+        let t = c.view_ticket(7, "kim");
+        c.apply(&[Change::Post(7)]);
+        let v = c.fill_view(7, head("old counts"), t);
+        assert_eq!(&*v.head, "old counts");
+        assert!(c.view(7).is_none());
+        // The author changes while it is being rendered.
+        let t = c.view_ticket(7, "kim");
+        c.apply(&[Change::User("kim".into())]);
+        c.fill_view(7, head("old name"), t);
+        assert!(c.view(7).is_none());
+        assert_eq!(c.stats().rejected_fills, 2);
+        // A clear in flight.
+        let t = c.view_ticket(7, "kim");
+        c.clear();
+        c.fill_view(7, head("before the clear"), t);
+        assert!(c.view(7).is_none());
+        // An unstored view is never found.
+        let _ = PostView::unstored(head("one response"));
+        assert!(c.view(7).is_none());
     }
 
     #[test]

@@ -147,6 +147,12 @@ pub struct Post {
 impl Post {
     /// Appends the post as a JSON object.
     pub fn write_json(&self, out: &mut String) {
+        self.write_head(out);
+        out.push_str(liked_tail(self.is_liked));
+    }
+
+    /// Appends the post's object up to and including `"isLiked":` (the part every viewer shares).
+    pub fn write_head(&self, out: &mut String) {
         use crate::json::push_i64;
         let r = &self.row;
         out.push_str("{\"postId\":");
@@ -162,8 +168,29 @@ impl Post {
         out.push_str(",\"imageTags\":");
         out.push_str(self.image_tags.get());
         out.push_str(",\"isLiked\":");
-        out.push_str(if self.is_liked { "true" } else { "false" });
-        out.push('}');
+    }
+}
+
+/// The end of a post object after its head.
+fn liked_tail(is_liked: bool) -> &'static str {
+    if is_liked { "true}" } else { "false}" }
+}
+
+/// A post as a response shows it: its view, rendered once for every viewer, and this viewer's
+/// `isLiked`.
+#[derive(Debug, Clone)]
+pub struct ShownPost {
+    /// The shared part.
+    pub view: std::sync::Arc<crate::cache::PostView>,
+    /// Whether the caller likes the post.
+    pub is_liked: bool,
+}
+
+impl ShownPost {
+    /// Appends the post as a JSON object (the same text as [`Post::write_json`]).
+    pub fn write_json(&self, out: &mut String) {
+        out.push_str(&self.view.head);
+        out.push_str(liked_tail(self.is_liked));
     }
 }
 

@@ -20,15 +20,14 @@ use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-use super::posts::{build_posts, query_i64};
+use super::posts::{PostRef, build_posts, query_i64};
 use super::with_ctx;
 use crate::app::Ctx;
 use crate::cache::{AuthorPosts, Followees};
 use crate::http::{ApiResult, authed, finish, get, sc_json};
 use crate::json::push_opt_i64;
-use crate::model::Post;
+use crate::model::ShownPost;
 use crate::store::StoreError;
-use crate::store::posts::PostRow;
 
 /// Posts per page.
 pub const FEED_PAGE: i64 = 30;
@@ -49,7 +48,11 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
 
 /// The feed response: `{"code":"SC","feed":[…],"pointer":null,"lastPostId":…,"lastFavoriteCount":…}`
 /// (`pointer` is the personalised page index, null in these tiers).
-fn feed_page(feed: &[Post], last_post_id: Option<i64>, last_favorite_count: Option<i64>) -> String {
+fn feed_page(
+    feed: &[ShownPost],
+    last_post_id: Option<i64>,
+    last_favorite_count: Option<i64>,
+) -> String {
     let mut out = String::with_capacity(64 + feed.len() * 640);
     out.push_str("{\"code\":\"SC\",\"feed\":[");
     for (i, post) in feed.iter().enumerate() {
@@ -89,39 +92,41 @@ async fn feed(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     // Validated (a malformed value is 400 BR) but unused until the personalised tier exists.
     let _pages = query_i64(&q, "pages")?;
     let cursor = Cursor::from_query(query_i64(&q, "postId")?, query_i64(&q, "favoriteCount")?);
-    let mut rows: Vec<Arc<PostRow>> = Vec::new();
+    let mut posts: Vec<PostRef> = Vec::new();
     let mut last_in_followed = false;
     let (fc, before) = match cursor {
         Cursor::Followed(before) => {
-            rows = match followed_from_cache(&ctx, &user, before, FEED_PAGE).await? {
-                Some(rows) => rows,
+            posts = match followed_from_cache(&ctx, &user, before, FEED_PAGE).await? {
+                Some(ids) => ids.into_iter().map(PostRef::Id).collect(),
                 None => ctx
                     .store
                     .feed_followed(&user, before, FEED_PAGE)
                     .await?
                     .into_iter()
-                    .map(Arc::new)
+                    .map(|r| PostRef::Row(Arc::new(r)))
                     .collect(),
             };
-            last_in_followed = !rows.is_empty();
+            last_in_followed = !posts.is_empty();
             (i64::MAX, i64::MAX)
         }
         Cursor::Popular(fc, before) => (fc, before),
     };
-    let room = FEED_PAGE - i64::try_from(rows.len()).unwrap_or(FEED_PAGE);
+    let room = FEED_PAGE - i64::try_from(posts.len()).unwrap_or(FEED_PAGE);
     if room > 0 {
         let popular = ctx.store.feed_popular(&user, fc, before, room).await?;
         if !popular.is_empty() {
             last_in_followed = false;
         }
-        rows.extend(popular.into_iter().map(Arc::new));
+        posts.extend(popular.into_iter().map(|r| PostRef::Row(Arc::new(r))));
     }
-    let (last_post_id, last_favorite_count) = match rows.last() {
+    let (last_post_id, last_favorite_count) = match posts.last() {
         None => (None, None),
-        Some(r) if last_in_followed => (Some(r.id), Some(FOLLOWED_TIER)),
-        Some(r) => (Some(r.id), Some(r.favorite_count)),
+        Some(p) if last_in_followed => (Some(p.id()), Some(FOLLOWED_TIER)),
+        Some(PostRef::Row(r)) => (Some(r.id), Some(r.favorite_count)),
+        // Popular posts are always rows (their counts are the cursor).
+        Some(PostRef::Id(id)) => (Some(*id), Some(FOLLOWED_TIER)),
     };
-    let feed = build_posts(&ctx, &user, rows).await?;
+    let feed = build_posts(&ctx, &user, posts).await?;
     Ok(sc_json(feed_page(&feed, last_post_id, last_favorite_count)))
 }
 
@@ -129,8 +134,8 @@ fn as_limit(n: usize) -> i64 {
     i64::try_from(n.saturating_add(1)).unwrap_or(i64::MAX)
 }
 
-/// The followed tier from the read cache: whom `viewer` follows and each one's newest post ids,
-/// merged newest first below `before`, then the rows. `None` when the cache cannot answer exactly
+/// The followed tier's post ids from the read cache: whom `viewer` follows and each one's newest
+/// post ids, merged newest first below `before`. `None` when the cache cannot answer exactly
 /// (more followees than it keeps, or the page reaches past an author's kept ids): the database
 /// query answers instead.
 async fn followed_from_cache(
@@ -138,7 +143,7 @@ async fn followed_from_cache(
     viewer: &str,
     before: i64,
     limit: i64,
-) -> Result<Option<Vec<Arc<PostRow>>>, StoreError> {
+) -> Result<Option<Vec<i64>>, StoreError> {
     let cache = &ctx.cache;
     if !cache.enabled() {
         return Ok(None);
@@ -176,10 +181,7 @@ async fn followed_from_cache(
         };
         lists.push(posts);
     }
-    let Some(ids) = merge_newest(&lists, before, limit) else {
-        return Ok(None);
-    };
-    Ok(Some(rows_of(ctx, &ids).await?))
+    Ok(merge_newest(&lists, before, limit))
 }
 
 /// The newest `limit` ids below `before` across the authors' lists (each newest first), or `None`
@@ -217,32 +219,6 @@ fn merge_newest(lists: &[Arc<AuthorPosts>], before: i64, limit: usize) -> Option
         }
     }
     Some(ids)
-}
-
-/// The rows of `ids` in that order, from the read cache or one statement for those it lacks.
-async fn rows_of(ctx: &Ctx, ids: &[i64]) -> Result<Vec<Arc<PostRow>>, StoreError> {
-    let cache = &ctx.cache;
-    let mut found: HashMap<i64, Arc<PostRow>> = HashMap::with_capacity(ids.len());
-    let mut missing = Vec::new();
-    for &id in ids {
-        match cache.row(id) {
-            Some(r) => {
-                found.insert(id, r);
-            }
-            None => missing.push((id, cache.row_ticket(id))),
-        }
-    }
-    if !missing.is_empty() {
-        let want: Vec<i64> = missing.iter().map(|(id, _)| *id).collect();
-        for row in ctx.store.posts_by_ids(&want).await? {
-            let Some(&(_, ticket)) = missing.iter().find(|(id, _)| *id == row.id) else {
-                continue;
-            };
-            let id = row.id;
-            found.insert(id, cache.fill_row(row, ticket));
-        }
-    }
-    Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
 }
 
 #[cfg(test)]

@@ -16,10 +16,10 @@ use warp::reply::Response;
 
 use super::with_ctx;
 use crate::app::Ctx;
-use crate::cache::{Change, Json, Liked, MAX_LIKED, Ticket, to_json};
+use crate::cache::{Change, Json, Liked, MAX_LIKED, PostView, Ticket, ViewTicket, to_json};
 use crate::http::{ApiError, ApiResult, authed, empty, finish, get, json_body, sc, sc_json};
 use crate::media::{MediaError, StoredImage};
-use crate::model::{Alarm, AlarmType, Comment, ImageTags, Post, PostTag, SimpleUser};
+use crate::model::{Alarm, AlarmType, Comment, ImageTags, Post, PostTag, ShownPost, SimpleUser};
 use crate::store::posts::{AttachmentRow, NewAttachment, NewPost, PostRow, UserTagRow};
 use crate::store::{Store, StoreError, alarms, comments, likes, posts};
 use crate::time::{now_micros, parse_client_time};
@@ -166,18 +166,161 @@ fn json_f64(v: Option<&Value>) -> Option<f64> {
 // ---------------------------------------------------------------------------------------------
 // Building posts (shared with the feed)
 
-/// Turns post rows into [`Post`]s in the same order. Images, authors and the viewer's likes come
-/// from the read cache ([`crate::cache`]); what it lacks is loaded in batches, at most four
-/// statements whatever the number of posts and none when everything is cached. A post whose author
-/// is gone is left out.
+/// A post to show: its id, or its row when the caller read it already.
+#[derive(Debug, Clone)]
+pub(crate) enum PostRef {
+    /// Only the id (the row is read if the post's view is not cached).
+    Id(i64),
+    /// The row, read by the caller.
+    Row(Arc<PostRow>),
+}
+
+impl PostRef {
+    pub(crate) fn id(&self) -> i64 {
+        match self {
+            PostRef::Id(id) => *id,
+            PostRef::Row(r) => r.id,
+        }
+    }
+}
+
+/// The posts of `posts` as `viewer` sees them, in order. Each post's shared part is its rendered
+/// view from the read cache ([`crate::cache::PostView`]); a post without one is assembled from its
+/// row, images and author, and its view stored for the next request. What the cache lacks is
+/// loaded in batches, at most five statements whatever the number of posts and none when
+/// everything is cached. A post that does not exist, or whose author is gone, is left out.
 pub(crate) async fn build_posts(
     ctx: &Ctx,
     viewer: &str,
-    rows: Vec<Arc<PostRow>>,
-) -> Result<Vec<Post>, StoreError> {
-    if rows.is_empty() {
+    posts: Vec<PostRef>,
+) -> Result<Vec<ShownPost>, StoreError> {
+    if posts.is_empty() {
         return Ok(Vec::new());
     }
+    let cache = &ctx.cache;
+    let ids: Vec<i64> = posts.iter().map(PostRef::id).collect();
+    let mut views: Vec<Option<Arc<PostView>>> = ids.iter().map(|id| cache.view(*id)).collect();
+    // The posts without a view are rendered from parts read after their view tickets were taken:
+    // a row given by the caller counts only if the cache holds the same row after its ticket; a
+    // row read here is read after the ticket's first half, and the author's epoch (the second
+    // half) is taken from it before the author is read.
+    let mut missing: Vec<(usize, ViewTicket, Arc<PostRow>, bool)> = Vec::new();
+    let mut unknown: Vec<(usize, Ticket)> = Vec::new();
+    for (i, p) in posts.iter().enumerate() {
+        if views[i].is_some() {
+            continue;
+        }
+        match p {
+            PostRef::Row(row) => {
+                let ticket = cache.view_ticket(row.id, &row.user_id);
+                // Read before the ticket: its view is kept only if the cache holds the same row.
+                let current = cache.holds_row(row);
+                missing.push((i, ticket, Arc::clone(row), current));
+            }
+            PostRef::Id(id) => unknown.push((i, cache.views_slot_ticket(*id))),
+        }
+    }
+    if !unknown.is_empty() {
+        let want: Vec<i64> = unknown.iter().map(|(i, _)| ids[*i]).collect();
+        let rows = rows_by_ids(ctx, &want).await?;
+        for (i, slot_ticket) in unknown {
+            let Some(row) = rows.iter().find(|r| r.id == ids[i]) else {
+                continue;
+            };
+            let ticket = cache.view_ticket_with(slot_ticket, &row.user_id);
+            missing.push((i, ticket, Arc::clone(row), true));
+        }
+    }
+    let cached_likes = cache.liked(viewer);
+    let likes_ticket = cache.liked_ticket(viewer);
+    let load_parts = async {
+        if missing.is_empty() {
+            return Ok::<_, StoreError>(Vec::new());
+        }
+        let missing_rows: Vec<Arc<PostRow>> =
+            missing.iter().map(|(_, _, r, _)| Arc::clone(r)).collect();
+        assemble_posts(ctx, missing_rows).await
+    };
+    let load_likes = async {
+        if let Some(l) = cached_likes {
+            return Ok(l);
+        }
+        let limit = i64::try_from(MAX_LIKED + 1).unwrap_or(i64::MAX);
+        let ids = ctx.store.liked_by(viewer, limit).await?;
+        let liked = if ids.len() > MAX_LIKED {
+            Liked::TooMany
+        } else {
+            Liked::Set(ids.into_iter().collect())
+        };
+        Ok(cache.fill_liked(viewer, liked, likes_ticket))
+    };
+    let (parts, likes) = tokio::try_join!(load_parts, load_likes)?;
+    for ((i, ticket, row, current), post) in missing.into_iter().zip(parts) {
+        let Some(post) = post else {
+            continue;
+        };
+        let mut head = String::with_capacity(512);
+        post.write_head(&mut head);
+        views[i] = Some(if current {
+            cache.fill_view(row.id, head.into_boxed_str(), ticket)
+        } else {
+            PostView::unstored(head.into_boxed_str())
+        });
+    }
+    let heavy_liker: HashSet<i64> = match &*likes {
+        Liked::Set(_) => HashSet::new(),
+        Liked::TooMany => ctx
+            .store
+            .liked_among(viewer, &ids)
+            .await?
+            .into_iter()
+            .collect(),
+    };
+    let is_liked = |id: i64| match &*likes {
+        Liked::Set(set) => set.contains(&id),
+        Liked::TooMany => heavy_liker.contains(&id),
+    };
+    Ok(ids
+        .iter()
+        .zip(views)
+        .filter_map(|(&id, view)| {
+            view.map(|view| ShownPost {
+                view,
+                is_liked: is_liked(id),
+            })
+        })
+        .collect())
+}
+
+/// The rows of `ids` that exist, from the read cache or one statement for those it lacks.
+pub(crate) async fn rows_by_ids(ctx: &Ctx, ids: &[i64]) -> Result<Vec<Arc<PostRow>>, StoreError> {
+    let cache = &ctx.cache;
+    let mut found: Vec<Arc<PostRow>> = Vec::with_capacity(ids.len());
+    let mut missing = Vec::new();
+    for &id in ids {
+        match cache.row(id) {
+            Some(r) => found.push(r),
+            None => missing.push((id, cache.row_ticket(id))),
+        }
+    }
+    if !missing.is_empty() {
+        let want: Vec<i64> = missing.iter().map(|(id, _)| *id).collect();
+        for row in ctx.store.posts_by_ids(&want).await? {
+            let Some(&(_, ticket)) = missing.iter().find(|(id, _)| *id == row.id) else {
+                continue;
+            };
+            found.push(cache.fill_row(row, ticket));
+        }
+    }
+    Ok(found)
+}
+
+/// The posts of `rows` from their cached or loaded images and authors, with `is_liked` unset;
+/// `None` for a post whose author is gone.
+async fn assemble_posts(
+    ctx: &Ctx,
+    rows: Vec<Arc<PostRow>>,
+) -> Result<Vec<Option<Post>>, StoreError> {
     let (cache, store) = (&ctx.cache, &ctx.store);
     let mut images: Vec<(i64, Arc<Json>)> = Vec::with_capacity(rows.len());
     let mut missing_images: Vec<i64> = Vec::new();
@@ -202,9 +345,6 @@ pub(crate) async fn build_posts(
             }
         }
     }
-    let cached_likes = cache.liked(viewer);
-    let likes_ticket = cache.liked_ticket(viewer);
-
     let load_images = async {
         if missing_images.is_empty() {
             return Ok::<_, StoreError>(HashMap::new());
@@ -221,21 +361,7 @@ pub(crate) async fn build_posts(
         let ids: Vec<String> = missing_authors.iter().map(|(a, _)| a.clone()).collect();
         store.post_authors(&ids).await
     };
-    let load_likes = async {
-        if let Some(l) = cached_likes {
-            return Ok(l);
-        }
-        let limit = i64::try_from(MAX_LIKED + 1).unwrap_or(i64::MAX);
-        let ids = store.liked_by(viewer, limit).await?;
-        let liked = if ids.len() > MAX_LIKED {
-            Liked::TooMany
-        } else {
-            Liked::Set(ids.into_iter().collect())
-        };
-        Ok(cache.fill_liked(viewer, liked, likes_ticket))
-    };
-    let (mut new_images, new_authors, likes) =
-        tokio::try_join!(load_images, load_authors, load_likes)?;
+    let (mut new_images, new_authors) = tokio::try_join!(load_images, load_authors)?;
     for id in missing_images {
         let i = new_images.remove(&id).unwrap_or_default();
         images.push((id, cache.fill_images(id, &i)));
@@ -251,35 +377,25 @@ pub(crate) async fn build_posts(
         };
         authors.push((u.id, json));
     }
-    let heavy_liker: HashSet<i64> = match &*likes {
-        Liked::Set(_) => HashSet::new(),
-        Liked::TooMany => {
-            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            store.liked_among(viewer, &ids).await?.into_iter().collect()
-        }
-    };
-    let is_liked = |id: i64| match &*likes {
-        Liked::Set(set) => set.contains(&id),
-        Liked::TooMany => heavy_liker.contains(&id),
-    };
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let Some((_, user)) = authors.iter().find(|(a, _)| *a == r.user_id) else {
-            tracing::warn!(post = r.id, author = %r.user_id, "post without an author left out");
-            continue;
-        };
-        let image_tags = images
-            .iter()
-            .find(|(id, _)| *id == r.id)
-            .map_or_else(|| Arc::new(to_json(&[(); 0])), |(_, i)| Arc::clone(i));
-        out.push(Post {
-            is_liked: is_liked(r.id),
-            user: Arc::clone(user),
-            image_tags,
-            row: r,
-        });
-    }
-    Ok(out)
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let Some((_, user)) = authors.iter().find(|(a, _)| *a == r.user_id) else {
+                tracing::warn!(post = r.id, author = %r.user_id, "post without an author left out");
+                return None;
+            };
+            let image_tags = images
+                .iter()
+                .find(|(id, _)| *id == r.id)
+                .map_or_else(|| Arc::new(to_json(&[(); 0])), |(_, i)| Arc::clone(i));
+            Some(Post {
+                is_liked: false,
+                user: Arc::clone(user),
+                image_tags,
+                row: r,
+            })
+        })
+        .collect())
 }
 
 /// Groups attachment and user-tag rows into each post's images, in upload order.
@@ -313,19 +429,6 @@ fn assemble_images(
             });
     }
     images_by_post
-}
-
-/// The post `id` (`None`: no such post), from the read cache when it has it.
-pub(crate) async fn post_row(ctx: &Ctx, id: i64) -> Result<Option<Arc<PostRow>>, StoreError> {
-    if let Some(row) = ctx.cache.row(id) {
-        return Ok(Some(row));
-    }
-    let ticket = ctx.cache.row_ticket(id);
-    Ok(ctx
-        .store
-        .post_by_id(id)
-        .await?
-        .map(|row| ctx.cache.fill_row(row, ticket)))
 }
 
 /// One user as a [`SimpleUser`] (`None`: no such account).
@@ -657,10 +760,7 @@ async fn list(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
 
 async fn details(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     let id = required_i64(&q, "postId")?;
-    let Some(row) = post_row(&ctx, id).await? else {
-        return Err(ApiError::bad_request());
-    };
-    let posts = build_posts(&ctx, &user, vec![row]).await?;
+    let posts = build_posts(&ctx, &user, vec![PostRef::Id(id)]).await?;
     let post = posts.first().ok_or_else(ApiError::bad_request)?;
     let mut out = String::with_capacity(1024);
     out.push_str("{\"code\":\"SC\",\"post\":");
