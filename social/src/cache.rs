@@ -130,7 +130,7 @@ impl Change {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Liked {
     /// Every post the viewer likes.
-    Set(HashSet<i64>),
+    Set(HashSet<i64, foldhash::fast::RandomState>),
     /// More than [`MAX_LIKED`]: read per request instead.
     TooMany,
 }
