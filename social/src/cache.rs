@@ -577,11 +577,7 @@ impl ReadCache {
     /// Ticket for rendering the view of post `id` by `author`: take it before reading the row and
     /// the author that the view is built from.
     pub fn view_ticket(&self, id: i64, author: &str) -> ViewTicket {
-        let slot = self.authors.slot(author);
-        ViewTicket {
-            author_epoch: (slot, self.author_epochs[slot].load(Ordering::Acquire)),
-            ticket: self.views.ticket(&id),
-        }
+        self.view_ticket_with(self.views_slot_ticket(id), author)
     }
 
     /// The first half of a view ticket, for a post whose author is not known yet: take it before
