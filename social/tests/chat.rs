@@ -1903,6 +1903,21 @@ async fn in_order<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
     out.into_iter().map(Option::unwrap).collect()
 }
 
+/// alice01's sends of `texts` to `room`, queued in order at once; their answers in order.
+async fn alice_sends<T: AsRef<str>>(
+    writer: &social::chat::writer::SendWriter,
+    room: i64,
+    texts: &[T],
+) -> Vec<Result<i64, social::chat::ChatError>> {
+    in_order(
+        texts
+            .iter()
+            .map(|t| writer.send("alice01", room, t.as_ref()))
+            .collect(),
+    )
+    .await
+}
+
 async fn batched_sends_keep_order_and_refuse_one_by_one(db: Db) {
     use std::sync::atomic::Ordering;
     let app = start(db).await;
@@ -2069,13 +2084,7 @@ async fn batched_texts_are_stored_byte_for_byte(db: Db) {
         "\r\n\ttabs".into(),
         long,
     ];
-    let answers = in_order(
-        texts
-            .iter()
-            .map(|t| writer.send("alice01", room, t))
-            .collect(),
-    )
-    .await;
+    let answers = alice_sends(&writer, room, &texts).await;
     let ids: Vec<i64> = answers.into_iter().map(Result::unwrap).collect();
     let stored: Vec<(i64, String)> = sqlx::query_as(
         "SELECT id, message FROM chatroom_message WHERE chatroom_id = ? AND type = 'TEXT' \
@@ -2176,13 +2185,7 @@ async fn a_failed_batch_is_rolled_back_and_retried_one_by_one(db: Db) {
 
     let writer = social::chat::writer::SendWriter::start(&app.ctx, 1).unwrap();
     let texts = ["first", "boom", "last"];
-    let answers = in_order(
-        texts
-            .iter()
-            .map(|t| writer.send("alice01", room, t))
-            .collect(),
-    )
-    .await;
+    let answers = alice_sends(&writer, room, &texts).await;
     assert!(answers[0].is_ok() && answers[2].is_ok(), "{answers:?}");
     assert!(answers[1].is_err(), "{answers:?}");
     assert_eq!(writer.stats().fallbacks.load(Ordering::Relaxed), 1);
