@@ -87,6 +87,9 @@ pub(crate) struct SocialArgs {
     /// Lifetime of a read cache entry, seconds (bounds staleness when an invalidation is lost). [default: 600]
     #[arg(long, env = "INSTAR_READ_CACHE_TTL_SECS")]
     pub read_cache_ttl_secs: Option<u64>,
+    /// Rendered feed pages kept by the read cache (about 13 KB each); 0 keeps none. [default: 2048]
+    #[arg(long, env = "INSTAR_FEED_PAGE_CACHE")]
+    pub feed_page_cache: Option<usize>,
 }
 
 /// The `[social]` table of the TOML file (same names, without the `--`, with `_`).
@@ -117,6 +120,7 @@ pub(crate) struct SocialFile {
     chat_writers: Option<usize>,
     read_cache_entries: Option<usize>,
     read_cache_ttl_secs: Option<u64>,
+    feed_page_cache: Option<usize>,
 }
 
 macro_rules! pick {
@@ -211,6 +215,8 @@ impl SocialArgs {
                 ttl: pick!(a, f, read_cache_ttl_secs).map_or(social::cache::DEFAULT_TTL, |s| {
                     std::time::Duration::from_secs(s.max(1))
                 }),
+                feed_pages: pick!(a, f, feed_page_cache)
+                    .unwrap_or(social::cache::DEFAULT_FEED_PAGES),
                 ..social::cache::ReadCacheConfig::default()
             },
         })

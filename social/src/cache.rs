@@ -53,6 +53,11 @@ pub const DEFAULT_AUTHOR_POSTS: usize = 1_000;
 pub const DEFAULT_FOLLOWEES: usize = 2_000;
 /// Generation slots per table (a power of two).
 const SLOTS: usize = 1024;
+/// Change epochs (a power of two): a change bumps the epoch of its slot after dropping its
+/// entries, and whatever was rendered from a slot's older epoch is ignored.
+const EPOCH_SLOTS: usize = 16_384;
+/// Default of [`ReadCacheConfig::feed_pages`].
+pub const DEFAULT_FEED_PAGES: usize = 2_048;
 
 /// Read cache settings.
 #[derive(Debug, Clone)]
@@ -65,6 +70,8 @@ pub struct ReadCacheConfig {
     pub author_posts: usize,
     /// Most followed users kept per viewer (beyond, the followed tier is read from the database).
     pub followees: usize,
+    /// Rendered feed pages kept (about 13 KB each for 30 posts); 0 keeps none.
+    pub feed_pages: usize,
 }
 
 impl Default for ReadCacheConfig {
@@ -74,6 +81,7 @@ impl Default for ReadCacheConfig {
             ttl: DEFAULT_TTL,
             author_posts: DEFAULT_AUTHOR_POSTS,
             followees: DEFAULT_FOLLOWEES,
+            feed_pages: DEFAULT_FEED_PAGES,
         }
     }
 }
@@ -126,6 +134,169 @@ impl Change {
     }
 }
 
+impl Change {
+    /// What this change makes stale.
+    pub fn dep(&self) -> Dep<'_> {
+        match self {
+            Change::Post(id) => Dep::Post(*id),
+            Change::User(u) => Dep::User(u),
+            Change::Likes(u) => Dep::Likes(u),
+            Change::Follows(u) => Dep::Follows(u),
+            Change::Posts(u) => Dep::Posts(u),
+        }
+    }
+}
+
+/// Something a rendered response was built from: the key of a [`Change`], borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dep<'a> {
+    /// A post's row.
+    Post(i64),
+    /// A user's display fields.
+    User(&'a str),
+    /// The posts a user likes.
+    Likes(&'a str),
+    /// The users a user follows.
+    Follows(&'a str),
+    /// The posts a user wrote.
+    Posts(&'a str),
+}
+
+impl Hash for Dep<'_> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        match self {
+            Dep::Post(id) => {
+                h.write_u8(0);
+                h.write_i64(*id);
+            }
+            Dep::User(u) => {
+                h.write_u8(1);
+                u.hash(h);
+            }
+            Dep::Likes(u) => {
+                h.write_u8(2);
+                u.hash(h);
+            }
+            Dep::Follows(u) => {
+                h.write_u8(3);
+                u.hash(h);
+            }
+            Dep::Posts(u) => {
+                h.write_u8(4);
+                u.hash(h);
+            }
+        }
+    }
+}
+
+/// The epochs of the things a response was rendered from, each read *before* the thing itself
+/// was read from the cache. The response is current while every epoch is. A response with a
+/// part that did not come from the cache is not kept ([`Watch::give_up`]).
+#[derive(Debug)]
+pub struct Watch {
+    seen: Vec<(u32, u64)>,
+    complete: bool,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Self {
+            seen: Vec::with_capacity(96),
+            complete: true,
+        }
+    }
+}
+
+impl Watch {
+    /// A part came from elsewhere than the cache: the response is not to be kept.
+    pub fn give_up(&mut self) {
+        self.complete = false;
+        self.seen.clear();
+    }
+
+    /// Whether every part came from the cache.
+    pub fn complete(&self) -> bool {
+        self.complete
+    }
+}
+
+/// Per-slot change epochs.
+struct Epochs {
+    slots: Box<[AtomicU64]>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Epochs {
+    fn new() -> Self {
+        Self {
+            slots: (0..EPOCH_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    fn slot(&self, dep: Dep<'_>) -> u32 {
+        // Truncation is fine: only the low bits pick the slot.
+        #[allow(clippy::cast_possible_truncation)]
+        let h = self.hasher.hash_one(dep) as u32;
+        // EPOCH_SLOTS fits in u32.
+        #[allow(clippy::cast_possible_truncation)]
+        let mask = (EPOCH_SLOTS - 1) as u32;
+        h & mask
+    }
+
+    fn get(&self, slot: u32) -> u64 {
+        self.slots[slot as usize].load(Ordering::Acquire)
+    }
+
+    fn read(&self, dep: Dep<'_>) -> (u32, u64) {
+        let slot = self.slot(dep);
+        (slot, self.get(slot))
+    }
+
+    fn bump(&self, dep: Dep<'_>) {
+        self.slots[self.slot(dep) as usize].fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn current(&self, seen: &[(u32, u64)]) -> bool {
+        seen.iter().all(|&(slot, epoch)| self.get(slot) == epoch)
+    }
+}
+
+/// A viewer's feed page kept whole: the response body and the epochs it was rendered at.
+struct FeedPage {
+    body: bytes::Bytes,
+    seen: Box<[(u32, u64)]>,
+}
+
+/// Key of a kept feed page: the viewer and the page's cursor (followed tier, below this id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PageKey {
+    viewer: String,
+    before: i64,
+}
+
+impl Hash for PageKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        PageKeyRef(&self.viewer, self.before).hash(h);
+    }
+}
+
+/// A [`PageKey`] looked up without allocating.
+struct PageKeyRef<'a>(&'a str, i64);
+
+impl Hash for PageKeyRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
+        h.write_i64(self.1);
+    }
+}
+
+impl Equivalent<PageKey> for PageKeyRef<'_> {
+    fn equivalent(&self, key: &PageKey) -> bool {
+        self.1 == key.before && self.0 == key.viewer
+    }
+}
+
 /// A viewer's likes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Liked {
@@ -173,7 +344,7 @@ pub struct PostView {
     /// `{"postId":…,"user":{…},…,"imageTags":[…],"isLiked":`
     pub head: Box<str>,
     /// The author's epoch slot and its value when the author's JSON was read.
-    author_epoch: (usize, u64),
+    author_epoch: (u32, u64),
 }
 
 impl PostView {
@@ -191,7 +362,7 @@ impl PostView {
 #[derive(Debug, Clone, Copy)]
 pub struct ViewTicket {
     ticket: Ticket,
-    author_epoch: (usize, u64),
+    author_epoch: (u32, u64),
 }
 
 /// The generation of a key's slot, taken before reading the database.
@@ -365,9 +536,11 @@ pub struct ReadCache {
     followees: Table<String, Followees>,
     author_posts: Table<String, AuthorPosts>,
     views: Table<i64, PostView>,
-    /// Per author slot: bumped after an author's entry is dropped, so that the views written with
-    /// the old author JSON are ignored (an author's posts are not listed anywhere to drop them).
-    author_epochs: Box<[AtomicU64]>,
+    feed_pages: Table<PageKey, FeedPage>,
+    /// Bumped after a change's entries are dropped, so that what was rendered from them is
+    /// ignored: the views written with an author's old JSON (an author's posts are not listed
+    /// anywhere to drop them), and the feed pages.
+    epochs: Epochs,
     limits: (usize, usize),
     counters: Counters,
     bus: Option<Bus>,
@@ -401,7 +574,8 @@ impl ReadCache {
             followees: Table::new(small, cfg.ttl),
             author_posts: Table::new(small, cfg.ttl),
             views: Table::new(cfg.entries, cfg.ttl),
-            author_epochs: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            feed_pages: Table::new(if cfg.entries == 0 { 0 } else { cfg.feed_pages }, cfg.ttl),
+            epochs: Epochs::new(),
             limits: (cfg.author_posts.max(1), cfg.followees.max(1)),
             counters: Counters::default(),
             bus,
@@ -562,7 +736,7 @@ impl ReadCache {
     pub fn view(&self, id: i64) -> Option<Arc<PostView>> {
         let view = self.views.get(&id).filter(|v| {
             let (slot, epoch) = v.author_epoch;
-            self.author_epochs[slot].load(Ordering::Acquire) == epoch
+            self.epochs.get(slot) == epoch
         })?;
         self.count(Some(view))
     }
@@ -589,9 +763,8 @@ impl ReadCache {
     /// Completes a ticket of [`ReadCache::views_slot_ticket`] once the row names the author (and
     /// before the author is read).
     pub fn view_ticket_with(&self, ticket: Ticket, author: &str) -> ViewTicket {
-        let slot = self.authors.slot(author);
         ViewTicket {
-            author_epoch: (slot, self.author_epochs[slot].load(Ordering::Acquire)),
+            author_epoch: self.epochs.read(Dep::User(author)),
             ticket,
         }
     }
@@ -604,10 +777,72 @@ impl ReadCache {
             author_epoch: ticket.author_epoch,
         });
         let (slot, epoch) = ticket.author_epoch;
-        let stored = self.author_epochs[slot].load(Ordering::Acquire) == epoch
-            && self.views.fill(id, Arc::clone(&view), ticket.ticket);
+        let stored =
+            self.epochs.get(slot) == epoch && self.views.fill(id, Arc::clone(&view), ticket.ticket);
         self.filled(stored);
         view
+    }
+
+    /// Notes the epoch of `dep` in `watch`: call it before reading `dep` from the cache.
+    pub fn watch(&self, watch: &mut Watch, dep: Dep<'_>) {
+        if watch.complete {
+            watch.seen.push(self.epochs.read(dep));
+        }
+    }
+
+    /// Notes the author epoch a view was rendered at (current when [`ReadCache::view`] gave it).
+    pub fn watch_view(&self, watch: &mut Watch, view: &PostView) {
+        if watch.complete {
+            watch.seen.push(view.author_epoch);
+        }
+    }
+
+    /// Whether rendered feed pages are kept.
+    pub fn keeps_feed_pages(&self) -> bool {
+        self.feed_pages.enabled
+    }
+
+    /// `viewer`'s kept feed page below `before`, unless something it was rendered from changed.
+    /// Counted as a hit when found; a missing page is not a miss (it is rendered from parts whose
+    /// lookups count).
+    pub fn feed_page(&self, viewer: &str, before: i64) -> Option<bytes::Bytes> {
+        let page = self.feed_pages.get(&PageKeyRef(viewer, before))?;
+        if !self.epochs.current(&page.seen) {
+            return None;
+        }
+        self.count(Some(page.body.clone()))
+    }
+
+    /// Ticket for filling `viewer`'s feed page below `before`: take it before the first
+    /// [`ReadCache::watch`].
+    pub fn feed_page_ticket(&self, viewer: &str, before: i64) -> Ticket {
+        self.feed_pages.ticket(&PageKeyRef(viewer, before))
+    }
+
+    /// Keeps a feed page rendered from parts read from the cache after `watch` noted their epochs
+    /// (dropped if any of them changed since, or the cache was cleared after `ticket`).
+    pub fn fill_feed_page(
+        &self,
+        viewer: &str,
+        before: i64,
+        body: bytes::Bytes,
+        watch: Watch,
+        ticket: Ticket,
+    ) {
+        let stored = watch.complete
+            && self.epochs.current(&watch.seen)
+            && self.feed_pages.fill(
+                PageKey {
+                    viewer: viewer.to_owned(),
+                    before,
+                },
+                Arc::new(FeedPage {
+                    body,
+                    seen: watch.seen.into_boxed_slice(),
+                }),
+                ticket,
+            );
+        self.filled(stored);
     }
 
     /// Drops what `changes` name, here only.
@@ -620,17 +855,14 @@ impl ReadCache {
                     self.rows.invalidate(id);
                     self.views.invalidate(id);
                 }
-                Change::User(u) => {
-                    // The author first, then the epoch: a view whose epoch was read before the
-                    // bump is ignored; one read after it finds the author's entry gone.
-                    self.authors.invalidate(u.as_str());
-                    self.author_epochs[self.authors.slot(u.as_str())]
-                        .fetch_add(1, Ordering::AcqRel);
-                }
+                Change::User(u) => self.authors.invalidate(u.as_str()),
                 Change::Likes(u) => self.liked.invalidate(u.as_str()),
                 Change::Follows(u) => self.followees.invalidate(u.as_str()),
                 Change::Posts(u) => self.author_posts.invalidate(u.as_str()),
             }
+            // The entries first, then the epoch: what noted the epoch before the bump is
+            // ignored from now on; what notes it after finds the entries gone.
+            self.epochs.bump(c.dep());
         }
         self.counters
             .invalidations
@@ -646,6 +878,7 @@ impl ReadCache {
         self.followees.clear();
         self.author_posts.clear();
         self.views.clear();
+        self.feed_pages.clear();
         self.counters.clears.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -848,6 +1081,120 @@ mod tests {
         // An unstored view is never found.
         let _ = PostView::unstored(head("one response"));
         assert!(c.view(7).is_none());
+    }
+
+    /// Renders a page of posts 7 and 8 by kim, for viewer v, the way the feed does.
+    fn render(c: &ReadCache) -> (Watch, Ticket) {
+        let ticket = c.feed_page_ticket("v", i64::MAX);
+        let mut w = Watch::default();
+        c.watch(&mut w, Dep::Follows("v"));
+        c.watch(&mut w, Dep::Posts("kim"));
+        c.watch(&mut w, Dep::Likes("v"));
+        for id in [7, 8] {
+            c.watch(&mut w, Dep::Post(id));
+            let view = c.view(id).expect("view cached");
+            c.watch_view(&mut w, &view);
+        }
+        (w, ticket)
+    }
+
+    fn page(c: &ReadCache, body: &'static str) {
+        let (w, t) = render(c);
+        c.fill_feed_page(
+            "v",
+            i64::MAX,
+            bytes::Bytes::from_static(body.as_bytes()),
+            w,
+            t,
+        );
+    }
+
+    /// Changes to other things than the page's, in epoch slots none of its parts share (the
+    /// slots are hashed with a random seed, so a fixed choice could share one by chance).
+    fn unrelated(c: &ReadCache) -> Vec<Change> {
+        let used: HashSet<u32> = [
+            Dep::Follows("v"),
+            Dep::Posts("kim"),
+            Dep::Likes("v"),
+            Dep::Post(7),
+            Dep::Post(8),
+            Dep::User("kim"),
+        ]
+        .into_iter()
+        .map(|d| c.epochs.slot(d))
+        .collect();
+        let post = (100..)
+            .find(|&id| !used.contains(&c.epochs.slot(Dep::Post(id))))
+            .unwrap_or(100);
+        let viewer = (0..)
+            .map(|n| format!("w{n}"))
+            .find(|w| !used.contains(&c.epochs.slot(Dep::Likes(w))))
+            .unwrap_or_default();
+        vec![Change::Likes(viewer), Change::Post(post)]
+    }
+
+    #[test]
+    fn a_feed_page_is_served_until_anything_it_was_rendered_from_changes() {
+        let c = ReadCache::new(&ReadCacheConfig::default(), None);
+        let views = |c: &ReadCache| {
+            for id in [7, 8] {
+                let t = c.view_ticket(id, "kim");
+                c.fill_view(id, head("v"), t);
+            }
+        };
+        views(&c);
+        let changes = [
+            Change::Post(8),
+            Change::User("kim".into()),
+            Change::Likes("v".into()),
+            Change::Follows("v".into()),
+            Change::Posts("kim".into()),
+        ];
+        for change in &changes {
+            page(&c, "page");
+            assert_eq!(c.feed_page("v", i64::MAX).as_deref(), Some(&b"page"[..]));
+            // Other viewers, other cursors, other people's changes: not this page.
+            assert!(c.feed_page("w", i64::MAX).is_none());
+            assert!(c.feed_page("v", 8).is_none());
+            c.apply(&unrelated(&c));
+            assert!(c.feed_page("v", i64::MAX).is_some(), "{change:?}");
+            c.apply(std::slice::from_ref(change));
+            assert!(c.feed_page("v", i64::MAX).is_none(), "{change:?}");
+            views(&c);
+        }
+
+        // A change while the page is rendered: not kept.
+        for change in &changes {
+            let (w, t) = render(&c);
+            c.apply(std::slice::from_ref(change));
+            c.fill_feed_page("v", i64::MAX, bytes::Bytes::from_static(b"old"), w, t);
+            assert!(c.feed_page("v", i64::MAX).is_none(), "{change:?}");
+            views(&c);
+        }
+        // A clear while it is rendered, or a part that did not come from the cache: not kept.
+        let (w, t) = render(&c);
+        c.clear();
+        c.fill_feed_page("v", i64::MAX, bytes::Bytes::from_static(b"old"), w, t);
+        assert!(c.feed_page("v", i64::MAX).is_none());
+        views(&c);
+        let (mut w, t) = render(&c);
+        w.give_up();
+        c.watch(&mut w, Dep::Post(1));
+        assert!(!w.complete());
+        c.fill_feed_page("v", i64::MAX, bytes::Bytes::from_static(b"part"), w, t);
+        assert!(c.feed_page("v", i64::MAX).is_none());
+        // No pages kept when asked for none.
+        let none = ReadCache::new(
+            &ReadCacheConfig {
+                feed_pages: 0,
+                ..ReadCacheConfig::default()
+            },
+            None,
+        );
+        assert!(!none.keeps_feed_pages());
+        views(&none);
+        page(&none, "page");
+        assert!(none.feed_page("v", i64::MAX).is_none());
     }
 
     #[test]

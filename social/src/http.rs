@@ -131,6 +131,11 @@ pub fn sc_json(body: String) -> Response {
     json_bytes(StatusCode::OK, body.into_bytes())
 }
 
+/// 200 with a JSON body already rendered and shared (sent without a copy).
+pub fn sc_shared(body: bytes::Bytes) -> Response {
+    json_bytes(StatusCode::OK, body)
+}
+
 /// 200 `{"code":"SC"}`.
 pub fn sc_only() -> ApiResult {
     sc(&())
@@ -148,7 +153,8 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response {
 }
 
 /// A response with an already serialised JSON body.
-fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response {
+fn json_bytes(status: StatusCode, bytes: impl Into<bytes::Bytes>) -> Response {
+    let bytes: bytes::Bytes = bytes.into();
     let mut res = Response::new(bytes.into());
     *res.status_mut() = status;
     res.headers_mut().insert(

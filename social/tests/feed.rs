@@ -514,3 +514,131 @@ async fn followed_tier_from_memory_follows_every_write(db: Db) {
     same("after an unfollow").await;
 }
 on_both!(followed_tier_from_memory_follows_every_write);
+
+async fn feed_of(app: &TestApp, viewer: &str) -> Value {
+    let (status, body) = app.get("/api/feed", Some(viewer)).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The first feed page of `viewer` from `app`, checked equal to what `plain` (no cache) answers.
+async fn same_page(app: &TestApp, plain: &TestApp, viewer: &str, what: &str) -> Value {
+    let ours = feed_of(app, viewer).await;
+    assert_eq!(ours, feed_of(plain, viewer).await, "{what}");
+    ours
+}
+
+/// Reads the first page until it is kept; the third read is one cache lookup.
+async fn kept_page(app: &TestApp, viewer: &str, what: &str) -> Value {
+    feed_of(app, viewer).await;
+    feed_of(app, viewer).await;
+    let before = app.ctx.cache.stats();
+    let body = feed_of(app, viewer).await;
+    let after = app.ctx.cache.stats();
+    assert_eq!(after.hits - before.hits, 1, "{what}: served whole");
+    assert_eq!(after.misses, before.misses, "{what}");
+    body
+}
+
+/// A page of the followed tier read wholly from memory is kept rendered, served whole to the
+/// viewer's next request (one cache lookup), and never once something it shows has changed: a
+/// like by anyone (counts), the viewer's own like (`isLiked`), a comment, the author's new name,
+/// a new post, an unfollow. After each, the page equals what a process without the cache
+/// answers; another process catches up through the bus.
+async fn a_kept_feed_page_is_served_until_what_it_shows_changes(db: Db) {
+    let app = TestApp::start(db).await;
+    let plain = app.second_with(|cfg| cfg.cache.entries = 0).await;
+    let other = app.second().await;
+    let viewer = app.user("viewer1").await;
+    let author = app.user_named("author1", "First Name").await;
+    let liker = app.user("liker01").await;
+    for i in 0..33 {
+        seed_post(&app, "author1", i % 5).await;
+    }
+    api_follow(&app, &viewer, "author1", true).await;
+    let first = same_page(&app, &plain, &viewer, "first read").await;
+    assert_eq!(first["feed"].as_array().unwrap().len(), 30);
+    assert_eq!(first["lastFavoriteCount"], -1);
+    assert_eq!(kept_page(&app, &viewer, "first page").await, first);
+    let on_page = first["feed"][3]["postId"].as_i64().unwrap();
+    let likes_before = first["feed"][3]["favoriteCount"].as_i64().unwrap();
+
+    // Someone else likes a post on the page: its count moves, here and on the other process.
+    assert_eq!(feed_of(&other, &viewer).await, first);
+    let like = format!("/api/post/like?postId={on_page}");
+    let (status, _) = app
+        .post_raw(&like, Some(&liker), "text/plain", Vec::new())
+        .await;
+    assert_eq!(status, 200);
+    let now = same_page(&app, &plain, &viewer, "after another user's like").await;
+    assert_eq!(now["feed"][3]["favoriteCount"], likes_before + 1);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while feed_of(&other, &viewer).await != now {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "other process stale"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    kept_page(&app, &viewer, "after another user's like").await;
+
+    // The viewer's own like.
+    let (status, _) = app
+        .post_raw(&like, Some(&viewer), "text/plain", Vec::new())
+        .await;
+    assert_eq!(status, 200);
+    let now = same_page(&app, &plain, &viewer, "after the viewer's like").await;
+    assert_eq!(now["feed"][3]["isLiked"], true);
+    kept_page(&app, &viewer, "after the viewer's like").await;
+
+    // A comment.
+    let (status, _) = app
+        .post(
+            "/api/post/comment",
+            Some(&liker),
+            json!({"postId": on_page, "comment": "nice"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let now = same_page(&app, &plain, &viewer, "after a comment").await;
+    assert_eq!(now["feed"][3]["commentCount"], 1);
+    kept_page(&app, &viewer, "after a comment").await;
+
+    // The author's new name, on every post of the page.
+    let (status, _) = app
+        .post(
+            "/api/user/edit/info",
+            Some(&author),
+            json!({"name": "Second Name"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let now = same_page(&app, &plain, &viewer, "after a profile edit").await;
+    assert!(
+        now["feed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["user"]["name"] == "Second Name"),
+        "{now}"
+    );
+    kept_page(&app, &viewer, "after a profile edit").await;
+
+    // A new post comes first.
+    let fresh = create_post(&app, &author, json!({"comment": "new"})).await;
+    let now = same_page(&app, &plain, &viewer, "after a new post").await;
+    assert_eq!(now["feed"][0]["postId"], fresh);
+    kept_page(&app, &viewer, "after a new post").await;
+    let walked = walk_feed(&app, &viewer).await;
+    assert_eq!(walked, walk_feed(&plain, &viewer).await, "later pages");
+    assert_eq!(walked.concat().len(), 34);
+
+    // Unfollowing leaves only the popular tier, which is not kept.
+    api_follow(&app, &viewer, "author1", false).await;
+    let now = same_page(&app, &plain, &viewer, "after an unfollow").await;
+    assert_ne!(now["lastFavoriteCount"], -1);
+    let hits = app.ctx.cache.stats().hits;
+    same_page(&app, &plain, &viewer, "popular tier").await;
+    assert!(app.ctx.cache.stats().hits - hits > 1, "not served whole");
+}
+on_both!(a_kept_feed_page_is_served_until_what_it_shows_changes);

@@ -12,6 +12,10 @@
 //! no post is repeated or skipped at the boundary (the tiers are disjoint: the popular tier leaves
 //! out followed users' posts). `pages` (the personalised cache's page index) is accepted and
 //! ignored: no personalised cache exists yet, so `pointer` is always null.
+//!
+//! A page wholly of the followed tier whose parts all came from the read cache is kept rendered
+//! for the viewer's next request, and served while none of the change epochs noted as it was
+//! rendered has moved (`crate::cache::Watch`).
 
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -23,8 +27,10 @@ use warp::reply::Response;
 use super::posts::{PostRef, build_posts, query_i64};
 use super::with_ctx;
 use crate::app::Ctx;
-use crate::cache::{AuthorPosts, Followees};
-use crate::http::{ApiResult, authed, finish, get, sc_json};
+use bytes::Bytes;
+
+use crate::cache::{AuthorPosts, Dep, Followees, Watch};
+use crate::http::{ApiResult, authed, finish, get, sc_json, sc_shared};
 use crate::json::push_opt_i64;
 use crate::model::ShownPost;
 use crate::store::StoreError;
@@ -92,20 +98,38 @@ async fn feed(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     // Validated (a malformed value is 400 BR) but unused until the personalised tier exists.
     let _pages = query_i64(&q, "pages")?;
     let cursor = Cursor::from_query(query_i64(&q, "postId")?, query_i64(&q, "favoriteCount")?);
+    let cache = &ctx.cache;
+    // A page wholly of the followed tier and wholly from the read cache is kept, rendered, for
+    // the viewer's next request, and served while nothing it was rendered from has changed.
+    let mut keep = None;
+    if let Cursor::Followed(before) = cursor {
+        if let Some(body) = cache.feed_page(&user, before) {
+            return Ok(sc_shared(body));
+        }
+        if cache.keeps_feed_pages() {
+            keep = Some((before, cache.feed_page_ticket(&user, before)));
+        }
+    }
+    let mut watch = keep.map(|_| Watch::default());
     let mut posts: Vec<PostRef> = Vec::new();
     let mut last_in_followed = false;
     let (fc, before) = match cursor {
         Cursor::Followed(before) => {
-            posts = match followed_from_cache(&ctx, &user, before, FEED_PAGE).await? {
-                Some(ids) => ids.into_iter().map(PostRef::Id).collect(),
-                None => ctx
-                    .store
-                    .feed_followed(&user, before, FEED_PAGE)
-                    .await?
-                    .into_iter()
-                    .map(|r| PostRef::Row(Arc::new(r)))
-                    .collect(),
-            };
+            posts =
+                match followed_from_cache(&ctx, &user, before, FEED_PAGE, watch.as_mut()).await? {
+                    Some(ids) => ids.into_iter().map(PostRef::Id).collect(),
+                    None => {
+                        if let Some(w) = watch.as_mut() {
+                            w.give_up();
+                        }
+                        ctx.store
+                            .feed_followed(&user, before, FEED_PAGE)
+                            .await?
+                            .into_iter()
+                            .map(|r| PostRef::Row(Arc::new(r)))
+                            .collect()
+                    }
+                };
             last_in_followed = !posts.is_empty();
             (i64::MAX, i64::MAX)
         }
@@ -113,6 +137,10 @@ async fn feed(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     };
     let room = FEED_PAGE - i64::try_from(posts.len()).unwrap_or(FEED_PAGE);
     if room > 0 {
+        // The popular tier depends on everyone's counts: a page that reaches it is not kept.
+        if let Some(w) = watch.as_mut() {
+            w.give_up();
+        }
         let popular = ctx.store.feed_popular(&user, fc, before, room).await?;
         if !popular.is_empty() {
             last_in_followed = false;
@@ -126,8 +154,16 @@ async fn feed(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
         // Popular posts are always rows (their counts are the cursor).
         Some(PostRef::Id(id)) => (Some(*id), Some(FOLLOWED_TIER)),
     };
-    let feed = build_posts(&ctx, &user, posts).await?;
-    Ok(sc_json(feed_page(&feed, last_post_id, last_favorite_count)))
+    let feed = build_posts(&ctx, &user, posts, watch.as_mut()).await?;
+    let body = feed_page(&feed, last_post_id, last_favorite_count);
+    match (keep, watch) {
+        (Some((before, ticket)), Some(w)) if w.complete() => {
+            let body = Bytes::from(body);
+            cache.fill_feed_page(&user, before, body.clone(), w, ticket);
+            Ok(sc_shared(body))
+        }
+        _ => Ok(sc_json(body)),
+    }
 }
 
 fn as_limit(n: usize) -> i64 {
@@ -143,15 +179,22 @@ async fn followed_from_cache(
     viewer: &str,
     before: i64,
     limit: i64,
+    mut watch: Option<&mut Watch>,
 ) -> Result<Option<Vec<i64>>, StoreError> {
     let cache = &ctx.cache;
     if !cache.enabled() {
         return Ok(None);
     }
     let limit = usize::try_from(limit).unwrap_or(0);
+    if let Some(w) = watch.as_deref_mut() {
+        cache.watch(w, Dep::Follows(viewer));
+    }
     let followees = match cache.followees(viewer) {
         Some(f) => f,
         None => {
+            if let Some(w) = watch.as_deref_mut() {
+                w.give_up();
+            }
             let ticket = cache.followees_ticket(viewer);
             let cap = cache.followees_limit();
             let list = ctx.store.followees_of(viewer, as_limit(cap)).await?;
@@ -168,9 +211,15 @@ async fn followed_from_cache(
     };
     let mut lists = Vec::with_capacity(authors.len());
     for author in authors.iter().filter(|a| *a != viewer) {
+        if let Some(w) = watch.as_deref_mut() {
+            cache.watch(w, Dep::Posts(author));
+        }
         let posts = match cache.author_posts(author) {
             Some(p) => p,
             None => {
+                if let Some(w) = watch.as_deref_mut() {
+                    w.give_up();
+                }
                 let ticket = cache.author_posts_ticket(author);
                 let cap = cache.author_posts_limit();
                 let mut ids = ctx.store.post_ids_of(author, as_limit(cap)).await?;

@@ -16,7 +16,9 @@ use warp::reply::Response;
 
 use super::with_ctx;
 use crate::app::Ctx;
-use crate::cache::{Change, Json, Liked, MAX_LIKED, PostView, Ticket, ViewTicket, to_json};
+use crate::cache::{
+    Change, Dep, Json, Liked, MAX_LIKED, PostView, Ticket, ViewTicket, Watch, to_json,
+};
 use crate::http::{ApiError, ApiResult, authed, empty, finish, get, json_body, sc, sc_json};
 use crate::media::{MediaError, StoredImage};
 use crate::model::{Alarm, AlarmType, Comment, ImageTags, Post, PostTag, ShownPost, SimpleUser};
@@ -193,13 +195,27 @@ pub(crate) async fn build_posts(
     ctx: &Ctx,
     viewer: &str,
     posts: Vec<PostRef>,
+    mut watch: Option<&mut Watch>,
 ) -> Result<Vec<ShownPost>, StoreError> {
     if posts.is_empty() {
         return Ok(Vec::new());
     }
     let cache = &ctx.cache;
     let ids: Vec<i64> = posts.iter().map(PostRef::id).collect();
-    let mut views: Vec<Option<Arc<PostView>>> = ids.iter().map(|id| cache.view(*id)).collect();
+    let mut views: Vec<Option<Arc<PostView>>> = Vec::with_capacity(ids.len());
+    for &id in &ids {
+        let Some(w) = watch.as_deref_mut() else {
+            views.push(cache.view(id));
+            continue;
+        };
+        cache.watch(w, Dep::Post(id));
+        let view = cache.view(id);
+        match &view {
+            Some(v) => cache.watch_view(w, v),
+            None => w.give_up(),
+        }
+        views.push(view);
+    }
     // The posts without a view are rendered from parts read after their view tickets were taken:
     // a row given by the caller counts only if the cache holds the same row after its ticket; a
     // row read here is read after the ticket's first half, and the author's epoch (the second
@@ -231,7 +247,15 @@ pub(crate) async fn build_posts(
             missing.push((i, ticket, Arc::clone(row), true));
         }
     }
+    if let Some(w) = watch.as_deref_mut() {
+        cache.watch(w, Dep::Likes(viewer));
+    }
     let cached_likes = cache.liked(viewer);
+    if let Some(w) = watch
+        && !matches!(cached_likes.as_deref(), Some(Liked::Set(_)))
+    {
+        w.give_up();
+    }
     let likes_ticket = cache.liked_ticket(viewer);
     let load_parts = async {
         if missing.is_empty() {
@@ -760,7 +784,7 @@ async fn list(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
 
 async fn details(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     let id = required_i64(&q, "postId")?;
-    let posts = build_posts(&ctx, &user, vec![PostRef::Id(id)]).await?;
+    let posts = build_posts(&ctx, &user, vec![PostRef::Id(id)], None).await?;
     let post = posts.first().ok_or_else(ApiError::bad_request)?;
     let mut out = String::with_capacity(1024);
     out.push_str("{\"code\":\"SC\",\"post\":");
