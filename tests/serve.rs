@@ -165,6 +165,7 @@ async fn metrics_list_the_gateway_and_read_cache_counters() {
     assert_eq!(value("instar_sessions_open"), 0);
     assert!(value("instar_read_cache_misses_total") >= 1);
     value("instar_read_cache_hits_total");
+    value("instar_read_cache_feed_pages_served_total");
     value("instar_read_cache_invalidations_total");
     assert!(text.contains("# TYPE instar_read_cache_hits_total counter"));
 }

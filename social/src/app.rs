@@ -190,11 +190,16 @@ impl Ctx {
     pub fn metrics_text(&self) -> String {
         use std::fmt::Write as _;
         let c = self.cache.stats();
-        let rows: [(&str, &str, u64); 6] = [
+        let rows: [(&str, &str, u64); 7] = [
             (
                 "read_cache_hits_total",
                 "Read cache lookups answered from memory.",
                 c.hits,
+            ),
+            (
+                "read_cache_feed_pages_served_total",
+                "Feed responses served whole from a kept page.",
+                c.feed_pages_served,
             ),
             (
                 "read_cache_misses_total",

@@ -484,6 +484,7 @@ const STRIPES: usize = 16;
 struct LookupStripe {
     hits: AtomicU64,
     misses: AtomicU64,
+    pages: AtomicU64,
 }
 
 /// The stripe of the calling thread (threads are spread over the stripes in start order).
@@ -517,6 +518,8 @@ pub struct ReadCacheStats {
     pub hits: u64,
     /// Lookups that went to the database.
     pub misses: u64,
+    /// Feed responses served whole from a kept page (also counted in `hits`).
+    pub feed_pages_served: u64,
     /// Fills dropped because the key changed while it was read.
     pub rejected_fills: u64,
     /// Keys invalidated (local writes and other processes' messages).
@@ -810,6 +813,9 @@ impl ReadCache {
         if !self.epochs.current(&page.seen) {
             return None;
         }
+        self.counters.lookups[stripe()]
+            .pages
+            .fetch_add(1, Ordering::Relaxed);
         self.count(Some(page.body.clone()))
     }
 
@@ -917,6 +923,11 @@ impl ReadCache {
                 .lookups
                 .iter()
                 .map(|l| l.misses.load(Ordering::Relaxed))
+                .sum(),
+            feed_pages_served: c
+                .lookups
+                .iter()
+                .map(|l| l.pages.load(Ordering::Relaxed))
                 .sum(),
             rejected_fills: c.rejected_fills.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
@@ -1152,7 +1163,9 @@ mod tests {
         ];
         for change in &changes {
             page(&c, "page");
+            let served = c.stats().feed_pages_served;
             assert_eq!(c.feed_page("v", i64::MAX).as_deref(), Some(&b"page"[..]));
+            assert_eq!(c.stats().feed_pages_served, served + 1);
             // Other viewers, other cursors, other people's changes: not this page.
             assert!(c.feed_page("w", i64::MAX).is_none());
             assert!(c.feed_page("v", 8).is_none());

@@ -536,6 +536,11 @@ async fn kept_page(app: &TestApp, viewer: &str, what: &str) -> Value {
     let body = feed_of(app, viewer).await;
     let after = app.ctx.cache.stats();
     assert_eq!(after.hits - before.hits, 1, "{what}: served whole");
+    assert_eq!(
+        after.feed_pages_served - before.feed_pages_served,
+        1,
+        "{what}"
+    );
     assert_eq!(after.misses, before.misses, "{what}");
     body
 }
