@@ -87,7 +87,7 @@ pub(crate) struct SocialArgs {
     /// Lifetime of a read cache entry, seconds (bounds staleness when an invalidation is lost). [default: 600]
     #[arg(long, env = "INSTAR_READ_CACHE_TTL_SECS")]
     pub read_cache_ttl_secs: Option<u64>,
-    /// Rendered feed pages kept by the read cache (about 13 KB each); 0 keeps none. [default: 2048]
+    /// Rendered feed pages kept by the read cache (about 13 KB each, 64 KB at most); 0 keeps none. [default: 1024]
     #[arg(long, env = "INSTAR_FEED_PAGE_CACHE")]
     pub feed_page_cache: Option<usize>,
 }

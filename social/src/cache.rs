@@ -57,7 +57,10 @@ const SLOTS: usize = 1024;
 /// entries, and whatever was rendered from a slot's older epoch is ignored.
 const EPOCH_SLOTS: usize = 16_384;
 /// Default of [`ReadCacheConfig::feed_pages`].
-pub const DEFAULT_FEED_PAGES: usize = 2_048;
+pub const DEFAULT_FEED_PAGES: usize = 1_024;
+/// A feed page larger than this is not kept (so kept pages take at most this times
+/// [`ReadCacheConfig::feed_pages`]; a typical page of 30 posts is about 13 KB).
+pub const MAX_FEED_PAGE_BYTES: usize = 64 * 1024;
 
 /// Read cache settings.
 #[derive(Debug, Clone)]
@@ -836,6 +839,7 @@ impl ReadCache {
         ticket: Ticket,
     ) {
         let stored = watch.complete
+            && body.len() <= MAX_FEED_PAGE_BYTES
             && self.epochs.current(&watch.seen)
             && self.feed_pages.fill(
                 PageKey {
@@ -1184,6 +1188,11 @@ mod tests {
             assert!(c.feed_page("v", i64::MAX).is_none(), "{change:?}");
             views(&c);
         }
+        // A page over the size limit is not kept.
+        let (w, t) = render(&c);
+        let big = bytes::Bytes::from(vec![b' '; MAX_FEED_PAGE_BYTES + 1]);
+        c.fill_feed_page("v", i64::MAX, big, w, t);
+        assert!(c.feed_page("v", i64::MAX).is_none());
         // A clear while it is rendered, or a part that did not come from the cache: not kept.
         let (w, t) = render(&c);
         c.clear();
