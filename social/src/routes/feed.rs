@@ -20,6 +20,7 @@
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
@@ -27,8 +28,6 @@ use warp::reply::Response;
 use super::posts::{PostRef, build_posts, query_i64};
 use super::with_ctx;
 use crate::app::Ctx;
-use bytes::Bytes;
-
 use crate::cache::{AuthorPosts, Dep, Followees, Watch};
 use crate::http::{ApiResult, authed, finish, get, sc_json, sc_shared};
 use crate::json::push_opt_i64;
