@@ -151,7 +151,7 @@ impl Change {
 }
 
 /// Something a rendered response was built from: the key of a [`Change`], borrowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dep<'a> {
     /// A post's row.
     Post(i64),
@@ -163,33 +163,6 @@ pub enum Dep<'a> {
     Follows(&'a str),
     /// The posts a user wrote.
     Posts(&'a str),
-}
-
-impl Hash for Dep<'_> {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        match self {
-            Dep::Post(id) => {
-                h.write_u8(0);
-                h.write_i64(*id);
-            }
-            Dep::User(u) => {
-                h.write_u8(1);
-                u.hash(h);
-            }
-            Dep::Likes(u) => {
-                h.write_u8(2);
-                u.hash(h);
-            }
-            Dep::Follows(u) => {
-                h.write_u8(3);
-                u.hash(h);
-            }
-            Dep::Posts(u) => {
-                h.write_u8(4);
-                u.hash(h);
-            }
-        }
-    }
 }
 
 /// The epochs of the things a response was rendered from, each read *before* the thing itself
@@ -211,6 +184,14 @@ impl Default for Watch {
 }
 
 impl Watch {
+    /// A watch that notes nothing, for a response that is not to be kept.
+    pub fn off() -> Self {
+        Self {
+            seen: Vec::new(),
+            complete: false,
+        }
+    }
+
     /// A part came from elsewhere than the cache: the response is not to be kept.
     pub fn give_up(&mut self) {
         self.complete = false;

@@ -452,6 +452,18 @@ async fn api_follow(app: &TestApp, token: &str, whom: &str, on: bool) {
     assert_eq!(status, 200, "{body}");
 }
 
+/// Waits (up to 10 s) until another process, which learns of changes through the bus, `agrees`.
+async fn caught_up(mut agrees: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !agrees().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "other process stale"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 async fn first_in_feed(app: &TestApp, token: &str) -> i64 {
     let (_, body) = app.get("/api/feed", Some(token)).await;
     body["feed"][0]["postId"].as_i64().unwrap()
@@ -497,14 +509,7 @@ async fn followed_tier_from_memory_follows_every_write(db: Db) {
     let fresh = create_post(&app, &a1, json!({"comment": "new"})).await;
     assert_eq!(first_in_feed(&app, &viewer).await, fresh);
     same("after a new post").await;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while first_in_feed(&other, &viewer).await != fresh {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "other process stale"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    caught_up(async || first_in_feed(&other, &viewer).await == fresh).await;
 
     // Following and unfollowing change the tiers at once.
     api_follow(&app, &viewer, "author3", true).await;
@@ -577,14 +582,7 @@ async fn a_kept_feed_page_is_served_until_what_it_shows_changes(db: Db) {
     assert_eq!(status, 200);
     let now = same_page(&app, &plain, &viewer, "after another user's like").await;
     assert_eq!(now["feed"][3]["favoriteCount"], likes_before + 1);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while feed_of(&other, &viewer).await != now {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "other process stale"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    caught_up(async || feed_of(&other, &viewer).await == now).await;
     kept_page(&app, &viewer, "after another user's like").await;
 
     // The viewer's own like.

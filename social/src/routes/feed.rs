@@ -109,26 +109,27 @@ async fn feed(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
             keep = Some((before, cache.feed_page_ticket(&user, before)));
         }
     }
-    let mut watch = keep.map(|_| Watch::default());
+    let mut watch = if keep.is_some() {
+        Watch::default()
+    } else {
+        Watch::off()
+    };
     let mut posts: Vec<PostRef> = Vec::new();
     let mut last_in_followed = false;
     let (fc, before) = match cursor {
         Cursor::Followed(before) => {
-            posts =
-                match followed_from_cache(&ctx, &user, before, FEED_PAGE, watch.as_mut()).await? {
-                    Some(ids) => ids.into_iter().map(PostRef::Id).collect(),
-                    None => {
-                        if let Some(w) = watch.as_mut() {
-                            w.give_up();
-                        }
-                        ctx.store
-                            .feed_followed(&user, before, FEED_PAGE)
-                            .await?
-                            .into_iter()
-                            .map(|r| PostRef::Row(Arc::new(r)))
-                            .collect()
-                    }
-                };
+            posts = match followed_from_cache(&ctx, &user, before, FEED_PAGE, &mut watch).await? {
+                Some(ids) => ids.into_iter().map(PostRef::Id).collect(),
+                None => {
+                    watch.give_up();
+                    ctx.store
+                        .feed_followed(&user, before, FEED_PAGE)
+                        .await?
+                        .into_iter()
+                        .map(|r| PostRef::Row(Arc::new(r)))
+                        .collect()
+                }
+            };
             last_in_followed = !posts.is_empty();
             (i64::MAX, i64::MAX)
         }
@@ -137,9 +138,7 @@ async fn feed(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     let room = FEED_PAGE - i64::try_from(posts.len()).unwrap_or(FEED_PAGE);
     if room > 0 {
         // The popular tier depends on everyone's counts: a page that reaches it is not kept.
-        if let Some(w) = watch.as_mut() {
-            w.give_up();
-        }
+        watch.give_up();
         let popular = ctx.store.feed_popular(&user, fc, before, room).await?;
         if !popular.is_empty() {
             last_in_followed = false;
@@ -153,12 +152,12 @@ async fn feed(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
         // Popular posts are always rows (their counts are the cursor).
         Some(PostRef::Id(id)) => (Some(*id), Some(FOLLOWED_TIER)),
     };
-    let feed = build_posts(&ctx, &user, posts, watch.as_mut()).await?;
+    let feed = build_posts(&ctx, &user, posts, &mut watch).await?;
     let body = feed_page(&feed, last_post_id, last_favorite_count);
-    match (keep, watch) {
-        (Some((before, ticket)), Some(w)) if w.complete() => {
+    match keep {
+        Some((before, ticket)) if watch.complete() => {
             let body = Bytes::from(body);
-            cache.fill_feed_page(&user, before, body.clone(), w, ticket);
+            cache.fill_feed_page(&user, before, body.clone(), watch, ticket);
             Ok(sc_shared(body))
         }
         _ => Ok(sc_json(body)),
@@ -178,22 +177,18 @@ async fn followed_from_cache(
     viewer: &str,
     before: i64,
     limit: i64,
-    mut watch: Option<&mut Watch>,
+    watch: &mut Watch,
 ) -> Result<Option<Vec<i64>>, StoreError> {
     let cache = &ctx.cache;
     if !cache.enabled() {
         return Ok(None);
     }
     let limit = usize::try_from(limit).unwrap_or(0);
-    if let Some(w) = watch.as_deref_mut() {
-        cache.watch(w, Dep::Follows(viewer));
-    }
+    cache.watch(watch, Dep::Follows(viewer));
     let followees = match cache.followees(viewer) {
         Some(f) => f,
         None => {
-            if let Some(w) = watch.as_deref_mut() {
-                w.give_up();
-            }
+            watch.give_up();
             let ticket = cache.followees_ticket(viewer);
             let cap = cache.followees_limit();
             let list = ctx.store.followees_of(viewer, as_limit(cap)).await?;
@@ -210,15 +205,11 @@ async fn followed_from_cache(
     };
     let mut lists = Vec::with_capacity(authors.len());
     for author in authors.iter().filter(|a| *a != viewer) {
-        if let Some(w) = watch.as_deref_mut() {
-            cache.watch(w, Dep::Posts(author));
-        }
+        cache.watch(watch, Dep::Posts(author));
         let posts = match cache.author_posts(author) {
             Some(p) => p,
             None => {
-                if let Some(w) = watch.as_deref_mut() {
-                    w.give_up();
-                }
+                watch.give_up();
                 let ticket = cache.author_posts_ticket(author);
                 let cap = cache.author_posts_limit();
                 let mut ids = ctx.store.post_ids_of(author, as_limit(cap)).await?;

@@ -191,11 +191,13 @@ impl PostRef {
 /// row, images and author, and its view stored for the next request. What the cache lacks is
 /// loaded in batches, at most five statements whatever the number of posts and none when
 /// everything is cached. A post that does not exist, or whose author is gone, is left out.
+/// `watch` notes what the posts were rendered from, for a response that may be kept
+/// ([`Watch::off`] otherwise).
 pub(crate) async fn build_posts(
     ctx: &Ctx,
     viewer: &str,
     posts: Vec<PostRef>,
-    mut watch: Option<&mut Watch>,
+    watch: &mut Watch,
 ) -> Result<Vec<ShownPost>, StoreError> {
     if posts.is_empty() {
         return Ok(Vec::new());
@@ -204,15 +206,11 @@ pub(crate) async fn build_posts(
     let ids: Vec<i64> = posts.iter().map(PostRef::id).collect();
     let mut views: Vec<Option<Arc<PostView>>> = Vec::with_capacity(ids.len());
     for &id in &ids {
-        let Some(w) = watch.as_deref_mut() else {
-            views.push(cache.view(id));
-            continue;
-        };
-        cache.watch(w, Dep::Post(id));
+        cache.watch(watch, Dep::Post(id));
         let view = cache.view(id);
         match &view {
-            Some(v) => cache.watch_view(w, v),
-            None => w.give_up(),
+            Some(v) => cache.watch_view(watch, v),
+            None => watch.give_up(),
         }
         views.push(view);
     }
@@ -247,14 +245,10 @@ pub(crate) async fn build_posts(
             missing.push((i, ticket, Arc::clone(row), true));
         }
     }
-    if let Some(w) = watch.as_deref_mut() {
-        cache.watch(w, Dep::Likes(viewer));
-    }
+    cache.watch(watch, Dep::Likes(viewer));
     let cached_likes = cache.liked(viewer);
-    if let Some(w) = watch
-        && !matches!(cached_likes.as_deref(), Some(Liked::Set(_)))
-    {
-        w.give_up();
+    if !matches!(cached_likes.as_deref(), Some(Liked::Set(_))) {
+        watch.give_up();
     }
     let likes_ticket = cache.liked_ticket(viewer);
     let load_parts = async {
@@ -784,7 +778,7 @@ async fn list(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
 
 async fn details(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     let id = required_i64(&q, "postId")?;
-    let posts = build_posts(&ctx, &user, vec![PostRef::Id(id)], None).await?;
+    let posts = build_posts(&ctx, &user, vec![PostRef::Id(id)], &mut Watch::off()).await?;
     let post = posts.first().ok_or_else(ApiError::bad_request)?;
     let mut out = String::with_capacity(1024);
     out.push_str("{\"code\":\"SC\",\"post\":");
