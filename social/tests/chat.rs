@@ -2038,13 +2038,8 @@ async fn batched_sends_keep_order_and_refuse_one_by_one(db: Db) {
         .await
         .unwrap();
         assert_eq!(&stored, want);
-        let preview: Option<String> =
-            sqlx::query_scalar("SELECT last_message FROM chatroom WHERE id = ?")
-                .bind(r)
-                .fetch_one(app.ctx.store.pool())
-                .await
-                .unwrap();
-        assert_eq!(preview.as_deref(), Some(want.last().unwrap().1.as_str()));
+        let listed = room_in(&crate::rooms(&app, &alice).await, r).unwrap();
+        assert_eq!(listed["lastMessage"], want.last().unwrap().1.as_str());
     }
     // CHAT alarms: one per message to each member (bob is back in the DM).
     let n = |r: i64| expected[&r].len();
@@ -2069,7 +2064,7 @@ on_both!(batched_sends_keep_order_and_refuse_one_by_one);
 /// The writer sends a batch's values as literals in a multi-statement script
 /// (`social::store::script`): every text arrives byte for byte, none is read as SQL.
 async fn batched_texts_are_stored_byte_for_byte(db: Db) {
-    let (app, _, room, mut link) = dm_with_link(db).await;
+    let (app, alice, room, mut link) = dm_with_link(db).await;
     let writer = social::chat::writer::SendWriter::start(&app.ctx, 1).unwrap();
     let long: String = "가".repeat(social::chat::MAX_MESSAGE_CHARS);
     let texts: Vec<String> = vec![
@@ -2096,13 +2091,11 @@ async fn batched_texts_are_stored_byte_for_byte(db: Db) {
     .unwrap();
     let want: Vec<(i64, String)> = ids.iter().copied().zip(texts.iter().cloned()).collect();
     assert_eq!(stored, want);
-    let preview: Option<String> =
-        sqlx::query_scalar("SELECT last_message FROM chatroom WHERE id = ?")
-            .bind(room)
-            .fetch_one(app.ctx.store.pool())
-            .await
-            .unwrap();
-    assert_eq!(preview.as_deref(), texts.last().map(String::as_str));
+    let listed = room_in(&rooms(&app, &alice).await, room).unwrap();
+    assert_eq!(
+        listed["lastMessage"].as_str(),
+        texts.last().map(String::as_str)
+    );
     let broadcast = broadcast_texts(&mut link).await;
     assert_eq!(broadcast, texts);
     assert_eq!(outbox_len(&app).await, 0);
@@ -2341,3 +2334,78 @@ async fn multi_row_insert_ids_match_their_rows(db: Db) {
     }
 }
 on_both!(multi_row_insert_ids_match_their_rows);
+
+/// The writer remembers each room's participants between batches instead of reading them for
+/// every batch, and trusts them only while the room's membership version is the one it read:
+/// a leave, and a rejoin by invitation, made through another process are both seen by the
+/// writer's very next batch (rolled back and written again after reading the participants).
+async fn remembered_members_follow_changes_made_elsewhere(db: Db) {
+    use social::chat::ChatError;
+    use std::sync::atomic::Ordering;
+    let app = start(db).await;
+    let alice = quick_user(&app, "alice01", "Alice").await;
+    let bob = quick_user(&app, "bob02", "Bob").await;
+    quick_user(&app, "carol03", "Carol").await;
+    let group = create(&app, &alice, &["bob02", "carol03"]).await;
+    let version = |app: &TestApp| {
+        let pool = app.ctx.store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT member_version FROM chatroom WHERE id = ?")
+                .bind(group)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let created = version(&app).await;
+    assert!(created >= 3, "one change per participant added: {created}");
+    let other = app.second().await;
+    let writer = social::chat::writer::SendWriter::start(&app.ctx, 1).unwrap();
+    let stats = writer.stats();
+
+    writer.send("bob02", group, "one").await.unwrap();
+    assert_eq!(stats.known_batches.load(Ordering::Relaxed), 0);
+    writer.send("bob02", group, "two").await.unwrap();
+    assert_eq!(stats.known_batches.load(Ordering::Relaxed), 1);
+
+    // Bob leaves through the other process: his next send is refused and nothing is stored.
+    let (status, body) = leave(&other, &bob, group).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(version(&app).await, created + 1);
+    let refused = writer.send("bob02", group, "after leaving").await;
+    assert!(
+        matches!(refused, Err(ChatError::Refused("not a member"))),
+        "{refused:?}"
+    );
+    assert_eq!(stats.stale_batches.load(Ordering::Relaxed), 1);
+    // Carol's sends go on from what was read again.
+    writer.send("carol03", group, "three").await.unwrap();
+    assert_eq!(stats.known_batches.load(Ordering::Relaxed), 2);
+
+    // Alice invites Bob back through the other process: his next send is taken.
+    let (status, body) = other
+        .post(
+            "/api/chat/invite/user",
+            Some(&alice),
+            json!({ "users": ["bob02"], "chatRoomId": group }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    writer.send("bob02", group, "back again").await.unwrap();
+    assert_eq!(stats.stale_batches.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.known_batches.load(Ordering::Relaxed), 2);
+    // Remembered again with Bob: his next send needs no participant read.
+    writer.send("bob02", group, "and again").await.unwrap();
+    assert_eq!(stats.known_batches.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.fallbacks.load(Ordering::Relaxed), 0);
+
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT message FROM chatroom_message WHERE chatroom_id = ? AND type = 'TEXT' ORDER BY id",
+    )
+    .bind(group)
+    .fetch_all(app.ctx.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(stored, ["one", "two", "three", "back again", "and again"]);
+}
+on_both!(remembered_members_follow_changes_made_elsewhere);

@@ -162,7 +162,6 @@ pub(crate) async fn send_text(
         Vec::new()
     };
     let id = sql::insert_message(tx.conn(), room, sender, Some(text), dto::TEXT, now).await?;
-    sql::touch_room(tx.conn(), room, text, now).await?;
     for m in &members {
         out.push(alarm(
             m,
@@ -603,7 +602,6 @@ pub(crate) async fn post_files(
         } else {
             format!("파일 {}개를 보냈습니다.", stored.len())
         };
-        sql::touch_room(tx.conn(), room, &summary, now).await?;
         for m in &members {
             out.push(alarm(
                 m,

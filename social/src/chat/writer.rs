@@ -7,12 +7,16 @@
 //! 1. the outbox rows of earlier batches that were delivered are deleted (the clean-up rides on
 //!    the next transaction instead of costing one of its own; when the queue is idle it runs at
 //!    once);
-//! 2. the batch's rooms are locked (one statement, rows in id order) and their participants read
-//!    with their display fields (one statement; senders are members, so this gives the senders');
+//! 2. the batch's rooms are locked (one statement, rows in id order, reading each room's
+//!    membership version) and their participants read with their display fields (one statement;
+//!    senders are members, so this gives the senders'), unless the writer remembers every room's
+//!    participants from an earlier batch ([`KnownRoom`]): then only the senders' display fields
+//!    are read, and the batch commits only if every room still has the version remembered;
 //! 3. each send is checked as [`super::ops::send_text`] checks it (room exists, sender is a
 //!    member); refused ones are answered and left out; a hidden DM participant is brought back
 //!    with its `CREATE_ROOM` push staged in the outbox;
-//! 4. the messages are inserted with one statement, the rooms' previews updated with one;
+//! 4. the messages are inserted with one statement (the room list reads its previews from the
+//!    messages, so nothing of the room is written);
 //! 5. one outbox row names the batch's message ids (`target` = [`MESSAGES_TARGET`]), so a crash or
 //!    a bus outage after the commit leaves the pushes to the sweeper, which rebuilds them from
 //!    the stored messages;
@@ -62,6 +66,11 @@ pub struct WriterStats {
     pub refused: AtomicU64,
     /// Batches whose transaction failed and were retried one send at a time.
     pub fallbacks: AtomicU64,
+    /// Batches written from the participants the writer remembered (no participant read).
+    pub known_batches: AtomicU64,
+    /// Batches that found a remembered room changed, rolled back and were written again after
+    /// reading its participants.
+    pub stale_batches: AtomicU64,
 }
 
 /// The queue in front of the writers.
@@ -77,6 +86,8 @@ struct Request {
     room: i64,
     text: String,
     reply: oneshot::Sender<Result<i64, ChatError>>,
+    /// When it was queued (the batch log reports its oldest send's wait).
+    queued: std::time::Instant,
 }
 
 impl SendWriter {
@@ -127,6 +138,7 @@ impl SendWriter {
             room,
             text: text.to_owned(),
             reply,
+            queued: std::time::Instant::now(),
         };
         if self.shards[shard].send(req).await.is_err() {
             return Err(ChatError::Refused("the chat writer has stopped"));
@@ -154,6 +166,7 @@ async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Request>, stats: Arc<WriterStats>)
     let mut delivered_rows: Vec<i64> = Vec::new();
     // How the ids of a multi-row insert are found, asked of the server once.
     let mut inserted_ids: Option<InsertedIds> = None;
+    let mut known = KnownRooms::default();
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
     loop {
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
@@ -165,6 +178,7 @@ async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Request>, stats: Arc<WriterStats>)
             &rx,
             &mut delivered_rows,
             &mut inserted_ids,
+            &mut known,
             &stats,
         )
         .await;
@@ -186,20 +200,37 @@ struct Written {
     answers: Vec<Result<i64, ChatError>>,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn write_and_publish(
     ctx: &Ctx,
     batch: Vec<Request>,
     queue: &mpsc::Receiver<Request>,
     delivered_rows: &mut Vec<i64>,
     inserted_ids: &mut Option<InsertedIds>,
+    known: &mut KnownRooms,
     stats: &WriterStats,
 ) {
     let mut rooms: Vec<i64> = batch.iter().map(|r| r.room).collect();
     rooms.sort_unstable();
     rooms.dedup();
+    let waited = batch
+        .iter()
+        .map(|r| r.queued.elapsed())
+        .max()
+        .unwrap_or_default();
     let locks = room_locks(&rooms).await;
     let started = std::time::Instant::now();
-    match write(ctx, &batch, &rooms, delivered_rows, inserted_ids).await {
+    match write(
+        ctx,
+        &batch,
+        &rooms,
+        delivered_rows,
+        inserted_ids,
+        known,
+        stats,
+    )
+    .await
+    {
         Ok(written) => {
             let committed = started.elapsed();
             delivered_rows.clear();
@@ -216,6 +247,7 @@ async fn write_and_publish(
             tracing::debug!(
                 sends = batch.len(),
                 rooms = rooms.len(),
+                waited_us = waited.as_micros(),
                 commit_us = committed.as_micros(),
                 total_us = started.elapsed().as_micros(),
                 "chat batch written"
@@ -235,6 +267,9 @@ async fn write_and_publish(
         }
         Err(e) => {
             drop(locks);
+            for room in &rooms {
+                known.forget(*room);
+            }
             stats.fallbacks.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, sends = batch.len(), "batched chat write failed; sending one at a time");
             // The clean-up of earlier batches' rows rolled back with the failed transaction:
@@ -258,25 +293,270 @@ struct RoomState {
     hidden: Vec<String>,
 }
 
+/// A room's participants as a writer last read them, with the room's membership version at that
+/// read. Every change of a room's participants adds 1 to the version in its own transaction
+/// (`store::chat::members_changed`), so while the locked room row still shows this version, the
+/// participants are still these, whichever process changed them.
+#[derive(Debug, Clone)]
+struct KnownRoom {
+    version: i64,
+    direct: bool,
+    /// Visible participants, by id.
+    members: Vec<String>,
+    /// Whether any participant is hidden (a DM's come back on the next message, which only the
+    /// full path does).
+    any_hidden: bool,
+}
+
+/// Rooms a writer remembers at most; past that it forgets them all and reads them again as
+/// they come (about 100 bytes and a few ids each).
+const KNOWN_ROOMS: usize = 65_536;
+
+/// The rooms a writer remembers ([`KnownRoom`]).
+#[derive(Debug, Default)]
+struct KnownRooms(HashMap<i64, KnownRoom>);
+
+impl KnownRooms {
+    /// Whether every room of a batch is known and none needs the full path.
+    fn cover(&self, rooms: &[i64]) -> bool {
+        rooms
+            .iter()
+            .all(|r| self.0.get(r).is_some_and(|k| !(k.direct && k.any_hidden)))
+    }
+
+    fn remember(&mut self, room: i64, known: KnownRoom) {
+        if self.0.len() >= KNOWN_ROOMS && !self.0.contains_key(&room) {
+            self.0.clear();
+        }
+        self.0.insert(room, known);
+    }
+
+    fn forget(&mut self, room: i64) {
+        self.0.remove(&room);
+    }
+}
+
+/// The outbox row naming a batch's messages.
+fn batch_row(body: &'static [u8]) -> NewOutbox<'static> {
+    NewOutbox {
+        target: MESSAGES_TARGET,
+        destination: "/topic/chat",
+        content_type: Some("application/json"),
+        headers: None,
+        body,
+    }
+}
+
+/// Writes a batch: from what the writer knows of its rooms when it knows them all
+/// ([`write_known`]), else (or when one of them changed) reading their participants first.
+#[allow(clippy::too_many_arguments)]
 async fn write(
     ctx: &Ctx,
     batch: &[Request],
     rooms: &[i64],
     delivered_rows: &[i64],
     inserted_ids: &mut Option<InsertedIds>,
+    known: &mut KnownRooms,
+    stats: &WriterStats,
 ) -> Result<Written, ChatError> {
-    const ROOMS: i64 = 1;
-    const MEMBERS: i64 = 2;
-    const MESSAGES: i64 = 3;
-    const OUTBOX: i64 = 4;
     let store = &ctx.store;
     let d = store.dialect();
-    let t0 = std::time::Instant::now();
     let mut tx = store.script_write().await?;
     let how = match *inserted_ids {
         Some(how) => how,
         None => *inserted_ids.insert(InsertedIds::probe(tx.conn()?, d).await?),
     };
+    if let InsertedIds::Consecutive(step) = how
+        && known.cover(rooms)
+    {
+        match write_known(ctx, &mut tx, batch, rooms, delivered_rows, known, step).await? {
+            Known::Written(written) => {
+                stats.known_batches.fetch_add(1, Ordering::Relaxed);
+                return Ok(written);
+            }
+            // Every send refused by what is remembered: nothing was sent, and the full path
+            // below answers each with its reason.
+            Known::NoneAccepted => {}
+            Known::Changed => {
+                // A room's participants changed (or the room went) since they were read:
+                // rolled back, and written again below with its participants read afresh.
+                stats.stale_batches.fetch_add(1, Ordering::Relaxed);
+                for room in rooms {
+                    known.forget(*room);
+                }
+                // Ended first: on SQLite it holds the writer queue the next one waits for.
+                drop(tx);
+                tx = store.script_write().await?;
+            }
+        }
+    }
+    write_read(ctx, tx, batch, rooms, delivered_rows, how, known).await
+}
+
+/// What [`write_known`] did.
+enum Known {
+    /// Committed.
+    Written(Written),
+    /// Nothing: the remembered participants accept none of the sends (nothing was sent).
+    NoneAccepted,
+    /// Rolled back: a room is gone or its membership version changed.
+    Changed,
+}
+
+/// [`write`] from the participants the writer remembers, in one script: begin; clean up earlier
+/// batches' outbox rows; lock the rooms, reading their membership versions; read the senders'
+/// display fields; insert the messages; the batch's outbox row. Then `COMMIT` if every room is
+/// there with the version remembered, or `ROLLBACK` if not.
+async fn write_known(
+    ctx: &Ctx,
+    tx: &mut crate::store::ScriptTx,
+    batch: &[Request],
+    rooms: &[i64],
+    delivered_rows: &[i64],
+    known: &KnownRooms,
+    step: i64,
+) -> Result<Known, ChatError> {
+    const ROOMS: i64 = 1;
+    const SENDERS: i64 = 2;
+    const MESSAGES: i64 = 3;
+    const OUTBOX: i64 = 4;
+    let d = ctx.store.dialect();
+    let how = InsertedIds::Consecutive(step);
+    let mut answers: Vec<Result<i64, ChatError>> = Vec::with_capacity(batch.len());
+    let mut accepted: Vec<usize> = Vec::with_capacity(batch.len());
+    for (i, req) in batch.iter().enumerate() {
+        if known
+            .0
+            .get(&req.room)
+            .is_some_and(|k| k.members.contains(&req.sender))
+        {
+            answers.push(Ok(0));
+            accepted.push(i);
+        } else {
+            answers.push(Err(ChatError::Refused("not a member")));
+        }
+    }
+    if accepted.is_empty() {
+        return Ok(Known::NoneAccepted);
+    }
+    let mut sender_ids: Vec<&str> = accepted.iter().map(|&i| batch[i].sender.as_str()).collect();
+    sender_ids.sort_unstable();
+    sender_ids.dedup();
+    let now = now_micros();
+    let rows = new_messages(batch, &accepted);
+
+    let mut script = Script::new(d);
+    script.sql(tx.begin()).end();
+    sql::script_outbox_delete(&mut script, delivered_rows);
+    sql::script_lock_rooms(&mut script, d, rooms, ROOMS);
+    sql::script_users(&mut script, &sender_ids, SENDERS);
+    sql::script_insert_messages(&mut script, d, &rows, now, how, MESSAGES);
+    sql::script_batch_outbox_insert(
+        &mut script,
+        d,
+        &batch_row(b""),
+        rows.len(),
+        step,
+        now,
+        OUTBOX,
+    );
+    let result = script.run(tx.conn()?).await?;
+    let locked = sql::locked_rooms(&result, ROOMS)?;
+    let current = locked.len() == rooms.len()
+        && locked.iter().all(|r| {
+            known
+                .0
+                .get(&r.id)
+                .is_some_and(|k| k.version == r.member_version)
+        });
+    if !current {
+        tx.rollback().await?;
+        return Ok(Known::Changed);
+    }
+    let senders: HashMap<String, SenderRow> = sql::user_rows(&result, SENDERS)?
+        .into_iter()
+        .map(|u| (u.id.clone(), u))
+        .collect();
+    let ids = sql::inserted_message_ids(&result, d, &rows, how, MESSAGES)?;
+    let outbox_row = outbox_row_id(&result, OUTBOX);
+    drop(result);
+    tx.commit_with(&mut Script::new(d)).await?;
+
+    let mut pushes = Vec::with_capacity(accepted.len() * 3);
+    for (&i, &id) in accepted.iter().zip(&ids) {
+        answers[i] = Ok(id);
+        let members = known
+            .0
+            .get(&batch[i].room)
+            .map(|k| k.members.as_slice())
+            .unwrap_or_default();
+        push_message(
+            &batch[i],
+            id,
+            now,
+            senders.get(&batch[i].sender),
+            members,
+            &mut pushes,
+        )?;
+    }
+    Ok(Known::Written(Written {
+        unhidden: outbox::Staged::default(),
+        outbox_row,
+        pushes,
+        answers,
+    }))
+}
+
+/// The rows to insert for the accepted sends of a batch.
+fn new_messages<'a>(batch: &'a [Request], accepted: &[usize]) -> Vec<NewMessage<'a>> {
+    accepted
+        .iter()
+        .map(|&i| NewMessage {
+            room: batch[i].room,
+            sender: &batch[i].sender,
+            message: &batch[i].text,
+            kind: dto::TEXT,
+        })
+        .collect()
+}
+
+/// Appends the pushes of one stored send ([`message_pushes`]).
+fn push_message(
+    req: &Request,
+    id: i64,
+    at: i64,
+    sender: Option<&SenderRow>,
+    members: &[String],
+    out: &mut Vec<Outgoing>,
+) -> Result<(), ChatError> {
+    let row = MessageRow {
+        id,
+        chatroom_id: req.room,
+        sender_id: req.sender.clone(),
+        message: Some(req.text.clone()),
+        create_at: at,
+        kind: dto::TEXT.to_owned(),
+    };
+    message_pushes(&row, sender, members, out)
+}
+
+/// [`write`] reading the rooms' participants (two round trips, see the module docs), and
+/// remembering them for the next batches.
+async fn write_read(
+    ctx: &Ctx,
+    mut tx: crate::store::ScriptTx,
+    batch: &[Request],
+    rooms: &[i64],
+    delivered_rows: &[i64],
+    how: InsertedIds,
+    known: &mut KnownRooms,
+) -> Result<Written, ChatError> {
+    const ROOMS: i64 = 1;
+    const MEMBERS: i64 = 2;
+    const MESSAGES: i64 = 3;
+    const OUTBOX: i64 = 4;
+    let d = ctx.store.dialect();
+    let t0 = std::time::Instant::now();
 
     // Round trip 1: begin, clean up earlier batches' outbox rows, lock the rooms, read members.
     let mut script = Script::new(d);
@@ -286,13 +566,14 @@ async fn write(
     sql::script_members_of(&mut script, rooms, MEMBERS);
     let result = script.run(tx.conn()?).await?;
     let locked_us = t0.elapsed().as_micros();
-    let mut state: HashMap<i64, RoomState> = sql::locked_rooms(&result, ROOMS)?
-        .into_iter()
-        .map(|(id, kind)| {
+    let locked = sql::locked_rooms(&result, ROOMS)?;
+    let mut state: HashMap<i64, RoomState> = locked
+        .iter()
+        .map(|r| {
             (
-                id,
+                r.id,
                 RoomState {
-                    direct: kind == DIRECT,
+                    direct: r.kind == DIRECT,
                     members: Vec::new(),
                     hidden: Vec::new(),
                 },
@@ -318,6 +599,21 @@ async fn write(
         }
     }
     drop(result);
+    // Remembered as read (the locks make these the participants at this version); a DM brought
+    // back below changes its version, so the next batch reads it again.
+    for r in &locked {
+        if let Some(st) = state.get(&r.id) {
+            known.remember(
+                r.id,
+                KnownRoom {
+                    version: r.member_version,
+                    direct: st.direct,
+                    members: st.members.clone(),
+                    any_hidden: !st.hidden.is_empty(),
+                },
+            );
+        }
+    }
 
     let now = now_micros();
     let mut answers: Vec<Result<i64, ChatError>> = Vec::with_capacity(batch.len());
@@ -350,29 +646,8 @@ async fn write(
     }
     let unhidden = outbox::stage(tx.conn()?, unhide_pushes, now).await?;
 
-    // Round trip 2: the messages and the rooms' previews (each room's last message of the batch).
-    let rows: Vec<NewMessage<'_>> = accepted
-        .iter()
-        .map(|&i| NewMessage {
-            room: batch[i].room,
-            sender: &batch[i].sender,
-            message: &batch[i].text,
-            kind: dto::TEXT,
-        })
-        .collect();
-    let mut last: Vec<(i64, &str)> = Vec::new();
-    for &i in accepted.iter().rev() {
-        if !last.iter().any(|(room, _)| *room == batch[i].room) {
-            last.push((batch[i].room, batch[i].text.as_str()));
-        }
-    }
-    let batch_row = |body: &'static [u8]| NewOutbox {
-        target: MESSAGES_TARGET,
-        destination: "/topic/chat",
-        content_type: Some("application/json"),
-        headers: None,
-        body,
-    };
+    // Round trip 2: the messages, the batch's outbox row and the commit.
+    let rows = new_messages(batch, &accepted);
     let mut script = Script::new(d);
     let mut outbox_row = None;
     let ids = match how {
@@ -390,7 +665,6 @@ async fn write(
             // Consecutive ids: the outbox row's body is computed from the insert's id, so the
             // row and the commit go in this round trip too.
             sql::script_insert_messages(&mut script, d, &rows, now, how, MESSAGES);
-            sql::script_touch_rooms(&mut script, &last, now);
             sql::script_batch_outbox_insert(
                 &mut script,
                 d,
@@ -422,7 +696,6 @@ async fn write(
         }
         InsertedIds::ReadBack => {
             sql::script_insert_messages(&mut script, d, &rows, now, how, MESSAGES);
-            sql::script_touch_rooms(&mut script, &last, now);
             let result = script.run(tx.conn()?).await?;
             sql::inserted_message_ids(&result, d, &rows, how, MESSAGES)?
         }
@@ -433,19 +706,11 @@ async fn write(
     for (&i, &id) in accepted.iter().zip(&ids) {
         let req = &batch[i];
         answers[i] = Ok(id);
-        let row = MessageRow {
-            id,
-            chatroom_id: req.room,
-            sender_id: req.sender.clone(),
-            message: Some(req.text.clone()),
-            create_at: now,
-            kind: dto::TEXT.to_owned(),
-        };
         let members = state
             .get(&req.room)
             .map(|s| s.members.as_slice())
             .unwrap_or_default();
-        message_pushes(&row, senders.get(&req.sender), members, &mut pushes)?;
+        push_message(req, id, now, senders.get(&req.sender), members, &mut pushes)?;
     }
 
     if !tx.is_committed() {

@@ -242,6 +242,7 @@ async fn list(ctx: Ctx, user: String) -> ApiResult {
             .iter()
             .filter(|p| p.chatroom_id == r.id && (r.kind == DIRECT || p.is_hidden == 0))
             .collect();
+        let last_message = r.last_message();
         let title = match r.title.filter(|t| !t.is_empty()) {
             Some(t) => t,
             None => auto_title(&shown.iter().map(|p| p.name.as_str()).collect::<Vec<_>>()),
@@ -263,7 +264,7 @@ async fn list(ctx: Ctx, user: String) -> ApiResult {
         out.push(ChatRoomDto {
             chatroom_id: r.id,
             title,
-            last_message: r.last_message,
+            last_message,
             profile_images,
             unread_count,
             kind: r.kind,

@@ -41,11 +41,34 @@ pub struct ListRoomRow {
     /// `DIRECT` or `GROUP`.
     #[sqlx(rename = "type")]
     pub kind: String,
-    /// Preview of the last message.
-    pub last_message: Option<String>,
     /// Group image URL.
     pub profile_image: Option<String>,
+    /// Type of the room's newest TEXT, IMAGE or FILE message (`None`: no such message yet).
+    pub last_kind: Option<String>,
+    /// Its text (TEXT messages).
+    pub last_text: Option<String>,
+    /// Its attachments (IMAGE and FILE messages).
+    pub last_files: i64,
 }
+
+impl ListRoomRow {
+    /// The list's preview of the newest message: a TEXT message's text, or for an IMAGE or FILE
+    /// message how many pictures or files it carried; `None` before the first such message.
+    pub fn last_message(&self) -> Option<String> {
+        match self.last_kind.as_deref()? {
+            "IMAGE" => Some(format!("사진 {}장을 보냈습니다.", self.last_files)),
+            "FILE" => Some(format!("파일 {}개를 보냈습니다.", self.last_files)),
+            _ => self.last_text.clone(),
+        }
+    }
+}
+
+/// The id of room `r`'s newest message a room list previews (TEXT, IMAGE or FILE; system
+/// messages are not shown). The preview is read from the messages rather than stored with the
+/// room, so a send writes nothing but its message (docs/chat.md, "Room list").
+const NEWEST_SHOWN: &str = "(SELECT x.id FROM chatroom_message x \
+     WHERE x.chatroom_id = r.id AND x.type IN ('TEXT', 'IMAGE', 'FILE') \
+     ORDER BY x.id DESC LIMIT 1)";
 
 /// Another participant of one of a member's rooms.
 #[derive(Debug, Clone, FromRow)]
@@ -238,22 +261,6 @@ pub async fn set_room_image(conn: &mut AnyConnection, room: i64, url: &str) -> S
     Ok(())
 }
 
-/// Records the newest TEXT/IMAGE/FILE message (the list's preview and sort key).
-pub async fn touch_room(
-    conn: &mut AnyConnection,
-    room: i64,
-    last_message: &str,
-    at: i64,
-) -> StoreResult<()> {
-    sqlx::query("UPDATE chatroom SET last_message = ?, last_message_time = ? WHERE id = ?")
-        .bind(last_message)
-        .bind(at)
-        .bind(room)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// The stored objects of a room's attachments.
 pub async fn room_objects(conn: &mut AnyConnection, room: i64) -> StoreResult<Vec<ObjectRow>> {
     Ok(sqlx::query_as::<_, ObjectRow>(
@@ -335,8 +342,19 @@ pub async fn insert_participant(
     .bind(room)
     .bind(user)
     .bind(last_read)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    members_changed(conn, room).await
+}
+
+/// Records that `room`'s participants changed (`chatroom.member_version` + 1), in the
+/// transaction that changed them. Every write to `chatroom_participant` calls it: the send
+/// writers trust the members they remember only while the version is the one they read.
+async fn members_changed(conn: &mut AnyConnection, room: i64) -> StoreResult<()> {
+    sqlx::query("UPDATE chatroom SET member_version = member_version + 1 WHERE id = ?")
+        .bind(room)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -356,9 +374,9 @@ pub async fn rejoin(
     .bind(history_from)
     .bind(room)
     .bind(user)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    members_changed(conn, room).await
 }
 
 /// Hides (`true`: the user left) or shows a participant, keeping its history window.
@@ -374,9 +392,9 @@ pub async fn set_hidden(
     .bind(i64::from(hidden))
     .bind(room)
     .bind(user)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    members_changed(conn, room).await
 }
 
 /// Makes sure `user` has a read pointer row in `room` and that it is at least `at_least`.
@@ -744,15 +762,19 @@ impl Store {
 
     /// The rooms `user` has not left, newest activity first.
     pub async fn chat_rooms_of(&self, user: &str) -> StoreResult<Vec<ListRoomRow>> {
-        Ok(sqlx::query_as::<_, ListRoomRow>(
-            "SELECT r.id, r.title, r.type, r.last_message, r.profile_image \
+        let sql = format!(
+            "SELECT r.id, r.title, r.type, r.profile_image, m.type AS last_kind, \
+             m.message AS last_text, \
+             (SELECT COUNT(*) FROM message_attachment a WHERE a.message_id = m.id) AS last_files \
              FROM chatroom_participant p JOIN chatroom r ON r.id = p.chatroom_id \
+             LEFT JOIN chatroom_message m ON m.id = {NEWEST_SHOWN} \
              WHERE p.user_id = ? AND p.is_hidden = 0 \
-             ORDER BY r.last_message_time DESC, r.id DESC",
-        )
-        .bind(user)
-        .fetch_all(self.pool())
-        .await?)
+             ORDER BY COALESCE(m.create_at, r.create_at) DESC, r.id DESC"
+        );
+        Ok(sqlx::query_as::<_, ListRoomRow>(&sql)
+            .bind(user)
+            .fetch_all(self.pool())
+            .await?)
     }
 
     /// The other participants (hidden ones included) of the rooms `user` has not left, by room,
@@ -894,14 +916,17 @@ impl Store {
 
     /// `user`'s `limit` most recently active rooms (left ones included).
     pub async fn chat_recent_rooms(&self, user: &str, limit: i64) -> StoreResult<Vec<i64>> {
-        Ok(sqlx::query_scalar(
+        let sql = format!(
             "SELECT r.id FROM chatroom_participant p JOIN chatroom r ON r.id = p.chatroom_id \
-             WHERE p.user_id = ? ORDER BY r.last_message_time DESC, r.id DESC LIMIT ?",
-        )
-        .bind(user)
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?)
+             LEFT JOIN chatroom_message m ON m.id = {NEWEST_SHOWN} \
+             WHERE p.user_id = ? ORDER BY COALESCE(m.create_at, r.create_at) DESC, r.id DESC \
+             LIMIT ?"
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(user)
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?)
     }
 
     /// The participants (hidden ones included) of `rooms` other than `user`: (room, user).
@@ -1036,21 +1061,59 @@ pub fn script_outbox_delete(s: &mut Script, ids: &[i64]) {
 }
 
 /// Appends the locking read of `rooms` (in id order, so two lockers cannot deadlock; the locks
-/// last until the transaction ends) as `SELECT` `k`; read the rooms that exist, id and type,
-/// with [`locked_rooms`]. `rooms` must not be empty.
+/// last until the transaction ends) as `SELECT` `k`; read the rooms that exist with
+/// [`locked_rooms`]. `rooms` must not be empty.
 pub fn script_lock_rooms(s: &mut Script, d: Dialect, rooms: &[i64], k: i64) {
     s.select(k)
-        .sql("id, type FROM chatroom WHERE id IN (")
+        .sql("id, type, member_version FROM chatroom WHERE id IN (")
         .ints(rooms)
         .sql(") ORDER BY id")
         .sql(d.for_update())
         .end();
 }
 
-/// The rooms [`script_lock_rooms`] returned: id and type.
-pub fn locked_rooms(rows: &Rows, k: i64) -> StoreResult<Vec<(i64, String)>> {
+/// A room [`script_lock_rooms`] locked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockedRoom {
+    /// Room id.
+    pub id: i64,
+    /// `DIRECT` or `GROUP`.
+    pub kind: String,
+    /// Its membership version ([`members_changed`]).
+    pub member_version: i64,
+}
+
+/// The rooms [`script_lock_rooms`] returned, in id order.
+pub fn locked_rooms(rows: &Rows, k: i64) -> StoreResult<Vec<LockedRoom>> {
     rows.of(k)
-        .map(|r| Ok((r.try_get("id")?, r.try_get("type")?)))
+        .map(|r| {
+            Ok(LockedRoom {
+                id: r.try_get("id")?,
+                kind: r.try_get("type")?,
+                member_version: r.try_get("member_version")?,
+            })
+        })
+        .collect()
+}
+
+/// Appends the read of `users`' display fields as `SELECT` `k`; read with [`user_rows`].
+/// `users` must not be empty.
+pub fn script_users(s: &mut Script, users: &[&str], k: i64) {
+    s.select(k)
+        .sql("id, name, profile_image FROM user WHERE id IN (");
+    for (i, u) in users.iter().enumerate() {
+        if i > 0 {
+            s.sql(", ");
+        }
+        s.text(u);
+    }
+    s.sql(")").end();
+}
+
+/// The users [`script_users`] returned.
+pub fn user_rows(rows: &Rows, k: i64) -> StoreResult<Vec<SenderRow>> {
+    rows.of(k)
+        .map(|r| SenderRow::from_row(r).map_err(StoreError::from))
         .collect()
 }
 
@@ -1173,28 +1236,6 @@ pub fn inserted_message_ids(
 
 fn protocol(msg: &str) -> StoreError {
     StoreError::Db(sqlx::Error::Protocol(msg.to_owned()))
-}
-
-/// Appends the update of several rooms' last message preview and time (one statement): `last`
-/// holds `(room, preview)` with each room once. Nothing when `last` is empty.
-pub fn script_touch_rooms(s: &mut Script, last: &[(i64, &str)], at: i64) {
-    if last.is_empty() {
-        return;
-    }
-    s.sql("UPDATE chatroom SET last_message = CASE id");
-    for (room, preview) in last {
-        s.sql(" WHEN ").int(*room).sql(" THEN ").text(preview);
-    }
-    s.sql(" ELSE last_message END, last_message_time = ")
-        .int(at)
-        .sql(" WHERE id IN (");
-    for (i, (room, _)) in last.iter().enumerate() {
-        if i > 0 {
-            s.sql(", ");
-        }
-        s.int(*room);
-    }
-    s.sql(")").end();
 }
 
 /// Appends [`outbox_insert`] and, as `SELECT` `k`, its id (read with [`inserted_row_id`]).

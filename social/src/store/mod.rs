@@ -124,7 +124,17 @@ impl ScriptTx {
         Ok(rows)
     }
 
-    /// Whether [`ScriptTx::committed`] was called.
+    /// Rolls back what the scripts did so far and ends the transaction; the connection goes
+    /// back to the pool.
+    pub async fn rollback(&mut self) -> StoreResult<()> {
+        let mut script = script::Script::new(self.dialect);
+        script.sql("ROLLBACK").end();
+        script.run(self.conn()?).await?;
+        self.committed();
+        Ok(())
+    }
+
+    /// Whether the transaction ended ([`ScriptTx::committed`] or [`ScriptTx::rollback`]).
     pub fn is_committed(&self) -> bool {
         self.committed
     }
