@@ -49,6 +49,8 @@ use crate::time::now_micros;
 
 /// Most sends written in one transaction.
 pub const MAX_BATCH: usize = 256;
+/// A batch taking this long to commit is logged as a warning.
+const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(100);
 /// Sends queued per writer before `/app/send` handlers wait.
 const QUEUE: usize = 4096;
 /// `outbox.target` of a row naming a batch of TEXT messages (its body: their ids, a JSON array)
@@ -244,6 +246,13 @@ async fn write_and_publish(
                 delivered_rows.push(row);
             }
             drop(locks);
+            if committed >= SLOW_BATCH {
+                tracing::warn!(
+                    sends = batch.len(),
+                    commit_ms = committed.as_millis(),
+                    "chat batch slow to commit (every send in it waited that long)"
+                );
+            }
             tracing::debug!(
                 sends = batch.len(),
                 rooms = rooms.len(),
@@ -445,6 +454,7 @@ async fn write_known(
     let now = now_micros();
     let rows = new_messages(batch, &accepted);
 
+    let t0 = std::time::Instant::now();
     let mut script = Script::new(d);
     script.sql(tx.begin()).end();
     sql::script_outbox_delete(&mut script, delivered_rows);
@@ -461,6 +471,7 @@ async fn write_known(
         OUTBOX,
     );
     let result = script.run(tx.conn()?).await?;
+    let written_us = t0.elapsed().as_micros();
     let locked = sql::locked_rooms(&result, ROOMS)?;
     let current = locked.len() == rooms.len()
         && locked.iter().all(|r| {
@@ -481,6 +492,11 @@ async fn write_known(
     let outbox_row = outbox_row_id(&result, OUTBOX);
     drop(result);
     tx.commit_with(&mut Script::new(d)).await?;
+    tracing::trace!(
+        written_us,
+        committed_us = t0.elapsed().as_micros(),
+        "chat batch steps (remembered participants)"
+    );
 
     let mut pushes = Vec::with_capacity(accepted.len() * 3);
     for (&i, &id) in accepted.iter().zip(&ids) {
