@@ -44,4 +44,7 @@ if [ -z "$dbname" ]; then
 else
   mariadb "${myargs[@]}" "$dbname" < "$ROOT/scripts/bench/seed_chat.mysql.sql"
 fi
+# SETTLE=N: wait N seconds before sending, so that a previous run's dropped database and page
+# flushing are over (back-to-back runs on MariaDB see their commits stall; docs/benchmarks.md).
+sleep "${SETTLE:-0}"
 "$BIN/loadtest" chat --url "ws://127.0.0.1:$port/stomp" --jwt-secret "$secret" --pid "$pid" "$@"
