@@ -460,16 +460,7 @@ async fn write_known(
     sql::script_outbox_delete(&mut script, delivered_rows);
     sql::script_lock_rooms(&mut script, d, rooms, ROOMS);
     sql::script_users(&mut script, &sender_ids, SENDERS);
-    sql::script_insert_messages(&mut script, d, &rows, now, how, MESSAGES);
-    sql::script_batch_outbox_insert(
-        &mut script,
-        d,
-        &batch_row(b""),
-        rows.len(),
-        step,
-        now,
-        OUTBOX,
-    );
+    script_messages_with_row(&mut script, d, &rows, now, step, MESSAGES, OUTBOX);
     let result = script.run(tx.conn()?).await?;
     let written_us = t0.elapsed().as_micros();
     let locked = sql::locked_rooms(&result, ROOMS)?;
@@ -521,6 +512,22 @@ async fn write_known(
         pushes,
         answers,
     }))
+}
+
+/// Scripts the insert of a batch's messages (ids `step` apart, [`InsertedIds::Consecutive`])
+/// and its outbox row naming them: results `messages` and `outbox`.
+fn script_messages_with_row(
+    script: &mut Script,
+    d: crate::store::Dialect,
+    rows: &[NewMessage<'_>],
+    now: i64,
+    step: i64,
+    messages: i64,
+    outbox: i64,
+) {
+    let how = InsertedIds::Consecutive(step);
+    sql::script_insert_messages(script, d, rows, now, how, messages);
+    sql::script_batch_outbox_insert(script, d, &batch_row(b""), rows.len(), step, now, outbox);
 }
 
 /// The rows to insert for the accepted sends of a batch.
@@ -680,16 +687,7 @@ async fn write_read(
         InsertedIds::Consecutive(step) => {
             // Consecutive ids: the outbox row's body is computed from the insert's id, so the
             // row and the commit go in this round trip too.
-            sql::script_insert_messages(&mut script, d, &rows, now, how, MESSAGES);
-            sql::script_batch_outbox_insert(
-                &mut script,
-                d,
-                &batch_row(b""),
-                rows.len(),
-                step,
-                now,
-                OUTBOX,
-            );
+            script_messages_with_row(&mut script, d, &rows, now, step, MESSAGES, OUTBOX);
             let result = tx.commit_with(&mut script).await?;
             outbox_row = outbox_row_id(&result, OUTBOX);
             match sql::inserted_message_ids(&result, d, &rows, how, MESSAGES) {
