@@ -14,6 +14,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BIN=${BIN:-$ROOT/target/release/instar}
 case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin" ;; esac
 ulimit -n 20000 2>/dev/null || true
+command -v nginx >/dev/null || { echo "direct.sh: nginx not found (apt-get install nginx)" >&2; exit 1; }
 work=$(mktemp -d /tmp/instar-direct-bench.XXXXXX)
 pids=()
 cleanup() {
