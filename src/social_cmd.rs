@@ -100,8 +100,7 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
         "social service ready"
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = gateway::server::bind_nodelay(listen)
         .with_context(|| format!("binding HTTP on {listen}"))?;
     let addr = listener.local_addr()?;
     let metrics = {
