@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, ConnectOptions, Executor};
+use sqlx::{AnyPool, ConnectOptions, Connection, Executor};
 
 /// Migrations for SQLite.
 pub static SQLITE: Migrator = sqlx::migrate!("./sqlite");
@@ -88,6 +88,9 @@ impl Default for PoolSettings {
     }
 }
 
+/// A pooled connection idle this long is pinged before it is handed out again.
+pub const PING_IDLE: Duration = Duration::from_secs(1);
+
 /// Opens a pool for `url`. SQLite files are created when missing (`mode=rwc` is implied).
 pub async fn connect(url: &str, settings: &PoolSettings) -> Result<(AnyPool, Backend), Error> {
     sqlx::any::install_default_drivers();
@@ -105,6 +108,19 @@ pub async fn connect(url: &str, settings: &PoolSettings) -> Result<(AnyPool, Bac
     let pool = AnyPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
+        // A connection handed out again soon after its last use is not pinged first: the ping is
+        // a round trip to the server on every acquire, about a fifth of a chat batch's time.
+        // One idle for longer (when a restarted server or a dropped link is likelier) still is,
+        // and is replaced when the ping fails.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 match backend {
