@@ -2335,6 +2335,94 @@ async fn multi_row_insert_ids_match_their_rows(db: Db) {
 }
 on_both!(multi_row_insert_ids_match_their_rows);
 
+/// On MySQL a batch script ends with its own `COMMIT`, guarded by a statement that stops the
+/// script (transaction still open, nothing after it run) unless every room has the membership
+/// version expected: a changed version and a room that is gone both stop it, recognisably, and
+/// the rollback that follows leaves nothing behind. On SQLite the guard is not used (the writer
+/// compares the versions it read before committing).
+async fn version_check_stops_a_script_before_its_commit(db: Db) {
+    use social::store::chat as sql;
+    use social::store::script::Script;
+    let app = start(db).await;
+    let alice = quick_user(&app, "alice01", "Alice").await;
+    quick_user(&app, "bob02", "Bob").await;
+    quick_user(&app, "carol03", "Carol").await;
+    let a = create(&app, &alice, &["bob02"]).await;
+    let b = create(&app, &alice, &["carol03"]).await;
+    let d = app.ctx.store.dialect();
+    let versions: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT id, member_version FROM chatroom WHERE id IN (?, ?) ORDER BY id")
+            .bind(a)
+            .bind(b)
+            .fetch_all(app.ctx.store.pool())
+            .await
+            .unwrap();
+    let messages = |room: i64| {
+        let pool = app.ctx.store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM chatroom_message WHERE chatroom_id = ? AND message LIKE 'guarded%'",
+            )
+            .bind(room)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    // Expected versions, then one wrong, then a room that does not exist.
+    let wrong = vec![versions[0], (versions[1].0, versions[1].1 + 1)];
+    let gone = vec![versions[0], versions[1], (b + 1000, 1)];
+    for (case, expected) in [
+        ("current", versions.clone()),
+        ("wrong", wrong),
+        ("gone", gone),
+    ] {
+        let rooms: Vec<i64> = expected.iter().map(|e| e.0).collect();
+        let mut tx = app.ctx.store.script_write().await.unwrap();
+        let mut script = Script::new(d);
+        script.sql(tx.begin()).end();
+        sql::script_lock_rooms(&mut script, d, &rooms, 1);
+        let checked = sql::script_check_versions(&mut script, d, &expected, 2);
+        assert_eq!(checked, d.0 == migrations::Backend::MySql, "{case}");
+        if !checked {
+            return;
+        }
+        script
+            .sql("INSERT INTO chatroom_message (chatroom_id, sender_id, message, create_at, type) VALUES (")
+            .int(a)
+            .sql(", ")
+            .text("alice01")
+            .sql(", ")
+            .text(&format!("guarded {case}"))
+            .sql(", 1, 'TEXT')")
+            .end();
+        script.sql("COMMIT").end();
+        match script.run(tx.conn().unwrap()).await {
+            Ok(_) => {
+                assert_eq!(case, "current");
+                tx.committed();
+            }
+            Err(e) => {
+                assert_ne!(case, "current", "{e}");
+                assert!(sql::is_stale_rooms(&e), "{case}: {e}");
+                tx.rollback().await.unwrap();
+            }
+        }
+    }
+    assert_eq!(
+        messages(a).await,
+        1,
+        "only the script with current versions committed"
+    );
+    // An unrelated failure is not taken for a changed room.
+    let mut conn = app.ctx.store.pool().acquire().await.unwrap();
+    let mut script = Script::new(d);
+    script.sql("SELECT no_such_column FROM chatroom").end();
+    let e = script.run(&mut conn).await.unwrap_err();
+    assert!(!sql::is_stale_rooms(&e), "{e}");
+}
+on_both!(version_check_stops_a_script_before_its_commit);
+
 /// The writer remembers each room's participants between batches instead of reading them for
 /// every batch, and trusts them only while the room's membership version is the one it read:
 /// a leave, and a rejoin by invitation, made through another process are both seen by the

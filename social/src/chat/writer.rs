@@ -20,7 +20,8 @@
 //! 5. one outbox row names the batch's message ids (`target` = [`MESSAGES_TARGET`]), so a crash or
 //!    a bus outage after the commit leaves the pushes to the sweeper, which rebuilds them from
 //!    the stored messages;
-//! 6. commit, then each message's `/topic/chat.{id}` broadcast and its `CHAT` alarms are
+//! 6. commit (on MySQL in the same script as the rest when every room is remembered: the server
+//!    compares the versions, [`sql::script_check_versions`]), then each message's `/topic/chat.{id}` broadcast and its `CHAT` alarms are
 //!    published (in order per destination, destinations concurrently:
 //!    [`outbox::publish_all`]), and every sender is answered with its message id.
 //!
@@ -34,6 +35,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use sqlx::Any;
+use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::dto::{self, ChatAlarm, ChatMessageDto};
@@ -170,6 +173,9 @@ async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Request>, stats: Arc<WriterStats>)
     let mut inserted_ids: Option<InsertedIds> = None;
     let mut known = KnownRooms::default();
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+    // The connection of the last batch, kept for the next while sends keep coming (given back to
+    // the pool when the queue runs dry, and dropped with a transaction that failed).
+    let mut kept: Option<PoolConnection<Any>> = None;
     loop {
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
             break;
@@ -178,12 +184,16 @@ async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Request>, stats: Arc<WriterStats>)
             &ctx,
             std::mem::take(&mut batch),
             &rx,
+            &mut kept,
             &mut delivered_rows,
             &mut inserted_ids,
             &mut known,
             &stats,
         )
         .await;
+        if rx.is_empty() {
+            kept = None;
+        }
     }
     if !delivered_rows.is_empty() {
         let _ = ctx.store.outbox_remove(&delivered_rows).await;
@@ -207,6 +217,7 @@ async fn write_and_publish(
     ctx: &Ctx,
     batch: Vec<Request>,
     queue: &mpsc::Receiver<Request>,
+    kept: &mut Option<PoolConnection<Any>>,
     delivered_rows: &mut Vec<i64>,
     inserted_ids: &mut Option<InsertedIds>,
     known: &mut KnownRooms,
@@ -226,6 +237,7 @@ async fn write_and_publish(
         ctx,
         &batch,
         &rooms,
+        kept,
         delivered_rows,
         inserted_ids,
         known,
@@ -363,6 +375,7 @@ async fn write(
     ctx: &Ctx,
     batch: &[Request],
     rooms: &[i64],
+    kept: &mut Option<PoolConnection<Any>>,
     delivered_rows: &[i64],
     inserted_ids: &mut Option<InsertedIds>,
     known: &mut KnownRooms,
@@ -370,7 +383,7 @@ async fn write(
 ) -> Result<Written, ChatError> {
     let store = &ctx.store;
     let d = store.dialect();
-    let mut tx = store.script_write().await?;
+    let mut tx = store.script_write_on(kept.take()).await?;
     let how = match *inserted_ids {
         Some(how) => how,
         None => *inserted_ids.insert(InsertedIds::probe(tx.conn()?, d).await?),
@@ -381,6 +394,7 @@ async fn write(
         match write_known(ctx, &mut tx, batch, rooms, delivered_rows, known, step).await? {
             Known::Written(written) => {
                 stats.known_batches.fetch_add(1, Ordering::Relaxed);
+                *kept = tx.into_connection();
                 return Ok(written);
             }
             // Every send refused by what is remembered: nothing was sent, and the full path
@@ -394,12 +408,13 @@ async fn write(
                     known.forget(*room);
                 }
                 // Ended first: on SQLite it holds the writer queue the next one waits for.
-                drop(tx);
-                tx = store.script_write().await?;
+                tx = store.script_write_on(tx.into_connection()).await?;
             }
         }
     }
-    write_read(ctx, tx, batch, rooms, delivered_rows, how, known).await
+    let written = write_read(ctx, &mut tx, batch, rooms, delivered_rows, how, known).await?;
+    *kept = tx.into_connection();
+    Ok(written)
 }
 
 /// What [`write_known`] did.
@@ -429,6 +444,7 @@ async fn write_known(
     const SENDERS: i64 = 2;
     const MESSAGES: i64 = 3;
     const OUTBOX: i64 = 4;
+    const CHECK: i64 = 5;
     let d = ctx.store.dialect();
     let how = InsertedIds::Consecutive(step);
     let mut answers: Vec<Result<i64, ChatError>> = Vec::with_capacity(batch.len());
@@ -454,38 +470,82 @@ async fn write_known(
     let now = now_micros();
     let rows = new_messages(batch, &accepted);
 
+    let expected: Vec<(i64, i64)> = rooms
+        .iter()
+        .filter_map(|r| known.0.get(r).map(|k| (*r, k.version)))
+        .collect();
+
     let t0 = std::time::Instant::now();
     let mut script = Script::new(d);
     script.sql(tx.begin()).end();
     sql::script_outbox_delete(&mut script, delivered_rows);
     sql::script_lock_rooms(&mut script, d, rooms, ROOMS);
+    // MySQL: the versions are compared by the server, which stops the script before the inserts
+    // when one differs, so the script can end with the commit (one round trip for the batch).
+    let checked = sql::script_check_versions(&mut script, d, &expected, CHECK);
     sql::script_users(&mut script, &sender_ids, SENDERS);
     script_messages_with_row(&mut script, d, &rows, now, step, MESSAGES, OUTBOX);
-    let result = script.run(tx.conn()?).await?;
-    let written_us = t0.elapsed().as_micros();
-    let locked = sql::locked_rooms(&result, ROOMS)?;
-    let current = locked.len() == rooms.len()
-        && locked.iter().all(|r| {
-            known
-                .0
-                .get(&r.id)
-                .is_some_and(|k| k.version == r.member_version)
-        });
-    if !current {
-        tx.rollback().await?;
-        return Ok(Known::Changed);
+    if checked {
+        script.sql("COMMIT").end();
     }
-    let senders: HashMap<String, SenderRow> = sql::user_rows(&result, SENDERS)?
-        .into_iter()
-        .map(|u| (u.id.clone(), u))
-        .collect();
-    let ids = sql::inserted_message_ids(&result, d, &rows, how, MESSAGES)?;
+    let result = match script.run(tx.conn()?).await {
+        Ok(result) => result,
+        Err(e) if checked && sql::is_stale_rooms(&e) => {
+            tx.rollback().await?;
+            return Ok(Known::Changed);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let written_us = t0.elapsed().as_micros();
+    if checked {
+        tx.committed();
+    } else {
+        let locked = sql::locked_rooms(&result, ROOMS)?;
+        let current = locked.len() == rooms.len()
+            && locked.iter().all(|r| {
+                known
+                    .0
+                    .get(&r.id)
+                    .is_some_and(|k| k.version == r.member_version)
+            });
+        if !current {
+            tx.rollback().await?;
+            return Ok(Known::Changed);
+        }
+    }
     let outbox_row = outbox_row_id(&result, OUTBOX);
+    let read = sql::user_rows(&result, SENDERS).and_then(|senders| {
+        let ids = sql::inserted_message_ids(&result, d, &rows, how, MESSAGES)?;
+        Ok((senders, ids))
+    });
+    let (senders, ids) = match read {
+        Ok(read) => read,
+        Err(e) if tx.is_committed() => {
+            // Committed, so never written again: the sweeper publishes the batch from its
+            // outbox row.
+            tracing::error!(error = %e, "a committed chat batch's rows did not come back");
+            for &i in &accepted {
+                answers[i] = Err(ChatError::Refused("stored; delivered by the outbox"));
+            }
+            return Ok(Known::Written(Written {
+                unhidden: outbox::Staged::default(),
+                outbox_row: None,
+                pushes: Vec::new(),
+                answers,
+            }));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let senders: HashMap<String, SenderRow> =
+        senders.into_iter().map(|u| (u.id.clone(), u)).collect();
     drop(result);
-    tx.commit_with(&mut Script::new(d)).await?;
+    if !tx.is_committed() {
+        tx.commit_with(&mut Script::new(d)).await?;
+    }
     tracing::trace!(
         written_us,
         committed_us = t0.elapsed().as_micros(),
+        one_trip = checked,
         "chat batch steps (remembered participants)"
     );
 
@@ -567,7 +627,7 @@ fn push_message(
 /// remembering them for the next batches.
 async fn write_read(
     ctx: &Ctx,
-    mut tx: crate::store::ScriptTx,
+    tx: &mut crate::store::ScriptTx,
     batch: &[Request],
     rooms: &[i64],
     delivered_rows: &[i64],

@@ -1072,6 +1072,44 @@ pub fn script_lock_rooms(s: &mut Script, d: Dialect, rooms: &[i64], k: i64) {
         .end();
 }
 
+/// SQLSTATE of the error [`script_check_versions`] raises when a room changed.
+const CARDINALITY_VIOLATION: &str = "21000";
+
+/// On MySQL, appends a statement that fails, ending the script there with the transaction still
+/// open, unless every room of `expected` (room id, membership version) exists with that version;
+/// `SELECT` `k` otherwise. Run after [`script_lock_rooms`] has locked the rooms, it lets a script
+/// end with `COMMIT` that must not commit when a room's participants changed, saving the round
+/// trip of deciding in between. Tell its failure from others with [`is_stale_rooms`]. Returns
+/// false (and appends nothing) on SQLite, where the caller compares the versions it read instead.
+///
+/// The failure is portable across MySQL and MariaDB without stored programs: a scalar subquery
+/// that yields a second row only when the count of matching rooms is short (error 1242, SQLSTATE
+/// 21000, "Subquery returns more than 1 row").
+pub fn script_check_versions(s: &mut Script, d: Dialect, expected: &[(i64, i64)], k: i64) -> bool {
+    if d.0 != migrations::Backend::MySql || expected.is_empty() {
+        return false;
+    }
+    let n = i64::try_from(expected.len()).unwrap_or(i64::MAX);
+    s.select(k)
+        .sql("(SELECT 0 UNION ALL SELECT 1 FROM DUAL WHERE (SELECT COUNT(*) FROM chatroom WHERE ");
+    for (i, &(room, version)) in expected.iter().enumerate() {
+        s.sql(if i > 0 { " OR (id = " } else { "(id = " })
+            .int(room)
+            .sql(" AND member_version = ")
+            .int(version)
+            .sql(")");
+    }
+    s.sql(") <> ").int(n).sql(") AS stale").end();
+    true
+}
+
+/// Whether `e` is the failure of [`script_check_versions`]: a room is gone or its participants
+/// changed.
+pub fn is_stale_rooms(e: &StoreError) -> bool {
+    matches!(e, StoreError::Db(sqlx::Error::Database(db))
+        if db.code().as_deref() == Some(CARDINALITY_VIOLATION))
+}
+
 /// A room [`script_lock_rooms`] locked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockedRoom {

@@ -138,6 +138,16 @@ impl ScriptTx {
     pub fn is_committed(&self) -> bool {
         self.committed
     }
+
+    /// The connection, for the next [`Store::script_write_on`], once the transaction ended;
+    /// `None` (and the connection closed, rolling back) while it is still open.
+    pub fn into_connection(mut self) -> Option<PoolConnection<Any>> {
+        if self.committed {
+            self.conn.take()
+        } else {
+            None
+        }
+    }
 }
 
 impl Drop for ScriptTx {
@@ -155,11 +165,24 @@ impl Store {
     /// A connection for a write transaction run by scripts (SQLite: behind the in-process writer
     /// queue, like [`Store::write`]).
     pub async fn script_write(&self) -> StoreResult<ScriptTx> {
+        self.script_write_on(None).await
+    }
+
+    /// [`Store::script_write`] on `conn` (one a finished [`ScriptTx`] gave back with
+    /// [`ScriptTx::into_connection`]) when given, saving the pool's hand-over for a caller that
+    /// writes one transaction after another.
+    pub async fn script_write_on(
+        &self,
+        conn: Option<PoolConnection<Any>>,
+    ) -> StoreResult<ScriptTx> {
         let guard = match &self.writer {
             Some(m) => Some(Arc::clone(m).lock_owned().await),
             None => None,
         };
-        let conn = self.pool.acquire().await?;
+        let conn = match conn {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?,
+        };
         Ok(ScriptTx {
             conn: Some(conn),
             dialect: self.dialect,
