@@ -54,7 +54,15 @@ pub struct Shard {
     /// Time of the first and last delivery (ns since the origin); `u64::MAX`/0 before any.
     pub first_ns: u64,
     pub last_ns: u64,
+    /// Worst latency (microseconds) of the messages intended to leave in each [`WINDOW_NS`] of
+    /// the run, by window index since the clock's origin (0: none recorded there).
+    pub worst: Vec<u32>,
 }
+
+/// Width of the windows [`Recorder::worst_windows`] reports on: 100 ms of intended send time.
+pub const WINDOW_NS: u64 = 100_000_000;
+/// Windows kept at most (a run of over a day keeps its first day's).
+const MAX_WINDOWS: usize = 864_000;
 
 /// Latency and delivery counts for a whole run.
 #[derive(Debug)]
@@ -73,6 +81,7 @@ impl Recorder {
                         delivered: 0,
                         first_ns: u64::MAX,
                         last_ns: 0,
+                        worst: Vec::new(),
                     })
                 })
                 .collect(),
@@ -93,9 +102,33 @@ impl Recorder {
         s.first_ns = s.first_ns.min(now_ns);
         s.last_ns = s.last_ns.max(now_ns);
         if let Some(sent) = sent_ns {
-            let micros = now_ns.saturating_sub(sent) / 1_000;
-            s.hist.saturating_record(micros.clamp(1, MAX_MICROS));
+            let micros = (now_ns.saturating_sub(sent) / 1_000).clamp(1, MAX_MICROS);
+            s.hist.saturating_record(micros);
+            let w = usize::try_from(sent / WINDOW_NS).unwrap_or(usize::MAX);
+            if w < MAX_WINDOWS {
+                if s.worst.len() <= w {
+                    s.worst.resize(w + 1, 0);
+                }
+                let m = u32::try_from(micros).unwrap_or(u32::MAX);
+                s.worst[w] = s.worst[w].max(m);
+            }
         }
+    }
+
+    /// The worst latency (microseconds) per [`WINDOW_NS`] of intended send time, by window index
+    /// since the clock's origin; 0 where nothing was recorded.
+    pub fn worst_windows(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = Vec::new();
+        for i in 0..self.shards.len() {
+            let s = self.shard(i);
+            if out.len() < s.worst.len() {
+                out.resize(s.worst.len(), 0);
+            }
+            for (o, w) in out.iter_mut().zip(&s.worst) {
+                *o = (*o).max(*w);
+            }
+        }
+        out
     }
 
     /// Deliveries so far (for progress display).

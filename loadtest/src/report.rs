@@ -30,6 +30,9 @@ pub struct Report {
     pub latency: Option<LatencySummary>,
     /// The latency curve: `[percentile, ms]` pairs (what the SVG draws).
     pub latency_curve: Vec<[f64; 2]>,
+    /// The worst latency (ms) of each 100 ms of the sending, from its first message on: where
+    /// in the run the slow deliveries were (one stall, a slow start, or spread out).
+    pub worst_per_100ms: Vec<f64>,
     /// Server memory and CPU (idle; message scenarios with `--pid`).
     pub server: Option<ServerStats>,
     /// What went wrong with sessions while they were up.
@@ -357,6 +360,16 @@ pub fn summary(r: &Report) -> String {
             fmt_ms(l.mean_ms),
             l.count
         );
+    }
+    if !r.worst_per_100ms.is_empty() {
+        let mut slow: Vec<(usize, f64)> = r.worst_per_100ms.iter().copied().enumerate().collect();
+        slow.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let top: Vec<String> = slow
+            .iter()
+            .take(5)
+            .map(|(i, ms)| format!("{} at {:.1} s", fmt_ms(*ms), *i as f64 / 10.0))
+            .collect();
+        let _ = writeln!(s, "worst 100ms  {}", top.join(", "));
     }
     if let Some(m) = &r.server {
         let _ = writeln!(

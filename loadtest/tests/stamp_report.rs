@@ -87,3 +87,36 @@ fn svg_and_summary_render_a_latency_curve() {
     assert!(svg.contains("99.9%"));
     assert!(summary(&report).contains("p99 9.9"));
 }
+
+#[test]
+fn worst_latency_is_kept_per_100ms_of_intended_send_time() {
+    use loadtest::latency::{Recorder, WINDOW_NS};
+    let r = Recorder::new(4);
+    // Window 3: two messages on different shards, the worse one 40 ms late.
+    r.record(0, 3 * WINDOW_NS + 1_000_000, Some(3 * WINDOW_NS));
+    r.record(
+        1,
+        3 * WINDOW_NS + 45_000_000,
+        Some(3 * WINDOW_NS + 5_000_000),
+    );
+    // Window 5: 2 ms; a message without a stamp counts as delivered but has no latency.
+    r.record(2, 5 * WINDOW_NS + 2_000_000, Some(5 * WINDOW_NS));
+    r.record(3, 9 * WINDOW_NS, None);
+    assert_eq!(r.worst_windows(), vec![0, 0, 0, 40_000, 0, 2_000]);
+    assert_eq!(r.delivered(), 4);
+
+    let report = Report {
+        scenario: "chat".into(),
+        worst_per_100ms: vec![1.5, 40.0, 2.0],
+        ..Report::default()
+    };
+    let text = summary(&report);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("worst 100ms"))
+        .expect("a worst-window line");
+    assert!(
+        line.contains("40.00 at 0.1 s, 2.00 at 0.2 s, 1.50 at 0.0 s"),
+        "{line}"
+    );
+}

@@ -9,7 +9,8 @@
 # Build first: cargo build --release -p instar -p loadtest
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-BIN="$ROOT/target/release"
+# BENCH_BIN=DIR: take instar and loadtest from DIR (to compare two builds).
+BIN="${BENCH_BIN:-$ROOT/target/release}"
 db=${1:?usage: chat.sh sqlite|mysql://... [loadtest chat args]}
 shift
 secret="chat-bench-secret-chat-bench-secret!"

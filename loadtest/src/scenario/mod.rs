@@ -671,6 +671,12 @@ pub async fn run_messages(common: &Common, run: MessageRun) -> anyhow::Result<Re
     });
     report.latency = Some(LatencySummary::of(&hist));
     report.latency_curve = latency_curve(&hist);
+    let worst = ctx.recorder.worst_windows();
+    let first = worst.iter().position(|w| *w > 0).unwrap_or(worst.len());
+    report.worst_per_100ms = worst[first..]
+        .iter()
+        .map(|us| f64::from(*us) / 1_000.0)
+        .collect();
     report.messages = Some(tally);
     report.sessions = health;
     if let (Some(pid), Some(before), Some(end)) = (common.pid, rss_before, rss_end) {
