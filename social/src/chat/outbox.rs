@@ -155,33 +155,43 @@ pub(crate) async fn publish(ctx: &Ctx, item: Outgoing) -> bool {
 /// Publishes `pushes` keeping the order of those with the same destination (a topic, or a
 /// user's queues): one chain per destination, the chains concurrently, so a batch over many rooms
 /// costs about one confirmation round trip per push of its busiest destination, not per push.
-/// True when the bus accepted every push.
+/// True when the bus accepted every push within [`PUBLISH_TIMEOUT`] (one deadline for the whole
+/// batch rather than a timer per push: a batch is kept in, or left to, the outbox as a whole).
 pub(crate) async fn publish_all(ctx: &Ctx, pushes: Vec<Outgoing>) -> bool {
-    let mut chains: Vec<Vec<Outgoing>> = Vec::new();
+    let bus = ctx.notifier.bus();
+    let mut chains: Vec<(String, Vec<Outgoing>)> = Vec::new();
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for push in pushes {
         let key = match &push.target {
-            Target::Topic(name) => format!("t:{name}"),
-            Target::User { user, .. } => format!("u:{user}"),
+            Target::Topic(name) => format!("topic {name}"),
+            Target::User { user, .. } => format!("user {user}"),
         };
-        let i = *index.entry(key).or_insert_with(|| {
-            chains.push(Vec::new());
-            chains.len() - 1
-        });
-        chains[i].push(push);
+        let i = match index.get(&key) {
+            Some(&i) => i,
+            None => {
+                chains.push((key.clone(), Vec::new()));
+                index.insert(key, chains.len() - 1);
+                chains.len() - 1
+            }
+        };
+        chains[i].1.push(push);
     }
-    let runs = chains.into_iter().map(|chain| async move {
+    let runs = chains.into_iter().map(|(key, chain)| async move {
         for push in chain {
-            if !publish(ctx, push).await {
+            if let Err(e) = bus.publish(push.target, push.envelope).await {
+                tracing::warn!(destination = %key, error = %e, "chat push refused by the bus; left in the outbox");
                 return false;
             }
         }
         true
     });
-    futures_util::future::join_all(runs)
-        .await
-        .into_iter()
-        .all(|ok| ok)
+    match tokio::time::timeout(PUBLISH_TIMEOUT, futures_util::future::join_all(runs)).await {
+        Ok(done) => done.into_iter().all(|ok| ok),
+        Err(_) => {
+            tracing::warn!("chat pushes timed out; left in the outbox");
+            false
+        }
+    }
 }
 
 /// Publishes staged pushes in order (after the commit) and deletes the accepted ones from the
