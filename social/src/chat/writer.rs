@@ -34,6 +34,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 
 use sqlx::Any;
 use sqlx::pool::PoolConnection;
@@ -488,7 +489,34 @@ async fn write_known(
     if checked {
         script.sql("COMMIT").end();
     }
-    let result = match script.run(tx.conn()?).await {
+    let (ran, alarms) = {
+        let run = script.run(tx.conn()?);
+        tokio::pin!(run);
+        // The first poll sends the script. The `CHAT` alarms need neither the ids nor the
+        // senders' names, so they are built while the database works on it.
+        let first = std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await;
+        // No early return before the reply: the script may commit.
+        let alarms: Result<Vec<Vec<Outgoing>>, ChatError> = accepted
+            .iter()
+            .map(|&i| {
+                let req = &batch[i];
+                let members = known
+                    .0
+                    .get(&req.room)
+                    .map(|k| k.members.as_slice())
+                    .unwrap_or_default();
+                let mut out = Vec::with_capacity(members.len());
+                chat_alarms(now, req.room, &req.text, members, &mut out)?;
+                Ok(out)
+            })
+            .collect();
+        let ran = match first {
+            Poll::Ready(ran) => ran,
+            Poll::Pending => run.await,
+        };
+        (ran, alarms)
+    };
+    let result = match ran {
         Ok(result) => result,
         Err(e) if checked && sql::is_stale_rooms(&e) => {
             tx.rollback().await?;
@@ -514,11 +542,14 @@ async fn write_known(
         }
     }
     let outbox_row = outbox_row_id(&result, OUTBOX);
-    let read = sql::user_rows(&result, SENDERS).and_then(|senders| {
-        let ids = sql::inserted_message_ids(&result, d, &rows, how, MESSAGES)?;
-        Ok((senders, ids))
-    });
-    let (senders, ids) = match read {
+    let read = sql::user_rows(&result, SENDERS)
+        .and_then(|senders| {
+            let ids = sql::inserted_message_ids(&result, d, &rows, how, MESSAGES)?;
+            Ok((senders, ids))
+        })
+        .map_err(ChatError::from)
+        .and_then(|(senders, ids)| Ok((senders, ids, alarms?)));
+    let (senders, ids, alarms) = match read {
         Ok(read) => read,
         Err(e) if tx.is_committed() => {
             // Committed, so never written again: the sweeper publishes the batch from its
@@ -534,7 +565,7 @@ async fn write_known(
                 answers,
             }));
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     let senders: HashMap<String, SenderRow> =
         senders.into_iter().map(|u| (u.id.clone(), u)).collect();
@@ -549,22 +580,25 @@ async fn write_known(
         "chat batch steps (remembered participants)"
     );
 
+    // In the order of [`message_pushes`]: each message's broadcast, then its alarms.
     let mut pushes = Vec::with_capacity(accepted.len() * 3);
-    for (&i, &id) in accepted.iter().zip(&ids) {
+    for ((&i, &id), alarms) in accepted.iter().zip(&ids).zip(alarms) {
         answers[i] = Ok(id);
-        let members = known
-            .0
-            .get(&batch[i].room)
-            .map(|k| k.members.as_slice())
-            .unwrap_or_default();
-        push_message(
-            &batch[i],
+        let req = &batch[i];
+        let row = MessageRow {
             id,
-            now,
-            senders.get(&batch[i].sender),
-            members,
-            &mut pushes,
-        )?;
+            chatroom_id: req.room,
+            sender_id: req.sender.clone(),
+            message: Some(req.text.clone()),
+            create_at: now,
+            kind: dto::TEXT.to_owned(),
+        };
+        pushes.push(ops::message_push(&ChatMessageDto::build(
+            &row,
+            senders.get(&req.sender),
+            &[],
+        ))?);
+        pushes.extend(alarms);
     }
     Ok(Known::Written(Written {
         unhidden: outbox::Staged::default(),
@@ -835,14 +869,30 @@ pub(crate) fn message_pushes(
     out: &mut Vec<Outgoing>,
 ) -> Result<(), ChatError> {
     out.push(ops::message_push(&ChatMessageDto::build(row, sender, &[]))?);
-    let text = row.message.clone().unwrap_or_default();
+    chat_alarms(
+        row.create_at,
+        row.chatroom_id,
+        row.message.as_deref().unwrap_or_default(),
+        members,
+        out,
+    )
+}
+
+/// Appends the `CHAT` alarm of a TEXT message sent at `at` in `room` to each of `members`.
+fn chat_alarms(
+    at: i64,
+    room: i64,
+    text: &str,
+    members: &[String],
+    out: &mut Vec<Outgoing>,
+) -> Result<(), ChatError> {
     for m in members {
         out.push(ops::alarm(
             m,
             &ChatAlarm::Chat {
-                create_at: row.create_at,
-                chat_room_id: row.chatroom_id,
-                message: text.clone(),
+                create_at: at,
+                chat_room_id: room,
+                message: text.to_owned(),
             },
         )?);
     }
