@@ -2289,15 +2289,21 @@ async fn a_batch_row_written_by_the_database_is_rebuilt(db: Db) {
 }
 on_both!(a_batch_row_written_by_the_database_is_rebuilt);
 
-/// Both ways of finding a multi-row insert's ids give each row its own id, rooms interleaved.
-async fn multi_row_insert_ids_match_their_rows(db: Db) {
-    use social::store::chat::{self as sql, InsertedIds, NewMessage};
+/// An app with alice01, bob02 and carol03, and alice's DMs with bob02 and with carol03.
+async fn two_dms(db: Db) -> (TestApp, i64, i64) {
     let app = start(db).await;
     let alice = quick_user(&app, "alice01", "Alice").await;
     quick_user(&app, "bob02", "Bob").await;
     quick_user(&app, "carol03", "Carol").await;
     let a = create(&app, &alice, &["bob02"]).await;
     let b = create(&app, &alice, &["carol03"]).await;
+    (app, a, b)
+}
+
+/// Both ways of finding a multi-row insert's ids give each row its own id, rooms interleaved.
+async fn multi_row_insert_ids_match_their_rows(db: Db) {
+    use social::store::chat::{self as sql, InsertedIds, NewMessage};
+    let (app, a, b) = two_dms(db).await;
     let d = app.ctx.store.dialect();
     let mut tx = app.ctx.store.write().await.unwrap();
     let probed = InsertedIds::probe(tx.conn(), d).await.unwrap();
@@ -2343,12 +2349,7 @@ on_both!(multi_row_insert_ids_match_their_rows);
 async fn version_check_stops_a_script_before_its_commit(db: Db) {
     use social::store::chat as sql;
     use social::store::script::Script;
-    let app = start(db).await;
-    let alice = quick_user(&app, "alice01", "Alice").await;
-    quick_user(&app, "bob02", "Bob").await;
-    quick_user(&app, "carol03", "Carol").await;
-    let a = create(&app, &alice, &["bob02"]).await;
-    let b = create(&app, &alice, &["carol03"]).await;
+    let (app, a, b) = two_dms(db).await;
     let d = app.ctx.store.dialect();
     let versions: Vec<(i64, i64)> =
         sqlx::query_as("SELECT id, member_version FROM chatroom WHERE id IN (?, ?) ORDER BY id")
