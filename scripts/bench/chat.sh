@@ -48,4 +48,9 @@ fi
 # SETTLE=N: wait N seconds before sending, so that a previous run's dropped database and page
 # flushing are over (back-to-back runs on MariaDB see their commits stall; docs/benchmarks.md).
 sleep "${SETTLE:-0}"
-"$BIN/loadtest" chat --url "ws://127.0.0.1:$port/stomp" --jwt-secret "$secret" --pid "$pid" "$@"
+# RUNS=N: run the load N times against the same server and database (each run after the first
+# finds the messages of the runs before it, as a service that has been up a while would).
+for run in $(seq "${RUNS:-1}"); do
+  [ "$run" -gt 1 ] && echo "== run $run of ${RUNS} (same server and database)" && sleep "${SETTLE:-0}"
+  "$BIN/loadtest" chat --url "ws://127.0.0.1:$port/stomp" --jwt-secret "$secret" --pid "$pid" "$@"
+done
