@@ -21,9 +21,10 @@
 //!    a bus outage after the commit leaves the pushes to the sweeper, which rebuilds them from
 //!    the stored messages;
 //! 6. commit (on MySQL in the same script as the rest when every room is remembered: the server
-//!    compares the versions, [`sql::script_check_versions`]), then each message's `/topic/chat.{id}` broadcast and its `CHAT` alarms are
-//!    published (in order per destination, destinations concurrently:
-//!    [`outbox::publish_all`]), and every sender is answered with its message id.
+//!    compares the versions, [`sql::script_check_versions`]), then each message's
+//!    `/topic/chat.{id}` broadcast and its `CHAT` alarms are published (in order per
+//!    destination, destinations concurrently: [`outbox::publish_all`]), and every sender is
+//!    answered with its message id.
 //!
 //! The rooms' process locks ([`super::room_locks`]) are held from before the transaction until the
 //! pushes are published, as for every other chat write, so a room's broadcasts leave in id order.
@@ -585,19 +586,10 @@ async fn write_known(
     for ((&i, &id), alarms) in accepted.iter().zip(&ids).zip(alarms) {
         answers[i] = Ok(id);
         let req = &batch[i];
-        let row = MessageRow {
-            id,
-            chatroom_id: req.room,
-            sender_id: req.sender.clone(),
-            message: Some(req.text.clone()),
-            create_at: now,
-            kind: dto::TEXT.to_owned(),
-        };
-        pushes.push(ops::message_push(&ChatMessageDto::build(
-            &row,
+        pushes.push(broadcast(
+            &message_row(req, id, now),
             senders.get(&req.sender),
-            &[],
-        ))?);
+        )?);
         pushes.extend(alarms);
     }
     Ok(Known::Written(Written {
@@ -646,15 +638,19 @@ fn push_message(
     members: &[String],
     out: &mut Vec<Outgoing>,
 ) -> Result<(), ChatError> {
-    let row = MessageRow {
+    message_pushes(&message_row(req, id, at), sender, members, out)
+}
+
+/// The stored row of a send written with id `id` at `at`.
+fn message_row(req: &Request, id: i64, at: i64) -> MessageRow {
+    MessageRow {
         id,
         chatroom_id: req.room,
         sender_id: req.sender.clone(),
         message: Some(req.text.clone()),
         create_at: at,
         kind: dto::TEXT.to_owned(),
-    };
-    message_pushes(&row, sender, members, out)
+    }
 }
 
 /// [`write`] reading the rooms' participants (two round trips, see the module docs), and
@@ -868,7 +864,7 @@ pub(crate) fn message_pushes(
     members: &[String],
     out: &mut Vec<Outgoing>,
 ) -> Result<(), ChatError> {
-    out.push(ops::message_push(&ChatMessageDto::build(row, sender, &[]))?);
+    out.push(broadcast(row, sender)?);
     chat_alarms(
         row.create_at,
         row.chatroom_id,
@@ -876,6 +872,11 @@ pub(crate) fn message_pushes(
         members,
         out,
     )
+}
+
+/// The `/topic/chat.{room}` broadcast of a stored TEXT message.
+fn broadcast(row: &MessageRow, sender: Option<&SenderRow>) -> Result<Outgoing, ChatError> {
+    ops::message_push(&ChatMessageDto::build(row, sender, &[]))
 }
 
 /// Appends the `CHAT` alarm of a TEXT message sent at `at` in `room` to each of `members`.
