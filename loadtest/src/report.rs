@@ -28,6 +28,9 @@ pub struct Report {
     pub throughput: Option<Throughput>,
     /// Latency from intended send time to receipt (message scenarios).
     pub latency: Option<LatencySummary>,
+    /// How late the senders flushed each message after its intended send time (message
+    /// scenarios): the harness's own share of `latency`, which should stay far below it.
+    pub send_lag: Option<LatencySummary>,
     /// The latency curve: `[percentile, ms]` pairs (what the SVG draws).
     pub latency_curve: Vec<[f64; 2]>,
     /// The worst latency (ms) of each 100 ms of the sending, from its first message on: where
@@ -359,6 +362,15 @@ pub fn summary(r: &Report) -> String {
             fmt_ms(l.max_ms),
             fmt_ms(l.mean_ms),
             l.count
+        );
+    }
+    if let Some(l) = &r.send_lag {
+        let _ = writeln!(
+            s,
+            "send lag ms  p50 {} p99 {} max {} (the harness's own delay before each send)",
+            fmt_ms(l.p50_ms),
+            fmt_ms(l.p99_ms),
+            fmt_ms(l.max_ms),
         );
     }
     if !r.worst_per_100ms.is_empty() {

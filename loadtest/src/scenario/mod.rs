@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use futures_util::StreamExt;
 use stomp::{Command, Frame, Item};
 use tokio::task::JoinHandle;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::accounting::{SeqTracker, Tally};
 use crate::client::{ConnectSpec, Credentials, Session, error_of};
 use crate::latency::{Clock, LatencySummary, Recorder};
-use crate::pacing::Schedule;
+use crate::pacing::{Pacer, Schedule};
 use crate::progress::Progress;
 use crate::report::{Report, ServerStats, SessionHealth, Setup, Throughput, latency_curve};
 use crate::stamp::Stamp;
@@ -346,6 +347,21 @@ pub struct SenderOutcome {
     pub problem: Option<String>,
 }
 
+/// What every sender of a run shares.
+#[derive(Debug)]
+pub struct SendContext {
+    pub clock: Clock,
+    /// Wakes senders at their intended times.
+    pub pacer: Pacer,
+    /// How late each message was flushed after its intended time.
+    pub lag: Recorder,
+    /// Messages sent so far, all senders.
+    pub sent: AtomicU64,
+    /// Senders done with their schedule.
+    pub done: AtomicU64,
+    pub stop: CancellationToken,
+}
+
 /// Most messages written before one flush (and before looking at what the server sent).
 const MAX_BATCH: u64 = 256;
 
@@ -353,11 +369,16 @@ const MAX_BATCH: u64 = 256;
 pub async fn send_stream(
     mut session: Session,
     plan: SendPlan,
-    clock: Clock,
-    sent_counter: Arc<AtomicU64>,
-    done: Arc<AtomicU64>,
-    stop: CancellationToken,
+    ctx: Arc<SendContext>,
 ) -> SenderOutcome {
+    let SendContext {
+        clock,
+        ref pacer,
+        ref lag,
+        sent: ref sent_counter,
+        ref done,
+        ref stop,
+    } = *ctx;
     let mut out = SenderOutcome {
         stream: plan.stream,
         ..SenderOutcome::default()
@@ -391,6 +412,13 @@ pub async fn send_stream(
             if result.is_ok() {
                 result = session.flush().await;
             }
+            if result.is_ok() {
+                let flushed = clock.now_ns();
+                for seq in out.sent..upto {
+                    let key = usize::try_from(plan.stream).unwrap_or(0);
+                    lag.record(key, flushed, Some(plan.schedule.intended_ns(seq)));
+                }
+            }
             if let Err(e) = result {
                 out.dropped = true;
                 out.problem = Some(format!("sender {}: {e}", plan.stream));
@@ -408,7 +436,7 @@ pub async fn send_stream(
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            () = tokio::time::sleep_until(next.into()) => {}
+            () = pacer.sleep_until(next) => {}
             item = session.next_item() => match item {
                 Ok(Some(Item::Frame(f))) if f.command == Command::Error => {
                     out.error_frames += 1;
@@ -509,29 +537,31 @@ pub async fn run_messages(common: &Common, run: MessageRun) -> anyhow::Result<Re
     // Senders: connected now, released together once all are up.
     let go = CancellationToken::new();
     let publish_origin = Arc::new(AtomicU64::new(0));
-    let sent_counter = Arc::new(AtomicU64::new(0));
-    let done_counter = Arc::new(AtomicU64::new(0));
+    let send_ctx = Arc::new(SendContext {
+        clock,
+        pacer: Pacer::start().context("starting the pacer thread")?,
+        lag: Recorder::new(16),
+        sent: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        stop: ctx.stop.clone(),
+    });
     let (sender_plans, send_plans): (Vec<SessionPlan>, Vec<SendPlan>) =
         run.senders.into_iter().unzip();
     let send_plans = Arc::new(send_plans);
     let (senders, sender_setup) = {
         let go = go.clone();
         let origin = publish_origin.clone();
-        let counter = sent_counter.clone();
-        let done = done_counter.clone();
-        let stop = ctx.stop.clone();
+        let send_ctx = send_ctx.clone();
         let send_plans = send_plans.clone();
         establish(common, sender_plans, "senders", move |i, session| {
             let go = go.clone();
             let origin = origin.clone();
-            let counter = counter.clone();
-            let done = done.clone();
-            let stop = stop.clone();
+            let send_ctx = send_ctx.clone();
             let mut plan = send_plans[i].clone();
             async move {
                 go.cancelled().await;
                 plan.schedule.offset_ns += origin.load(Ordering::Relaxed);
-                send_stream(session, plan, clock, counter, done, stop).await
+                send_stream(session, plan, send_ctx).await
             }
         })
         .await
@@ -569,7 +599,7 @@ pub async fn run_messages(common: &Common, run: MessageRun) -> anyhow::Result<Re
     let mut finished = false;
     while !finished {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let sent = sent_counter.load(Ordering::Relaxed);
+        let sent = send_ctx.sent.load(Ordering::Relaxed);
         let delivered = ctx.recorder.delivered();
         spinner.set_message(format!(
             "sent {sent} delivered {delivered}/{expected_total}"
@@ -577,10 +607,10 @@ pub async fn run_messages(common: &Common, run: MessageRun) -> anyhow::Result<Re
         if let Some(r) = common.pid.and_then(|p| crate::procfs::rss_kib(p).ok()) {
             rss_peak = rss_peak.max(r);
         }
-        finished = done_counter.load(Ordering::Relaxed) >= sender_handles.len() as u64;
+        finished = send_ctx.done.load(Ordering::Relaxed) >= sender_handles.len() as u64;
     }
     // Drain: wait until every expected delivery is in, or the drain time passes.
-    let sent_total = sent_counter.load(Ordering::Relaxed);
+    let sent_total = send_ctx.sent.load(Ordering::Relaxed);
     let expected_now = sent_total * run.fan;
     let drain_deadline = Instant::now() + run.drain;
     let mut drained = false;
@@ -670,6 +700,7 @@ pub async fn run_messages(common: &Common, run: MessageRun) -> anyhow::Result<Re
         drained,
     });
     report.latency = Some(LatencySummary::of(&hist));
+    report.send_lag = Some(LatencySummary::of(&send_ctx.lag.merged().0));
     report.latency_curve = latency_curve(&hist);
     let worst = ctx.recorder.worst_windows();
     let first = worst.iter().position(|w| *w > 0).unwrap_or(worst.len());
