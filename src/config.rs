@@ -110,7 +110,7 @@ pub(crate) struct Settings {
     pub allowed_origins: Vec<String>,
     pub bench_echo: bool,
     pub social: social::SocialConfig,
-    pub chat_writers: Option<usize>,
+    pub chat: social::chat::WriterOptions,
 }
 
 impl ServeArgs {
@@ -133,7 +133,7 @@ impl ServeArgs {
         let social_file = file.social.clone().unwrap_or_default();
         let social = self.social.resolve(&social_file, &jwt_secret)?;
         Ok(Settings {
-            chat_writers: self.social.chat_writers(&social_file),
+            chat: self.social.chat_writer_options(&social_file),
             social,
             listen: self
                 .listen

@@ -84,7 +84,7 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
     let social = social::Ctx::start(&cfg.social, bus.clone())
         .await
         .context("starting the social service")?;
-    social::chat::register_with(&social, &bus, cfg.chat_writers);
+    social::chat::register_with(&social, &bus, cfg.chat);
     tracing::info!(
         database = %migrations::redact(&cfg.social.database_url),
         "social service ready"
@@ -227,6 +227,8 @@ mod tests {
             "7",
             "--chat-writers",
             "2",
+            "--chat-batch-linger-us",
+            "250000",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command else {
@@ -235,5 +237,10 @@ mod tests {
         assert_eq!(args.drain_secs, Some(3));
         assert_eq!(args.command_workers, Some(7));
         assert_eq!(args.social.chat_writers, Some(2));
+        assert_eq!(args.social.chat_batch_linger_us, Some(250_000));
+        // Over the limit: clamped to 100 ms.
+        let chat = args.social.chat_writer_options(&Default::default());
+        assert_eq!(chat.writers, Some(2));
+        assert_eq!(chat.linger, Some(std::time::Duration::from_millis(100)));
     }
 }

@@ -94,7 +94,7 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
     let ctx = social::Ctx::start(&cfg, bus.clone())
         .await
         .context("starting the social service")?;
-    social::chat::register_with(&ctx, &bus, args.social.chat_writers(&social_file));
+    social::chat::register_with(&ctx, &bus, args.social.chat_writer_options(&social_file));
     tracing::info!(
         database = %migrations::redact(&cfg.database_url),
         "social service ready"

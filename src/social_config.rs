@@ -81,6 +81,9 @@ pub(crate) struct SocialArgs {
     /// Chat send writers: tasks writing batches of /app/send messages, sends sharded by room. [default: 1]
     #[arg(long, env = "INSTAR_CHAT_WRITERS")]
     pub chat_writers: Option<usize>,
+    /// Least time from the start of one chat send batch to the next while sends keep coming, microseconds (0: none; at most 100000). [default: 0]
+    #[arg(long, env = "INSTAR_CHAT_BATCH_LINGER_US")]
+    pub chat_batch_linger_us: Option<u64>,
     /// Read cache of posts and images (entries each; authors and likes get a quarter); 0 turns it off. [default: 100000]
     #[arg(long, env = "INSTAR_READ_CACHE_ENTRIES")]
     pub read_cache_entries: Option<usize>,
@@ -118,6 +121,7 @@ pub(crate) struct SocialFile {
     smtp_password: Option<String>,
     smtp_from: Option<String>,
     chat_writers: Option<usize>,
+    chat_batch_linger_us: Option<u64>,
     read_cache_entries: Option<usize>,
     read_cache_ttl_secs: Option<u64>,
     feed_page_cache: Option<usize>,
@@ -130,10 +134,16 @@ macro_rules! pick {
 }
 
 impl SocialArgs {
-    /// The chat send writers asked for (`None`: the backend's default), at most 64.
-    pub(crate) fn chat_writers(&self, file: &SocialFile) -> Option<usize> {
+    /// The chat send writers asked for (`None`: the defaults): at most 64 writers, a linger
+    /// of at most 100 ms.
+    pub(crate) fn chat_writer_options(&self, file: &SocialFile) -> social::chat::WriterOptions {
         let (a, f) = (self, file);
-        pick!(a, f, chat_writers).map(|n| n.clamp(1, 64))
+        social::chat::WriterOptions {
+            writers: pick!(a, f, chat_writers).map(|n| n.clamp(1, 64)),
+            linger: pick!(a, f, chat_batch_linger_us).map(|us| {
+                std::time::Duration::from_micros(us).min(social::chat::writer::MAX_LINGER)
+            }),
+        }
     }
 
     /// Resolves the social configuration with the JWT secret shared with the gateway.

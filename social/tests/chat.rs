@@ -2102,6 +2102,30 @@ async fn batched_texts_are_stored_byte_for_byte(db: Db) {
 }
 on_both!(batched_texts_are_stored_byte_for_byte);
 
+/// A writer starts a batch at most once per linger while sends keep coming: after a first batch,
+/// two sends queued 20 ms apart inside a 300 ms linger are written together; with no linger the
+/// second is written alone.
+async fn sends_inside_the_linger_share_a_batch(db: Db) {
+    use social::chat::writer::SendWriter;
+    use std::sync::atomic::Ordering;
+    let (app, _alice, room, _link) = dm_with_link(db).await;
+    for (linger_ms, batches) in [(300, 2), (0, 3)] {
+        let writer = SendWriter::start_with(&app.ctx, 1, Duration::from_millis(linger_ms)).unwrap();
+        writer.send("alice01", room, "first").await.unwrap();
+        let second = writer.enqueue("alice01", room, "second").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let third = writer.enqueue("alice01", room, "third").await.unwrap();
+        let (second, third) = (second.await.unwrap(), third.await.unwrap());
+        assert!(third > second);
+        assert_eq!(
+            writer.stats().batches.load(Ordering::Relaxed),
+            batches,
+            "linger {linger_ms} ms"
+        );
+    }
+}
+on_both!(sends_inside_the_linger_share_a_batch);
+
 /// A batch's outbox row names its messages; the sweeper rebuilds their pushes from the store.
 async fn a_batch_row_left_behind_is_rebuilt_from_the_store(db: Db) {
     let (app, alice, room, mut link) = dm_with_link(db).await;

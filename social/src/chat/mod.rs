@@ -243,13 +243,24 @@ fn topic_room(topic: &str) -> Option<i64> {
 /// Registers the chat handlers for `/app/` on `bus` and starts the outbox sweeper (on the
 /// current Tokio runtime). Pushes go out through `ctx.notifier`'s bus.
 pub fn register(ctx: &Ctx, bus: &Bus) {
-    register_with(ctx, bus, None);
+    register_with(ctx, bus, WriterOptions::default());
 }
 
-/// [`register`] with `writers` send writer tasks (`None`: one; see [`writer`]).
-pub fn register_with(ctx: &Ctx, bus: &Bus, writers: Option<usize>) {
-    let writers = writers.unwrap_or(SEND_WRITERS);
-    let writer = writer::SendWriter::start(ctx, writers);
+/// How `/app/send` is written ([`writer`]); `None` fields take the defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterOptions {
+    /// Send writer tasks (default one).
+    pub writers: Option<usize>,
+    /// The least time between the starts of two batches of one writer (default
+    /// [`writer::DEFAULT_LINGER`]; zero: none).
+    pub linger: Option<std::time::Duration>,
+}
+
+/// [`register`] with the send writers `options` asks for.
+pub fn register_with(ctx: &Ctx, bus: &Bus, options: WriterOptions) {
+    let writers = options.writers.unwrap_or(SEND_WRITERS);
+    let linger = options.linger.unwrap_or(writer::DEFAULT_LINGER);
+    let writer = writer::SendWriter::start_with(ctx, writers, linger);
     bus.register_handler(
         "/app/",
         Arc::new(ChatHandler {
