@@ -40,7 +40,7 @@
 //! starts the next at once with whatever arrived meanwhile: at 10,000 msg/s about 900 small
 //! transactions a second instead of about 650 larger ones with 1 ms. On a database that flushes
 //! pages during the load that lowered p99; on one that does not, it raised p50 by about 1 ms
-//! and did not lower p99 (docs/benchmarks.md), hence off by default.
+//! and rarely lowered p99 (docs/benchmarks.md), hence off by default.
 
 use std::collections::HashMap;
 use std::sync::Arc;
