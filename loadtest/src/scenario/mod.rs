@@ -414,8 +414,8 @@ pub async fn send_stream(
             }
             if result.is_ok() {
                 let flushed = clock.now_ns();
+                let key = usize::try_from(plan.stream).unwrap_or(0);
                 for seq in out.sent..upto {
-                    let key = usize::try_from(plan.stream).unwrap_or(0);
                     lag.record(key, flushed, Some(plan.schedule.intended_ns(seq)));
                 }
             }
