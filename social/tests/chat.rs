@@ -240,6 +240,19 @@ async fn count(app: &TestApp, sql: &str, room: i64) -> i64 {
         .unwrap()
 }
 
+/// Waits (2 s at most: well inside the sweeper's grace, so it is not the sweeper that empties it)
+/// until every outbox row is gone: the writer deletes delivered batches' rows after a short idle
+/// spell or with a later batch.
+async fn outbox_drains(app: &TestApp) {
+    for _ in 0..100 {
+        if outbox_len(app).await == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("outbox rows left: {}", outbox_len(app).await);
+}
+
 async fn outbox_len(app: &TestApp) -> i64 {
     app.ctx.store.outbox_len().await.unwrap()
 }
@@ -571,7 +584,7 @@ async fn create_pushes_create_room(db: Db) {
     let got = drain(&mut link, 300).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].target, Target::user("alice01", "notify"));
-    assert_eq!(outbox_len(&app).await, 0);
+    outbox_drains(&app).await;
 }
 on_both!(create_pushes_create_room);
 
@@ -1411,7 +1424,7 @@ async fn chat_upload_broadcasts_images_and_files(db: Db) {
         400
     );
     assert_eq!(files_under(&app.dir.join("media")).len(), before);
-    assert_eq!(outbox_len(&app).await, 0);
+    outbox_drains(&app).await;
 }
 on_both!(chat_upload_broadcasts_images_and_files);
 
@@ -1480,7 +1493,7 @@ async fn send_broadcasts_after_commit_with_alarms(db: Db) {
     assert_eq!(a["alarmType"], "CHAT");
     assert_eq!(a["chatRoomId"], room);
     assert_eq!(a["message"], "안녕");
-    assert_eq!(outbox_len(&app).await, 0);
+    outbox_drains(&app).await;
 
     // Messages from one session are published in id order.
     for i in 0..20 {
@@ -1624,7 +1637,7 @@ async fn non_member_send_is_rejected_and_nothing_stored(db: Db) {
         0
     );
     assert!(drain(&mut link, 200).await.is_empty());
-    assert_eq!(outbox_len(&app).await, 0);
+    outbox_drains(&app).await;
     assert!(
         run(
             &app,
@@ -2054,7 +2067,7 @@ async fn batched_sends_keep_order_and_refuse_one_by_one(db: Db) {
     .await
     .unwrap();
     assert_eq!(hidden, 0);
-    assert_eq!(outbox_len(&app).await, 0);
+    outbox_drains(&app).await;
     // Checks that need no database are made before queueing.
     assert!(writer.send("alice01", group, " ").await.is_err());
     assert!(writer.send("alice01", 999_999, "x").await.is_err());
@@ -2098,7 +2111,7 @@ async fn batched_texts_are_stored_byte_for_byte(db: Db) {
     );
     let broadcast = broadcast_texts(&mut link).await;
     assert_eq!(broadcast, texts);
-    assert_eq!(outbox_len(&app).await, 0);
+    outbox_drains(&app).await;
 }
 on_both!(batched_texts_are_stored_byte_for_byte);
 
@@ -2125,6 +2138,35 @@ async fn sends_inside_the_linger_share_a_batch(db: Db) {
     }
 }
 on_both!(sends_inside_the_linger_share_a_batch);
+
+/// Delivered batches' outbox rows are not deleted one statement per batch: they ride on a later
+/// batch once `CLEANUP_ROWS` have gathered, and go on their own after an idle spell, before the
+/// sweeper would take them for undelivered (every broadcast arrives once).
+async fn delivered_rows_are_deleted_together(db: Db) {
+    use social::chat::writer::{CLEANUP_ROWS, SendWriter};
+    use std::sync::atomic::Ordering;
+    let (app, _alice, room, mut link) = dm_with_link(db).await;
+    let writer = SendWriter::start(&app.ctx, 1).unwrap();
+    let n = CLEANUP_ROWS + 8;
+    let texts: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+    for t in &texts {
+        // One at a time: a batch each.
+        writer.send("alice01", room, t).await.unwrap();
+    }
+    let stats = writer.stats();
+    assert_eq!(stats.batches.load(Ordering::Relaxed), n as u64);
+    let after_sends = stats.cleanups.load(Ordering::Relaxed);
+    // One riding clean-up (plus one for each idle spell of 200 ms between two sends, if the
+    // machine was that slow), not one per batch.
+    assert!(
+        (1..n as u64 / 4).contains(&after_sends),
+        "{after_sends} clean-ups for {n} batches"
+    );
+    outbox_drains(&app).await;
+    assert!(stats.cleanups.load(Ordering::Relaxed) > after_sends);
+    assert_eq!(broadcast_texts(&mut link).await, texts);
+}
+on_both!(delivered_rows_are_deleted_together);
 
 /// A batch's outbox row names its messages; the sweeper rebuilds their pushes from the store.
 async fn a_batch_row_left_behind_is_rebuilt_from_the_store(db: Db) {
@@ -2216,7 +2258,7 @@ async fn a_failed_batch_is_rolled_back_and_retried_one_by_one(db: Db) {
     assert_eq!(stored, ["first", "last"]);
     let broadcast = broadcast_texts(&mut link).await;
     assert_eq!(broadcast, ["first", "last"]);
-    assert_eq!(outbox_len(&app).await, 0);
+    outbox_drains(&app).await;
     // The failed transaction's connection did not come back to the pool half-open, and (SQLite)
     // the writer queue was released: the next batch goes through.
     let id = writer.send("alice01", room, "after").await.unwrap();
@@ -2394,13 +2436,26 @@ async fn version_check_stops_a_script_before_its_commit(db: Db) {
             .unwrap()
         }
     };
-    // Expected versions, then one wrong, then a room that does not exist.
+    // A membership change moves room b's version on.
+    sqlx::query("UPDATE chatroom SET member_version = member_version + 1 WHERE id = ?")
+        .bind(b)
+        .execute(app.ctx.store.pool())
+        .await
+        .unwrap();
+    let moved_on = versions.clone();
+    let versions = vec![versions[0], (versions[1].0, versions[1].1 + 1)];
+    // Expected versions, then one wrong, then a room that does not exist, then room b as read
+    // before its change, then a missing room in place of b with the same sum of versions (only
+    // the count differs).
     let wrong = vec![versions[0], (versions[1].0, versions[1].1 + 1)];
     let gone = vec![versions[0], versions[1], (b + 1000, 1)];
+    let short = vec![versions[0], (b + 1000, 0)];
     for (case, expected) in [
         ("current", versions.clone()),
         ("wrong", wrong),
         ("gone", gone),
+        ("moved on", moved_on),
+        ("short", short),
     ] {
         let rooms: Vec<i64> = expected.iter().map(|e| e.0).collect();
         let mut tx = app.ctx.store.script_write().await.unwrap();

@@ -4,9 +4,10 @@
 //! Under load that, not the bus, limits the messages per second, so sends are queued to a writer
 //! task that takes everything queued (up to [`MAX_BATCH`]) and writes it in one transaction:
 //!
-//! 1. the outbox rows of earlier batches that were delivered are deleted (the clean-up rides on
-//!    the next transaction instead of costing one of its own; when the queue is idle it runs at
-//!    once);
+//! 1. the outbox rows of earlier batches that were delivered are deleted, once
+//!    [`CLEANUP_ROWS`] of them have gathered (the clean-up rides on a later transaction instead
+//!    of costing one of its own; when no send has come for [`CLEANUP_IDLE`] it runs on its own,
+//!    well before the sweeper would take the rows for undelivered);
 //! 2. the batch's rooms are locked (one statement, rows in id order, reading each room's
 //!    membership version) and their participants read with their display fields (one statement;
 //!    senders are members, so this gives the senders'), unless the writer remembers every room's
@@ -73,6 +74,12 @@ pub const MAX_LINGER: std::time::Duration = std::time::Duration::from_millis(100
 pub const LINGER_SKIP: usize = 64;
 /// A batch taking this long to commit is logged as a warning.
 const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(100);
+/// Delivered batches' outbox rows gathered before a batch deletes them (one `DELETE` per this
+/// many batches rather than one per batch).
+pub const CLEANUP_ROWS: usize = 32;
+/// A writer with delivered rows left and no send for this long deletes them on its own. Far below
+/// [`outbox::SWEEP_GRACE`], so the sweeper never sees them.
+pub const CLEANUP_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
 /// Sends queued per writer before `/app/send` handlers wait.
 const QUEUE: usize = 4096;
 /// `outbox.target` of a row naming a batch of TEXT messages (its body: their ids, a JSON array)
@@ -92,6 +99,9 @@ pub struct WriterStats {
     pub fallbacks: AtomicU64,
     /// Batches written from the participants the writer remembered (no participant read).
     pub known_batches: AtomicU64,
+    /// Statements that deleted delivered batches' outbox rows (riding on a batch, or on their own
+    /// after an idle spell).
+    pub cleanups: AtomicU64,
     /// Batches that found a remembered room changed, rolled back and were written again after
     /// reading its participants.
     pub stale_batches: AtomicU64,
@@ -220,14 +230,26 @@ async fn run(
         {
             tokio::time::sleep_until(at).await;
         }
-        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+        if !delivered_rows.is_empty() && rx.is_empty() {
+            match tokio::time::timeout(CLEANUP_IDLE, rx.recv_many(&mut batch, MAX_BATCH)).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) => {
+                    // Idle: the rows go now, on a connection of their own.
+                    if ctx.store.outbox_remove(&delivered_rows).await.is_ok() {
+                        delivered_rows.clear();
+                        stats.cleanups.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+            }
+        } else if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
             break;
         }
         last_start = Some(tokio::time::Instant::now());
         write_and_publish(
             &ctx,
             std::mem::take(&mut batch),
-            &rx,
             &mut kept,
             &mut delivered_rows,
             &mut inserted_ids,
@@ -260,7 +282,6 @@ struct Written {
 async fn write_and_publish(
     ctx: &Ctx,
     batch: Vec<Request>,
-    queue: &mpsc::Receiver<Request>,
     kept: &mut Option<PoolConnection<Any>>,
     delivered_rows: &mut Vec<i64>,
     inserted_ids: &mut Option<InsertedIds>,
@@ -277,12 +298,13 @@ async fn write_and_publish(
         .unwrap_or_default();
     let locks = room_locks(&rooms).await;
     let started = std::time::Instant::now();
+    let cleanup = delivered_rows.len() >= CLEANUP_ROWS;
     match write(
         ctx,
         &batch,
         &rooms,
         kept,
-        delivered_rows,
+        if cleanup { delivered_rows } else { &[] },
         inserted_ids,
         known,
         stats,
@@ -291,7 +313,10 @@ async fn write_and_publish(
     {
         Ok(written) => {
             let committed = started.elapsed();
-            delivered_rows.clear();
+            if cleanup {
+                delivered_rows.clear();
+                stats.cleanups.fetch_add(1, Ordering::Relaxed);
+            }
             stats.batches.fetch_add(1, Ordering::Relaxed);
             outbox::deliver(ctx, written.unhidden).await;
             // A failure leaves the row to the sweeper, which re-sends the batch (the gateway
@@ -317,11 +342,6 @@ async fn write_and_publish(
                 total_us = started.elapsed().as_micros(),
                 "chat batch written"
             );
-            if queue.is_empty() && ctx.store.outbox_remove(delivered_rows).await.is_ok() {
-                // Idle: cleaned up now rather than with the next batch (and before the senders
-                // are answered).
-                delivered_rows.clear();
-            }
             for (req, answer) in batch.into_iter().zip(written.answers) {
                 match &answer {
                     Ok(_) => stats.messages.fetch_add(1, Ordering::Relaxed),
