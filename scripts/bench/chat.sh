@@ -35,7 +35,7 @@ cleanup() {
   rm -rf "$data"
 }
 trap cleanup EXIT
-if [ "${OWN_SESSION:-1}" = 1 ]; then setsid "$BIN/instar" serve & else "$BIN/instar" serve & fi
+"$BIN/instar" serve &
 pid=$!
 for _ in $(seq 100); do
   curl -fs "http://127.0.0.1:$port/api/auth/checkId?id=x" -o /dev/null -X POST -H 'Content-Type: application/json' -d '{"id":"x"}' && break
