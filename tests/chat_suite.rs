@@ -135,6 +135,23 @@ async fn chat_suite_across_two_gateway_nodes_with_a_node_killed() {
     let text = metrics.text().await.unwrap();
     assert!(text.contains("\ninstar_read_cache_hits_total "), "{text}");
     assert!(!text.contains("instar_sessions_open"), "{text}");
+    // ... and its chat send writers: the suite's messages went through them.
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {text}"))
+    };
+    assert!(value("instar_chat_messages_total") >= 1.0, "{text}");
+    assert!(value("instar_chat_batches_total") >= 1.0, "{text}");
+    assert!(
+        value("instar_chat_batch_commit_seconds_sum") > 0.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("instar_chat_batch_commit_seconds_count"),
+        value("instar_chat_batches_total")
+    );
+    assert!(text.contains("# TYPE instar_chat_batch_commit_seconds summary"));
 
     drop(nodes);
     drop(social);

@@ -66,6 +66,13 @@ if [ -n "$dbname" ] && [ "${FLUSH:-1}" = 1 ]; then
   dirty_pct=""
   echo "mariadb: checkpoint age $age bytes before the flush, $(myvar Innodb_checkpoint_age) after"
 fi
+# A rough speed index of the machine just before the load: the same build's figures move with it
+# (on this 2-core VM kind the loop below has taken from 210 to 370 ms on an idle machine).
+speed=$(python3 -c 'import time
+t = time.perf_counter(); s = 0
+for i in range(3_000_000): s += i
+print(round((time.perf_counter() - t) * 1000))')
+echo "machine: a 3M-step Python loop took $speed ms (about 210 ms on a quiet machine of this kind)"
 # SETTLE=N: wait N seconds before sending, so that a previous run's dropped database and page
 # flushing are over (back-to-back runs on MariaDB see their commits stall; docs/benchmarks.md).
 sleep "${SETTLE:-0}"
@@ -75,3 +82,12 @@ for run in $(seq "${RUNS:-1}"); do
   [ "$run" -gt 1 ] && echo "== run $run of ${RUNS} (same server and database)" && sleep "${SETTLE:-0}"
   "$BIN/loadtest" chat --url "ws://127.0.0.1:$port/stomp" --jwt-secret "$secret" --pid "$pid" "$@"
 done
+# The writers' own view (cumulative over the runs): batches, their size, commit time and the wait
+# of each batch's oldest send (docs/chat.md, "Metrics").
+metrics=$(curl -fs "http://127.0.0.1:$port/metrics" || true)
+metric() { echo "$metrics" | awk -v n="$1" '$1 == n {print $2}'; }
+batches=$(metric instar_chat_batches_total)
+if [ -n "$batches" ] && [ "$batches" != 0 ]; then
+  python3 -c "b, m, c, w = $batches, $(metric instar_chat_messages_total), $(metric instar_chat_batch_commit_seconds_sum), $(metric instar_chat_batch_wait_seconds_sum)
+print('writers      %d batches, %.1f messages a batch; per batch %.2f ms to commit, oldest send waited %.2f ms' % (b, m / b, c * 1e3 / b, w * 1e3 / b))"
+fi

@@ -112,6 +112,8 @@ pub struct CtxInner {
     pub cors: Cors,
     /// Read cache of posts, authors and likes (invalidated through the bus).
     pub cache: Arc<ReadCache>,
+    /// The counters of every chat send writer started on this context (for `/metrics`).
+    pub chat_writers: Arc<std::sync::Mutex<Vec<Arc<crate::chat::writer::WriterStats>>>>,
 }
 
 /// Why the service could not start.
@@ -170,6 +172,7 @@ impl Ctx {
             limits: Arc::new(cfg.limits.clone()),
             cors: Cors::new(cfg.cors_origin.clone()),
             cache,
+            chat_writers: Arc::default(),
         })))
     }
 
@@ -227,14 +230,28 @@ impl Ctx {
                 c.publish_failures,
             ),
         ];
-        let mut out = String::with_capacity(1024);
+        let mut out = String::with_capacity(3072);
         for (name, help, value) in rows {
             let _ = writeln!(
                 out,
                 "# HELP instar_{name} {help}\n# TYPE instar_{name} counter\ninstar_{name} {value}"
             );
         }
+        crate::chat::writer::metrics_text(&self.chat_writers_stats(), &mut out);
         out
+    }
+
+    /// The summed counters of the chat send writers started on this context.
+    pub fn chat_writers_stats(&self) -> crate::chat::writer::StatsSnapshot {
+        let writers = self
+            .chat_writers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        writers
+            .iter()
+            .fold(crate::chat::writer::StatsSnapshot::default(), |acc, w| {
+                acc + w.snapshot()
+            })
     }
 
     /// The `/api/**` routes (with CORS, the envelope for every failure) and `/media/**` when media

@@ -2165,6 +2165,19 @@ async fn delivered_rows_are_deleted_together(db: Db) {
     outbox_drains(&app).await;
     assert!(stats.cleanups.load(Ordering::Relaxed) > after_sends);
     assert_eq!(broadcast_texts(&mut link).await, texts);
+    // The counters reach /metrics, summed over the context's writers.
+    let text = app.ctx.metrics_text();
+    assert!(
+        text.contains(&format!("\ninstar_chat_messages_total {n}\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "\ninstar_chat_outbox_cleanups_total {}\n",
+            stats.cleanups.load(Ordering::Relaxed)
+        )),
+        "{text}"
+    );
 }
 on_both!(delivered_rows_are_deleted_together);
 

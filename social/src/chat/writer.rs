@@ -105,6 +105,130 @@ pub struct WriterStats {
     /// Batches that found a remembered room changed, rolled back and were written again after
     /// reading its participants.
     pub stale_batches: AtomicU64,
+    /// Time the committed batches took from their first statement to their commit, µs.
+    pub commit_micros: AtomicU64,
+    /// Time the oldest send of each committed batch had waited in the queue, µs.
+    pub wait_micros: AtomicU64,
+}
+
+impl WriterStats {
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            batches: get(&self.batches),
+            messages: get(&self.messages),
+            refused: get(&self.refused),
+            fallbacks: get(&self.fallbacks),
+            known_batches: get(&self.known_batches),
+            stale_batches: get(&self.stale_batches),
+            cleanups: get(&self.cleanups),
+            commit_micros: get(&self.commit_micros),
+            wait_micros: get(&self.wait_micros),
+        }
+    }
+}
+
+/// A copy of [`WriterStats`] (summed over writers with `+`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct StatsSnapshot {
+    pub batches: u64,
+    pub messages: u64,
+    pub refused: u64,
+    pub fallbacks: u64,
+    pub known_batches: u64,
+    pub stale_batches: u64,
+    pub cleanups: u64,
+    pub commit_micros: u64,
+    pub wait_micros: u64,
+}
+
+impl std::ops::Add for StatsSnapshot {
+    type Output = StatsSnapshot;
+    fn add(self, o: StatsSnapshot) -> StatsSnapshot {
+        StatsSnapshot {
+            batches: self.batches + o.batches,
+            messages: self.messages + o.messages,
+            refused: self.refused + o.refused,
+            fallbacks: self.fallbacks + o.fallbacks,
+            known_batches: self.known_batches + o.known_batches,
+            stale_batches: self.stale_batches + o.stale_batches,
+            cleanups: self.cleanups + o.cleanups,
+            commit_micros: self.commit_micros + o.commit_micros,
+            wait_micros: self.wait_micros + o.wait_micros,
+        }
+    }
+}
+
+/// Appends the writers' counters to `out` in the Prometheus text format.
+pub fn metrics_text(s: &StatsSnapshot, out: &mut String) {
+    use std::fmt::Write as _;
+    let counters: [(&str, &str, u64); 7] = [
+        (
+            "chat_batches_total",
+            "Transactions committed by the chat send writers.",
+            s.batches,
+        ),
+        (
+            "chat_messages_total",
+            "Chat messages stored and published by the send writers.",
+            s.messages,
+        ),
+        (
+            "chat_sends_refused_total",
+            "Sends the writers refused (not a member, no such room).",
+            s.refused,
+        ),
+        (
+            "chat_batch_fallbacks_total",
+            "Batches whose transaction failed and were sent again one message at a time.",
+            s.fallbacks,
+        ),
+        (
+            "chat_batches_remembered_total",
+            "Batches written from remembered participants (no participant read).",
+            s.known_batches,
+        ),
+        (
+            "chat_batches_stale_total",
+            "Batches that found a remembered room changed and were written again.",
+            s.stale_batches,
+        ),
+        (
+            "chat_outbox_cleanups_total",
+            "Statements that deleted delivered batches' outbox rows.",
+            s.cleanups,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP instar_{name} {help}\n# TYPE instar_{name} counter\ninstar_{name} {value}"
+        );
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = |us: u64| us as f64 / 1e6;
+    for (name, help, sum) in [
+        (
+            "chat_batch_commit_seconds",
+            "Time from a batch's first statement to its commit.",
+            s.commit_micros,
+        ),
+        (
+            "chat_batch_wait_seconds",
+            "Time the oldest send of a batch waited in the writer's queue.",
+            s.wait_micros,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP instar_{name} {help}\n# TYPE instar_{name} summary\n\
+             instar_{name}_sum {}\ninstar_{name}_count {}",
+            seconds(sum),
+            s.batches
+        );
+    }
 }
 
 /// The queue in front of the writers.
@@ -139,6 +263,10 @@ impl SendWriter {
     ) -> Option<SendWriter> {
         let rt = tokio::runtime::Handle::try_current().ok()?;
         let stats = Arc::new(WriterStats::default());
+        ctx.chat_writers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::clone(&stats));
         let linger = linger.min(MAX_LINGER);
         let shards: Vec<_> = (0..writers.max(1))
             .map(|_| {
@@ -193,6 +321,10 @@ impl SendWriter {
                 .unwrap_or(Err(ChatError::Refused("the chat writer has stopped")))
         })
     }
+}
+
+fn micros_u64(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The checks that need no database.
@@ -313,6 +445,12 @@ async fn write_and_publish(
     {
         Ok(written) => {
             let committed = started.elapsed();
+            stats
+                .commit_micros
+                .fetch_add(micros_u64(committed), Ordering::Relaxed);
+            stats
+                .wait_micros
+                .fetch_add(micros_u64(waited), Ordering::Relaxed);
             if cleanup {
                 delivered_rows.clear();
                 stats.cleanups.fetch_add(1, Ordering::Relaxed);
