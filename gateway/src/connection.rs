@@ -116,16 +116,38 @@ pub async fn run(
     let mut inbuf = BytesMut::new();
     let shutdown = gw.shutdown.clone();
 
+    // The loop's signals and timers live across iterations: building them anew for every frame
+    // registered two cancellation waiters and three timer entries (each under a lock) and removed
+    // them again, per frame in or out. The heart-beat timer is re-armed lazily: traffic moves the
+    // deadline later with every frame, so when the timer fires early it is only pushed back; a
+    // deadline that moves earlier (heart-beats negotiated by CONNECT) re-arms it at once.
+    let kill_signal = kill.cancelled();
+    tokio::pin!(kill_signal);
+    let shutdown_signal = shutdown.cancelled();
+    tokio::pin!(shutdown_signal);
+    let mut hb_armed = d.next_heartbeat_deadline();
+    let hb_timer = sleep_until(hb_armed);
+    tokio::pin!(hb_timer);
+    let connect_timer = sleep_until(connect_deadline);
+    tokio::pin!(connect_timer);
+    let mut token_armed = d.token_deadline;
+    let token_timer = sleep_until(token_armed);
+    tokio::pin!(token_timer);
+
     let reason = loop {
-        let hb_deadline = d.next_heartbeat_deadline();
-        let connect_wait = if d.session.state() == State::AwaitConnect {
-            connect_deadline
-        } else {
-            far_future()
-        };
+        let hb_due = d.next_heartbeat_deadline();
+        if hb_due < hb_armed {
+            hb_armed = hb_due;
+            hb_timer.as_mut().reset(hb_armed);
+        }
+        if d.token_deadline != token_armed {
+            token_armed = d.token_deadline;
+            token_timer.as_mut().reset(token_armed);
+        }
+        let awaiting_connect = d.session.state() == State::AwaitConnect;
         tokio::select! {
             biased;
-            () = kill.cancelled() => {
+            () = &mut kill_signal => {
                 // The socket is likely stuck: try to say why, but do not wait on it for long.
                 let _ = tokio::time::timeout(
                     STUCK_WRITE_GRACE,
@@ -134,7 +156,7 @@ pub async fn run(
                 .await;
                 break CloseReason::SlowConsumer;
             }
-            () = shutdown.cancelled() => {
+            () = &mut shutdown_signal => {
                 // Drain what is already queued, then tell the client why it is being closed.
                 let mut batch = Vec::new();
                 queue.drain(&mut batch, usize::MAX);
@@ -152,21 +174,29 @@ pub async fn run(
                 // A write blocked on a client that does not read must not outlive the hub's verdict.
                 let written = tokio::select! {
                     r = d.sink.send(&batch) => r.is_ok(),
-                    () = kill.cancelled() => false,
+                    () = &mut kill_signal => false,
                 };
                 if !written {
                     break if kill.is_cancelled() { CloseReason::SlowConsumer } else { CloseReason::WriteError };
                 }
                 d.last_sent = Instant::now();
             }
-            () = sleep_until(hb_deadline) => {
-                if let Some(reason) = d.on_heartbeat_timer().await { break reason; }
+            () = &mut hb_timer => {
+                let now = Instant::now();
+                if hb_due <= now
+                    && let Some(reason) = d.on_heartbeat_timer().await
+                {
+                    break reason;
+                }
+                // Re-armed from the deadline as it stands now (later than the one that fired).
+                hb_armed = d.next_heartbeat_deadline().max(now);
+                hb_timer.as_mut().reset(hb_armed);
             }
-            () = sleep_until(connect_wait) => {
+            () = &mut connect_timer, if awaiting_connect => {
                 d.write_error("CONNECT not received in time").await;
                 break CloseReason::ConnectTimeout;
             }
-            () = sleep_until(d.token_deadline) => {
+            () = &mut token_timer => {
                 let actions = d.session.expire();
                 d.execute(actions).await;
                 break CloseReason::TokenExpired;
