@@ -116,6 +116,15 @@ pub struct CtxInner {
     pub chat_writers: Arc<std::sync::Mutex<Vec<Arc<crate::chat::writer::WriterStats>>>>,
 }
 
+/// Appends one counter, `instar_{name}`, in the Prometheus text format.
+pub(crate) fn write_counter(out: &mut String, name: &str, help: &str, value: u64) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP instar_{name} {help}\n# TYPE instar_{name} counter\ninstar_{name} {value}"
+    );
+}
+
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -191,7 +200,6 @@ impl Ctx {
 
     /// The social service's counters in the Prometheus text format (appended to `/metrics`).
     pub fn metrics_text(&self) -> String {
-        use std::fmt::Write as _;
         let c = self.cache.stats();
         let rows: [(&str, &str, u64); 7] = [
             (
@@ -232,26 +240,14 @@ impl Ctx {
         ];
         let mut out = String::with_capacity(3072);
         for (name, help, value) in rows {
-            let _ = writeln!(
-                out,
-                "# HELP instar_{name} {help}\n# TYPE instar_{name} counter\ninstar_{name} {value}"
-            );
+            write_counter(&mut out, name, help, value);
         }
-        crate::chat::writer::metrics_text(&self.chat_writers_stats(), &mut out);
-        out
-    }
-
-    /// The summed counters of the chat send writers started on this context.
-    pub fn chat_writers_stats(&self) -> crate::chat::writer::StatsSnapshot {
         let writers = self
             .chat_writers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        writers
-            .iter()
-            .fold(crate::chat::writer::StatsSnapshot::default(), |acc, w| {
-                acc + w.snapshot()
-            })
+        crate::chat::writer::metrics_text(&writers, &mut out);
+        out
     }
 
     /// The `/api/**` routes (with CORS, the envelope for every failure) and `/media/**` when media

@@ -111,101 +111,55 @@ pub struct WriterStats {
     pub wait_micros: AtomicU64,
 }
 
-impl WriterStats {
-    /// The counters now.
-    pub fn snapshot(&self) -> StatsSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        StatsSnapshot {
-            batches: get(&self.batches),
-            messages: get(&self.messages),
-            refused: get(&self.refused),
-            fallbacks: get(&self.fallbacks),
-            known_batches: get(&self.known_batches),
-            stale_batches: get(&self.stale_batches),
-            cleanups: get(&self.cleanups),
-            commit_micros: get(&self.commit_micros),
-            wait_micros: get(&self.wait_micros),
-        }
-    }
-}
-
-/// A copy of [`WriterStats`] (summed over writers with `+`).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub struct StatsSnapshot {
-    pub batches: u64,
-    pub messages: u64,
-    pub refused: u64,
-    pub fallbacks: u64,
-    pub known_batches: u64,
-    pub stale_batches: u64,
-    pub cleanups: u64,
-    pub commit_micros: u64,
-    pub wait_micros: u64,
-}
-
-impl std::ops::Add for StatsSnapshot {
-    type Output = StatsSnapshot;
-    fn add(self, o: StatsSnapshot) -> StatsSnapshot {
-        StatsSnapshot {
-            batches: self.batches + o.batches,
-            messages: self.messages + o.messages,
-            refused: self.refused + o.refused,
-            fallbacks: self.fallbacks + o.fallbacks,
-            known_batches: self.known_batches + o.known_batches,
-            stale_batches: self.stale_batches + o.stale_batches,
-            cleanups: self.cleanups + o.cleanups,
-            commit_micros: self.commit_micros + o.commit_micros,
-            wait_micros: self.wait_micros + o.wait_micros,
-        }
-    }
-}
-
-/// Appends the writers' counters to `out` in the Prometheus text format.
-pub fn metrics_text(s: &StatsSnapshot, out: &mut String) {
+/// Appends the counters of `writers`, summed, to `out` in the Prometheus text format.
+pub fn metrics_text(writers: &[Arc<WriterStats>], out: &mut String) {
     use std::fmt::Write as _;
+    let sum = |field: fn(&WriterStats) -> &AtomicU64| -> u64 {
+        writers
+            .iter()
+            .map(|w| field(w).load(Ordering::Relaxed))
+            .sum()
+    };
+    let batches = sum(|w| &w.batches);
     let counters: [(&str, &str, u64); 7] = [
         (
             "chat_batches_total",
             "Transactions committed by the chat send writers.",
-            s.batches,
+            batches,
         ),
         (
             "chat_messages_total",
             "Chat messages stored and published by the send writers.",
-            s.messages,
+            sum(|w| &w.messages),
         ),
         (
             "chat_sends_refused_total",
             "Sends the writers refused (not a member, no such room).",
-            s.refused,
+            sum(|w| &w.refused),
         ),
         (
             "chat_batch_fallbacks_total",
             "Batches whose transaction failed and were sent again one message at a time.",
-            s.fallbacks,
+            sum(|w| &w.fallbacks),
         ),
         (
             "chat_batches_remembered_total",
             "Batches written from remembered participants (no participant read).",
-            s.known_batches,
+            sum(|w| &w.known_batches),
         ),
         (
             "chat_batches_stale_total",
             "Batches that found a remembered room changed and were written again.",
-            s.stale_batches,
+            sum(|w| &w.stale_batches),
         ),
         (
             "chat_outbox_cleanups_total",
             "Statements that deleted delivered batches' outbox rows.",
-            s.cleanups,
+            sum(|w| &w.cleanups),
         ),
     ];
     for (name, help, value) in counters {
-        let _ = writeln!(
-            out,
-            "# HELP instar_{name} {help}\n# TYPE instar_{name} counter\ninstar_{name} {value}"
-        );
+        crate::app::write_counter(out, name, help, value);
     }
     #[allow(clippy::cast_precision_loss)]
     let seconds = |us: u64| us as f64 / 1e6;
@@ -213,20 +167,19 @@ pub fn metrics_text(s: &StatsSnapshot, out: &mut String) {
         (
             "chat_batch_commit_seconds",
             "Time from a batch's first statement to its commit.",
-            s.commit_micros,
+            sum(|w| &w.commit_micros),
         ),
         (
             "chat_batch_wait_seconds",
             "Time the oldest send of a batch waited in the writer's queue.",
-            s.wait_micros,
+            sum(|w| &w.wait_micros),
         ),
     ] {
         let _ = writeln!(
             out,
             "# HELP instar_{name} {help}\n# TYPE instar_{name} summary\n\
-             instar_{name}_sum {}\ninstar_{name}_count {}",
+             instar_{name}_sum {}\ninstar_{name}_count {batches}",
             seconds(sum),
-            s.batches
         );
     }
 }
