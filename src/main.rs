@@ -81,7 +81,14 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
         );
         bench::BenchEcho::register(&bus);
     }
-    let social = social::Ctx::start(&cfg.social, bus.clone())
+    // Bound before the service starts: an unconfigured public URL falls back to this address.
+    let listener = gateway::server::bind_nodelay(cfg.listen)
+        .with_context(|| format!("binding HTTP on {}", cfg.listen))?;
+    let mut social_cfg = cfg.social.clone();
+    social_cfg.public_url.fallback = Some(social::public_url::PublicUrl::origin_of_listen(
+        listener.local_addr()?,
+    ));
+    let social = social::Ctx::start(&social_cfg, bus.clone())
         .await
         .context("starting the social service")?;
     social::chat::register_with(&social, &bus, cfg.chat);
@@ -127,9 +134,8 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
         .or(gw.routes())
         .unify()
         .boxed();
-    let (addr, http) = gateway::server::serve_http(routes, cfg.listen, gw.shutdown.clone())
-        .await
-        .with_context(|| format!("binding HTTP on {}", cfg.listen))?;
+    let (addr, http) = gateway::server::serve_http_on(routes, listener, gw.shutdown.clone())
+        .with_context(|| format!("serving HTTP on {}", cfg.listen))?;
     tracing::info!(%addr, "HTTP listening: /api (REST), /media, /stomp (STOMP over WebSocket), /ws (SockJS)");
     let http = tokio::spawn(http);
 

@@ -30,9 +30,13 @@ pub(crate) async fn run(cfg: NodeSettings) -> anyhow::Result<()> {
     let public = PrefixPolicy::new(cfg.public_topics.clone()).allow_anonymous(cfg.allow_anonymous);
     let rooms = match &cfg.database_url {
         Some(url) => Some(
-            social::chat::Rooms::open(url, &migrations::PoolSettings::default())
-                .await
-                .with_context(|| format!("opening the database at {}", migrations::redact(url)))?,
+            social::chat::Rooms::open(
+                url,
+                &migrations::PoolSettings::default(),
+                social::media::Links::new(None, &cfg.media_url),
+            )
+            .await
+            .with_context(|| format!("opening the database at {}", migrations::redact(url)))?,
         ),
         None => {
             tracing::warn!(

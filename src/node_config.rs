@@ -78,6 +78,11 @@ pub(crate) struct GatewayArgs {
     /// public prefixes can be subscribed to.
     #[arg(long, env = "INSTAR_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Base URL of media objects as browsers load them, for the media URLs in replayed chat
+    /// messages: the social processes' S3 or CDN base, or `{public_url}/media` for local media
+    /// [default: /media]
+    #[arg(long, env = "INSTAR_MEDIA_URL")]
+    pub media_url: Option<String>,
 }
 
 /// The same settings, as read from the TOML file.
@@ -102,6 +107,7 @@ struct FileSettings {
     allowed_origins: Option<Vec<String>>,
     bench_echo: Option<bool>,
     database_url: Option<String>,
+    media_url: Option<String>,
 }
 
 /// Resolved settings of one gateway node.
@@ -125,6 +131,7 @@ pub(crate) struct NodeSettings {
     pub allowed_origins: Vec<String>,
     pub bench_echo: bool,
     pub database_url: Option<String>,
+    pub media_url: String,
 }
 
 impl GatewayArgs {
@@ -208,6 +215,11 @@ impl GatewayArgs {
                 .database_url
                 .or(file.database_url)
                 .filter(|u| !u.is_empty()),
+            media_url: self
+                .media_url
+                .or(file.media_url)
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "/media".to_owned()),
         })
     }
 }

@@ -40,6 +40,10 @@ impl TopicPolicy for RoomPolicy {
         }
     }
 
+    fn rechecks(&self, topic: &str) -> bool {
+        is_room_topic(topic)
+    }
+
     async fn replay(
         &self,
         user: &str,

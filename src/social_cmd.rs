@@ -62,7 +62,7 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
         .filter(|s| !s.is_empty())
         .context("INSTAR_JWT_SECRET is required for `instar social` (the gateways verify the tokens it signs)")?;
     let social_file = file.social.clone().unwrap_or_default();
-    let cfg = args.social.resolve(&social_file, &jwt_secret)?;
+    let mut cfg = args.social.resolve(&social_file, &jwt_secret)?;
     let listen = args
         .listen
         .or(file.listen)
@@ -91,6 +91,11 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
     let bus = Bus::amqp(registry, amqp)
         .await
         .context("connecting to RabbitMQ")?;
+    // Bound before the service starts: an unconfigured public URL falls back to this address.
+    let listener = gateway::server::bind_nodelay(listen)
+        .with_context(|| format!("binding HTTP on {listen}"))?;
+    let addr = listener.local_addr()?;
+    cfg.public_url.fallback = Some(social::public_url::PublicUrl::origin_of_listen(addr));
     let ctx = social::Ctx::start(&cfg, bus.clone())
         .await
         .context("starting the social service")?;
@@ -100,9 +105,6 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
         "social service ready"
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let listener = gateway::server::bind_nodelay(listen)
-        .with_context(|| format!("binding HTTP on {listen}"))?;
-    let addr = listener.local_addr()?;
     let metrics = {
         let ctx = ctx.clone();
         warp::path("metrics")

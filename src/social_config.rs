@@ -93,6 +93,12 @@ pub(crate) struct SocialArgs {
     /// Rendered feed pages kept by the read cache (about 13 KB each, 64 KB at most); 0 keeps none. [default: 1024]
     #[arg(long, env = "INSTAR_FEED_PAGE_CACHE")]
     pub feed_page_cache: Option<usize>,
+    /// Public URL browsers reach this service at (e.g. https://api.example.com): every media URL carries it. [default: each REST response the name its request used, pushes the listen address]
+    #[arg(long, env = "INSTAR_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Proxies (addresses or CIDRs, comma-separated) whose X-Forwarded-Proto and X-Forwarded-Host are believed. [default: none]
+    #[arg(long, env = "INSTAR_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// The `[social]` table of the TOML file (same names, without the `--`, with `_`).
@@ -125,6 +131,8 @@ pub(crate) struct SocialFile {
     read_cache_entries: Option<usize>,
     read_cache_ttl_secs: Option<u64>,
     feed_page_cache: Option<usize>,
+    public_url: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 macro_rules! pick {
@@ -198,6 +206,28 @@ impl SocialArgs {
             password: pick!(a, f, smtp_password),
             from: pick!(a, f, smtp_from).unwrap_or_else(|| "no-reply@localhost".to_owned()),
         });
+        let public_url = match pick!(a, f, public_url).filter(|u| !u.trim().is_empty()) {
+            Some(u) => {
+                let u = u.trim().trim_end_matches('/').to_owned();
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    anyhow::bail!("public_url must start with http:// or https:// (got '{u}')");
+                }
+                Some(u)
+            }
+            None => None,
+        };
+        let mut trusted_proxies = Vec::new();
+        for p in pick!(a, f, trusted_proxies).unwrap_or_default() {
+            let p = p.trim();
+            if p.is_empty() {
+                continue;
+            }
+            let net = p
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .with_context(|| format!("trusted_proxies: '{p}' is not an address or a CIDR"))?;
+            trusted_proxies.push(net);
+        }
         if jwt_secret.len() < 32 {
             anyhow::bail!(
                 "INSTAR_JWT_SECRET must be at least 32 bytes (HS256's minimum); it is {}",
@@ -228,6 +258,11 @@ impl SocialArgs {
                 feed_pages: pick!(a, f, feed_page_cache)
                     .unwrap_or(social::cache::DEFAULT_FEED_PAGES),
                 ..social::cache::ReadCacheConfig::default()
+            },
+            public_url: social::public_url::PublicUrl {
+                fixed: public_url,
+                fallback: None,
+                trusted_proxies,
             },
         })
     }

@@ -196,11 +196,8 @@ async fn follow_post_like_comment_alarms_arrive_live_and_are_listed() {
         .as_str()
         .unwrap()
         .to_owned();
-    let img = http
-        .get(format!("{}{url}", server.base))
-        .send()
-        .await
-        .unwrap();
+    assert!(url.starts_with(&format!("{}/media/", server.base)), "{url}");
+    let img = http.get(&url).send().await.unwrap();
     assert_eq!(img.status(), 200);
     assert_eq!(img.headers()["content-type"], "image/png");
     assert_eq!(details["post"]["isLiked"], true);

@@ -438,6 +438,22 @@ impl Driver<'_> {
                         ));
                         continue;
                     }
+                    // Checked again once registered: a membership that ended between the first
+                    // check and the registration (its revoke control already handled here) must
+                    // not leave a live subscription behind.
+                    if let SubscribeTarget::Topic(topic) = &target
+                        && self.gw.policy.rechecks(topic)
+                        && !self.gw.policy.may_subscribe(user.as_deref(), topic).await
+                    {
+                        self.gw
+                            .hub
+                            .unsubscribe(self.number, &sub, &target, user.as_deref())
+                            .await;
+                        let msg = DestinationError::Forbidden(target.destination()).to_string();
+                        actions.clear();
+                        actions.extend(self.session.fail(&msg, receipt.as_deref(), None));
+                        continue;
+                    }
                     self.targets
                         .insert(sub.index, (sub.clone(), target.clone()));
                     if let (Some(after), SubscribeTarget::Topic(topic), Some(user)) =

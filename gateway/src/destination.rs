@@ -97,6 +97,14 @@ pub trait TopicPolicy: Send + Sync + 'static {
     /// May `user` (None for an anonymous session, when those are allowed) receive `topic`?
     async fn may_subscribe(&self, user: Option<&str>, topic: &str) -> bool;
 
+    /// Whether the answer for `topic` can change while a session lives (a membership that ends):
+    /// such a SUBSCRIBE is checked again once registered, so a membership that ended between the
+    /// first check and the registration (its revoke already handled) leaves nothing behind.
+    fn rechecks(&self, topic: &str) -> bool {
+        let _ = topic;
+        false
+    }
+
     /// The stored messages of `topic` with an id above `after`, oldest first, at most `limit`, for
     /// a SUBSCRIBE carrying [`LAST_ID_HEADER`](crate::replay::LAST_ID_HEADER) (see
     /// [`crate::replay`]). Topics without history refuse with [`ReplayError::Unsupported`].

@@ -270,7 +270,15 @@ pub async fn serve_http(
     addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
-    let listener = bind_nodelay(addr)?;
+    serve_http_on(routes, bind_nodelay(addr)?, shutdown)
+}
+
+/// [`serve_http`] on a listener bound already (e.g. to learn its port before the routes exist).
+pub fn serve_http_on(
+    routes: warp::filters::BoxedFilter<(Box<dyn warp::Reply>,)>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
     let local = listener.local_addr()?;
     let fut = warp::serve(routes)
         .incoming(listener)

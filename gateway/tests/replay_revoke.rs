@@ -407,3 +407,46 @@ async fn revoke_control_drops_only_that_users_subscriptions_and_is_never_deliver
         2
     );
 }
+
+/// A membership that ends while a SUBSCRIBE is being registered: the first check says yes, every
+/// later one no (the member left and the revoke went by before the subscription existed).
+struct EndsDuringSubscribe {
+    checks: Mutex<usize>,
+}
+
+#[async_trait]
+impl TopicPolicy for EndsDuringSubscribe {
+    async fn may_subscribe(&self, user: Option<&str>, topic: &str) -> bool {
+        let mut n = self.checks.lock();
+        *n += 1;
+        user.is_some() && topic.starts_with("chat.") && *n == 1
+    }
+
+    fn rechecks(&self, topic: &str) -> bool {
+        topic.starts_with("chat.")
+    }
+}
+
+#[tokio::test]
+async fn a_membership_that_ends_during_subscribe_leaves_no_subscription() {
+    let slot: Arc<Mutex<Option<Arc<EndsDuringSubscribe>>>> = Arc::default();
+    let s2 = slot.clone();
+    let gw = TestGateway::start_full(
+        |_| {},
+        move |_bus| {
+            let p = Arc::new(EndsDuringSubscribe {
+                checks: Mutex::new(0),
+            });
+            *s2.lock() = Some(p.clone());
+            p
+        },
+    )
+    .await;
+    let mut peer = Peer::connect(&gw, "leaver").await;
+    peer.subscribe("c", "/topic/chat.9", None).await;
+    let e = peer.expect(Command::Error).await;
+    assert!(e.get("message").unwrap().contains("/topic/chat.9"), "{e:?}");
+    assert_eq!(gw.gw.hub.topic_subscribers("chat.9"), 0);
+    let policy = slot.lock().clone().expect("policy built");
+    assert_eq!(*policy.checks.lock(), 2);
+}

@@ -78,6 +78,8 @@ pub struct SocialConfig {
     pub limits: Limits,
     /// Read cache of posts, authors and likes.
     pub cache: ReadCacheConfig,
+    /// Which origin media URLs carry ([`crate::public_url`]).
+    pub public_url: crate::public_url::PublicUrl,
 }
 
 /// State shared by every handler: one reference count to clone (every request takes a clone).
@@ -110,6 +112,8 @@ pub struct CtxInner {
     pub limits: Arc<Limits>,
     /// CORS policy.
     pub cors: Cors,
+    /// Which origin media URLs carry.
+    pub public_url: crate::public_url::PublicUrl,
     /// Read cache of posts, authors and likes (invalidated through the bus).
     pub cache: Arc<ReadCache>,
     /// The counters of every chat send writer started on this context (for `/metrics`).
@@ -162,7 +166,17 @@ impl Ctx {
         let tokens = Arc::new(Tokens::new(cfg.jwt_secret.as_bytes(), cfg.token_ttl_secs)?);
         let store = Store::open(&cfg.database_url, &cfg.pool).await?;
         let kv = crate::kv::open(&cfg.kv).await?;
-        let media = Media::new(cfg.media.clone()).await?;
+        let mut media_cfg = cfg.media.clone();
+        if media_cfg.origin.is_none() {
+            media_cfg.origin = cfg.public_url.canonical();
+        }
+        let media = Media::new(media_cfg).await?;
+        // Migration 0005 converted the default prefix; any other base is converted here (a scan
+        // of the media columns, changing nothing once done).
+        let base = media.storage().base_url();
+        if base.trim_end_matches('/') != crate::media::DEFAULT_URL_PREFIX {
+            store.adopt_media_keys(base).await?;
+        }
         let mailer: Arc<dyn Mailer> = match &cfg.smtp {
             Some(smtp) => Arc::new(SmtpMailer::new(smtp)?),
             None => Arc::new(LogMailer),
@@ -180,6 +194,7 @@ impl Ctx {
             notifier: Notifier::new(bus),
             limits: Arc::new(cfg.limits.clone()),
             cors: Cors::new(cfg.cors_origin.clone()),
+            public_url: cfg.public_url.clone(),
             cache,
             chat_writers: Arc::default(),
         })))
@@ -279,7 +294,9 @@ fn api_routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
             }
         });
     let cors = ctx.cors.clone();
+    let canonical = ctx.public_url.canonical().unwrap_or_default();
     let main = warp::path("api")
+        .and(crate::public_url::rewrite_target(&ctx.public_url))
         .and(
             warp::header::value("origin")
                 .map(Some)
@@ -291,9 +308,17 @@ fn api_routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
                 .recover(crate::http::recover)
                 .unify(),
         )
-        .map(move |origin: Option<HeaderValue>, mut res: Response| {
-            cors.decorate(&mut res, origin.as_ref());
-            res
-        });
+        .then(
+            move |to: Option<String>, origin: Option<HeaderValue>, mut res: Response| {
+                cors.decorate(&mut res, origin.as_ref());
+                let canonical = canonical.clone();
+                async move {
+                    match to {
+                        Some(to) => crate::public_url::relink(res, &canonical, &to).await,
+                        None => res,
+                    }
+                }
+            },
+        );
     early.or(main).unify().boxed()
 }

@@ -16,6 +16,7 @@ pub mod media;
 pub mod model;
 pub mod notify;
 pub mod password;
+pub mod public_url;
 pub mod routes;
 pub mod store;
 pub mod time;

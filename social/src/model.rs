@@ -6,6 +6,7 @@
 
 use serde::Serialize;
 
+use crate::media::Links;
 use crate::time::serialize_micros;
 
 /// A user in lists (`following` is the key the frontend reads).
@@ -309,6 +310,108 @@ pub enum Alarm {
         #[serde(rename = "postId")]
         post_id: i64,
     },
+}
+
+/// A wire object whose media references (object keys as stored) become the URLs clients load
+/// ([`Links::link`]). Every object leaving the service passes through it once, where it is built.
+pub trait Linked: Sized {
+    /// The object with its media references rendered by `links`.
+    #[must_use]
+    fn linked(self, links: &Links) -> Self;
+}
+
+impl Linked for SimpleUser {
+    fn linked(mut self, links: &Links) -> Self {
+        self.profile_image = links.link_opt(self.profile_image.as_deref());
+        self
+    }
+}
+
+impl Linked for MeUser {
+    fn linked(mut self, links: &Links) -> Self {
+        self.profile_image = links.link_opt(self.profile_image.as_deref());
+        self
+    }
+}
+
+impl Linked for UserDetails {
+    fn linked(mut self, links: &Links) -> Self {
+        self.profile_image = links.link_opt(self.profile_image.as_deref());
+        self
+    }
+}
+
+impl Linked for PostPrev {
+    fn linked(mut self, links: &Links) -> Self {
+        self.profile_image = links.link_opt(self.profile_image.as_deref());
+        self
+    }
+}
+
+impl Linked for ImageTags {
+    fn linked(mut self, links: &Links) -> Self {
+        self.url = links.link(&self.url);
+        self.thumbnail_url = links.link_opt(self.thumbnail_url.as_deref());
+        self
+    }
+}
+
+impl Linked for Comment {
+    fn linked(mut self, links: &Links) -> Self {
+        self.profile_image = links.link_opt(self.profile_image.as_deref());
+        self
+    }
+}
+
+impl Linked for Alarm {
+    fn linked(self, links: &Links) -> Self {
+        match self {
+            Alarm::Follow {
+                create_at,
+                sender_id,
+                sender_profile_image,
+            } => Alarm::Follow {
+                create_at,
+                sender_id,
+                sender_profile_image: links.link_opt(sender_profile_image.as_deref()),
+            },
+            Alarm::PostTag {
+                create_at,
+                sender_id,
+                sender_profile_image,
+                post_id,
+            } => Alarm::PostTag {
+                create_at,
+                sender_id,
+                sender_profile_image: links.link_opt(sender_profile_image.as_deref()),
+                post_id,
+            },
+            Alarm::PostLike {
+                create_at,
+                user,
+                post_id,
+            } => Alarm::PostLike {
+                create_at,
+                user: user.linked(links),
+                post_id,
+            },
+            Alarm::PostComment {
+                create_at,
+                post,
+                post_id,
+            } => Alarm::PostComment {
+                create_at,
+                post: post.linked(links),
+                post_id,
+            },
+        }
+    }
+}
+
+impl<T: Linked> Linked for Vec<T> {
+    fn linked(self, links: &Links) -> Self {
+        self.into_iter().map(|x| x.linked(links)).collect()
+    }
 }
 
 #[cfg(test)]

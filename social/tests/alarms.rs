@@ -89,9 +89,11 @@ async fn alarm_shapes_and_order(db: Db) {
     let bob = app.user_named("bob123", "Bob").await;
     exec(
         &app,
-        "UPDATE user SET profile_image = '/media/profile/b' WHERE id = 'bob123'",
+        "UPDATE user SET profile_image = 'profile/b' WHERE id = 'bob123'",
     )
     .await;
+    // Stored as a key, listed as an absolute URL.
+    let bob_image = app.url("/media/profile/b");
 
     let post = create_post(
         &app,
@@ -120,19 +122,19 @@ async fn alarm_shapes_and_order(db: Db) {
     // Newest first: follow, comment, like.
     assert_eq!(
         list[0],
-        json!({"alarmType": "FOLLOW", "create_at": list[0]["create_at"], "senderId": "bob123", "senderProfileImage": "/media/profile/b"})
+        json!({"alarmType": "FOLLOW", "create_at": list[0]["create_at"], "senderId": "bob123", "senderProfileImage": bob_image})
     );
     assert_eq!(
         list[1],
         json!({"alarmType": "POST_COMMENT_RECEIVE", "create_at": list[1]["create_at"], "post": {
             "id": c["comment"]["id"], "postId": post, "userId": "bob123", "name": "Bob",
-            "profileImage": "/media/profile/b", "content": "nice", "createAt": c["comment"]["createAt"]
+            "profileImage": bob_image, "content": "nice", "createAt": c["comment"]["createAt"]
         }, "postId": post})
     );
     assert_eq!(
         list[2],
         json!({"alarmType": "POST_LIKE_RECEIVE", "create_at": list[2]["create_at"], "user": {
-            "id": "bob123", "name": "Bob", "profileImage": "/media/profile/b", "following": false
+            "id": "bob123", "name": "Bob", "profileImage": bob_image, "following": false
         }, "postId": post})
     );
     for a in &list {

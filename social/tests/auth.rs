@@ -223,22 +223,22 @@ async fn sign_up_errors(db: Db) {
         )
         .await;
     assert_eq!((s, b), (400, json!({"code": "NV"})));
-    // Missing fields, bad id, short password, bad JSON.
+    // Missing fields, bad id (DU, see refusals_the_frontend_can_show), empty password, bad JSON.
     let (s, b) = app
         .post("/api/auth/signUp", None, json!({"id": "fresh001"}))
         .await;
     assert_eq!((s, b), (400, json!({"code": "BR"})));
-    let (s, _) = app
+    let (s, b) = app
         .post(
             "/api/auth/signUp",
             None,
             sign_up_body("bad id!", "new@example.com", &code),
         )
         .await;
-    assert_eq!(s, 400);
-    let mut short = sign_up_body("fresh001", "new@example.com", &code);
-    short["password"] = json!("1234");
-    let (s, b) = app.post("/api/auth/signUp", None, short).await;
+    assert_eq!((s, b), (400, json!({"code": "DU"})));
+    let mut empty = sign_up_body("fresh001", "new@example.com", &code);
+    empty["password"] = json!("");
+    let (s, b) = app.post("/api/auth/signUp", None, empty).await;
     assert_eq!((s, b), (400, json!({"code": "BR"})));
     let (s, b) = app
         .post_raw(
@@ -364,3 +364,78 @@ async fn check_id(db: Db) {
     let _ = Duration::ZERO;
 }
 on_both!(check_id);
+
+/// Every refusal of the auth routes that the original did not make answers a code the frontend
+/// shows (docs/api.md, "Refusals the frontend can show"); before, these were silent `BR`s, and
+/// `checkId` called ids available that `signUp` then refused.
+async fn refusals_the_frontend_can_show(db: Db) {
+    let (app, sink) = app_with_smtp(db).await;
+    // checkId never calls an id available that signUp refuses, and signUp answers DU for it.
+    let code = request_code(&app, &sink, "kim@example.com").await;
+    for bad in [
+        "john doe1",
+        "ab!cde1",
+        "alice01 ",
+        "a/bcdefg",
+        "short",
+        "x?yz123",
+    ] {
+        let (s, b) = app
+            .post("/api/auth/checkId", None, json!({"id": bad}))
+            .await;
+        assert_eq!((s, b), (400, json!({"code": "DU"})), "checkId {bad:?}");
+        let (s, b) = app
+            .post(
+                "/api/auth/signUp",
+                None,
+                sign_up_body(bad, "kim@example.com", &code),
+            )
+            .await;
+        assert_eq!((s, b), (400, json!({"code": "DU"})), "signUp {bad:?}");
+    }
+    // Hangul and e-mail-like ids, which the original took, are available and can be taken; a
+    // password of four characters too (the original's rule: the frontend cannot say why not).
+    for id in ["김민준1234", "me@naver.com"] {
+        let (s, b) = app.post("/api/auth/checkId", None, json!({"id": id})).await;
+        assert_eq!((s, b), (200, json!({"code": "SC"})), "checkId {id}");
+    }
+    let mut body = sign_up_body("김민준1234", "kim@example.com", &code);
+    body["password"] = json!("1234");
+    let (s, b) = app.post("/api/auth/signUp", None, body).await;
+    assert_eq!((s, b), (200, json!({"code": "SC"})));
+    let (s, b) = app
+        .post(
+            "/api/auth/signIn",
+            None,
+            json!({"id": "김민준1234", "password": "1234"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    // No code can have been sent to an address that is not one: NV, the frontend's "wrong code".
+    let (s, b) = app
+        .post(
+            "/api/auth/signUp",
+            None,
+            sign_up_body("fresh0001", "name@gmailcom", "12345"),
+        )
+        .await;
+    assert_eq!((s, b), (400, json!({"code": "NV"})));
+    // Over-long sign-in fields: no such account (NEI) or password (NEP), not a silent BR.
+    let (s, b) = app
+        .post(
+            "/api/auth/signIn",
+            None,
+            json!({"id": "x".repeat(401), "password": "p"}),
+        )
+        .await;
+    assert_eq!((s, b), (404, json!({"code": "NEI", "token": null})));
+    let (s, b) = app
+        .post(
+            "/api/auth/signIn",
+            None,
+            json!({"id": "김민준1234", "password": "p".repeat(257)}),
+        )
+        .await;
+    assert_eq!((s, b), (404, json!({"code": "NEP", "token": null})));
+}
+on_both!(refusals_the_frontend_can_show);

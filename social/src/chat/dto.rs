@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::media::Links;
 use crate::store::chat::{AttachmentRow, MessageRow, SenderRow};
 use crate::time::{format_micros, serialize_micros};
 
@@ -56,6 +57,7 @@ impl ChatMessageDto {
     /// Builds the DTO of a stored message. The one builder for broadcasts, history and replays, so
     /// all three carry the same JSON for the same message.
     pub fn build(
+        media: &Links,
         row: &MessageRow,
         sender: Option<&SenderRow>,
         attachments: &[&AttachmentRow],
@@ -70,7 +72,7 @@ impl ChatMessageDto {
                 .iter()
                 .map(|a| AttachmentDto {
                     file_name: a.file_name.clone(),
-                    file_url: a.url.clone(),
+                    file_url: media.link(&a.url),
                 })
                 .collect();
             (kind.to_owned(), Some(list))
@@ -86,7 +88,7 @@ impl ChatMessageDto {
             sender_profile_image: if system {
                 Some(String::new())
             } else {
-                sender.and_then(|s| s.profile_image.clone())
+                sender.and_then(|s| media.link_opt(s.profile_image.as_deref()))
             },
             message: row.message.clone(),
             create_at: format_micros(row.create_at),
@@ -184,7 +186,7 @@ mod tests {
             name: "Alice".into(),
             profile_image: Some("https://x/u1".into()),
         };
-        let dto = ChatMessageDto::build(&row, Some(&sender), &[]);
+        let dto = ChatMessageDto::build(&Links::new(None, "/media"), &row, Some(&sender), &[]);
         assert_eq!(
             serde_json::to_string(&dto).ok().as_deref(),
             Some(

@@ -32,7 +32,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::app::Ctx;
 use crate::http::ApiError;
-use crate::media::MediaError;
+use crate::media::{Links, MediaError};
 use crate::store::chat::{MessageRow, ParticipantRow};
 use crate::store::{Store, StoreError};
 
@@ -188,12 +188,13 @@ pub(crate) async fn message_dtos(
     ctx: &Ctx,
     rows: &[MessageRow],
 ) -> Result<Vec<ChatMessageDto>, StoreError> {
-    message_dtos_in(&ctx.store, rows).await
+    message_dtos_in(&ctx.store, ctx.media.links(), rows).await
 }
 
 /// [`message_dtos`] on a bare store.
 async fn message_dtos_in(
     store: &Store,
+    media: &Links,
     rows: &[MessageRow],
 ) -> Result<Vec<ChatMessageDto>, StoreError> {
     let file_ids: Vec<i64> = rows
@@ -214,7 +215,7 @@ async fn message_dtos_in(
                 .iter()
                 .filter(|a| a.message_id == row.id)
                 .collect();
-            ChatMessageDto::build(row, sender, &atts)
+            ChatMessageDto::build(media, row, sender, &atts)
         })
         .collect())
 }
@@ -366,18 +367,24 @@ fn done() -> Completion {
 #[derive(Debug, Clone)]
 pub struct Rooms {
     store: Store,
+    links: Links,
 }
 
 impl Rooms {
-    /// A view on an already open store.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// A view on an already open store; replayed messages carry media URLs rendered by `links`
+    /// (the social service's own [`crate::media::Media::links`]).
+    pub fn new(store: Store, links: Links) -> Self {
+        Self { store, links }
     }
 
     /// Opens the database at `url`, applying pending migrations like every process that opens the
     /// store does (they are idempotent and serialised by the migrator).
-    pub async fn open(url: &str, pool: &migrations::PoolSettings) -> Result<Self, StoreError> {
-        Ok(Self::new(Store::open(url, pool).await?))
+    pub async fn open(
+        url: &str,
+        pool: &migrations::PoolSettings,
+        links: Links,
+    ) -> Result<Self, StoreError> {
+        Ok(Self::new(Store::open(url, pool).await?, links))
     }
 
     /// Closes the pool.
@@ -423,7 +430,7 @@ impl Rooms {
             .store
             .chat_messages_after_id(room, me.history_from, after_id, limit)
             .await?;
-        let dtos = message_dtos_in(&self.store, &rows).await?;
+        let dtos = message_dtos_in(&self.store, &self.links, &rows).await?;
         dtos.into_iter()
             .map(|d| Ok((d.message_id, serde_json::to_vec(&d)?)))
             .collect()
@@ -439,7 +446,7 @@ impl Rooms {
 impl Ctx {
     /// The gateway's view on the rooms, sharing this service's pool.
     pub fn rooms(&self) -> Rooms {
-        Rooms::new(self.store.clone())
+        Rooms::new(self.store.clone(), self.media.links().clone())
     }
 
     /// [`Rooms::may_subscribe_topic`].

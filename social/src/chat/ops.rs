@@ -180,7 +180,12 @@ pub(crate) async fn send_text(
         create_at: now,
         kind: dto::TEXT.to_owned(),
     };
-    out.push(message_push(&ChatMessageDto::build(&row, Some(&me), &[]))?);
+    out.push(message_push(&ChatMessageDto::build(
+        ctx.media.links(),
+        &row,
+        Some(&me),
+        &[],
+    ))?);
     let staged = outbox::stage(tx.conn(), out, now).await?;
     tx.commit().await?;
     outbox::deliver(ctx, staged).await;
@@ -189,7 +194,9 @@ pub(crate) async fn send_text(
 
 /// `/app/update/read`: moves `user`'s read pointer in `room` forward to `message` (a message of
 /// that room) and broadcasts it on `/topic/members.info.{room}`. Not forward: nothing happens.
-/// Returns whether the pointer moved.
+/// Returns whether the pointer moved. A user who is not (or no longer) a member moves nothing
+/// and is not refused: the frontend acknowledges the last message it saw right after leaving a
+/// room, and a refusal there would only be noise.
 ///
 /// The broadcast is published directly after the commit (not through the outbox): a lost read
 /// receipt is superseded by the next one, and `GET …/read_info` has the state.
@@ -200,7 +207,8 @@ pub(crate) async fn update_read(
     message: i64,
 ) -> Result<bool, ChatError> {
     if member(ctx, room, user).await?.is_none() {
-        return Err(ChatError::Refused("not a member"));
+        tracing::debug!(%user, room, "read receipt from a non-member ignored");
+        return Ok(false);
     }
     let mut tx = ctx.store.write().await?;
     let moved = sql::advance_read(tx.conn(), room, user, message).await?;
@@ -377,7 +385,12 @@ pub(crate) async fn invite(
         create_at: now,
         kind: dto::INVITE.to_owned(),
     };
-    out.push(message_push(&ChatMessageDto::build(&row, Some(&me), &[]))?);
+    out.push(message_push(&ChatMessageDto::build(
+        ctx.media.links(),
+        &row,
+        Some(&me),
+        &[],
+    ))?);
     for u in &new {
         out.push(alarm(&u.id, &ChatAlarm::InviteRoom { create_at: now })?);
     }
@@ -395,7 +408,11 @@ pub(crate) async fn invite(
 ///   pointers and participants, and the stored objects (attachments, group image) are deleted
 ///   after the commit.
 ///
-/// The leaver gets LEAVE_ROOM and the gateway gets revoke controls for both room topics.
+/// The gateways get revoke controls for both room topics first, then the leaver gets LEAVE_ROOM,
+/// then the others the LEAVE message: published in that order after the commit, so every node
+/// drops the leaver's room subscriptions before the LEAVE reaches it, and the leaver receives
+/// nothing more of the room, its own LEAVE included (the frontend would answer it with a read
+/// receipt and a `read_info` request for a room it is no longer in).
 pub(crate) async fn leave(ctx: &Ctx, user: &str, room: i64) -> Result<(), ChatError> {
     let _order = room_lock(room).await;
     let store = &ctx.store;
@@ -408,7 +425,8 @@ pub(crate) async fn leave(ctx: &Ctx, user: &str, room: i64) -> Result<(), ChatEr
         return Err(ChatError::Refused("not a member"));
     }
     let now = now_micros();
-    let mut out = Vec::new();
+    let mut out = revoke(user, room)?;
+    out.push(alarm(user, &ChatAlarm::LeaveRoom { create_at: now })?);
     let mut objects = Vec::new();
     if r.kind == DIRECT {
         sql::set_hidden(tx.conn(), room, user, true).await?;
@@ -425,7 +443,12 @@ pub(crate) async fn leave(ctx: &Ctx, user: &str, room: i64) -> Result<(), ChatEr
             create_at: now,
             kind: dto::LEAVE.to_owned(),
         };
-        out.push(message_push(&ChatMessageDto::build(&row, Some(&me), &[]))?);
+        out.push(message_push(&ChatMessageDto::build(
+            ctx.media.links(),
+            &row,
+            Some(&me),
+            &[],
+        ))?);
     } else {
         for o in sql::room_objects(tx.conn(), room).await? {
             if let Some(key) = o.object_key {
@@ -441,8 +464,6 @@ pub(crate) async fn leave(ctx: &Ctx, user: &str, room: i64) -> Result<(), ChatEr
         }
         sql::delete_room(tx.conn(), room).await?;
     }
-    out.push(alarm(user, &ChatAlarm::LeaveRoom { create_at: now })?);
-    out.extend(revoke(user, room)?);
     let staged = outbox::stage(tx.conn(), out, now).await?;
     tx.commit().await?;
     outbox::deliver(ctx, staged).await;
@@ -461,12 +482,11 @@ pub(crate) fn room_image_prefix(room: i64) -> String {
 fn own_room_image_key(ctx: &Ctx, room: i64, url: Option<&str>) -> Option<String> {
     let url = url.filter(|u| !u.is_empty())?;
     let prefix = format!("{}/", room_image_prefix(room));
-    ctx.media.key_of_url(url).filter(|k| k.starts_with(&prefix))
+    ctx.media.own_key(url).filter(|k| k.starts_with(&prefix))
 }
 
 /// What one attachment message will hold.
 struct Stored {
-    url: String,
     key: String,
     size: i64,
     name: String,
@@ -506,7 +526,6 @@ pub(crate) async fn post_files(
                     guard.add_image(&img);
                     images_first.get_or_insert(true);
                     images.push(Stored {
-                        url: img.url,
                         key: img.key,
                         size: i64::try_from(img.size).unwrap_or(i64::MAX),
                         name: file_name(&f.name),
@@ -524,7 +543,6 @@ pub(crate) async fn post_files(
                     guard.add_file(&file);
                     images_first.get_or_insert(false);
                     docs.push(Stored {
-                        url: file.url,
                         key: file.key,
                         size: i64::try_from(file.size).unwrap_or(i64::MAX),
                         name,
@@ -581,7 +599,7 @@ pub(crate) async fn post_files(
                 tx.conn(),
                 id,
                 &NewAttachment {
-                    url: &s.url,
+                    url: &s.key,
                     kind,
                     size: s.size,
                     file_name: &s.name,
@@ -592,7 +610,7 @@ pub(crate) async fn post_files(
             rows.push(AttachmentRow {
                 id: aid,
                 message_id: id,
-                url: s.url.clone(),
+                url: s.key.clone(),
                 kind: kind.to_owned(),
                 file_name: s.name.clone(),
             });
@@ -622,6 +640,7 @@ pub(crate) async fn post_files(
         };
         let refs: Vec<&AttachmentRow> = rows.iter().collect();
         out.push(message_push(&ChatMessageDto::build(
+            ctx.media.links(),
             &row,
             Some(&me),
             &refs,
@@ -706,7 +725,7 @@ pub(crate) async fn set_room_image(
         guard.rollback().await;
         return Err(ChatError::Refused("not a member"));
     };
-    sql::set_room_image(tx.conn(), room, &image.url).await?;
+    sql::set_room_image(tx.conn(), room, &image.key).await?;
     tx.commit().await?;
     guard.commit();
     if let Some(old) = own_room_image_key(ctx, room, locked.profile_image.as_deref())
@@ -716,7 +735,7 @@ pub(crate) async fn set_room_image(
             .delete(&[format!("{old}{THUMB_SUFFIX}"), old])
             .await;
     }
-    Ok(image.url)
+    Ok(ctx.media.url_of(&image.key))
 }
 
 #[cfg(test)]

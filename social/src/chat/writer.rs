@@ -56,6 +56,7 @@ use super::dto::{self, ChatAlarm, ChatMessageDto};
 use super::outbox::{self, Outgoing};
 use super::{ChatError, MAX_MESSAGE_CHARS, ops, room_locks};
 use crate::app::Ctx;
+use crate::media::Links;
 use crate::store::chat::{
     self as sql, DIRECT, InsertedIds, MessageRow, NewMessage, NewOutbox, SenderRow,
 };
@@ -740,6 +741,7 @@ async fn write_known(
         answers[i] = Ok(id);
         let req = &batch[i];
         pushes.push(broadcast(
+            ctx.media.links(),
             &message_row(req, id, now),
             senders.get(&req.sender),
         )?);
@@ -784,6 +786,7 @@ fn new_messages<'a>(batch: &'a [Request], accepted: &[usize]) -> Vec<NewMessage<
 
 /// Appends the pushes of one stored send ([`message_pushes`]).
 fn push_message(
+    media: &Links,
     req: &Request,
     id: i64,
     at: i64,
@@ -791,7 +794,7 @@ fn push_message(
     members: &[String],
     out: &mut Vec<Outgoing>,
 ) -> Result<(), ChatError> {
-    message_pushes(&message_row(req, id, at), sender, members, out)
+    message_pushes(media, &message_row(req, id, at), sender, members, out)
 }
 
 /// The stored row of a send written with id `id` at `at`.
@@ -967,7 +970,15 @@ async fn write_read(
             .get(&req.room)
             .map(|s| s.members.as_slice())
             .unwrap_or_default();
-        push_message(req, id, now, senders.get(&req.sender), members, &mut pushes)?;
+        push_message(
+            ctx.media.links(),
+            req,
+            id,
+            now,
+            senders.get(&req.sender),
+            members,
+            &mut pushes,
+        )?;
     }
 
     if !tx.is_committed() {
@@ -1012,12 +1023,13 @@ fn outbox_row_id(result: &crate::store::script::Rows, k: i64) -> Option<i64> {
 /// The pushes announcing one stored TEXT message: its broadcast on `/topic/chat.{room}` (with the
 /// de-duplication header), then a `CHAT` alarm to each of `members`.
 pub(crate) fn message_pushes(
+    media: &Links,
     row: &MessageRow,
     sender: Option<&SenderRow>,
     members: &[String],
     out: &mut Vec<Outgoing>,
 ) -> Result<(), ChatError> {
-    out.push(broadcast(row, sender)?);
+    out.push(broadcast(media, row, sender)?);
     chat_alarms(
         row.create_at,
         row.chatroom_id,
@@ -1028,8 +1040,12 @@ pub(crate) fn message_pushes(
 }
 
 /// The `/topic/chat.{room}` broadcast of a stored TEXT message.
-fn broadcast(row: &MessageRow, sender: Option<&SenderRow>) -> Result<Outgoing, ChatError> {
-    ops::message_push(&ChatMessageDto::build(row, sender, &[]))
+fn broadcast(
+    media: &Links,
+    row: &MessageRow,
+    sender: Option<&SenderRow>,
+) -> Result<Outgoing, ChatError> {
+    ops::message_push(&ChatMessageDto::build(media, row, sender, &[]))
 }
 
 /// Appends the `CHAT` alarm of a TEXT message sent at `at` in `room` to each of `members`.
@@ -1108,7 +1124,15 @@ pub(crate) async fn rebuild(ctx: &Ctx, body: &[u8]) -> StoreResult<Option<Vec<Ou
             .get(&row.chatroom_id)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        if message_pushes(row, senders.get(&row.sender_id), m, &mut out).is_err() {
+        if message_pushes(
+            ctx.media.links(),
+            row,
+            senders.get(&row.sender_id),
+            m,
+            &mut out,
+        )
+        .is_err()
+        {
             return Err(StoreError::Db(sqlx::Error::Protocol(
                 "could not serialise a chat push".to_owned(),
             )));

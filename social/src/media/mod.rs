@@ -200,6 +200,10 @@ pub struct MediaConfig {
     /// Longest side of thumbnails in pixels (default [`DEFAULT_THUMBNAIL_PX`], 320). Smaller
     /// images are not enlarged.
     pub thumbnail_px: u32,
+    /// The public origin (`scheme://host[:port]`) that makes a relative base URL (the local
+    /// backend's `/media`) absolute in every URL this service renders; `None` keeps them
+    /// relative. Set by the social service from its public URL (see `docs/media.md`).
+    pub origin: Option<String>,
 }
 
 impl MediaConfig {
@@ -211,6 +215,7 @@ impl MediaConfig {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             max_pixels: DEFAULT_MAX_PIXELS,
             thumbnail_px: DEFAULT_THUMBNAIL_PX,
+            origin: None,
         }
     }
 
@@ -300,6 +305,77 @@ pub struct StoredFile {
     pub content_type: String,
 }
 
+/// A stored reference that is an object key (`post/…`), not a URL written by an older version.
+fn is_key(stored: &str) -> bool {
+    !stored.starts_with('/') && !stored.contains("://") && is_valid_key(stored)
+}
+
+/// How stored media references become the URLs clients load. The database keeps object keys
+/// (`post/…`, `profile/…`), never host-bound URLs; a key is rendered as `{base}/{key}`, where the
+/// base is the storage's base URL (`/media`, or the bucket's or CDN's URL) made absolute with the
+/// public origin when it is relative. Rows written before keys were stored keep working: an
+/// absolute URL (a legacy bucket or CDN) is returned as it is, a root-relative path (a local
+/// prefix other than `/media`) gets the origin in front, and `""` (the original's "no image")
+/// stays `""`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Links {
+    origin: String,
+    base: String,
+}
+
+impl Links {
+    /// Links for a storage whose objects live under `base_url` (`/media`, or an absolute URL),
+    /// rendered under `origin` (`scheme://host[:port]`; `None` or `""` keeps a relative base
+    /// relative).
+    #[must_use]
+    pub fn new(origin: Option<&str>, base_url: &str) -> Links {
+        let origin = origin.unwrap_or("").trim_end_matches('/').to_owned();
+        let base_url = base_url.trim_end_matches('/');
+        let base = if base_url.starts_with('/') {
+            format!("{origin}{base_url}")
+        } else {
+            base_url.to_owned()
+        };
+        Links { origin, base }
+    }
+
+    /// The public origin (`""`: none).
+    #[must_use]
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The base URL keys are rendered under.
+    #[must_use]
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The URL of `key`: `{base}/{key}`.
+    #[must_use]
+    pub fn url_of(&self, key: &str) -> String {
+        format!("{}/{key}", self.base)
+    }
+
+    /// The URL clients load a stored reference from (see the type's documentation).
+    #[must_use]
+    pub fn link(&self, stored: &str) -> String {
+        if stored.is_empty() || stored.contains("://") {
+            stored.to_owned()
+        } else if stored.starts_with('/') {
+            format!("{}{stored}", self.origin)
+        } else {
+            self.url_of(stored)
+        }
+    }
+
+    /// [`Links::link`] of an optional reference.
+    #[must_use]
+    pub fn link_opt(&self, stored: Option<&str>) -> Option<String> {
+        stored.map(|s| self.link(s))
+    }
+}
+
 /// The media service. Cheap to clone (an `Arc` inside).
 #[derive(Clone, Debug)]
 pub struct Media {
@@ -309,6 +385,8 @@ pub struct Media {
 #[derive(Debug)]
 struct Inner {
     storage: Arc<dyn Storage>,
+    /// How stored references become URLs.
+    links: Links,
     limits: Limits,
     /// Bounds how many images are decoded at once (each may take a few hundred MB at the pixel
     /// limit).
@@ -322,17 +400,36 @@ impl Media {
     /// [`MediaError::Storage`] when the backend cannot be opened.
     pub async fn new(cfg: MediaConfig) -> Result<Media, MediaError> {
         let storage = cfg.backend.open().await?;
-        Ok(Media::with_storage(storage, cfg.limits()))
+        Ok(Media::with_storage(storage, cfg.limits()).with_origin(cfg.origin.as_deref()))
     }
 
     /// A media service over any [`Storage`] (for example a wrapper around a real backend).
     #[must_use]
     pub fn with_storage(storage: Arc<dyn Storage>, limits: Limits) -> Media {
         let slots = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let links = Links::new(None, storage.base_url());
         Media {
             inner: Arc::new(Inner {
                 storage,
+                links,
                 limits,
+                decode_slots: Semaphore::new(slots),
+            }),
+        }
+    }
+
+    /// The same service rendering URLs under `origin` (`scheme://host[:port]`, no trailing
+    /// slash): a relative base URL (`/media`) becomes `{origin}/media`. `None` or `""` keeps
+    /// URLs as relative as the base. Call before the service is shared.
+    #[must_use]
+    pub fn with_origin(self, origin: Option<&str>) -> Media {
+        let links = Links::new(origin, self.inner.storage.base_url());
+        let slots = self.inner.decode_slots.available_permits().max(1);
+        Media {
+            inner: Arc::new(Inner {
+                storage: Arc::clone(&self.inner.storage),
+                links,
+                limits: self.inner.limits,
                 decode_slots: Semaphore::new(slots),
             }),
         }
@@ -350,19 +447,42 @@ impl Media {
         self.inner.limits
     }
 
-    /// The URL of `key`: `{base_url}/{key}`.
+    /// How this service renders stored references as URLs.
     #[must_use]
-    pub fn url_of(&self, key: &str) -> String {
-        format!("{}/{key}", self.inner.storage.base_url())
+    pub fn links(&self) -> &Links {
+        &self.inner.links
     }
 
-    /// The key of an object URL made by this service (`{base_url}/{key}`), or `None` for any
-    /// other URL (another bucket, a legacy URL, a malformed key). Used to delete an old profile
-    /// image once its replacement is stored.
+    /// [`Links::url_of`].
     #[must_use]
-    pub fn key_of_url(&self, url: &str) -> Option<String> {
-        let rest = url
-            .strip_prefix(self.inner.storage.base_url())?
+    pub fn url_of(&self, key: &str) -> String {
+        self.inner.links.url_of(key)
+    }
+
+    /// [`Links::link`].
+    #[must_use]
+    pub fn link(&self, stored: &str) -> String {
+        self.inner.links.link(stored)
+    }
+
+    /// [`Links::link_opt`].
+    #[must_use]
+    pub fn link_opt(&self, stored: Option<&str>) -> Option<String> {
+        self.inner.links.link_opt(stored)
+    }
+
+    /// The key of a stored reference to one of this service's objects: the reference itself
+    /// when it is a key, or the key inside a URL this service made earlier (`{base}/{key}`,
+    /// relative or absolute); `None` for anything else (another bucket, a legacy URL, a
+    /// malformed key). Used to delete an old image once its replacement is stored.
+    #[must_use]
+    pub fn own_key(&self, stored: &str) -> Option<String> {
+        if is_key(stored) {
+            return Some(stored.to_owned());
+        }
+        let rest = stored
+            .strip_prefix(self.inner.links.base.as_str())
+            .or_else(|| stored.strip_prefix(self.inner.storage.base_url()))?
             .strip_prefix('/')?;
         is_valid_key(rest).then(|| rest.to_owned())
     }
@@ -680,6 +800,33 @@ pub fn attachment_disposition(file_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_render_keys_under_the_origin_and_keep_legacy_values() {
+        let local = Links::new(Some("http://127.0.0.1:8080/"), "/media");
+        assert_eq!(local.base(), "http://127.0.0.1:8080/media");
+        assert_eq!(
+            local.link("post/1/abc"),
+            "http://127.0.0.1:8080/media/post/1/abc"
+        );
+        // Legacy rows: a root-relative path gets the origin, an absolute URL and "" stay.
+        assert_eq!(
+            local.link("/static/x.jpg"),
+            "http://127.0.0.1:8080/static/x.jpg"
+        );
+        assert_eq!(
+            local.link("https://b.s3.amazonaws.com/p/1"),
+            "https://b.s3.amazonaws.com/p/1"
+        );
+        assert_eq!(local.link(""), "");
+        assert_eq!(local.link_opt(None), None);
+        // No origin: as relative as the base (library use).
+        assert_eq!(Links::new(None, "/media").link("p/1"), "/media/p/1");
+        // An absolute base (S3, CDN) does not depend on the origin.
+        let s3 = Links::new(Some("http://localhost:1"), "http://127.0.0.1:5000/bucket/");
+        assert_eq!(s3.link("p/1"), "http://127.0.0.1:5000/bucket/p/1");
+        assert_eq!(s3.origin(), "http://localhost:1");
+    }
 
     #[test]
     fn dispositions() {

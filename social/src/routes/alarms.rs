@@ -15,6 +15,7 @@ use warp::reply::Response;
 use super::with_ctx;
 use crate::app::Ctx;
 use crate::http::{ApiResult, authed, finish, get, sc};
+use crate::model::Linked;
 use crate::model::{Alarm, AlarmType, SimpleUser};
 use crate::store::StoreResult;
 use crate::store::alarms::{self, AlarmRow};
@@ -139,5 +140,5 @@ async fn list(ctx: Ctx, user: String) -> ApiResult {
             Err(e) => tracing::warn!(error = %e, "stale alarms not purged"),
         }
     }
-    sc(&json!({ "list": out }))
+    sc(&json!({ "list": out.linked(ctx.media.links()) }))
 }

@@ -24,8 +24,10 @@ use crate::time::now_micros;
 pub const MAX_ID_CHARS: usize = 100;
 /// Shortest id (the frontend's own rule).
 pub const MIN_ID_CHARS: usize = 6;
-/// Password length bounds, bytes.
-pub const PASSWORD_BYTES: std::ops::RangeInclusive<usize> = 8..=crate::password::MAX_PASSWORD_BYTES;
+/// Password length bounds, bytes: any non-empty password, as the original (the frontend has no
+/// message for a refused one; guessing is bounded by the sign-in limits and the hash is argon2id,
+/// see docs/api.md "Refusals the frontend can show").
+pub const PASSWORD_BYTES: std::ops::RangeInclusive<usize> = 1..=crate::password::MAX_PASSWORD_BYTES;
 
 /// The routes of this module.
 pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
@@ -99,14 +101,17 @@ pub struct SignUp {
     address_detail: Option<String>,
 }
 
-/// A valid login id: 6–100 characters of letters, digits, `.`, `_`, `-` (ids travel in STOMP user
-/// destinations and URLs).
+/// A valid login id: 6–100 characters of letters and digits of any script (Hangul included),
+/// `.`, `_`, `-` and `@`, in Unicode normal form C. Everything else is refused because the
+/// frontend puts ids into its own routes and query strings unencoded (`/`, `?`, `#`, `%`, `&`,
+/// `+`, `\`, spaces break them) and because a trailing space would compare equal on MariaDB.
 pub fn valid_id(id: &str) -> bool {
     let n = id.chars().count();
     (MIN_ID_CHARS..=MAX_ID_CHARS).contains(&n)
         && id
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+        && unicode_normalization::is_nfc(id)
 }
 
 /// A plausible e-mail address (lower-cased on the way in).
@@ -145,8 +150,12 @@ async fn sign_up(ctx: Ctx, body: SignUp) -> ApiResult {
     ) else {
         return Err(bad());
     };
-    if !valid_id(id)
-        || !PASSWORD_BYTES.contains(&password.len())
+    // An id signUp cannot take is `DU`, the frontend's "check the id for duplicates first"
+    // (checkId answers DU for it too, so the user is sent back to the check and told it is taken).
+    if !valid_id(id) {
+        return Err(ApiError::bad_request_code("DU"));
+    }
+    if !PASSWORD_BYTES.contains(&password.len())
         || name.is_empty()
         || name.chars().count() > 100
         || !bounded(&body.sex, 50)
@@ -155,7 +164,8 @@ async fn sign_up(ctx: Ctx, body: SignUp) -> ApiResult {
     {
         return Err(bad());
     }
-    let email = normalise_email(email).ok_or_else(bad)?;
+    // No code can have been sent to an address that is not one: the frontend's "wrong code".
+    let email = normalise_email(email).ok_or_else(|| ApiError::bad_request_code("NV"))?;
     // The id is checked here, whatever the client's `duplicateCheckId` says (the original trusted it).
     if ctx.store.user_exists(id).await.map_err(|_| bad())? {
         return Err(ApiError::bad_request_code("DU"));
@@ -244,8 +254,13 @@ async fn sign_in(ctx: Ctx, addr: String, body: SignIn) -> ApiResult {
     let (Some(id), Some(password)) = (body.id, body.password) else {
         return Err(ApiError::bad_request());
     };
-    if id.len() > 400 || password.len() > crate::password::MAX_PASSWORD_BYTES {
-        return Err(ApiError::bad_request());
+    // Bounded before anything else, answered with the codes the frontend shows: no account has
+    // such an id, no account such a password.
+    if id.len() > 400 {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "NEI").with_nulls(TOKEN));
+    }
+    if password.len() > crate::password::MAX_PASSWORD_BYTES {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "NEP").with_nulls(TOKEN));
     }
     let limits = &ctx.limits;
     ctx.limit(
@@ -298,8 +313,9 @@ async fn check_id(ctx: Ctx, body: CheckId) -> ApiResult {
     let Some(id) = body.id else {
         return Err(ApiError::bad_request());
     };
-    if id.len() > 400 {
-        return Err(ApiError::bad_request());
+    // Never "available" for an id signUp would refuse: DU, as for a taken one.
+    if !valid_id(&id) {
+        return Err(ApiError::bad_request_code("DU"));
     }
     if ctx.store.user_exists(&id).await? {
         return Err(ApiError::bad_request_code("DU"));
@@ -357,6 +373,16 @@ mod tests {
         assert!(!valid_id("has space"));
         assert!(!valid_id("slash/es"));
         assert!(!valid_id(&"x".repeat(101)));
+        // Hangul and e-mail-like ids, as the original accepted them.
+        assert!(valid_id("김민준1234"));
+        assert!(valid_id("me@naver.com"));
+        for bad in [
+            "ab!cde1", "alice01 ", "a?bcdef", "a#bcdef", "a%bcdef", "a&bcdef", "a+bcdef",
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+        // Decomposed Hangul (jamo) is not normal form C.
+        assert!(!valid_id("\u{1100}\u{1161}\u{11A8}민준12"));
     }
 
     #[test]

@@ -20,8 +20,11 @@ use crate::cache::{
     Change, Dep, Json, Liked, MAX_LIKED, PostView, Ticket, ViewTicket, Watch, to_json,
 };
 use crate::http::{ApiError, ApiResult, authed, empty, finish, get, json_body, sc, sc_json};
+use crate::media::Links;
 use crate::media::{MediaError, StoredImage};
-use crate::model::{Alarm, AlarmType, Comment, ImageTags, Post, PostTag, ShownPost, SimpleUser};
+use crate::model::{
+    Alarm, AlarmType, Comment, ImageTags, Linked, Post, PostTag, ShownPost, SimpleUser,
+};
 use crate::store::posts::{AttachmentRow, NewAttachment, NewPost, PostRow, UserTagRow};
 use crate::store::{Store, StoreError, alarms, comments, likes, posts};
 use crate::time::{now_micros, parse_client_time};
@@ -38,7 +41,8 @@ pub const MAX_CAPTION_CHARS: usize = 2_200;
 pub const MAX_LOCATION_CHARS: usize = 100;
 /// Hashtag length in characters (`post_tags.tag_name` is VARCHAR(100)).
 pub const MAX_HASHTAG_CHARS: usize = 100;
-/// Distinct hashtags per post.
+/// Distinct hashtags kept per post (the first ones; more are ignored, not refused: the frontend
+/// sends every `#word` of the caption and can only say "creating the post failed").
 pub const MAX_HASHTAGS: usize = 30;
 /// User tags per image.
 pub const MAX_TAGS_PER_IMAGE: usize = 20;
@@ -370,7 +374,7 @@ async fn assemble_posts(
         let attachments = store.post_attachments(&missing_images).await?;
         let attachment_ids: Vec<i64> = attachments.iter().map(|a| a.id).collect();
         let tags = store.post_user_tags(&attachment_ids).await?;
-        Ok(assemble_images(attachments, tags))
+        Ok(assemble_images(ctx.media.links(), attachments, tags))
     };
     let load_authors = async {
         if missing_authors.is_empty() {
@@ -385,6 +389,7 @@ async fn assemble_posts(
         images.push((id, cache.fill_images(id, &i)));
     }
     for u in new_authors {
+        let u = u.linked(ctx.media.links());
         let ticket = missing_authors
             .iter()
             .find(|(a, _)| *a == u.id)
@@ -418,6 +423,7 @@ async fn assemble_posts(
 
 /// Groups attachment and user-tag rows into each post's images, in upload order.
 fn assemble_images(
+    links: &Links,
     attachments: Vec<AttachmentRow>,
     tags: Vec<UserTagRow>,
 ) -> HashMap<i64, Vec<ImageTags>> {
@@ -439,8 +445,8 @@ fn assemble_images(
             .or_default()
             .push(ImageTags {
                 tags: tags_by_attachment.remove(&a.id).unwrap_or_default(),
-                url: a.url,
-                thumbnail_url: a.thumbnail_url,
+                url: links.link(&a.url),
+                thumbnail_url: links.link_opt(a.thumbnail_url.as_deref()),
                 blurhash: a.blurhash,
                 width: a.width,
                 height: a.height,
@@ -515,12 +521,9 @@ fn parse_post_data(bytes: &[u8], images: usize) -> Result<PostInput, ApiError> {
         if tag.chars().count() > MAX_HASHTAG_CHARS {
             return Err(ApiError::bad_request());
         }
-        if !hashtags.contains(&tag) {
+        if hashtags.len() < MAX_HASHTAGS && !hashtags.contains(&tag) {
             hashtags.push(tag);
         }
-    }
-    if hashtags.len() > MAX_HASHTAGS {
-        return Err(ApiError::bad_request());
     }
     // `tags`: {"0": [..], "1": [..]} (an array of arrays is accepted too); null or absent: none.
     let mut tags: Vec<Vec<(String, f64, f64)>> = vec![Vec::new(); images];
@@ -551,9 +554,12 @@ fn parse_post_data(bytes: &[u8], images: usize) -> Result<PostInput, ApiError> {
             let (Some(x), Some(y)) = (json_f64(tag.get("x")), json_f64(tag.get("y"))) else {
                 return Err(ApiError::bad_request());
             };
-            if !(0.0..=100.0).contains(&x) || !(0.0..=100.0).contains(&y) {
+            // Percent positions: a click on the image's very edge can round just outside 0–100,
+            // so finite values are clamped (the original stored any number).
+            if !x.is_finite() || !y.is_finite() {
                 return Err(ApiError::bad_request());
             }
+            let (x, y) = (x.clamp(0.0, 100.0), y.clamp(0.0, 100.0));
             slot.retain(|(u, _, _)| *u != user);
             slot.push((user, x, y));
         }
@@ -681,7 +687,7 @@ async fn create(ctx: Ctx, user: String, form: FormData) -> ApiResult {
                 let alarm = Alarm::PostTag {
                     create_at: now,
                     sender_id: author.id.clone(),
-                    sender_profile_image: author.profile_image.clone(),
+                    sender_profile_image: ctx.media.link_opt(author.profile_image.as_deref()),
                     post_id,
                 };
                 ctx.notifier.notify_user(&recipient, &alarm).await;
@@ -723,7 +729,7 @@ async fn insert_post(
             user,
             comment: &input.comment,
             location: input.location.as_deref(),
-            profile_image: images.first().map(|i| i.url.as_str()),
+            profile_image: images.first().map(|i| i.key.as_str()),
             at: now,
         },
     )
@@ -734,8 +740,8 @@ async fn insert_post(
             tx.conn(),
             &NewAttachment {
                 post_id,
-                url: &img.url,
-                thumbnail_url: &img.thumbnail_url,
+                url: &img.key,
+                thumbnail_url: &img.thumbnail_key,
                 blurhash: &img.blurhash,
                 width: i64::from(img.width),
                 height: i64::from(img.height),
@@ -770,7 +776,7 @@ async fn list(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     let owner = crate::http::non_empty(q.get("userId").cloned()).unwrap_or(user);
     let before = query_i64(&q, "postId")?.unwrap_or(i64::MAX);
     let list = ctx.store.post_previews(&owner, before, GRID_PAGE).await?;
-    sc(&json!({ "list": list }))
+    sc(&json!({ "list": list.linked(ctx.media.links()) }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -826,7 +832,7 @@ async fn like(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
             Ok(Some(liker)) => {
                 let alarm = Alarm::PostLike {
                     create_at: now,
-                    user: liker,
+                    user: liker.linked(ctx.media.links()),
                     post_id: post,
                 };
                 ctx.notifier.notify_user(&author, &alarm).await;
@@ -872,7 +878,7 @@ async fn comment(ctx: Ctx, user: String, body: Value) -> ApiResult {
         post_id: post,
         user_id: me.id,
         name: me.name,
-        profile_image: me.profile_image,
+        profile_image: ctx.media.link_opt(me.profile_image.as_deref()),
         content,
         create_at: now,
     };
@@ -893,7 +899,7 @@ async fn comment(ctx: Ctx, user: String, body: Value) -> ApiResult {
 async fn top_list(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     let post = required_i64(&q, "postId")?;
     let list = ctx.store.comments_top(post, &user, TOP_COMMENTS).await?;
-    sc(&json!({ "list": list }))
+    sc(&json!({ "list": list.linked(ctx.media.links()) }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -909,7 +915,7 @@ async fn comment_page(ctx: Ctx, user: String, q: HashMap<String, String>) -> Api
         .store
         .comment_page(post, before, &top, COMMENT_PAGE)
         .await?;
-    sc(&json!({ "list": list }))
+    sc(&json!({ "list": list.linked(ctx.media.links()) }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -964,9 +970,20 @@ mod tests {
         let missing = parse_post_data(br#"{}"#, 1).unwrap();
         assert_eq!(missing.comment, "");
 
+        // Positions just off the image are clamped, not refused; 31 hashtags keep the first 30.
+        let edges = parse_post_data(
+            br#"{"tags":{"0":[{"userId":"bob","x":100.4,"y":-0.2}]}}"#,
+            1,
+        )
+        .unwrap();
+        assert_eq!(edges.tags, vec![vec![("bob".to_owned(), 100.0, 0.0)]]);
+        let many: Vec<String> = (0..31).map(|i| format!("\"t{i}\"")).collect();
+        let many = format!(r#"{{"hashtags":[{}]}}"#, many.join(","));
+        let kept = parse_post_data(many.as_bytes(), 1).unwrap().hashtags;
+        assert_eq!(kept.len(), MAX_HASHTAGS);
+        assert_eq!(kept.first().map(String::as_str), Some("t0"));
         for bad in [
-            &br#"{"tags":{"0":[{"userId":"bob","x":101,"y":1}]}}"#[..],
-            br#"{"tags":{"0":[{"userId":"bob","x":-1,"y":1}]}}"#,
+            &br#"{"tags":{"0":[{"userId":"bob","x":1e999,"y":1}]}}"#[..],
             br#"{"tags":{"0":[{"userId":"","x":1,"y":1}]}}"#,
             br#"{"tags":{"0":[{"userId":"bob","x":1}]}}"#,
             br#"{"tags":"nope"}"#,

@@ -20,6 +20,7 @@ use crate::app::Ctx;
 use crate::cache::Change;
 use crate::http::{ApiError, ApiResult, authed, finish, get, json_body, sc, sc_only};
 use crate::media::{MediaError, THUMB_SUFFIX};
+use crate::model::Linked;
 use crate::model::{Alarm, AlarmType, EditUser, MeUser, SimpleUser, UserDetails};
 use crate::password::MAX_PASSWORD_BYTES;
 use crate::routes::with_ctx;
@@ -38,15 +39,16 @@ pub const RECOMMEND_SHORT: usize = 5;
 /// Lifetime of a cached recommendation list; the caller's own follow/unfollow drops it at once.
 pub const RECOMMEND_TTL: Duration = Duration::from_secs(30 * 60);
 /// Shortest new password, in bytes.
-pub const MIN_PASSWORD_BYTES: usize = 8;
+pub const MIN_PASSWORD_BYTES: usize = 1;
 /// Longest display name, in characters (`user.name` is `VARCHAR(100)`).
 pub const MAX_NAME_CHARS: usize = 100;
 /// Longest `sex` value, in characters (`VARCHAR(50)`).
 pub const MAX_SEX_CHARS: usize = 50;
 /// Longest address and address detail, in characters (`VARCHAR(100)`).
 pub const MAX_ADDRESS_CHARS: usize = 100;
-/// Longest bio, in characters.
-pub const MAX_COMMENT_CHARS: usize = 1000;
+/// Longest bio, in characters (`user.comment` is `VARCHAR(2200)`; the frontend's textarea has no
+/// limit and shows only "edit failed" for a refusal).
+pub const MAX_COMMENT_CHARS: usize = 2200;
 /// Room for multipart boundaries and part headers on top of the file-size limit.
 const MULTIPART_SLACK: u64 = 64 * 1024;
 /// Key prefix of profile images.
@@ -204,7 +206,7 @@ async fn me(ctx: Ctx, user: String) -> ApiResult {
         profile_image: u.profile_image,
         kind: u.kind,
     };
-    sc(&json!({ "user": me }))
+    sc(&json!({ "user": me.linked(ctx.media.links()) }))
 }
 
 /// #10 `POST /api/user/follow`: the caller follows `followingId`. Both user rows are locked in id
@@ -224,7 +226,7 @@ async fn follow(ctx: Ctx, caller: String, body: FollowBody) -> ApiResult {
     if !locked.iter().any(|u| u.id == target) {
         return Err(ApiError::bad_request());
     }
-    let sender_profile_image = me.profile_image.clone();
+    let sender_profile_image = ctx.media.link_opt(me.profile_image.as_deref());
     if follows::find(tx.conn(), &caller, &target).await?.is_some() {
         return Err(ApiError::bad_request());
     }
@@ -306,7 +308,7 @@ async fn search(ctx: Ctx, caller: String, q: SearchQuery) -> ApiResult {
         found.extend(others);
     }
     found.truncate(SEARCH_LIMIT);
-    sc(&json!({ "users": found }))
+    sc(&json!({ "users": found.linked(ctx.media.links()) }))
 }
 
 /// #13 `GET /api/user/details/info?searchId=`: another user's profile with `isFollowed`; 400
@@ -325,7 +327,7 @@ async fn details(ctx: Ctx, caller: String, q: DetailsQuery) -> ApiResult {
         post_count: u.post_count,
         is_followed: u.is_followed != 0,
     };
-    sc(&json!({ "user": details }))
+    sc(&json!({ "user": details.linked(ctx.media.links()) }))
 }
 
 /// Parses `isAll` as Spring converts a `Boolean` (absent or empty: false).
@@ -390,7 +392,7 @@ async fn recommend(ctx: Ctx, caller: String, q: RecommendQuery) -> ApiResult {
     let mut found = ctx.store.simple_users_by_ids(&caller, &ids).await?;
     let rank = |u: &SimpleUser| ids.iter().position(|id| *id == u.id);
     found.sort_by_key(rank);
-    sc(&json!({ "list": found }))
+    sc(&json!({ "list": found.linked(ctx.media.links()) }))
 }
 
 /// #15 `GET /api/user/get/edit/info`: the editable profile fields (nulls as stored).
@@ -436,13 +438,11 @@ async fn edit_info(ctx: Ctx, caller: String, mut body: EditUser) -> ApiResult {
 }
 
 /// #17 `POST /api/user/edit/password`: 200 `NEP` when the old password does not match (always for
-/// Google accounts, which have none); the new one must be 8..=256 bytes (400 `BR`). Attempts are
+/// Google accounts, which have none), checked first; then the new one must be 1..=256 bytes
+/// (400 `BR`, which an empty one from a client other than the frontend gets). Attempts are
 /// limited like failed sign-ins.
 async fn edit_password(ctx: Ctx, caller: String, body: PasswordBody) -> ApiResult {
     let new_len = body.new_password.len();
-    if !(MIN_PASSWORD_BYTES..=MAX_PASSWORD_BYTES).contains(&new_len) {
-        return Err(ApiError::bad_request());
-    }
     ctx.limit(
         &format!("edit-password:{caller}"),
         ctx.limits.sign_in_failures,
@@ -460,6 +460,9 @@ async fn edit_password(ctx: Ctx, caller: String, body: PasswordBody) -> ApiResul
         || !crate::password::verify(body.old_password, stored).await
     {
         return Err(nep);
+    }
+    if !(MIN_PASSWORD_BYTES..=MAX_PASSWORD_BYTES).contains(&new_len) {
+        return Err(ApiError::bad_request());
     }
     let hash = crate::password::hash(body.new_password)
         .await
@@ -540,7 +543,7 @@ async fn read_file_part(
 fn own_profile_key(ctx: &Ctx, url: Option<&str>) -> Option<String> {
     let url = url.filter(|u| !u.is_empty())?;
     ctx.media
-        .key_of_url(url)
+        .own_key(url)
         .filter(|k| k.starts_with(&format!("{PROFILE_PREFIX}/")))
 }
 
@@ -577,8 +580,8 @@ async fn upload_profile(ctx: Ctx, caller: String, form: FormData) -> ApiResult {
     users::set_profile_image(
         tx.conn(),
         &caller,
-        &image.url,
-        &image.thumbnail_url,
+        &image.key,
+        &image.thumbnail_key,
         &image.blurhash,
     )
     .await?;
@@ -598,7 +601,7 @@ async fn upload_profile(ctx: Ctx, caller: String, form: FormData) -> ApiResult {
     if !old_keys.is_empty() {
         ctx.media.delete(&old_keys).await;
     }
-    sc(&json!({ "url": image.url }))
+    sc(&json!({ "url": ctx.media.url_of(&image.key) }))
 }
 
 #[cfg(test)]

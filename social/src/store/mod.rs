@@ -13,6 +13,7 @@ pub mod dialect;
 pub mod feed;
 pub mod follows;
 pub mod likes;
+pub mod media;
 pub mod posts;
 pub mod script;
 pub mod users;

@@ -115,6 +115,7 @@ impl TestApp {
             smtp: None,
             limits: Limits::default(),
             cache: social::cache::ReadCacheConfig::default(),
+            public_url: social::public_url::PublicUrl::default(),
         };
         tweak(&mut cfg);
         let bus = Bus::in_process(Registry::in_process(), InProcessConfig::default());
@@ -160,9 +161,14 @@ impl TestApp {
         db: Db,
         owner: bool,
     ) -> TestApp {
-        let ctx = Ctx::start(&cfg, bus.clone()).await.unwrap();
+        // Bound first, as the binaries do: an unconfigured public URL falls back to this address.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let mut cfg = cfg;
+        if cfg.public_url.fallback.is_none() {
+            cfg.public_url.fallback = Some(format!("http://{addr}"));
+        }
+        let ctx = Ctx::start(&cfg, bus.clone()).await.unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let routes = ctx.routes().with(warp::log("social-test"));
         tokio::spawn(
