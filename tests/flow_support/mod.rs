@@ -16,6 +16,9 @@ use tokio::process::{Child, Command};
 /// A JWT secret long enough for the social service (>= 32 bytes).
 pub const SECRET: &str = "flow-test-secret-flow-test-secret!!";
 
+/// The password of every account made by [`account`].
+pub const PASSWORD: &str = "password-123";
+
 /// A process of ours with its stderr captured.
 pub struct Proc {
     pub child: Child,
@@ -100,18 +103,20 @@ pub fn unique_dir(tag: &str) -> std::path::PathBuf {
 }
 
 pub async fn start() -> Server {
+    start_with(&[]).await
+}
+
+/// [`start`] with more settings (`INSTAR_*` variables) for the process.
+pub async fn start_with(extra: &[(&str, String)]) -> Server {
     let dir = unique_dir("flow");
-    let proc = Proc::spawn(
-        "serve",
-        &["serve"],
-        &[
-            ("INSTAR_LISTEN", "127.0.0.1:0".into()),
-            ("INSTAR_TCP_LISTEN", "off".into()),
-            ("INSTAR_JWT_SECRET", SECRET.into()),
-            ("INSTAR_DATA_DIR", dir.display().to_string()),
-        ],
-    )
-    .await;
+    let mut envs = vec![
+        ("INSTAR_LISTEN", "127.0.0.1:0".to_owned()),
+        ("INSTAR_TCP_LISTEN", "off".into()),
+        ("INSTAR_JWT_SECRET", SECRET.into()),
+        ("INSTAR_DATA_DIR", dir.display().to_string()),
+    ];
+    envs.extend(extra.iter().cloned());
+    let proc = Proc::spawn("serve", &["serve"], &envs).await;
     Server {
         base: proc.base(),
         log: proc.log.clone(),
@@ -168,14 +173,14 @@ pub async fn account(
     assert_eq!(s, 200);
     let code = mailed_code(log, &email).await;
     let (s, b) = call(http.post(format!("{base}/api/auth/signUp")).json(&json!({
-        "id": id, "password": "password-123", "name": id, "sex": "female", "email": email,
+        "id": id, "password": PASSWORD, "name": id, "sex": "female", "email": email,
         "email_code": code, "address": "Seoul", "addressDetail": "1", "duplicateCheckId": true
     })))
     .await;
     assert_eq!((s, &b), (200, &json!({"code": "SC"})));
     let (s, b) = call(
         http.post(format!("{base}/api/auth/signIn"))
-            .json(&json!({"id": id, "password": "password-123"})),
+            .json(&json!({"id": id, "password": PASSWORD})),
     )
     .await;
     assert_eq!(s, 200, "{b}");
