@@ -171,7 +171,13 @@ async fn a_killed_node_is_swept_within_its_lease_and_clients_move_to_the_survivo
     alice
         .send("/app/bench.direct", &[("to", "bob")], "after")
         .await;
-    assert_eq!(bob.message().await.1, "after");
+    // The work queue is at-least-once: when the killed node had handled "before" but not yet
+    // acknowledged it, RabbitMQ hands the command to the survivor, which delivers it again.
+    let mut next = bob.message().await.1;
+    if next == "before" {
+        next = bob.message().await.1;
+    }
+    assert_eq!(next, "after");
     bob.send("/app/bench.direct", &[("to", "alice")], "welcome back")
         .await;
     assert_eq!(alice.message().await.1, "welcome back");
