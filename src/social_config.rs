@@ -96,7 +96,7 @@ pub(crate) struct SocialArgs {
     /// Public URL browsers reach this service at (e.g. https://api.example.com): every media URL carries it. [default: each REST response the name its request used, pushes the listen address]
     #[arg(long, env = "INSTAR_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// Proxies (addresses or CIDRs, comma-separated) whose X-Forwarded-Proto and X-Forwarded-Host are believed. [default: none]
+    /// Proxies (addresses or CIDRs, comma-separated; `none` for none) whose X-Forwarded-For, -Host and -Proto are believed. [default: 127.0.0.0/8,::1]
     #[arg(long, env = "INSTAR_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<String>>,
 }
@@ -217,7 +217,14 @@ impl SocialArgs {
             None => None,
         };
         let mut trusted_proxies = Vec::new();
-        for p in pick!(a, f, trusted_proxies).unwrap_or_default() {
+        // Default: this machine only (nginx in front on loopback); `none` trusts nobody.
+        let listed = pick!(a, f, trusted_proxies)
+            .unwrap_or_else(|| vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()]);
+        for p in listed {
+            if p.trim().eq_ignore_ascii_case("none") {
+                trusted_proxies.clear();
+                break;
+            }
             let p = p.trim();
             if p.is_empty() {
                 continue;

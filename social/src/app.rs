@@ -257,6 +257,19 @@ impl Ctx {
         for (name, help, value) in rows {
             write_counter(&mut out, name, help, value);
         }
+        let (hashes, busy) = crate::password::stats();
+        write_counter(
+            &mut out,
+            "password_hashes_total",
+            "Password hashes run (sign-up, sign-in, password changes).",
+            hashes,
+        );
+        write_counter(
+            &mut out,
+            "password_busy_total",
+            "Requests refused at once because password hashing was saturated.",
+            busy,
+        );
         let writers = self
             .chat_writers
             .lock()

@@ -78,6 +78,11 @@ impl ApiError {
         Self::new(StatusCode::TOO_MANY_REQUESTS, "TMR")
     }
 
+    /// 503 `DE`: password hashing is saturated (refused at once, try again shortly).
+    pub const fn busy() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "DE")
+    }
+
     /// The status.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -96,6 +101,18 @@ impl ApiError {
             body.insert((*k).into(), Value::Null);
         }
         json_response(self.status, &Value::Object(body))
+    }
+}
+
+impl From<crate::password::PasswordError> for ApiError {
+    fn from(e: crate::password::PasswordError) -> Self {
+        match e {
+            crate::password::PasswordError::Busy => ApiError::busy(),
+            crate::password::PasswordError::Failed(why) => {
+                tracing::error!(%why, "password hashing");
+                ApiError::database()
+            }
+        }
     }
 }
 

@@ -79,13 +79,39 @@ impl PublicUrl {
     }
 
     fn trusts(&self, peer: Option<SocketAddr>) -> bool {
-        peer.is_some_and(|p| {
-            let ip = match p.ip() {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-                ip => ip,
+        peer.is_some_and(|p| self.is_trusted(canonical_ip(p.ip())))
+    }
+
+    /// The client of a request: the socket peer, or, when the peer is a trusted proxy, the
+    /// `X-Forwarded-For` hops read from the right (the nearest proxy's entry first), skipping
+    /// trusted proxies: the first other address is the client (values a client put in the header
+    /// itself are further left and never reached). An unreadable hop ends the walk at the last
+    /// address known. `None` without a peer.
+    #[must_use]
+    pub fn client_ip(&self, peer: Option<SocketAddr>, xff: Option<&str>) -> Option<IpAddr> {
+        let mut client = canonical_ip(peer?.ip());
+        if !self.is_trusted(client) {
+            return Some(client);
+        }
+        let Some(xff) = xff else {
+            return Some(client);
+        };
+        // At most 32 hops are read; a longer chain is cut (the header is bounded by the server's
+        // header limits too).
+        for hop in xff.rsplit(',').take(32) {
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                break;
             };
-            self.trusted_proxies.iter().any(|net| net.contains(&ip))
-        })
+            client = canonical_ip(ip);
+            if !self.is_trusted(client) {
+                break;
+            }
+        }
+        Some(client)
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
     /// The origin a request reached the server under: `X-Forwarded-Proto` and `X-Forwarded-Host`
@@ -132,6 +158,27 @@ pub struct RequestNames {
     pub forwarded_host: Option<String>,
     /// `X-Forwarded-Proto` (its first line).
     pub forwarded_proto: Option<String>,
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        ip => ip,
+    }
+}
+
+/// The rate-limit key of a client address: an IPv4 address as it is, an IPv6 address by its /64
+/// (one subscriber's whole network: otherwise a single client would rotate through 2^64 keys).
+#[must_use]
+pub fn rate_key(ip: IpAddr) -> String {
+    match canonical_ip(ip) {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
 }
 
 /// A host (and port) safe to put into a URL and a JSON string as it is.
@@ -278,6 +325,52 @@ mod tests {
             public.request_origin(Some(stranger), &RequestNames::default()),
             None
         );
+    }
+
+    #[test]
+    fn client_addresses_come_through_trusted_proxies_only() {
+        let proxies = PublicUrl {
+            trusted_proxies: vec![
+                "127.0.0.0/8".parse().unwrap(),
+                "10.0.0.0/8".parse().unwrap(),
+            ],
+            ..PublicUrl::default()
+        };
+        let nginx: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let stranger: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        // What nginx's $proxy_add_x_forwarded_for makes of a client that sent its own header:
+        // the spoofed values on the left, the real address last.
+        let xff = "1.2.3.4, 5.6.7.8, 203.0.113.9";
+        let ip = |peer, xff| proxies.client_ip(Some(peer), xff).unwrap().to_string();
+        assert_eq!(ip(nginx, Some(xff)), "203.0.113.9");
+        // Through two of our proxies.
+        assert_eq!(
+            ip(nginx, Some("1.2.3.4, 203.0.113.9, 10.0.0.2")),
+            "203.0.113.9"
+        );
+        // From anyone else the header means nothing.
+        assert_eq!(ip(stranger, Some(xff)), "198.51.100.7");
+        assert_eq!(ip(nginx, None), "127.0.0.1");
+        assert_eq!(ip(nginx, Some("junk, 203.0.113.9")), "203.0.113.9");
+        assert_eq!(ip(nginx, Some("203.0.113.9, junk")), "127.0.0.1");
+        // Nothing is trusted by default.
+        assert_eq!(
+            PublicUrl::default()
+                .client_ip(Some(nginx), Some(xff))
+                .unwrap()
+                .to_string(),
+            "127.0.0.1"
+        );
+        // IPv6 clients are grouped by /64; mapped IPv4 is IPv4.
+        assert_eq!(
+            rate_key("2001:db8:1:2:aaaa::1".parse().unwrap()),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            rate_key("2001:db8:1:2:bbbb::9".parse().unwrap()),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(rate_key("::ffff:192.0.2.1".parse().unwrap()), "192.0.2.1");
     }
 
     #[test]

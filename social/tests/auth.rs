@@ -439,3 +439,109 @@ async fn refusals_the_frontend_can_show(db: Db) {
     assert_eq!((s, b), (404, json!({"code": "NEP", "token": null})));
 }
 on_both!(refusals_the_frontend_can_show);
+
+/// POST `signIn` for `id`/`password`, from `client` when given (an `X-Forwarded-For` value).
+async fn sign_in_from(
+    app: &TestApp,
+    id: &str,
+    password: &str,
+    client: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut req = app
+        .client
+        .post(app.url("/api/auth/signIn"))
+        .json(&json!({"id": id, "password": password}));
+    if let Some(c) = client {
+        req = req.header("x-forwarded-for", c);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// 100 concurrent wrong passwords for one id from one address hash at most the failure limit's
+/// number of times (the attempt is counted before hashing; it was checked and counted after), and
+/// that address's failures do not lock the owner out when signing in from another one.
+async fn guessing_is_bounded_and_locks_out_only_the_guesser(db: Db) {
+    let app = TestApp::start_with(db, |cfg| {
+        cfg.public_url.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        cfg.limits.sign_in_per_address = 1_000;
+    })
+    .await;
+    app.user("alice01").await; // password `password1!`
+    let limit = app.ctx.limits.sign_in_failures;
+    let (hashes_before, _) = social::password::stats();
+    let guesses: Vec<_> = (0..100)
+        .map(|i| {
+            let (client, url) = (app.client.clone(), app.url("/api/auth/signIn"));
+            tokio::spawn(async move {
+                let res = client
+                    .post(url)
+                    .header("x-forwarded-for", "198.51.100.66")
+                    .json(&json!({"id": "alice01", "password": format!("guess-{i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                res.status().as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for g in guesses {
+        statuses.push(g.await.unwrap());
+    }
+    let (hashes_after, _) = social::password::stats();
+    let hashed = hashes_after - hashes_before;
+    assert!(
+        hashed <= limit,
+        "{hashed} hashes for 100 guesses (limit {limit})"
+    );
+    assert!(
+        statuses.iter().all(|s| [404, 429, 503].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(statuses.iter().filter(|s| **s == 429).count() >= 100 - limit as usize);
+    // The guesser stays locked out, even with the right password.
+    let (s, _) = sign_in_from(&app, "alice01", "password1!", Some("198.51.100.66")).await;
+    assert_eq!(s, 429);
+    // The owner, elsewhere, is not.
+    let (s, body) = sign_in_from(&app, "alice01", "password1!", Some("203.0.113.5")).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body["token"].is_string());
+}
+on_both!(guessing_is_bounded_and_locks_out_only_the_guesser);
+
+/// Without a trusted proxy, `X-Forwarded-For` is the client's own claim and changes nothing: a
+/// client rotating it still meets its address's limit. Through a trusted proxy it names the client.
+async fn forwarded_for_counts_only_through_trusted_proxies(db: Db) {
+    let app = TestApp::start_with(db, |cfg| cfg.limits.sign_in_per_address = 3).await;
+    app.user("alice01").await;
+    for i in 0..3 {
+        let spoofed = format!("192.0.2.{i}");
+        let (s, _) = sign_in_from(&app, "nobody99", "x", Some(&spoofed)).await;
+        assert_eq!(s, 404);
+    }
+    let (s, _) = sign_in_from(&app, "alice01", "password1!", Some("192.0.2.77")).await;
+    assert_eq!(
+        s, 429,
+        "a rotated X-Forwarded-For bypassed the address limit"
+    );
+
+    let app = TestApp::start_with(db, |cfg| {
+        cfg.limits.sign_in_per_address = 3;
+        cfg.public_url.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    app.user("alice01").await;
+    for _ in 0..3 {
+        let (s, _) = sign_in_from(&app, "nobody99", "x", Some("192.0.2.1")).await;
+        assert_eq!(s, 404);
+    }
+    let (s, _) = sign_in_from(&app, "nobody99", "x", Some("192.0.2.1")).await;
+    assert_eq!(s, 429);
+    // Another client behind the same proxy has its own count; a value it prepends itself (what
+    // nginx's $proxy_add_x_forwarded_for keeps on the left) is not its address.
+    let (s, body) = sign_in_from(&app, "alice01", "password1!", Some("192.0.2.1, 192.0.2.2")).await;
+    assert_eq!(s, 200, "{body}");
+}
+on_both!(forwarded_for_counts_only_through_trusted_proxies);

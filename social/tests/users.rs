@@ -879,8 +879,16 @@ async fn edit_password_checks_the_old_one(db: Db) {
     assert_eq!((status, body), (200, json!({"code": "SC"})));
     let hash = stored_hash(&app, "alice01").await.unwrap();
     assert!(hash.starts_with("$argon2id$"));
-    assert!(social::password::verify("brand-new-pw".into(), hash.clone()).await);
-    assert!(!social::password::verify("password1!".into(), hash).await);
+    assert!(
+        social::password::verify("brand-new-pw".into(), hash.clone())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !social::password::verify("password1!".into(), hash)
+            .await
+            .unwrap()
+    );
     // The old password no longer works.
     let (_, body) = app
         .post(

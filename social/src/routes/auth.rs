@@ -15,6 +15,7 @@ use warp::reply::Response;
 
 use crate::app::Ctx;
 use crate::http::{ApiError, ApiResult, empty, finish, get, json_body, sc, sc_only};
+use crate::public_url::rate_key;
 use crate::routes::with_ctx;
 use crate::store::StoreError;
 use crate::store::users::{self, NewUser};
@@ -40,7 +41,7 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
     let sign_in = warp::path!("auth" / "signIn")
         .and(warp::post())
         .and(with_ctx(ctx))
-        .and(client_addr())
+        .and(client_addr(ctx))
         .and(json_body::<SignIn>())
         .then(sign_in)
         .map(finish);
@@ -53,7 +54,7 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
     let send_email = warp::path!("auth" / "send" / "email")
         .and(get())
         .and(with_ctx(ctx))
-        .and(client_addr())
+        .and(client_addr(ctx))
         .and(warp::query::<SendEmail>())
         .then(send_email)
         .map(finish);
@@ -67,23 +68,22 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// The client's address: the peer, or the first `X-Forwarded-For` hop when the peer is a proxy on
-/// this machine (nginx in front of the service).
-fn client_addr() -> impl Filter<Extract = (String,), Error = warp::Rejection> + Clone {
+/// The client's address as a rate-limit key ([`crate::public_url::PublicUrl::client_ip`], [`rate_key`]): the socket
+/// peer, or the nearest untrusted `X-Forwarded-For` hop when the peer is a trusted proxy.
+pub(crate) fn client_addr(
+    ctx: &Ctx,
+) -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone + use<> {
+    let public = ctx.public_url.clone();
     warp::addr::remote()
-        .and(warp::header::optional::<String>("x-forwarded-for"))
-        .map(|peer: Option<SocketAddr>, xff: Option<String>| {
-            let peer_ip = peer.map(|p| p.ip());
-            match (peer_ip, xff) {
-                (Some(ip), Some(xff)) if ip.is_loopback() => xff
-                    .split(',')
-                    .next()
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| ip.to_string()),
-                (Some(ip), _) => ip.to_string(),
-                (None, _) => "unknown".to_owned(),
-            }
+        .and(
+            warp::header::optional::<String>("x-forwarded-for")
+                .or(warp::any().map(|| None))
+                .unify(),
+        )
+        .map(move |peer: Option<SocketAddr>, xff: Option<String>| {
+            public
+                .client_ip(peer, xff.as_deref())
+                .map_or_else(|| "unknown".to_owned(), rate_key)
         })
 }
 
@@ -174,10 +174,7 @@ async fn sign_up(ctx: Ctx, body: SignUp) -> ApiResult {
         return Err(ApiError::bad_request_code("DUE"));
     }
     check_email_code(&ctx, &email, code).await?;
-    let hash = crate::password::hash(password).await.map_err(|e| {
-        tracing::error!(error = %e, "hashing a password");
-        bad()
-    })?;
+    let hash = crate::password::hash(password).await?;
     let mut tx = ctx.store.write().await.map_err(|_| bad())?;
     let inserted = users::insert(
         tx.conn(),
@@ -269,15 +266,17 @@ async fn sign_in(ctx: Ctx, addr: String, body: SignIn) -> ApiResult {
         limits.sign_in_window,
     )
     .await?;
-    let failures_key = format!("limit:sign-in:fail:{id}");
-    let failures = ctx
+    // The attempt is counted before any hashing (a reservation, given back by a success), so N
+    // concurrent guesses cost at most the limit's number of hashes. Counted per id *and*
+    // address: a stranger's failures lock that stranger out, never the owner signing in from
+    // elsewhere (and every address is limited overall, above).
+    let failures_key = format!("limit:sign-in:fail:{id}:{addr}");
+    let attempt = ctx
         .kv
-        .get(&failures_key)
+        .incr(&failures_key, limits.sign_in_window)
         .await
-        .map_err(|_| ApiError::database())?
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or(0);
-    if failures >= limits.sign_in_failures {
+        .map_err(|_| ApiError::database())?;
+    if attempt > limits.sign_in_failures {
         return Err(ApiError::too_many().with_nulls(TOKEN));
     }
     let Some(user) = ctx.store.user_by_id(&id).await? else {
@@ -287,11 +286,12 @@ async fn sign_in(ctx: Ctx, addr: String, body: SignIn) -> ApiResult {
         return Err(ApiError::bad_request());
     }
     let ok = match user.password {
-        Some(hash) => crate::password::verify(password, hash).await,
+        Some(hash) => crate::password::verify(password, hash)
+            .await
+            .map_err(|e| ApiError::from(e).with_nulls(TOKEN))?,
         None => false,
     };
     if !ok {
-        let _ = ctx.kv.incr(&failures_key, limits.sign_in_window).await;
         return Err(ApiError::new(StatusCode::NOT_FOUND, "NEP").with_nulls(TOKEN));
     }
     let _ = ctx.kv.del(&failures_key).await;

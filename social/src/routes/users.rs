@@ -457,19 +457,14 @@ async fn edit_password(ctx: Ctx, caller: String, body: PasswordBody) -> ApiResul
         return Err(nep);
     };
     if body.old_password.len() > MAX_PASSWORD_BYTES
-        || !crate::password::verify(body.old_password, stored).await
+        || !crate::password::verify(body.old_password, stored).await?
     {
         return Err(nep);
     }
     if !(MIN_PASSWORD_BYTES..=MAX_PASSWORD_BYTES).contains(&new_len) {
         return Err(ApiError::bad_request());
     }
-    let hash = crate::password::hash(body.new_password)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "hashing a password");
-            ApiError::database()
-        })?;
+    let hash = crate::password::hash(body.new_password).await?;
     ctx.store.set_password(&caller, &hash).await?;
     sc_only()
 }
