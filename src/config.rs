@@ -40,6 +40,9 @@ pub(crate) struct ServeArgs {
     /// Frames queued per session before it is closed as a slow consumer. [default: 1024]
     #[arg(long, env = "INSTAR_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
+    /// SENDs per second one STOMP session may keep up (bursts of five seconds' worth); past it the session gets an ERROR and is closed; 0: unlimited. [default: 200]
+    #[arg(long, env = "INSTAR_SEND_RATE")]
+    pub send_rate: Option<u32>,
     /// Seconds a new connection has to send CONNECT. [default: 10]
     #[arg(long, env = "INSTAR_CONNECT_TIMEOUT_SECS")]
     pub connect_timeout_secs: Option<u64>,
@@ -79,6 +82,7 @@ struct FileSettings {
     max_body: Option<usize>,
     max_ws_message: Option<usize>,
     outbound_queue: Option<usize>,
+    send_rate: Option<u32>,
     connect_timeout_secs: Option<u64>,
     drain_secs: Option<u64>,
     command_workers: Option<usize>,
@@ -102,6 +106,7 @@ pub(crate) struct Settings {
     pub max_body: usize,
     pub max_ws_message: usize,
     pub outbound_queue: usize,
+    pub send_rate: u32,
     pub connect_timeout: Duration,
     pub drain_grace: Duration,
     pub command_workers: usize,
@@ -152,6 +157,7 @@ impl ServeArgs {
                 .max_ws_message
                 .or(file.max_ws_message)
                 .unwrap_or(128 * 1024),
+            send_rate: self.send_rate.or(file.send_rate).unwrap_or(200),
             outbound_queue: self
                 .outbound_queue
                 .or(file.outbound_queue)
@@ -193,6 +199,7 @@ impl Settings {
             .max_ws_message
             .max(self.max_body + g.limits.max_head_bytes);
         g.outbound_queue = self.outbound_queue;
+        g.send_rate = self.send_rate;
         g.connect_timeout = self.connect_timeout;
         g.session.heartbeat = (self.heartbeat_ms, self.heartbeat_ms);
         g.session.allow_anonymous = self.allow_anonymous;

@@ -58,6 +58,9 @@ pub(crate) struct GatewayArgs {
     /// Frames queued per session before it is closed as a slow consumer. [default: 1024]
     #[arg(long, env = "INSTAR_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
+    /// SENDs per second one STOMP session may keep up (bursts of five seconds' worth); past it the session gets an ERROR and is closed; 0: unlimited. [default: 200]
+    #[arg(long, env = "INSTAR_SEND_RATE")]
+    pub send_rate: Option<u32>,
     /// Seconds sessions get to drain on SIGINT/SIGTERM. [default: 10]
     #[arg(long, env = "INSTAR_DRAIN_SECS")]
     pub drain_secs: Option<u64>,
@@ -101,6 +104,7 @@ struct FileSettings {
     heartbeat_ms: Option<u32>,
     max_body: Option<usize>,
     outbound_queue: Option<usize>,
+    send_rate: Option<u32>,
     drain_secs: Option<u64>,
     allow_anonymous: Option<bool>,
     public_topics: Option<Vec<String>>,
@@ -125,6 +129,7 @@ pub(crate) struct NodeSettings {
     pub heartbeat_ms: u32,
     pub max_body: usize,
     pub outbound_queue: usize,
+    pub send_rate: u32,
     pub drain_grace: Duration,
     pub allow_anonymous: bool,
     pub public_topics: Vec<String>,
@@ -192,6 +197,7 @@ impl GatewayArgs {
             node_id,
             heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(10_000),
             max_body: self.max_body.or(file.max_body).unwrap_or(64 * 1024),
+            send_rate: self.send_rate.or(file.send_rate).unwrap_or(200),
             outbound_queue: self
                 .outbound_queue
                 .or(file.outbound_queue)
@@ -232,6 +238,7 @@ impl NodeSettings {
             .max_ws_message
             .max(self.max_body + g.limits.max_head_bytes);
         g.outbound_queue = self.outbound_queue;
+        g.send_rate = self.send_rate;
         g.session.heartbeat = (self.heartbeat_ms, self.heartbeat_ms);
         g.session.allow_anonymous = self.allow_anonymous;
         g.allowed_origins = self.allowed_origins.clone();

@@ -72,6 +72,9 @@ struct Driver<'a> {
     last_recv: Instant,
     token_deadline: Instant,
     out: BytesMut,
+    /// SENDs this session may still make at once (a token bucket refilled at `send_rate`).
+    send_tokens: f64,
+    send_refilled: Instant,
 }
 
 static SESSION_NUMBERS: AtomicU64 = AtomicU64::new(1);
@@ -109,6 +112,12 @@ pub async fn run(
         last_recv: now,
         token_deadline: far_future(),
         out: BytesMut::new(),
+        send_tokens: f64::from(
+            gw.config
+                .send_rate
+                .saturating_mul(crate::server::SEND_BURST_SECONDS),
+        ),
+        send_refilled: now,
     };
     gw.metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
     gw.metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
@@ -207,6 +216,25 @@ pub async fn run(
 }
 
 impl Driver<'_> {
+    /// Takes one SEND from the session's bucket (refilled at `send_rate` per second, holding at
+    /// most [`crate::server::SEND_BURST_SECONDS`] of them); false when it is empty.
+    fn take_send_token(&mut self) -> bool {
+        let rate = self.gw.config.send_rate;
+        if rate == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.send_refilled).as_secs_f64() * f64::from(rate);
+        self.send_refilled = now;
+        let cap = f64::from(rate.saturating_mul(crate::server::SEND_BURST_SECONDS));
+        self.send_tokens = (self.send_tokens + refill).min(cap);
+        if self.send_tokens >= 1.0 {
+            self.send_tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
     fn next_heartbeat_deadline(&self) -> Instant {
         let send = self.send_every.map(|p| self.last_sent + p);
         let recv = self.expect_within.map(|p| self.last_recv + p);
@@ -498,6 +526,24 @@ impl Driver<'_> {
                     let Some(principal) = self.session.principal().map(|p| p.user.clone()) else {
                         continue;
                     };
+                    if !self.take_send_token() {
+                        self.gw
+                            .metrics
+                            .send_rate_closes
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(session = %self.session.id(), user = %principal, "session sent faster than its send rate; closed");
+                        let rate = self.gw.config.send_rate;
+                        actions.clear();
+                        actions.extend(self.session.fail(
+                            &format!(
+                                "too many messages: at most {rate} per second (bursts of {}); slow down and reconnect",
+                                rate.saturating_mul(crate::server::SEND_BURST_SECONDS)
+                            ),
+                            receipt.as_deref(),
+                            None,
+                        ));
+                        continue;
+                    }
                     let cmd = AppCommand {
                         destination,
                         principal,

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub heartbeat_timeouts: AtomicU64,
     /// Stored messages written by replays on SUBSCRIBE.
     pub replayed: AtomicU64,
+    /// Sessions closed for sending faster than `send_rate`.
+    pub send_rate_closes: AtomicU64,
 }
 
 /// Everything a connection needs, shared by all connections of one node.

@@ -11,7 +11,7 @@ impl Gateway {
         let m = &self.metrics;
         let h = &self.hub.metrics;
         let b = self.bus.metrics();
-        let rows: [(&str, &str, &str, u64); 17] = [
+        let rows: [(&str, &str, &str, u64); 18] = [
             (
                 "sessions_open",
                 "gauge",
@@ -47,6 +47,12 @@ impl Gateway {
                 "counter",
                 "Sessions closed for missing heart-beats.",
                 m.heartbeat_timeouts.load(Relaxed),
+            ),
+            (
+                "send_rate_closes_total",
+                "counter",
+                "Sessions closed for sending faster than their send rate.",
+                m.send_rate_closes.load(Relaxed),
             ),
             (
                 "replayed_total",

@@ -42,7 +42,13 @@ pub struct GatewayConfig {
     pub ws_buffer: usize,
     /// Most stored messages one SUBSCRIBE replays ([`crate::replay`]); a longer gap is refused.
     pub max_replay: usize,
+    /// SENDs per second one session may keep up, with bursts of [`SEND_BURST_SECONDS`] of them;
+    /// past it the session gets an ERROR and is closed. 0: unlimited.
+    pub send_rate: u32,
 }
+
+/// Seconds of [`GatewayConfig::send_rate`] a session may send at once.
+pub const SEND_BURST_SECONDS: u32 = 5;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -57,6 +63,7 @@ impl Default for GatewayConfig {
             tcp_read_chunk: 4096,
             ws_buffer: 1024,
             max_replay: 5_000,
+            send_rate: 200,
         }
     }
 }

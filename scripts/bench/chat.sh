@@ -17,7 +17,7 @@ secret="chat-bench-secret-chat-bench-secret!"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 data=$(mktemp -d /tmp/instar-chat-bench.XXXXXX)
 export INSTAR_JWT_SECRET="$secret" INSTAR_DATA_DIR="$data" INSTAR_LISTEN="127.0.0.1:$port" \
-  INSTAR_TCP_LISTEN=off INSTAR_LOG="${INSTAR_LOG:-warn}"
+  INSTAR_TCP_LISTEN=off INSTAR_LOG="${INSTAR_LOG:-warn}" INSTAR_SEND_RATE="${INSTAR_SEND_RATE:-0}"
 dbname=""
 if [ "$db" != sqlite ]; then
   dbname="instar_bench_chat_$$"

@@ -27,7 +27,7 @@ export INSTAR_AMQP_URL=${INSTAR_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 export INSTAR_REDIS_URL=${INSTAR_REDIS_URL:-redis://127.0.0.1:6379}
 for n in a:18081 b:18082; do
   INSTAR_BUS_PREFIX="bench$$" INSTAR_NODE_ID="gw${n%%:*}" INSTAR_LISTEN="127.0.0.1:${n##*:}" \
-    INSTAR_JWT_SECRET=bench INSTAR_BENCH_ECHO=1 INSTAR_OUTBOUND_QUEUE=4096 INSTAR_LOG=warn \
+    INSTAR_JWT_SECRET=bench INSTAR_BENCH_ECHO=1 INSTAR_OUTBOUND_QUEUE=4096 INSTAR_SEND_RATE=0 INSTAR_LOG=warn \
     "$BIN" gateway 2>"$work/gw-${n%%:*}.log" &
   pids+=($!)
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:${n##*:}/health" -o /dev/null && break; sleep 0.1; done

@@ -38,6 +38,8 @@ pub struct Limits {
     pub email_code_attempts: u64,
     /// Lifetime of an e-mail code (the original's: 3 minutes).
     pub email_code_ttl: Duration,
+    /// Per-user quotas on writes.
+    pub quotas: crate::quotas::Quotas,
 }
 
 impl Default for Limits {
@@ -51,6 +53,7 @@ impl Default for Limits {
             email_window: Duration::from_secs(60 * 60),
             email_code_attempts: 5,
             email_code_ttl: Duration::from_secs(180),
+            quotas: crate::quotas::Quotas::default(),
         }
     }
 }
@@ -256,6 +259,13 @@ impl Ctx {
         let mut out = String::with_capacity(3072);
         for (name, help, value) in rows {
             write_counter(&mut out, name, help, value);
+        }
+        out.push_str(
+            "# HELP instar_quota_refusals_total Writes refused because the user's quota for the window was used up.\n# TYPE instar_quota_refusals_total counter\n",
+        );
+        for (write, n) in crate::quotas::refusals() {
+            use std::fmt::Write as _;
+            let _ = writeln!(out, "instar_quota_refusals_total{{write=\"{write}\"}} {n}");
         }
         let (hashes, busy) = crate::password::stats();
         write_counter(

@@ -28,6 +28,9 @@ pub trait Kv: Send + Sync + std::fmt::Debug + 'static {
     /// Adds one to the counter at `key` and returns the new count; a new counter expires after
     /// `window` (fixed-window rate limiting).
     async fn incr(&self, key: &str, window: Duration) -> Result<u64, KvError>;
+    /// Adds `n` to the counter `key` (created at 0, expiring `window` after creation) and
+    /// returns the new value.
+    async fn incr_by(&self, key: &str, n: u64, window: Duration) -> Result<u64, KvError>;
 }
 
 /// Which store to use.
@@ -105,6 +108,10 @@ impl Kv for MemoryKv {
     }
 
     async fn incr(&self, key: &str, window: Duration) -> Result<u64, KvError> {
+        self.incr_by(key, 1, window).await
+    }
+
+    async fn incr_by(&self, key: &str, by: u64, window: Duration) -> Result<u64, KvError> {
         Ok(self.write(|map, now| {
             let slot = map
                 .entry(key.to_owned())
@@ -114,12 +121,12 @@ impl Kv for MemoryKv {
             }
             match &mut slot.0 {
                 Entry::Count(n) => {
-                    *n += 1;
+                    *n = n.saturating_add(by);
                     *n
                 }
                 Entry::Text(_) => {
-                    *slot = (Entry::Count(1), now + window);
-                    1
+                    *slot = (Entry::Count(by), now + window);
+                    by
                 }
             }
         }))
@@ -196,12 +203,17 @@ impl Kv for RedisKv {
     }
 
     async fn incr(&self, key: &str, window: Duration) -> Result<u64, KvError> {
+        self.incr_by(key, 1, window).await
+    }
+
+    async fn incr_by(&self, key: &str, by: u64, window: Duration) -> Result<u64, KvError> {
         let mut c = self.conn.clone();
         let key = self.key(key);
         let (n, _): (u64, i64) = redis::pipe()
             .atomic()
-            .cmd("INCR")
+            .cmd("INCRBY")
             .arg(&key)
+            .arg(by)
             .cmd("PEXPIRE")
             .arg(&key)
             .arg(millis(window))

@@ -17,6 +17,7 @@ pub mod model;
 pub mod notify;
 pub mod password;
 pub mod public_url;
+pub mod quotas;
 pub mod routes;
 pub mod store;
 pub mod time;

@@ -23,6 +23,7 @@ use crate::chat::{
 use crate::http::{ApiError, ApiResult, authed, empty, finish, get, json_body, sc, sc_only};
 use crate::media::Links;
 use crate::model::SimpleUser;
+use crate::quotas::Write;
 use crate::routes::with_ctx;
 use crate::store::chat::{DIRECT, GROUP, PeerRow, like_prefix};
 
@@ -286,6 +287,7 @@ async fn list(ctx: Ctx, user: String) -> ApiResult {
 /// (re-opened if it exists); more: a new group. 400 `BR` for an empty list, an unknown user or
 /// more than 99 others. `chatRoomId` is an addition (the frontend reads only `code`).
 async fn create(ctx: Ctx, user: String, body: CreateBody) -> ApiResult {
+    ctx.quota(&user, Write::Room, 1).await?;
     let room = create_room(&ctx, &user, &body.users).await?;
     sc(&json!({ "chatRoomId": room }))
 }
@@ -380,6 +382,7 @@ async fn group_image(ctx: Ctx, user: String, form: FormData) -> ApiResult {
     let Some(file) = form.files.into_iter().next() else {
         return Err(ApiError::bad_request());
     };
+    ctx.upload_quota(&user, 1, file.bytes.len() as u64).await?;
     let url = set_room_image(&ctx, &user, room, file.bytes).await?;
     sc(&json!({ "url": url }))
 }
@@ -447,6 +450,8 @@ async fn invite_search(ctx: Ctx, user: String, q: SearchQuery) -> ApiResult {
 
 /// #10 `POST /api/chat/invite/user`: `{"users", "chatRoomId"}`; groups only; all-or-nothing.
 async fn invite_user(ctx: Ctx, user: String, body: InviteBody) -> ApiResult {
+    ctx.quota(&user, Write::Invite, body.users.len().max(1) as u64)
+        .await?;
     invite(&ctx, &user, body.chat_room_id, &body.users).await?;
     sc_only()
 }
@@ -475,6 +480,9 @@ async fn upload_chat(ctx: Ctx, user: String, form: FormData) -> ApiResult {
     if form.files.is_empty() {
         return Err(ApiError::bad_request());
     }
+    let bytes: usize = form.files.iter().map(|f| f.bytes.len()).sum();
+    ctx.upload_quota(&user, form.files.len() as u64, bytes as u64)
+        .await?;
     post_files(&ctx, &user, room, form.files).await?;
     empty()
 }

@@ -25,6 +25,7 @@ use crate::media::{MediaError, StoredImage};
 use crate::model::{
     Alarm, AlarmType, Comment, ImageTags, Linked, Post, PostTag, ShownPost, SimpleUser,
 };
+use crate::quotas::Write;
 use crate::store::posts::{AttachmentRow, NewAttachment, NewPost, PostRow, UserTagRow};
 use crate::store::{Store, StoreError, alarms, comments, likes, posts};
 use crate::time::{now_micros, parse_client_time};
@@ -641,6 +642,10 @@ async fn create(ctx: Ctx, user: String, form: FormData) -> ApiResult {
         return Err(ApiError::bad_request());
     }
     let input = parse_post_data(&data, images.len())?;
+    ctx.quota(&user, Write::Post, 1).await?;
+    let bytes: usize = images.iter().map(Bytes::len).sum();
+    ctx.upload_quota(&user, images.len() as u64, bytes as u64)
+        .await?;
     let Some(author) = simple_user(&ctx.store, &user).await? else {
         return Err(ApiError::bad_request());
     };
@@ -798,6 +803,7 @@ async fn details(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResul
 
 async fn like(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     let post = required_i64(&q, "postId")?;
+    ctx.quota(&user, Write::Like, 1).await?;
     let now = now_micros();
     let mut tx = ctx.store.write().await?;
     let Some(author) = posts::lock(tx.conn(), ctx.store.dialect(), post).await? else {
@@ -856,6 +862,7 @@ async fn comment(ctx: Ctx, user: String, body: Value) -> ApiResult {
     if content.chars().count() > MAX_COMMENT_CHARS {
         return Err(ApiError::bad_request());
     }
+    ctx.quota(&user, Write::Comment, 1).await?;
     let Some(me) = simple_user(&ctx.store, &user).await? else {
         return Err(ApiError::bad_request());
     };

@@ -23,6 +23,7 @@ use crate::media::{MediaError, THUMB_SUFFIX};
 use crate::model::Linked;
 use crate::model::{Alarm, AlarmType, EditUser, MeUser, SimpleUser, UserDetails};
 use crate::password::MAX_PASSWORD_BYTES;
+use crate::quotas::Write;
 use crate::routes::with_ctx;
 use crate::store::dialect::like_contains;
 use crate::store::{StoreError, alarms, follows, users};
@@ -217,6 +218,7 @@ async fn follow(ctx: Ctx, caller: String, body: FollowBody) -> ApiResult {
     if target.is_empty() || target == caller {
         return Err(ApiError::bad_request());
     }
+    ctx.quota(&caller, Write::Follow, 1).await?;
     let store = &ctx.store;
     let mut tx = store.write().await?;
     let locked = users::lock_pair(tx.conn(), store.dialect(), &caller, &target).await?;
@@ -548,6 +550,7 @@ fn own_profile_key(ctx: &Ctx, url: Option<&str>) -> Option<String> {
 async fn upload_profile(ctx: Ctx, caller: String, form: FormData) -> ApiResult {
     let file_limit = ctx.media.limits().max_file_bytes;
     let bytes = read_file_part(form, file_limit, file_limit as u64 + MULTIPART_SLACK).await?;
+    ctx.upload_quota(&caller, 1, bytes.len() as u64).await?;
     let image = ctx
         .media
         .store_image(PROFILE_PREFIX, bytes)
