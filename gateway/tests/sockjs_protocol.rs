@@ -1161,7 +1161,7 @@ async fn cache_headers_and_preflights() {
 #[tokio::test]
 async fn aborted_poll_is_taken_over() {
     let srv = start(test_config()).await;
-    for round in 0..50 {
+    for round in 0..10 {
         let base = session_path();
         let r = post(srv.addr, &format!("{base}/xhr"), None).await;
         assert_eq!(r.body, "o\n");
