@@ -55,6 +55,9 @@ pub enum CloseReason {
     SlowConsumer,
     Shutdown,
     WriteError,
+    /// The transport could not read what the client sent (a WebSocket message over the limit, a
+    /// text message that is not UTF-8, a framing error): failed with the matching Close code.
+    BadInput,
 }
 
 struct Driver<'a> {
@@ -174,7 +177,16 @@ pub async fn run(
                 break CloseReason::Shutdown;
             }
             chunk = source.recv() => {
-                let Some(Ok(chunk)) = chunk else { break CloseReason::ClientGone };
+                let chunk = match chunk {
+                    Some(Ok(chunk)) => chunk,
+                    Some(Err(e)) => {
+                        tracing::debug!(session = %d.session.id(), error = %e.detail, "transport read failed");
+                        let Some((code, reason)) = e.close else { break CloseReason::ClientGone };
+                        let _ = tokio::time::timeout(STUCK_WRITE_GRACE, d.sink.fail(code, reason)).await;
+                        break CloseReason::BadInput;
+                    }
+                    None => break CloseReason::ClientGone,
+                };
                 d.last_recv = Instant::now();
                 inbuf.extend_from_slice(&chunk);
                 if let Some(reason) = d.on_input(&mut inbuf).await { break reason; }
@@ -213,6 +225,13 @@ pub async fn run(
         }
     };
     d.finish(reason, transport).await;
+    if !matches!(
+        reason,
+        CloseReason::ClientGone | CloseReason::WriteError | CloseReason::BadInput
+    ) {
+        // The server closed: let the client's answering Close arrive before TCP goes.
+        source.drain().await;
+    }
 }
 
 impl Driver<'_> {
@@ -606,6 +625,7 @@ impl Driver<'_> {
                 | CloseReason::Disconnect
                 | CloseReason::ProtocolError
                 | CloseReason::WriteError
+                | CloseReason::BadInput
         ) {
             let _ = tokio::time::timeout(STUCK_WRITE_GRACE, self.sink.close(false)).await;
         }

@@ -15,11 +15,28 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use crate::sockjs::ws;
+
+/// A read that failed.
+#[derive(Debug)]
+pub struct ReadError {
+    /// The WebSocket Close (code, reason) the failure calls for: 1009 for a message over the limit,
+    /// 1007 for a text message that is not UTF-8, 1002 for a framing error. `None` when the
+    /// connection is simply broken.
+    pub close: Option<(u16, &'static str)>,
+    /// What went wrong, for the log.
+    pub detail: String,
+}
+
 /// Inbound half.
 #[async_trait]
 pub trait Source: Send {
-    /// The next chunk; `None` when the peer has gone.
-    async fn recv(&mut self) -> Option<Result<Bytes, String>>;
+    /// The next chunk; `None` when the peer has gone (after its WebSocket Close was answered).
+    async fn recv(&mut self) -> Option<Result<Bytes, ReadError>>;
+
+    /// Called once the server has closed the connection ([`Sink::close`]): waits (briefly) for the
+    /// peer to answer, so that the WebSocket close handshake completes before TCP is closed.
+    async fn drain(&mut self) {}
 }
 
 /// Outbound half.
@@ -30,6 +47,12 @@ pub trait Sink: Send {
     /// Closes the connection; `protocol_error` after an ERROR frame (WebSocket close code 1002, SockJS
     /// `c[1002,...]`), else a normal close.
     async fn close(&mut self, protocol_error: bool);
+    /// Fails the connection after a read error that calls for a WebSocket Close `code`
+    /// ([`ReadError::close`]). Transports without such codes just close.
+    async fn fail(&mut self, code: u16, reason: &'static str) {
+        let _ = (code, reason);
+        self.close(true).await;
+    }
 }
 
 /// A server WebSocket after the upgrade (see [`crate::server`]).
@@ -47,17 +70,32 @@ struct WsSink(SplitSink<ServerSocket, Message>);
 
 #[async_trait]
 impl Source for WsSource {
-    async fn recv(&mut self) -> Option<Result<Bytes, String>> {
+    async fn recv(&mut self) -> Option<Result<Bytes, ReadError>> {
         loop {
             match self.0.next().await? {
                 Ok(Message::Text(t)) => return Some(Ok(Bytes::from(t))),
                 Ok(Message::Binary(b)) => return Some(Ok(b)),
-                Ok(Message::Close(_)) => return None,
+                Ok(Message::Close(_)) => {
+                    // tungstenite has queued the answering Close (the client's code echoed); it goes
+                    // out when the stream is polled again, which then ends. Returning right away
+                    // dropped the socket unanswered: browsers saw 1006, `wasClean=false`.
+                    ws::drain_until_closed(&mut self.0).await;
+                    return None;
+                }
                 // Pings are answered by the WebSocket layer; pongs carry nothing for us.
                 Ok(_) => continue,
-                Err(e) => return Some(Err(e.to_string())),
+                Err(e) => {
+                    return Some(Err(ReadError {
+                        close: ws::failure_close(&e),
+                        detail: e.to_string(),
+                    }));
+                }
             }
         }
+    }
+
+    async fn drain(&mut self) {
+        ws::drain_until_closed(&mut self.0).await;
     }
 }
 
@@ -88,6 +126,16 @@ impl Sink for WsSink {
         let _ = self.0.send(Message::Close(Some(frame))).await;
         let _ = self.0.close().await;
     }
+
+    async fn fail(&mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: Utf8Bytes::from_static(reason),
+        };
+        // No waiting for the client's answer: after a framing error nothing more it sends can be
+        // read (RFC 6455 §7.1.7), so the connection is dropped once the Close is written.
+        let _ = self.0.send(Message::Close(Some(frame))).await;
+    }
 }
 
 /// Raw STOMP over TCP.
@@ -111,12 +159,15 @@ struct TcpSink(OwnedWriteHalf);
 
 #[async_trait]
 impl Source for TcpSource {
-    async fn recv(&mut self) -> Option<Result<Bytes, String>> {
+    async fn recv(&mut self) -> Option<Result<Bytes, ReadError>> {
         let mut buf = bytes::BytesMut::with_capacity(self.chunk);
         match self.r.read_buf(&mut buf).await {
             Ok(0) => None,
             Ok(_) => Some(Ok(buf.freeze())),
-            Err(e) => Some(Err(e.to_string())),
+            Err(e) => Some(Err(ReadError {
+                close: None,
+                detail: e.to_string(),
+            })),
         }
     }
 }
@@ -147,7 +198,9 @@ struct SockJsSink(crate::sockjs::SockJsSender);
 
 #[async_trait]
 impl Source for SockJsSource {
-    async fn recv(&mut self) -> Option<Result<Bytes, String>> {
+    async fn recv(&mut self) -> Option<Result<Bytes, ReadError>> {
+        // The SockJS layer answers the WebSocket close handshake and fails broken connections
+        // itself (`sockjs::ws`); here a session just ends.
         self.0.recv().await.map(|s| Ok(Bytes::from(s)))
     }
 }

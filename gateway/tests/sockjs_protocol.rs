@@ -15,6 +15,8 @@ use warp::Filter;
 
 const ALLOWED: &str = "http://front.example";
 const STEP: Duration = Duration::from_secs(10);
+/// `Cache-Control` of every answer that must not be cached (SockJS 0.3.3 `verify_not_cached`).
+const NOT_CACHED: &str = "no-store, no-cache, no-transform, must-revalidate, max-age=0";
 
 /// What the echo application reports.
 #[derive(Debug)]
@@ -381,10 +383,7 @@ async fn info_and_cors() {
         r.header("content-type"),
         Some("application/json;charset=UTF-8")
     );
-    assert_eq!(
-        r.header("cache-control"),
-        Some("no-store, no-cache, must-revalidate, max-age=0")
-    );
+    assert_eq!(r.header("cache-control"), Some(NOT_CACHED));
     assert_eq!(r.header("access-control-allow-origin"), Some(ALLOWED));
     assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
     assert_eq!(r.header("set-cookie"), None);
@@ -718,10 +717,7 @@ async fn xhr_streaming_prelude_frames_and_limit() {
         Some("application/javascript;charset=UTF-8")
     );
     assert_eq!(s.head.header("access-control-allow-origin"), Some(ALLOWED));
-    assert_eq!(
-        s.head.header("cache-control"),
-        Some("no-store, no-cache, must-revalidate, max-age=0")
-    );
+    assert_eq!(s.head.header("cache-control"), Some(NOT_CACHED));
     assert_eq!(s.line().await.expect("prelude"), "h".repeat(2048));
     assert_eq!(s.line().await.as_deref(), Some("o"));
     let Event::Opened { id, transport } = srv.next_event().await else {
@@ -794,10 +790,15 @@ async fn xhr_streaming_prelude_frames_and_limit() {
     let second = post(srv.addr, &format!("{base}/xhr"), None).await;
     assert_eq!(second.body, "c[2010,\"Another connection still open\"]\n");
 
-    // Close from the application ends the stream with the close frame.
+    // Close from the application ends the stream with the close frame (after heart-beats sent
+    // meanwhile: each refusal above waited a moment for the slot).
     let r = post(srv.addr, &format!("{base}/xhr_send"), Some(br#"["close"]"#)).await;
     assert_eq!(r.status, 204);
-    assert_eq!(s.line().await.as_deref(), Some(r#"c[3000,"Go away!"]"#));
+    let mut line = s.line().await;
+    while line.as_deref() == Some("h") {
+        line = s.line().await;
+    }
+    assert_eq!(line.as_deref(), Some(r#"c[3000,"Go away!"]"#));
     assert_eq!(s.line().await, None);
     assert!(matches!(srv.next_event().await, Event::Ended { .. }));
     // Later receivers get the same close frame until the session is reaped.
@@ -820,10 +821,9 @@ async fn eventsource_transport() {
     let base = session_path();
     let mut s = open(srv.addr, "GET", &format!("{base}/eventsource"), &[], None).await;
     assert_eq!(s.head.status, 200);
-    assert_eq!(
-        s.head.header("content-type"),
-        Some("text/event-stream;charset=UTF-8")
-    );
+    assert_eq!(s.head.header("content-type"), Some("text/event-stream"));
+    assert_eq!(s.head.header("cache-control"), Some(NOT_CACHED));
+    assert_eq!(s.head.header("expires"), None);
     assert_eq!(s.line().await.as_deref(), Some("\r"));
     assert_eq!(s.line().await.as_deref(), Some("data: o\r"));
     assert_eq!(s.line().await.as_deref(), Some("\r"));
@@ -852,10 +852,7 @@ async fn xhr_polling() {
     );
     assert_eq!(r.header("access-control-allow-origin"), Some(ALLOWED));
     assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
-    assert_eq!(
-        r.header("cache-control"),
-        Some("no-store, no-cache, must-revalidate, max-age=0")
-    );
+    assert_eq!(r.header("cache-control"), Some(NOT_CACHED));
     let Event::Opened { transport, .. } = srv.next_event().await else {
         panic!("expected open");
     };
@@ -1037,4 +1034,170 @@ async fn session_limit_cookie_and_metrics() {
     assert_eq!(snap.sessions_open, 1);
     assert_eq!(snap.sessions_refused_total, 2);
     assert!(snap.open_by_transport.contains(&("xhr", 1)));
+}
+
+/// `GET /ws//` and the other paths SockJS 0.3.3's `test_notFound` lists are 404s, not the
+/// greeting.
+#[tokio::test]
+async fn double_slashes_are_not_found() {
+    let srv = start(test_config()).await;
+    for path in [
+        "/ws//",
+        "/ws///",
+        "/ws/a",
+        "/ws/a/",
+        "/ws/a.html",
+        "/ws/a/a",
+        "/ws/a/a/",
+    ] {
+        let r = request(srv.addr, "GET", path, &[], None).await;
+        assert_eq!(r.status, 404, "GET {path}");
+    }
+    for path in ["/ws//xhr", "/ws///xhr", "/ws/a./a/xhr", "/ws/./././xhr"] {
+        assert_eq!(post(srv.addr, path, None).await.status, 404, "POST {path}");
+    }
+}
+
+/// Answers with session data are never cached nor transformed by proxies; CORS preflights are
+/// cacheable for a year, with an `Expires` date to say so to HTTP/1.0 caches.
+#[tokio::test]
+async fn cache_headers_and_preflights() {
+    let srv = start(test_config()).await;
+    let base = session_path();
+    let poll = post(srv.addr, &format!("{base}/xhr"), None).await;
+    assert_eq!(poll.body, "o\n");
+    let send = post(srv.addr, &format!("{base}/xhr_send"), Some(br#"["x"]"#)).await;
+    assert_eq!(send.status, 204);
+    let info = request(srv.addr, "GET", "/ws/info", &[], None).await;
+    let streaming = open(
+        srv.addr,
+        "POST",
+        &format!("{}/xhr_streaming", session_path()),
+        &[],
+        None,
+    )
+    .await;
+    let events = open(
+        srv.addr,
+        "GET",
+        &format!("{}/eventsource", session_path()),
+        &[],
+        None,
+    )
+    .await;
+    for (what, head) in [
+        ("info", &info.head),
+        ("xhr", &poll.head),
+        ("xhr_send", &send.head),
+        ("xhr_streaming", &streaming.head),
+        ("eventsource", &events.head),
+    ] {
+        assert_eq!(head.header("cache-control"), Some(NOT_CACHED), "{what}");
+        assert_eq!(head.header("expires"), None, "{what}");
+        assert_eq!(head.header("last-modified"), None, "{what}");
+    }
+    assert_eq!(
+        events.head.header("content-type"),
+        Some("text/event-stream")
+    );
+
+    // "null" (a page on file://) is echoed only where every origin is allowed.
+    let any_origin = start(SockJsConfig::default()).await;
+    for (path, methods) in [
+        ("/ws/info", "OPTIONS, GET"),
+        (&*format!("{base}/xhr"), "OPTIONS, POST"),
+        (&*format!("{base}/xhr_send"), "OPTIONS, POST"),
+        (&*format!("{base}/xhr_streaming"), "OPTIONS, POST"),
+    ] {
+        for origin in [ALLOWED, "null"] {
+            let addr = if origin == "null" {
+                any_origin.addr
+            } else {
+                srv.addr
+            };
+            let r = request(
+                addr,
+                "OPTIONS",
+                path,
+                &[
+                    ("Origin", origin),
+                    ("Access-Control-Request-Method", "POST"),
+                ],
+                None,
+            )
+            .await;
+            assert_eq!(r.status, 204, "{path}");
+            assert_eq!(r.body, "");
+            assert_eq!(r.header("access-control-allow-methods"), Some(methods));
+            assert_eq!(r.header("access-control-allow-origin"), Some(origin));
+            assert_eq!(
+                r.header("cache-control"),
+                Some("public, max-age=31536000"),
+                "{path}"
+            );
+            let max_age: u64 = r
+                .header("access-control-max-age")
+                .and_then(|v| v.parse().ok())
+                .expect("Access-Control-Max-Age");
+            assert!(max_age > 1_000_000, "{path}: {max_age}");
+            let expires = r
+                .header("expires")
+                .unwrap_or_else(|| panic!("{path}: no Expires"));
+            let expires = httpdate::parse_http_date(expires).expect("Expires is an HTTP-date");
+            let ahead = expires
+                .duration_since(std::time::SystemTime::now())
+                .expect("Expires in the future");
+            assert!(
+                ahead > Duration::from_secs(364 * 86_400),
+                "{path}: Expires only {ahead:?} ahead"
+            );
+        }
+    }
+}
+
+/// A poll whose client went away (its HTTP connection closed) no longer holds the session: the
+/// next poll takes over at once and learns that the session was interrupted, instead of being
+/// refused with 2010 while the server has not yet noticed. A live concurrent poll still gets 2010.
+#[tokio::test]
+async fn aborted_poll_is_taken_over() {
+    let srv = start(test_config()).await;
+    for round in 0..10 {
+        let base = session_path();
+        let r = post(srv.addr, &format!("{base}/xhr"), None).await;
+        assert_eq!(r.body, "o\n");
+        // A poll that waits for data, written by hand so that it can be aborted.
+        let mut pending = TcpStream::connect(srv.addr).await.expect("connect");
+        let req = format!(
+            "POST {base}/xhr HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+            srv.addr
+        );
+        pending.write_all(req.as_bytes()).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // While it is alive, another poll is refused.
+        let r = post(srv.addr, &format!("{base}/xhr"), None).await;
+        assert_eq!(
+            r.body, "c[2010,\"Another connection still open\"]\n",
+            "round {round}"
+        );
+        // The client aborts it and polls again right away: the new request is on its way (all
+        // but its last byte sent) when the old connection closes.
+        let mut next = TcpStream::connect(srv.addr).await.expect("connect");
+        let req = format!(
+            "POST {base}/xhr HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n\r",
+            srv.addr
+        );
+        next.write_all(req.as_bytes()).await.expect("write");
+        drop(pending);
+        next.write_all(b"\n").await.expect("write");
+        let mut answer = String::new();
+        tokio::time::timeout(STEP, next.read_to_string(&mut answer))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        assert_eq!(
+            body, "c[1002,\"Connection interrupted\"]\n",
+            "round {round}: the aborted poll still held the session"
+        );
+    }
 }

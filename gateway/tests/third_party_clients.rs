@@ -126,3 +126,40 @@ async fn stomppy_over_tcp() {
     let done = drive(&gw, cmd, "pyuser").await;
     assert_eq!(done["ok"], true, "{done}");
 }
+
+/// The close handshake with the `ws` package, which reports `wasClean` as browsers do: closing
+/// first, the client gets its 1000 back, cleanly (it saw 1006, `wasClean=false`, on `/stomp`);
+/// after a STOMP ERROR the server's 1002 ends the connection cleanly too.
+#[tokio::test]
+async fn ws_client_sees_clean_closes() {
+    let gw = TestGateway::start().await;
+    for (path, protocol) in [
+        ("/stomp", Some("v12.stomp")),
+        ("/ws/websocket", None),
+        ("/ws/000/nodeclose/websocket", None),
+    ] {
+        for (mode, code) in [("client", 1000), ("error", 1002)] {
+            let mut cmd = Command::new("node");
+            cmd.arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/js/ws_close.mjs"
+            ))
+            .arg(format!("ws://{}{path}", gw.http))
+            .arg(mode)
+            .env("INSTAR_NODE_PATH", env("INSTAR_NODE_PATH"))
+            .kill_on_drop(true);
+            if let Some(p) = protocol {
+                cmd.arg(p);
+            }
+            let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+                .await
+                .expect("node finished in time")
+                .expect("node runs");
+            let line = String::from_utf8_lossy(&out.stdout);
+            let v: serde_json::Value = serde_json::from_str(line.trim())
+                .unwrap_or_else(|_| panic!("{path} {mode}: {line}"));
+            assert_eq!(v["code"], code, "{path} {mode}: {v}");
+            assert_eq!(v["wasClean"], true, "{path} {mode}: {v}");
+        }
+    }
+}

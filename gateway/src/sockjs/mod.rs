@@ -42,13 +42,21 @@
 //!   done here (hyper `OnUpgrade` + tokio-tungstenite) instead of with
 //!   `warp::ws()`, because warp cannot size tungstenite's buffers and the
 //!   default 128 KiB read buffer is allocated per connection; here both are
-//!   `websocket_buffer_bytes` (8 KiB).
+//!   `websocket_buffer_bytes` (8 KiB). The client's WebSocket Close is
+//!   answered with a Close echoing its code before the socket is dropped; a
+//!   Close of ours waits (1 s at most) for the client's answer; a connection
+//!   failed for what the client sent ends with a Close 1009 (too big), 1007
+//!   (not UTF-8, broken JSON) or 1002 (framing error), without a SockJS
+//!   `c[...]` frame.
 //! * **HTTP transports** keep their sessions in a table
 //!   (`Mutex<HashMap<url session id, Arc<HttpSession>>>`). The outbound
 //!   receiver sits behind an async mutex that the one active *receiving*
 //!   request (`xhr`, `xhr_streaming`, `eventsource`) holds; a second
-//!   concurrent receiver fails to take it and gets
-//!   `c[2010,"Another connection still open"]`. Messages wait in the
+//!   concurrent receiver waits up to 250 ms for it, then gets
+//!   `c[2010,"Another connection still open"]`. The wait lets a poll sent
+//!   right after the client aborted the previous one take over: the aborted
+//!   request only lets go once the HTTP server has seen its connection
+//!   close, which may come after the new request. Messages wait in the
 //!   outbound channel between polls. `xhr_send` decodes the body and feeds
 //!   the inbound channel.
 //! * **Reaper.** Each HTTP session has a small watchdog task that removes it
@@ -57,7 +65,8 @@
 //!   application close the session stays in the table until then, serving
 //!   the same close frame to every receiving request, as the protocol asks.
 //!   A receiving request that the client abandons closes the session
-//!   (`c[1002,"Connection interrupted"]`).
+//!   (`c[1002,"Connection interrupted"]`, what the next receiving request
+//!   gets).
 //! * **Ids.** The client's URL session id only keys the table;
 //!   [`SockJsConn::id`] is a fresh random 128-bit id.
 //! * **Limits.** Inbound WebSocket messages and frames are capped at

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes};
 use warp::Reply;
@@ -18,13 +19,19 @@ pub(crate) const MAX_ID_LEN: usize = 64;
 pub(crate) const CT_TEXT: &str = "text/plain;charset=UTF-8";
 pub(crate) const CT_JSON: &str = "application/json;charset=UTF-8";
 pub(crate) const CT_JS: &str = "application/javascript;charset=UTF-8";
-pub(crate) const CT_EVENT_STREAM: &str = "text/event-stream;charset=UTF-8";
-const NO_CACHE: &str = "no-store, no-cache, must-revalidate, max-age=0";
+/// Without a charset: SockJS 0.3.3 expects the bare type, and event streams are UTF-8 by
+/// definition (browsers' `EventSource` and Node's `eventsource` ignore the parameter).
+pub(crate) const CT_EVENT_STREAM: &str = "text/event-stream";
+/// Answers carrying session data: not stored, and not transformed (recompressed, re-encoded) by
+/// proxies on the way, which would break streaming.
+const NO_CACHE: &str = "no-store, no-cache, no-transform, must-revalidate, max-age=0";
 const ONE_YEAR: &str = "31536000";
+const ONE_YEAR_SECS: u64 = 31_536_000;
 
 /// What the filter extracted from a request, apart from its body.
 pub(crate) struct Request {
-    /// Path after `/<prefix>`, e.g. `"/info"`, `""` or `"/"`.
+    /// Path after `/<prefix>/`, e.g. `"info"`, `""` (for `/<prefix>` and `/<prefix>/`) or `"/"`
+    /// (for `/<prefix>//`).
     pub(crate) path: String,
     pub(crate) method: Method,
     pub(crate) headers: HeaderMap,
@@ -171,6 +178,11 @@ fn options(cors: &Cors, methods: &'static str) -> Response {
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static(ONE_YEAR),
     );
+    // The same year for caches that only know HTTP/1.0's `Expires`.
+    let expires = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(ONE_YEAR_SECS));
+    if let Ok(v) = HeaderValue::from_str(&expires) {
+        h.insert(header::EXPIRES, v);
+    }
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static(methods),
@@ -209,7 +221,8 @@ where
         peer,
         upgrade,
     } = req;
-    let path = path.strip_prefix('/').unwrap_or(&path);
+    // The tail has no leading separator (`/ws/info` gives `info`, `/ws` and `/ws/` give ``), so an
+    // empty first segment is an empty path segment: `/ws//` is a 404, not the greeting.
     let segments: Vec<&str> = path.split('/').collect();
     match segments.as_slice() {
         [""] => match method {

@@ -7,15 +7,16 @@
 //! change), and that dominates the memory of an idle connection.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{SinkExt, Stream, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -47,7 +48,48 @@ impl Kind {
 }
 
 /// How long to wait for the peer while closing.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Close code of a message over the size limit (RFC 6455 §7.4.1).
+pub(crate) const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code of data inconsistent with its message type, e.g. a text message that is not UTF-8.
+pub(crate) const CLOSE_INVALID_DATA: u16 = 1007;
+/// Close code of a protocol violation.
+pub(crate) const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+
+/// The Close a failed WebSocket read calls for (RFC 6455 §7.1.7, §7.4.1): 1009 for a message or
+/// frame over the size limit, 1007 for a text message (or close reason) that is not UTF-8, 1002
+/// for any other breach of the framing rules (unmasked or fragmented control frames, reserved bits,
+/// bad opcodes, ...). `None` when the connection itself is gone and nothing can be sent.
+pub(crate) fn failure_close(e: &WsError) -> Option<(u16, &'static str)> {
+    match e {
+        WsError::Capacity(_) => Some((CLOSE_TOO_BIG, "Message too big")),
+        WsError::Utf8(_) => Some((CLOSE_INVALID_DATA, "Invalid UTF-8")),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) | WsError::AttackAttempt => {
+            Some((CLOSE_PROTOCOL_ERROR, "Protocol error"))
+        }
+        _ => None,
+    }
+}
+
+/// Reads what is left of a closing WebSocket until it ends, for at most [`CLOSE_GRACE`], and
+/// drops it.
+///
+/// After the peer's Close, tungstenite has queued the answering Close (echoing the peer's code)
+/// and writes it on the next poll of the stream; being the server, it then ends the stream, and
+/// the caller closes TCP. After a Close of ours, this waits for the peer's answer, so that TCP is
+/// closed once the handshake is complete (RFC 6455 §5.5.1, §7.1.1) rather than under a Close the
+/// peer is still sending.
+pub(crate) async fn drain_until_closed<S>(stream: &mut S)
+where
+    S: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+}
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -199,6 +241,8 @@ async fn run(server: Arc<Server>, socket: Socket, peer: Option<SocketAddr>, kind
     } = side;
     let (sink, stream) = socket.split();
     let cfg = &server.config;
+    // Set by the reader when it fails the connection: the Close code and reason the writer sends.
+    let failure = OnceLock::new();
     match kind {
         Kind::SockJs => {
             tokio::join!(
@@ -206,20 +250,24 @@ async fn run(server: Arc<Server>, socket: Socket, peer: Option<SocketAddr>, kind
                     sink,
                     outbound,
                     &shared,
+                    &failure,
                     cfg.heartbeat_interval,
                     cfg.write_timeout
                 ),
-                sockjs_reader(stream, inbound, &shared),
+                sockjs_reader(stream, inbound, &shared, &failure),
             );
         }
         Kind::Raw => {
             tokio::join!(
-                raw_writer(sink, outbound, &shared, cfg.write_timeout),
-                raw_reader(stream, inbound, &shared),
+                raw_writer(sink, outbound, &shared, &failure, cfg.write_timeout),
+                raw_reader(stream, inbound, &shared, &failure),
             );
         }
     }
 }
+
+/// The reader's verdict on a failed connection.
+type Failure = OnceLock<(u16, &'static str)>;
 
 type Sink = SplitSink<Socket, Message>;
 
@@ -265,6 +313,7 @@ async fn sockjs_writer(
     mut sink: Sink,
     mut outbound: mpsc::Receiver<Outbound>,
     shared: &ConnShared,
+    failure: &Failure,
     heartbeat: Duration,
     write_timeout: Duration,
 ) {
@@ -312,6 +361,12 @@ async fn sockjs_writer(
         }
     };
     ended.cancel();
+    if let Some(&(code, reason)) = failure.get() {
+        // The WebSocket itself failed: its Close says why. No SockJS `c[...]` frame, as the
+        // protocol ends a session with broken input abruptly.
+        finish(sink, Some((code, reason.to_owned()))).await;
+        return;
+    }
     let close = match close {
         Some((code, reason)) => {
             let f = frame::close_frame(code, &reason);
@@ -327,24 +382,40 @@ async fn sockjs_writer(
 }
 
 /// Decodes inbound SockJS payloads into the inbound queue. Broken JSON ends
-/// the session abruptly, as the protocol requires.
+/// the session abruptly, as the protocol requires (with a WebSocket Close
+/// 1007); a WebSocket-level failure ends it with the Close its cause calls
+/// for; the client's Close is answered (echoing its code) before the socket
+/// is dropped.
 async fn sockjs_reader(
     mut stream: SplitStream<Socket>,
     inbound: mpsc::Sender<String>,
     shared: &ConnShared,
+    failure: &Failure,
 ) {
     let ended = shared.ended();
     loop {
         let item = tokio::select! {
             biased;
-            () = ended.cancelled() => return,
+            () = ended.cancelled() => {
+                // The writer is closing: take the client's answering Close.
+                drain_until_closed(&mut stream).await;
+                return;
+            }
             item = stream.next() => item,
         };
         let payload = match item {
             Some(Ok(Message::Text(t))) => t.into(),
             Some(Ok(Message::Binary(b))) => b,
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-            Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+            Some(Ok(Message::Close(_))) => {
+                drain_until_closed(&mut stream).await;
+                break;
+            }
+            Some(Err(e)) => {
+                fail(shared, failure, &e);
+                break;
+            }
+            None => break,
         };
         match frame::decode_messages(&payload) {
             Ok(msgs) => {
@@ -357,6 +428,7 @@ async fn sockjs_reader(
             Err(DecodeError::Empty) => {}
             Err(DecodeError::Broken) => {
                 tracing::debug!(session = shared.id(), "sockjs: broken JSON, closing");
+                let _ = failure.set((CLOSE_INVALID_DATA, "Broken JSON encoding"));
                 break;
             }
         }
@@ -364,10 +436,19 @@ async fn sockjs_reader(
     ended.cancel();
 }
 
+/// Records the Close that a read error calls for, if the connection can still take one.
+fn fail(shared: &ConnShared, failure: &Failure, e: &WsError) {
+    tracing::debug!(session = shared.id(), error = %e, "sockjs: websocket read failed");
+    if let Some(close) = failure_close(e) {
+        let _ = failure.set(close);
+    }
+}
+
 async fn raw_writer(
     mut sink: Sink,
     mut outbound: mpsc::Receiver<Outbound>,
     shared: &ConnShared,
+    failure: &Failure,
     write_timeout: Duration,
 ) {
     let ended = shared.ended();
@@ -416,34 +497,54 @@ async fn raw_writer(
         }
     };
     ended.cancel();
+    let close = match failure.get() {
+        Some(&(code, reason)) => Some((code, reason.to_owned())),
+        None => close,
+    };
     finish(sink, close).await;
 }
 
 /// Raw WebSocket: each text message (or binary message that is valid
-/// UTF-8) is one application message. Anything else ends the session.
+/// UTF-8) is one application message. Anything else ends the session (a
+/// binary message that is not UTF-8 with a Close 1007, a WebSocket-level
+/// failure with the Close its cause calls for); the client's Close is
+/// answered (echoing its code) before the socket is dropped.
 async fn raw_reader(
     mut stream: SplitStream<Socket>,
     inbound: mpsc::Sender<String>,
     shared: &ConnShared,
+    failure: &Failure,
 ) {
     let ended = shared.ended();
     loop {
         let item = tokio::select! {
             biased;
-            () = ended.cancelled() => return,
+            () = ended.cancelled() => {
+                drain_until_closed(&mut stream).await;
+                return;
+            }
             item = stream.next() => item,
         };
         let text = match item {
             Some(Ok(Message::Text(t))) => Ok(t.as_str().to_owned()),
             Some(Ok(Message::Binary(b))) => String::from_utf8(b.to_vec()),
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-            Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+            Some(Ok(Message::Close(_))) => {
+                drain_until_closed(&mut stream).await;
+                break;
+            }
+            Some(Err(e)) => {
+                fail(shared, failure, &e);
+                break;
+            }
+            None => break,
         };
         let Ok(text) = text else {
             tracing::debug!(
                 session = shared.id(),
                 "sockjs raw websocket: binary message is not UTF-8"
             );
+            let _ = failure.set((CLOSE_INVALID_DATA, "Invalid UTF-8"));
             break;
         };
         if !conn::deliver(&inbound, ended, text).await {

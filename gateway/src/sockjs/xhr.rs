@@ -195,15 +195,22 @@ impl ActiveReceive {
 /// `max_sessions` reached.
 struct Refused;
 
+/// How long a receiving request waits for the slot held by another one before it is refused with
+/// 2010. A request whose client went away (an aborted poll) is dropped once the HTTP server sees
+/// its connection close, which can be a moment after the client's next poll arrives (another
+/// connection, another task): without this wait that poll was refused although the session was
+/// free. A receiver that is really still open keeps the slot, and the newcomer gets 2010.
+const TAKEOVER_WAIT: Duration = Duration::from_millis(250);
+
 /// Finds or creates the session and takes the receiver slot (`None` when
-/// another receiving request holds it).
-fn attach(
+/// another receiving request holds it and keeps it for [`TAKEOVER_WAIT`]).
+async fn attach(
     server: &Arc<Server>,
     rq: &Req<'_>,
     kind: Receiver,
 ) -> Result<Option<ActiveReceive>, Refused> {
     let mut created = None;
-    let (session, active) = {
+    let (session, state) = {
         let mut table = lock(&server.sessions);
         let session = match table.get(rq.session) {
             Some(s) => s.clone(),
@@ -235,18 +242,11 @@ fn attach(
                 session
             }
         };
-        let active = match session.recv.clone().try_lock_owned() {
-            Ok(state) => {
-                lock(&session.activity).receiving = true;
-                Some(ActiveReceive {
-                    session: session.clone(),
-                    state,
-                    completed: false,
-                })
-            }
-            Err(_) => None,
-        };
-        (session, active)
+        let state = session.recv.clone().try_lock_owned().ok();
+        if state.is_some() {
+            lock(&session.activity).receiving = true;
+        }
+        (session, state)
     };
     if let Some((conn, permit)) = created {
         tokio::spawn(reaper(
@@ -257,12 +257,31 @@ fn attach(
         ));
         (server.on_session)(conn);
     }
-    Ok(active)
+    let state = match state {
+        Some(state) => state,
+        None => {
+            let Ok(state) =
+                tokio::time::timeout(TAKEOVER_WAIT, session.recv.clone().lock_owned()).await
+            else {
+                return Ok(None);
+            };
+            // The holder ended (an aborted one has closed the session, which this request now
+            // reports). Marked receiving under the table lock, as the reaper checks it there.
+            let _table = lock(&server.sessions);
+            lock(&session.activity).receiving = true;
+            state
+        }
+    };
+    Ok(Some(ActiveReceive {
+        session,
+        state,
+        completed: false,
+    }))
 }
 
 /// A receiving request: `xhr`, `xhr_streaming` or `eventsource`.
 pub(crate) async fn receive(server: Arc<Server>, rq: Req<'_>, kind: Receiver) -> Response {
-    let Ok(active) = attach(&server, &rq, kind) else {
+    let Ok(active) = attach(&server, &rq, kind).await else {
         return service::fixed(
             StatusCode::SERVICE_UNAVAILABLE,
             Some(CT_TEXT),
