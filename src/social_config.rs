@@ -229,6 +229,7 @@ impl SocialArgs {
                     .unwrap_or(social::cache::DEFAULT_FEED_PAGES),
                 ..social::cache::ReadCacheConfig::default()
             },
+            google: None,
         })
     }
 }

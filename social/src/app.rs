@@ -78,6 +78,8 @@ pub struct SocialConfig {
     pub limits: Limits,
     /// Read cache of posts, authors and likes.
     pub cache: ReadCacheConfig,
+    /// Google sign-in (`None`: its routes answer 503 `GNC`).
+    pub google: Option<crate::accounts::google::GoogleConfig>,
 }
 
 /// State shared by every handler: one reference count to clone (every request takes a clone).
@@ -114,6 +116,8 @@ pub struct CtxInner {
     pub cache: Arc<ReadCache>,
     /// The counters of every chat send writer started on this context (for `/metrics`).
     pub chat_writers: Arc<std::sync::Mutex<Vec<Arc<crate::chat::writer::WriterStats>>>>,
+    /// Google sign-in, when configured.
+    pub google: Option<Arc<crate::accounts::google::Google>>,
 }
 
 /// Appends one counter, `instar_{name}`, in the Prometheus text format.
@@ -146,6 +150,9 @@ pub enum StartError {
     /// The bus (the read cache's invalidation listener).
     #[error("bus: {0}")]
     Bus(#[from] broker_bridge::BusError),
+    /// Google sign-in settings.
+    #[error("{0}")]
+    Google(#[from] crate::accounts::google::GoogleSetupError),
 }
 
 impl Ctx {
@@ -160,6 +167,13 @@ impl Ctx {
     /// Opens the database (migrating it), the key-value store and media storage.
     pub async fn start(cfg: &SocialConfig, bus: Bus) -> Result<Ctx, StartError> {
         let tokens = Arc::new(Tokens::new(cfg.jwt_secret.as_bytes(), cfg.token_ttl_secs)?);
+        let google = match &cfg.google {
+            Some(g) => Some(Arc::new(crate::accounts::google::Google::new(
+                g,
+                cfg.cors_origin.as_deref(),
+            )?)),
+            None => None,
+        };
         let store = Store::open(&cfg.database_url, &cfg.pool).await?;
         let kv = crate::kv::open(&cfg.kv).await?;
         let media = Media::new(cfg.media.clone()).await?;
@@ -182,6 +196,7 @@ impl Ctx {
             cors: Cors::new(cfg.cors_origin.clone()),
             cache,
             chat_writers: Arc::default(),
+            google,
         })))
     }
 
@@ -247,6 +262,9 @@ impl Ctx {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         crate::chat::writer::metrics_text(&writers, &mut out);
+        if let Some(g) = &self.google {
+            g.metrics_text(&mut out);
+        }
         out
     }
 

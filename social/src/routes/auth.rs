@@ -3,7 +3,7 @@
 //! Fixed against the original (contract §7): sign-up is insert-only and checks the id itself (the
 //! client's `duplicateCheckId` flag is ignored; the original overwrote existing accounts), passwords
 //! are hashed with argon2id, sign-in and e-mail codes are rate-limited, a code allows a bounded
-//! number of wrong guesses, and code keys are namespaced. The Google routes are not served yet.
+//! number of wrong guesses, and code keys are namespaced. Google sign-in lives in `accounts::google`.
 
 use std::net::SocketAddr;
 
@@ -67,7 +67,7 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
 
 /// The client's address: the peer, or the first `X-Forwarded-For` hop when the peer is a proxy on
 /// this machine (nginx in front of the service).
-fn client_addr() -> impl Filter<Extract = (String,), Error = warp::Rejection> + Clone {
+pub(crate) fn client_addr() -> impl Filter<Extract = (String,), Error = warp::Rejection> + Clone {
     warp::addr::remote()
         .and(warp::header::optional::<String>("x-forwarded-for"))
         .map(|peer: Option<SocketAddr>, xff: Option<String>| {

@@ -1,0 +1,652 @@
+//! Google sign-in over HTTP against a fake OpenID provider on loopback (its keys generated at
+//! start): the whole flow as the unmodified frontend drives it (login-url → start → provider →
+//! callback → the frontend page's ticket call → oauth-signUp), on SQLite and MariaDB, and every
+//! attack refused: missing, foreign, wrong or reused `state`; replayed or injected codes; replayed
+//! tickets; ID tokens with a wrong `aud`, `iss`, signature, nonce, or expired; unverified e-mail;
+//! replayed, expired or guessed (Google `sub`) pending handles; a handle used to take an existing
+//! id. Two services sharing Redis complete a sign-up begun on the other.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod fake_oidc;
+
+use std::time::Duration;
+
+use common::{Db, TestApp};
+use fake_oidc::{FakeOidc, FakeUser, Key, Tamper};
+use serde_json::{Value, json};
+use social::accounts::google::GoogleConfig;
+use social::app::SocialConfig;
+
+const FRONT: &str = "http://localhost:3000";
+
+fn google_config(oidc: &FakeOidc, port: u16) -> GoogleConfig {
+    let mut g = GoogleConfig::new(
+        fake_oidc::CLIENT_ID.to_owned(),
+        fake_oidc::CLIENT_SECRET.to_owned(),
+        format!("http://127.0.0.1:{port}/api/auth/google/callback"),
+    );
+    g.issuer = oidc.issuer.clone();
+    g.jwks_refetch_interval = Duration::ZERO;
+    g
+}
+
+/// Starts the app with Google pointed at `oidc` (the app's callback registered there; the
+/// listener is bound first because the redirect URI names its port).
+async fn app_with(db: Db, oidc: &FakeOidc, tweak: impl FnOnce(&mut SocialConfig)) -> TestApp {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let g = google_config(oidc, port);
+    oidc.register_redirect(&g.redirect_uri);
+    let app = TestApp::start_on(db, Some(listener), |cfg| {
+        cfg.google = Some(g);
+        tweak(cfg);
+    })
+    .await;
+    assert!(app.base.ends_with(&format!(":{port}")));
+    app
+}
+
+/// A browser without automatic redirects; cookies are carried by hand.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn location(res: &reqwest::Response) -> String {
+    res.headers()
+        .get("location")
+        .unwrap_or_else(|| panic!("no Location in {res:?}"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `url` with query parameter `name` set to `value` (`None`: removed).
+fn with_param(url: &str, name: &str, value: Option<&str>) -> String {
+    let mut u = url::Url::parse(url).unwrap();
+    let kept: Vec<(String, String)> = u
+        .query_pairs()
+        .filter(|(k, _)| k != name)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    {
+        let mut q = u.query_pairs_mut();
+        q.clear();
+        for (k, v) in &kept {
+            q.append_pair(k, v);
+        }
+        if let Some(v) = value {
+            q.append_pair(name, v);
+        }
+    }
+    u.to_string()
+}
+
+fn query(url: &str, name: &str) -> Option<String> {
+    url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The state cookie a response sets (`name=value`), if any.
+fn set_cookie(res: &reqwest::Response) -> Option<String> {
+    res.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("instar_google_state="))
+        .map(|c| c.split(';').next().unwrap().to_owned())
+}
+
+/// A started sign-in: the provider's redirect back (`callback` URL with code and state) and the
+/// browser's cookie.
+struct Started {
+    callback: String,
+    cookie: String,
+}
+
+impl Started {
+    fn state(&self) -> String {
+        query(&self.callback, "state").unwrap()
+    }
+    fn code(&self) -> String {
+        query(&self.callback, "code").unwrap()
+    }
+}
+
+/// login-url → start → the provider (who signs `user` in) → the redirect back to our callback.
+async fn begin(app: &TestApp, oidc: &FakeOidc, user: &FakeUser) -> Started {
+    let b = browser();
+    let res = b
+        .get(app.url("/api/auth/google/login-url"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let start = res.text().await.unwrap();
+    // Several services behind one balancer share one public start URL.
+    assert!(start.ends_with("/api/auth/google/start"), "{start}");
+    let res = b.get(&start).send().await.unwrap();
+    assert_eq!(res.status(), 302);
+    let cookie = set_cookie(&res).expect("the start sets the state cookie");
+    let raw = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        raw.contains("HttpOnly") && raw.contains("SameSite=Lax"),
+        "{raw}"
+    );
+    let authorize = location(&res);
+    assert!(authorize.starts_with(&format!("{}/authorize?", oidc.issuer)));
+    for p in ["state", "nonce", "code_challenge"] {
+        assert!(query(&authorize, p).is_some_and(|v| v.len() >= 43), "{p}");
+    }
+    assert_eq!(
+        query(&authorize, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert_eq!(
+        query(&authorize, "scope").as_deref(),
+        Some("openid email profile")
+    );
+    oidc.next_user(user.clone());
+    let res = b.get(&authorize).send().await.unwrap();
+    assert_eq!(res.status(), 302, "the provider redirects back");
+    let callback = location(&res);
+    assert!(
+        callback.contains("/api/auth/google/callback?"),
+        "{callback}"
+    );
+    Started { callback, cookie }
+}
+
+/// The browser follows the provider's redirect to our callback with `cookie`; returns where it is
+/// sent next (the frontend page).
+async fn arrive(callback: &str, cookie: Option<&str>) -> String {
+    let mut req = browser().get(callback);
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let res = req.send().await.unwrap();
+    assert_eq!(res.status(), 302);
+    let to = location(&res);
+    // The state cookie is cleared whatever the outcome.
+    let cleared = res.headers()["set-cookie"].to_str().unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    assert!(to.starts_with(&format!("{FRONT}/oauth/google?")), "{to}");
+    to
+}
+
+/// The frontend page's call with the ticket it was given, as the frontend makes it.
+async fn redeem(app: &TestApp, ticket: &str) -> (u16, Value) {
+    app.get(&format!("/api/auth/google/callback?code={ticket}"), None)
+        .await
+}
+
+/// A whole sign-in of `user`: (status, body) of the frontend page's call.
+async fn sign_in(app: &TestApp, oidc: &FakeOidc, user: &FakeUser) -> (u16, Value) {
+    let s = begin(app, oidc, user).await;
+    let front = arrive(&s.callback, Some(&s.cookie)).await;
+    let ticket = query(&front, "code").unwrap_or_else(|| panic!("no ticket in {front}"));
+    redeem(app, &ticket).await
+}
+
+/// The `error` the frontend page is given after `user`'s sign-in with `tamper` applied.
+async fn refused_with(app: &TestApp, oidc: &FakeOidc, user: &FakeUser, tamper: Tamper) -> String {
+    let s = begin(app, oidc, user).await;
+    oidc.tamper(tamper);
+    let front = arrive(&s.callback, Some(&s.cookie)).await;
+    assert!(query(&front, "code").is_none(), "no ticket on failure");
+    query(&front, "error").unwrap()
+}
+
+async fn sign_up(app: &TestApp, handle: &str, id: &str) -> (u16, Value) {
+    app.post(
+        "/api/auth/oauth-signUp",
+        None,
+        json!({"socialId": handle, "id": id, "sex": "female", "address": "Seoul",
+               "addressDetail": "Gangnam 1"}),
+    )
+    .await
+}
+
+fn alice() -> FakeUser {
+    FakeUser::new("109876543210987654321", "alice@gmail.example", "Alice Kim")
+}
+
+/// A new Google user: NEW_SIGN with a random handle (not the `sub`), oauth-signUp → SC + a token
+/// that works on REST; the account is SOCIAL with the address detail the frontend sends and
+/// `last_login_at` set; the next sign-in answers SC and moves `last_login_at`.
+async fn new_user_signs_up_then_signs_in(db: Db) {
+    let oidc = FakeOidc::start().await;
+    let app = app_with(db, &oidc, |_| {}).await;
+    let user = alice();
+    let (status, body) = sign_in(&app, &oidc, &user).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["code"], "NEW_SIGN");
+    let handle = body["token"].as_str().unwrap().to_owned();
+    assert_ne!(handle, user.sub, "the handle is never Google's sub");
+    assert_eq!(handle.len(), 43);
+
+    let (status, body) = sign_up(&app, &handle, "alice_g1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["code"], "SC");
+    let token = body["token"].as_str().unwrap().to_owned();
+    let (status, me) = app.get("/api/user/me", Some(&token)).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["user"]["id"], "alice_g1");
+    assert_eq!(me["user"]["name"], "Alice Kim");
+    assert_eq!(me["user"]["type"], "SOCIAL");
+    let row = app.ctx.store.user_by_id("alice_g1").await.unwrap().unwrap();
+    assert_eq!(row.kind, "SOCIAL");
+    assert_eq!(row.social_id.as_deref(), Some(user.sub.as_str()));
+    assert_eq!(row.email, "alice@gmail.example");
+    assert_eq!(row.password, None);
+    assert_eq!(row.address_detail.as_deref(), Some("Gangnam 1"));
+    let first_login = row.last_login_at.expect("last_login_at set at sign-up");
+
+    // A Google account has no password: the local sign-in refuses it.
+    let (status, _) = app
+        .post(
+            "/api/auth/signIn",
+            None,
+            json!({"id": "alice_g1", "password": ""}),
+        )
+        .await;
+    assert_ne!(status, 200);
+
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (status, body) = sign_in(&app, &oidc, &user).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["code"], "SC");
+    let token = body["token"].as_str().unwrap();
+    let claims = app.ctx.tokens.verify(token).unwrap();
+    assert_eq!(claims.sub, "alice_g1");
+    let (status, _) = app.get("/api/alarm/getList", Some(token)).await;
+    assert_eq!(status, 200);
+    let row = app.ctx.store.user_by_id("alice_g1").await.unwrap().unwrap();
+    assert!(row.last_login_at.unwrap() > first_login, "moved at sign-in");
+
+    let metrics = app.ctx.metrics_text();
+    assert!(
+        metrics.contains("instar_google_sign_ins_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("instar_google_sign_ups_total 1"),
+        "{metrics}"
+    );
+}
+on_both!(new_user_signs_up_then_signs_in);
+
+/// The name comes from userinfo when the ID token has none; ES256 keys work too.
+async fn name_from_userinfo_and_es256(db: Db) {
+    let oidc = FakeOidc::start_with_key(Key::ec("ec-1")).await;
+    let app = app_with(db, &oidc, |_| {}).await;
+    let mut user = FakeUser::new("2001", "bob@gmail.example", "unused");
+    user.name = None;
+    let (_, body) = sign_in(&app, &oidc, &user).await;
+    assert_eq!(body["code"], "NEW_SIGN", "{body}");
+    let (_, body) = sign_up(&app, body["token"].as_str().unwrap(), "bob_g01").await;
+    assert_eq!(body["code"], "SC", "{body}");
+    let row = app.ctx.store.user_by_id("bob_g01").await.unwrap().unwrap();
+    assert_eq!(row.name, "Name From Userinfo");
+}
+on_both!(name_from_userinfo_and_es256);
+
+/// `state`: required, this browser's, single use. The original had none (login CSRF).
+async fn state_is_required_bound_and_single_use(db: Db) {
+    let oidc = FakeOidc::start().await;
+    let app = app_with(db, &oidc, |_| {}).await;
+    let user = alice();
+
+    // Missing state: the provider's code alone is not a ticket.
+    let s = begin(&app, &oidc, &user).await;
+    let (status, body) = redeem(&app, &s.code()).await;
+    assert_eq!((status, body), (400, json!({"code": "BR", "token": null})));
+    let no_state = with_param(&s.callback, "state", None);
+    let (status, body) = app.get(no_state.trim_start_matches(&app.base), None).await;
+    assert_eq!((status, &body["code"]), (400, &json!("BR")));
+
+    // A state we never issued.
+    let forged = with_param(&s.callback, "state", Some(&"A".repeat(43)));
+    assert_eq!(
+        query(&arrive(&forged, Some(&s.cookie)).await, "error").as_deref(),
+        Some("state")
+    );
+    // The right state without the browser's cookie (an attacker's link opened by a victim)…
+    let s = begin(&app, &oidc, &user).await;
+    assert_eq!(
+        query(&arrive(&s.callback, None).await, "error").as_deref(),
+        Some("state")
+    );
+    // …or with another browser's cookie.
+    let attacker = begin(&app, &oidc, &user).await;
+    let victim = begin(&app, &oidc, &user).await;
+    assert_eq!(
+        query(
+            &arrive(&attacker.callback, Some(&victim.cookie)).await,
+            "error"
+        )
+        .as_deref(),
+        Some("state")
+    );
+    // The victim's own flow still works, once; the same redirect replayed is refused.
+    let front = arrive(&victim.callback, Some(&victim.cookie)).await;
+    assert!(query(&front, "code").is_some(), "{front}");
+    assert_eq!(
+        query(
+            &arrive(&victim.callback, Some(&victim.cookie)).await,
+            "error"
+        )
+        .as_deref(),
+        Some("state")
+    );
+    // A provider error spends the state too.
+    let s = begin(&app, &oidc, &user).await;
+    let denied = format!(
+        "{}?error=access_denied&state={}",
+        app.url("/api/auth/google/callback"),
+        s.state()
+    );
+    assert_eq!(
+        query(&arrive(&denied, Some(&s.cookie)).await, "error").as_deref(),
+        Some("denied")
+    );
+    assert_eq!(
+        query(&arrive(&s.callback, Some(&s.cookie)).await, "error").as_deref(),
+        Some("state")
+    );
+    let metrics = app.ctx.metrics_text();
+    assert!(
+        metrics.contains("instar_google_failures_total{reason=\"state\"} 5"),
+        "{metrics}"
+    );
+}
+on_both!(state_is_required_bound_and_single_use);
+
+/// A state expires (short TTL here).
+async fn state_expires(db: Db) {
+    let oidc = FakeOidc::start().await;
+    let app = app_with(db, &oidc, |cfg| {
+        cfg.google.as_mut().unwrap().state_ttl = Duration::from_secs(1);
+    })
+    .await;
+    let s = begin(&app, &oidc, &alice()).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        query(&arrive(&s.callback, Some(&s.cookie)).await, "error").as_deref(),
+        Some("state")
+    );
+}
+on_both!(state_expires);
+
+/// Codes and tickets: a code replayed under a fresh state is refused by the provider (and a code
+/// injected into another browser's flow fails PKCE); a ticket works once.
+async fn codes_and_tickets_are_single_use(db: Db) {
+    let oidc = FakeOidc::start().await;
+    let app = app_with(db, &oidc, |_| {}).await;
+    let user = alice();
+    let first = begin(&app, &oidc, &user).await;
+    let front = arrive(&first.callback, Some(&first.cookie)).await;
+    let ticket = query(&front, "code").unwrap();
+
+    // The same code again, with a new state of this browser.
+    let again = begin(&app, &oidc, &user).await;
+    let replay = with_param(&again.callback, "code", Some(&first.code()));
+    assert_eq!(
+        query(&arrive(&replay, Some(&again.cookie)).await, "error").as_deref(),
+        Some("exchange")
+    );
+    // A fresh, unused code obtained in another flow (code injection): PKCE refuses it.
+    let stolen = begin(&app, &oidc, &user).await;
+    let victim = begin(&app, &oidc, &user).await;
+    let injected = with_param(&victim.callback, "code", Some(&stolen.code()));
+    assert_eq!(
+        query(&arrive(&injected, Some(&victim.cookie)).await, "error").as_deref(),
+        Some("exchange")
+    );
+
+    let (status, body) = redeem(&app, &ticket).await;
+    assert_eq!((status, &body["code"]), (200, &json!("NEW_SIGN")));
+    let (status, body) = redeem(&app, &ticket).await;
+    assert_eq!((status, body), (400, json!({"code": "BR", "token": null})));
+}
+on_both!(codes_and_tickets_are_single_use);
+
+/// ID tokens with a wrong audience, issuer, signature, algorithm or nonce, or expired, are
+/// refused; so is an e-mail Google has not verified.
+async fn bad_id_tokens_are_refused(db: Db) {
+    let oidc = FakeOidc::start().await;
+    let app = app_with(db, &oidc, |_| {}).await;
+    let user = alice();
+    let cases = [
+        (
+            "aud",
+            Tamper {
+                aud: Some("another-client.apps.example".into()),
+                ..Tamper::default()
+            },
+            "id_token",
+        ),
+        (
+            "iss",
+            Tamper {
+                iss: Some("https://evil.example".into()),
+                ..Tamper::default()
+            },
+            "id_token",
+        ),
+        (
+            "signature",
+            Tamper {
+                foreign_key: true,
+                ..Tamper::default()
+            },
+            "id_token",
+        ),
+        (
+            "alg none",
+            Tamper {
+                unsigned: true,
+                ..Tamper::default()
+            },
+            "id_token",
+        ),
+        (
+            "expired",
+            Tamper {
+                exp_offset: Some(-3600 - 300),
+                ..Tamper::default()
+            },
+            "id_token",
+        ),
+        (
+            "nonce",
+            Tamper {
+                nonce: Some("another-sign-in-nonce".into()),
+                ..Tamper::default()
+            },
+            "nonce",
+        ),
+    ];
+    for (what, tamper, reason) in cases {
+        assert_eq!(
+            refused_with(&app, &oidc, &user, tamper).await,
+            reason,
+            "{what}"
+        );
+    }
+    let mut unverified = alice();
+    unverified.email_verified = false;
+    assert_eq!(
+        refused_with(&app, &oidc, &unverified, Tamper::default()).await,
+        "email_unverified"
+    );
+    // Nothing was created, and a clean sign-in still works.
+    assert!(
+        app.ctx
+            .store
+            .user_by_social_id(&user.sub)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let (_, body) = sign_in(&app, &oidc, &user).await;
+    assert_eq!(body["code"], "NEW_SIGN");
+}
+on_both!(bad_id_tokens_are_refused);
+
+/// The provider rotates its keys: the unknown `kid` makes us fetch the JWKS again.
+async fn rotated_keys_are_fetched(db: Db) {
+    let oidc = FakeOidc::start_with_key(Key::ec("ec-old")).await;
+    let app = app_with(db, &oidc, |_| {}).await;
+    let (_, body) = sign_in(&app, &oidc, &alice()).await;
+    assert_eq!(body["code"], "NEW_SIGN");
+    let (_, body) = sign_in(&app, &oidc, &alice()).await;
+    assert_eq!(body["code"], "NEW_SIGN");
+    assert_eq!(oidc.jwks_fetches(), 1, "the JWKS is cached");
+    oidc.rotate(Key::ec("ec-new"));
+    let (_, body) = sign_in(&app, &oidc, &alice()).await;
+    assert_eq!(body["code"], "NEW_SIGN", "{body}");
+    assert_eq!(oidc.jwks_fetches(), 2);
+}
+on_both!(rotated_keys_are_fetched);
+
+/// The pending handle: single use, expires, and Google's `sub` is not one (the original used the
+/// raw `sub` as the handle and kept it forever).
+async fn pending_handles_are_single_use_and_expire(db: Db) {
+    let oidc = FakeOidc::start().await;
+    let app = app_with(db, &oidc, |cfg| {
+        cfg.google.as_mut().unwrap().pending_ttl = Duration::from_secs(1);
+    })
+    .await;
+    let user = alice();
+    let (_, body) = sign_in(&app, &oidc, &user).await;
+    let handle = body["token"].as_str().unwrap().to_owned();
+    // The original's handle: the raw sub.
+    let (status, body) = sign_up(&app, &user.sub, "alice_g1").await;
+    assert_eq!((status, body), (400, json!({"code": "BR", "token": null})));
+    let (status, _) = sign_up(&app, &handle, "alice_g1").await;
+    assert_eq!(status, 200);
+    // Replayed (the original let anyone replay it, with any id).
+    let (status, body) = sign_up(&app, &handle, "alice_g2").await;
+    assert_eq!((status, body), (400, json!({"code": "BR", "token": null})));
+    assert!(!app.ctx.store.user_exists("alice_g2").await.unwrap());
+
+    let bob = FakeUser::new("3003", "bob@gmail.example", "Bob");
+    let (_, body) = sign_in(&app, &oidc, &bob).await;
+    let handle = body["token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let (status, body) = sign_up(&app, &handle, "bob_g001").await;
+    assert_eq!((status, body), (400, json!({"code": "BR", "token": null})));
+    assert!(!app.ctx.store.user_exists("bob_g001").await.unwrap());
+}
+on_both!(pending_handles_are_single_use_and_expire);
+
+/// A handle cannot take an existing id (the original upserted: the account became the attacker's
+/// Google account); the handle survives so the user can choose another id. An e-mail of another
+/// account is refused.
+async fn handle_cannot_take_an_existing_id(db: Db) {
+    let oidc = FakeOidc::start().await;
+    let app = app_with(db, &oidc, |_| {}).await;
+    app.user("victim01").await;
+    let (_, body) = sign_in(&app, &oidc, &alice()).await;
+    let handle = body["token"].as_str().unwrap().to_owned();
+    let (status, body) = sign_up(&app, &handle, "victim01").await;
+    assert_eq!((status, body), (400, json!({"code": "DU", "token": null})));
+    let victim = app.ctx.store.user_by_id("victim01").await.unwrap().unwrap();
+    assert_eq!(victim.kind, "LOCAL");
+    assert_eq!(victim.social_id, None);
+    assert_eq!(victim.email, "victim01@example.com");
+    let (status, body) = app
+        .post(
+            "/api/auth/signIn",
+            None,
+            json!({"id": "victim01", "password": "password1!"}),
+        )
+        .await;
+    assert_eq!((status, &body["code"]), (200, &json!("SC")));
+    // Malformed ids are refused before the handle is spent.
+    let (status, _) = sign_up(&app, &handle, "a b").await;
+    assert_eq!(status, 400);
+    let (status, body) = sign_up(&app, &handle, "alice_new").await;
+    assert_eq!((status, &body["code"]), (200, &json!("SC")), "{body}");
+
+    // The Google address is another account's: no pending sign-up at all.
+    let taken = FakeUser::new("4004", "victim01@example.com", "Mallory");
+    assert_eq!(
+        refused_with(&app, &oidc, &taken, Tamper::default()).await,
+        "email_in_use"
+    );
+}
+on_both!(handle_cannot_take_an_existing_id);
+
+/// Not configured: each route answers a clear 503 (login-url sends the frontend to its own page
+/// with an error instead of to `{"code":"NF"}`).
+async fn unconfigured_routes_say_so(db: Db) {
+    let app = TestApp::start(db).await;
+    let res = browser()
+        .get(app.url("/api/auth/google/login-url"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(
+        res.text().await.unwrap(),
+        format!("{FRONT}/oauth/google?error=google_not_configured")
+    );
+    for path in ["/api/auth/google/start", "/api/auth/google/callback?code=x"] {
+        let (status, body) = app.get(path, None).await;
+        assert_eq!((status, &body["code"]), (503, &json!("GNC")), "{path}");
+    }
+    let (status, body) = sign_up(&app, &"A".repeat(43), "someone1").await;
+    assert_eq!((status, &body["code"]), (503, &json!("GNC")));
+}
+on_both!(unconfigured_routes_say_so);
+
+/// Two services sharing Redis (scale-out): the sign-in starts on one, the provider's redirect
+/// lands on the other, the ticket is redeemed on the first and the sign-up completes on the second.
+async fn two_services_share_the_flow_through_redis(db: Db) {
+    let redis = std::env::var("INSTAR_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let kv = social::kv::KvConfig::Redis {
+        url: redis,
+        prefix: format!("{}:", common::unique("instar-google-")),
+    };
+    let oidc = FakeOidc::start().await;
+    let kv1 = kv.clone();
+    let a = app_with(db, &oidc, move |cfg| cfg.kv = kv1).await;
+    let b = a.second().await;
+    assert!(format!("{:?}", b.ctx.kv).contains("RedisKv"));
+    let user = alice();
+    let s = begin(&a, &oidc, &user).await;
+    let on_b = s.callback.replace(&a.base, &b.base);
+    let front = arrive(&on_b, Some(&s.cookie)).await;
+    let ticket = query(&front, "code").unwrap_or_else(|| panic!("{front}"));
+    let (_, body) = redeem(&a, &ticket).await;
+    assert_eq!(body["code"], "NEW_SIGN", "{body}");
+    let handle = body["token"].as_str().unwrap().to_owned();
+    let (status, body) = sign_up(&b, &handle, "alice_rd").await;
+    assert_eq!((status, &body["code"]), (200, &json!("SC")), "{body}");
+    // Spent on both.
+    let (status, _) = sign_up(&a, &handle, "alice_r2").await;
+    assert_eq!(status, 400);
+    let (_, body) = sign_in(&b, &oidc, &user).await;
+    assert_eq!(body["code"], "SC");
+    let (status, _) = a
+        .get("/api/user/me", Some(body["token"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, 200);
+}
+on_both!(two_services_share_the_flow_through_redis);
