@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Args;
 use serde::Deserialize;
+use social::accounts::google::GoogleConfig;
 use social::kv::KvConfig;
 use social::mail::SmtpConfig;
 use social::media::{Backend, MediaConfig};
@@ -93,6 +94,36 @@ pub(crate) struct SocialArgs {
     /// Rendered feed pages kept by the read cache (about 13 KB each, 64 KB at most); 0 keeps none. [default: 1024]
     #[arg(long, env = "INSTAR_FEED_PAGE_CACHE")]
     pub feed_page_cache: Option<usize>,
+    /// Google sign-in: the OAuth client id; setting it turns Google sign-in on (then the secret and redirect URI are required). [default: off]
+    #[arg(long, env = "INSTAR_GOOGLE_CLIENT_ID")]
+    pub google_client_id: Option<String>,
+    /// Google sign-in: the OAuth client secret.
+    #[arg(long, env = "INSTAR_GOOGLE_CLIENT_SECRET", hide_env_values = true)]
+    pub google_client_secret: Option<String>,
+    /// Google sign-in: this API's callback as registered at Google, ending in /callback (e.g. https://api.example.com/api/auth/google/callback).
+    #[arg(long, env = "INSTAR_GOOGLE_REDIRECT_URI")]
+    pub google_redirect_uri: Option<String>,
+    /// Google sign-in: the frontend page the browser returns to. [default: <cors-origin>/oauth/google]
+    #[arg(long, env = "INSTAR_GOOGLE_FRONTEND_URL")]
+    pub google_frontend_url: Option<String>,
+    /// Google sign-in: the OpenID issuer; endpoints are discovered from it (another OpenID provider, tests). [default: https://accounts.google.com]
+    #[arg(long, env = "INSTAR_GOOGLE_ISSUER")]
+    pub google_issuer: Option<String>,
+    /// Google sign-in: authorization endpoint, instead of the discovered one. [default: discovered]
+    #[arg(long, env = "INSTAR_GOOGLE_AUTHORIZATION_ENDPOINT")]
+    pub google_authorization_endpoint: Option<String>,
+    /// Google sign-in: token endpoint, instead of the discovered one. [default: discovered]
+    #[arg(long, env = "INSTAR_GOOGLE_TOKEN_ENDPOINT")]
+    pub google_token_endpoint: Option<String>,
+    /// Google sign-in: JWKS URI, instead of the discovered one. [default: discovered]
+    #[arg(long, env = "INSTAR_GOOGLE_JWKS_URI")]
+    pub google_jwks_uri: Option<String>,
+    /// Google sign-in: userinfo endpoint, instead of the discovered one. [default: discovered]
+    #[arg(long, env = "INSTAR_GOOGLE_USERINFO_ENDPOINT")]
+    pub google_userinfo_endpoint: Option<String>,
+    /// Google sign-in: lifetime of a pending sign-up (new Google account choosing its id), seconds. [default: 1800]
+    #[arg(long, env = "INSTAR_GOOGLE_PENDING_TTL_SECS")]
+    pub google_pending_ttl_secs: Option<u64>,
 }
 
 /// The `[social]` table of the TOML file (same names, without the `--`, with `_`).
@@ -125,6 +156,16 @@ pub(crate) struct SocialFile {
     read_cache_entries: Option<usize>,
     read_cache_ttl_secs: Option<u64>,
     feed_page_cache: Option<usize>,
+    google_client_id: Option<String>,
+    google_client_secret: Option<String>,
+    google_redirect_uri: Option<String>,
+    google_frontend_url: Option<String>,
+    google_issuer: Option<String>,
+    google_authorization_endpoint: Option<String>,
+    google_token_endpoint: Option<String>,
+    google_jwks_uri: Option<String>,
+    google_userinfo_endpoint: Option<String>,
+    google_pending_ttl_secs: Option<u64>,
 }
 
 macro_rules! pick {
@@ -198,6 +239,28 @@ impl SocialArgs {
             password: pick!(a, f, smtp_password),
             from: pick!(a, f, smtp_from).unwrap_or_else(|| "no-reply@localhost".to_owned()),
         });
+        let google = match pick!(a, f, google_client_id) {
+            None => None,
+            Some(id) => {
+                let secret = pick!(a, f, google_client_secret)
+                    .context("INSTAR_GOOGLE_CLIENT_SECRET is required with a Google client id")?;
+                let redirect = pick!(a, f, google_redirect_uri)
+                    .context("INSTAR_GOOGLE_REDIRECT_URI is required with a Google client id")?;
+                let mut g = GoogleConfig::new(id, secret, redirect);
+                g.frontend_url = pick!(a, f, google_frontend_url);
+                if let Some(issuer) = pick!(a, f, google_issuer) {
+                    g.issuer = issuer;
+                }
+                g.authorization_endpoint = pick!(a, f, google_authorization_endpoint);
+                g.token_endpoint = pick!(a, f, google_token_endpoint);
+                g.jwks_uri = pick!(a, f, google_jwks_uri);
+                g.userinfo_endpoint = pick!(a, f, google_userinfo_endpoint);
+                if let Some(secs) = pick!(a, f, google_pending_ttl_secs) {
+                    g.pending_ttl = std::time::Duration::from_secs(secs.clamp(60, 24 * 3600));
+                }
+                Some(g)
+            }
+        };
         if jwt_secret.len() < 32 {
             anyhow::bail!(
                 "INSTAR_JWT_SECRET must be at least 32 bytes (HS256's minimum); it is {}",
@@ -229,7 +292,7 @@ impl SocialArgs {
                     .unwrap_or(social::cache::DEFAULT_FEED_PAGES),
                 ..social::cache::ReadCacheConfig::default()
             },
-            google: None,
+            google,
         })
     }
 }

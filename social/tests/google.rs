@@ -14,12 +14,13 @@ mod fake_oidc;
 use std::time::Duration;
 
 use common::{Db, TestApp};
-use fake_oidc::{FakeOidc, FakeUser, Key, Tamper};
-use serde_json::{Value, json};
+use fake_oidc::{
+    FRONT, FakeOidc, FakeUser, Key, Tamper, arrive, begin, browser, query, redeem, refused_with,
+    sign_in, sign_up, with_param,
+};
+use serde_json::json;
 use social::accounts::google::GoogleConfig;
 use social::app::SocialConfig;
-
-const FRONT: &str = "http://localhost:3000";
 
 fn google_config(oidc: &FakeOidc, port: u16) -> GoogleConfig {
     let mut g = GoogleConfig::new(
@@ -48,178 +49,6 @@ async fn app_with(db: Db, oidc: &FakeOidc, tweak: impl FnOnce(&mut SocialConfig)
     app
 }
 
-/// A browser without automatic redirects; cookies are carried by hand.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-fn location(res: &reqwest::Response) -> String {
-    res.headers()
-        .get("location")
-        .unwrap_or_else(|| panic!("no Location in {res:?}"))
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// `url` with query parameter `name` set to `value` (`None`: removed).
-fn with_param(url: &str, name: &str, value: Option<&str>) -> String {
-    let mut u = url::Url::parse(url).unwrap();
-    let kept: Vec<(String, String)> = u
-        .query_pairs()
-        .filter(|(k, _)| k != name)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    {
-        let mut q = u.query_pairs_mut();
-        q.clear();
-        for (k, v) in &kept {
-            q.append_pair(k, v);
-        }
-        if let Some(v) = value {
-            q.append_pair(name, v);
-        }
-    }
-    u.to_string()
-}
-
-fn query(url: &str, name: &str) -> Option<String> {
-    url::Url::parse(url)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
-/// The state cookie a response sets (`name=value`), if any.
-fn set_cookie(res: &reqwest::Response) -> Option<String> {
-    res.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("instar_google_state="))
-        .map(|c| c.split(';').next().unwrap().to_owned())
-}
-
-/// A started sign-in: the provider's redirect back (`callback` URL with code and state) and the
-/// browser's cookie.
-struct Started {
-    callback: String,
-    cookie: String,
-}
-
-impl Started {
-    fn state(&self) -> String {
-        query(&self.callback, "state").unwrap()
-    }
-    fn code(&self) -> String {
-        query(&self.callback, "code").unwrap()
-    }
-}
-
-/// login-url → start → the provider (who signs `user` in) → the redirect back to our callback.
-async fn begin(app: &TestApp, oidc: &FakeOidc, user: &FakeUser) -> Started {
-    let b = browser();
-    let res = b
-        .get(app.url("/api/auth/google/login-url"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    assert!(
-        res.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
-    let start = res.text().await.unwrap();
-    // Several services behind one balancer share one public start URL.
-    assert!(start.ends_with("/api/auth/google/start"), "{start}");
-    let res = b.get(&start).send().await.unwrap();
-    assert_eq!(res.status(), 302);
-    let cookie = set_cookie(&res).expect("the start sets the state cookie");
-    let raw = res.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(
-        raw.contains("HttpOnly") && raw.contains("SameSite=Lax"),
-        "{raw}"
-    );
-    let authorize = location(&res);
-    assert!(authorize.starts_with(&format!("{}/authorize?", oidc.issuer)));
-    for p in ["state", "nonce", "code_challenge"] {
-        assert!(query(&authorize, p).is_some_and(|v| v.len() >= 43), "{p}");
-    }
-    assert_eq!(
-        query(&authorize, "code_challenge_method").as_deref(),
-        Some("S256")
-    );
-    assert_eq!(
-        query(&authorize, "scope").as_deref(),
-        Some("openid email profile")
-    );
-    oidc.next_user(user.clone());
-    let res = b.get(&authorize).send().await.unwrap();
-    assert_eq!(res.status(), 302, "the provider redirects back");
-    let callback = location(&res);
-    assert!(
-        callback.contains("/api/auth/google/callback?"),
-        "{callback}"
-    );
-    Started { callback, cookie }
-}
-
-/// The browser follows the provider's redirect to our callback with `cookie`; returns where it is
-/// sent next (the frontend page).
-async fn arrive(callback: &str, cookie: Option<&str>) -> String {
-    let mut req = browser().get(callback);
-    if let Some(c) = cookie {
-        req = req.header("cookie", c);
-    }
-    let res = req.send().await.unwrap();
-    assert_eq!(res.status(), 302);
-    let to = location(&res);
-    // The state cookie is cleared whatever the outcome.
-    let cleared = res.headers()["set-cookie"].to_str().unwrap();
-    assert!(cleared.contains("Max-Age=0"), "{cleared}");
-    assert!(to.starts_with(&format!("{FRONT}/oauth/google?")), "{to}");
-    to
-}
-
-/// The frontend page's call with the ticket it was given, as the frontend makes it.
-async fn redeem(app: &TestApp, ticket: &str) -> (u16, Value) {
-    app.get(&format!("/api/auth/google/callback?code={ticket}"), None)
-        .await
-}
-
-/// A whole sign-in of `user`: (status, body) of the frontend page's call.
-async fn sign_in(app: &TestApp, oidc: &FakeOidc, user: &FakeUser) -> (u16, Value) {
-    let s = begin(app, oidc, user).await;
-    let front = arrive(&s.callback, Some(&s.cookie)).await;
-    let ticket = query(&front, "code").unwrap_or_else(|| panic!("no ticket in {front}"));
-    redeem(app, &ticket).await
-}
-
-/// The `error` the frontend page is given after `user`'s sign-in with `tamper` applied.
-async fn refused_with(app: &TestApp, oidc: &FakeOidc, user: &FakeUser, tamper: Tamper) -> String {
-    let s = begin(app, oidc, user).await;
-    oidc.tamper(tamper);
-    let front = arrive(&s.callback, Some(&s.cookie)).await;
-    assert!(query(&front, "code").is_none(), "no ticket on failure");
-    query(&front, "error").unwrap()
-}
-
-async fn sign_up(app: &TestApp, handle: &str, id: &str) -> (u16, Value) {
-    app.post(
-        "/api/auth/oauth-signUp",
-        None,
-        json!({"socialId": handle, "id": id, "sex": "female", "address": "Seoul",
-               "addressDetail": "Gangnam 1"}),
-    )
-    .await
-}
-
 fn alice() -> FakeUser {
     FakeUser::new("109876543210987654321", "alice@gmail.example", "Alice Kim")
 }
@@ -231,14 +60,14 @@ async fn new_user_signs_up_then_signs_in(db: Db) {
     let oidc = FakeOidc::start().await;
     let app = app_with(db, &oidc, |_| {}).await;
     let user = alice();
-    let (status, body) = sign_in(&app, &oidc, &user).await;
+    let (status, body) = sign_in(&app.base, &oidc, &user).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["code"], "NEW_SIGN");
     let handle = body["token"].as_str().unwrap().to_owned();
     assert_ne!(handle, user.sub, "the handle is never Google's sub");
     assert_eq!(handle.len(), 43);
 
-    let (status, body) = sign_up(&app, &handle, "alice_g1").await;
+    let (status, body) = sign_up(&app.base, &handle, "alice_g1").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["code"], "SC");
     let token = body["token"].as_str().unwrap().to_owned();
@@ -266,7 +95,7 @@ async fn new_user_signs_up_then_signs_in(db: Db) {
     assert_ne!(status, 200);
 
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let (status, body) = sign_in(&app, &oidc, &user).await;
+    let (status, body) = sign_in(&app.base, &oidc, &user).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["code"], "SC");
     let token = body["token"].as_str().unwrap();
@@ -295,9 +124,9 @@ async fn name_from_userinfo_and_es256(db: Db) {
     let app = app_with(db, &oidc, |_| {}).await;
     let mut user = FakeUser::new("2001", "bob@gmail.example", "unused");
     user.name = None;
-    let (_, body) = sign_in(&app, &oidc, &user).await;
+    let (_, body) = sign_in(&app.base, &oidc, &user).await;
     assert_eq!(body["code"], "NEW_SIGN", "{body}");
-    let (_, body) = sign_up(&app, body["token"].as_str().unwrap(), "bob_g01").await;
+    let (_, body) = sign_up(&app.base, body["token"].as_str().unwrap(), "bob_g01").await;
     assert_eq!(body["code"], "SC", "{body}");
     let row = app.ctx.store.user_by_id("bob_g01").await.unwrap().unwrap();
     assert_eq!(row.name, "Name From Userinfo");
@@ -311,8 +140,8 @@ async fn state_is_required_bound_and_single_use(db: Db) {
     let user = alice();
 
     // Missing state: the provider's code alone is not a ticket.
-    let s = begin(&app, &oidc, &user).await;
-    let (status, body) = redeem(&app, &s.code()).await;
+    let s = begin(&app.base, &oidc, &user).await;
+    let (status, body) = redeem(&app.base, &s.code()).await;
     assert_eq!((status, body), (400, json!({"code": "BR", "token": null})));
     let no_state = with_param(&s.callback, "state", None);
     let (status, body) = app.get(no_state.trim_start_matches(&app.base), None).await;
@@ -325,14 +154,14 @@ async fn state_is_required_bound_and_single_use(db: Db) {
         Some("state")
     );
     // The right state without the browser's cookie (an attacker's link opened by a victim)…
-    let s = begin(&app, &oidc, &user).await;
+    let s = begin(&app.base, &oidc, &user).await;
     assert_eq!(
         query(&arrive(&s.callback, None).await, "error").as_deref(),
         Some("state")
     );
     // …or with another browser's cookie.
-    let attacker = begin(&app, &oidc, &user).await;
-    let victim = begin(&app, &oidc, &user).await;
+    let attacker = begin(&app.base, &oidc, &user).await;
+    let victim = begin(&app.base, &oidc, &user).await;
     assert_eq!(
         query(
             &arrive(&attacker.callback, Some(&victim.cookie)).await,
@@ -353,7 +182,7 @@ async fn state_is_required_bound_and_single_use(db: Db) {
         Some("state")
     );
     // A provider error spends the state too.
-    let s = begin(&app, &oidc, &user).await;
+    let s = begin(&app.base, &oidc, &user).await;
     let denied = format!(
         "{}?error=access_denied&state={}",
         app.url("/api/auth/google/callback"),
@@ -382,7 +211,7 @@ async fn state_expires(db: Db) {
         cfg.google.as_mut().unwrap().state_ttl = Duration::from_secs(1);
     })
     .await;
-    let s = begin(&app, &oidc, &alice()).await;
+    let s = begin(&app.base, &oidc, &alice()).await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(
         query(&arrive(&s.callback, Some(&s.cookie)).await, "error").as_deref(),
@@ -397,29 +226,29 @@ async fn codes_and_tickets_are_single_use(db: Db) {
     let oidc = FakeOidc::start().await;
     let app = app_with(db, &oidc, |_| {}).await;
     let user = alice();
-    let first = begin(&app, &oidc, &user).await;
+    let first = begin(&app.base, &oidc, &user).await;
     let front = arrive(&first.callback, Some(&first.cookie)).await;
     let ticket = query(&front, "code").unwrap();
 
     // The same code again, with a new state of this browser.
-    let again = begin(&app, &oidc, &user).await;
+    let again = begin(&app.base, &oidc, &user).await;
     let replay = with_param(&again.callback, "code", Some(&first.code()));
     assert_eq!(
         query(&arrive(&replay, Some(&again.cookie)).await, "error").as_deref(),
         Some("exchange")
     );
     // A fresh, unused code obtained in another flow (code injection): PKCE refuses it.
-    let stolen = begin(&app, &oidc, &user).await;
-    let victim = begin(&app, &oidc, &user).await;
+    let stolen = begin(&app.base, &oidc, &user).await;
+    let victim = begin(&app.base, &oidc, &user).await;
     let injected = with_param(&victim.callback, "code", Some(&stolen.code()));
     assert_eq!(
         query(&arrive(&injected, Some(&victim.cookie)).await, "error").as_deref(),
         Some("exchange")
     );
 
-    let (status, body) = redeem(&app, &ticket).await;
+    let (status, body) = redeem(&app.base, &ticket).await;
     assert_eq!((status, &body["code"]), (200, &json!("NEW_SIGN")));
-    let (status, body) = redeem(&app, &ticket).await;
+    let (status, body) = redeem(&app.base, &ticket).await;
     assert_eq!((status, body), (400, json!({"code": "BR", "token": null})));
 }
 on_both!(codes_and_tickets_are_single_use);
@@ -482,7 +311,7 @@ async fn bad_id_tokens_are_refused(db: Db) {
     ];
     for (what, tamper, reason) in cases {
         assert_eq!(
-            refused_with(&app, &oidc, &user, tamper).await,
+            refused_with(&app.base, &oidc, &user, tamper).await,
             reason,
             "{what}"
         );
@@ -490,7 +319,7 @@ async fn bad_id_tokens_are_refused(db: Db) {
     let mut unverified = alice();
     unverified.email_verified = false;
     assert_eq!(
-        refused_with(&app, &oidc, &unverified, Tamper::default()).await,
+        refused_with(&app.base, &oidc, &unverified, Tamper::default()).await,
         "email_unverified"
     );
     // Nothing was created, and a clean sign-in still works.
@@ -502,7 +331,7 @@ async fn bad_id_tokens_are_refused(db: Db) {
             .unwrap()
             .is_none()
     );
-    let (_, body) = sign_in(&app, &oidc, &user).await;
+    let (_, body) = sign_in(&app.base, &oidc, &user).await;
     assert_eq!(body["code"], "NEW_SIGN");
 }
 on_both!(bad_id_tokens_are_refused);
@@ -511,13 +340,13 @@ on_both!(bad_id_tokens_are_refused);
 async fn rotated_keys_are_fetched(db: Db) {
     let oidc = FakeOidc::start_with_key(Key::ec("ec-old")).await;
     let app = app_with(db, &oidc, |_| {}).await;
-    let (_, body) = sign_in(&app, &oidc, &alice()).await;
+    let (_, body) = sign_in(&app.base, &oidc, &alice()).await;
     assert_eq!(body["code"], "NEW_SIGN");
-    let (_, body) = sign_in(&app, &oidc, &alice()).await;
+    let (_, body) = sign_in(&app.base, &oidc, &alice()).await;
     assert_eq!(body["code"], "NEW_SIGN");
     assert_eq!(oidc.jwks_fetches(), 1, "the JWKS is cached");
     oidc.rotate(Key::ec("ec-new"));
-    let (_, body) = sign_in(&app, &oidc, &alice()).await;
+    let (_, body) = sign_in(&app.base, &oidc, &alice()).await;
     assert_eq!(body["code"], "NEW_SIGN", "{body}");
     assert_eq!(oidc.jwks_fetches(), 2);
 }
@@ -532,23 +361,23 @@ async fn pending_handles_are_single_use_and_expire(db: Db) {
     })
     .await;
     let user = alice();
-    let (_, body) = sign_in(&app, &oidc, &user).await;
+    let (_, body) = sign_in(&app.base, &oidc, &user).await;
     let handle = body["token"].as_str().unwrap().to_owned();
     // The original's handle: the raw sub.
-    let (status, body) = sign_up(&app, &user.sub, "alice_g1").await;
+    let (status, body) = sign_up(&app.base, &user.sub, "alice_g1").await;
     assert_eq!((status, body), (400, json!({"code": "BR", "token": null})));
-    let (status, _) = sign_up(&app, &handle, "alice_g1").await;
+    let (status, _) = sign_up(&app.base, &handle, "alice_g1").await;
     assert_eq!(status, 200);
     // Replayed (the original let anyone replay it, with any id).
-    let (status, body) = sign_up(&app, &handle, "alice_g2").await;
+    let (status, body) = sign_up(&app.base, &handle, "alice_g2").await;
     assert_eq!((status, body), (400, json!({"code": "BR", "token": null})));
     assert!(!app.ctx.store.user_exists("alice_g2").await.unwrap());
 
     let bob = FakeUser::new("3003", "bob@gmail.example", "Bob");
-    let (_, body) = sign_in(&app, &oidc, &bob).await;
+    let (_, body) = sign_in(&app.base, &oidc, &bob).await;
     let handle = body["token"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let (status, body) = sign_up(&app, &handle, "bob_g001").await;
+    let (status, body) = sign_up(&app.base, &handle, "bob_g001").await;
     assert_eq!((status, body), (400, json!({"code": "BR", "token": null})));
     assert!(!app.ctx.store.user_exists("bob_g001").await.unwrap());
 }
@@ -561,9 +390,9 @@ async fn handle_cannot_take_an_existing_id(db: Db) {
     let oidc = FakeOidc::start().await;
     let app = app_with(db, &oidc, |_| {}).await;
     app.user("victim01").await;
-    let (_, body) = sign_in(&app, &oidc, &alice()).await;
+    let (_, body) = sign_in(&app.base, &oidc, &alice()).await;
     let handle = body["token"].as_str().unwrap().to_owned();
-    let (status, body) = sign_up(&app, &handle, "victim01").await;
+    let (status, body) = sign_up(&app.base, &handle, "victim01").await;
     assert_eq!((status, body), (400, json!({"code": "DU", "token": null})));
     let victim = app.ctx.store.user_by_id("victim01").await.unwrap().unwrap();
     assert_eq!(victim.kind, "LOCAL");
@@ -578,15 +407,15 @@ async fn handle_cannot_take_an_existing_id(db: Db) {
         .await;
     assert_eq!((status, &body["code"]), (200, &json!("SC")));
     // Malformed ids are refused before the handle is spent.
-    let (status, _) = sign_up(&app, &handle, "a b").await;
+    let (status, _) = sign_up(&app.base, &handle, "a b").await;
     assert_eq!(status, 400);
-    let (status, body) = sign_up(&app, &handle, "alice_new").await;
+    let (status, body) = sign_up(&app.base, &handle, "alice_new").await;
     assert_eq!((status, &body["code"]), (200, &json!("SC")), "{body}");
 
     // The Google address is another account's: no pending sign-up at all.
     let taken = FakeUser::new("4004", "victim01@example.com", "Mallory");
     assert_eq!(
-        refused_with(&app, &oidc, &taken, Tamper::default()).await,
+        refused_with(&app.base, &oidc, &taken, Tamper::default()).await,
         "email_in_use"
     );
 }
@@ -610,7 +439,7 @@ async fn unconfigured_routes_say_so(db: Db) {
         let (status, body) = app.get(path, None).await;
         assert_eq!((status, &body["code"]), (503, &json!("GNC")), "{path}");
     }
-    let (status, body) = sign_up(&app, &"A".repeat(43), "someone1").await;
+    let (status, body) = sign_up(&app.base, &"A".repeat(43), "someone1").await;
     assert_eq!((status, &body["code"]), (503, &json!("GNC")));
 }
 on_both!(unconfigured_routes_say_so);
@@ -630,19 +459,19 @@ async fn two_services_share_the_flow_through_redis(db: Db) {
     let b = a.second().await;
     assert!(format!("{:?}", b.ctx.kv).contains("RedisKv"));
     let user = alice();
-    let s = begin(&a, &oidc, &user).await;
+    let s = begin(&a.base, &oidc, &user).await;
     let on_b = s.callback.replace(&a.base, &b.base);
     let front = arrive(&on_b, Some(&s.cookie)).await;
     let ticket = query(&front, "code").unwrap_or_else(|| panic!("{front}"));
-    let (_, body) = redeem(&a, &ticket).await;
+    let (_, body) = redeem(&a.base, &ticket).await;
     assert_eq!(body["code"], "NEW_SIGN", "{body}");
     let handle = body["token"].as_str().unwrap().to_owned();
-    let (status, body) = sign_up(&b, &handle, "alice_rd").await;
+    let (status, body) = sign_up(&b.base, &handle, "alice_rd").await;
     assert_eq!((status, &body["code"]), (200, &json!("SC")), "{body}");
     // Spent on both.
-    let (status, _) = sign_up(&a, &handle, "alice_r2").await;
+    let (status, _) = sign_up(&a.base, &handle, "alice_r2").await;
     assert_eq!(status, 400);
-    let (_, body) = sign_in(&b, &oidc, &user).await;
+    let (_, body) = sign_in(&b.base, &oidc, &user).await;
     assert_eq!(body["code"], "SC");
     let (status, _) = a
         .get("/api/user/me", Some(body["token"].as_str().unwrap()))

@@ -18,6 +18,9 @@ use sha2::{Digest, Sha256};
 use warp::Filter;
 use warp::http::StatusCode;
 
+/// The frontend's origin the tests configure (its `/oauth/google` page gets the tickets).
+pub const FRONT: &str = "http://localhost:3000";
+
 pub const CLIENT_ID: &str = "instar-test-client.apps.example";
 pub const CLIENT_SECRET: &str = "instar-test-client-secret";
 
@@ -452,4 +455,197 @@ impl FakeOidc {
             .or(jwks)
             .unify()
     }
+}
+
+// ── The browser's side of the flow, as the unmodified frontend drives it ────────────────────
+
+/// A browser without automatic redirects; cookies are carried by hand.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+pub fn location(res: &reqwest::Response) -> String {
+    res.headers()
+        .get("location")
+        .unwrap_or_else(|| panic!("no Location in {res:?}"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `url` with query parameter `name` set to `value` (`None`: removed).
+pub fn with_param(url: &str, name: &str, value: Option<&str>) -> String {
+    let mut u = url::Url::parse(url).unwrap();
+    let kept: Vec<(String, String)> = u
+        .query_pairs()
+        .filter(|(k, _)| k != name)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    {
+        let mut q = u.query_pairs_mut();
+        q.clear();
+        for (k, v) in &kept {
+            q.append_pair(k, v);
+        }
+        if let Some(v) = value {
+            q.append_pair(name, v);
+        }
+    }
+    u.to_string()
+}
+
+pub fn query(url: &str, name: &str) -> Option<String> {
+    url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The state cookie a response sets (`name=value`), if any.
+pub fn set_cookie(res: &reqwest::Response) -> Option<String> {
+    res.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("instar_google_state="))
+        .map(|c| c.split(';').next().unwrap().to_owned())
+}
+
+/// A started sign-in: the provider's redirect back (`callback` URL with code and state) and the
+/// browser's cookie.
+pub struct Started {
+    pub callback: String,
+    pub cookie: String,
+}
+
+impl Started {
+    pub fn state(&self) -> String {
+        query(&self.callback, "state").unwrap()
+    }
+    pub fn code(&self) -> String {
+        query(&self.callback, "code").unwrap()
+    }
+}
+
+/// login-url → start → the provider (who signs `user` in) → the redirect back to our callback.
+pub async fn begin(api: &str, oidc: &FakeOidc, user: &FakeUser) -> Started {
+    let b = browser();
+    let res = b
+        .get(format!("{api}/api/auth/google/login-url"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let start = res.text().await.unwrap();
+    // Several services behind one balancer share one public start URL.
+    assert!(start.ends_with("/api/auth/google/start"), "{start}");
+    let res = b.get(&start).send().await.unwrap();
+    assert_eq!(res.status(), 302);
+    let cookie = set_cookie(&res).expect("the start sets the state cookie");
+    let raw = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        raw.contains("HttpOnly") && raw.contains("SameSite=Lax"),
+        "{raw}"
+    );
+    let authorize = location(&res);
+    assert!(authorize.starts_with(&format!("{}/authorize?", oidc.issuer)));
+    for p in ["state", "nonce", "code_challenge"] {
+        assert!(query(&authorize, p).is_some_and(|v| v.len() >= 43), "{p}");
+    }
+    assert_eq!(
+        query(&authorize, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert_eq!(
+        query(&authorize, "scope").as_deref(),
+        Some("openid email profile")
+    );
+    oidc.next_user(user.clone());
+    let res = b.get(&authorize).send().await.unwrap();
+    assert_eq!(res.status(), 302, "the provider redirects back");
+    let callback = location(&res);
+    assert!(
+        callback.contains("/api/auth/google/callback?"),
+        "{callback}"
+    );
+    Started { callback, cookie }
+}
+
+/// The browser follows the provider's redirect to our callback with `cookie`; returns where it is
+/// sent next (the frontend page).
+pub async fn arrive(callback: &str, cookie: Option<&str>) -> String {
+    let mut req = browser().get(callback);
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let res = req.send().await.unwrap();
+    assert_eq!(res.status(), 302);
+    let to = location(&res);
+    // The state cookie is cleared whatever the outcome.
+    let cleared = res.headers()["set-cookie"].to_str().unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    assert!(to.starts_with(&format!("{FRONT}/oauth/google?")), "{to}");
+    to
+}
+
+/// The frontend page's call with the ticket it was given, as the frontend makes it.
+pub async fn redeem(api: &str, ticket: &str) -> (u16, Value) {
+    read(
+        browser()
+            .get(format!("{api}/api/auth/google/callback?code={ticket}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+async fn read(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    let bytes = res.bytes().await.unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, body)
+}
+
+/// A whole sign-in of `user`: (status, body) of the frontend page's call.
+pub async fn sign_in(api: &str, oidc: &FakeOidc, user: &FakeUser) -> (u16, Value) {
+    let s = begin(api, oidc, user).await;
+    let front = arrive(&s.callback, Some(&s.cookie)).await;
+    let ticket = query(&front, "code").unwrap_or_else(|| panic!("no ticket in {front}"));
+    redeem(api, &ticket).await
+}
+
+/// The `error` the frontend page is given after `user`'s sign-in with `tamper` applied.
+pub async fn refused_with(api: &str, oidc: &FakeOidc, user: &FakeUser, tamper: Tamper) -> String {
+    let s = begin(api, oidc, user).await;
+    oidc.tamper(tamper);
+    let front = arrive(&s.callback, Some(&s.cookie)).await;
+    assert!(query(&front, "code").is_none(), "no ticket on failure");
+    query(&front, "error").unwrap()
+}
+
+pub async fn sign_up(api: &str, handle: &str, id: &str) -> (u16, Value) {
+    read(
+        browser()
+            .post(format!("{api}/api/auth/oauth-signUp"))
+            .json(
+                &json!({"socialId": handle, "id": id, "sex": "female", "address": "Seoul",
+                          "addressDetail": "Gangnam 1"}),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
 }
