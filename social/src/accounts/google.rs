@@ -424,13 +424,14 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         .and(get())
         .and(with_ctx(ctx))
         .map(login_url);
+    // GET only (no HEAD): each call spends or creates single-use state.
     let start = warp::path!("auth" / "google" / "start")
-        .and(get())
+        .and(warp::get())
         .and(with_ctx(ctx))
         .and(client_addr())
         .then(start);
     let callback = warp::path!("auth" / "google" / "callback")
-        .and(get())
+        .and(warp::get())
         .and(with_ctx(ctx))
         .and(warp::query::<CallbackQuery>())
         .and(warp::cookie::optional::<String>(STATE_COOKIE))
