@@ -221,7 +221,8 @@ async fn state_expires(db: Db) {
 on_both!(state_expires);
 
 /// Codes and tickets: a code replayed under a fresh state is refused by the provider (and a code
-/// injected into another browser's flow fails PKCE); a ticket works once.
+/// injected into another browser's flow fails PKCE); a ticket works once, and only from the
+/// address that completed the callback.
 async fn codes_and_tickets_are_single_use(db: Db) {
     let oidc = FakeOidc::start().await;
     let app = app_with(db, &oidc, |_| {}).await;
@@ -250,6 +251,21 @@ async fn codes_and_tickets_are_single_use(db: Db) {
     assert_eq!((status, &body["code"]), (200, &json!("NEW_SIGN")));
     let (status, body) = redeem(&app.base, &ticket).await;
     assert_eq!((status, body), (400, json!({"code": "BR", "token": null})));
+
+    // A ticket completed in one browser and slipped into another's link (login CSRF through the
+    // frontend page): refused from another client address (here through the local proxy's
+    // X-Forwarded-For), and spent.
+    let s = begin(&app.base, &oidc, &user).await;
+    let ticket = query(&arrive(&s.callback, Some(&s.cookie)).await, "code").unwrap();
+    let res = browser()
+        .get(app.url(&format!("/api/auth/google/callback?code={ticket}")))
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let (status, _) = redeem(&app.base, &ticket).await;
+    assert_eq!(status, 400);
 }
 on_both!(codes_and_tickets_are_single_use);
 

@@ -370,10 +370,18 @@ struct Started {
     nonce: String,
 }
 
-/// What the callback hands the frontend page through a ticket.
+/// What the callback hands the frontend page through a ticket, and the client address that
+/// completed the callback (the page's call must come from it).
+#[derive(Debug, Serialize, Deserialize)]
+struct Ticket {
+    outcome: Outcome,
+    addr: String,
+}
+
+/// A sign-in's outcome.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-enum Ticket {
+enum Outcome {
     /// A known account signed in.
     SignedIn { user: String },
     /// A new Google account: the pending sign-up handle.
@@ -435,6 +443,7 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         .and(with_ctx(ctx))
         .and(warp::query::<CallbackQuery>())
         .and(warp::cookie::optional::<String>(STATE_COOKIE))
+        .and(client_addr())
         .then(callback);
     let sign_up = warp::path!("auth" / "oauth-signUp")
         .and(warp::post())
@@ -565,15 +574,15 @@ pub struct CallbackQuery {
     error: Option<String>,
 }
 
-async fn callback(ctx: Ctx, q: CallbackQuery, cookie: Option<String>) -> Response {
+async fn callback(ctx: Ctx, q: CallbackQuery, cookie: Option<String>, addr: String) -> Response {
     let Some(g) = ctx.google.clone() else {
         return not_configured().into_response();
     };
     if q.state.is_none() && q.error.is_none() {
-        return finish(redeem_ticket(&ctx, &g, q.code.as_deref()).await);
+        return finish(redeem_ticket(&ctx, &g, q.code.as_deref(), &addr).await);
     }
     let expire = g.cookie("", 0);
-    match provider_return(&ctx, &g, q, cookie).await {
+    match provider_return(&ctx, &g, q, cookie, addr).await {
         Ok(ticket) => redirect(&g.front("code", &ticket), &expire),
         Err(f) => {
             g.failed(f);
@@ -589,6 +598,7 @@ async fn provider_return(
     g: &Google,
     q: CallbackQuery,
     cookie: Option<String>,
+    addr: String,
 ) -> Result<String, Failure> {
     if let Some(error) = q.error {
         let error: String = error.chars().take(64).collect();
@@ -661,7 +671,7 @@ async fn provider_return(
         tracing::error!(error = %e, "Google sign-in");
         Failure::Store
     };
-    let ticket = match ctx
+    let outcome = match ctx
         .store
         .user_by_social_id(&claims.sub)
         .await
@@ -674,7 +684,7 @@ async fn provider_return(
                 .map_err(store_err)?;
             g.stats.sign_ins.fetch_add(1, Ordering::Relaxed);
             tracing::info!(user = %user.id, "signed in with Google");
-            Ticket::SignedIn { user: user.id }
+            Outcome::SignedIn { user: user.id }
         }
         Some(user) => {
             tracing::warn!(user = %user.id, "a Google account bound to a local account");
@@ -719,9 +729,10 @@ async fn provider_return(
                     Failure::Store
                 })?;
             tracing::info!("new Google account: sign-up pending");
-            Ticket::NewSign { handle }
+            Outcome::NewSign { handle }
         }
     };
+    let ticket = Ticket { outcome, addr };
     let ticket_id = random_token();
     let value = serde_json::to_string(&ticket).map_err(|_| Failure::Store)?;
     ctx.kv
@@ -735,7 +746,12 @@ async fn provider_return(
 }
 
 /// The frontend page's call: the ticket (single use) for `SC` + JWT or `NEW_SIGN` + handle.
-async fn redeem_ticket(ctx: &Ctx, g: &Google, code: Option<&str>) -> ApiResult {
+///
+/// The page's cross-origin `fetch` carries no cookie, so the ticket cannot be bound to the browser
+/// the way `state` is; it is bound to the client address that completed the callback instead, so
+/// a ticket an attacker obtained in their own browser and slipped into a victim's link (login
+/// CSRF) is refused from the victim's address. It is also single use and lives 2 minutes.
+async fn redeem_ticket(ctx: &Ctx, g: &Google, code: Option<&str>, addr: &str) -> ApiResult {
     const TOKEN: &[&str] = &["token"];
     let refused = || {
         g.failed(Failure::Ticket);
@@ -753,9 +769,19 @@ async fn redeem_ticket(ctx: &Ctx, g: &Google, code: Option<&str>) -> ApiResult {
             ApiError::database().with_nulls(TOKEN)
         })?
         .and_then(|v| serde_json::from_str::<Ticket>(&v).ok());
-    match ticket {
-        None => Err(refused()),
-        Some(Ticket::SignedIn { user }) => {
+    let Some(ticket) = ticket else {
+        return Err(refused());
+    };
+    if ticket.addr != addr {
+        tracing::warn!(
+            completed_from = %ticket.addr,
+            redeemed_from = %addr,
+            "a Google sign-in ticket redeemed from another address"
+        );
+        return Err(refused());
+    }
+    match ticket.outcome {
+        Outcome::SignedIn { user } => {
             let Some(user) = ctx.store.user_by_id(&user).await? else {
                 return Err(refused());
             };
@@ -765,7 +791,7 @@ async fn redeem_ticket(ctx: &Ctx, g: &Google, code: Option<&str>) -> ApiResult {
             })?;
             sc(&serde_json::json!({ "token": token }))
         }
-        Some(Ticket::NewSign { handle }) => Ok(json_response(
+        Outcome::NewSign { handle } => Ok(json_response(
             StatusCode::OK,
             &serde_json::json!({ "code": "NEW_SIGN", "token": handle }),
         )),
@@ -783,6 +809,15 @@ pub struct OauthSignUp {
     address: Option<String>,
     #[serde(rename = "addressDetail", alias = "address_detail")]
     address_detail: Option<String>,
+}
+
+/// The key or column named by a unique-violation message (MariaDB: `Duplicate entry '…' for key
+/// 'ux_user_email'`; SQLite: `UNIQUE constraint failed: user.email`), without the duplicated value,
+/// which may itself contain `email`.
+fn conflict_key(what: &str) -> &str {
+    what.rsplit_once("for key ")
+        .or_else(|| what.rsplit_once("constraint failed: "))
+        .map_or(what, |(_, key)| key)
 }
 
 fn bounded(s: &Option<String>, max_chars: usize) -> bool {
@@ -857,10 +892,10 @@ async fn oauth_sign_up(ctx: Ctx, body: OauthSignUp) -> ApiResult {
     .await;
     match inserted {
         Ok(()) => {}
-        Err(StoreError::Conflict(what)) if what.contains("email") => {
+        Err(StoreError::Conflict(what)) if conflict_key(&what).contains("email") => {
             return Err(ApiError::bad_request_code("DUE").with_nulls(TOKEN));
         }
-        Err(StoreError::Conflict(what)) if what.contains("social_id") => {
+        Err(StoreError::Conflict(what)) if conflict_key(&what).contains("social_id") => {
             tracing::info!("oauth-signUp for a Google account that already has an account");
             return Err(bad());
         }
@@ -938,6 +973,16 @@ mod tests {
         let mut c = cfg("https://api.example.com/api/auth/google/callback");
         c.client_secret.clear();
         assert!(Google::new(&c, origin).is_err());
+    }
+
+    #[test]
+    fn conflicts_name_their_key_not_the_value() {
+        let m = "Duplicate entry 'email_fan' for key 'PRIMARY'";
+        assert_eq!(conflict_key(m), "'PRIMARY'");
+        let m = "Duplicate entry 'a@b.c' for key 'user.ux_user_email'";
+        assert!(conflict_key(m).contains("email"));
+        assert!(conflict_key("UNIQUE constraint failed: user.social_id").contains("social_id"));
+        assert_eq!(conflict_key("UNIQUE constraint failed: user.id"), "user.id");
     }
 
     #[test]
