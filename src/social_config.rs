@@ -296,3 +296,70 @@ impl SocialArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn args() -> SocialArgs {
+        SocialArgs {
+            database_url: Some("sqlite://unused.db".into()),
+            ..SocialArgs::default()
+        }
+    }
+
+    #[test]
+    fn google_is_off_without_a_client_id() {
+        let cfg = args().resolve(&SocialFile::default(), SECRET).unwrap();
+        assert!(cfg.google.is_none());
+    }
+
+    #[test]
+    fn google_settings_from_flags() {
+        let mut a = args();
+        a.google_client_id = Some("id.apps".into());
+        a.google_client_secret = Some("secret".into());
+        a.google_redirect_uri = Some("https://api.example.com/api/auth/google/callback".into());
+        a.google_pending_ttl_secs = Some(5);
+        let g = a
+            .resolve(&SocialFile::default(), SECRET)
+            .unwrap()
+            .google
+            .unwrap();
+        assert_eq!(g.client_id, "id.apps");
+        assert_eq!(g.issuer, social::accounts::google::GOOGLE_ISSUER);
+        assert_eq!(g.pending_ttl, std::time::Duration::from_secs(60), "clamped");
+        a.google_client_secret = None;
+        let e = a.resolve(&SocialFile::default(), SECRET).unwrap_err();
+        assert!(e.to_string().contains("INSTAR_GOOGLE_CLIENT_SECRET"), "{e}");
+    }
+
+    #[test]
+    fn google_settings_from_toml() {
+        let f: SocialFile = toml::from_str(
+            r#"
+            google_client_id = "toml.apps"
+            google_client_secret = "s"
+            google_redirect_uri = "https://api.example.com/api/auth/google/callback"
+            google_frontend_url = "https://app.example.com/oauth/google"
+            google_issuer = "https://idp.example.com"
+            google_token_endpoint = "https://idp.example.com/token"
+            "#,
+        )
+        .unwrap();
+        let g = args().resolve(&f, SECRET).unwrap().google.unwrap();
+        assert_eq!(g.client_id, "toml.apps");
+        assert_eq!(g.issuer, "https://idp.example.com");
+        assert_eq!(
+            g.token_endpoint.as_deref(),
+            Some("https://idp.example.com/token")
+        );
+        assert_eq!(
+            g.frontend_url.as_deref(),
+            Some("https://app.example.com/oauth/google")
+        );
+        assert_eq!(g.pending_ttl, std::time::Duration::from_secs(1800));
+    }
+}
