@@ -677,15 +677,7 @@ async fn provider_return(
         .await
         .map_err(store_err)?
     {
-        Some(user) if user.kind == "SOCIAL" => {
-            ctx.store
-                .set_last_login(&user.id, now_micros())
-                .await
-                .map_err(store_err)?;
-            g.stats.sign_ins.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(user = %user.id, "signed in with Google");
-            Outcome::SignedIn { user: user.id }
-        }
+        Some(user) if user.kind == "SOCIAL" => Outcome::SignedIn { user: user.id },
         Some(user) => {
             tracing::warn!(user = %user.id, "a Google account bound to a local account");
             return Err(Failure::Account);
@@ -789,6 +781,10 @@ async fn redeem_ticket(ctx: &Ctx, g: &Google, code: Option<&str>, addr: &str) ->
                 tracing::error!(error = %e, "signing a token");
                 ApiError::database()
             })?;
+            // The sign-in happens here, where the token is handed out.
+            ctx.store.set_last_login(&user.id, now_micros()).await?;
+            g.stats.sign_ins.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(user = %user.id, "signed in with Google");
             sc(&serde_json::json!({ "token": token }))
         }
         Outcome::NewSign { handle } => Ok(json_response(
