@@ -368,6 +368,47 @@ async fn rotated_keys_are_fetched(db: Db) {
 }
 on_both!(rotated_keys_are_fetched);
 
+/// Every size and wait the provider controls is bounded: a token response over 64 KiB, a JWKS of
+/// more than 20 keys and a token endpoint slower than the timeout all fail the sign-in cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_slow_providers_are_cut_off() {
+    let oidc = FakeOidc::start_with_key(Key::ec("ec-1")).await;
+    let app = app_with(Db::Sqlite, &oidc, |cfg| {
+        cfg.google.as_mut().unwrap().http_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let user = alice();
+    let huge = Tamper {
+        pad_token_response: 70 * 1024,
+        ..Tamper::default()
+    };
+    assert_eq!(
+        refused_with(&app.base, &oidc, &user, huge).await,
+        "provider"
+    );
+    let slow = Tamper {
+        stall: Some(Duration::from_secs(3)),
+        ..Tamper::default()
+    };
+    let started = std::time::Instant::now();
+    assert_eq!(
+        refused_with(&app.base, &oidc, &user, slow).await,
+        "provider"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut off at the timeout"
+    );
+    oidc.extra_jwks_keys(25);
+    assert_eq!(
+        refused_with(&app.base, &oidc, &user, Tamper::default()).await,
+        "provider"
+    );
+    oidc.extra_jwks_keys(0);
+    let (_, body) = sign_in(&app.base, &oidc, &user).await;
+    assert_eq!(body["code"], "NEW_SIGN", "{body}");
+}
+
 /// The pending handle: single use, expires, and Google's `sub` is not one (the original used the
 /// raw `sub` as the handle and kept it forever).
 async fn pending_handles_are_single_use_and_expire(db: Db) {

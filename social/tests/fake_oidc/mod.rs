@@ -56,6 +56,10 @@ pub struct Tamper {
     pub foreign_key: bool,
     /// Signed with `alg: none` (no signature at all).
     pub unsigned: bool,
+    /// Bytes of padding added to the token response.
+    pub pad_token_response: usize,
+    /// How long the token endpoint waits before it answers.
+    pub stall: Option<std::time::Duration>,
 }
 
 /// A signing key and its public JWK.
@@ -129,6 +133,7 @@ struct Inner {
     codes: HashMap<String, Grant>,
     access: HashMap<String, FakeUser>,
     jwks_fetches: usize,
+    extra_jwks_keys: usize,
     token_calls: usize,
     redirect_uris: Vec<String>,
     seq: u64,
@@ -194,6 +199,7 @@ impl FakeOidc {
             codes: HashMap::new(),
             access: HashMap::new(),
             jwks_fetches: 0,
+            extra_jwks_keys: 0,
             token_calls: 0,
             redirect_uris: Vec::new(),
             seq: 0,
@@ -250,6 +256,11 @@ impl FakeOidc {
     /// Replaces the signing keys with `key` (the old ones leave the JWKS).
     pub fn rotate(&self, key: Key) {
         self.inner.lock().unwrap().keys = vec![key];
+    }
+
+    /// Publishes `n` more keys in the JWKS (copies of the current one under other ids).
+    pub fn extra_jwks_keys(&self, n: usize) {
+        self.inner.lock().unwrap().extra_jwks_keys = n;
     }
 
     /// JWKS fetches so far.
@@ -339,6 +350,13 @@ impl FakeOidc {
         let token = warp::path!("token")
             .and(warp::post())
             .and(with())
+            .then(|inner: Arc<Mutex<Inner>>| async move {
+                let stall = inner.lock().unwrap().tamper.stall;
+                if let Some(d) = stall {
+                    tokio::time::sleep(d).await;
+                }
+                inner
+            })
             .and(warp::body::form::<HashMap<String, String>>())
             .map(
                 move |inner: Arc<Mutex<Inner>>, form: HashMap<String, String>| {
@@ -410,6 +428,7 @@ impl FakeOidc {
                         "expires_in": 3599,
                         "scope": "openid email profile",
                         "id_token": id_token,
+                        "padding": "x".repeat(t.pad_token_response),
                     }))
                     .into_response_boxed()
                 },
@@ -442,7 +461,12 @@ impl FakeOidc {
                 .map(|inner: Arc<Mutex<Inner>>| {
                     let mut g = inner.lock().unwrap();
                     g.jwks_fetches += 1;
-                    let keys: Vec<Value> = g.keys.iter().map(|k| k.jwk.clone()).collect();
+                    let mut keys: Vec<Value> = g.keys.iter().map(|k| k.jwk.clone()).collect();
+                    for i in 0..g.extra_jwks_keys {
+                        let mut k = keys[0].clone();
+                        k["kid"] = json!(format!("extra-{i}"));
+                        keys.push(k);
+                    }
                     warp::reply::json(&json!({ "keys": keys })).into_response_boxed()
                 });
         discovery
