@@ -440,6 +440,34 @@ async fn pending_handles_are_single_use_and_expire(db: Db) {
 }
 on_both!(pending_handles_are_single_use_and_expire);
 
+/// Two sign-ups racing with one handle: exactly one account is made. A second pending sign-up of
+/// the same Google account cannot make a second account either.
+async fn a_handle_is_taken_once_under_concurrency(db: Db) {
+    let oidc = FakeOidc::start().await;
+    let app = app_with(db, &oidc, |_| {}).await;
+    let user = alice();
+    let (_, body) = sign_in(&app.base, &oidc, &user).await;
+    let handle = body["token"].as_str().unwrap().to_owned();
+    let (_, body) = sign_in(&app.base, &oidc, &user).await;
+    let second = body["token"].as_str().unwrap().to_owned();
+    let (x, y) = tokio::join!(
+        sign_up(&app.base, &handle, "racer_one"),
+        sign_up(&app.base, &handle, "racer_two"),
+    );
+    let mut statuses = [x.0, y.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 400], "{x:?} {y:?}");
+    let made = [
+        app.ctx.store.user_exists("racer_one").await.unwrap(),
+        app.ctx.store.user_exists("racer_two").await.unwrap(),
+    ];
+    assert_eq!(made.iter().filter(|m| **m).count(), 1);
+    let (status, body) = sign_up(&app.base, &second, "racer_three").await;
+    assert_eq!((status, body), (400, json!({"code": "BR", "token": null})));
+    assert!(!app.ctx.store.user_exists("racer_three").await.unwrap());
+}
+on_both!(a_handle_is_taken_once_under_concurrency);
+
 /// A handle cannot take an existing id (the original upserted: the account became the attacker's
 /// Google account); the handle survives so the user can choose another id. An e-mail of another
 /// account is refused.

@@ -866,6 +866,11 @@ async fn oauth_sign_up(ctx: Ctx, body: OauthSignUp) -> ApiResult {
     else {
         return Err(expired());
     };
+    // The Google account signed up meanwhile through another handle: sign in instead.
+    if ctx.store.user_by_social_id(&pending.sub).await?.is_some() {
+        tracing::info!("oauth-signUp for a Google account that already has an account");
+        return Err(bad());
+    }
     let now = now_micros();
     let mut tx = ctx.store.write().await?;
     let inserted = users::insert(
