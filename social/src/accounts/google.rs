@@ -356,7 +356,8 @@ impl From<&ProviderError> for Failure {
 struct Stats {
     sign_ins: AtomicU64,
     sign_ups: AtomicU64,
-    failures: [AtomicU64; 14],
+    /// By [`Failure`], in the order of [`Failure::ALL`].
+    failures: [AtomicU64; Failure::ALL.len()],
 }
 
 /// What `start` keeps under `state`.
@@ -984,6 +985,23 @@ mod tests {
         assert!(conflict_key(m).contains("email"));
         assert!(conflict_key("UNIQUE constraint failed: user.social_id").contains("social_id"));
         assert_eq!(conflict_key("UNIQUE constraint failed: user.id"), "user.id");
+    }
+
+    #[test]
+    fn failure_counters_line_up_with_the_reasons() {
+        for (i, f) in Failure::ALL.iter().enumerate() {
+            assert_eq!(*f as usize, i, "{f:?}");
+        }
+        let g = Google::new(
+            &cfg("https://api.example.com/api/auth/google/callback"),
+            Some("https://app.example.com"),
+        )
+        .unwrap();
+        g.failed(Failure::Pending);
+        let mut out = String::new();
+        g.metrics_text(&mut out);
+        assert!(out.contains("instar_google_failures_total{reason=\"pending\"} 1\n"));
+        assert!(out.contains("instar_google_failures_total{reason=\"denied\"} 0\n"));
     }
 
     #[test]
