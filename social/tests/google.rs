@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use common::{Db, TestApp};
 use fake_oidc::{
-    FRONT, FakeOidc, FakeUser, Key, Tamper, arrive, begin, browser, query, redeem, refused_with,
-    sign_in, sign_up, with_param,
+    FRONT, FakeOidc, FakeUser, Key, Tamper, arrive, begin, browser, location, query, redeem,
+    refused_with, sign_in, sign_up, with_param,
 };
 use serde_json::json;
 use social::accounts::google::GoogleConfig;
@@ -266,6 +266,24 @@ async fn codes_and_tickets_are_single_use(db: Db) {
     assert_eq!(res.status(), 400);
     let (status, _) = redeem(&app.base, &ticket).await;
     assert_eq!(status, 400);
+    // An attacker forging the victim's address as the first X-Forwarded-For hop of the callback
+    // (the proxy appends the real one last) gains nothing.
+    let s = begin(&app.base, &oidc, &user).await;
+    let res = browser()
+        .get(&s.callback)
+        .header("cookie", &s.cookie)
+        .header("x-forwarded-for", "198.51.100.7, 127.0.0.1")
+        .send()
+        .await
+        .unwrap();
+    let ticket = query(&location(&res), "code").unwrap();
+    let res = browser()
+        .get(app.url(&format!("/api/auth/google/callback?code={ticket}")))
+        .header("x-forwarded-for", "198.51.100.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
 }
 on_both!(codes_and_tickets_are_single_use);
 

@@ -65,8 +65,10 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// The client's address: the peer, or the first `X-Forwarded-For` hop when the peer is a proxy on
-/// this machine (nginx in front of the service).
+/// The client's address: the peer, or the last `X-Forwarded-For` hop when the peer is a proxy on
+/// this machine (nginx in front of the service). The last hop is the one that proxy appended (the
+/// address it saw, `$proxy_add_x_forwarded_for`); earlier hops come from the client and could be
+/// forged to dodge a rate limit or to match another client's address.
 pub(crate) fn client_addr() -> impl Filter<Extract = (String,), Error = warp::Rejection> + Clone {
     warp::addr::remote()
         .and(warp::header::optional::<String>("x-forwarded-for"))
@@ -74,7 +76,7 @@ pub(crate) fn client_addr() -> impl Filter<Extract = (String,), Error = warp::Re
             let peer_ip = peer.map(|p| p.ip());
             match (peer_ip, xff) {
                 (Some(ip), Some(xff)) if ip.is_loopback() => xff
-                    .split(',')
+                    .rsplit(',')
                     .next()
                     .map(|s| s.trim().to_owned())
                     .filter(|s| !s.is_empty())
