@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Args;
 use serde::Deserialize;
+use social::accounts::google::GoogleConfig;
 use social::kv::KvConfig;
 use social::mail::SmtpConfig;
 use social::media::{Backend, MediaConfig};
@@ -99,6 +100,36 @@ pub(crate) struct SocialArgs {
     /// Proxies (addresses or CIDRs, comma-separated; `none` for none) whose X-Forwarded-For, -Host and -Proto are believed. [default: 127.0.0.0/8,::1]
     #[arg(long, env = "INSTAR_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<String>>,
+    /// Google sign-in: the OAuth client id; setting it turns Google sign-in on (then the secret and redirect URI are required). [default: off]
+    #[arg(long, env = "INSTAR_GOOGLE_CLIENT_ID")]
+    pub google_client_id: Option<String>,
+    /// Google sign-in: the OAuth client secret.
+    #[arg(long, env = "INSTAR_GOOGLE_CLIENT_SECRET", hide_env_values = true)]
+    pub google_client_secret: Option<String>,
+    /// Google sign-in: this API's callback as registered at Google, ending in /callback (e.g. https://api.example.com/api/auth/google/callback).
+    #[arg(long, env = "INSTAR_GOOGLE_REDIRECT_URI")]
+    pub google_redirect_uri: Option<String>,
+    /// Google sign-in: the frontend page the browser returns to. [default: <cors-origin>/oauth/google]
+    #[arg(long, env = "INSTAR_GOOGLE_FRONTEND_URL")]
+    pub google_frontend_url: Option<String>,
+    /// Google sign-in: the OpenID issuer; endpoints are discovered from it (another OpenID provider, tests). [default: https://accounts.google.com]
+    #[arg(long, env = "INSTAR_GOOGLE_ISSUER")]
+    pub google_issuer: Option<String>,
+    /// Google sign-in: authorization endpoint, instead of the discovered one. [default: discovered]
+    #[arg(long, env = "INSTAR_GOOGLE_AUTHORIZATION_ENDPOINT")]
+    pub google_authorization_endpoint: Option<String>,
+    /// Google sign-in: token endpoint, instead of the discovered one. [default: discovered]
+    #[arg(long, env = "INSTAR_GOOGLE_TOKEN_ENDPOINT")]
+    pub google_token_endpoint: Option<String>,
+    /// Google sign-in: JWKS URI, instead of the discovered one. [default: discovered]
+    #[arg(long, env = "INSTAR_GOOGLE_JWKS_URI")]
+    pub google_jwks_uri: Option<String>,
+    /// Google sign-in: userinfo endpoint, instead of the discovered one. [default: discovered]
+    #[arg(long, env = "INSTAR_GOOGLE_USERINFO_ENDPOINT")]
+    pub google_userinfo_endpoint: Option<String>,
+    /// Google sign-in: lifetime of a pending sign-up (new Google account choosing its id), seconds. [default: 1800]
+    #[arg(long, env = "INSTAR_GOOGLE_PENDING_TTL_SECS")]
+    pub google_pending_ttl_secs: Option<u64>,
 }
 
 /// The `[social]` table of the TOML file (same names, without the `--`, with `_`).
@@ -133,6 +164,16 @@ pub(crate) struct SocialFile {
     feed_page_cache: Option<usize>,
     public_url: Option<String>,
     trusted_proxies: Option<Vec<String>>,
+    google_client_id: Option<String>,
+    google_client_secret: Option<String>,
+    google_redirect_uri: Option<String>,
+    google_frontend_url: Option<String>,
+    google_issuer: Option<String>,
+    google_authorization_endpoint: Option<String>,
+    google_token_endpoint: Option<String>,
+    google_jwks_uri: Option<String>,
+    google_userinfo_endpoint: Option<String>,
+    google_pending_ttl_secs: Option<u64>,
 }
 
 macro_rules! pick {
@@ -235,6 +276,28 @@ impl SocialArgs {
                 .with_context(|| format!("trusted_proxies: '{p}' is not an address or a CIDR"))?;
             trusted_proxies.push(net);
         }
+        let google = match pick!(a, f, google_client_id) {
+            None => None,
+            Some(id) => {
+                let secret = pick!(a, f, google_client_secret)
+                    .context("INSTAR_GOOGLE_CLIENT_SECRET is required with a Google client id")?;
+                let redirect = pick!(a, f, google_redirect_uri)
+                    .context("INSTAR_GOOGLE_REDIRECT_URI is required with a Google client id")?;
+                let mut g = GoogleConfig::new(id, secret, redirect);
+                g.frontend_url = pick!(a, f, google_frontend_url);
+                if let Some(issuer) = pick!(a, f, google_issuer) {
+                    g.issuer = issuer;
+                }
+                g.authorization_endpoint = pick!(a, f, google_authorization_endpoint);
+                g.token_endpoint = pick!(a, f, google_token_endpoint);
+                g.jwks_uri = pick!(a, f, google_jwks_uri);
+                g.userinfo_endpoint = pick!(a, f, google_userinfo_endpoint);
+                if let Some(secs) = pick!(a, f, google_pending_ttl_secs) {
+                    g.pending_ttl = std::time::Duration::from_secs(secs.clamp(60, 24 * 3600));
+                }
+                Some(g)
+            }
+        };
         if jwt_secret.len() < 32 {
             anyhow::bail!(
                 "INSTAR_JWT_SECRET must be at least 32 bytes (HS256's minimum); it is {}",
@@ -271,6 +334,74 @@ impl SocialArgs {
                 fallback: None,
                 trusted_proxies,
             },
+            google,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn args() -> SocialArgs {
+        SocialArgs {
+            database_url: Some("sqlite://unused.db".into()),
+            ..SocialArgs::default()
+        }
+    }
+
+    #[test]
+    fn google_is_off_without_a_client_id() {
+        let cfg = args().resolve(&SocialFile::default(), SECRET).unwrap();
+        assert!(cfg.google.is_none());
+    }
+
+    #[test]
+    fn google_settings_from_flags() {
+        let mut a = args();
+        a.google_client_id = Some("id.apps".into());
+        a.google_client_secret = Some("secret".into());
+        a.google_redirect_uri = Some("https://api.example.com/api/auth/google/callback".into());
+        a.google_pending_ttl_secs = Some(5);
+        let g = a
+            .resolve(&SocialFile::default(), SECRET)
+            .unwrap()
+            .google
+            .unwrap();
+        assert_eq!(g.client_id, "id.apps");
+        assert_eq!(g.issuer, social::accounts::google::GOOGLE_ISSUER);
+        assert_eq!(g.pending_ttl, std::time::Duration::from_secs(60), "clamped");
+        a.google_client_secret = None;
+        let e = a.resolve(&SocialFile::default(), SECRET).unwrap_err();
+        assert!(e.to_string().contains("INSTAR_GOOGLE_CLIENT_SECRET"), "{e}");
+    }
+
+    #[test]
+    fn google_settings_from_toml() {
+        let f: SocialFile = toml::from_str(
+            r#"
+            google_client_id = "toml.apps"
+            google_client_secret = "s"
+            google_redirect_uri = "https://api.example.com/api/auth/google/callback"
+            google_frontend_url = "https://app.example.com/oauth/google"
+            google_issuer = "https://idp.example.com"
+            google_token_endpoint = "https://idp.example.com/token"
+            "#,
+        )
+        .unwrap();
+        let g = args().resolve(&f, SECRET).unwrap().google.unwrap();
+        assert_eq!(g.client_id, "toml.apps");
+        assert_eq!(g.issuer, "https://idp.example.com");
+        assert_eq!(
+            g.token_endpoint.as_deref(),
+            Some("https://idp.example.com/token")
+        );
+        assert_eq!(
+            g.frontend_url.as_deref(),
+            Some("https://app.example.com/oauth/google")
+        );
+        assert_eq!(g.pending_ttl, std::time::Duration::from_secs(1800));
     }
 }

@@ -83,6 +83,8 @@ pub struct SocialConfig {
     pub cache: ReadCacheConfig,
     /// Which origin media URLs carry ([`crate::public_url`]).
     pub public_url: crate::public_url::PublicUrl,
+    /// Google sign-in (`None`: its routes answer 503 `GNC`).
+    pub google: Option<crate::accounts::google::GoogleConfig>,
 }
 
 /// State shared by every handler: one reference count to clone (every request takes a clone).
@@ -121,6 +123,8 @@ pub struct CtxInner {
     pub cache: Arc<ReadCache>,
     /// The counters of every chat send writer started on this context (for `/metrics`).
     pub chat_writers: Arc<std::sync::Mutex<Vec<Arc<crate::chat::writer::WriterStats>>>>,
+    /// Google sign-in, when configured.
+    pub google: Option<Arc<crate::accounts::google::Google>>,
 }
 
 /// Appends one counter, `instar_{name}`, in the Prometheus text format.
@@ -153,6 +157,9 @@ pub enum StartError {
     /// The bus (the read cache's invalidation listener).
     #[error("bus: {0}")]
     Bus(#[from] broker_bridge::BusError),
+    /// Google sign-in settings.
+    #[error("{0}")]
+    Google(#[from] crate::accounts::google::GoogleSetupError),
 }
 
 impl Ctx {
@@ -167,6 +174,13 @@ impl Ctx {
     /// Opens the database (migrating it), the key-value store and media storage.
     pub async fn start(cfg: &SocialConfig, bus: Bus) -> Result<Ctx, StartError> {
         let tokens = Arc::new(Tokens::new(cfg.jwt_secret.as_bytes(), cfg.token_ttl_secs)?);
+        let google = match &cfg.google {
+            Some(g) => Some(Arc::new(crate::accounts::google::Google::new(
+                g,
+                cfg.cors_origin.as_deref(),
+            )?)),
+            None => None,
+        };
         let store = Store::open(&cfg.database_url, &cfg.pool).await?;
         let kv = crate::kv::open(&cfg.kv).await?;
         let mut media_cfg = cfg.media.clone();
@@ -200,6 +214,7 @@ impl Ctx {
             public_url: cfg.public_url.clone(),
             cache,
             chat_writers: Arc::default(),
+            google,
         })))
     }
 
@@ -285,6 +300,9 @@ impl Ctx {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         crate::chat::writer::metrics_text(&writers, &mut out);
+        if let Some(g) = &self.google {
+            g.metrics_text(&mut out);
+        }
         out
     }
 

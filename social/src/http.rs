@@ -348,6 +348,11 @@ impl Cors {
         }
     }
 
+    /// The allowed origin, if any.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
     fn allowed(&self, origin: &str) -> bool {
         self.origin.as_deref() == Some(origin)
     }

@@ -25,6 +25,9 @@ pub trait Kv: Send + Sync + std::fmt::Debug + 'static {
     async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), KvError>;
     /// Deletes `key`; true when it existed.
     async fn del(&self, key: &str) -> Result<bool, KvError>;
+    /// Deletes `key` and returns its value, atomically: of two callers taking the same key, one
+    /// gets the value and the other `None` (single-use tokens).
+    async fn take(&self, key: &str) -> Result<Option<String>, KvError>;
     /// Adds one to the counter at `key` and returns the new count; a new counter expires after
     /// `window` (fixed-window rate limiting).
     async fn incr(&self, key: &str, window: Duration) -> Result<u64, KvError>;
@@ -105,6 +108,16 @@ impl Kv for MemoryKv {
         let now = Instant::now();
         let mut guard = self.map.lock();
         Ok(guard.0.remove(key).is_some_and(|(_, exp)| exp > now))
+    }
+
+    async fn take(&self, key: &str) -> Result<Option<String>, KvError> {
+        let now = Instant::now();
+        let mut guard = self.map.lock();
+        Ok(match guard.0.remove(key) {
+            Some((Entry::Text(v), exp)) if exp > now => Some(v),
+            Some((Entry::Count(n), exp)) if exp > now => Some(n.to_string()),
+            _ => None,
+        })
     }
 
     async fn incr(&self, key: &str, window: Duration) -> Result<u64, KvError> {
@@ -202,6 +215,15 @@ impl Kv for RedisKv {
         Ok(n > 0)
     }
 
+    async fn take(&self, key: &str) -> Result<Option<String>, KvError> {
+        let mut c = self.conn.clone();
+        redis::cmd("GETDEL")
+            .arg(self.key(key))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| KvError(e.to_string()))
+    }
+
     async fn incr(&self, key: &str, window: Duration) -> Result<u64, KvError> {
         self.incr_by(key, 1, window).await
     }
@@ -240,6 +262,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn memory_take_is_single_use() {
+        let kv = MemoryKv::default();
+        kv.set("t", "v", Duration::from_secs(5)).await.unwrap();
+        assert_eq!(kv.take("t").await.unwrap().as_deref(), Some("v"));
+        assert_eq!(kv.take("t").await.unwrap(), None);
+        kv.set("x", "v", Duration::from_millis(10)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(kv.take("x").await.unwrap(), None);
+    }
+
+    #[tokio::test]
     async fn memory_counters_use_fixed_windows() {
         let kv = MemoryKv::default();
         let w = Duration::from_millis(40);
@@ -265,6 +298,9 @@ mod tests {
         assert_eq!(kv.get("code").await.unwrap().as_deref(), Some("12345"));
         assert!(kv.del("code").await.unwrap());
         assert_eq!(kv.get("code").await.unwrap(), None);
+        kv.set("once", "v", Duration::from_secs(5)).await.unwrap();
+        assert_eq!(kv.take("once").await.unwrap().as_deref(), Some("v"));
+        assert_eq!(kv.take("once").await.unwrap(), None);
         assert_eq!(kv.incr("n", Duration::from_secs(5)).await.unwrap(), 1);
         assert_eq!(kv.incr("n", Duration::from_secs(5)).await.unwrap(), 2);
         kv.del("n").await.unwrap();

@@ -3,7 +3,7 @@
 //! Fixed against the original (contract §7): sign-up is insert-only and checks the id itself (the
 //! client's `duplicateCheckId` flag is ignored; the original overwrote existing accounts), passwords
 //! are hashed with argon2id, sign-in and e-mail codes are rate-limited, a code allows a bounded
-//! number of wrong guesses, and code keys are namespaced. The Google routes are not served yet.
+//! number of wrong guesses, and code keys are namespaced. Google sign-in lives in `accounts::google`.
 
 use std::net::SocketAddr;
 

@@ -33,6 +33,8 @@ pub fn all(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         .unify()
         .or(under(&["auth"]).and(auth::routes(ctx)))
         .unify()
+        .or(under(&["auth"]).and(crate::accounts::google::routes(ctx)))
+        .unify()
         .or(under(&["batch", "auth"]).and(batch::routes(ctx)))
         .unify()
         .boxed()

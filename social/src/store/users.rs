@@ -40,7 +40,7 @@ pub struct UserRow {
     pub kind: String,
     /// Google subject.
     pub social_id: Option<String>,
-    /// Last local sign-in, µs.
+    /// Last sign-in (local or Google), µs.
     pub last_login_at: Option<i64>,
 }
 
@@ -129,7 +129,17 @@ impl Store {
         Ok(n.is_some())
     }
 
-    /// Records a successful local sign-in.
+    /// The account bound to the Google subject `sub`.
+    pub async fn user_by_social_id(&self, sub: &str) -> StoreResult<Option<UserRow>> {
+        Ok(sqlx::query_as::<_, UserRow>(&format!(
+            "SELECT {USER_COLUMNS} FROM user WHERE social_id = ?"
+        ))
+        .bind(sub)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Records a successful sign-in (local or Google).
     pub async fn set_last_login(&self, id: &str, at: i64) -> StoreResult<()> {
         sqlx::query("UPDATE user SET last_login_at = ? WHERE id = ?")
             .bind(at)
@@ -148,6 +158,16 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// Records a sign-in inside a transaction (a Google sign-up).
+pub async fn set_last_login_on(conn: &mut AnyConnection, id: &str, at: i64) -> StoreResult<()> {
+    sqlx::query("UPDATE user SET last_login_at = ? WHERE id = ?")
+        .bind(at)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// A user row locked by [`lock_pair`].

@@ -86,6 +86,15 @@ impl TestApp {
 
     /// Starts after `tweak` adjusted the configuration.
     pub async fn start_with(db: Db, tweak: impl FnOnce(&mut SocialConfig)) -> TestApp {
+        Self::start_on(db, None, tweak).await
+    }
+
+    /// [`TestApp::start_with`] on `listener` (when the configuration must name the port).
+    pub async fn start_on(
+        db: Db,
+        listener: Option<std::net::TcpListener>,
+        tweak: impl FnOnce(&mut SocialConfig),
+    ) -> TestApp {
         let dir = std::env::temp_dir().join(unique("instar-social-"));
         std::fs::create_dir_all(&dir).unwrap();
         let db_url = match db {
@@ -116,10 +125,11 @@ impl TestApp {
             limits: Limits::default(),
             cache: social::cache::ReadCacheConfig::default(),
             public_url: social::public_url::PublicUrl::default(),
+            google: None,
         };
         tweak(&mut cfg);
         let bus = Bus::in_process(Registry::in_process(), InProcessConfig::default());
-        Self::serve(cfg, bus, dir, db_url, db, true).await
+        Self::serve(cfg, bus, dir, db_url, db, true, listener).await
     }
 
     /// A second social process on the same database, media directory and bus (scale-out with two
@@ -149,6 +159,7 @@ impl TestApp {
             self.db_url.clone(),
             self.db,
             false,
+            None,
         )
         .await
     }
@@ -160,9 +171,16 @@ impl TestApp {
         db_url: String,
         db: Db,
         owner: bool,
+        listener: Option<std::net::TcpListener>,
     ) -> TestApp {
         // Bound first, as the binaries do: an unconfigured public URL falls back to this address.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = match listener {
+            Some(l) => {
+                l.set_nonblocking(true).unwrap();
+                tokio::net::TcpListener::from_std(l).unwrap()
+            }
+            None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
         let addr = listener.local_addr().unwrap();
         let mut cfg = cfg;
         if cfg.public_url.fallback.is_none() {
