@@ -43,6 +43,9 @@ pub(crate) struct ServeArgs {
     /// SENDs per second one STOMP session may keep up (bursts of five seconds' worth); past it the session gets an ERROR and is closed; 0: unlimited. [default: 200]
     #[arg(long, env = "INSTAR_SEND_RATE")]
     pub send_rate: Option<u32>,
+    /// Bearer token that opens /metrics to other machines; without it only requests from this machine that did not pass a proxy may read it. [default: none]
+    #[arg(long, env = "INSTAR_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Seconds a new connection has to send CONNECT. [default: 10]
     #[arg(long, env = "INSTAR_CONNECT_TIMEOUT_SECS")]
     pub connect_timeout_secs: Option<u64>,
@@ -59,7 +62,7 @@ pub(crate) struct ServeArgs {
     /// Comma-separated topic prefixes any authenticated user may subscribe to. [default: public.]
     #[arg(long, env = "INSTAR_PUBLIC_TOPICS", value_delimiter = ',')]
     pub public_topics: Option<Vec<String>>,
-    /// Comma-separated exact origins allowed for SockJS/CORS with credentials; empty echoes any. [default: empty]
+    /// Comma-separated exact origins allowed for SockJS/CORS with credentials; empty echoes any. [default: INSTAR_CORS_ORIGIN when set, else empty]
     #[arg(long, env = "INSTAR_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
     /// Register the load-test handlers for /app/bench.* (never in production). [default: false]
@@ -83,6 +86,7 @@ struct FileSettings {
     max_ws_message: Option<usize>,
     outbound_queue: Option<usize>,
     send_rate: Option<u32>,
+    metrics_token: Option<String>,
     connect_timeout_secs: Option<u64>,
     drain_secs: Option<u64>,
     command_workers: Option<usize>,
@@ -107,6 +111,7 @@ pub(crate) struct Settings {
     pub max_ws_message: usize,
     pub outbound_queue: usize,
     pub send_rate: u32,
+    pub metrics_token: Option<String>,
     pub connect_timeout: Duration,
     pub drain_grace: Duration,
     pub command_workers: usize,
@@ -137,6 +142,7 @@ impl ServeArgs {
         };
         let social_file = file.social.clone().unwrap_or_default();
         let social = self.social.resolve(&social_file, &jwt_secret)?;
+        let cors_origin = social.cors_origin.clone();
         Ok(Settings {
             chat: self.social.chat_writer_options(&social_file),
             social,
@@ -158,6 +164,11 @@ impl ServeArgs {
                 .or(file.max_ws_message)
                 .unwrap_or(128 * 1024),
             send_rate: self.send_rate.or(file.send_rate).unwrap_or(200),
+            metrics_token: self
+                .metrics_token
+                .clone()
+                .or(file.metrics_token.clone())
+                .filter(|t| !t.is_empty()),
             outbound_queue: self
                 .outbound_queue
                 .or(file.outbound_queue)
@@ -182,9 +193,11 @@ impl ServeArgs {
                 .public_topics
                 .or(file.public_topics)
                 .unwrap_or_else(|| vec!["public.".to_owned()]),
+            // SockJS follows the REST allow-list unless told otherwise: the one CORS origin.
             allowed_origins: self
                 .allowed_origins
                 .or(file.allowed_origins)
+                .or_else(|| cors_origin.map(|o| vec![o]))
                 .unwrap_or_default(),
             bench_echo: self.bench_echo.or(file.bench_echo).unwrap_or(false),
         })
@@ -200,6 +213,7 @@ impl Settings {
             .max(self.max_body + g.limits.max_head_bytes);
         g.outbound_queue = self.outbound_queue;
         g.send_rate = self.send_rate;
+        g.metrics_token = self.metrics_token.clone();
         g.connect_timeout = self.connect_timeout;
         g.session.heartbeat = (self.heartbeat_ms, self.heartbeat_ms);
         g.session.allow_anonymous = self.allow_anonymous;

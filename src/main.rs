@@ -116,6 +116,7 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
         warp::path("metrics")
             .and(warp::path::end())
             .and(warp::get())
+            .and(gateway::server::operator_only(cfg.metrics_token.clone()))
             .map(move || {
                 let mut text = gw.metrics_text();
                 text.push_str(&social.metrics_text());

@@ -61,6 +61,9 @@ pub(crate) struct GatewayArgs {
     /// SENDs per second one STOMP session may keep up (bursts of five seconds' worth); past it the session gets an ERROR and is closed; 0: unlimited. [default: 200]
     #[arg(long, env = "INSTAR_SEND_RATE")]
     pub send_rate: Option<u32>,
+    /// Bearer token that opens /metrics to other machines; without it only requests from this machine that did not pass a proxy may read it. [default: none]
+    #[arg(long, env = "INSTAR_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Seconds sessions get to drain on SIGINT/SIGTERM. [default: 10]
     #[arg(long, env = "INSTAR_DRAIN_SECS")]
     pub drain_secs: Option<u64>,
@@ -105,6 +108,7 @@ struct FileSettings {
     max_body: Option<usize>,
     outbound_queue: Option<usize>,
     send_rate: Option<u32>,
+    metrics_token: Option<String>,
     drain_secs: Option<u64>,
     allow_anonymous: Option<bool>,
     public_topics: Option<Vec<String>>,
@@ -130,6 +134,7 @@ pub(crate) struct NodeSettings {
     pub max_body: usize,
     pub outbound_queue: usize,
     pub send_rate: u32,
+    pub metrics_token: Option<String>,
     pub drain_grace: Duration,
     pub allow_anonymous: bool,
     pub public_topics: Vec<String>,
@@ -198,6 +203,11 @@ impl GatewayArgs {
             heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(10_000),
             max_body: self.max_body.or(file.max_body).unwrap_or(64 * 1024),
             send_rate: self.send_rate.or(file.send_rate).unwrap_or(200),
+            metrics_token: self
+                .metrics_token
+                .clone()
+                .or(file.metrics_token.clone())
+                .filter(|t| !t.is_empty()),
             outbound_queue: self
                 .outbound_queue
                 .or(file.outbound_queue)
@@ -239,6 +249,7 @@ impl NodeSettings {
             .max(self.max_body + g.limits.max_head_bytes);
         g.outbound_queue = self.outbound_queue;
         g.send_rate = self.send_rate;
+        g.metrics_token = self.metrics_token.clone();
         g.session.heartbeat = (self.heartbeat_ms, self.heartbeat_ms);
         g.session.allow_anonymous = self.allow_anonymous;
         g.allowed_origins = self.allowed_origins.clone();

@@ -37,6 +37,9 @@ pub(crate) struct SocialCmdArgs {
     /// Seconds in-flight requests get to finish on SIGINT/SIGTERM. [default: 10]
     #[arg(long, env = "INSTAR_DRAIN_SECS")]
     pub drain_secs: Option<u64>,
+    /// Bearer token that opens /metrics to other machines; without it only requests from this machine that did not pass a proxy may read it. [default: none]
+    #[arg(long, env = "INSTAR_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Social service settings (database, Redis, media, mail).
     #[command(flatten)]
     pub social: SocialArgs,
@@ -50,6 +53,7 @@ struct FileSettings {
     bus_prefix: Option<String>,
     jwt_secret: Option<String>,
     drain_secs: Option<u64>,
+    metrics_token: Option<String>,
     social: Option<SocialFile>,
 }
 
@@ -110,6 +114,9 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
         warp::path("metrics")
             .and(warp::path::end())
             .and(warp::get())
+            .and(gateway::server::operator_only(
+                args.metrics_token.clone().or(file.metrics_token.clone()),
+            ))
             .map(move || {
                 warp::reply::with_header(
                     ctx.metrics_text(),

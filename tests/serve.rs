@@ -30,6 +30,11 @@ fn token(user: &str) -> String {
 
 /// Starts the binary on a free port; returns it and the HTTP address it logged.
 async fn start() -> (Child, String) {
+    start_with(&[]).await
+}
+
+/// [`start`] with extra environment variables.
+async fn start_with(envs: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_instar"))
         .arg("serve")
         .env("INSTAR_LISTEN", "127.0.0.1:0")
@@ -40,6 +45,7 @@ async fn start() -> (Child, String) {
             std::env::temp_dir().join(format!("instar-serve-test-{}", std::process::id())),
         )
         .env("INSTAR_LOG", "info")
+        .envs(envs.iter().copied())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -225,4 +231,54 @@ async fn a_busy_default_tcp_port_is_skipped_but_a_chosen_one_is_an_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("binding STOMP/TCP"), "{err}");
+}
+
+/// `/metrics` is for operators: from this machine without a proxy in between by default, from
+/// anywhere with `INSTAR_METRICS_TOKEN`; everything else is "not found". Before, anyone who reached
+/// the public listener (nginx included) could read it.
+#[tokio::test]
+async fn metrics_are_for_operators_only() {
+    let http = reqwest::Client::new();
+    let get = |addr: String, headers: &'static [(&'static str, &'static str)]| {
+        let http = http.clone();
+        async move {
+            let mut req = http.get(format!("http://{addr}/metrics"));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            req.send().await.unwrap().status().as_u16()
+        }
+    };
+    let (_child, addr) = start().await;
+    assert_eq!(get(addr.clone(), &[]).await, 200);
+    // Through a proxy (which sets X-Forwarded-For): not found.
+    assert_eq!(get(addr, &[("x-forwarded-for", "203.0.113.9")]).await, 404);
+
+    let dir = std::env::temp_dir().join(format!("instar-metrics-test-{}", std::process::id()));
+    let dir = dir.to_string_lossy().into_owned();
+    let (_child, addr) = start_with(&[
+        ("INSTAR_METRICS_TOKEN", "scrape-me-please"),
+        ("INSTAR_DATA_DIR", &dir),
+    ])
+    .await;
+    assert_eq!(get(addr.clone(), &[]).await, 404);
+    assert_eq!(
+        get(
+            addr.clone(),
+            &[("authorization", "Bearer wrong-token-000000")]
+        )
+        .await,
+        404
+    );
+    assert_eq!(
+        get(
+            addr,
+            &[
+                ("authorization", "Bearer scrape-me-please"),
+                ("x-forwarded-for", "203.0.113.9")
+            ]
+        )
+        .await,
+        200
+    );
 }

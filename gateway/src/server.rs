@@ -45,6 +45,50 @@ pub struct GatewayConfig {
     /// SENDs per second one session may keep up, with bursts of [`SEND_BURST_SECONDS`] of them;
     /// past it the session gets an ERROR and is closed. 0: unlimited.
     pub send_rate: u32,
+    /// Bearer token that opens `/metrics` ([`operator_only`]); `None`: only this machine may read it.
+    pub metrics_token: Option<String>,
+}
+
+/// Passes requests for operator endpoints (`/metrics`) only from an operator: with a token
+/// configured, a request carrying `Authorization: Bearer <token>`; without one, a request from
+/// this machine that did not come through a proxy (no `X-Forwarded-For`: the shipped nginx recipe
+/// always sets it). Anything else is rejected as not found, so the public listener does not show
+/// the endpoint exists.
+pub fn operator_only(
+    token: Option<String>,
+) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    let token: Option<Arc<str>> = token.filter(|t| !t.is_empty()).map(Arc::from);
+    warp::addr::remote()
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and_then(
+            move |peer: Option<SocketAddr>, auth: Option<String>, xff: Option<String>| {
+                let allowed = match &token {
+                    Some(t) => auth
+                        .as_deref()
+                        .and_then(|a| a.strip_prefix("Bearer "))
+                        .is_some_and(|given| same_secret(given.trim(), t)),
+                    None => xff.is_none() && peer.is_some_and(|p| p.ip().is_loopback()),
+                };
+                async move {
+                    if allowed {
+                        Ok(())
+                    } else {
+                        Err(warp::reject::not_found())
+                    }
+                }
+            },
+        )
+        .untuple_one()
+}
+
+/// Compares two secrets in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// Seconds of [`GatewayConfig::send_rate`] a session may send at once.
@@ -64,6 +108,7 @@ impl Default for GatewayConfig {
             ws_buffer: 1024,
             max_replay: 5_000,
             send_rate: 200,
+            metrics_token: None,
         }
     }
 }
@@ -173,6 +218,7 @@ impl Gateway {
         let metrics = warp::path("metrics")
             .and(warp::path::end())
             .and(warp::get())
+            .and(operator_only(self.config.metrics_token.clone()))
             .map(move || {
                 Box::new(warp::reply::with_header(
                     gw.metrics_text(),

@@ -42,6 +42,9 @@ async fn app_with(db: Db, oidc: &FakeOidc, tweak: impl FnOnce(&mut SocialConfig)
     oidc.register_redirect(&g.redirect_uri);
     let app = TestApp::start_on(db, Some(listener), |cfg| {
         cfg.google = Some(g);
+        // As `instar serve` and `instar social` by default: a proxy on this machine is trusted,
+        // so the tests can speak as clients behind it through X-Forwarded-For.
+        cfg.public_url.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
         tweak(cfg);
     })
     .await;
@@ -272,7 +275,7 @@ async fn codes_and_tickets_are_single_use(db: Db) {
     let res = browser()
         .get(&s.callback)
         .header("cookie", &s.cookie)
-        .header("x-forwarded-for", "198.51.100.7, 127.0.0.1")
+        .header("x-forwarded-for", "198.51.100.7, 203.0.113.50")
         .send()
         .await
         .unwrap();
