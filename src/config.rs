@@ -43,6 +43,9 @@ pub(crate) struct ServeArgs {
     /// SENDs per second one STOMP session may keep up (bursts of five seconds' worth); past it the session gets an ERROR and is closed; 0: unlimited. [default: 200]
     #[arg(long, env = "INSTAR_SEND_RATE")]
     pub send_rate: Option<u32>,
+    /// STOMP sessions one user may hold on this node at once; one more gets an ERROR at CONNECT; 0: unlimited. [default: 32]
+    #[arg(long, env = "INSTAR_MAX_SESSIONS_PER_USER")]
+    pub max_sessions_per_user: Option<u32>,
     /// Bearer token that opens /metrics to other machines; without it only requests from this machine that did not pass a proxy may read it. [default: none]
     #[arg(long, env = "INSTAR_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
@@ -86,6 +89,7 @@ struct FileSettings {
     max_ws_message: Option<usize>,
     outbound_queue: Option<usize>,
     send_rate: Option<u32>,
+    max_sessions_per_user: Option<u32>,
     metrics_token: Option<String>,
     connect_timeout_secs: Option<u64>,
     drain_secs: Option<u64>,
@@ -111,6 +115,7 @@ pub(crate) struct Settings {
     pub max_ws_message: usize,
     pub outbound_queue: usize,
     pub send_rate: u32,
+    pub max_sessions_per_user: u32,
     pub metrics_token: Option<String>,
     pub connect_timeout: Duration,
     pub drain_grace: Duration,
@@ -164,6 +169,10 @@ impl ServeArgs {
                 .or(file.max_ws_message)
                 .unwrap_or(128 * 1024),
             send_rate: self.send_rate.or(file.send_rate).unwrap_or(200),
+            max_sessions_per_user: self
+                .max_sessions_per_user
+                .or(file.max_sessions_per_user)
+                .unwrap_or(32),
             metrics_token: self
                 .metrics_token
                 .clone()
@@ -213,6 +222,7 @@ impl Settings {
             .max(self.max_body + g.limits.max_head_bytes);
         g.outbound_queue = self.outbound_queue;
         g.send_rate = self.send_rate;
+        g.max_sessions_per_user = self.max_sessions_per_user;
         g.metrics_token = self.metrics_token.clone();
         g.connect_timeout = self.connect_timeout;
         g.session.heartbeat = (self.heartbeat_ms, self.heartbeat_ms);

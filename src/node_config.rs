@@ -61,6 +61,9 @@ pub(crate) struct GatewayArgs {
     /// SENDs per second one STOMP session may keep up (bursts of five seconds' worth); past it the session gets an ERROR and is closed; 0: unlimited. [default: 200]
     #[arg(long, env = "INSTAR_SEND_RATE")]
     pub send_rate: Option<u32>,
+    /// STOMP sessions one user may hold on this node at once; one more gets an ERROR at CONNECT; 0: unlimited. [default: 32]
+    #[arg(long, env = "INSTAR_MAX_SESSIONS_PER_USER")]
+    pub max_sessions_per_user: Option<u32>,
     /// Bearer token that opens /metrics to other machines; without it only requests from this machine that did not pass a proxy may read it. [default: none]
     #[arg(long, env = "INSTAR_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
@@ -108,6 +111,7 @@ struct FileSettings {
     max_body: Option<usize>,
     outbound_queue: Option<usize>,
     send_rate: Option<u32>,
+    max_sessions_per_user: Option<u32>,
     metrics_token: Option<String>,
     drain_secs: Option<u64>,
     allow_anonymous: Option<bool>,
@@ -134,6 +138,7 @@ pub(crate) struct NodeSettings {
     pub max_body: usize,
     pub outbound_queue: usize,
     pub send_rate: u32,
+    pub max_sessions_per_user: u32,
     pub metrics_token: Option<String>,
     pub drain_grace: Duration,
     pub allow_anonymous: bool,
@@ -203,6 +208,10 @@ impl GatewayArgs {
             heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(10_000),
             max_body: self.max_body.or(file.max_body).unwrap_or(64 * 1024),
             send_rate: self.send_rate.or(file.send_rate).unwrap_or(200),
+            max_sessions_per_user: self
+                .max_sessions_per_user
+                .or(file.max_sessions_per_user)
+                .unwrap_or(32),
             metrics_token: self
                 .metrics_token
                 .clone()
@@ -249,6 +258,7 @@ impl NodeSettings {
             .max(self.max_body + g.limits.max_head_bytes);
         g.outbound_queue = self.outbound_queue;
         g.send_rate = self.send_rate;
+        g.max_sessions_per_user = self.max_sessions_per_user;
         g.metrics_token = self.metrics_token.clone();
         g.session.heartbeat = (self.heartbeat_ms, self.heartbeat_ms);
         g.session.allow_anonymous = self.allow_anonymous;

@@ -78,6 +78,8 @@ struct Driver<'a> {
     /// SENDs this session may still make at once (a token bucket refilled at `send_rate`).
     send_tokens: f64,
     send_refilled: Instant,
+    /// The user whose session count this session holds ([`Gateway::admit_session`]).
+    counted: Option<String>,
 }
 
 static SESSION_NUMBERS: AtomicU64 = AtomicU64::new(1);
@@ -121,6 +123,7 @@ pub async fn run(
                 .saturating_mul(crate::server::SEND_BURST_SECONDS),
         ),
         send_refilled: now,
+        counted: None,
     };
     gw.metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
     gw.metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
@@ -430,6 +433,22 @@ impl Driver<'_> {
                             .mul_f64(self.gw.config.heartbeat_grace)
                     });
                     if let Some(p) = self.session.principal().cloned() {
+                        if !self.gw.admit_session(&p.user) {
+                            self.gw
+                                .metrics
+                                .sessions_refused
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(user = %p.user, "too many sessions for one user; CONNECT refused");
+                            let max = self.gw.config.max_sessions_per_user;
+                            actions.clear();
+                            actions.extend(self.session.fail(
+                                &format!("too many sessions for this user (at most {max})"),
+                                None,
+                                None,
+                            ));
+                            continue;
+                        }
+                        self.counted = Some(p.user.clone());
                         let left = p.expires_at.saturating_sub(unix_now());
                         self.token_deadline = Instant::now() + Duration::from_secs(left);
                         let entry = SessionEntry {
@@ -613,6 +632,9 @@ impl Driver<'_> {
                 .hub
                 .unsubscribe(self.number, &sub, &target, user.as_deref())
                 .await;
+        }
+        if let Some(user) = self.counted.take() {
+            self.gw.release_session(&user);
         }
         if self.registered
             && let Err(e) = self.gw.registry.unregister(self.session.id()).await

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub replayed: AtomicU64,
     /// Sessions closed for sending faster than `send_rate`.
     pub send_rate_closes: AtomicU64,
+    /// CONNECTs refused because the user held `max_sessions_per_user` sessions on this node.
+    pub sessions_refused: AtomicU64,
 }
 
 /// Everything a connection needs, shared by all connections of one node.
@@ -72,6 +74,37 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Cancelled to drain and close every session.
     pub shutdown: CancellationToken,
+    /// Sessions per user open on this node (for `max_sessions_per_user`).
+    pub user_sessions: parking_lot::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl Gateway {
+    /// Counts one more session of `user`; false (nothing counted) when the user already holds
+    /// `max_sessions_per_user` on this node.
+    pub fn admit_session(&self, user: &str) -> bool {
+        let max = self.config.max_sessions_per_user;
+        let mut map = self.user_sessions.lock();
+        let n = map.entry(user.to_owned()).or_insert(0);
+        if max > 0 && *n >= max {
+            if *n == 0 {
+                map.remove(user);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Forgets one session of `user` counted by [`Gateway::admit_session`].
+    pub fn release_session(&self, user: &str) {
+        let mut map = self.user_sessions.lock();
+        if let Some(n) = map.get_mut(user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(user);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Gateway {

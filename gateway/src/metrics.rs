@@ -11,7 +11,7 @@ impl Gateway {
         let m = &self.metrics;
         let h = &self.hub.metrics;
         let b = self.bus.metrics();
-        let rows: [(&str, &str, &str, u64); 18] = [
+        let rows: [(&str, &str, &str, u64); 19] = [
             (
                 "sessions_open",
                 "gauge",
@@ -47,6 +47,12 @@ impl Gateway {
                 "counter",
                 "Sessions closed for missing heart-beats.",
                 m.heartbeat_timeouts.load(Relaxed),
+            ),
+            (
+                "sessions_refused_total",
+                "counter",
+                "CONNECTs refused because the user held its maximum of sessions on this node.",
+                m.sessions_refused.load(Relaxed),
             ),
             (
                 "send_rate_closes_total",

@@ -47,6 +47,9 @@ pub struct GatewayConfig {
     pub send_rate: u32,
     /// Bearer token that opens `/metrics` ([`operator_only`]); `None`: only this machine may read it.
     pub metrics_token: Option<String>,
+    /// STOMP sessions one user may hold on this node at once; one more gets an ERROR at CONNECT.
+    /// 0: unlimited.
+    pub max_sessions_per_user: u32,
 }
 
 /// Passes requests for operator endpoints (`/metrics`) only from an operator: with a token
@@ -109,6 +112,7 @@ impl Default for GatewayConfig {
             max_replay: 5_000,
             send_rate: 200,
             metrics_token: None,
+            max_sessions_per_user: 32,
         }
     }
 }
@@ -150,6 +154,7 @@ impl Gateway {
             policy,
             metrics: Metrics::default(),
             shutdown: CancellationToken::new(),
+            user_sessions: parking_lot::Mutex::default(),
         });
         tokio::spawn(async move {
             while let Some(delivery) = inbox.recv().await {

@@ -1,5 +1,7 @@
-//! A session that SENDs faster than `send_rate` (bursts of five seconds' worth) gets an ERROR and
-//! is closed, while other sessions go on; before the limit one session could submit without bound.
+//! Per-session and per-user limits: a session that SENDs faster than `send_rate` (bursts of five
+//! seconds' worth) gets an ERROR and is closed while other sessions go on, and a user holds at most
+//! `max_sessions_per_user` sessions on a node. Before, one session could submit without bound and
+//! one account could open sessions until the node ran out of memory.
 
 mod common;
 
@@ -12,6 +14,13 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 async fn connect(gw: &TestGateway, user: &str) -> Framed<TcpStream, StompCodec> {
+    let (framed, f) = try_connect(gw, user).await;
+    assert_eq!(f.command, Command::Connected, "{f:?}");
+    framed
+}
+
+/// CONNECTs as `user`; the connection and the first frame answered.
+async fn try_connect(gw: &TestGateway, user: &str) -> (Framed<TcpStream, StompCodec>, Frame) {
     let stream = TcpStream::connect(gw.tcp).await.expect("tcp");
     let mut framed = Framed::new(stream, StompCodec::default());
     framed
@@ -22,9 +31,8 @@ async fn connect(gw: &TestGateway, user: &str) -> Framed<TcpStream, StompCodec> 
         )
         .await
         .expect("send");
-    let f = next(&mut framed).await.expect("CONNECTED");
-    assert_eq!(f.command, Command::Connected);
-    framed
+    let f = next(&mut framed).await.expect("an answer to CONNECT");
+    (framed, f)
 }
 
 async fn next(framed: &mut Framed<TcpStream, StompCodec>) -> Option<Frame> {
@@ -87,4 +95,40 @@ async fn a_flooding_session_is_cut_at_its_send_rate_and_others_go_on() {
     assert_eq!(r.command, Command::Receipt, "{r:?}");
     let cmd = gw.commands.recv().await.expect("the calm SEND");
     assert_eq!(cmd.principal, "calm");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_holds_at_most_its_sessions_per_node() {
+    let gw = TestGateway::start_with(|c| c.max_sessions_per_user = 2).await;
+    let first = connect(&gw, "many").await;
+    let _second = connect(&gw, "many").await;
+    let (mut third, e) = try_connect(&gw, "many").await;
+    assert_eq!(e.command, Command::Error, "{e:?}");
+    assert!(
+        e.get("message")
+            .unwrap_or_default()
+            .contains("too many sessions"),
+        "{e:?}"
+    );
+    assert!(next(&mut third).await.is_none(), "closed after the ERROR");
+    // Another user is not affected, and a closed session frees its place.
+    let _other = connect(&gw, "someone").await;
+    drop(first);
+    let mut admitted = false;
+    for _ in 0..50 {
+        let (_conn, f) = try_connect(&gw, "many").await;
+        if f.command == Command::Connected {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "a freed place is given again");
+    assert!(
+        gw.gw
+            .metrics
+            .sessions_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
 }
