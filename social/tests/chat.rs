@@ -1433,6 +1433,22 @@ async fn chat_upload_broadcasts_images_and_files(db: Db) {
     assert_eq!(list[1]["type"], "IMAGE");
     assert_eq!(list[1]["attachments"], topic[0]["attachments"]);
 
+    // When the newest is a picture, the list previews it as one (it said "파일" after a reload,
+    // while the live CHAT alarm said "사진").
+    let form = reqwest::multipart::Form::new()
+        .text("chatRoomId", room.to_string())
+        .part("files", part(png(9, 9), "sky.png", "image/png"));
+    let (status, _) = app
+        .post_multipart("/api/file/upload/chat", Some(&alice), form)
+        .await;
+    assert_eq!(status, 200);
+    let list = rooms(&app, &alice).await;
+    assert_eq!(
+        room_in(&list, room).unwrap()["lastMessage"],
+        "사진 1장을 보냈습니다."
+    );
+    drain(&mut link, 300).await;
+
     // Only unsupported files: refused, nothing stored.
     let before = files_under(&app.dir.join("media")).len();
     let form = reqwest::multipart::Form::new()

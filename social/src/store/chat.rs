@@ -49,14 +49,19 @@ pub struct ListRoomRow {
     pub last_text: Option<String>,
     /// Its attachments (IMAGE and FILE messages).
     pub last_files: i64,
+    /// The type of its first attachment (`IMAGE` or `FILE`): attachment messages are stored as
+    /// `FILE`, pictures included, so this tells the two previews apart.
+    pub last_file_kind: Option<String>,
 }
 
 impl ListRoomRow {
     /// The list's preview of the newest message: a TEXT message's text, or for an IMAGE or FILE
     /// message how many pictures or files it carried; `None` before the first such message.
     pub fn last_message(&self) -> Option<String> {
+        let pictures = || Some(format!("사진 {}장을 보냈습니다.", self.last_files));
         match self.last_kind.as_deref()? {
-            "IMAGE" => Some(format!("사진 {}장을 보냈습니다.", self.last_files)),
+            "IMAGE" => pictures(),
+            "FILE" if self.last_file_kind.as_deref() == Some("IMAGE") => pictures(),
             "FILE" => Some(format!("파일 {}개를 보냈습니다.", self.last_files)),
             _ => self.last_text.clone(),
         }
@@ -765,7 +770,9 @@ impl Store {
         let sql = format!(
             "SELECT r.id, r.title, r.type, r.profile_image, m.type AS last_kind, \
              m.message AS last_text, \
-             (SELECT COUNT(*) FROM message_attachment a WHERE a.message_id = m.id) AS last_files \
+             (SELECT COUNT(*) FROM message_attachment a WHERE a.message_id = m.id) AS last_files, \
+             (SELECT a.type FROM message_attachment a WHERE a.message_id = m.id \
+              ORDER BY a.id LIMIT 1) AS last_file_kind \
              FROM chatroom_participant p JOIN chatroom r ON r.id = p.chatroom_id \
              LEFT JOIN chatroom_message m ON m.id = {NEWEST_SHOWN} \
              WHERE p.user_id = ? AND p.is_hidden = 0 \
