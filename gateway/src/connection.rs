@@ -564,7 +564,7 @@ impl Driver<'_> {
                     let Some(principal) = self.session.principal().map(|p| p.user.clone()) else {
                         continue;
                     };
-                    if !self.take_send_token() {
+                    if !self.take_send_token() || !self.gw.take_user_send(&principal) {
                         self.gw
                             .metrics
                             .send_rate_closes
@@ -574,8 +574,8 @@ impl Driver<'_> {
                         actions.clear();
                         actions.extend(self.session.fail(
                             &format!(
-                                "too many messages: at most {rate} per second (bursts of {}); slow down and reconnect",
-                                rate.saturating_mul(crate::server::SEND_BURST_SECONDS)
+                                "too many messages: at most {rate} per second per session and {} per user (bursts of five seconds' worth); slow down and reconnect",
+                                rate.saturating_mul(2)
                             ),
                             receipt.as_deref(),
                             None,

@@ -74,8 +74,19 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Cancelled to drain and close every session.
     pub shutdown: CancellationToken,
-    /// Sessions per user open on this node (for `max_sessions_per_user`).
-    pub user_sessions: parking_lot::Mutex<std::collections::HashMap<String, u32>>,
+    /// Per user with sessions on this node: their count (for `max_sessions_per_user`) and the
+    /// SEND bucket they share.
+    pub user_sessions: parking_lot::Mutex<std::collections::HashMap<String, UserSessions>>,
+}
+
+/// What a node keeps per user while the user has sessions on it.
+#[derive(Debug, Clone, Copy)]
+pub struct UserSessions {
+    /// Open sessions.
+    pub count: u32,
+    /// SENDs the user's sessions may still make at once (refilled at twice `send_rate`).
+    tokens: f64,
+    refilled: std::time::Instant,
 }
 
 impl Gateway {
@@ -84,23 +95,61 @@ impl Gateway {
     pub fn admit_session(&self, user: &str) -> bool {
         let max = self.config.max_sessions_per_user;
         let mut map = self.user_sessions.lock();
-        let n = map.entry(user.to_owned()).or_insert(0);
-        if max > 0 && *n >= max {
-            if *n == 0 {
+        let burst = f64::from(
+            self.user_send_rate()
+                .saturating_mul(server::SEND_BURST_SECONDS),
+        );
+        let entry = map.entry(user.to_owned()).or_insert(UserSessions {
+            count: 0,
+            tokens: burst,
+            refilled: std::time::Instant::now(),
+        });
+        if max > 0 && entry.count >= max {
+            if entry.count == 0 {
                 map.remove(user);
             }
             return false;
         }
-        *n += 1;
+        entry.count += 1;
         true
+    }
+
+    /// SENDs per second all sessions of one user on this node may keep up together: twice a
+    /// session's `send_rate` (0: unlimited).
+    fn user_send_rate(&self) -> u32 {
+        self.config.send_rate.saturating_mul(2)
+    }
+
+    /// Takes one SEND from `user`'s shared bucket; false when it is empty (or the user has no
+    /// counted session here, which cannot send).
+    pub fn take_user_send(&self, user: &str) -> bool {
+        let rate = self.user_send_rate();
+        if rate == 0 {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        let mut map = self.user_sessions.lock();
+        let Some(entry) = map.get_mut(user) else {
+            return false;
+        };
+        let refill = now.duration_since(entry.refilled).as_secs_f64() * f64::from(rate);
+        entry.refilled = now;
+        let cap = f64::from(rate.saturating_mul(server::SEND_BURST_SECONDS));
+        entry.tokens = (entry.tokens + refill).min(cap);
+        if entry.tokens >= 1.0 {
+            entry.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     /// Forgets one session of `user` counted by [`Gateway::admit_session`].
     pub fn release_session(&self, user: &str) {
         let mut map = self.user_sessions.lock();
-        if let Some(n) = map.get_mut(user) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+        if let Some(entry) = map.get_mut(user) {
+            entry.count = entry.count.saturating_sub(1);
+            if entry.count == 0 {
                 map.remove(user);
             }
         }

@@ -132,3 +132,48 @@ async fn a_user_holds_at_most_its_sessions_per_node() {
             >= 1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_sessions_share_twice_the_session_rate() {
+    // Each session may burst 50; the user's sessions together 100.
+    let mut gw = TestGateway::start_with(|c| c.send_rate = 10).await;
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        sessions.push(connect(&gw, "crowd").await);
+    }
+    for s in &mut sessions {
+        for i in 0..45 {
+            let f = Frame::new(Command::Send)
+                .header("destination", "/app/chat")
+                .with_body(format!("m {i}"));
+            if s.send(f).await.is_err() {
+                break;
+            }
+        }
+    }
+    let mut accepted = 0;
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(300), gw.commands.recv()).await
+    {
+        accepted += 1;
+    }
+    assert!(
+        (100..110).contains(&accepted),
+        "{accepted} commands accepted"
+    );
+    // The session that ran the user's bucket dry was told why and closed.
+    let mut told = 0;
+    for s in &mut sessions {
+        if let Ok(Some(Ok(Item::Frame(f)))) =
+            tokio::time::timeout(Duration::from_millis(500), s.next()).await
+        {
+            assert_eq!(f.command, Command::Error, "{f:?}");
+            assert!(
+                f.get("message").unwrap_or_default().contains("per user"),
+                "{f:?}"
+            );
+            told += 1;
+        }
+    }
+    assert!(told >= 1, "no session was told");
+}
