@@ -127,10 +127,19 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
                 )) as Box<dyn warp::Reply>
             })
     };
+    // Liveness and readiness of everything this process runs (database, key-value store, media,
+    // bus); 503 while it drains.
+    let health = {
+        let gw = gw.clone();
+        social::health::routes(&social, move || gw.shutdown.is_cancelled())
+            .map(|r| Box::new(r) as Box<dyn warp::Reply>)
+    };
     let routes = social
         .routes()
         .map(|r| Box::new(r) as Box<dyn warp::Reply>)
         .or(metrics)
+        .unify()
+        .or(health)
         .unify()
         .or(gw.routes())
         .unify()

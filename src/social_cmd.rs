@@ -126,9 +126,19 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
                 .into_response()
             })
     };
+    // Liveness, and readiness of the database, key-value store, media and bus (503 once draining).
+    let draining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health = {
+        let draining = draining.clone();
+        social::health::routes(&ctx, move || {
+            draining.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    };
     let routes = ctx
         .routes()
         .or(metrics)
+        .unify()
+        .or(health)
         .unify()
         .with(warp::trace::request());
     let server = tokio::spawn(
@@ -139,8 +149,9 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
             })
             .run(),
     );
-    tracing::info!(%addr, "HTTP listening: /api (REST)");
+    tracing::info!(%addr, "HTTP listening: /api (REST), /health/live, /health/ready");
     crate::shutdown_signal().await;
+    draining.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("shutting down");
     let _ = tx.send(());
     let grace = Duration::from_secs(args.drain_secs.or(file.drain_secs).unwrap_or(10));

@@ -102,6 +102,15 @@ async fn chat_suite_across_two_gateway_nodes_with_a_node_killed() {
     .await;
 
     let http = reqwest::Client::new();
+    // Every process says it is alive and ready: the social worker has its database, Redis, media
+    // and RabbitMQ; the nodes their bus.
+    for base in [social.base(), a.base(), b.base()] {
+        for (path, want) in [("/health/live", "live\n"), ("/health/ready", "ready\n")] {
+            let res = http.get(format!("{base}{path}")).send().await.unwrap();
+            assert_eq!(res.status(), 200, "{base}{path}");
+            assert_eq!(res.text().await.unwrap(), want, "{base}{path}");
+        }
+    }
     let mut tokens = serde_json::Map::new();
     for (name, id) in USERS {
         tokens.insert(

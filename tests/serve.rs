@@ -282,3 +282,34 @@ async fn metrics_are_for_operators_only() {
         200
     );
 }
+
+/// `/health/live` answers while the process serves; `/health/ready` (and `/health`) only while
+/// every dependency answers, naming the one that does not (here the media directory, removed).
+#[tokio::test]
+async fn readiness_names_the_dependency_that_does_not_answer() {
+    let dir = std::env::temp_dir().join(format!("instar-health-test-{}", std::process::id()));
+    let dir_s = dir.to_string_lossy().into_owned();
+    let (_child, addr) = start_with(&[("INSTAR_DATA_DIR", &dir_s)]).await;
+    let http = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let (http, addr) = (http.clone(), addr.clone());
+        async move {
+            let res = http
+                .get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/health/live").await, (200, "live\n".to_owned()));
+    assert_eq!(get("/health/ready").await, (200, "ready\n".to_owned()));
+    assert_eq!(get("/health").await, (200, "ready\n".to_owned()));
+    std::fs::remove_dir_all(dir.join("media")).unwrap();
+    let (status, text) = get("/health/ready").await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.starts_with("not ready: media storage: "), "{text}");
+    assert_eq!(get("/health/live").await.0, 200);
+    std::fs::create_dir_all(dir.join("media")).unwrap();
+    assert_eq!(get("/health/ready").await, (200, "ready\n".to_owned()));
+}

@@ -248,9 +248,39 @@ impl Gateway {
                 };
                 Box::new(warp::reply::with_status(text, status)) as Box<dyn warp::Reply>
             });
+        let gw = self.clone();
+        let live = warp::path!("health" / "live").and(warp::get()).map(|| {
+            Box::new(warp::reply::with_status(
+                "live\n",
+                warp::http::StatusCode::OK,
+            )) as Box<dyn warp::Reply>
+        });
+        let ready = warp::path!("health" / "ready")
+            .and(warp::get())
+            .map(move || {
+                let (status, text) = if gw.shutdown.is_cancelled() {
+                    (
+                        warp::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: draining\n".to_owned(),
+                    )
+                } else {
+                    match gw.bus.health() {
+                        broker_bridge::Health::Down(why) => (
+                            warp::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: bus: {why}\n"),
+                        ),
+                        _ => (warp::http::StatusCode::OK, "ready\n".to_owned()),
+                    }
+                };
+                Box::new(warp::reply::with_status(text, status)) as Box<dyn warp::Reply>
+            });
         stomp_ws
             .map(|r: Box<dyn warp::Reply>| r)
             .or(metrics)
+            .unify()
+            .or(live)
+            .unify()
+            .or(ready)
             .unify()
             .or(health)
             .unify()

@@ -10,6 +10,7 @@ pub mod accounts;
 pub mod app;
 pub mod cache;
 pub mod chat;
+pub mod health;
 pub mod http;
 pub mod json;
 pub mod kv;

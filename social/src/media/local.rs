@@ -227,6 +227,17 @@ async fn remove_if_exists(path: &Path) -> Result<(), MediaError> {
 
 #[async_trait]
 impl Storage for LocalStorage {
+    async fn check(&self) -> Result<(), MediaError> {
+        match tokio::fs::metadata(self.dir()).await {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(MediaError::Storage(format!(
+                "{} is not a directory",
+                self.dir().display()
+            ))),
+            Err(e) => Err(io_err("media directory unavailable", self.dir(), &e)),
+        }
+    }
+
     async fn put(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> Result<(), MediaError> {
         let path = self
             .path_of(key)

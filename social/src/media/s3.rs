@@ -232,6 +232,16 @@ impl S3Storage {
 
 #[async_trait]
 impl Storage for S3Storage {
+    async fn check(&self) -> Result<(), MediaError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| MediaError::Storage(format!("bucket {}: {e}", self.bucket)))
+    }
+
     async fn put(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> Result<(), MediaError> {
         if !is_valid_key(key) {
             return Err(MediaError::Storage(format!("invalid key {key:?}")));

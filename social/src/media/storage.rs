@@ -57,6 +57,14 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn routes(&self) -> Option<warp::filters::BoxedFilter<(warp::reply::Response,)>> {
         None
     }
+
+    /// Whether the backend answers now (readiness): the directory is there, the bucket reachable.
+    ///
+    /// # Errors
+    /// [`MediaError::Storage`] saying what does not answer.
+    async fn check(&self) -> Result<(), MediaError> {
+        Ok(())
+    }
 }
 
 /// True for a segment of a key or prefix: 1 to 128 ASCII letters, digits, `-` or `_`.
