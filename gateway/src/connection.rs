@@ -75,9 +75,8 @@ struct Driver<'a> {
     last_recv: Instant,
     token_deadline: Instant,
     out: BytesMut,
-    /// SENDs this session may still make at once (a token bucket refilled at `send_rate`).
-    send_tokens: f64,
-    send_refilled: Instant,
+    /// SENDs this session may still make (refilled at `send_rate`).
+    sends: crate::bucket::Bucket,
     /// The user whose session count this session holds ([`Gateway::admit_session`]).
     counted: Option<String>,
 }
@@ -117,12 +116,11 @@ pub async fn run(
         last_recv: now,
         token_deadline: far_future(),
         out: BytesMut::new(),
-        send_tokens: f64::from(
-            gw.config
-                .send_rate
-                .saturating_mul(crate::server::SEND_BURST_SECONDS),
+        sends: crate::bucket::Bucket::full(
+            gw.config.send_rate,
+            crate::server::SEND_BURST_SECONDS,
+            now,
         ),
-        send_refilled: now,
         counted: None,
     };
     gw.metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
@@ -241,22 +239,13 @@ impl Driver<'_> {
     /// Takes one SEND from the session's bucket (refilled at `send_rate` per second, holding at
     /// most [`crate::server::SEND_BURST_SECONDS`] of them); false when it is empty.
     fn take_send_token(&mut self) -> bool {
-        let rate = self.gw.config.send_rate;
-        if rate == 0 {
-            return true;
-        }
-        let now = Instant::now();
-        let refill = now.duration_since(self.send_refilled).as_secs_f64() * f64::from(rate);
-        self.send_refilled = now;
-        let cap = f64::from(rate.saturating_mul(crate::server::SEND_BURST_SECONDS));
-        self.send_tokens = (self.send_tokens + refill).min(cap);
-        if self.send_tokens >= 1.0 {
-            self.send_tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.sends.take(
+            self.gw.config.send_rate,
+            crate::server::SEND_BURST_SECONDS,
+            Instant::now(),
+        )
     }
+
     fn next_heartbeat_deadline(&self) -> Instant {
         let send = self.send_every.map(|p| self.last_sent + p);
         let recv = self.expect_within.map(|p| self.last_recv + p);

@@ -14,6 +14,7 @@
 //! (in-process bus) and scaled out (RabbitMQ + Redis).
 
 pub mod auth;
+pub mod bucket;
 pub mod connection;
 pub mod destination;
 pub mod hub;
@@ -84,9 +85,8 @@ pub struct Gateway {
 pub struct UserSessions {
     /// Open sessions.
     pub count: u32,
-    /// SENDs the user's sessions may still make at once (refilled at twice `send_rate`).
-    tokens: f64,
-    refilled: std::time::Instant,
+    /// SENDs the user's sessions may still make (refilled at twice `send_rate`).
+    sends: bucket::Bucket,
 }
 
 impl Gateway {
@@ -95,14 +95,14 @@ impl Gateway {
     pub fn admit_session(&self, user: &str) -> bool {
         let max = self.config.max_sessions_per_user;
         let mut map = self.user_sessions.lock();
-        let burst = f64::from(
-            self.user_send_rate()
-                .saturating_mul(server::SEND_BURST_SECONDS),
-        );
+        let rate = self.user_send_rate();
         let entry = map.entry(user.to_owned()).or_insert(UserSessions {
             count: 0,
-            tokens: burst,
-            refilled: std::time::Instant::now(),
+            sends: bucket::Bucket::full(
+                rate,
+                server::SEND_BURST_SECONDS,
+                tokio::time::Instant::now(),
+            ),
         });
         if max > 0 && entry.count >= max {
             if entry.count == 0 {
@@ -127,21 +127,10 @@ impl Gateway {
         if rate == 0 {
             return true;
         }
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let mut map = self.user_sessions.lock();
-        let Some(entry) = map.get_mut(user) else {
-            return false;
-        };
-        let refill = now.duration_since(entry.refilled).as_secs_f64() * f64::from(rate);
-        entry.refilled = now;
-        let cap = f64::from(rate.saturating_mul(server::SEND_BURST_SECONDS));
-        entry.tokens = (entry.tokens + refill).min(cap);
-        if entry.tokens >= 1.0 {
-            entry.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        map.get_mut(user)
+            .is_some_and(|e| e.sends.take(rate, server::SEND_BURST_SECONDS, now))
     }
 
     /// Forgets one session of `user` counted by [`Gateway::admit_session`].
