@@ -320,45 +320,24 @@ pub trait Linked: Sized {
     fn linked(self, links: &Links) -> Self;
 }
 
-impl Linked for SimpleUser {
-    fn linked(mut self, links: &Links) -> Self {
-        self.profile_image = links.link_opt(self.profile_image.as_deref());
-        self
-    }
+/// [`Linked`] for objects whose one media reference is `profile_image`.
+macro_rules! linked_profile_image {
+    ($($t:ty),+) => {$(
+        impl Linked for $t {
+            fn linked(mut self, links: &Links) -> Self {
+                self.profile_image = links.link_opt(self.profile_image.as_deref());
+                self
+            }
+        }
+    )+};
 }
 
-impl Linked for MeUser {
-    fn linked(mut self, links: &Links) -> Self {
-        self.profile_image = links.link_opt(self.profile_image.as_deref());
-        self
-    }
-}
-
-impl Linked for UserDetails {
-    fn linked(mut self, links: &Links) -> Self {
-        self.profile_image = links.link_opt(self.profile_image.as_deref());
-        self
-    }
-}
-
-impl Linked for PostPrev {
-    fn linked(mut self, links: &Links) -> Self {
-        self.profile_image = links.link_opt(self.profile_image.as_deref());
-        self
-    }
-}
+linked_profile_image!(SimpleUser, MeUser, UserDetails, PostPrev, Comment);
 
 impl Linked for ImageTags {
     fn linked(mut self, links: &Links) -> Self {
         self.url = links.link(&self.url);
         self.thumbnail_url = links.link_opt(self.thumbnail_url.as_deref());
-        self
-    }
-}
-
-impl Linked for Comment {
-    fn linked(mut self, links: &Links) -> Self {
-        self.profile_image = links.link_opt(self.profile_image.as_deref());
         self
     }
 }

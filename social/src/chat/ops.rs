@@ -66,6 +66,16 @@ pub(crate) fn message_push(dto: &ChatMessageDto) -> Result<Outgoing, ChatError> 
         .with_header(MESSAGE_ID_HEADER, &dto.message_id.to_string()))
 }
 
+/// The `/topic/chat.{room}` broadcast of a stored message without attachments (TEXT, INVITE,
+/// LEAVE): the one builder for the writer's sends and the system messages here.
+pub(crate) fn broadcast(
+    links: &crate::media::Links,
+    row: &MessageRow,
+    sender: Option<&SenderRow>,
+) -> Result<Outgoing, ChatError> {
+    message_push(&ChatMessageDto::build(links, row, sender, &[]))
+}
+
 pub(crate) fn alarm(user: &str, alarm: &ChatAlarm) -> Result<Outgoing, ChatError> {
     Ok(Outgoing::user(user, "notify", alarm)?)
 }
@@ -180,12 +190,7 @@ pub(crate) async fn send_text(
         create_at: now,
         kind: dto::TEXT.to_owned(),
     };
-    out.push(message_push(&ChatMessageDto::build(
-        ctx.media.links(),
-        &row,
-        Some(&me),
-        &[],
-    ))?);
+    out.push(broadcast(ctx.media.links(), &row, Some(&me))?);
     let staged = outbox::stage(tx.conn(), out, now).await?;
     tx.commit().await?;
     outbox::deliver(ctx, staged).await;
@@ -385,12 +390,7 @@ pub(crate) async fn invite(
         create_at: now,
         kind: dto::INVITE.to_owned(),
     };
-    out.push(message_push(&ChatMessageDto::build(
-        ctx.media.links(),
-        &row,
-        Some(&me),
-        &[],
-    ))?);
+    out.push(broadcast(ctx.media.links(), &row, Some(&me))?);
     for u in &new {
         out.push(alarm(&u.id, &ChatAlarm::InviteRoom { create_at: now })?);
     }
@@ -443,12 +443,7 @@ pub(crate) async fn leave(ctx: &Ctx, user: &str, room: i64) -> Result<(), ChatEr
             create_at: now,
             kind: dto::LEAVE.to_owned(),
         };
-        out.push(message_push(&ChatMessageDto::build(
-            ctx.media.links(),
-            &row,
-            Some(&me),
-            &[],
-        ))?);
+        out.push(broadcast(ctx.media.links(), &row, Some(&me))?);
     } else {
         for o in sql::room_objects(tx.conn(), room).await? {
             if let Some(key) = o.object_key {

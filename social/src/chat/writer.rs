@@ -52,7 +52,7 @@ use sqlx::Any;
 use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::dto::{self, ChatAlarm, ChatMessageDto};
+use super::dto::{self, ChatAlarm};
 use super::outbox::{self, Outgoing};
 use super::{ChatError, MAX_MESSAGE_CHARS, ops, room_locks};
 use crate::app::Ctx;
@@ -740,7 +740,7 @@ async fn write_known(
     for ((&i, &id), alarms) in accepted.iter().zip(&ids).zip(alarms) {
         answers[i] = Ok(id);
         let req = &batch[i];
-        pushes.push(broadcast(
+        pushes.push(ops::broadcast(
             ctx.media.links(),
             &message_row(req, id, now),
             senders.get(&req.sender),
@@ -1029,7 +1029,7 @@ pub(crate) fn message_pushes(
     members: &[String],
     out: &mut Vec<Outgoing>,
 ) -> Result<(), ChatError> {
-    out.push(broadcast(media, row, sender)?);
+    out.push(ops::broadcast(media, row, sender)?);
     chat_alarms(
         row.create_at,
         row.chatroom_id,
@@ -1037,15 +1037,6 @@ pub(crate) fn message_pushes(
         members,
         out,
     )
-}
-
-/// The `/topic/chat.{room}` broadcast of a stored TEXT message.
-fn broadcast(
-    media: &Links,
-    row: &MessageRow,
-    sender: Option<&SenderRow>,
-) -> Result<Outgoing, ChatError> {
-    ops::message_push(&ChatMessageDto::build(media, row, sender, &[]))
 }
 
 /// Appends the `CHAT` alarm of a TEXT message sent at `at` in `room` to each of `members`.

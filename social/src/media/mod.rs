@@ -400,36 +400,26 @@ impl Media {
     /// [`MediaError::Storage`] when the backend cannot be opened.
     pub async fn new(cfg: MediaConfig) -> Result<Media, MediaError> {
         let storage = cfg.backend.open().await?;
-        Ok(Media::with_storage(storage, cfg.limits()).with_origin(cfg.origin.as_deref()))
+        Ok(Media::build(storage, cfg.limits(), cfg.origin.as_deref()))
     }
 
-    /// A media service over any [`Storage`] (for example a wrapper around a real backend).
+    /// A media service over any [`Storage`] (for example a wrapper around a real backend), with
+    /// URLs as relative as the storage's base.
     #[must_use]
     pub fn with_storage(storage: Arc<dyn Storage>, limits: Limits) -> Media {
+        Media::build(storage, limits, None)
+    }
+
+    /// The service, rendering URLs under `origin` (`scheme://host[:port]`): a relative base URL
+    /// (`/media`) becomes `{origin}/media` ([`Links`]).
+    fn build(storage: Arc<dyn Storage>, limits: Limits, origin: Option<&str>) -> Media {
         let slots = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-        let links = Links::new(None, storage.base_url());
+        let links = Links::new(origin, storage.base_url());
         Media {
             inner: Arc::new(Inner {
                 storage,
                 links,
                 limits,
-                decode_slots: Semaphore::new(slots),
-            }),
-        }
-    }
-
-    /// The same service rendering URLs under `origin` (`scheme://host[:port]`, no trailing
-    /// slash): a relative base URL (`/media`) becomes `{origin}/media`. `None` or `""` keeps
-    /// URLs as relative as the base. Call before the service is shared.
-    #[must_use]
-    pub fn with_origin(self, origin: Option<&str>) -> Media {
-        let links = Links::new(origin, self.inner.storage.base_url());
-        let slots = self.inner.decode_slots.available_permits().max(1);
-        Media {
-            inner: Arc::new(Inner {
-                storage: Arc::clone(&self.inner.storage),
-                links,
-                limits: self.inner.limits,
                 decode_slots: Semaphore::new(slots),
             }),
         }
