@@ -74,6 +74,11 @@ pub(crate) struct ServeArgs {
     /// Social service (REST) settings.
     #[command(flatten)]
     pub social: crate::social_config::SocialArgs,
+
+    // ---- Static frontend (docs/operations.md, "One command, one origin") ----
+    /// Directory of a built frontend (with its index.html) served on the same origin: SPA fallback, precompressed .br/.gz copies, caching headers. [default: none]
+    #[arg(long = "static", env = "INSTAR_STATIC_DIR")]
+    pub static_dir: Option<PathBuf>,
 }
 
 /// The same settings, as read from the TOML file.
@@ -99,6 +104,8 @@ struct FileSettings {
     allowed_origins: Option<Vec<String>>,
     bench_echo: Option<bool>,
     social: Option<crate::social_config::SocialFile>,
+    // ---- Static frontend ----
+    static_dir: Option<PathBuf>,
 }
 
 /// Resolved settings.
@@ -126,6 +133,8 @@ pub(crate) struct Settings {
     pub bench_echo: bool,
     pub social: social::SocialConfig,
     pub chat: social::chat::WriterOptions,
+    // ---- Static frontend ----
+    pub static_dir: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -209,6 +218,8 @@ impl ServeArgs {
                 .or_else(|| cors_origin.map(|o| vec![o]))
                 .unwrap_or_default(),
             bench_echo: self.bench_echo.or(file.bench_echo).unwrap_or(false),
+            // ---- Static frontend ----
+            static_dir: self.static_dir.or(file.static_dir),
         })
     }
 }

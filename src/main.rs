@@ -7,8 +7,10 @@ mod config;
 mod node;
 mod node_config;
 mod policy;
+mod probe;
 mod social_cmd;
 mod social_config;
+mod static_files;
 
 use std::sync::Arc;
 
@@ -39,6 +41,8 @@ enum Command {
     Gateway(node_config::GatewayArgs),
     /// Run the social REST service alone (scale-out: MariaDB, Redis, RabbitMQ, S3).
     Social(social_cmd::SocialCmdArgs),
+    /// Exit 0 once GET URL answers 2xx (health checks of containers and systemd units).
+    Probe(probe::ProbeArgs),
 }
 
 /// mimalloc: many small, short-lived allocations per request (JSON, headers, frames) from
@@ -63,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => runtime.block_on(serve(args.resolve()?)),
         Command::Gateway(args) => runtime.block_on(node::run(args.resolve()?)),
         Command::Social(args) => runtime.block_on(social_cmd::run(args)),
+        Command::Probe(args) => runtime.block_on(probe::run(args)),
     }
 }
 
@@ -134,6 +139,17 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
         social::health::routes(&social, move || gw.shutdown.is_cancelled())
             .map(|r| Box::new(r) as Box<dyn warp::Reply>)
     };
+    // The built frontend (`--static`), after every other route.
+    let frontend = match &cfg.static_dir {
+        Some(dir) => {
+            let files = static_files::StaticFiles::open(dir)?;
+            tracing::info!(dir = %dir.display(), "serving the frontend from a directory");
+            files.routes()
+        }
+        None => warp::any()
+            .and_then(|| async { Err::<Box<dyn warp::Reply>, _>(warp::reject::not_found()) })
+            .boxed(),
+    };
     let routes = social
         .routes()
         .map(|r| Box::new(r) as Box<dyn warp::Reply>)
@@ -142,6 +158,8 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
         .or(health)
         .unify()
         .or(gw.routes())
+        .unify()
+        .or(frontend)
         .unify()
         .boxed();
     let (addr, http) = gateway::server::serve_http_on(routes, listener, gw.shutdown.clone())
