@@ -8,6 +8,7 @@ mod node;
 mod node_config;
 mod policy;
 mod probe;
+mod rest_metrics;
 mod social_cmd;
 mod social_config;
 mod static_files;
@@ -115,21 +116,28 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
     .await
     .context("attaching the gateway to the bus")?;
 
-    // `/metrics`: the gateway's counters, then the social service's.
+    // `/metrics`: the gateway's counters, then the social service's, its REST responses and the
+    // readiness of each dependency.
+    let rest = Arc::new(rest_metrics::RestStats::default());
     let metrics = {
-        let (gw, social) = (gw.clone(), social.clone());
+        let (gw, social, rest) = (gw.clone(), social.clone(), rest.clone());
         warp::path("metrics")
             .and(warp::path::end())
             .and(warp::get())
             .and(gateway::server::operator_only(cfg.metrics_token.clone()))
-            .map(move || {
-                let mut text = gw.metrics_text();
-                text.push_str(&social.metrics_text());
-                Box::new(warp::reply::with_header(
-                    text,
-                    "content-type",
-                    "text/plain; version=0.0.4",
-                )) as Box<dyn warp::Reply>
+            .then(move || {
+                let (gw, social, rest) = (gw.clone(), social.clone(), rest.clone());
+                async move {
+                    let mut text = gw.metrics_text();
+                    text.push_str(&social.metrics_text());
+                    rest.metrics_text(&mut text);
+                    rest_metrics::readiness_text(&social, &mut text).await;
+                    Box::new(warp::reply::with_header(
+                        text,
+                        "content-type",
+                        "text/plain; version=0.0.4",
+                    )) as Box<dyn warp::Reply>
+                }
             })
     };
     // Liveness and readiness of everything this process runs (database, key-value store, media,
@@ -150,8 +158,8 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
             .and_then(|| async { Err::<Box<dyn warp::Reply>, _>(warp::reject::not_found()) })
             .boxed(),
     };
-    let routes = social
-        .routes()
+    let routes = rest
+        .wrap(social.routes())
         .map(|r| Box::new(r) as Box<dyn warp::Reply>)
         .or(metrics)
         .unify()

@@ -155,8 +155,9 @@ async fn every_dashboard_expression_names_an_exported_and_documented_metric() {
             "names no Instar metric: {expr}"
         );
         for name in names {
-            // Summaries are scraped as `{name}_sum` and `{name}_count`.
-            let base = ["_sum", "_count"]
+            // Summaries and histograms are scraped as `{name}_sum`, `{name}_count` (and
+            // `{name}_bucket`).
+            let base = ["_sum", "_count", "_bucket"]
                 .iter()
                 .find_map(|s| name.strip_suffix(s).filter(|b| live.contains(*b)))
                 .unwrap_or(&name)

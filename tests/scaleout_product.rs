@@ -365,6 +365,15 @@ async fn the_product_through_nginx_with_two_gateways_and_two_social_processes() 
     assert_eq!(next_event(&mut lines).await["event"], "chat");
     assert_eq!(next_event(&mut lines).await["event"], "done");
     assert!(driver.wait().await.unwrap().success());
+    // Both social processes answered REST calls, and see every dependency ready.
+    for social in [&social_1, &social_2] {
+        assert!(metric(&http, social, "instar_http_responses_total{class=\"2xx\"}").await >= 3.0);
+        assert!(metric(&http, social, "instar_http_response_seconds_count").await >= 3.0);
+        for part in ["database", "key-value store", "media storage", "bus"] {
+            let name = format!("instar_ready{{part=\"{part}\"}}");
+            assert_eq!(metric(&http, social, &name).await, 1.0, "{name}");
+        }
+    }
     // Both gateways carried sessions and deliveries.
     for gw in [&gw_a, &gw_b] {
         assert!(metric(&http, gw, "instar_sessions_total").await >= 1.0);
