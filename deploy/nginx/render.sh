@@ -16,7 +16,7 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 usage() {
-  sed -n '2,16p' "$0" >&2
+  sed -n '2,14p' "$0" >&2
   exit 2
 }
 die() {
