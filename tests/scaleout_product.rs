@@ -3,7 +3,8 @@
 //! MariaDB, Redis, RabbitMQ and S3 (moto). Everything goes to nginx's one origin: sign-up with the
 //! mailed code, sign-in, a post with an image (stored in S3, loaded back through nginx's `/media`),
 //! follow and feed, like and comment with the alarms pushed over SockJS to a session on the other
-//! gateway, and a chat between users on different gateways (`tests/js/nginx_product.mjs`).
+//! gateway, and a chat between users on different gateways (`tests/js/nginx_product.mjs`); then
+//! one social process is killed and REST keeps answering through nginx.
 #![allow(clippy::unwrap_used)]
 
 mod flow_support;
@@ -378,6 +379,24 @@ async fn the_product_through_nginx_with_two_gateways_and_two_social_processes() 
     for gw in [&gw_a, &gw_b] {
         assert!(metric(&http, gw, "instar_sessions_total").await >= 1.0);
         assert!(metric(&http, gw, "instar_deliveries_total").await >= 1.0);
+    }
+
+    // A social process dies (SIGKILL): nginx skips it, and REST keeps answering through the site,
+    // reads and writes alike.
+    let mut social_2 = social_2;
+    social_2.kill().await;
+    for i in 0..8 {
+        let (s, b) = call(http.get(format!("{site}/api/feed")).bearer_auth(&alice)).await;
+        assert_eq!(s, 200, "feed {i} after a social process died: {b}");
+        if i % 2 == 1 {
+            continue; // password hashing is slow in test builds: half as many sign-ins
+        }
+        let (s, b) = call(
+            http.post(format!("{site}/api/auth/signIn"))
+                .json(&json!({"id": "bobby02", "password": PASSWORD})),
+        )
+        .await;
+        assert_eq!(s, 200, "sign-in {i} after a social process died: {b}");
     }
 
     drop((nginx, gw_a, gw_b, social_1, social_2));
