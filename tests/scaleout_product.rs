@@ -375,6 +375,31 @@ async fn the_product_through_nginx_with_two_gateways_and_two_social_processes() 
             assert_eq!(metric(&http, social, &name).await, 1.0, "{name}");
         }
     }
+    // Every metric the scale-out processes export is in docs/metrics.md (tests/operations.rs
+    // checks the dashboard against the same table and a live `instar serve`).
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    for proc in [&gw_a, &social_1] {
+        let text = http
+            .get(format!("{}/metrics", proc.base()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next())
+            .collect();
+        assert!(names.len() > 10, "{text}");
+        for name in names {
+            assert!(
+                docs.contains(&format!("| `{name}` |")),
+                "{name} is not in docs/metrics.md"
+            );
+        }
+    }
     // Both gateways carried sessions and deliveries.
     for gw in [&gw_a, &gw_b] {
         assert!(metric(&http, gw, "instar_sessions_total").await >= 1.0);
