@@ -415,8 +415,15 @@ async fn nginx_serves_the_frontend_and_the_api_over_tls() {
     assert!(head.contains("content-encoding: gzip"), "{head}");
     assert!(head.contains("content-type: text/javascript"), "{head}");
     assert!(head.contains("max-age=31536000, immutable"), "{head}");
-    let (status, _, body) = get("/assets/missing-00000000.js", &[]);
-    assert_eq!(status, 404, "{body}");
+    for missing in ["/assets/missing-00000000.js", "/logo.png"] {
+        let (status, _, body) = get(missing, &[]);
+        assert_eq!(status, 404, "{missing}: {body}");
+    }
+    let (status, _, body) = get("/profile/kim.lee", &["-H", "Accept: text/html,*/*"]);
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "<!doctype html><title>instar</title>\n")
+    );
     // The API, health and SockJS info go to the process; their answers come back over TLS.
     let (status, _, body) = get(
         "/api/auth/checkId",
