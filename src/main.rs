@@ -73,6 +73,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
+    // Checked before anything starts: a wrong directory is a configuration error.
+    let frontend_files = match &cfg.static_dir {
+        Some(dir) => {
+            let files = static_files::StaticFiles::open(dir)?;
+            tracing::info!(dir = %dir.display(), "serving the frontend from a directory");
+            Some(files)
+        }
+        None => None,
+    };
     let registry = Registry::in_process();
     let bus = Bus::in_process(
         registry,
@@ -148,12 +157,8 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
             .map(|r| Box::new(r) as Box<dyn warp::Reply>)
     };
     // The built frontend (`--static`), after every other route.
-    let frontend = match &cfg.static_dir {
-        Some(dir) => {
-            let files = static_files::StaticFiles::open(dir)?;
-            tracing::info!(dir = %dir.display(), "serving the frontend from a directory");
-            files.routes()
-        }
+    let frontend = match frontend_files {
+        Some(files) => files.routes(),
         None => warp::any()
             .and_then(|| async { Err::<Box<dyn warp::Reply>, _>(warp::reject::not_found()) })
             .boxed(),
