@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 pub(crate) struct ProbeArgs {
     /// URL to GET, e.g. http://127.0.0.1:8080/health/ready (http only).
     pub url: String,
-    /// Keep trying for this many seconds before failing (0: one attempt). [default: 0]
+    /// Keep trying for this many seconds before failing (0: one attempt).
     #[arg(long, default_value_t = 0)]
     pub wait: u64,
 }
