@@ -1869,9 +1869,7 @@ async fn a_stalled_bus_leaves_the_push_for_the_sweeper(db: Db) {
     )
     .await
     .unwrap();
-    let ctx = app
-        .ctx
-        .with_notifier(social::notify::Notifier::new(bus.clone()));
+    let ctx = app.ctx.with_bus(bus.clone());
     social::chat::register(&ctx, &bus);
     bus.submit(cmd(
         "/app/send",
@@ -1891,7 +1889,7 @@ async fn a_stalled_bus_leaves_the_push_for_the_sweeper(db: Db) {
             == 1
     })
     .await;
-    tokio::time::sleep(social::chat::outbox::PUBLISH_TIMEOUT + Duration::from_millis(500)).await;
+    tokio::time::sleep(social::outbox::PUBLISH_TIMEOUT + Duration::from_millis(500)).await;
     assert!(outbox_len(&app).await >= 1);
 
     // The node drains; a sweep re-sends the broadcast, then the row is gone.
@@ -1899,9 +1897,7 @@ async fn a_stalled_bus_leaves_the_push_for_the_sweeper(db: Db) {
     assert_eq!(&filler.envelope.body[..], b"filler");
     let mut delivered = 0;
     for _ in 0..100 {
-        delivered += social::chat::outbox::sweep(&ctx, Duration::ZERO)
-            .await
-            .unwrap();
+        delivered += ctx.outbox.sweep(Duration::ZERO).await.unwrap();
         if delivered > 0 {
             break;
         }
@@ -1916,9 +1912,7 @@ async fn a_stalled_bus_leaves_the_push_for_the_sweeper(db: Db) {
         Some(m["messageId"].to_string().as_str())
     );
     poll("the outbox to empty", || async {
-        social::chat::outbox::sweep(&ctx, Duration::ZERO)
-            .await
-            .unwrap();
+        ctx.outbox.sweep(Duration::ZERO).await.unwrap();
         outbox_len(&app).await == 0
     })
     .await;

@@ -7,13 +7,13 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::dto::{self, ChatAlarm, ChatMessageDto, ReadInfoDto};
-use super::outbox::{self, Outgoing, Staged};
 use super::{
     CONTROL_HEADER, CONTROL_QUEUE, CONTROL_TOPIC_HEADER, ChatError, MAX_ROOM_MEMBERS,
     MESSAGE_ID_HEADER, member, room_lock,
 };
-use crate::app::Ctx;
+use crate::ctx::Ctx;
 use crate::media::{THUMB_SUFFIX, sniff};
+use crate::outbox::{self, Outgoing, Staged};
 use crate::store::StoreError;
 use crate::store::chat::{
     self as sql, AttachmentRow, DIRECT, GROUP, MessageRow, NewAttachment, ParticipantRow, SenderRow,
@@ -193,7 +193,7 @@ pub(crate) async fn send_text(
     out.push(broadcast(ctx.media.links(), &row, Some(&me))?);
     let staged = outbox::stage(tx.conn(), out, now).await?;
     tx.commit().await?;
-    outbox::deliver(ctx, staged).await;
+    ctx.outbox.deliver(staged).await;
     Ok(id)
 }
 
@@ -225,7 +225,7 @@ pub(crate) async fn update_read(
             last_read_message_id: Some(message),
         };
         let push = Outgoing::topic(&info_topic(room), &info)?;
-        let bus = ctx.notifier.bus();
+        let bus = ctx.outbox.bus();
         match tokio::time::timeout(
             outbox::PUBLISH_TIMEOUT,
             bus.publish(push.target, push.envelope),
@@ -303,7 +303,7 @@ async fn try_create(ctx: &Ctx, creator: &str, users: &[String]) -> Result<i64, C
             }
             let staged = outbox::stage(tx.conn(), out, now).await?;
             tx.commit().await?;
-            outbox::deliver(ctx, staged).await;
+            ctx.outbox.deliver(staged).await;
             return Ok(room);
         }
         sql::insert_room(tx.conn(), DIRECT, Some(&key), now).await?
@@ -316,7 +316,7 @@ async fn try_create(ctx: &Ctx, creator: &str, users: &[String]) -> Result<i64, C
     }
     let staged = outbox::stage(tx.conn(), out, now).await?;
     tx.commit().await?;
-    outbox::deliver(ctx, staged).await;
+    ctx.outbox.deliver(staged).await;
     Ok(room)
 }
 
@@ -396,7 +396,7 @@ pub(crate) async fn invite(
     }
     let staged = outbox::stage(tx.conn(), out, now).await?;
     tx.commit().await?;
-    outbox::deliver(ctx, staged).await;
+    ctx.outbox.deliver(staged).await;
     Ok(())
 }
 
@@ -461,7 +461,7 @@ pub(crate) async fn leave(ctx: &Ctx, user: &str, room: i64) -> Result<(), ChatEr
     }
     let staged = outbox::stage(tx.conn(), out, now).await?;
     tx.commit().await?;
-    outbox::deliver(ctx, staged).await;
+    ctx.outbox.deliver(staged).await;
     if !objects.is_empty() {
         ctx.media.delete(&objects).await;
     }
@@ -644,7 +644,7 @@ pub(crate) async fn post_files(
     let staged: Staged = outbox::stage(tx.conn(), out, now).await?;
     tx.commit().await?;
     guard.commit();
-    outbox::deliver(ctx, staged).await;
+    ctx.outbox.deliver(staged).await;
     Ok(())
 }
 

@@ -24,7 +24,7 @@
 //! 6. commit (on MySQL in the same script as the rest when every room is remembered: the server
 //!    compares the versions, [`sql::script_check_versions`]), then each message's
 //!    `/topic/chat.{id}` broadcast and its `CHAT` alarms are published (in order per
-//!    destination, destinations concurrently: [`outbox::publish_all`]), and every sender is
+//!    destination, destinations concurrently: [`outbox::Outbox::publish_all`]), and every sender is
 //!    answered with its message id.
 //!
 //! The rooms' process locks ([`super::room_locks`]) are held from before the transaction until the
@@ -53,10 +53,10 @@ use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::dto::{self, ChatAlarm};
-use super::outbox::{self, Outgoing};
 use super::{ChatError, MAX_MESSAGE_CHARS, ops, room_locks};
-use crate::app::Ctx;
+use crate::ctx::Ctx;
 use crate::media::Links;
+use crate::outbox::{self, Outgoing};
 use crate::store::chat::{
     self as sql, DIRECT, InsertedIds, MessageRow, NewMessage, NewOutbox, SenderRow,
 };
@@ -112,8 +112,33 @@ pub struct WriterStats {
     pub wait_micros: AtomicU64,
 }
 
+/// The counters of every writer started on one context ([`crate::app`] keeps one per context
+/// and shows it on `/metrics`).
+#[derive(Debug, Default, Clone)]
+pub struct WriterStatsList(Arc<std::sync::Mutex<Vec<Arc<WriterStats>>>>);
+
+impl WriterStatsList {
+    fn add(&self, stats: Arc<WriterStats>) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(stats);
+    }
+}
+
+impl crate::ctx::MetricsSource for WriterStatsList {
+    fn write_metrics(&self, out: &mut String) {
+        let writers = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        metrics_text(&writers, out);
+    }
+}
+
 /// Appends the counters of `writers`, summed, to `out` in the Prometheus text format.
-pub fn metrics_text(writers: &[Arc<WriterStats>], out: &mut String) {
+fn metrics_text(writers: &[Arc<WriterStats>], out: &mut String) {
     use std::fmt::Write as _;
     let sum = |field: fn(&WriterStats) -> &AtomicU64| -> u64 {
         writers
@@ -160,7 +185,7 @@ pub fn metrics_text(writers: &[Arc<WriterStats>], out: &mut String) {
         ),
     ];
     for (name, help, value) in counters {
-        crate::app::write_counter(out, name, help, value);
+        crate::ctx::write_counter(out, name, help, value);
     }
     #[allow(clippy::cast_precision_loss)]
     let seconds = |us: u64| us as f64 / 1e6;
@@ -217,10 +242,9 @@ impl SendWriter {
     ) -> Option<SendWriter> {
         let rt = tokio::runtime::Handle::try_current().ok()?;
         let stats = Arc::new(WriterStats::default());
-        ctx.chat_writers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(Arc::clone(&stats));
+        if let Some(list) = ctx.extension::<WriterStatsList>() {
+            list.add(Arc::clone(&stats));
+        }
         let linger = linger.min(MAX_LINGER);
         let shards: Vec<_> = (0..writers.max(1))
             .map(|_| {
@@ -410,10 +434,10 @@ async fn write_and_publish(
                 stats.cleanups.fetch_add(1, Ordering::Relaxed);
             }
             stats.batches.fetch_add(1, Ordering::Relaxed);
-            outbox::deliver(ctx, written.unhidden).await;
+            ctx.outbox.deliver(written.unhidden).await;
             // A failure leaves the row to the sweeper, which re-sends the batch (the gateway
             // drops the broadcasts already delivered by their message id).
-            if outbox::publish_all(ctx, written.pushes).await
+            if ctx.outbox.publish_all(written.pushes).await
                 && let Some(row) = written.outbox_row
             {
                 delivered_rows.push(row);
@@ -1083,18 +1107,47 @@ pub(crate) fn batch_ids(body: &[u8]) -> Option<Vec<i64>> {
         .collect()
 }
 
+/// Rebuilds the pushes of [`MESSAGES_TARGET`] outbox rows for the sweeper.
+#[derive(Debug)]
+pub struct MessagesRebuild {
+    store: crate::store::Store,
+    links: crate::media::Links,
+}
+
+impl MessagesRebuild {
+    /// Rebuilds from `ctx`'s store, rendering media with its links.
+    #[must_use]
+    pub fn new(ctx: &Ctx) -> Self {
+        Self {
+            store: ctx.store.clone(),
+            links: ctx.media.links().clone(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl outbox::Rebuild for MessagesRebuild {
+    async fn rebuild(&self, body: &[u8]) -> StoreResult<Option<Vec<Outgoing>>> {
+        rebuild(&self.store, &self.links, body).await
+    }
+}
+
 /// The pushes of an outbox row written by a batch (its body: the message ids), rebuilt from the
 /// store for the sweeper. Messages deleted since (their room was deleted) are skipped.
-pub(crate) async fn rebuild(ctx: &Ctx, body: &[u8]) -> StoreResult<Option<Vec<Outgoing>>> {
+async fn rebuild(
+    store: &crate::store::Store,
+    links: &crate::media::Links,
+    body: &[u8],
+) -> StoreResult<Option<Vec<Outgoing>>> {
     let Some(ids) = batch_ids(body) else {
         return Ok(None);
     };
-    let rows = ctx.store.chat_messages_by_ids(&ids).await?;
+    let rows = store.chat_messages_by_ids(&ids).await?;
     let mut rooms: Vec<i64> = rows.iter().map(|r| r.chatroom_id).collect();
     rooms.sort_unstable();
     rooms.dedup();
     let mut members: HashMap<i64, Vec<String>> = HashMap::new();
-    for p in ctx.store.chat_members_of(&rooms).await? {
+    for p in store.chat_members_of(&rooms).await? {
         if p.is_hidden == 0 {
             members.entry(p.chatroom_id).or_default().push(p.user_id);
         }
@@ -1102,8 +1155,7 @@ pub(crate) async fn rebuild(ctx: &Ctx, body: &[u8]) -> StoreResult<Option<Vec<Ou
     let mut sender_ids: Vec<String> = rows.iter().map(|r| r.sender_id.clone()).collect();
     sender_ids.sort_unstable();
     sender_ids.dedup();
-    let senders: HashMap<String, SenderRow> = ctx
-        .store
+    let senders: HashMap<String, SenderRow> = store
         .chat_users(&sender_ids)
         .await?
         .into_iter()
@@ -1115,15 +1167,7 @@ pub(crate) async fn rebuild(ctx: &Ctx, body: &[u8]) -> StoreResult<Option<Vec<Ou
             .get(&row.chatroom_id)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        if message_pushes(
-            ctx.media.links(),
-            row,
-            senders.get(&row.sender_id),
-            m,
-            &mut out,
-        )
-        .is_err()
-        {
+        if message_pushes(links, row, senders.get(&row.sender_id), m, &mut out).is_err() {
             return Err(StoreError::Db(sqlx::Error::Protocol(
                 "could not serialise a chat push".to_owned(),
             )));

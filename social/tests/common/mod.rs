@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use broker_bridge::{Bus, InProcessConfig, Registry};
 use serde_json::Value;
-use social::app::{Ctx, Limits, SocialConfig};
 use social::kv::KvConfig;
 use social::media::{Backend, MediaConfig};
+use social::{Ctx, Limits, SocialConfig};
 use warp::Filter;
 
 /// The JWT secret of every test app.
