@@ -193,3 +193,10 @@ fn api_routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         );
     early.or(main).unify().boxed()
 }
+
+/// The jobs' counters on `/metrics` (implemented here: `jobs.rs` sits below `ctx.rs`).
+impl crate::ctx::MetricsSource for Jobs {
+    fn write_metrics(&self, out: &mut String) {
+        Jobs::write_metrics(self, out);
+    }
+}

@@ -478,12 +478,6 @@ impl Jobs {
     }
 }
 
-impl crate::ctx::MetricsSource for Jobs {
-    fn write_metrics(&self, out: &mut String) {
-        Jobs::write_metrics(self, out);
-    }
-}
-
 /// Renews the lock every third of `ttl`; cancels `lost` once a renewal finds it taken over, or
 /// once the store has been unreachable for a whole lease.
 async fn renew(

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::dto::{self, ChatAlarm, ChatMessageDto, ReadInfoDto};
+use super::writer::MessagePushes;
 use super::{
     CONTROL_HEADER, CONTROL_QUEUE, CONTROL_TOPIC_HEADER, ChatError, MAX_ROOM_MEMBERS,
     MESSAGE_ID_HEADER, member, room_lock,
@@ -172,16 +173,6 @@ pub(crate) async fn send_text(
         Vec::new()
     };
     let id = sql::insert_message(tx.conn(), room, sender, Some(text), dto::TEXT, now).await?;
-    for m in &members {
-        out.push(alarm(
-            m,
-            &ChatAlarm::Chat {
-                create_at: now,
-                chat_room_id: room,
-                message: text.to_owned(),
-            },
-        )?);
-    }
     let row = MessageRow {
         id,
         chatroom_id: room,
@@ -190,7 +181,9 @@ pub(crate) async fn send_text(
         create_at: now,
         kind: dto::TEXT.to_owned(),
     };
-    out.push(broadcast(ctx.media.links(), &row, Some(&me))?);
+    let mut pushes = MessagePushes::with_capacity(ctx.media.links(), members.len() + 1);
+    pushes.text(&row, Some(&me), &members)?;
+    out.extend(pushes.into_vec());
     let staged = outbox::stage(tx.conn(), out, now).await?;
     tx.commit().await?;
     ctx.outbox.deliver(staged).await;
@@ -615,16 +608,6 @@ pub(crate) async fn post_files(
         } else {
             format!("파일 {}개를 보냈습니다.", stored.len())
         };
-        for m in &members {
-            out.push(alarm(
-                m,
-                &ChatAlarm::Chat {
-                    create_at: now,
-                    chat_room_id: room,
-                    message: summary.clone(),
-                },
-            )?);
-        }
         let row = MessageRow {
             id,
             chatroom_id: room,
@@ -634,12 +617,9 @@ pub(crate) async fn post_files(
             kind: dto::FILE.to_owned(),
         };
         let refs: Vec<&AttachmentRow> = rows.iter().collect();
-        out.push(message_push(&ChatMessageDto::build(
-            ctx.media.links(),
-            &row,
-            Some(&me),
-            &refs,
-        ))?);
+        let mut pushes = MessagePushes::with_capacity(ctx.media.links(), members.len() + 1);
+        pushes.files(&row, Some(&me), &refs, &summary, &members)?;
+        out.extend(pushes.into_vec());
     }
     let staged: Staged = outbox::stage(tx.conn(), out, now).await?;
     tx.commit().await?;
