@@ -207,6 +207,8 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
     );
     gw.drain(cfg.drain_grace).await;
     let _ = tokio::time::timeout(cfg.drain_grace, http).await;
+    // Background tasks last, the last started first (chat writers before the sweeper).
+    social.jobs.shutdown(cfg.drain_grace).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -160,6 +160,8 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
     let _ = tx.send(());
     let grace = Duration::from_secs(args.drain_secs.or(file.drain_secs).unwrap_or(10));
     let _ = tokio::time::timeout(grace, server).await;
+    // Background tasks, the last started first, then the database they use.
+    ctx.jobs.shutdown(grace).await;
     ctx.store.close().await;
     tracing::info!("stopped");
     Ok(())

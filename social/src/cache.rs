@@ -923,17 +923,22 @@ impl ReadCache {
 
     /// Binds a node of this process to [`INVALIDATION_TOPIC`] and applies what arrives, until the
     /// bus shuts down. Clears everything when the bus comes back after being down.
-    pub async fn listen(self: Arc<Self>, bus: Bus) -> Result<(), broker_bridge::BusError> {
+    pub async fn listen(
+        self: Arc<Self>,
+        bus: Bus,
+        jobs: &crate::jobs::Jobs,
+    ) -> Result<(), broker_bridge::BusError> {
         let node = NodeId::from(format!("social-cache-{}", uuid::Uuid::new_v4().simple()));
         let mut link = bus.open_node(node.clone()).await?;
         link.bind(INVALIDATION_TOPIC).await?;
         tracing::info!(%node, topic = INVALIDATION_TOPIC, "read cache listening for invalidations");
-        tokio::spawn(async move {
+        jobs.spawn("read-cache-invalidations", move |cancel| async move {
             let mut buf = Vec::new();
             let mut health = tokio::time::interval(Duration::from_secs(1));
             let mut was_down = false;
             loop {
                 tokio::select! {
+                    () = cancel.cancelled() => break,
                     n = link.recv_many(&mut buf, 256) => {
                         if n == 0 {
                             break;

@@ -13,7 +13,7 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use crate::app::Ctx;
+use crate::ctx::Ctx;
 
 /// The longest one dependency may take to answer a readiness check.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,7 +55,7 @@ impl Ctx {
         let (database, kv, media) = tokio::join!(database, kv, media);
         let bus = Check {
             part: "bus",
-            error: match self.notifier.bus().health() {
+            error: match self.outbox.bus().health() {
                 Health::Down(why) => Some(why),
                 Health::Up | Health::Degraded(_) => None,
             },

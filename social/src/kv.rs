@@ -34,6 +34,23 @@ pub trait Kv: Send + Sync + std::fmt::Debug + 'static {
     /// Adds `n` to the counter `key` (created at 0, expiring `window` after creation) and
     /// returns the new value.
     async fn incr_by(&self, key: &str, n: u64, window: Duration) -> Result<u64, KvError>;
+    /// Takes the lock `key` for `owner` for `ttl` if nobody holds it, and returns its fencing
+    /// token: a number larger than every earlier holder's (`None`: held by someone else).
+    async fn lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<Option<u64>, KvError>;
+    /// Extends `owner`'s hold on `key` to `ttl` from now; false when `owner` no longer holds it.
+    async fn renew(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, KvError>;
+    /// Releases `key` if `owner` holds it (a later holder's lock is left alone).
+    async fn unlock(&self, key: &str, owner: &str) -> Result<bool, KvError>;
+    /// Sets `key` to `value` for `ttl` only while `owner` holds the lock `lock` (false: it does
+    /// not, and nothing was written): a fenced write.
+    async fn set_if_owner(
+        &self,
+        lock: &str,
+        owner: &str,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, KvError>;
 }
 
 /// Which store to use.
@@ -65,6 +82,10 @@ enum Entry {
 }
 
 type Slots = HashMap<String, (Entry, Instant)>;
+
+/// How long a lock's fencing counter outlives its last use (it must outlive every holder that
+/// could still write, so a successor's token is always larger).
+const FENCE_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// In-process store. Expired entries are dropped lazily and by a sweep every 1,024 writes.
 #[derive(Debug, Default)]
@@ -142,6 +163,68 @@ impl Kv for MemoryKv {
                     by
                 }
             }
+        }))
+    }
+
+    async fn lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<Option<u64>, KvError> {
+        Ok(self.write(|map, now| {
+            if matches!(map.get(key), Some((_, exp)) if *exp > now) {
+                return None;
+            }
+            map.insert(key.to_owned(), (Entry::Text(owner.to_owned()), now + ttl));
+            let fence = map
+                .entry(format!("{key}:fence"))
+                .or_insert((Entry::Count(0), now + FENCE_TTL));
+            fence.1 = now + FENCE_TTL;
+            match &mut fence.0 {
+                Entry::Count(n) => {
+                    *n += 1;
+                    Some(*n)
+                }
+                Entry::Text(_) => {
+                    fence.0 = Entry::Count(1);
+                    Some(1)
+                }
+            }
+        }))
+    }
+
+    async fn renew(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, KvError> {
+        Ok(self.write(|map, now| match map.get_mut(key) {
+            Some((Entry::Text(v), exp)) if *exp > now && v == owner => {
+                *exp = now + ttl;
+                true
+            }
+            _ => false,
+        }))
+    }
+
+    async fn unlock(&self, key: &str, owner: &str) -> Result<bool, KvError> {
+        Ok(self.write(|map, now| {
+            let held =
+                matches!(map.get(key), Some((Entry::Text(v), exp)) if *exp > now && v == owner);
+            if held {
+                map.remove(key);
+            }
+            held
+        }))
+    }
+
+    async fn set_if_owner(
+        &self,
+        lock: &str,
+        owner: &str,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, KvError> {
+        Ok(self.write(|map, now| {
+            let held =
+                matches!(map.get(lock), Some((Entry::Text(v), exp)) if *exp > now && v == owner);
+            if held {
+                map.insert(key.to_owned(), (Entry::Text(value.to_owned()), now + ttl));
+            }
+            held
         }))
     }
 }
@@ -245,6 +328,79 @@ impl Kv for RedisKv {
             .map_err(|e| KvError(e.to_string()))?;
         Ok(n)
     }
+
+    async fn lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<Option<u64>, KvError> {
+        const SCRIPT: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
+             return redis.call('INCR', KEYS[2]) else return 0 end";
+        let mut c = self.conn.clone();
+        let fence: u64 = redis::cmd("EVAL")
+            .arg(SCRIPT)
+            .arg(2)
+            .arg(self.key(key))
+            .arg(self.key(&format!("{key}:fence")))
+            .arg(owner)
+            .arg(millis(ttl))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| KvError(e.to_string()))?;
+        Ok((fence > 0).then_some(fence))
+    }
+
+    async fn renew(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, KvError> {
+        const SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+             return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+        let mut c = self.conn.clone();
+        let n: u64 = redis::cmd("EVAL")
+            .arg(SCRIPT)
+            .arg(1)
+            .arg(self.key(key))
+            .arg(owner)
+            .arg(millis(ttl))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| KvError(e.to_string()))?;
+        Ok(n > 0)
+    }
+
+    async fn unlock(&self, key: &str, owner: &str) -> Result<bool, KvError> {
+        const SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+             return redis.call('DEL', KEYS[1]) else return 0 end";
+        let mut c = self.conn.clone();
+        let n: u64 = redis::cmd("EVAL")
+            .arg(SCRIPT)
+            .arg(1)
+            .arg(self.key(key))
+            .arg(owner)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| KvError(e.to_string()))?;
+        Ok(n > 0)
+    }
+
+    async fn set_if_owner(
+        &self,
+        lock: &str,
+        owner: &str,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, KvError> {
+        const SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+             redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end";
+        let mut c = self.conn.clone();
+        let n: u64 = redis::cmd("EVAL")
+            .arg(SCRIPT)
+            .arg(2)
+            .arg(self.key(lock))
+            .arg(self.key(key))
+            .arg(owner)
+            .arg(value)
+            .arg(millis(ttl))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| KvError(e.to_string()))?;
+        Ok(n > 0)
+    }
 }
 
 #[cfg(test)]
@@ -280,6 +436,64 @@ mod tests {
         assert_eq!(kv.incr("c", w).await.unwrap(), 2);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(kv.incr("c", w).await.unwrap(), 1);
+    }
+
+    /// The lock contract, on any store.
+    async fn locks_fence_and_refuse_strangers(kv: &dyn Kv) {
+        let ttl = Duration::from_millis(300);
+        let first = kv.lock("job", "a", ttl).await.unwrap().expect("free lock");
+        assert_eq!(kv.lock("job", "b", ttl).await.unwrap(), None, "held");
+        assert!(kv.renew("job", "a", ttl).await.unwrap());
+        assert!(!kv.renew("job", "b", ttl).await.unwrap());
+        assert!(
+            !kv.unlock("job", "b").await.unwrap(),
+            "only the owner releases"
+        );
+        assert!(kv.set_if_owner("job", "a", "out", "1", ttl).await.unwrap());
+        assert_eq!(kv.get("out").await.unwrap().as_deref(), Some("1"));
+        // "a" stalls past its lease; "b" takes over with a larger token.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let second = kv
+            .lock("job", "b", ttl)
+            .await
+            .unwrap()
+            .expect("expired lock");
+        assert!(second > first);
+        assert!(!kv.renew("job", "a", ttl).await.unwrap());
+        assert!(
+            !kv.set_if_owner("job", "a", "out", "late", ttl)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !kv.unlock("job", "a").await.unwrap(),
+            "a late owner leaves the successor alone"
+        );
+        assert!(kv.set_if_owner("job", "b", "out", "2", ttl).await.unwrap());
+        assert_eq!(kv.get("out").await.unwrap().as_deref(), Some("2"));
+        assert!(kv.unlock("job", "b").await.unwrap());
+        assert!(kv.lock("job", "c", ttl).await.unwrap().expect("released") > second);
+    }
+
+    #[tokio::test]
+    async fn memory_locks() {
+        locks_fence_and_refuse_strangers(&MemoryKv::default()).await;
+    }
+
+    #[tokio::test]
+    async fn redis_locks() {
+        let url = std::env::var("INSTAR_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let prefix = format!(
+            "instar-test-lock-{}-{}:",
+            std::process::id(),
+            crate::time::now_micros()
+        );
+        let kv = RedisKv::connect(&url, &prefix).await.unwrap();
+        locks_fence_and_refuse_strangers(&kv).await;
+        kv.del("job:fence").await.unwrap();
+        kv.del("job").await.unwrap();
+        kv.del("out").await.unwrap();
     }
 
     #[tokio::test]

@@ -1,29 +1,46 @@
 //! Social REST API (wire-compatible with the mjinsta frontend), its SQL store, media storage, and the
 //! live pushes it makes through the bus.
 //!
-//! Layout: [`app`] holds configuration and shared state and assembles the routes; [`routes`] has one
-//! module per controller of the original; [`store`] one module per domain with one function per SQL
-//! statement; [`http`] the envelope, errors and shared filters. [`accounts`] is the first feature
-//! folder of the feature-first layout (Google sign-in); the rest is not reorganised yet.
+//! Layout (docs/architecture.md has the map), top to bottom; a module imports only from its own
+//! layer or the ones below, which `tests/layout.rs` checks:
+//! * **composition**: [`app`] (configuration, start-up, the assembled routes) and [`api`] (the
+//!   route table, one line per feature);
+//! * **features**, one folder each with its routes and use-cases: [`accounts`], [`users`],
+//!   [`posts`], [`feed`], [`alarms`], [`chat`];
+//! * **machinery**, which never names a feature and takes the narrow handles it needs:
+//!   [`ctx`] (the shared state), [`cache`], [`http`], [`tokens`], [`password`], [`kv`], [`mail`],
+//!   [`media`], [`outbox`] (every push after a commit), [`jobs`] (every background
+//!   task), [`quotas`], [`public_url`], [`health`], and [`store`] (all SQL);
+//! * **plain data**: [`model`] (the contract's JSON objects), [`json`], [`time`].
+
+pub mod api;
+pub mod app;
 
 pub mod accounts;
-pub mod app;
-pub mod cache;
+pub mod alarms;
 pub mod chat;
+pub mod feed;
+pub mod posts;
+pub mod users;
+
+pub mod cache;
+pub mod ctx;
 pub mod health;
 pub mod http;
-pub mod json;
+pub mod jobs;
 pub mod kv;
 pub mod mail;
 pub mod media;
-pub mod model;
-pub mod notify;
+pub mod outbox;
 pub mod password;
 pub mod public_url;
 pub mod quotas;
-pub mod routes;
 pub mod store;
-pub mod time;
 pub mod tokens;
 
-pub use app::{Ctx, Limits, SocialConfig, StartError};
+pub mod json;
+pub mod model;
+pub mod time;
+
+pub use app::{SocialConfig, StartError};
+pub use ctx::{Ctx, Limits};

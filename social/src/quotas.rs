@@ -11,8 +11,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::app::Ctx;
 use crate::http::ApiError;
+use crate::kv::Kv;
 
 /// A kind of write with a quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,34 +136,28 @@ pub fn refusals() -> Vec<(&'static str, u64)> {
         .collect()
 }
 
-impl Ctx {
-    /// Counts `amount` of `write` against `user`'s quota; 429 `TMR` once it is used up.
-    ///
-    /// # Errors
-    /// [`ApiError::too_many`] past the quota.
-    pub async fn quota(&self, user: &str, write: Write, amount: u64) -> Result<(), ApiError> {
-        let quotas = &self.limits.quotas;
-        let key = format!("quota:{}:{user}", write.name());
-        match self.kv.incr_by(&key, amount, quotas.window).await {
-            Ok(used) if used > quotas.of(write) => {
-                REFUSED[write.index()].fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%user, write = write.name(), used, "write quota used up");
-                Err(ApiError::too_many())
-            }
-            Ok(_) => Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, write = write.name(), "quota store unavailable; write let through");
-                Ok(())
-            }
+/// Counts `amount` of `write` against `user`'s quota in `kv`; 429 `TMR` once it is used up.
+///
+/// # Errors
+/// [`ApiError::too_many`] past the quota.
+pub async fn charge(
+    kv: &dyn Kv,
+    quotas: &Quotas,
+    user: &str,
+    write: Write,
+    amount: u64,
+) -> Result<(), ApiError> {
+    let key = format!("quota:{}:{user}", write.name());
+    match kv.incr_by(&key, amount, quotas.window).await {
+        Ok(used) if used > quotas.of(write) => {
+            REFUSED[write.index()].fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%user, write = write.name(), used, "write quota used up");
+            Err(ApiError::too_many())
         }
-    }
-
-    /// [`Ctx::quota`] for `files` uploads of `bytes` bytes in all.
-    ///
-    /// # Errors
-    /// [`ApiError::too_many`] past either quota.
-    pub async fn upload_quota(&self, user: &str, files: u64, bytes: u64) -> Result<(), ApiError> {
-        self.quota(user, Write::Upload, files).await?;
-        self.quota(user, Write::UploadBytes, bytes).await
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, write = write.name(), "quota store unavailable; write let through");
+            Ok(())
+        }
     }
 }

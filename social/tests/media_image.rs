@@ -2,8 +2,12 @@
 //! orientation, metadata stripping, thumbnails, blurhash, limits and refusals.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use common::files_under;
 
 use bytes::Bytes;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
@@ -31,23 +35,6 @@ async fn media_in(dir: &TempDir, tweak: impl FnOnce(&mut MediaConfig)) -> Media 
     let mut cfg = MediaConfig::new(Backend::local(dir.0.join("store")));
     tweak(&mut cfg);
     Media::new(cfg).await.unwrap()
-}
-
-/// Every regular file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn stored_bytes(dir: &TempDir, key: &str) -> Vec<u8> {

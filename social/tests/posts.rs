@@ -4,39 +4,15 @@
 
 mod common;
 
-use std::io::Cursor;
-use std::path::Path;
 use std::time::Duration;
 
 use broker_bridge::{NodeId, NodeLink, SessionEntry};
-use common::{Db, TestApp};
+use common::{Db, TestApp, files_under, jpeg_bytes, png_bytes};
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-fn png(w: u32, h: u32) -> Vec<u8> {
-    let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
-        w,
-        h,
-        image::Rgb([200, 30, 30]),
-    ));
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
-fn jpeg(w: u32, h: u32) -> Vec<u8> {
-    let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
-        w,
-        h,
-        image::Rgb([30, 30, 200]),
-    ));
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
-    out.into_inner()
-}
 
 const PDF: &[u8] = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << >>\n%%EOF\n";
 
@@ -61,27 +37,11 @@ async fn create_post(app: &TestApp, token: &str, data: Value) -> i64 {
         .post_multipart(
             "/api/post/create",
             Some(token),
-            post_form(vec![png(8, 6)], &data),
+            post_form(vec![png_bytes(8, 6)], &data),
         )
         .await;
     assert_eq!(status, 200, "{body}");
     body["postId"].as_i64().unwrap()
-}
-
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// Objects in the local media directory (each has a `.meta` sidecar, not counted; anything
@@ -206,7 +166,7 @@ async fn create_post_and_read_it_back(db: Db) {
         },
         "hashtags": ["Sea", " sky ", "sea", "#바다"]
     });
-    let form = post_form(vec![png(40, 30), jpeg(16, 16)], &data);
+    let form = post_form(vec![png_bytes(40, 30), jpeg_bytes(16, 16)], &data);
     let (status, body) = app
         .post_multipart("/api/post/create", Some(&alice), form)
         .await;
@@ -358,44 +318,48 @@ async fn create_refusals_leave_nothing_behind(db: Db) {
 
     // No token.
     let (status, body) = app
-        .post_multipart("/api/post/create", None, post_form(vec![png(4, 4)], &ok))
+        .post_multipart(
+            "/api/post/create",
+            None,
+            post_form(vec![png_bytes(4, 4)], &ok),
+        )
         .await;
     assert_eq!((status, body), (401, json!({"code": "AV"})));
 
     let cases: Vec<(&str, Form)> = vec![
         (
             "no data part",
-            Form::new().part("images", image_part(png(4, 4), "a.png")),
+            Form::new().part("images", image_part(png_bytes(4, 4), "a.png")),
         ),
         ("no images", Form::new().text("data", ok.to_string())),
         (
             "data not JSON",
-            post_form(vec![png(4, 4)], &json!("{nope")).text("x", "y"),
+            post_form(vec![png_bytes(4, 4)], &json!("{nope")).text("x", "y"),
         ),
         (
             "data not JSON (raw)",
             Form::new()
-                .part("images", image_part(png(4, 4), "a.png"))
+                .part("images", image_part(png_bytes(4, 4), "a.png"))
                 .text("data", "{nope"),
         ),
         (
             "tag position not a number",
             post_form(
-                vec![png(4, 4)],
+                vec![png_bytes(4, 4)],
                 &json!({"tags": {"0": [{"userId": "bob123", "x": "left", "y": 1}]}}),
             ),
         ),
         (
             "tagged user unknown",
             post_form(
-                vec![png(4, 4), png(5, 5)],
+                vec![png_bytes(4, 4), png_bytes(5, 5)],
                 &json!({"tags": {"1": [{"userId": "nobody", "x": 1, "y": 1}]}}),
             ),
         ),
         ("pdf", post_form(vec![PDF.to_vec()], &ok)),
         (
             "pdf after an image",
-            post_form(vec![png(4, 4), PDF.to_vec()], &ok),
+            post_form(vec![png_bytes(4, 4), PDF.to_vec()], &ok),
         ),
         (
             "zip",
@@ -412,20 +376,26 @@ async fn create_refusals_leave_nothing_behind(db: Db) {
         ("empty file", post_form(vec![Vec::new()], &ok)),
         (
             "corrupt png",
-            post_form(vec![png(4, 4)[..20].to_vec()], &ok),
+            post_form(vec![png_bytes(4, 4)[..20].to_vec()], &ok),
         ),
-        ("eleven images", post_form(vec![png(2, 2); 11], &ok)),
+        ("eleven images", post_form(vec![png_bytes(2, 2); 11], &ok)),
         (
             "caption too long",
-            post_form(vec![png(4, 4)], &json!({"comment": "가".repeat(2_201)})),
+            post_form(
+                vec![png_bytes(4, 4)],
+                &json!({"comment": "가".repeat(2_201)}),
+            ),
         ),
         (
             "location too long",
-            post_form(vec![png(4, 4)], &json!({"location": "a".repeat(101)})),
+            post_form(vec![png_bytes(4, 4)], &json!({"location": "a".repeat(101)})),
         ),
         (
             "hashtag too long",
-            post_form(vec![png(4, 4)], &json!({"hashtags": ["a".repeat(101)]})),
+            post_form(
+                vec![png_bytes(4, 4)],
+                &json!({"hashtags": ["a".repeat(101)]}),
+            ),
         ),
     ];
     for (what, form) in cases {
@@ -1136,7 +1106,7 @@ async fn cached_reads_follow_every_write(db: Db) {
         .post_multipart(
             "/api/file/upload/profile",
             Some(&alice),
-            Form::new().part("file", image_part(png(32, 32), "me.png")),
+            Form::new().part("file", image_part(png_bytes(32, 32), "me.png")),
         )
         .await;
     assert_eq!(status, 200, "{body}");

@@ -6,13 +6,11 @@
 
 mod common;
 
-use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use broker_bridge::{SessionEntry, Target};
-use common::{Db, TestApp};
-use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+use common::{Db, TestApp, files_under, jpeg_bytes, png_bytes};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
@@ -955,46 +953,12 @@ on_both!(edit_password_attempts_are_limited);
 // ---------------------------------------------------------------------------------------------
 // #18 profile image upload
 
-fn png(w: u32, h: u32) -> Vec<u8> {
-    encode(w, h, ImageFormat::Png)
-}
-
-fn jpeg(w: u32, h: u32) -> Vec<u8> {
-    encode(w, h, ImageFormat::Jpeg)
-}
-
-fn encode(w: u32, h: u32, format: ImageFormat) -> Vec<u8> {
-    let img = DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| {
-        Rgb([(x % 256) as u8, (y % 256) as u8, 99])
-    }));
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, format).unwrap();
-    out.into_inner()
-}
-
 fn file_form(bytes: Vec<u8>, name: &str, mime: &str) -> reqwest::multipart::Form {
     let part = reqwest::multipart::Part::bytes(bytes)
         .file_name(name.to_owned())
         .mime_str(mime)
         .unwrap();
     reqwest::multipart::Form::new().part("file", part)
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Stored profile objects (the local backend keeps a `.meta` file beside each; not counted).
@@ -1068,7 +1032,7 @@ async fn profile_upload_replaces_the_image(db: Db) {
         .post_multipart(
             path,
             Some(&alice),
-            file_form(png(64, 48), "me.png", "image/png"),
+            file_form(png_bytes(64, 48), "me.png", "image/png"),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -1085,7 +1049,7 @@ async fn profile_upload_replaces_the_image(db: Db) {
         .post_multipart(
             path,
             Some(&alice),
-            file_form(jpeg(40, 40), "x.txt", "text/plain"),
+            file_form(jpeg_bytes(40, 40), "x.txt", "text/plain"),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -1118,7 +1082,7 @@ async fn profile_upload_replaces_the_image(db: Db) {
         .post_multipart(
             path,
             Some(&alice),
-            file_form(png(8, 8), "a.png", "image/png"),
+            file_form(png_bytes(8, 8), "a.png", "image/png"),
         )
         .await;
     assert_eq!(status, 200);
@@ -1135,7 +1099,7 @@ async fn profile_upload_refuses_bad_files(db: Db) {
         .post_multipart(
             path,
             Some(&alice),
-            file_form(png(16, 16), "me.png", "image/png"),
+            file_form(png_bytes(16, 16), "me.png", "image/png"),
         )
         .await;
     assert_eq!(status, 200);
@@ -1143,7 +1107,7 @@ async fn profile_upload_refuses_bad_files(db: Db) {
     let br = json!({"code": "BR"});
 
     // Not an image (HTML claiming to be a PNG), a PDF, garbage after PNG magic.
-    let mut broken = png(16, 16);
+    let mut broken = png_bytes(16, 16);
     broken.truncate(20);
     for (bytes, mime) in [
         (
@@ -1184,7 +1148,7 @@ async fn profile_upload_refuses_bad_files(db: Db) {
     // Other parts before `file` are skipped.
     let form = reqwest::multipart::Form::new().text("note", "hello").part(
         "file",
-        reqwest::multipart::Part::bytes(png(4, 4)).file_name("p.png"),
+        reqwest::multipart::Part::bytes(png_bytes(4, 4)).file_name("p.png"),
     );
     let (status, body) = app.post_multipart(path, Some(&alice), form).await;
     assert_eq!(status, 200, "{body}");
@@ -1194,7 +1158,7 @@ async fn profile_upload_refuses_bad_files(db: Db) {
 
     // No token: 401, nothing stored. Unknown user: BR and the upload is removed.
     let (status, _) = app
-        .post_multipart(path, None, file_form(png(4, 4), "p.png", "image/png"))
+        .post_multipart(path, None, file_form(png_bytes(4, 4), "p.png", "image/png"))
         .await;
     assert_eq!(status, 401);
     let ghost = app.token("ghost99");
@@ -1202,7 +1166,7 @@ async fn profile_upload_refuses_bad_files(db: Db) {
         .post_multipart(
             path,
             Some(&ghost),
-            file_form(png(4, 4), "p.png", "image/png"),
+            file_form(png_bytes(4, 4), "p.png", "image/png"),
         )
         .await;
     assert_eq!((status, body), (400, br));

@@ -29,6 +29,7 @@
 
 pub mod provider;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -41,10 +42,10 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
-use crate::app::Ctx;
+use crate::accounts::routes::{client_addr, normalise_email, valid_id};
+use crate::ctx::Ctx;
+use crate::ctx::with_ctx;
 use crate::http::{ApiError, ApiResult, finish, get, json_body, json_response, sc};
-use crate::routes::auth::{client_addr, normalise_email, valid_id};
-use crate::routes::with_ctx;
 use crate::store::StoreError;
 use crate::store::users::{self, NewUser};
 use crate::time::now_micros;
@@ -142,6 +143,12 @@ pub struct Google {
     stats: Stats,
 }
 
+impl crate::ctx::MetricsSource for Google {
+    fn write_metrics(&self, out: &mut String) {
+        self.write_google_metrics(out);
+    }
+}
+
 impl Google {
     /// Checks the settings and builds the client (nothing is fetched until the first sign-in).
     /// `cors_origin` gives the frontend page when `frontend_url` is not set.
@@ -218,15 +225,15 @@ impl Google {
     }
 
     /// The Google counters in the Prometheus text format.
-    pub fn metrics_text(&self, out: &mut String) {
+    fn write_google_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
-        crate::app::write_counter(
+        crate::ctx::write_counter(
             out,
             "google_sign_ins_total",
             "Google sign-ins of known accounts.",
             self.stats.sign_ins.load(Ordering::Relaxed),
         );
-        crate::app::write_counter(
+        crate::ctx::write_counter(
             out,
             "google_sign_ups_total",
             "Accounts created through Google sign-up.",
@@ -497,7 +504,7 @@ fn redirect(location: &str, cookie: &str) -> Response {
 /// frontend's origin is known (the page then shows a failure and returns to sign-in), else
 /// `{"code":"GNC"}`.
 fn login_url(ctx: Ctx) -> Response {
-    match &ctx.google {
+    match ctx.extension::<Arc<Google>>() {
         Some(g) => text(StatusCode::OK, g.start_url.clone()),
         None => match ctx.cors.origin() {
             Some(origin) => text(
@@ -511,7 +518,7 @@ fn login_url(ctx: Ctx) -> Response {
 
 /// `GET /api/auth/google/start`: a new sign-in; redirects the browser to the provider.
 async fn start(ctx: Ctx, addr: String) -> Response {
-    let Some(g) = ctx.google.clone() else {
+    let Some(g) = ctx.extension::<Arc<Google>>().cloned() else {
         return not_configured().into_response();
     };
     let expire = g.cookie("", 0);
@@ -576,7 +583,7 @@ pub struct CallbackQuery {
 }
 
 async fn callback(ctx: Ctx, q: CallbackQuery, cookie: Option<String>, addr: String) -> Response {
-    let Some(g) = ctx.google.clone() else {
+    let Some(g) = ctx.extension::<Arc<Google>>().cloned() else {
         return not_configured().into_response();
     };
     if q.state.is_none() && q.error.is_none() {
@@ -823,7 +830,7 @@ fn bounded(s: &Option<String>, max_chars: usize) -> bool {
 
 async fn oauth_sign_up(ctx: Ctx, body: OauthSignUp) -> ApiResult {
     const TOKEN: &[&str] = &["token"];
-    let Some(g) = ctx.google.clone() else {
+    let Some(g) = ctx.extension::<Arc<Google>>().cloned() else {
         return Err(not_configured().with_nulls(TOKEN));
     };
     let bad = || ApiError::bad_request().with_nulls(TOKEN);
@@ -999,7 +1006,7 @@ mod tests {
         .unwrap();
         g.failed(Failure::Pending);
         let mut out = String::new();
-        g.metrics_text(&mut out);
+        g.write_google_metrics(&mut out);
         assert!(out.contains("instar_google_failures_total{reason=\"pending\"} 1\n"));
         assert!(out.contains("instar_google_failures_total{reason=\"denied\"} 0\n"));
     }

@@ -1,5 +1,5 @@
-//! Accounts, the first feature folder of the feature-first layout: today Google sign-in
-//! ([`google`]); sign-up, sign-in and e-mail codes still live in `routes/auth.rs` until the rest of
-//! the service is reorganised.
+//! Accounts: sign-up with an e-mail code, sign-in, password checks ([`routes`]), and Google
+//! sign-in and sign-up ([`google`]).
 
 pub mod google;
+pub mod routes;

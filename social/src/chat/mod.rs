@@ -20,7 +20,7 @@
 
 pub mod dto;
 mod ops;
-pub mod outbox;
+pub mod routes;
 pub mod writer;
 
 use std::sync::{Arc, LazyLock};
@@ -30,9 +30,10 @@ use broker_bridge::{AppCommand, AppHandler, Bus, Completion, HandlerError};
 use serde_json::Value;
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::app::Ctx;
+use crate::ctx::Ctx;
 use crate::http::ApiError;
 use crate::media::{Links, MediaError};
+use crate::outbox;
 use crate::store::chat::{MessageRow, ParticipantRow};
 use crate::store::{Store, StoreError};
 
@@ -242,7 +243,7 @@ fn topic_room(topic: &str) -> Option<i64> {
 // Application handlers
 
 /// Registers the chat handlers for `/app/` on `bus` and starts the outbox sweeper (on the
-/// current Tokio runtime). Pushes go out through `ctx.notifier`'s bus.
+/// current Tokio runtime). Pushes go out through `ctx.outbox`'s bus.
 pub fn register(ctx: &Ctx, bus: &Bus) {
     register_with(ctx, bus, WriterOptions::default());
 }
@@ -269,7 +270,20 @@ pub fn register_with(ctx: &Ctx, bus: &Bus, options: WriterOptions) {
             writer,
         }),
     );
-    outbox::spawn_sweeper(ctx);
+    ctx.outbox.register(
+        writer::MESSAGES_TARGET,
+        Arc::new(writer::MessagesRebuild::new(ctx)),
+    );
+    let sweeper = ctx.outbox.clone();
+    ctx.jobs
+        .every("chat-outbox-sweeper", outbox::SWEEP_INTERVAL, move || {
+            let sweeper = sweeper.clone();
+            async move {
+                if let Err(e) = sweeper.sweep(outbox::SWEEP_GRACE).await {
+                    tracing::warn!(error = %e, "chat outbox sweep failed");
+                }
+            }
+        });
 }
 
 /// Handles `/app/send` and `/app/update/read`; any other `/app/` destination is rejected.

@@ -7,13 +7,14 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::dto::{self, ChatAlarm, ChatMessageDto, ReadInfoDto};
-use super::outbox::{self, Outgoing, Staged};
+use super::writer::MessagePushes;
 use super::{
     CONTROL_HEADER, CONTROL_QUEUE, CONTROL_TOPIC_HEADER, ChatError, MAX_ROOM_MEMBERS,
     MESSAGE_ID_HEADER, member, room_lock,
 };
-use crate::app::Ctx;
+use crate::ctx::Ctx;
 use crate::media::{THUMB_SUFFIX, sniff};
+use crate::outbox::{self, Outgoing, Staged};
 use crate::store::StoreError;
 use crate::store::chat::{
     self as sql, AttachmentRow, DIRECT, GROUP, MessageRow, NewAttachment, ParticipantRow, SenderRow,
@@ -172,16 +173,6 @@ pub(crate) async fn send_text(
         Vec::new()
     };
     let id = sql::insert_message(tx.conn(), room, sender, Some(text), dto::TEXT, now).await?;
-    for m in &members {
-        out.push(alarm(
-            m,
-            &ChatAlarm::Chat {
-                create_at: now,
-                chat_room_id: room,
-                message: text.to_owned(),
-            },
-        )?);
-    }
     let row = MessageRow {
         id,
         chatroom_id: room,
@@ -190,10 +181,12 @@ pub(crate) async fn send_text(
         create_at: now,
         kind: dto::TEXT.to_owned(),
     };
-    out.push(broadcast(ctx.media.links(), &row, Some(&me))?);
+    let mut pushes = MessagePushes::with_capacity(ctx.media.links(), members.len() + 1);
+    pushes.text(&row, Some(&me), &members)?;
+    out.extend(pushes.into_vec());
     let staged = outbox::stage(tx.conn(), out, now).await?;
     tx.commit().await?;
-    outbox::deliver(ctx, staged).await;
+    ctx.outbox.deliver(staged).await;
     Ok(id)
 }
 
@@ -225,7 +218,7 @@ pub(crate) async fn update_read(
             last_read_message_id: Some(message),
         };
         let push = Outgoing::topic(&info_topic(room), &info)?;
-        let bus = ctx.notifier.bus();
+        let bus = ctx.outbox.bus();
         match tokio::time::timeout(
             outbox::PUBLISH_TIMEOUT,
             bus.publish(push.target, push.envelope),
@@ -303,7 +296,7 @@ async fn try_create(ctx: &Ctx, creator: &str, users: &[String]) -> Result<i64, C
             }
             let staged = outbox::stage(tx.conn(), out, now).await?;
             tx.commit().await?;
-            outbox::deliver(ctx, staged).await;
+            ctx.outbox.deliver(staged).await;
             return Ok(room);
         }
         sql::insert_room(tx.conn(), DIRECT, Some(&key), now).await?
@@ -316,7 +309,7 @@ async fn try_create(ctx: &Ctx, creator: &str, users: &[String]) -> Result<i64, C
     }
     let staged = outbox::stage(tx.conn(), out, now).await?;
     tx.commit().await?;
-    outbox::deliver(ctx, staged).await;
+    ctx.outbox.deliver(staged).await;
     Ok(room)
 }
 
@@ -396,7 +389,7 @@ pub(crate) async fn invite(
     }
     let staged = outbox::stage(tx.conn(), out, now).await?;
     tx.commit().await?;
-    outbox::deliver(ctx, staged).await;
+    ctx.outbox.deliver(staged).await;
     Ok(())
 }
 
@@ -461,7 +454,7 @@ pub(crate) async fn leave(ctx: &Ctx, user: &str, room: i64) -> Result<(), ChatEr
     }
     let staged = outbox::stage(tx.conn(), out, now).await?;
     tx.commit().await?;
-    outbox::deliver(ctx, staged).await;
+    ctx.outbox.deliver(staged).await;
     if !objects.is_empty() {
         ctx.media.delete(&objects).await;
     }
@@ -615,16 +608,6 @@ pub(crate) async fn post_files(
         } else {
             format!("파일 {}개를 보냈습니다.", stored.len())
         };
-        for m in &members {
-            out.push(alarm(
-                m,
-                &ChatAlarm::Chat {
-                    create_at: now,
-                    chat_room_id: room,
-                    message: summary.clone(),
-                },
-            )?);
-        }
         let row = MessageRow {
             id,
             chatroom_id: room,
@@ -634,17 +617,14 @@ pub(crate) async fn post_files(
             kind: dto::FILE.to_owned(),
         };
         let refs: Vec<&AttachmentRow> = rows.iter().collect();
-        out.push(message_push(&ChatMessageDto::build(
-            ctx.media.links(),
-            &row,
-            Some(&me),
-            &refs,
-        ))?);
+        let mut pushes = MessagePushes::with_capacity(ctx.media.links(), members.len() + 1);
+        pushes.files(&row, Some(&me), &refs, &summary, &members)?;
+        out.extend(pushes.into_vec());
     }
     let staged: Staged = outbox::stage(tx.conn(), out, now).await?;
     tx.commit().await?;
     guard.commit();
-    outbox::deliver(ctx, staged).await;
+    ctx.outbox.deliver(staged).await;
     Ok(())
 }
 

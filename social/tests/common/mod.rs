@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use broker_bridge::{Bus, InProcessConfig, Registry};
 use serde_json::Value;
-use social::app::{Ctx, Limits, SocialConfig};
 use social::kv::KvConfig;
 use social::media::{Backend, MediaConfig};
+use social::{Ctx, Limits, SocialConfig};
 use warp::Filter;
 
 /// The JWT secret of every test app.
@@ -343,4 +343,64 @@ impl Drop for TestApp {
             .join();
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers: image and file makers, file listers, waits.
+
+/// A `w`×`h` PNG with a gradient (no two rows alike, so thumbnails and hashes differ by size).
+pub fn png_bytes(w: u32, h: u32) -> Vec<u8> {
+    image_bytes(w, h, image::ImageFormat::Png)
+}
+
+/// A `w`×`h` JPEG with the same gradient as [`png_bytes`].
+pub fn jpeg_bytes(w: u32, h: u32) -> Vec<u8> {
+    image_bytes(w, h, image::ImageFormat::Jpeg)
+}
+
+fn image_bytes(w: u32, h: u32, format: image::ImageFormat) -> Vec<u8> {
+    let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 99])
+    }));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+/// The bytes of a minimal PDF (sniffed as a document).
+pub fn pdf_bytes() -> Vec<u8> {
+    b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n".to_vec()
+}
+
+/// Every file under `dir`, recursively, sorted (none when `dir` does not exist).
+pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Waits until `check` is true (every 20 ms, at most 5 s); panics naming `what` after that.
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..250 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
 }

@@ -1,18 +1,12 @@
-//! Every `/api` route (paths relative to `/api`), one submodule per controller of the original.
+//! The `/api` route table (paths relative to `/api`): one line per feature, each feature's routes
+//! in its own folder.
 
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-use crate::app::Ctx;
-
-pub mod alarms;
-pub mod auth;
-pub mod batch;
-pub mod chat;
-pub mod feed;
-pub mod posts;
-pub mod users;
+use crate::ctx::Ctx;
+use crate::{accounts, alarms, chat, feed, posts, users};
 
 /// All routes, without the `/api` prefix.
 ///
@@ -22,20 +16,20 @@ pub mod users;
 /// more time in route matching than in its handler. The hottest modules come first.
 pub fn all(ctx: &Ctx) -> BoxedFilter<(Response,)> {
     under(&["feed"])
-        .and(feed::routes(ctx))
-        .or(under(&["post"]).and(posts::routes(ctx)))
+        .and(feed::routes::routes(ctx))
+        .or(under(&["post"]).and(posts::routes::routes(ctx)))
         .unify()
-        .or(under(&["user", "file"]).and(users::routes(ctx)))
+        .or(under(&["user", "file"]).and(users::routes::routes(ctx)))
         .unify()
-        .or(under(&["chat", "file"]).and(chat::routes(ctx)))
+        .or(under(&["chat", "file"]).and(chat::routes::routes(ctx)))
         .unify()
-        .or(under(&["alarm"]).and(alarms::routes(ctx)))
+        .or(under(&["alarm"]).and(alarms::routes::routes(ctx)))
         .unify()
-        .or(under(&["auth"]).and(auth::routes(ctx)))
+        .or(under(&["auth"]).and(accounts::routes::routes(ctx)))
         .unify()
-        .or(under(&["auth"]).and(crate::accounts::google::routes(ctx)))
+        .or(under(&["auth"]).and(accounts::google::routes(ctx)))
         .unify()
-        .or(under(&["batch", "auth"]).and(batch::routes(ctx)))
+        .or(under(&["batch", "auth"]).and(feed::batch::routes(ctx)))
         .unify()
         .boxed()
 }
@@ -55,12 +49,4 @@ fn under(
             })
         })
         .untuple_one()
-}
-
-/// A filter handing out a clone of the context.
-pub fn with_ctx(
-    ctx: &Ctx,
-) -> impl Filter<Extract = (Ctx,), Error = std::convert::Infallible> + Clone + use<> {
-    let ctx = ctx.clone();
-    warp::any().map(move || ctx.clone())
 }

@@ -14,17 +14,16 @@ use warp::http::StatusCode;
 use warp::multipart::{FormData, Part};
 use warp::reply::Response;
 
-use super::with_ctx;
-use crate::app::Ctx;
+use super::view::{Post, ShownPost};
 use crate::cache::{
     Change, Dep, Json, Liked, MAX_LIKED, PostView, Ticket, ViewTicket, Watch, to_json,
 };
+use crate::ctx::Ctx;
+use crate::ctx::with_ctx;
 use crate::http::{ApiError, ApiResult, authed, empty, finish, get, json_body, sc, sc_json};
 use crate::media::Links;
 use crate::media::{MediaError, StoredImage};
-use crate::model::{
-    Alarm, AlarmType, Comment, ImageTags, Linked, Post, PostTag, ShownPost, SimpleUser,
-};
+use crate::model::{Alarm, AlarmType, Comment, ImageTags, Linked, PostTag, SimpleUser};
 use crate::quotas::Write;
 use crate::store::posts::{AttachmentRow, NewAttachment, NewPost, PostRow, UserTagRow};
 use crate::store::{Store, StoreError, alarms, comments, likes, posts};
@@ -695,7 +694,7 @@ async fn create(ctx: Ctx, user: String, form: FormData) -> ApiResult {
                     sender_profile_image: ctx.media.link_opt(author.profile_image.as_deref()),
                     post_id,
                 };
-                ctx.notifier.notify_user(&recipient, &alarm).await;
+                ctx.outbox.notify_user(&recipient, &alarm).await;
             }
             sc(&json!({ "postId": post_id }))
         }
@@ -841,7 +840,7 @@ async fn like(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
                     user: liker.linked(ctx.media.links()),
                     post_id: post,
                 };
-                ctx.notifier.notify_user(&author, &alarm).await;
+                ctx.outbox.notify_user(&author, &alarm).await;
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "like push skipped"),
@@ -895,7 +894,7 @@ async fn comment(ctx: Ctx, user: String, body: Value) -> ApiResult {
             post: comment.clone(),
             post_id: post,
         };
-        ctx.notifier.notify_user(&author, &alarm).await;
+        ctx.outbox.notify_user(&author, &alarm).await;
     }
     sc(&json!({ "comment": comment }))
 }

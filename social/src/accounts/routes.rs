@@ -13,10 +13,10 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use crate::app::Ctx;
+use crate::ctx::Ctx;
+use crate::ctx::with_ctx;
 use crate::http::{ApiError, ApiResult, empty, finish, get, json_body, sc, sc_only};
 use crate::public_url::rate_key;
-use crate::routes::with_ctx;
 use crate::store::StoreError;
 use crate::store::users::{self, NewUser};
 use crate::time::now_micros;

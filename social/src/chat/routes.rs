@@ -15,16 +15,16 @@ use warp::filters::multipart::FormData;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use crate::app::Ctx;
 use crate::chat::{
     self, ChatError, ChatRoomDto, ReadInfoDto, Upload, auto_title, create_room, invite, leave,
     post_files, set_room_image, set_title,
 };
+use crate::ctx::Ctx;
+use crate::ctx::with_ctx;
 use crate::http::{ApiError, ApiResult, authed, empty, finish, get, json_body, sc, sc_only};
 use crate::media::Links;
 use crate::model::SimpleUser;
 use crate::quotas::Write;
-use crate::routes::with_ctx;
 use crate::store::chat::{DIRECT, GROUP, PeerRow, like_prefix};
 
 /// Messages per history page.

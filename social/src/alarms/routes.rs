@@ -12,8 +12,8 @@ use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-use super::with_ctx;
-use crate::app::Ctx;
+use crate::ctx::Ctx;
+use crate::ctx::with_ctx;
 use crate::http::{ApiResult, authed, finish, get, sc};
 use crate::model::Linked;
 use crate::model::{Alarm, AlarmType, SimpleUser};

@@ -16,15 +16,15 @@ use warp::filters::multipart::FormData;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use crate::app::Ctx;
 use crate::cache::Change;
+use crate::ctx::Ctx;
+use crate::ctx::with_ctx;
 use crate::http::{ApiError, ApiResult, authed, finish, get, json_body, sc, sc_only};
 use crate::media::{MediaError, THUMB_SUFFIX};
 use crate::model::Linked;
 use crate::model::{Alarm, AlarmType, EditUser, MeUser, SimpleUser, UserDetails};
 use crate::password::MAX_PASSWORD_BYTES;
 use crate::quotas::Write;
-use crate::routes::with_ctx;
 use crate::store::dialect::like_contains;
 use crate::store::{StoreError, alarms, follows, users};
 use crate::time::now_micros;
@@ -246,7 +246,7 @@ async fn follow(ctx: Ctx, caller: String, body: FollowBody) -> ApiResult {
     committed?;
 
     forget_recommendations(&ctx, &caller).await;
-    ctx.notifier
+    ctx.outbox
         .notify_user(
             &target,
             &Alarm::Follow {

@@ -25,13 +25,13 @@ use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-use super::posts::{PostRef, build_posts, query_i64};
-use super::with_ctx;
-use crate::app::Ctx;
 use crate::cache::{AuthorPosts, Dep, Followees, Watch};
+use crate::ctx::Ctx;
+use crate::ctx::with_ctx;
 use crate::http::{ApiResult, authed, finish, get, sc_json, sc_shared};
 use crate::json::push_opt_i64;
-use crate::model::ShownPost;
+use crate::posts::routes::{PostRef, build_posts, query_i64};
+use crate::posts::view::ShownPost;
 use crate::store::StoreError;
 
 /// Posts per page.

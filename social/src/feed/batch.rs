@@ -19,8 +19,8 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::with_ctx;
-use crate::app::Ctx;
+use crate::ctx::Ctx;
+use crate::ctx::with_ctx;
 use crate::http::{ApiError, ApiResult, authed, empty, finish, get};
 use crate::store::feed::{AI_TAG_WEIGHTS, HASH_TAG_WEIGHTS, clear_interests, insert_interests};
 use crate::store::{Store, StoreResult};

@@ -1,0 +1,3 @@
+//! Users: profiles, follows, search and recommendations ([`routes`]).
+
+pub mod routes;
