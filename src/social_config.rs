@@ -320,6 +320,7 @@ impl SocialArgs {
             kv,
             smtp,
             limits: social::Limits::default(),
+            interest_recompute: Some(social::jobs::Schedule::nightly()),
             cache: social::cache::ReadCacheConfig {
                 entries: pick!(a, f, read_cache_entries).unwrap_or(social::cache::DEFAULT_ENTRIES),
                 ttl: pick!(a, f, read_cache_ttl_secs).map_or(social::cache::DEFAULT_TTL, |s| {
