@@ -135,6 +135,7 @@ fn check(case: Case) {
     // Without the file, the variable and the flag alone.
     let no_file = print_config(&[command, d.2.0, d.2.1], &envs);
     assert_eq!(no_file.pointer(d.0), Some(&d.3));
+    let _ = std::fs::remove_dir_all(std::path::Path::new(file).parent().unwrap());
 }
 
 #[test]

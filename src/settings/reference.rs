@@ -50,7 +50,7 @@ pub(crate) fn render(
             if matches!(id, "help" | "version" | "print_config") {
                 continue;
             }
-            let this_heading = arg.get_help_heading().unwrap_or("General").to_owned();
+            let this_heading = arg.get_help_heading().unwrap_or("Config file").to_owned();
             if first || heading.as_deref() != Some(this_heading.as_str()) {
                 let _ = write!(
                     out,
