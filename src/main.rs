@@ -84,7 +84,8 @@ impl Run {
             "serve" => Run::Serve(config::ServeArgs::load(sub_cmd, sub)?),
             "gateway" => Run::Gateway(node_config::GatewayArgs::load(sub_cmd, sub)?),
             "social" => Run::Social(social_cmd::SocialCmdArgs::load(sub_cmd, sub)?),
-            _ => Run::ConfigReference,
+            "config-reference" => Run::ConfigReference,
+            other => anyhow::bail!("unknown command {other}"),
         })
     }
 
