@@ -1,111 +1,58 @@
-//! Settings for `instar serve`: command-line flags, `INSTAR_*` environment variables and an optional
-//! TOML file, in that order of precedence, over built-in defaults. `instar serve --help` lists them all.
+//! Settings of `instar serve`: the sections it composes (src/settings/sections.rs), merged as
+//! defaults < `--config` TOML < `INSTAR_*` variables < flags. `instar serve --help` lists them all
+//! with their defaults; docs/configuration.md is the same list.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use clap::Args;
-use serde::Deserialize;
+use clap::{ArgMatches, Args, Command};
+use serde::{Deserialize, Serialize};
 
-/// Flags of `instar serve`. Every flag also reads an `INSTAR_*` variable and a key of the same name
-/// (with `_`) in the `--config` file.
-#[derive(Debug, Args, Default)]
+use crate::settings::sections::{Bench, ConfigFile, Http, InProcessBus, Jwt, Ops, Stomp};
+use crate::settings::{self, Loaded};
+use crate::social_config::SocialArgs;
+
+/// Flags of `instar serve`: the edge, the in-process bus, and the social service (`[social]`).
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub(crate) struct ServeArgs {
-    /// TOML file with any of the settings below (keys like `listen`, `jwt_secret`, `heartbeat_ms`).
-    #[arg(long, env = "INSTAR_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// HTTP address for REST, /ws (SockJS) and /stomp (WebSocket). [default: 127.0.0.1:8080]
-    #[arg(long, env = "INSTAR_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// Address of the raw STOMP-over-TCP listener; "off" disables it. [default: 127.0.0.1:61613]
-    #[arg(long, env = "INSTAR_TCP_LISTEN")]
-    pub tcp_listen: Option<String>,
-    /// Secret for HS256/384/512 bearer tokens. [default: a random secret per start, with a warning]
-    #[arg(long, env = "INSTAR_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
-    /// This node's id, used in session ids and the session registry. [default: node-<random>]
-    #[arg(long, env = "INSTAR_NODE_ID")]
-    pub node_id: Option<String>,
-    /// Heart-beat the server offers and requires at least, in ms, both ways (0 disables). [default: 10000]
-    #[arg(long, env = "INSTAR_HEARTBEAT_MS")]
-    pub heartbeat_ms: Option<u32>,
-    /// Largest STOMP frame body accepted, in bytes. [default: 65536]
-    #[arg(long, env = "INSTAR_MAX_BODY")]
-    pub max_body: Option<usize>,
-    /// Largest WebSocket message or SockJS batch accepted, in bytes. [default: 131072]
-    #[arg(long, env = "INSTAR_MAX_WS_MESSAGE")]
-    pub max_ws_message: Option<usize>,
-    /// Frames queued per session before it is closed as a slow consumer. [default: 1024]
-    #[arg(long, env = "INSTAR_OUTBOUND_QUEUE")]
-    pub outbound_queue: Option<usize>,
-    /// SENDs per second one STOMP session may keep up (bursts of five seconds' worth); past it the session gets an ERROR and is closed; 0: unlimited. [default: 200]
-    #[arg(long, env = "INSTAR_SEND_RATE")]
-    pub send_rate: Option<u32>,
-    /// STOMP sessions one user may hold on this node at once; one more gets an ERROR at CONNECT; 0: unlimited. [default: 32]
-    #[arg(long, env = "INSTAR_MAX_SESSIONS_PER_USER")]
-    pub max_sessions_per_user: Option<u32>,
-    /// Bearer token that opens /metrics to other machines; without it only requests from this machine that did not pass a proxy may read it. [default: none]
-    #[arg(long, env = "INSTAR_METRICS_TOKEN", hide_env_values = true)]
-    pub metrics_token: Option<String>,
-    /// Seconds a new connection has to send CONNECT. [default: 10]
-    #[arg(long, env = "INSTAR_CONNECT_TIMEOUT_SECS")]
-    pub connect_timeout_secs: Option<u64>,
-    /// Seconds sessions get to drain on SIGINT/SIGTERM. [default: 10]
-    #[arg(long, env = "INSTAR_DRAIN_SECS")]
-    pub drain_secs: Option<u64>,
-    /// Concurrent workers running application commands (/app/send, ...); one session's commands
-    /// always go to the same worker, in order. [default: 128]
-    #[arg(long, env = "INSTAR_COMMAND_WORKERS")]
-    pub command_workers: Option<usize>,
-    /// Accept CONNECT without a token (read-only sessions). [default: false]
-    #[arg(long, env = "INSTAR_ALLOW_ANONYMOUS", value_parser = clap::builder::BoolishValueParser::new())]
-    pub allow_anonymous: Option<bool>,
-    /// Comma-separated topic prefixes any authenticated user may subscribe to. [default: public.]
-    #[arg(long, env = "INSTAR_PUBLIC_TOPICS", value_delimiter = ',')]
-    pub public_topics: Option<Vec<String>>,
-    /// Comma-separated exact origins allowed for SockJS/CORS with credentials; empty echoes any. [default: INSTAR_CORS_ORIGIN when set, else empty]
-    #[arg(long, env = "INSTAR_ALLOWED_ORIGINS", value_delimiter = ',')]
-    pub allowed_origins: Option<Vec<String>>,
-    /// Register the load-test handlers for /app/bench.* (never in production). [default: false]
-    #[arg(long, env = "INSTAR_BENCH_ECHO", value_parser = clap::builder::BoolishValueParser::new())]
-    pub bench_echo: Option<bool>,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub file: ConfigFile,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub http: Http,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub stomp: Stomp,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub jwt: Jwt,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub ops: Ops,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub bus: InProcessBus,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub bench: Bench,
     /// Social service (REST) settings.
     #[command(flatten)]
-    pub social: crate::social_config::SocialArgs,
-
-    // ---- Static frontend (docs/operations.md, "One command, one origin") ----
-    /// Directory of a built frontend (with its index.html) served on the same origin: SPA fallback, precompressed .br/.gz copies, caching headers. [default: none]
-    #[arg(long = "static", env = "INSTAR_STATIC_DIR")]
-    pub static_dir: Option<PathBuf>,
+    pub social: SocialArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub frontend: Frontend,
 }
 
-/// The same settings, as read from the TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    listen: Option<SocketAddr>,
-    tcp_listen: Option<String>,
-    jwt_secret: Option<String>,
-    node_id: Option<String>,
-    heartbeat_ms: Option<u32>,
-    max_body: Option<usize>,
-    max_ws_message: Option<usize>,
-    outbound_queue: Option<usize>,
-    send_rate: Option<u32>,
-    max_sessions_per_user: Option<u32>,
-    metrics_token: Option<String>,
-    connect_timeout_secs: Option<u64>,
-    drain_secs: Option<u64>,
-    command_workers: Option<usize>,
-    allow_anonymous: Option<bool>,
-    public_topics: Option<Vec<String>>,
-    allowed_origins: Option<Vec<String>>,
-    bench_echo: Option<bool>,
-    social: Option<crate::social_config::SocialFile>,
-    // ---- Static frontend ----
-    static_dir: Option<PathBuf>,
+/// The built frontend `instar serve` answers on its own origin (docs/operations.md, "One command,
+/// one origin").
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Frontend")]
+pub(crate) struct Frontend {
+    /// Directory of a built frontend (with its index.html) served on the same origin: SPA
+    /// fallback, precompressed .br/.gz copies, caching headers. Unset: no frontend.
+    #[arg(long = "static")]
+    pub static_dir: Option<std::path::PathBuf>,
 }
 
 /// Resolved settings.
@@ -117,14 +64,8 @@ pub(crate) struct Settings {
     pub tcp_listen_given: bool,
     pub jwt_secret: String,
     pub node_id: String,
-    pub heartbeat_ms: u32,
-    pub max_body: usize,
-    pub max_ws_message: usize,
-    pub outbound_queue: usize,
-    pub send_rate: u32,
-    pub max_sessions_per_user: u32,
+    pub stomp: Stomp,
     pub metrics_token: Option<String>,
-    pub connect_timeout: Duration,
     pub drain_grace: Duration,
     pub command_workers: usize,
     pub allow_anonymous: bool,
@@ -133,20 +74,24 @@ pub(crate) struct Settings {
     pub bench_echo: bool,
     pub social: social::SocialConfig,
     pub chat: social::chat::WriterOptions,
-    // ---- Static frontend ----
-    pub static_dir: Option<PathBuf>,
+    /// The built frontend's directory (`--static`).
+    pub static_dir: Option<std::path::PathBuf>,
 }
 
 impl ServeArgs {
-    /// Flags and environment over the file over the defaults.
-    pub(crate) fn resolve(self) -> anyhow::Result<Settings> {
-        let file: FileSettings = crate::config::read_file(self.config.as_deref())?;
-        let given = self.tcp_listen.or(file.tcp_listen);
-        let tcp_listen_given = given.is_some();
-        let tcp = given.unwrap_or_else(|| "127.0.0.1:61613".to_owned());
-        let tcp_listen = crate::config::tcp_address(&tcp)?;
-        let jwt_secret = match self.jwt_secret.or(file.jwt_secret) {
-            Some(s) if !s.is_empty() => s,
+    /// Defaults, file, variables and flags merged.
+    pub(crate) fn load(cmd: &Command, matches: &ArgMatches) -> anyhow::Result<Loaded<Self>> {
+        settings::load(cmd, matches)
+    }
+}
+
+impl Loaded<ServeArgs> {
+    /// The settings the process runs with.
+    pub(crate) fn resolve(&self) -> anyhow::Result<Settings> {
+        let a = &self.value;
+        let tcp_listen = settings::tcp_address(&a.stomp.tcp_listen)?;
+        let jwt_secret = match &a.jwt.jwt_secret {
+            Some(s) if !s.is_empty() => s.clone(),
             _ => {
                 tracing::warn!(
                     "no INSTAR_JWT_SECRET set: using a random secret, tokens will not survive a restart"
@@ -154,114 +99,67 @@ impl ServeArgs {
                 gateway::random_id(48)
             }
         };
-        let social_file = file.social.clone().unwrap_or_default();
-        let social = self.social.resolve(&social_file, &jwt_secret)?;
-        let cors_origin = social.cors_origin.clone();
+        let social = a.social.resolve(&jwt_secret)?;
+        // SockJS follows the REST allow-list unless told otherwise: the one CORS origin.
+        let allowed_origins = a
+            .stomp
+            .allowed_origins
+            .clone()
+            .or_else(|| social.cors_origin.clone().map(|o| vec![o]))
+            .unwrap_or_default();
         Ok(Settings {
-            chat: self.social.chat_writer_options(&social_file),
+            chat: a.social.chat_writer_options(),
             social,
-            listen: self
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            listen: a.http.listen,
             tcp_listen,
-            tcp_listen_given,
+            tcp_listen_given: self.given("tcp_listen"),
             jwt_secret,
-            node_id: self
+            node_id: a
+                .stomp
                 .node_id
-                .or(file.node_id)
-                .unwrap_or_else(|| format!("node-{}", gateway::random_id(6))),
-            heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(10_000),
-            max_body: self.max_body.or(file.max_body).unwrap_or(64 * 1024),
-            max_ws_message: self
-                .max_ws_message
-                .or(file.max_ws_message)
-                .unwrap_or(128 * 1024),
-            send_rate: self.send_rate.or(file.send_rate).unwrap_or(200),
-            max_sessions_per_user: self
-                .max_sessions_per_user
-                .or(file.max_sessions_per_user)
-                .unwrap_or(32),
-            metrics_token: self
-                .metrics_token
                 .clone()
-                .or(file.metrics_token.clone())
-                .filter(|t| !t.is_empty()),
-            outbound_queue: self
-                .outbound_queue
-                .or(file.outbound_queue)
-                .unwrap_or(1024)
-                .max(1),
-            connect_timeout: Duration::from_secs(
-                self.connect_timeout_secs
-                    .or(file.connect_timeout_secs)
-                    .unwrap_or(10),
-            ),
-            drain_grace: Duration::from_secs(self.drain_secs.or(file.drain_secs).unwrap_or(10)),
-            command_workers: self
-                .command_workers
-                .or(file.command_workers)
-                .unwrap_or(128)
-                .clamp(1, 1024),
-            allow_anonymous: self
-                .allow_anonymous
-                .or(file.allow_anonymous)
-                .unwrap_or(false),
-            public_topics: self
-                .public_topics
-                .or(file.public_topics)
-                .unwrap_or_else(|| vec!["public.".to_owned()]),
-            // SockJS follows the REST allow-list unless told otherwise: the one CORS origin.
-            allowed_origins: self
-                .allowed_origins
-                .or(file.allowed_origins)
-                .or_else(|| cors_origin.map(|o| vec![o]))
-                .unwrap_or_default(),
-            bench_echo: self.bench_echo.or(file.bench_echo).unwrap_or(false),
-            // ---- Static frontend ----
-            static_dir: self.static_dir.or(file.static_dir),
+                .unwrap_or_else(|| format!("node-{}", gateway::random_id(6))),
+            stomp: a.stomp.clone(),
+            metrics_token: a.ops.metrics_token.clone().filter(|t| !t.is_empty()),
+            drain_grace: Duration::from_secs(a.ops.drain_secs),
+            command_workers: a.bus.command_workers.clamp(1, 1024),
+            allow_anonymous: a.stomp.allow_anonymous,
+            public_topics: a.stomp.public_topics.clone(),
+            allowed_origins,
+            bench_echo: a.bench.bench_echo,
+            static_dir: a.frontend.static_dir.clone(),
         })
     }
 }
 
 impl Settings {
     pub(crate) fn gateway_config(&self) -> gateway::GatewayConfig {
-        let mut g = gateway::GatewayConfig::default();
-        g.limits.max_body_bytes = self.max_body;
-        g.max_ws_message = self
-            .max_ws_message
-            .max(self.max_body + g.limits.max_head_bytes);
-        g.outbound_queue = self.outbound_queue;
-        g.send_rate = self.send_rate;
-        g.max_sessions_per_user = self.max_sessions_per_user;
-        g.metrics_token = self.metrics_token.clone();
-        g.connect_timeout = self.connect_timeout;
-        g.session.heartbeat = (self.heartbeat_ms, self.heartbeat_ms);
-        g.session.allow_anonymous = self.allow_anonymous;
-        g.allowed_origins = self.allowed_origins.clone();
-        g
+        gateway_config(
+            &self.stomp,
+            self.metrics_token.clone(),
+            self.allowed_origins.clone(),
+        )
     }
 }
 
-/// Reads a TOML settings file, or the defaults when no file is given.
-pub(crate) fn read_file<T: serde::de::DeserializeOwned + Default>(
-    path: Option<&std::path::Path>,
-) -> anyhow::Result<T> {
-    let Some(path) = path else {
-        return Ok(T::default());
-    };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
-}
-
-/// A STOMP/TCP listen setting: `off` (or empty) for none, else an address.
-pub(crate) fn tcp_address(value: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
-    if value.eq_ignore_ascii_case("off") || value.is_empty() {
-        return Ok(None);
-    }
-    value
-        .parse()
-        .map(Some)
-        .with_context(|| format!("invalid tcp_listen address '{value}'"))
+/// The gateway's configuration from the STOMP section, for `serve` and `gateway` alike.
+pub(crate) fn gateway_config(
+    stomp: &Stomp,
+    metrics_token: Option<String>,
+    allowed_origins: Vec<String>,
+) -> gateway::GatewayConfig {
+    let mut g = gateway::GatewayConfig::default();
+    g.limits.max_body_bytes = stomp.max_body;
+    g.max_ws_message = stomp
+        .max_ws_message
+        .max(stomp.max_body + g.limits.max_head_bytes);
+    g.outbound_queue = stomp.outbound_queue.max(1);
+    g.send_rate = stomp.send_rate;
+    g.max_sessions_per_user = stomp.max_sessions_per_user;
+    g.metrics_token = metrics_token;
+    g.connect_timeout = Duration::from_secs(stomp.connect_timeout_secs);
+    g.session.heartbeat = (stomp.heartbeat_ms, stomp.heartbeat_ms);
+    g.session.allow_anonymous = stomp.allow_anonymous;
+    g.allowed_origins = allowed_origins;
+    g
 }

@@ -9,6 +9,7 @@ mod node_config;
 mod policy;
 mod probe;
 mod rest_metrics;
+mod settings;
 mod social_cmd;
 mod social_config;
 mod static_files;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use broker_bridge::{Bus, InProcessConfig, Registry};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use gateway::Gateway;
 use gateway::destination::PrefixPolicy;
 use tracing_subscriber::EnvFilter;
@@ -42,8 +43,70 @@ enum Command {
     Gateway(node_config::GatewayArgs),
     /// Run the social REST service alone (scale-out: MariaDB, Redis, RabbitMQ, S3).
     Social(social_cmd::SocialCmdArgs),
-    /// Exit 0 once GET URL answers 2xx (health checks of containers and systemd units).
+    /// Print docs/configuration.md: every setting of every command, rendered from the code.
+    #[command(hide = true)]
+    ConfigReference,
+    /// Exit 0 once GET URL answers 2xx (health checks of containers and systemd units; not a
+    /// service, so it has no settings: docs/operations.md).
+    #[command(hide = true)]
     Probe(probe::ProbeArgs),
+}
+
+/// The command line: the derived commands with each setting's variable and per-command defaults.
+fn cli_command() -> clap::Command {
+    settings::finish(Cli::command())
+}
+
+/// The TOML keys of a subcommand's settings, from its types (no variable or file read).
+fn setting_keys(name: &str) -> anyhow::Result<Vec<String>> {
+    let matches = Cli::command().try_get_matches_from(["instar", name])?;
+    let sub = matches
+        .subcommand_matches(name)
+        .with_context(|| format!("no command {name}"))?;
+    match name {
+        "serve" => settings::keys(&config::ServeArgs::from_arg_matches(sub)?),
+        "gateway" => settings::keys(&node_config::GatewayArgs::from_arg_matches(sub)?),
+        "social" => settings::keys(&social_cmd::SocialCmdArgs::from_arg_matches(sub)?),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// The command, given a command line, with its settings merged (defaults, file, variables, flags).
+enum Run {
+    Serve(settings::Loaded<config::ServeArgs>),
+    Gateway(settings::Loaded<node_config::GatewayArgs>),
+    Social(settings::Loaded<social_cmd::SocialCmdArgs>),
+    ConfigReference,
+    Probe(probe::ProbeArgs),
+}
+
+impl Run {
+    fn from_matches(cmd: &clap::Command, matches: &clap::ArgMatches) -> anyhow::Result<Self> {
+        let Some((name, sub)) = matches.subcommand() else {
+            anyhow::bail!("no command given (see --help)");
+        };
+        let sub_cmd = cmd
+            .find_subcommand(name)
+            .with_context(|| format!("unknown command {name}"))?;
+        Ok(match name {
+            "serve" => Run::Serve(config::ServeArgs::load(sub_cmd, sub)?),
+            "gateway" => Run::Gateway(node_config::GatewayArgs::load(sub_cmd, sub)?),
+            "social" => Run::Social(social_cmd::SocialCmdArgs::load(sub_cmd, sub)?),
+            "config-reference" => Run::ConfigReference,
+            "probe" => Run::Probe(probe::ProbeArgs::from_arg_matches(sub)?),
+            other => anyhow::bail!("unknown command {other}"),
+        })
+    }
+
+    /// `--print-config`: the merged settings as JSON, secrets masked.
+    fn printed_config(&self) -> anyhow::Result<Option<String>> {
+        match self {
+            Run::Serve(l) if l.print_config => l.to_json().map(Some),
+            Run::Gateway(l) if l.print_config => l.to_json().map(Some),
+            Run::Social(l) if l.print_config => l.to_json().map(Some),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// mimalloc: many small, short-lived allocations per request (JSON, headers, frames) from
@@ -52,7 +115,21 @@ enum Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cmd = cli_command();
+    let matches = cmd.clone().get_matches();
+    // The derived types check the command line once more (and exit on an error, with clap's text).
+    if let Err(e) = Cli::from_arg_matches(&matches) {
+        e.exit();
+    }
+    let run = Run::from_matches(&cmd, &matches)?;
+    if let Some(json) = run.printed_config()? {
+        println!("{json}");
+        return Ok(());
+    }
+    if let Run::ConfigReference = run {
+        print!("{}", settings::reference::render(&cmd, &setting_keys)?);
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -64,11 +141,12 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args.resolve()?)),
-        Command::Gateway(args) => runtime.block_on(node::run(args.resolve()?)),
-        Command::Social(args) => runtime.block_on(social_cmd::run(args)),
-        Command::Probe(args) => runtime.block_on(probe::run(args)),
+    match run {
+        Run::Serve(loaded) => runtime.block_on(serve(loaded.resolve()?)),
+        Run::Gateway(loaded) => runtime.block_on(node::run(loaded.resolve()?)),
+        Run::Social(loaded) => runtime.block_on(social_cmd::run(loaded.value)),
+        Run::ConfigReference => Ok(()),
+        Run::Probe(args) => runtime.block_on(probe::run(args)),
     }
 }
 
@@ -125,6 +203,7 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
     .await
     .context("attaching the gateway to the bus")?;
 
+    // `/metrics`: the gateway's counters, then the social service's.
     // `/metrics`: the gateway's counters, then the social service's, its REST responses and the
     // readiness of each dependency.
     let rest = Arc::new(rest_metrics::RestStats::default());
@@ -236,20 +315,18 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory as _;
-
     use super::*;
 
     #[test]
     fn every_setting_is_a_flag_with_its_own_variable() {
-        let cli = Cli::command();
+        let cli = cli_command();
         cli.clone().debug_assert();
         for sub in ["serve", "gateway", "social"] {
             let cmd = cli.find_subcommand(sub).expect("subcommand");
             let mut envs = Vec::new();
             for arg in cmd.get_arguments() {
                 let id = arg.get_id().as_str();
-                if id == "help" || id == "version" {
+                if id == "help" || id == "version" || id == "print_config" {
                     continue;
                 }
                 assert!(!arg.is_positional(), "`instar {sub}`: {id} is positional");
@@ -264,10 +341,20 @@ mod tests {
         }
     }
 
+    fn run(args: &[&str]) -> anyhow::Result<Run> {
+        let cmd = cli_command();
+        let matches = cmd.clone().try_get_matches_from(args)?;
+        Run::from_matches(&cmd, &matches)
+    }
+
     #[test]
     fn serve_flags_land_in_their_fields() {
-        assert!(Cli::try_parse_from(["instar", "serve", "5"]).is_err());
-        let cli = Cli::try_parse_from([
+        assert!(
+            cli_command()
+                .try_get_matches_from(["instar", "serve", "5"])
+                .is_err()
+        );
+        let Run::Serve(loaded) = run(&[
             "instar",
             "serve",
             "--drain-secs",
@@ -279,17 +366,29 @@ mod tests {
             "--chat-batch-linger-us",
             "250000",
         ])
-        .unwrap();
-        let Command::Serve(args) = cli.command else {
+        .unwrap() else {
             panic!("not serve");
         };
-        assert_eq!(args.drain_secs, Some(3));
-        assert_eq!(args.command_workers, Some(7));
-        assert_eq!(args.social.chat_writers, Some(2));
-        assert_eq!(args.social.chat_batch_linger_us, Some(250_000));
+        let args = &loaded.value;
+        assert_eq!(args.ops.drain_secs, 3);
+        assert_eq!(args.bus.command_workers, 7);
+        assert_eq!(args.social.chat.chat_writers, Some(2));
+        assert_eq!(args.social.chat.chat_batch_linger_us, Some(250_000));
         // Over the limit: clamped to 100 ms.
-        let chat = args.social.chat_writer_options(&Default::default());
+        let chat = args.social.chat_writer_options();
         assert_eq!(chat.writers, Some(2));
         assert_eq!(chat.linger, Some(std::time::Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn config_reference_is_current() {
+        let rendered = settings::reference::render(&cli_command(), &setting_keys).unwrap();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == rendered,
+            "docs/configuration.md differs from the settings in the code: regenerate it with `{}`",
+            settings::reference::REGENERATE
+        );
     }
 }

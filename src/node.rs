@@ -32,7 +32,7 @@ pub(crate) async fn run(cfg: NodeSettings) -> anyhow::Result<()> {
         Some(url) => Some(
             social::chat::Rooms::open(
                 url,
-                &migrations::PoolSettings::default(),
+                &cfg.pool,
                 social::media::Links::new(None, &cfg.media_url),
             )
             .await

@@ -5,17 +5,18 @@
 //! configuration. The `alg` of the token header must be one of the algorithms the verifier was
 //! configured to accept, so a token can never pick its own algorithm (no `none`, no RSA/HMAC confusion).
 //!
-//! A small hand-written verifier instead of a general JWT crate: we need one family of algorithms, and
-//! the general crates bring RSA and elliptic-curve code we would compile and never run. The token format
-//! (claims below) is the one wire type the gateway shares with the social service, which signs tokens;
-//! each side keeps its own code for its half (verify here, sign there), with tests on both sides against
-//! the same fixed token.
+//! Signatures are checked by `jsonwebtoken` (the crate the social service signs with), given an HMAC
+//! key and only the HMAC algorithms: it refuses any other `alg` before looking at the signature, and
+//! compares MACs in constant time. The time claims (`exp`, `nbf`) are checked here against the
+//! caller's clock, so a session can re-check its token's expiry at any instant it chooses. This is
+//! the gateway's one verification path: STOMP CONNECT over every transport (WebSocket, SockJS, TCP)
+//! goes through [`Verifier::verify`] or [`Verifier::verify_bearer`].
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{DecodingKey, EncodingKey, Validation};
 use serde::Deserialize;
-use sha2::{Sha256, Sha384, Sha512};
 
 /// Largest token we look at; longer ones are refused before decoding.
 pub const MAX_TOKEN_BYTES: usize = 4096;
@@ -29,12 +30,11 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "HS256" => Some(Self::Hs256),
-            "HS384" => Some(Self::Hs384),
-            "HS512" => Some(Self::Hs512),
-            _ => None,
+    fn jwt(self) -> jsonwebtoken::Algorithm {
+        match self {
+            Self::Hs256 => jsonwebtoken::Algorithm::HS256,
+            Self::Hs384 => jsonwebtoken::Algorithm::HS384,
+            Self::Hs512 => jsonwebtoken::Algorithm::HS512,
         }
     }
 
@@ -83,10 +83,11 @@ pub enum TokenError {
     NoSubject,
 }
 
+/// The header's `alg`, read only to tell an unknown algorithm (`none`, `XS256`) from a malformed
+/// token when `jsonwebtoken` refuses a header it cannot represent.
 #[derive(Deserialize)]
-struct Header<'a> {
-    #[serde(borrow)]
-    alg: &'a str,
+struct RawHeader {
+    alg: String,
 }
 
 #[derive(Deserialize)]
@@ -101,7 +102,11 @@ struct Claims {
 #[derive(Clone)]
 pub struct Verifier {
     secret: Vec<u8>,
+    key: DecodingKey,
     accepted: Vec<Algorithm>,
+    /// `jsonwebtoken`'s checks: the accepted algorithms and the signature only (the time claims are
+    /// checked in [`Verifier::verify`] against the caller's clock).
+    validation: Validation,
     /// Seconds of clock skew tolerated on `exp` and `nbf`.
     leeway: u64,
 }
@@ -119,9 +124,27 @@ impl std::fmt::Debug for Verifier {
 impl Verifier {
     /// A verifier accepting HS256, HS384 and HS512 with `secret`.
     pub fn new(secret: impl Into<Vec<u8>>) -> Self {
+        Self::with_algorithms(
+            secret,
+            &[Algorithm::Hs256, Algorithm::Hs384, Algorithm::Hs512],
+        )
+    }
+
+    /// A verifier accepting only `accepted` (all HMAC: the family is pinned by the type).
+    pub fn with_algorithms(secret: impl Into<Vec<u8>>, accepted: &[Algorithm]) -> Self {
+        let secret = secret.into();
+        let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.algorithms = accepted.iter().map(|a| a.jwt()).collect();
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.leeway = 0;
         Self {
-            secret: secret.into(),
-            accepted: vec![Algorithm::Hs256, Algorithm::Hs384, Algorithm::Hs512],
+            key: DecodingKey::from_secret(&secret),
+            secret,
+            accepted: accepted.to_vec(),
+            validation,
             leeway: 0,
         }
     }
@@ -149,31 +172,12 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLong);
         }
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        if token.split('.').count() != 3 {
             return Err(TokenError::Malformed);
-        };
-        let header_json = URL_SAFE_NO_PAD
-            .decode(h)
-            .map_err(|_| TokenError::Malformed)?;
-        let header: Header<'_> =
-            serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
-        let alg = Algorithm::from_name(header.alg)
-            .filter(|a| self.accepted.contains(a))
-            .ok_or(TokenError::Algorithm)?;
-        let signature = URL_SAFE_NO_PAD
-            .decode(s)
-            .map_err(|_| TokenError::Malformed)?;
-        let signed = &token[..h.len() + 1 + p.len()];
-        if !self.check(alg, signed.as_bytes(), &signature) {
-            return Err(TokenError::Signature);
         }
-        let payload = URL_SAFE_NO_PAD
-            .decode(p)
-            .map_err(|_| TokenError::Malformed)?;
-        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| refusal(e.kind(), token))?
+            .claims;
         let exp = claims.exp.ok_or(TokenError::Expired)?;
         if now > exp.saturating_add(self.leeway) {
             return Err(TokenError::Expired);
@@ -195,14 +199,6 @@ impl Verifier {
         })
     }
 
-    fn check(&self, alg: Algorithm, data: &[u8], signature: &[u8]) -> bool {
-        match alg {
-            Algorithm::Hs256 => verify::<Hmac<Sha256>>(&self.secret, data, signature),
-            Algorithm::Hs384 => verify::<Hmac<Sha384>>(&self.secret, data, signature),
-            Algorithm::Hs512 => verify::<Hmac<Sha512>>(&self.secret, data, signature),
-        }
-    }
-
     /// Signs a token; used by tests and the load generator's helpers. The social service has its own
     /// signer for issuing real tokens.
     pub fn sign(
@@ -213,42 +209,37 @@ impl Verifier {
         iat: u64,
         exp: u64,
     ) -> String {
-        let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{}","typ":"JWT"}}"#, alg.name()));
         let mut claims = serde_json::json!({ "sub": sub, "iat": iat, "exp": exp });
         if let (Some(role), Some(obj)) = (role, claims.as_object_mut()) {
             obj.insert("role".into(), role.into());
         }
-        let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
-        let signed = format!("{header}.{payload}");
-        let sig = match alg {
-            Algorithm::Hs256 => mac::<Hmac<Sha256>>(&self.secret, signed.as_bytes()),
-            Algorithm::Hs384 => mac::<Hmac<Sha384>>(&self.secret, signed.as_bytes()),
-            Algorithm::Hs512 => mac::<Hmac<Sha512>>(&self.secret, signed.as_bytes()),
-        };
-        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig))
+        let header = jsonwebtoken::Header::new(alg.jwt());
+        // An HMAC key and an HMAC algorithm: encoding cannot fail.
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&self.secret))
+            .unwrap_or_default()
     }
 }
 
-/// Checks an HMAC in constant time (`verify_slice`).
-fn verify<M: Mac + hmac::digest::KeyInit>(key: &[u8], data: &[u8], signature: &[u8]) -> bool {
-    match <M as hmac::digest::KeyInit>::new_from_slice(key) {
-        Ok(mut m) => {
-            m.update(data);
-            m.verify_slice(signature).is_ok()
-        }
-        Err(_) => false,
+/// Maps `jsonwebtoken`'s refusal to ours.
+fn refusal(kind: &ErrorKind, token: &str) -> TokenError {
+    match kind {
+        ErrorKind::InvalidSignature => TokenError::Signature,
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => TokenError::Algorithm,
+        // A header `jsonwebtoken` cannot parse: an algorithm it does not know (`none`) is still an
+        // algorithm refusal, anything else a malformed token.
+        ErrorKind::Json(_) if has_alg(token) => TokenError::Algorithm,
+        _ => TokenError::Malformed,
     }
 }
 
-fn mac<M: Mac + hmac::digest::KeyInit>(key: &[u8], data: &[u8]) -> Vec<u8> {
-    match <M as hmac::digest::KeyInit>::new_from_slice(key) {
-        Ok(mut m) => {
-            m.update(data);
-            m.finalize().into_bytes().to_vec()
-        }
-        // HMAC accepts keys of any length.
-        Err(_) => Vec::new(),
-    }
+/// Whether the token's header is JSON with a string `alg`.
+fn has_alg(token: &str) -> bool {
+    token
+        .split('.')
+        .next()
+        .and_then(|h| URL_SAFE_NO_PAD.decode(h).ok())
+        .and_then(|json| serde_json::from_slice::<RawHeader>(&json).ok())
+        .is_some_and(|h| !h.alg.is_empty())
 }
 
 #[cfg(test)]
@@ -299,16 +290,113 @@ mod tests {
         assert_eq!(v.verify(&parts.join("."), NOW), Err(TokenError::Signature));
     }
 
+    /// A token with the given header and claims, signed with HMAC-SHA256 over `key` whatever the
+    /// header says.
+    fn hs256_signed(key: &[u8], header: &str, claims: &str) -> String {
+        let signed = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
+        );
+        let sig = jsonwebtoken::crypto::sign(
+            signed.as_bytes(),
+            &EncodingKey::from_secret(key),
+            jsonwebtoken::Algorithm::HS256,
+        )
+        .unwrap();
+        format!("{signed}.{sig}")
+    }
+
     #[test]
     fn numeric_subject_accepted() {
         let v = Verifier::new("k");
-        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256"}"#);
-        let payload = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":42,"exp":{}}}"#, NOW + 5));
-        let signed = format!("{header}.{payload}");
-        let sig = URL_SAFE_NO_PAD.encode(mac::<Hmac<Sha256>>(b"k", signed.as_bytes()));
-        assert_eq!(
-            v.verify(&format!("{signed}.{sig}"), NOW).unwrap().user,
-            "42"
+        let t = hs256_signed(
+            b"k",
+            r#"{"alg":"HS256"}"#,
+            &format!(r#"{{"sub":42,"exp":{}}}"#, NOW + 5),
         );
+        assert_eq!(v.verify(&t, NOW).unwrap().user, "42");
+    }
+
+    #[test]
+    fn another_algorithm_is_refused_before_the_signature() {
+        let v = Verifier::new("s3cret");
+        let claims = format!(r#"{{"sub":"eve","exp":{}}}"#, NOW + 60);
+        // Algorithm confusion: an HMAC made with the secret, under an RSA or EC header.
+        for alg in ["RS256", "PS256", "ES256", "EdDSA"] {
+            let t = hs256_signed(b"s3cret", &format!(r#"{{"alg":"{alg}"}}"#), &claims);
+            assert_eq!(v.verify(&t, NOW), Err(TokenError::Algorithm), "{alg}");
+        }
+        // Unknown names too.
+        let t = hs256_signed(b"s3cret", r#"{"alg":"XS256"}"#, &claims);
+        assert_eq!(v.verify(&t, NOW), Err(TokenError::Algorithm));
+        // A verifier pinned to HS256 refuses a valid HS512 token.
+        let pinned = Verifier::with_algorithms("s3cret", &[Algorithm::Hs256]);
+        let hs512 = v.sign(Algorithm::Hs512, "eve", None, NOW, NOW + 60);
+        assert_eq!(pinned.verify(&hs512, NOW), Err(TokenError::Algorithm));
+        let hs256 = v.sign(Algorithm::Hs256, "eve", None, NOW, NOW + 60);
+        assert_eq!(pinned.verify(&hs256, NOW).unwrap().user, "eve");
+    }
+
+    #[test]
+    fn none_tokens_are_refused_signed_or_not() {
+        let v = Verifier::new("s3cret");
+        let claims = format!(r#"{{"sub":"eve","exp":{}}}"#, NOW + 60);
+        for header in [r#"{"alg":"none"}"#, r#"{"alg":"None","typ":"JWT"}"#] {
+            let signed = hs256_signed(b"s3cret", header, &claims);
+            assert_eq!(v.verify(&signed, NOW), Err(TokenError::Algorithm));
+            let (unsigned, _) = signed.rsplit_once('.').unwrap();
+            assert_eq!(
+                v.verify(&format!("{unsigned}."), NOW),
+                Err(TokenError::Algorithm)
+            );
+        }
+        // A header without `alg` is malformed.
+        let t = hs256_signed(b"s3cret", r#"{"typ":"JWT"}"#, &claims);
+        assert_eq!(v.verify(&t, NOW), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn tampered_signature_is_refused() {
+        let v = Verifier::new("s3cret");
+        let t = v.sign(Algorithm::Hs384, "bob", None, NOW, NOW + 60);
+        let (signed, sig) = t.rsplit_once('.').unwrap();
+        let mut sig = sig.as_bytes().to_vec();
+        sig[3] = if sig[3] == b'A' { b'B' } else { b'A' };
+        let tampered = format!("{signed}.{}", String::from_utf8(sig).unwrap());
+        assert_eq!(v.verify(&tampered, NOW), Err(TokenError::Signature));
+        // Cut short, or not base64.
+        assert_eq!(
+            v.verify(&format!("{signed}.AAAA"), NOW),
+            Err(TokenError::Signature)
+        );
+        assert_eq!(
+            v.verify(&format!("{signed}.!!"), NOW),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(v.verify(&format!("{t}.x"), NOW), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn expiry_with_and_without_leeway() {
+        let v = Verifier::new("s3cret");
+        let t = v.sign(Algorithm::Hs256, "bob", None, NOW - 100, NOW);
+        // Valid up to and including its `exp` second.
+        assert_eq!(v.verify(&t, NOW).unwrap().expires_at, NOW);
+        assert_eq!(v.verify(&t, NOW + 1), Err(TokenError::Expired));
+        let lenient = Verifier::new("s3cret").with_leeway(5);
+        assert!(lenient.verify(&t, NOW + 5).is_ok());
+        assert_eq!(lenient.verify(&t, NOW + 6), Err(TokenError::Expired));
+        // No `exp` at all: refused as expired.
+        let no_exp = hs256_signed(b"s3cret", r#"{"alg":"HS256"}"#, r#"{"sub":"bob"}"#);
+        assert_eq!(v.verify(&no_exp, NOW), Err(TokenError::Expired));
+        // `nbf` in the future.
+        let later = hs256_signed(
+            b"s3cret",
+            r#"{"alg":"HS256"}"#,
+            &format!(r#"{{"sub":"bob","exp":{},"nbf":{}}}"#, NOW + 60, NOW + 10),
+        );
+        assert_eq!(v.verify(&later, NOW), Err(TokenError::NotYetValid));
+        assert!(v.verify(&later, NOW + 10).is_ok());
     }
 }

@@ -47,6 +47,9 @@ pub struct SocialConfig {
     pub cache: ReadCacheConfig,
     /// Which origin media URLs carry ([`crate::public_url`]).
     pub public_url: crate::public_url::PublicUrl,
+    /// When the interest recompute runs, once per cluster (`None`: only when an administrator
+    /// triggers it).
+    pub interest_recompute: Option<crate::jobs::Schedule>,
     /// Google sign-in (`None`: its routes answer 503 `GNC`).
     pub google: Option<crate::accounts::google::GoogleConfig>,
 }
@@ -133,6 +136,9 @@ impl Ctx {
             extensions: Arc::new(extensions),
         });
         ctx.add_metrics(Arc::new(chat_writers));
+        if let Some(schedule) = &cfg.interest_recompute {
+            crate::feed::jobs::schedule(&ctx, schedule.clone());
+        }
         ctx.add_metrics(Arc::new(jobs));
         if let Some(google) = google {
             ctx.add_metrics(google);

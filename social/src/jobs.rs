@@ -59,6 +59,15 @@ impl Schedule {
         Ok(Schedule::Daily { at, tz })
     }
 
+    /// Daily at 03:00 in this machine's time zone (`TZ`, else `/etc/localtime`, else UTC).
+    #[must_use]
+    pub fn nightly() -> Schedule {
+        Schedule::Daily {
+            at: jiff::civil::time(3, 0, 0, 0),
+            tz: jiff::tz::TimeZone::system(),
+        }
+    }
+
     /// The start of the slot that contains `now` (the latest start at or before it).
     #[must_use]
     pub fn slot_at(&self, now: jiff::Timestamp) -> jiff::Timestamp {
@@ -309,8 +318,11 @@ impl Jobs {
         });
     }
 
-    /// Runs `run` once per slot of `job.schedule` in the whole cluster (see the module docs).
-    /// `run` returns `Err` with a reason for a failed run (the slot is tried again).
+    /// Runs `run` once per slot of `job.schedule` in the whole cluster (see the module docs),
+    /// from the first slot that starts after now (a process started late does not run the slot
+    /// in progress). While the slot is not done and another process holds the lock, or a run
+    /// failed, it tries again every `job.retry` until the next slot starts.
+    /// `run` returns `Err` with a reason for a failed run.
     pub fn once_per_cluster<F, Fut>(&self, job: ClusterJob, run: F)
     where
         F: Fn(Lease) -> Fut + Send + Sync + 'static,
@@ -320,21 +332,39 @@ impl Jobs {
         let name = job.name.clone();
         let run = Arc::new(run);
         self.spawn(&name, move |cancel| async move {
+            let mut slot = job.schedule.next_after(jiff::Timestamp::now());
             loop {
-                let now = jiff::Timestamp::now();
-                let slot = job.schedule.slot_at(now);
-                let wait = match jobs.attempt(&job, slot, run.as_ref()).await {
-                    Attempt::Ran | Attempt::Done => until(job.schedule.next_after(now)),
-                    Attempt::Busy | Attempt::Failed => {
-                        job.retry.min(until(job.schedule.next_after(now)))
-                    }
-                };
                 tokio::select! {
-                    () = cancel.cancelled() => break,
-                    () = tokio::time::sleep(wait) => {}
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(until(slot)) => {}
                 }
+                let next = job.schedule.next_after(slot);
+                loop {
+                    match jobs.attempt(&job, slot, run.as_ref()).await {
+                        Attempt::Ran | Attempt::Done => break,
+                        Attempt::Busy | Attempt::Failed => {}
+                    }
+                    if until(next) <= job.retry {
+                        break;
+                    }
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(job.retry) => {}
+                    }
+                }
+                slot = job.schedule.next_after(jiff::Timestamp::now().max(slot));
             }
         });
+    }
+
+    /// Runs `run` now under `job`'s lock, outside its schedule (an operator's "run now"):
+    /// [`Attempt::Busy`] while a run of the job holds the lock. No slot is marked done.
+    pub async fn run_now<F, Fut>(&self, job: &ClusterJob, run: &F) -> Attempt
+    where
+        F: Fn(Lease) -> Fut + Send + Sync,
+        Fut: Future<Output = Result<(), String>> + Send,
+    {
+        self.locked(job, jiff::Timestamp::now(), None, run).await
     }
 
     /// One attempt at `slot` of `job`: takes the lock, skips a slot already done, runs, marks
@@ -345,9 +375,23 @@ impl Jobs {
         F: Fn(Lease) -> Fut + Send + Sync,
         Fut: Future<Output = Result<(), String>> + Send,
     {
+        let done_key = format!("job:{}:done:{}", job.name, slot.as_millisecond());
+        self.locked(job, slot, Some(done_key), run).await
+    }
+
+    async fn locked<F, Fut>(
+        &self,
+        job: &ClusterJob,
+        slot: jiff::Timestamp,
+        done_key: Option<String>,
+        run: &F,
+    ) -> Attempt
+    where
+        F: Fn(Lease) -> Fut + Send + Sync,
+        Fut: Future<Output = Result<(), String>> + Send,
+    {
         let kv = &self.0.kv;
         let key = format!("job:{}", job.name);
-        let done_key = format!("job:{}:done:{}", job.name, slot.as_second());
         let owner = owner_token();
         let fence = match kv.lock(&key, &owner, job.lock_ttl).await {
             Ok(Some(fence)) => fence,
@@ -361,7 +405,9 @@ impl Jobs {
                 return Attempt::Failed;
             }
         };
-        if matches!(kv.get(&done_key).await, Ok(Some(_))) {
+        if let Some(done_key) = &done_key
+            && matches!(kv.get(done_key).await, Ok(Some(_)))
+        {
             let _ = kv.unlock(&key, &owner).await;
             return Attempt::Done;
         }
@@ -388,9 +434,14 @@ impl Jobs {
         let seconds = started.elapsed().as_secs_f64();
         let outcome = match result {
             Ok(()) if !lost.is_cancelled() => {
-                // Marked done through the lock: a holder that lost it marks nothing.
+                // Marked done through the lock: a holder that lost it marks nothing (a run
+                // outside the schedule only checks that it still held the lock).
                 let keep = Duration::from_secs(2 * 24 * 60 * 60);
-                match kv.set_if_owner(&key, &owner, &done_key, "1", keep).await {
+                let marked = match &done_key {
+                    Some(done_key) => kv.set_if_owner(&key, &owner, done_key, "1", keep).await,
+                    None => kv.renew(&key, &owner, job.lock_ttl).await,
+                };
+                match marked {
                     Ok(true) => {
                         tracing::info!(job = %job.name, fence, seconds, "job run done");
                         self.count(&job.name, |s| {
@@ -647,6 +698,54 @@ mod tests {
             b.attempt(&job, slot, &|_l: Lease| async { Ok(()) }).await,
             Attempt::Busy
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_schedulers_run_each_slot_once() {
+        let kv: Arc<dyn Kv> = Arc::new(MemoryKv::default());
+        let slots = Arc::new(Mutex::new(Vec::new()));
+        let mut all = Vec::new();
+        for _ in 0..2 {
+            let jobs = Jobs::new(Arc::clone(&kv));
+            let mut job = ClusterJob::new("tick", Schedule::Every(Duration::from_millis(300)));
+            job.retry = Duration::from_millis(20);
+            let slots = Arc::clone(&slots);
+            jobs.once_per_cluster(job, move |lease: Lease| {
+                let slots = Arc::clone(&slots);
+                async move {
+                    slots.lock().push(lease.slot());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok(())
+                }
+            });
+            all.push(jobs);
+        }
+        tokio::time::sleep(Duration::from_millis(1400)).await;
+        for jobs in &all {
+            jobs.shutdown(Duration::from_secs(1)).await;
+        }
+        let ran = slots.lock().clone();
+        let mut distinct = ran.clone();
+        distinct.dedup();
+        assert_eq!(ran, distinct, "a slot ran twice: {ran:?}");
+        assert!(ran.len() >= 3, "slots run: {ran:?}");
+    }
+
+    #[tokio::test]
+    async fn a_run_now_is_refused_while_the_lock_is_held() {
+        let kv: Arc<dyn Kv> = Arc::new(MemoryKv::default());
+        let jobs = Jobs::new(Arc::clone(&kv));
+        let job = ClusterJob::new("manual", Schedule::Every(Duration::from_secs(60)));
+        let ok = |_l: Lease| async { Ok(()) };
+        kv.lock("job:manual", "someone", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(jobs.run_now(&job, &ok).await, Attempt::Busy);
+        kv.unlock("job:manual", "someone").await.unwrap();
+        assert_eq!(jobs.run_now(&job, &ok).await, Attempt::Ran);
+        // Manual runs mark no slot: the scheduled run of this slot still happens.
+        let slot = job.schedule.slot_at(jiff::Timestamp::now());
+        assert_eq!(jobs.attempt(&job, slot, &ok).await, Attempt::Ran);
     }
 
     #[tokio::test]

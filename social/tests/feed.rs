@@ -439,6 +439,48 @@ async fn batch_needs_an_admin_and_recomputes_scores(db: Db) {
 }
 on_both!(batch_needs_an_admin_and_recomputes_scores);
 
+/// A trigger while a run holds the job's lock (another process's scheduled run, say) is 409 `BR`
+/// and leaves that lock alone; once it is released the trigger runs.
+async fn a_trigger_waits_for_the_scheduled_run(db: Db) {
+    let app = TestApp::start(db).await;
+    let admin = app.user("admin01").await;
+    sqlx::query("UPDATE user SET role = 'ADMIN' WHERE id = 'admin01'")
+        .execute(app.ctx.store.pool())
+        .await
+        .unwrap();
+    let lock = "job:updateUserInterest";
+    let held = app
+        .ctx
+        .kv
+        .lock(lock, "another-process", std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(held.is_some());
+    let (status, body) = app.get("/api/batch/run_scheduler", Some(&admin)).await;
+    assert_eq!((status, body), (409, json!({"code": "BR"})));
+    assert!(
+        app.ctx
+            .kv
+            .renew(lock, "another-process", std::time::Duration::from_secs(30))
+            .await
+            .unwrap(),
+        "the holder's lock must be left alone"
+    );
+    assert!(app.ctx.kv.unlock(lock, "another-process").await.unwrap());
+    let (status, _) = app.get("/api/batch/run_scheduler", Some(&admin)).await;
+    assert_eq!(status, 200);
+    let metrics = app.ctx.metrics_text();
+    assert!(
+        metrics.contains("instar_job_runs_total{job=\"updateUserInterest\",outcome=\"busy\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("instar_job_runs_total{job=\"updateUserInterest\",outcome=\"ran\"} 1"),
+        "{metrics}"
+    );
+}
+on_both!(a_trigger_waits_for_the_scheduled_run);
+
 // ---------------------------------------------------------------------------------------------
 // The followed tier from the read cache
 

@@ -3,7 +3,8 @@
 //! The original ran its whole batch synchronously for anyone (contract §7.3). Here both need the JWT
 //! of an account whose stored role is `ADMIN`: no or a bad token is 401 `{"code":"AV"}`; any other
 //! account (or a token whose account is gone) is 403 `{"code":"NP"}` ("no permission"). While a run
-//! is in progress another trigger is 409 `{"code":"BR"}`. A run answers 200 with an empty body.
+//! is in progress (triggered, or the scheduled one of [`super::jobs`]: they share one lock) another
+//! trigger is 409 `{"code":"BR"}`. A run answers 200 with an empty body; a failed one 500 `DE`.
 //!
 //! A run is the interest-scoring step (contract §6.8, fixed per §7.14): scores are recomputed for
 //! their windows (all rows deleted and re-inserted in one transaction, not added to the previous
@@ -12,7 +13,7 @@
 //! later steps (active users, top interests, read history, personalised feed cache) belong to the
 //! personalised feed and are not run yet.
 
-use std::time::Duration;
+use std::future::Future;
 
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -22,14 +23,9 @@ use warp::reply::Response;
 use crate::ctx::Ctx;
 use crate::ctx::with_ctx;
 use crate::http::{ApiError, ApiResult, authed, empty, finish, get};
+use crate::jobs::Attempt;
 use crate::store::feed::{AI_TAG_WEIGHTS, HASH_TAG_WEIGHTS, clear_interests, insert_interests};
 use crate::store::{Store, StoreResult};
-use crate::time::now_micros;
-
-/// Key of the run lock in the key-value store.
-const LOCK_KEY: &str = "batch:updateUserInterest";
-/// Longest a run may hold the lock (the original's ShedLock `lockAtMostFor`, 14 minutes).
-const LOCK_TTL: Duration = Duration::from_secs(14 * 60);
 
 /// The routes of this module.
 pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
@@ -55,29 +51,40 @@ async fn trigger(ctx: Ctx, user: String) -> ApiResult {
     if !admin {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "NP"));
     }
-    match ctx.kv.incr(LOCK_KEY, LOCK_TTL).await {
-        Ok(1) => {}
-        Ok(_) => return Err(ApiError::new(StatusCode::CONFLICT, "BR")),
-        Err(e) => {
-            tracing::error!(error = %e, "batch lock unavailable");
-            return Err(ApiError::database());
+    match super::jobs::run_now(&ctx).await {
+        Attempt::Ran | Attempt::Done => {
+            tracing::info!(by = %user, "interest recompute triggered");
+            empty()
         }
+        Attempt::Busy => Err(ApiError::new(StatusCode::CONFLICT, "BR")),
+        Attempt::Failed => Err(ApiError::database()),
     }
-    let result = run_interest_scoring(&ctx.store, now_micros()).await;
-    if let Err(e) = ctx.kv.del(LOCK_KEY).await {
-        tracing::warn!(error = %e, "batch lock not released; it expires by itself");
-    }
-    let rows = result?;
-    tracing::info!(rows, by = %user, "interest scores recomputed");
-    empty()
 }
 
 /// Recomputes every interest score at `now` (µs) in one transaction; returns the rows written.
 pub async fn run_interest_scoring(store: &Store, now: i64) -> StoreResult<u64> {
+    let rows = recompute_interests(store, now, || async { true }).await?;
+    Ok(rows.unwrap_or(0))
+}
+
+/// [`run_interest_scoring`], committed only if `may_commit` still says yes once the rows are
+/// written (`None`: rolled back).
+pub async fn recompute_interests<F, Fut>(
+    store: &Store,
+    now: i64,
+    may_commit: F,
+) -> StoreResult<Option<u64>>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = bool>,
+{
     let mut tx = store.write().await?;
     clear_interests(tx.conn()).await?;
     let mut rows = insert_interests(tx.conn(), &HASH_TAG_WEIGHTS, now).await?;
     rows += insert_interests(tx.conn(), &AI_TAG_WEIGHTS, now).await?;
+    if !may_commit().await {
+        return Ok(None);
+    }
     tx.commit().await?;
-    Ok(rows)
+    Ok(Some(rows))
 }

@@ -1,4 +1,6 @@
-//! The home feed ([`routes`]) and the interest scoring batch ([`batch`]).
+//! The home feed ([`routes`]), the interest scoring ([`batch`]: the admin trigger and the
+//! recompute) and its schedule ([`jobs`]).
 
 pub mod batch;
+pub mod jobs;
 pub mod routes;

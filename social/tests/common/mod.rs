@@ -126,6 +126,7 @@ impl TestApp {
             cache: social::cache::ReadCacheConfig::default(),
             public_url: social::public_url::PublicUrl::default(),
             google: None,
+            interest_recompute: None,
         };
         tweak(&mut cfg);
         let bus = Bus::in_process(Registry::in_process(), InProcessConfig::default());

@@ -1,0 +1,354 @@
+//! The settings, declared once, one struct per section. Each field is at the same time a flag
+//! (`--field-name`), an `INSTAR_FIELD_NAME` variable (named in [`super::finish`]) and a key of the
+//! `--config` TOML file (`field_name`); its default is the clap default below, the one value the
+//! code uses and `--help` shows. Fields without a default are `Option`s whose absence means what
+//! their help says. The three commands compose the sections they use (`config.rs`,
+//! `node_config.rs`, `social_cmd.rs`); the social service's sections sit under a `[social]` table
+//! of the file (`SocialArgs`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::ArgAction;
+use clap::Args;
+use clap::builder::BoolishValueParser;
+use serde::{Deserialize, Serialize};
+
+/// `listen` of `instar serve` and `instar gateway`.
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// `listen` of `instar social` (next to a gateway on the same machine).
+pub(crate) const SOCIAL_LISTEN: &str = "127.0.0.1:8081";
+/// `tcp_listen` of `instar serve`.
+pub(crate) const DEFAULT_TCP_LISTEN: &str = "127.0.0.1:61613";
+/// `tcp_listen` of `instar gateway` (nginx fronts HTTP only).
+pub(crate) const GATEWAY_TCP_LISTEN: &str = "off";
+
+/// The `--config` file itself (not a setting: it says where the other settings are).
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct ConfigFile {
+    /// TOML file with any of the settings (the keys of docs/configuration.md; the social
+    /// service's under a `[social]` table). Variables and flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings (defaults, file, variables and flags merged) as JSON, secrets
+    /// masked, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "HTTP")]
+pub(crate) struct Http {
+    /// HTTP address: /api and /media (REST), /stomp (STOMP over WebSocket), /ws (SockJS),
+    /// /health and /metrics, as far as the command serves them.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+}
+
+/// The STOMP edge: listeners, limits, heart-beats and who may subscribe to what.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "STOMP gateway")]
+pub(crate) struct Stomp {
+    /// Address of the raw STOMP-over-TCP listener; "off" disables it.
+    #[arg(long, default_value = DEFAULT_TCP_LISTEN)]
+    pub tcp_listen: String,
+    /// This node's id: unique among live nodes, used in session ids, queue names and the
+    /// registry (1-100 characters of [A-Za-z0-9_-]). Unset: node-<random>.
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Heart-beat the server offers and requires at least, in ms, both ways (0 disables).
+    #[arg(long, default_value_t = 10_000)]
+    pub heartbeat_ms: u32,
+    /// Largest STOMP frame body accepted, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_body: usize,
+    /// Largest WebSocket message or SockJS batch accepted, in bytes (at least max_body plus the
+    /// largest frame head).
+    #[arg(long, default_value_t = gateway::GatewayConfig::default().max_ws_message)]
+    pub max_ws_message: usize,
+    /// Frames queued per session before it is closed as a slow consumer.
+    #[arg(long, default_value_t = 1024)]
+    pub outbound_queue: usize,
+    /// SENDs per second one STOMP session may keep up (bursts of five seconds' worth); past it
+    /// the session gets an ERROR and is closed; 0: unlimited.
+    #[arg(long, default_value_t = 200)]
+    pub send_rate: u32,
+    /// STOMP sessions one user may hold on this node at once; one more gets an ERROR at
+    /// CONNECT; 0: unlimited.
+    #[arg(long, default_value_t = 32)]
+    pub max_sessions_per_user: u32,
+    /// Seconds a new connection has to send CONNECT.
+    #[arg(long, default_value_t = gateway::GatewayConfig::default().connect_timeout.as_secs())]
+    pub connect_timeout_secs: u64,
+    /// Accept CONNECT without a token (read-only sessions).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub allow_anonymous: bool,
+    /// Comma-separated topic prefixes any authenticated user may subscribe to.
+    #[arg(long, value_delimiter = ',', default_value = "public.")]
+    pub public_topics: Vec<String>,
+    /// Comma-separated exact origins allowed for SockJS/CORS with credentials; empty echoes any.
+    /// Unset: `instar serve` allows its cors_origin, `instar gateway` echoes any.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+/// The token secret.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Tokens")]
+pub(crate) struct Jwt {
+    /// Secret of the HS256/384/512 bearer tokens, at least 32 bytes, the same on every process
+    /// of a deployment. Required by `instar gateway` and `instar social`; unset, `instar serve`
+    /// makes a random one per start (with a warning), so tokens do not survive a restart.
+    #[arg(long, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+}
+
+/// What operators see and how the process stops.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Operations")]
+pub(crate) struct Ops {
+    /// Bearer token that opens /metrics to other machines. Unset: only requests from this
+    /// machine that did not pass a proxy may read it.
+    #[arg(long, hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Seconds sessions and in-flight requests get to finish on SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 10)]
+    pub drain_secs: u64,
+}
+
+/// The load-test handlers.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Operations")]
+pub(crate) struct Bench {
+    /// Register the load-test handlers for /app/bench.* (never in production).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub bench_echo: bool,
+}
+
+/// The in-process bus of `instar serve`.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Operations")]
+pub(crate) struct InProcessBus {
+    /// Concurrent workers running application commands (/app/send, ...); one session's commands
+    /// always go to the same worker, in order (1-1024).
+    #[arg(long, default_value_t = 128)]
+    pub command_workers: usize,
+}
+
+/// RabbitMQ and the node lease of the scale-out commands.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "RabbitMQ")]
+pub(crate) struct Bus {
+    /// RabbitMQ (AMQP 0-9-1) URL.
+    #[arg(long, hide_env_values = true, default_value_t = broker_bridge::AmqpConfig::default().url)]
+    pub amqp_url: String,
+    /// Prefix of AMQP exchange/queue names and Redis registry keys; the same for every process of
+    /// one deployment.
+    #[arg(long, default_value_t = broker_bridge::AmqpConfig::default().prefix)]
+    pub bus_prefix: String,
+    /// Keep node queues durable with persistent deliveries (survive a broker restart).
+    #[arg(long, default_value_t = broker_bridge::AmqpConfig::default().durable_node_queues, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub durable_node_queues: bool,
+    /// Lease TTL of this node in the registry, in ms (at least 300); its sessions are swept this
+    /// long after it dies.
+    #[arg(long, default_value_t = broker_bridge::RedisRegistryConfig::default().lease_ttl.as_millis() as u64)]
+    pub lease_ttl_ms: u64,
+}
+
+/// Redis.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Redis")]
+pub(crate) struct Redis {
+    /// Redis URL: the session registry of the scale-out commands, and the social service's
+    /// e-mail codes, rate limits and caches. Unset: the registry uses
+    /// redis://127.0.0.1:6379 and the social service keeps those in-process.
+    #[arg(long, hide_env_values = true)]
+    pub redis_url: Option<String>,
+}
+
+/// The database.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Database")]
+pub(crate) struct Database {
+    /// Database URL: sqlite://PATH or mysql://USER:PASS@HOST:PORT/DB. Unset: `instar serve` and
+    /// `instar social` use sqlite://<data_dir>/instar.db; `instar gateway` refuses chat room
+    /// topics (with it, it authorises them by membership and replays missed messages).
+    #[arg(long, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Largest number of pooled database connections (at least 1).
+    #[arg(long, default_value_t = migrations::PoolSettings::default().max_connections)]
+    pub database_pool: u32,
+}
+
+/// Media URLs of `instar gateway`'s replayed chat messages.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Database")]
+pub(crate) struct Replay {
+    /// Base URL of media objects as browsers load them, for the media URLs in replayed chat
+    /// messages: the social processes' S3 or CDN base, or `{public_url}/media` for local media.
+    #[arg(long, default_value = social::media::DEFAULT_URL_PREFIX)]
+    pub media_url: String,
+}
+
+/// Local data.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Social service")]
+pub(crate) struct Data {
+    /// Directory for the embedded database and local media.
+    #[arg(long, default_value = "instar-data")]
+    pub data_dir: PathBuf,
+    /// Prefix of every Redis key the social service writes.
+    #[arg(long, default_value = "instar:")]
+    pub redis_prefix: String,
+}
+
+/// Who the service answers and trusts on the web.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Social service")]
+pub(crate) struct Web {
+    /// The browser origin of the frontend allowed cross-origin with credentials (e.g.
+    /// http://localhost:3000). Unset: none.
+    #[arg(long)]
+    pub cors_origin: Option<String>,
+    /// Public URL browsers reach this service at (e.g. https://api.example.com): every media URL
+    /// carries it. Unset: each REST response the name its request used, pushes the listen
+    /// address.
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// Proxies (addresses or CIDRs, comma-separated; `none` for none) whose X-Forwarded-For,
+    /// -Host and -Proto are believed.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.0/8,::1/128")]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// Media storage: a local directory, or S3 once a bucket is set.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Media")]
+pub(crate) struct Media {
+    /// Local media directory (when no S3 bucket is set). Unset: <data_dir>/media.
+    #[arg(long)]
+    pub media_dir: Option<PathBuf>,
+    /// URL prefix of local media.
+    #[arg(long, default_value = social::media::DEFAULT_URL_PREFIX)]
+    pub media_url_prefix: String,
+    /// S3 bucket for media; setting it switches from the local directory to S3.
+    #[arg(long)]
+    pub s3_bucket: Option<String>,
+    /// S3-compatible endpoint URL. Unset: AWS.
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, default_value = "us-east-1")]
+    pub s3_region: String,
+    /// S3 access key id.
+    #[arg(long, hide_env_values = true)]
+    pub s3_access_key: Option<String>,
+    /// S3 secret access key.
+    #[arg(long, hide_env_values = true)]
+    pub s3_secret_key: Option<String>,
+    /// Path-style S3 addressing (most S3-compatible servers need it). Unset: on with an
+    /// endpoint, off without.
+    #[arg(long, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub s3_path_style: Option<bool>,
+    /// Public base URL of media objects (e.g. a CDN). Unset: derived from endpoint and bucket.
+    #[arg(long)]
+    pub s3_public_url: Option<String>,
+}
+
+/// Verification mails.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Mail")]
+pub(crate) struct Smtp {
+    /// SMTP host for verification mails. Unset: mails are logged, not sent.
+    #[arg(long)]
+    pub smtp_host: Option<String>,
+    /// SMTP port.
+    #[arg(long, default_value_t = 587)]
+    pub smtp_port: u16,
+    /// SMTP security: starttls, tls or none.
+    #[arg(long, default_value = "starttls")]
+    pub smtp_security: String,
+    /// SMTP user name.
+    #[arg(long)]
+    pub smtp_username: Option<String>,
+    /// SMTP password.
+    #[arg(long, hide_env_values = true)]
+    pub smtp_password: Option<String>,
+    /// From address of verification mails.
+    #[arg(long, default_value = "no-reply@localhost")]
+    pub smtp_from: String,
+}
+
+/// The chat send writers.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Chat and caches")]
+pub(crate) struct Chat {
+    /// Chat send writers: tasks writing batches of /app/send messages, sends sharded by room
+    /// (1-64). Unset: one.
+    #[arg(long)]
+    pub chat_writers: Option<usize>,
+    /// Least time from the start of one chat send batch to the next while sends keep coming,
+    /// microseconds (0: none; at most 100000). Unset: 0.
+    #[arg(long)]
+    pub chat_batch_linger_us: Option<u64>,
+}
+
+/// The read cache.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Chat and caches")]
+pub(crate) struct Cache {
+    /// Read cache of posts and images (entries each; authors and likes get a quarter); 0 turns
+    /// it off.
+    #[arg(long, default_value_t = social::cache::DEFAULT_ENTRIES)]
+    pub read_cache_entries: usize,
+    /// Lifetime of a read cache entry, seconds (at least 1; bounds staleness when an
+    /// invalidation is lost).
+    #[arg(long, default_value_t = social::cache::DEFAULT_TTL.as_secs())]
+    pub read_cache_ttl_secs: u64,
+    /// Rendered feed pages kept by the read cache (about 13 KB each, 64 KB at most); 0 keeps
+    /// none.
+    #[arg(long, default_value_t = social::cache::DEFAULT_FEED_PAGES)]
+    pub feed_page_cache: usize,
+}
+
+/// Google sign-in (OpenID Connect).
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Google sign-in")]
+pub(crate) struct Google {
+    /// Google sign-in: the OAuth client id; setting it turns Google sign-in on (then the secret
+    /// and redirect URI are required). Unset: off.
+    #[arg(long)]
+    pub google_client_id: Option<String>,
+    /// Google sign-in: the OAuth client secret.
+    #[arg(long, hide_env_values = true)]
+    pub google_client_secret: Option<String>,
+    /// Google sign-in: this API's callback as registered at Google, ending in /callback (e.g.
+    /// https://api.example.com/api/auth/google/callback).
+    #[arg(long)]
+    pub google_redirect_uri: Option<String>,
+    /// Google sign-in: the frontend page the browser returns to. Unset:
+    /// <cors_origin>/oauth/google.
+    #[arg(long)]
+    pub google_frontend_url: Option<String>,
+    /// Google sign-in: the OpenID issuer; endpoints are discovered from it (another OpenID
+    /// provider, tests).
+    #[arg(long, default_value = social::accounts::google::GOOGLE_ISSUER)]
+    pub google_issuer: String,
+    /// Google sign-in: authorization endpoint. Unset: discovered.
+    #[arg(long)]
+    pub google_authorization_endpoint: Option<String>,
+    /// Google sign-in: token endpoint. Unset: discovered.
+    #[arg(long)]
+    pub google_token_endpoint: Option<String>,
+    /// Google sign-in: JWKS URI. Unset: discovered.
+    #[arg(long)]
+    pub google_jwks_uri: Option<String>,
+    /// Google sign-in: userinfo endpoint. Unset: discovered.
+    #[arg(long)]
+    pub google_userinfo_endpoint: Option<String>,
+    /// Google sign-in: lifetime of a pending sign-up (a new Google account choosing its id),
+    /// seconds (60-86400).
+    #[arg(long, default_value_t = social::accounts::google::GoogleConfig::new(String::new(), String::new(), String::new()).pending_ttl.as_secs())]
+    pub google_pending_ttl_secs: u64,
+}
