@@ -11,7 +11,9 @@ use social::kv::KvConfig;
 use social::mail::SmtpConfig;
 use social::media::{Backend, MediaConfig};
 
-use crate::settings::sections::{Cache, Chat, Data, Database, Google, Media, Redis, Smtp, Web};
+use crate::settings::sections::{
+    Cache, Chat, Data, Database, Feed, Google, Media, Redis, Smtp, Web,
+};
 
 /// The social service's sections.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
@@ -40,6 +42,9 @@ pub(crate) struct SocialArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub cache: Cache,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub feed: Feed,
     #[command(flatten)]
     #[serde(flatten)]
     pub google: Google,
@@ -177,7 +182,7 @@ impl SocialArgs {
             kv,
             smtp,
             limits: social::Limits::default(),
-            interest_recompute: Some(social::jobs::Schedule::nightly()),
+            interest_recompute: self.feed.schedule()?,
             cache: social::cache::ReadCacheConfig {
                 entries: self.cache.read_cache_entries,
                 ttl: std::time::Duration::from_secs(self.cache.read_cache_ttl_secs.max(1)),

@@ -59,13 +59,19 @@ impl Schedule {
         Ok(Schedule::Daily { at, tz })
     }
 
-    /// Daily at 03:00 in this machine's time zone (`TZ`, else `/etc/localtime`, else UTC).
-    #[must_use]
-    pub fn nightly() -> Schedule {
-        Schedule::Daily {
-            at: jiff::civil::time(3, 0, 0, 0),
+    /// Daily at `at` (`HH:MM`) in this machine's time zone (`TZ`, else `/etc/localtime`, else
+    /// UTC).
+    ///
+    /// # Errors
+    /// A malformed time, said in words.
+    pub fn daily_here(at: &str) -> Result<Schedule, String> {
+        let at: jiff::civil::Time = at
+            .parse()
+            .map_err(|e| format!("time of day {at:?}: {e} (want HH:MM)"))?;
+        Ok(Schedule::Daily {
+            at,
             tz: jiff::tz::TimeZone::system(),
-        }
+        })
     }
 
     /// The start of the slot that contains `now` (the latest start at or before it).

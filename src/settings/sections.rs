@@ -312,6 +312,35 @@ pub(crate) struct Cache {
     pub feed_page_cache: usize,
 }
 
+/// The personalised feed's scheduled work.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Feed")]
+pub(crate) struct Feed {
+    /// Local time of day (HH:MM) of the interest recompute, run once per cluster under a lock in
+    /// the key-value store; "off": only when an administrator triggers it.
+    #[arg(long, default_value = "03:00")]
+    pub feed_recompute_at: String,
+    /// IANA time zone of feed_recompute_at (e.g. Asia/Seoul). Unset: this machine's zone.
+    #[arg(long)]
+    pub feed_time_zone: Option<String>,
+}
+
+impl Feed {
+    /// The recompute's schedule (`None`: off).
+    pub(crate) fn schedule(&self) -> anyhow::Result<Option<social::jobs::Schedule>> {
+        if self.feed_recompute_at.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let schedule = match &self.feed_time_zone {
+            Some(tz) => social::jobs::Schedule::daily(&self.feed_recompute_at, tz),
+            None => social::jobs::Schedule::daily_here(&self.feed_recompute_at),
+        };
+        schedule
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("INSTAR_FEED_RECOMPUTE_AT / INSTAR_FEED_TIME_ZONE: {e}"))
+    }
+}
+
 /// Google sign-in (OpenID Connect).
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[command(next_help_heading = "Google sign-in")]
@@ -351,4 +380,35 @@ pub(crate) struct Google {
     /// seconds (60-86400).
     #[arg(long, default_value_t = social::accounts::google::GoogleConfig::new(String::new(), String::new(), String::new()).pending_ttl.as_secs())]
     pub google_pending_ttl_secs: u64,
+}
+
+#[cfg(test)]
+mod feed_tests {
+    use super::Feed;
+
+    fn feed(at: &str, tz: Option<&str>) -> Feed {
+        Feed {
+            feed_recompute_at: at.to_owned(),
+            feed_time_zone: tz.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn the_recompute_schedule_is_parsed_or_refused_in_words() {
+        assert!(feed("off", None).schedule().unwrap().is_none());
+        assert!(feed("03:00", None).schedule().unwrap().is_some());
+        assert!(
+            feed("04:30", Some("Asia/Seoul"))
+                .schedule()
+                .unwrap()
+                .is_some()
+        );
+        let bad = feed("25:00", None).schedule().unwrap_err().to_string();
+        assert!(bad.contains("INSTAR_FEED_RECOMPUTE_AT"), "{bad}");
+        let bad = feed("03:00", Some("Mars/Olympus"))
+            .schedule()
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("Mars/Olympus"), "{bad}");
+    }
 }
