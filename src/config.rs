@@ -39,6 +39,20 @@ pub(crate) struct ServeArgs {
     /// Social service (REST) settings.
     #[command(flatten)]
     pub social: SocialArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub frontend: Frontend,
+}
+
+/// The built frontend `instar serve` answers on its own origin (docs/operations.md, "One command,
+/// one origin").
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Frontend")]
+pub(crate) struct Frontend {
+    /// Directory of a built frontend (with its index.html) served on the same origin: SPA
+    /// fallback, precompressed .br/.gz copies, caching headers. Unset: no frontend.
+    #[arg(long = "static")]
+    pub static_dir: Option<std::path::PathBuf>,
 }
 
 /// Resolved settings.
@@ -60,6 +74,8 @@ pub(crate) struct Settings {
     pub bench_echo: bool,
     pub social: social::SocialConfig,
     pub chat: social::chat::WriterOptions,
+    /// The built frontend's directory (`--static`).
+    pub static_dir: Option<std::path::PathBuf>,
 }
 
 impl ServeArgs {
@@ -111,6 +127,7 @@ impl Loaded<ServeArgs> {
             public_topics: a.stomp.public_topics.clone(),
             allowed_origins,
             bench_echo: a.bench.bench_echo,
+            static_dir: a.frontend.static_dir.clone(),
         })
     }
 }

@@ -7,9 +7,12 @@ mod config;
 mod node;
 mod node_config;
 mod policy;
+mod probe;
+mod rest_metrics;
 mod settings;
 mod social_cmd;
 mod social_config;
+mod static_files;
 
 use std::sync::Arc;
 
@@ -43,6 +46,10 @@ enum Command {
     /// Print docs/configuration.md: every setting of every command, rendered from the code.
     #[command(hide = true)]
     ConfigReference,
+    /// Exit 0 once GET URL answers 2xx (health checks of containers and systemd units; not a
+    /// service, so it has no settings: docs/operations.md).
+    #[command(hide = true)]
+    Probe(probe::ProbeArgs),
 }
 
 /// The command line: the derived commands with each setting's variable and per-command defaults.
@@ -70,6 +77,7 @@ enum Run {
     Gateway(settings::Loaded<node_config::GatewayArgs>),
     Social(settings::Loaded<social_cmd::SocialCmdArgs>),
     ConfigReference,
+    Probe(probe::ProbeArgs),
 }
 
 impl Run {
@@ -85,6 +93,7 @@ impl Run {
             "gateway" => Run::Gateway(node_config::GatewayArgs::load(sub_cmd, sub)?),
             "social" => Run::Social(social_cmd::SocialCmdArgs::load(sub_cmd, sub)?),
             "config-reference" => Run::ConfigReference,
+            "probe" => Run::Probe(probe::ProbeArgs::from_arg_matches(sub)?),
             other => anyhow::bail!("unknown command {other}"),
         })
     }
@@ -137,10 +146,20 @@ fn main() -> anyhow::Result<()> {
         Run::Gateway(loaded) => runtime.block_on(node::run(loaded.resolve()?)),
         Run::Social(loaded) => runtime.block_on(social_cmd::run(loaded.value)),
         Run::ConfigReference => Ok(()),
+        Run::Probe(args) => runtime.block_on(probe::run(args)),
     }
 }
 
 async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
+    // Checked before anything starts: a wrong directory is a configuration error.
+    let frontend_files = match &cfg.static_dir {
+        Some(dir) => {
+            let files = static_files::StaticFiles::open(dir)?;
+            tracing::info!(dir = %dir.display(), "serving the frontend from a directory");
+            Some(files)
+        }
+        None => None,
+    };
     let registry = Registry::in_process();
     let bus = Bus::in_process(
         registry,
@@ -185,20 +204,28 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
     .context("attaching the gateway to the bus")?;
 
     // `/metrics`: the gateway's counters, then the social service's.
+    // `/metrics`: the gateway's counters, then the social service's, its REST responses and the
+    // readiness of each dependency.
+    let rest = Arc::new(rest_metrics::RestStats::default());
     let metrics = {
-        let (gw, social) = (gw.clone(), social.clone());
+        let (gw, social, rest) = (gw.clone(), social.clone(), rest.clone());
         warp::path("metrics")
             .and(warp::path::end())
             .and(warp::get())
             .and(gateway::server::operator_only(cfg.metrics_token.clone()))
-            .map(move || {
-                let mut text = gw.metrics_text();
-                text.push_str(&social.metrics_text());
-                Box::new(warp::reply::with_header(
-                    text,
-                    "content-type",
-                    "text/plain; version=0.0.4",
-                )) as Box<dyn warp::Reply>
+            .then(move || {
+                let (gw, social, rest) = (gw.clone(), social.clone(), rest.clone());
+                async move {
+                    let mut text = gw.metrics_text();
+                    text.push_str(&social.metrics_text());
+                    rest.metrics_text(&mut text);
+                    rest_metrics::readiness_text(&social, &mut text).await;
+                    Box::new(warp::reply::with_header(
+                        text,
+                        "content-type",
+                        "text/plain; version=0.0.4",
+                    )) as Box<dyn warp::Reply>
+                }
             })
     };
     // Liveness and readiness of everything this process runs (database, key-value store, media,
@@ -208,14 +235,23 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
         social::health::routes(&social, move || gw.shutdown.is_cancelled())
             .map(|r| Box::new(r) as Box<dyn warp::Reply>)
     };
-    let routes = social
-        .routes()
+    // The built frontend (`--static`), after every other route.
+    let frontend = match frontend_files {
+        Some(files) => files.routes(),
+        None => warp::any()
+            .and_then(|| async { Err::<Box<dyn warp::Reply>, _>(warp::reject::not_found()) })
+            .boxed(),
+    };
+    let routes = rest
+        .wrap(social.routes())
         .map(|r| Box::new(r) as Box<dyn warp::Reply>)
         .or(metrics)
         .unify()
         .or(health)
         .unify()
         .or(gw.routes())
+        .unify()
+        .or(frontend)
         .unify()
         .boxed();
     let (addr, http) = gateway::server::serve_http_on(routes, listener, gw.shutdown.clone())

@@ -89,21 +89,25 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
         "social service ready"
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    // REST responses and dependency readiness on /metrics too (src/rest_metrics.rs).
+    let rest = std::sync::Arc::new(crate::rest_metrics::RestStats::default());
     let metrics = {
-        let ctx = ctx.clone();
+        let (ctx, rest) = (ctx.clone(), rest.clone());
         warp::path("metrics")
             .and(warp::path::end())
             .and(warp::get())
             .and(gateway::server::operator_only(
                 args.ops.metrics_token.clone().filter(|t| !t.is_empty()),
             ))
-            .map(move || {
-                warp::reply::with_header(
-                    ctx.metrics_text(),
-                    "content-type",
-                    "text/plain; version=0.0.4",
-                )
-                .into_response()
+            .then(move || {
+                let (ctx, rest) = (ctx.clone(), rest.clone());
+                async move {
+                    let mut text = ctx.metrics_text();
+                    rest.metrics_text(&mut text);
+                    crate::rest_metrics::readiness_text(&ctx, &mut text).await;
+                    warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4")
+                        .into_response()
+                }
             })
     };
     // Liveness, and readiness of the database, key-value store, media and bus (503 once draining).
@@ -114,8 +118,8 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
             draining.load(std::sync::atomic::Ordering::Relaxed)
         })
     };
-    let routes = ctx
-        .routes()
+    let routes = rest
+        .wrap(ctx.routes())
         .or(metrics)
         .unify()
         .or(health)

@@ -41,6 +41,10 @@ pub(crate) fn finish_with(cli: Command, variables: bool) -> Command {
         .collect();
     let mut cli = cli;
     for name in names {
+        // `instar probe` is a tool, not a service: it has no settings.
+        if name == "probe" {
+            continue;
+        }
         cli = cli.mut_subcommand(&name, |sub| {
             // In declaration order; `mut_arg` moves an argument to the end, so every argument is
             // visited once more below, after the default overrides, to restore that order.

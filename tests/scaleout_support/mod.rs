@@ -170,16 +170,26 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// nginx on a free port in front of gateway `nodes` only (`/api` answers 503).
     pub async fn start(services: &Services, nodes: &[&Node]) -> Nginx {
-        let port = free_port();
+        let gateways: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+        Nginx::start_with(&services.nginx, free_port(), &[], &gateways).await
+    }
+
+    /// nginx on `port`, rendered with `options` (`--social ADDR`, `--media-origin URL`, `--static
+    /// DIR`, `--tls CERT KEY`) in front of the `gateways`.
+    pub async fn start_with(
+        nginx: &str,
+        port: u16,
+        options: &[String],
+        gateways: &[String],
+    ) -> Nginx {
         let dir = std::env::temp_dir().join(unique("nginx"));
         let render = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx/render.sh");
-        let mut args = vec![
-            "--standalone".to_owned(),
-            dir.display().to_string(),
-            format!("127.0.0.1:{port}"),
-        ];
-        args.extend(nodes.iter().map(|n| n.addr.clone()));
+        let mut args = vec!["--standalone".to_owned(), dir.display().to_string()];
+        args.extend(options.iter().cloned());
+        args.push(format!("127.0.0.1:{port}"));
+        args.extend(gateways.iter().cloned());
         let out = std::process::Command::new("bash")
             .arg(&render)
             .args(&args)
@@ -191,7 +201,7 @@ impl Nginx {
             String::from_utf8_lossy(&out.stderr)
         );
         let conf = dir.join("nginx.conf");
-        let child = Command::new(&services.nginx)
+        let child = Command::new(nginx)
             .arg("-p")
             .arg(&dir)
             .arg("-c")
