@@ -65,6 +65,9 @@ pub(crate) struct ServeArgs {
     /// Comma-separated topic prefixes any authenticated user may subscribe to. [default: public.]
     #[arg(long, env = "INSTAR_PUBLIC_TOPICS", value_delimiter = ',')]
     pub public_topics: Option<Vec<String>>,
+    /// Destination rules opening /topic/** and /queue/** to clients' own pub/sub, as a JSON array of {"prefix","subscribe","send","wildcards"} (docs/gateway.md, "Destination rules"); in the file, [[destinations]] tables. [default: none]
+    #[arg(long, env = "INSTAR_DESTINATIONS")]
+    pub destinations: Option<String>,
     /// Comma-separated exact origins allowed for SockJS/CORS with credentials; empty echoes any. [default: INSTAR_CORS_ORIGIN when set, else empty]
     #[arg(long, env = "INSTAR_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
@@ -96,6 +99,7 @@ struct FileSettings {
     command_workers: Option<usize>,
     allow_anonymous: Option<bool>,
     public_topics: Option<Vec<String>>,
+    destinations: Option<Vec<gateway::rules::Rule>>,
     allowed_origins: Option<Vec<String>>,
     bench_echo: Option<bool>,
     social: Option<crate::social_config::SocialFile>,
@@ -122,6 +126,7 @@ pub(crate) struct Settings {
     pub command_workers: usize,
     pub allow_anonymous: bool,
     pub public_topics: Vec<String>,
+    pub destinations: gateway::rules::Destinations,
     pub allowed_origins: Vec<String>,
     pub bench_echo: bool,
     pub social: social::SocialConfig,
@@ -202,6 +207,7 @@ impl ServeArgs {
                 .public_topics
                 .or(file.public_topics)
                 .unwrap_or_else(|| vec!["public.".to_owned()]),
+            destinations: crate::config::destinations(self.destinations, file.destinations)?,
             // SockJS follows the REST allow-list unless told otherwise: the one CORS origin.
             allowed_origins: self
                 .allowed_origins
@@ -228,6 +234,7 @@ impl Settings {
         g.session.heartbeat = (self.heartbeat_ms, self.heartbeat_ms);
         g.session.allow_anonymous = self.allow_anonymous;
         g.allowed_origins = self.allowed_origins.clone();
+        g.session.destinations = std::sync::Arc::new(self.destinations.clone());
         g
     }
 }
@@ -253,4 +260,58 @@ pub(crate) fn tcp_address(value: &str) -> anyhow::Result<Option<std::net::Socket
         .parse()
         .map(Some)
         .with_context(|| format!("invalid tcp_listen address '{value}'"))
+}
+
+/// The destination rules: `INSTAR_DESTINATIONS` (JSON) over the file's `[[destinations]]` tables.
+pub(crate) fn destinations(
+    json: Option<String>,
+    file: Option<Vec<gateway::rules::Rule>>,
+) -> anyhow::Result<gateway::rules::Destinations> {
+    let rules = match json.filter(|j| !j.trim().is_empty()) {
+        Some(json) => {
+            return gateway::rules::Destinations::from_json(&json).map_err(anyhow::Error::msg);
+        }
+        None => file.unwrap_or_default(),
+    };
+    gateway::rules::Destinations::new(rules).map_err(anyhow::Error::msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_rules_come_from_json_over_the_file() {
+        let file: FileSettings = toml::from_str(
+            r#"
+            [[destinations]]
+            prefix = "/queue/jobs."
+            subscribe = "signed-in"
+            send = "role:ROLE_WORKER"
+            "#,
+        )
+        .unwrap();
+        let from_file = destinations(None, file.destinations.clone()).unwrap();
+        assert!(!from_file.is_empty());
+        assert!(
+            from_file
+                .rule(gateway::rules::Kind::Queue, "jobs.a")
+                .is_some()
+        );
+        let json = r#"[{"prefix":"/topic/demo.","subscribe":"signed-in"}]"#;
+        let from_env = destinations(Some(json.into()), file.destinations).unwrap();
+        assert!(
+            from_env
+                .rule(gateway::rules::Kind::Queue, "jobs.a")
+                .is_none()
+        );
+        assert!(
+            from_env
+                .rule(gateway::rules::Kind::Topic, "demo.x")
+                .is_some()
+        );
+        assert!(destinations(None, None).unwrap().is_empty());
+        let bad = destinations(Some(r#"[{"prefix":"/app/x"}]"#.into()), None).unwrap_err();
+        assert!(bad.to_string().contains("/app/x"), "{bad}");
+    }
 }

@@ -76,6 +76,9 @@ pub(crate) struct GatewayArgs {
     /// Comma-separated topic prefixes any authenticated user may subscribe to. [default: public.]
     #[arg(long, env = "INSTAR_PUBLIC_TOPICS", value_delimiter = ',')]
     pub public_topics: Option<Vec<String>>,
+    /// Destination rules opening /topic/** and /queue/** to clients' own pub/sub, as a JSON array of {"prefix","subscribe","send","wildcards"} (docs/gateway.md, "Destination rules"); in the file, [[destinations]] tables. [default: none]
+    #[arg(long, env = "INSTAR_DESTINATIONS")]
+    pub destinations: Option<String>,
     /// Comma-separated exact origins allowed for SockJS/CORS with credentials; empty echoes any. [default: empty]
     #[arg(long, env = "INSTAR_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
@@ -116,6 +119,7 @@ struct FileSettings {
     drain_secs: Option<u64>,
     allow_anonymous: Option<bool>,
     public_topics: Option<Vec<String>>,
+    destinations: Option<Vec<gateway::rules::Rule>>,
     allowed_origins: Option<Vec<String>>,
     bench_echo: Option<bool>,
     database_url: Option<String>,
@@ -143,6 +147,7 @@ pub(crate) struct NodeSettings {
     pub drain_grace: Duration,
     pub allow_anonymous: bool,
     pub public_topics: Vec<String>,
+    pub destinations: gateway::rules::Destinations,
     pub allowed_origins: Vec<String>,
     pub bench_echo: bool,
     pub database_url: Option<String>,
@@ -231,6 +236,7 @@ impl GatewayArgs {
                 .public_topics
                 .or(file.public_topics)
                 .unwrap_or_else(|| vec!["public.".to_owned()]),
+            destinations: crate::config::destinations(self.destinations, file.destinations)?,
             allowed_origins: self
                 .allowed_origins
                 .or(file.allowed_origins)
@@ -263,6 +269,7 @@ impl NodeSettings {
         g.session.heartbeat = (self.heartbeat_ms, self.heartbeat_ms);
         g.session.allow_anonymous = self.allow_anonymous;
         g.allowed_origins = self.allowed_origins.clone();
+        g.session.destinations = std::sync::Arc::new(self.destinations.clone());
         g
     }
 
