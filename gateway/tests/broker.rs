@@ -178,6 +178,14 @@ async fn clients_publish_and_subscribe_where_rules_allow() {
     for i in 0..50 {
         assert_eq!(body(&message(&mut exact).await), i.to_string());
     }
+    // Counted on /metrics: 2 + 50 accepted client publishes so far.
+    assert!(
+        gw.gw
+            .metrics_text()
+            .contains("instar_client_published_total 52"),
+        "{}",
+        gw.gw.metrics_text()
+    );
     // Unsubscribed: nothing more.
     confirmed(
         &mut exact,
