@@ -65,6 +65,8 @@ pub(crate) struct Settings {
     pub jwt_secret: String,
     pub node_id: String,
     pub stomp: Stomp,
+    /// The destination rules, checked.
+    pub destinations: gateway::rules::Destinations,
     pub metrics_token: Option<String>,
     pub drain_grace: Duration,
     pub command_workers: usize,
@@ -119,6 +121,9 @@ impl Loaded<ServeArgs> {
                 .node_id
                 .clone()
                 .unwrap_or_else(|| format!("node-{}", gateway::random_id(6))),
+            destinations: crate::settings::sections::DestinationRules::checked(
+                a.stomp.destinations.as_ref(),
+            )?,
             stomp: a.stomp.clone(),
             metrics_token: a.ops.metrics_token.clone().filter(|t| !t.is_empty()),
             drain_grace: Duration::from_secs(a.ops.drain_secs),
@@ -136,6 +141,7 @@ impl Settings {
     pub(crate) fn gateway_config(&self) -> gateway::GatewayConfig {
         gateway_config(
             &self.stomp,
+            &self.destinations,
             self.metrics_token.clone(),
             self.allowed_origins.clone(),
         )
@@ -145,6 +151,7 @@ impl Settings {
 /// The gateway's configuration from the STOMP section, for `serve` and `gateway` alike.
 pub(crate) fn gateway_config(
     stomp: &Stomp,
+    destinations: &gateway::rules::Destinations,
     metrics_token: Option<String>,
     allowed_origins: Vec<String>,
 ) -> gateway::GatewayConfig {
@@ -160,6 +167,7 @@ pub(crate) fn gateway_config(
     g.connect_timeout = Duration::from_secs(stomp.connect_timeout_secs);
     g.session.heartbeat = (stomp.heartbeat_ms, stomp.heartbeat_ms);
     g.session.allow_anonymous = stomp.allow_anonymous;
+    g.session.destinations = std::sync::Arc::new(destinations.clone());
     g.allowed_origins = allowed_origins;
     g
 }

@@ -63,6 +63,8 @@ pub(crate) struct NodeSettings {
     pub jwt_secret: String,
     pub node_id: String,
     pub stomp: Stomp,
+    /// The destination rules, checked.
+    pub destinations: gateway::rules::Destinations,
     pub metrics_token: Option<String>,
     pub drain_grace: Duration,
     pub allow_anonymous: bool,
@@ -120,6 +122,9 @@ impl Loaded<GatewayArgs> {
             tcp_listen,
             jwt_secret,
             node_id,
+            destinations: crate::settings::sections::DestinationRules::checked(
+                a.stomp.destinations.as_ref(),
+            )?,
             stomp: a.stomp.clone(),
             metrics_token: a.ops.metrics_token.clone().filter(|t| !t.is_empty()),
             drain_grace: Duration::from_secs(a.ops.drain_secs),
@@ -143,6 +148,7 @@ impl NodeSettings {
     pub(crate) fn gateway_config(&self) -> gateway::GatewayConfig {
         crate::config::gateway_config(
             &self.stomp,
+            &self.destinations,
             self.metrics_token.clone(),
             self.allowed_origins.clone(),
         )

@@ -44,6 +44,10 @@ impl TopicPolicy for RoomPolicy {
         is_room_topic(topic)
     }
 
+    fn owns(&self, topic: &str) -> bool {
+        is_room_topic(topic)
+    }
+
     async fn replay(
         &self,
         user: &str,

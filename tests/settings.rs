@@ -276,3 +276,34 @@ fn unknown_keys_and_bad_values_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'fast'"));
 }
+
+/// Destination rules: `[[destinations]]` tables in the file, `INSTAR_DESTINATIONS` (JSON) over
+/// them, and bad rules refused at start with every problem named.
+#[test]
+fn destination_rules_from_the_file_and_the_variable() {
+    let file = toml_file(
+        "destinations",
+        "[[destinations]]\nprefix = \"/queue/jobs.\"\nsubscribe = \"signed-in\"\nsend = \"role:ROLE_WORKER\"\n",
+    );
+    let file = file.to_str().unwrap();
+    for command in ["serve", "gateway"] {
+        let v = print_config(&[command, "--config", file], &[]);
+        assert_eq!(v["destinations"][0]["prefix"], "/queue/jobs.", "{v}");
+        assert_eq!(v["destinations"][0]["send"], "role:ROLE_WORKER", "{v}");
+        let json = r#"[{"prefix":"/topic/demo.","subscribe":"signed-in","wildcards":true}]"#;
+        let v = print_config(
+            &[command, "--config", file],
+            &[("INSTAR_DESTINATIONS", json)],
+        );
+        assert_eq!(v["destinations"].as_array().map(Vec::len), Some(1), "{v}");
+        assert_eq!(v["destinations"][0]["prefix"], "/topic/demo.", "{v}");
+        assert_eq!(v["destinations"][0]["wildcards"], true, "{v}");
+        let out = instar(
+            &[command, "--print-config"],
+            &[("INSTAR_DESTINATIONS", r#"[{"prefix":"/app/x"}]"#)],
+        );
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("/app/x"), "{err}");
+    }
+}

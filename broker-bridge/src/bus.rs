@@ -12,6 +12,7 @@ use crate::amqp::{AmqpBus, AmqpConfig};
 use crate::error::{BusError, HandlerError};
 use crate::in_process::{InProcessBus, InProcessConfig};
 use crate::model::{AppCommand, Delivery, Envelope, NodeId, Target};
+use crate::queues::QueueConsumer;
 use crate::registry::Registry;
 
 /// Handles application commands whose destination starts with the prefix it was registered under.
@@ -123,6 +124,15 @@ pub(crate) trait BusBackend: Send + Sync + fmt::Debug + 'static {
     fn metrics(&self) -> BusMetrics;
     /// Detaches every node of this process and stops the bus (default: nothing to do).
     async fn shutdown(&self) {}
+    /// Appends a message to a point-to-point queue.
+    async fn enqueue(
+        &self,
+        queue: &str,
+        envelope: Envelope,
+        persistent: bool,
+    ) -> Result<(), BusError>;
+    /// Starts a consumer of a point-to-point queue.
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<QueueConsumer, BusError>;
 }
 
 /// A node's control channel to its implementation: topic interest and detaching.
@@ -207,6 +217,26 @@ impl Bus {
     /// concurrent calls.
     pub fn register_handler(&self, prefix: &str, handler: Arc<dyn AppHandler>) {
         self.backend.register_handler(prefix, handler);
+    }
+
+    /// Appends a message to the point-to-point queue `queue` (created on first use; name 1-200
+    /// bytes of `[A-Za-z0-9._-]`); resolves once the bus owns it. A queue holding its maximum of
+    /// ready messages refuses with [`BusError::QueueFull`]. `persistent` asks for a message that
+    /// survives a broker restart (RabbitMQ; the in-process bus keeps nothing across restarts).
+    pub async fn enqueue(
+        &self,
+        queue: &str,
+        envelope: Envelope,
+        persistent: bool,
+    ) -> Result<(), BusError> {
+        self.backend.enqueue(queue, envelope, persistent).await
+    }
+
+    /// Starts a consumer of the point-to-point queue `queue`: the queue's messages are shared
+    /// round robin among its consumers (across every node, on RabbitMQ), each holding at most
+    /// `prefetch` unacknowledged. See [`crate::queues`].
+    pub async fn consume(&self, queue: &str, prefetch: u16) -> Result<QueueConsumer, BusError> {
+        self.backend.consume(queue, prefetch).await
     }
 
     /// Current health.
@@ -379,7 +409,8 @@ impl NodeInbox {
 }
 
 /// Checks a topic name: not empty, at most 255 bytes, not starting with `/` (pass `"chat.5"`, not
-/// `"/topic/chat.5"`), and free of `*` and `#` (wildcards in the broker implementation).
+/// `"/topic/chat.5"`), and free of `*` and `#` (wildcards in the broker implementation). Publishes
+/// name topics; bindings may also be patterns ([`validate_binding`]).
 pub(crate) fn validate_topic(topic: &str) -> Result<(), BusError> {
     let ok = !topic.is_empty()
         && topic.len() <= 255
@@ -389,5 +420,71 @@ pub(crate) fn validate_topic(topic: &str) -> Result<(), BusError> {
         Ok(())
     } else {
         Err(BusError::InvalidTopic(topic.to_owned()))
+    }
+}
+
+/// Checks what a node may bind: a topic name ([`validate_topic`]) or a pattern whose `.`-separated
+/// words are each `*` (exactly one word), `#` (zero or more words) or free of both, as RabbitMQ's
+/// topic exchange reads binding keys.
+pub(crate) fn validate_binding(binding: &str) -> Result<(), BusError> {
+    if !is_pattern(binding) {
+        return validate_topic(binding);
+    }
+    let ok = binding.len() <= 255
+        && !binding.starts_with('/')
+        && binding
+            .split('.')
+            .all(|w| w == "*" || w == "#" || !w.contains(['*', '#']));
+    if ok {
+        Ok(())
+    } else {
+        Err(BusError::InvalidTopic(binding.to_owned()))
+    }
+}
+
+/// Whether a binding is a wildcard pattern (contains `*` or `#`).
+pub fn is_pattern(binding: &str) -> bool {
+    binding.contains(['*', '#'])
+}
+
+/// Whether `topic` matches the binding `pattern` with RabbitMQ's topic-exchange rules: words are
+/// separated by `.`, `*` matches exactly one word, `#` zero or more. A pattern without wildcards
+/// matches only itself.
+pub fn topic_matches(pattern: &str, topic: &str) -> bool {
+    fn go(p: &[&str], t: &[&str]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some((&"#", rest)) => (0..=t.len()).any(|skip| go(rest, &t[skip..])),
+            Some((&w, rest)) => match t.split_first() {
+                Some((&tw, trest)) => (w == "*" || w == tw) && go(rest, trest),
+                None => false,
+            },
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let t: Vec<&str> = topic.split('.').collect();
+    go(&p, &t)
+}
+
+#[cfg(test)]
+mod pattern_tests {
+    use super::*;
+
+    #[test]
+    fn topic_patterns_follow_the_topic_exchange() {
+        assert!(topic_matches("a.*", "a.b"));
+        assert!(!topic_matches("a.*", "a.b.c"));
+        assert!(!topic_matches("a.*", "a"));
+        assert!(topic_matches("a.#", "a"));
+        assert!(topic_matches("a.#", "a.b.c"));
+        assert!(topic_matches("#", "x.y"));
+        assert!(topic_matches("*.b.#", "a.b"));
+        assert!(!topic_matches("*.b.#", "a.c.b"));
+        assert!(topic_matches("a.b", "a.b"));
+        assert!(!topic_matches("a.b", "a.bc"));
+        assert!(validate_binding("demo.*.x").is_ok());
+        assert!(validate_binding("demo.#").is_ok());
+        assert!(validate_binding("demo.a*").is_err());
+        assert!(validate_binding("chat.5").is_ok());
     }
 }

@@ -17,6 +17,12 @@ pub enum BusError {
     /// The topic name is not acceptable (empty, too long, starts with `/`, or contains `*` or `#`).
     #[error("invalid topic name {0:?}")]
     InvalidTopic(String),
+    /// The queue name is not acceptable (empty, over 200 bytes, or outside `[A-Za-z0-9._-]`).
+    #[error("invalid queue name {0:?}")]
+    InvalidQueue(String),
+    /// The queue holds its maximum of ready messages; the message was not accepted.
+    #[error("queue {0} is full")]
+    QueueFull(String),
     /// A node with this id is already attached to the bus.
     #[error("node {0} is already attached")]
     NodeInUse(String),

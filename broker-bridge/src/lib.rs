@@ -112,6 +112,7 @@ mod bus;
 mod error;
 mod in_process;
 mod model;
+pub mod queues;
 mod redis_registry;
 mod registry;
 
@@ -120,8 +121,10 @@ pub use async_trait::async_trait;
 pub use bus::{
     AppHandler, Bus, BusMetrics, Completion, Health, NodeInbox, NodeInterest, NodeLink, handler_fn,
 };
+pub use bus::{is_pattern, topic_matches};
 pub use error::{BusError, HandlerError};
 pub use in_process::InProcessConfig;
 pub use model::{AppCommand, Delivery, Envelope, NodeId, SessionEntry, Target};
+pub use queues::{QueueAcker, QueueConsumer, QueueDelivery, QueueLimits, Settle};
 pub use redis_registry::RedisRegistryConfig;
 pub use registry::{NodeLease, Registry};

@@ -169,7 +169,7 @@ async fn topics_reach_each_bound_node_once_and_envelopes_survive_exactly() {
         .await
         .unwrap();
     assert_eq!(social.metrics().published, 4);
-    assert!(n1.bind("bad.*").await.is_err());
+    assert!(n1.bind("bad.a*").await.is_err());
     drop((n1, n2));
     env.done().await;
 }
@@ -550,5 +550,82 @@ async fn concurrent_publishes_to_one_route_travel_in_batches_in_order() {
     })
     .await;
     drop((n1, n2));
+    env.done().await;
+}
+
+/// Point-to-point queues are one RabbitMQ queue shared by every process: consumers on two buses
+/// share its messages round robin, a rejected message comes back marked redelivered, a cancelled
+/// consumer's unacknowledged ones go to the other, and a full queue refuses.
+#[tokio::test]
+async fn queues_are_shared_by_consumers_on_every_process() {
+    let Some(env) = Env::new("p2p") else { return };
+    let config = AmqpConfig {
+        queues: broker_bridge::QueueLimits {
+            max_depth: 20,
+            ..broker_bridge::QueueLimits::default()
+        },
+        ..env.amqp_config()
+    };
+    let one = Bus::amqp(env.registry().await, config.clone())
+        .await
+        .unwrap();
+    let two = Bus::amqp(env.registry().await, config.clone())
+        .await
+        .unwrap();
+    let mut a = one.consume("jobs", 1).await.unwrap();
+    let mut b = two.consume("jobs", 1).await.unwrap();
+    for i in 0..4 {
+        one.enqueue(
+            "jobs",
+            Envelope::new("/queue/jobs", format!("{i}")),
+            i % 2 == 0,
+        )
+        .await
+        .unwrap();
+    }
+    let text =
+        |d: &broker_bridge::QueueDelivery| String::from_utf8(d.envelope.body.to_vec()).unwrap();
+    let da = timeout(WAIT, a.recv()).await.unwrap().unwrap();
+    let db = timeout(WAIT, b.recv()).await.unwrap().unwrap();
+    let mut first = [text(&da), text(&db)];
+    first.sort();
+    assert_eq!(first, ["0", "1"]);
+    assert_eq!(da.envelope.destination, "/queue/jobs");
+    // Prefetch 1: nothing more until acknowledged.
+    assert!(timeout(Duration::from_millis(300), a.recv()).await.is_err());
+    // A NACK with requeue: back, marked redelivered.
+    a.acker()
+        .settle(da.tag, false, broker_bridge::Settle::Requeue)
+        .await
+        .unwrap();
+    let again = timeout(WAIT, a.recv()).await.unwrap().unwrap();
+    assert!(again.redelivered);
+    assert_eq!(text(&again), text(&da));
+    // b leaves without acknowledging: its message goes to a, marked.
+    b.acker().cancel().await;
+    drop(b);
+    a.acker()
+        .settle(again.tag, false, broker_bridge::Settle::Ack)
+        .await
+        .unwrap();
+    let moved = timeout(WAIT, a.recv()).await.unwrap().unwrap();
+    assert!(moved.redelivered, "{}", text(&moved));
+    assert_eq!(text(&moved), text(&db));
+    a.acker().cancel().await;
+    drop(a);
+    // Depth: 3 ready again (one of the four was acknowledged), 17 more fit, the 21st is refused.
+    for i in 0..17 {
+        two.enqueue("jobs", Envelope::new("/queue/jobs", format!("f{i}")), false)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        two.enqueue("jobs", Envelope::new("/queue/jobs", "over"), false)
+            .await,
+        Err(broker_bridge::BusError::QueueFull("jobs".into()))
+    );
+    one.shutdown().await;
+    two.shutdown().await;
+    config.delete_queues(&["jobs"]).await.unwrap();
     env.done().await;
 }

@@ -752,7 +752,7 @@ async fn ordering_is_preserved_for_one_publisher() {
 async fn invalid_topic_names_are_rejected() {
     let bus = bus();
     let a = bus.open_node(node("a")).await.unwrap();
-    for bad in ["", "/topic/chat.5", "chat.*", "chat.#", &"x".repeat(256)] {
+    for bad in ["", "/topic/chat.5", "chat.a*", "chat.#x", &"x".repeat(256)] {
         assert_eq!(
             a.bind(bad).await,
             Err(BusError::InvalidTopic(bad.to_owned()))
@@ -762,7 +762,38 @@ async fn invalid_topic_names_are_rejected() {
             Err(BusError::InvalidTopic(bad.to_owned()))
         );
     }
+    // Patterns may be bound, never published to.
+    for pattern in ["chat.*", "chat.#"] {
+        assert_eq!(
+            bus.publish(Target::topic(pattern), topic_msg("x", "x"))
+                .await,
+            Err(BusError::InvalidTopic(pattern.to_owned()))
+        );
+    }
     assert_eq!(bus.metrics().published, 0);
+}
+
+#[tokio::test]
+async fn pattern_bindings_receive_matching_topics_once_per_node() {
+    let bus = bus();
+    let mut a = bus.open_node(node("a")).await.unwrap();
+    a.bind("demo.*").await.unwrap();
+    a.bind("demo.#").await.unwrap();
+    a.bind("demo.x").await.unwrap();
+    for t in ["demo.x", "demo.y.z", "other.x"] {
+        bus.publish(Target::topic(t), topic_msg(t, t))
+            .await
+            .unwrap();
+    }
+    // demo.x matches all three bindings but arrives once; demo.y.z only `demo.#`.
+    assert_eq!(body(&recv(&mut a).await), "demo.x");
+    assert_eq!(body(&recv(&mut a).await), "demo.y.z");
+    assert!(a.try_recv().is_none());
+    a.unbind("demo.#").await.unwrap();
+    bus.publish(Target::topic("demo.y.z"), topic_msg("demo.y.z", "late"))
+        .await
+        .unwrap();
+    assert!(a.try_recv().is_none());
 }
 
 #[tokio::test]
@@ -771,6 +802,7 @@ async fn zero_sizes_in_config_are_clamped() {
         node_inbox_capacity: 0,
         work_queue_capacity: 0,
         workers: 0,
+        ..InProcessConfig::default()
     });
     let mut a = bus.open_node(node("a")).await.unwrap();
     a.bind("t").await.unwrap();

@@ -19,10 +19,10 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
-use crate::destination::{DestinationError, SubscribeTarget};
+use crate::destination::{DestinationError, SendTarget, SubscribeTarget};
 use crate::hub::SessionHandle;
 use crate::replay::{self, ReplayError};
-use crate::session::{Action, Session, State, SubState};
+use crate::session::{Action, Published, Session, State, SubState};
 use crate::transport::{Sink, Source};
 use crate::{Gateway, random_id};
 
@@ -79,6 +79,8 @@ struct Driver<'a> {
     sends: crate::bucket::Bucket,
     /// The user whose session count this session holds ([`Gateway::admit_session`]).
     counted: Option<String>,
+    /// Queue subscriptions, by subscription index.
+    queues: HashMap<u32, crate::queue_sub::QueueSub>,
 }
 
 static SESSION_NUMBERS: AtomicU64 = AtomicU64::new(1);
@@ -122,6 +124,7 @@ pub async fn run(
             now,
         ),
         counted: None,
+        queues: HashMap::new(),
     };
     gw.metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
     gw.metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
@@ -464,14 +467,43 @@ impl Driver<'_> {
                     target,
                     receipt,
                     replay_after,
+                    rule,
+                    prefetch,
                 } => {
                     let user = self.session.principal().map(|p| p.user.clone());
-                    if let SubscribeTarget::Topic(topic) = &target
-                        && !self.gw.policy.may_subscribe(user.as_deref(), topic).await
-                    {
-                        let msg = DestinationError::Forbidden(target.destination()).to_string();
-                        actions.clear();
-                        actions.extend(self.session.fail(&msg, receipt.as_deref(), None));
+                    if let SubscribeTarget::Topic(topic) = &target {
+                        // The application's own topics are its policy's to decide, whatever the
+                        // destination rules say; other topics follow a rule when one covers them.
+                        let allowed = match rule {
+                            Some(allowed) if !self.gw.policy.owns(topic) => allowed,
+                            _ => self.gw.policy.may_subscribe(user.as_deref(), topic).await,
+                        };
+                        if !allowed {
+                            let msg = DestinationError::Forbidden(target.destination()).to_string();
+                            actions.clear();
+                            actions.extend(self.session.fail(&msg, receipt.as_deref(), None));
+                            continue;
+                        }
+                    }
+                    if let SubscribeTarget::Queue(name) = &target {
+                        if let Err(e) = self.subscribe_queue(&sub, name, prefetch).await {
+                            actions.clear();
+                            actions.extend(self.session.fail(
+                                &format!("subscription failed: {e}"),
+                                receipt.as_deref(),
+                                None,
+                            ));
+                            continue;
+                        }
+                        self.targets
+                            .insert(sub.index, (sub.clone(), target.clone()));
+                        if let Some(r) = receipt {
+                            let frame =
+                                Frame::new(stomp::Command::Receipt).header("receipt-id", &r);
+                            if self.write(&frame).await.is_err() {
+                                return Some(CloseReason::WriteError);
+                            }
+                        }
                         continue;
                     }
                     // (The session refuses the header without a principal: replay is per user.)
@@ -536,6 +568,9 @@ impl Driver<'_> {
                     }
                 }
                 Action::Unsubscribe { sub } => {
+                    if let Some(queue) = self.queues.remove(&sub.index) {
+                        queue.stop().await;
+                    }
                     if let Some((sub, target)) = self.targets.remove(&sub.index) {
                         let user = self.session.principal().map(|p| p.user.clone());
                         self.gw
@@ -553,22 +588,9 @@ impl Driver<'_> {
                     let Some(principal) = self.session.principal().map(|p| p.user.clone()) else {
                         continue;
                     };
-                    if !self.take_send_token() || !self.gw.take_user_send(&principal) {
-                        self.gw
-                            .metrics
-                            .send_rate_closes
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(session = %self.session.id(), user = %principal, "session sent faster than its send rate; closed");
-                        let rate = self.gw.config.send_rate;
+                    if let Some(why) = self.over_send_rate(&principal) {
                         actions.clear();
-                        actions.extend(self.session.fail(
-                            &format!(
-                                "too many messages: at most {rate} per second per session and {} per user (bursts of five seconds' worth); slow down and reconnect",
-                                rate.saturating_mul(2)
-                            ),
-                            receipt.as_deref(),
-                            None,
-                        ));
+                        actions.extend(self.session.fail(&why, receipt.as_deref(), None));
                         continue;
                     }
                     let cmd = AppCommand {
@@ -601,6 +623,45 @@ impl Driver<'_> {
                         }
                     }
                 }
+                Action::Publish {
+                    target,
+                    message,
+                    receipt,
+                } => {
+                    let Some(principal) = self.session.principal().map(|p| p.user.clone()) else {
+                        continue;
+                    };
+                    if let Some(why) = self.over_send_rate(&principal) {
+                        actions.clear();
+                        actions.extend(self.session.fail(&why, receipt.as_deref(), None));
+                        continue;
+                    }
+                    if let Err(why) = self.publish(target, message).await {
+                        actions.clear();
+                        actions.extend(self.session.fail(&why, receipt.as_deref(), None));
+                        continue;
+                    }
+                    if let Some(r) = receipt {
+                        let frame = Frame::new(stomp::Command::Receipt).header("receipt-id", &r);
+                        if self.write(&frame).await.is_err() {
+                            return Some(CloseReason::WriteError);
+                        }
+                    }
+                }
+                Action::Settle { sub, seq, how } => {
+                    let Some(queue) = self.queues.get(&sub.index) else {
+                        continue;
+                    };
+                    if let Err(e) = queue.settle(seq, how).await {
+                        actions.clear();
+                        actions.extend(self.session.fail(
+                            &format!("acknowledgement failed: {e}"),
+                            None,
+                            None,
+                        ));
+                        continue;
+                    }
+                }
                 Action::Close => {
                     self.sink.close(false).await;
                     return Some(CloseReason::Disconnect);
@@ -612,9 +673,83 @@ impl Driver<'_> {
 }
 
 impl Driver<'_> {
+    /// Takes a SEND from the session's and the user's buckets; the ERROR message when either is
+    /// empty (the session is then closed).
+    fn over_send_rate(&mut self, user: &str) -> Option<String> {
+        if self.take_send_token() && self.gw.take_user_send(user) {
+            return None;
+        }
+        self.gw
+            .metrics
+            .send_rate_closes
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(session = %self.session.id(), user, "session sent faster than its send rate; closed");
+        let rate = self.gw.config.send_rate;
+        Some(format!(
+            "too many messages: at most {rate} per second per session and {} per user (bursts of five seconds' worth); slow down and reconnect",
+            rate.saturating_mul(2)
+        ))
+    }
+
+    /// Starts consuming queue `name` for `sub`.
+    async fn subscribe_queue(
+        &mut self,
+        sub: &Arc<SubState>,
+        name: &str,
+        prefetch: u16,
+    ) -> Result<(), broker_bridge::BusError> {
+        let consumer = self.gw.bus.consume(name, prefetch).await?;
+        let queue = crate::queue_sub::QueueSub::start(
+            consumer,
+            sub.clone(),
+            self.handle.clone(),
+            format!("/queue/{name}"),
+        );
+        self.queues.insert(sub.index, queue);
+        Ok(())
+    }
+
+    /// Publishes a client's message to a topic or queue; the ERROR message when it is refused.
+    async fn publish(&mut self, target: SendTarget, message: Published) -> Result<(), String> {
+        let envelope = broker_bridge::Envelope {
+            destination: message.destination,
+            content_type: message.content_type,
+            headers: message.headers,
+            body: message.body,
+        };
+        let result = match target {
+            SendTarget::Topic(topic) => {
+                if self.gw.policy.owns(&topic) {
+                    return Err(DestinationError::SendForbidden(envelope.destination).to_string());
+                }
+                self.gw
+                    .bus
+                    .publish(broker_bridge::Target::Topic(topic), envelope)
+                    .await
+            }
+            SendTarget::Queue(queue) => {
+                self.gw
+                    .bus
+                    .enqueue(&queue, envelope, message.persistent)
+                    .await
+            }
+            SendTarget::App(dest) => return Err(format!("'{dest}' is not a topic or queue")),
+        };
+        match result {
+            Ok(()) => {
+                self.gw.metrics.published.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(format!("message not accepted: {e}")),
+        }
+    }
+
     /// Unsubscribes everything, leaves the registry, and records why the connection ended.
     async fn finish(&mut self, reason: CloseReason, transport: &'static str) {
         self.handle.queue.close();
+        for (_, queue) in std::mem::take(&mut self.queues) {
+            queue.stop().await;
+        }
         let user = self.session.principal().map(|p| p.user.clone());
         for (_, (sub, target)) in std::mem::take(&mut self.targets) {
             self.gw

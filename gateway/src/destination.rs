@@ -7,12 +7,12 @@
 //!
 //! | frame     | accepted destinations                                                    |
 //! |-----------|--------------------------------------------------------------------------|
-//! | SEND      | `/app/<path>` only, forwarded to application handlers with our principal |
-//! | SUBSCRIBE | `/user/queue/<name>` (the session's own user only) and `/topic/<name>` when the [`TopicPolicy`] allows it |
+//! | SEND      | `/app/<path>`, forwarded to application handlers with our principal; `/topic/<name>` and `/queue/<name>` only where a destination rule ([`crate::rules`]) lets the session send |
+//! | SUBSCRIBE | `/user/queue/<name>` (the session's own user only); `/topic/<name>` when a rule or the [`TopicPolicy`] allows it; `/queue/<name>` and topic patterns only where a rule allows them |
 //!
 //! Names are made of `[A-Za-z0-9_.-]` (plus `/` between segments for `/app` paths), never empty, never
-//! longer than [`MAX_NAME`]; `*`, `#`, `>` and `%` (the wildcard and escape characters of the brokers we sit
-//! in front of) are therefore impossible.
+//! longer than [`MAX_NAME`]; `>` and `%` are impossible, and `*` and `#` only as whole words of a
+//! topic pattern, which needs a rule with wildcards.
 
 use async_trait::async_trait;
 
@@ -26,6 +26,21 @@ pub enum SubscribeTarget {
     Topic(String),
     /// `/user/queue/<name>`: the session's own user queue.
     UserQueue(String),
+    /// `/queue/<name>`: a point-to-point queue (competing consumers); `name` excludes the prefix.
+    Queue(String),
+    /// `/topic/<pattern>` with `*` or `#` words.
+    Pattern(String),
+}
+
+/// A parsed SEND destination.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SendTarget {
+    /// `/app/<path>`: an application command (the whole destination).
+    App(String),
+    /// `/topic/<name>`.
+    Topic(String),
+    /// `/queue/<name>`.
+    Queue(String),
 }
 
 impl SubscribeTarget {
@@ -34,6 +49,8 @@ impl SubscribeTarget {
         match self {
             Self::Topic(t) => format!("/topic/{t}"),
             Self::UserQueue(q) => format!("/user/queue/{q}"),
+            Self::Queue(q) => format!("/queue/{q}"),
+            Self::Pattern(p) => format!("/topic/{p}"),
         }
     }
 }
@@ -41,12 +58,18 @@ impl SubscribeTarget {
 /// Why a destination was refused; the text goes into the ERROR frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DestinationError {
-    #[error("clients may SEND only to /app/** destinations, not '{0}'")]
+    #[error("clients may SEND only to /app/**, /topic/** and /queue/** destinations, not '{0}'")]
     SendNotAllowed(String),
-    #[error("clients may SUBSCRIBE only to /user/queue/** and /topic/** destinations, not '{0}'")]
+    #[error(
+        "clients may SUBSCRIBE only to /user/queue/**, /topic/** and /queue/** destinations, not '{0}'"
+    )]
     SubscribeNotAllowed(String),
-    #[error("invalid destination name '{0}': use letters, digits, '.', '_' and '-' (no wildcards)")]
+    #[error(
+        "invalid destination name '{0}': use letters, digits, '.', '_' and '-' (and '*' or '#' as whole words of a topic pattern)"
+    )]
     InvalidName(String),
+    #[error("not authorised to send to '{0}'")]
+    SendForbidden(String),
     #[error("not authorised to subscribe to '{0}'")]
     Forbidden(String),
 }
@@ -61,11 +84,34 @@ fn valid_segment(s: &str) -> bool {
         && !s.contains("..")
 }
 
+/// A topic pattern: `.`-separated words, each `*`, `#` or a plain word, with at least one
+/// wildcard.
+fn valid_pattern(s: &str) -> bool {
+    s.len() <= MAX_NAME
+        && s.contains(['*', '#'])
+        && s.split('.').all(|w| {
+            w == "*"
+                || w == "#"
+                || (!w.is_empty()
+                    && w.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')))
+        })
+}
+
 /// Parses a SUBSCRIBE destination.
 pub fn parse_subscribe(dest: &str) -> Result<SubscribeTarget, DestinationError> {
     if let Some(name) = dest.strip_prefix("/topic/") {
         if valid_segment(name) {
             return Ok(SubscribeTarget::Topic(name.to_owned()));
+        }
+        if valid_pattern(name) {
+            return Ok(SubscribeTarget::Pattern(name.to_owned()));
+        }
+        return Err(DestinationError::InvalidName(dest.to_owned()));
+    }
+    if let Some(name) = dest.strip_prefix("/queue/") {
+        if valid_segment(name) {
+            return Ok(SubscribeTarget::Queue(name.to_owned()));
         }
         return Err(DestinationError::InvalidName(dest.to_owned()));
     }
@@ -78,7 +124,25 @@ pub fn parse_subscribe(dest: &str) -> Result<SubscribeTarget, DestinationError> 
     Err(DestinationError::SubscribeNotAllowed(dest.to_owned()))
 }
 
-/// Checks a SEND destination: `/app/<seg>(/<seg>)*`.
+/// Parses a SEND destination: `/app/<seg>(/<seg>)*`, `/topic/<name>` or `/queue/<name>` (whether
+/// the session may use the last two is for the rules to say).
+pub fn parse_send(dest: &str) -> Result<SendTarget, DestinationError> {
+    for (prefix, make) in [
+        ("/topic/", SendTarget::Topic as fn(String) -> SendTarget),
+        ("/queue/", SendTarget::Queue),
+    ] {
+        if let Some(name) = dest.strip_prefix(prefix) {
+            return if valid_segment(name) {
+                Ok(make(name.to_owned()))
+            } else {
+                Err(DestinationError::InvalidName(dest.to_owned()))
+            };
+        }
+    }
+    check_send(dest).map(|()| SendTarget::App(dest.to_owned()))
+}
+
+/// Checks an application SEND destination: `/app/<seg>(/<seg>)*`.
 pub fn check_send(dest: &str) -> Result<(), DestinationError> {
     let Some(path) = dest.strip_prefix("/app/") else {
         return Err(DestinationError::SendNotAllowed(dest.to_owned()));
@@ -96,6 +160,13 @@ pub fn check_send(dest: &str) -> Result<(), DestinationError> {
 pub trait TopicPolicy: Send + Sync + 'static {
     /// May `user` (None for an anonymous session, when those are allowed) receive `topic`?
     async fn may_subscribe(&self, user: Option<&str>, topic: &str) -> bool;
+
+    /// Whether `topic` belongs to the application (a chat room's topics): destination rules never
+    /// open it, clients never publish to it, and wildcard subscriptions never receive it.
+    fn owns(&self, topic: &str) -> bool {
+        let _ = topic;
+        false
+    }
 
     /// Whether the answer for `topic` can change while a session lives (a membership that ends):
     /// such a SUBSCRIBE is checked again once registered, so a membership that ended between the
@@ -164,9 +235,22 @@ mod tests {
             parse_subscribe("/user/queue/notify"),
             Ok(SubscribeTarget::UserQueue("notify".into()))
         );
+        assert_eq!(
+            parse_subscribe("/topic/chat.*"),
+            Ok(SubscribeTarget::Pattern("chat.*".into()))
+        );
+        assert_eq!(
+            parse_subscribe("/topic/#"),
+            Ok(SubscribeTarget::Pattern("#".into()))
+        );
+        assert_eq!(
+            parse_subscribe("/queue/jobs"),
+            Ok(SubscribeTarget::Queue("jobs".into()))
+        );
         for bad in [
-            "/topic/chat.*",
-            "/topic/#",
+            "/topic/chat*",
+            "/topic/a.#b",
+            "/queue/a*",
             "/topic/chat/12",
             "/topic/",
             "/topic/a..b",
@@ -180,7 +264,6 @@ mod tests {
             );
         }
         for bad in [
-            "/queue/notify-userabc",
             "/user/alice/queue/notify",
             "/exchange/amq.topic/x",
             "/amq/queue/x",
@@ -211,6 +294,23 @@ mod tests {
         ));
         assert!(matches!(
             check_send("/queue/x"),
+            Err(DestinationError::SendNotAllowed(_))
+        ));
+        assert_eq!(parse_send("/queue/x"), Ok(SendTarget::Queue("x".into())));
+        assert_eq!(
+            parse_send("/topic/x.y"),
+            Ok(SendTarget::Topic("x.y".into()))
+        );
+        assert_eq!(
+            parse_send("/app/send"),
+            Ok(SendTarget::App("/app/send".into()))
+        );
+        assert!(matches!(
+            parse_send("/topic/x.*"),
+            Err(DestinationError::InvalidName(_))
+        ));
+        assert!(matches!(
+            parse_send("/exchange/x"),
             Err(DestinationError::SendNotAllowed(_))
         ));
         assert!(matches!(

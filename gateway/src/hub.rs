@@ -73,9 +73,15 @@ struct Subscriber {
 
 #[derive(Debug, Default)]
 struct State {
+    /// Topic (or topic pattern) -> its local subscribers.
     topics: HashMap<String, Vec<Subscriber>>,
+    /// The keys of `topics` that are wildcard patterns, matched against every topic delivery.
+    patterns: HashSet<String>,
     users: HashMap<String, HashMap<String, Vec<Subscriber>>>,
 }
+
+/// Says which topics belong to the application (never given to wildcard subscriptions).
+pub type PrivateTopics = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Counters, readable at any time.
 #[derive(Debug, Default)]
@@ -95,6 +101,7 @@ pub struct Hub {
     interest: Arc<dyn Interest>,
     /// The topics bound on the bus; its lock serialises binds and unbinds.
     bound: Arc<tokio::sync::Mutex<HashSet<String>>>,
+    private: Option<PrivateTopics>,
     pub metrics: HubMetrics,
 }
 
@@ -112,8 +119,17 @@ impl Hub {
             state: Arc::new(RwLock::new(State::default())),
             interest,
             bound: Arc::new(tokio::sync::Mutex::new(HashSet::new())),
+            private: None,
             metrics: HubMetrics::default(),
         }
+    }
+
+    /// Keeps the topics `private` says belong to the application away from wildcard
+    /// subscriptions (a pattern such as `#` must not tap chat rooms).
+    #[must_use]
+    pub fn with_private_topics(mut self, private: PrivateTopics) -> Self {
+        self.private = Some(private);
+        self
     }
 
     /// Adds a subscription. For a topic, binds it on the bus when it is the first local subscriber.
@@ -130,14 +146,18 @@ impl Hub {
             user: user.map(Arc::from),
         };
         match target {
-            SubscribeTarget::Topic(topic) => {
+            SubscribeTarget::Topic(topic) | SubscribeTarget::Pattern(topic) => {
                 let mut bound = self.bound.lock().await;
-                self.state
-                    .write()
-                    .topics
-                    .entry(topic.clone())
-                    .or_default()
-                    .push(entry.clone());
+                {
+                    let mut st = self.state.write();
+                    st.topics
+                        .entry(topic.clone())
+                        .or_default()
+                        .push(entry.clone());
+                    if matches!(target, SubscribeTarget::Pattern(_)) {
+                        st.patterns.insert(topic.clone());
+                    }
+                }
                 if !bound.contains(topic) {
                     if let Err(e) = self.interest.bind(topic).await {
                         remove_topic_entry(
@@ -164,6 +184,7 @@ impl Hub {
                     .push(entry);
                 Ok(())
             }
+            SubscribeTarget::Queue(_) => Err("queues are not fanned out by the hub".to_owned()),
         }
     }
 
@@ -176,7 +197,7 @@ impl Hub {
         user: Option<&str>,
     ) {
         match target {
-            SubscribeTarget::Topic(topic) => {
+            SubscribeTarget::Topic(topic) | SubscribeTarget::Pattern(topic) => {
                 let mut bound = self.bound.lock().await;
                 remove_topic_entry(&self.state, topic, session, sub.index);
                 release(&self.state, &*self.interest, &mut bound, topic).await;
@@ -196,6 +217,7 @@ impl Hub {
                     }
                 }
             }
+            SubscribeTarget::Queue(_) => {}
         }
     }
 
@@ -227,6 +249,7 @@ impl Hub {
             let emptied = list.is_empty();
             if emptied {
                 st.topics.remove(topic);
+                st.patterns.remove(topic);
             }
             (revoked, emptied)
         };
@@ -265,14 +288,19 @@ impl Hub {
             return;
         }
         let st = self.state.read();
-        let (subs, destination): (&[Subscriber], std::borrow::Cow<'_, str>) = match &delivery.target
-        {
-            Target::Topic(topic) => match st.topics.get(topic) {
+        let (subs, destination): (
+            std::borrow::Cow<'_, [Subscriber]>,
+            std::borrow::Cow<'_, str>,
+        ) = match &delivery.target {
+            Target::Topic(topic) => match self.topic_subscribers_of(&st, topic) {
                 Some(list) => (list, delivery.envelope.destination.as_str().into()),
                 None => return,
             },
             Target::User { user, queue } => match st.users.get(user).and_then(|q| q.get(queue)) {
-                Some(list) => (list, format!("/user/queue/{queue}").into()),
+                Some(list) => (
+                    list.as_slice().into(),
+                    format!("/user/queue/{queue}").into(),
+                ),
                 None => {
                     self.metrics.undeliverable.fetch_add(1, Ordering::Relaxed);
                     return;
@@ -291,7 +319,7 @@ impl Hub {
         // One template per STOMP version present among the recipients (header escaping differs).
         let mut templates: [Option<MessageTemplate>; 3] = [None, None, None];
         let mut buf = BytesMut::with_capacity(subs.len().min(1024) * (env.body.len() + 160));
-        for s in subs {
+        for s in subs.iter() {
             let slot = match s.handle.version {
                 Version::V1_0 => 0,
                 Version::V1_1 => 1,
@@ -357,7 +385,7 @@ impl Hub {
     }
 }
 
-/// Removes one subscriber of a topic.
+/// Removes one subscriber of a topic (or pattern).
 fn remove_topic_entry(state: &RwLock<State>, topic: &str, session: u64, index: u32) {
     let mut st = state.write();
     let Some(list) = st.topics.get_mut(topic) else {
@@ -366,6 +394,31 @@ fn remove_topic_entry(state: &RwLock<State>, topic: &str, session: u64, index: u
     list.retain(|s| !(s.handle.session == session && s.sub.index == index));
     if list.is_empty() {
         st.topics.remove(topic);
+        st.patterns.remove(topic);
+    }
+}
+
+impl Hub {
+    /// The subscribers of `topic`: by name, plus those of matching patterns unless the topic is the
+    /// application's. Borrowed when no pattern is subscribed (the common case).
+    fn topic_subscribers_of<'a>(
+        &self,
+        st: &'a State,
+        topic: &str,
+    ) -> Option<std::borrow::Cow<'a, [Subscriber]>> {
+        let exact = st.topics.get(topic);
+        if st.patterns.is_empty() || self.private.as_ref().is_some_and(|p| p(topic)) {
+            return exact.map(|l| l.as_slice().into());
+        }
+        let mut all: Vec<Subscriber> = exact.cloned().unwrap_or_default();
+        for pattern in &st.patterns {
+            if broker_bridge::topic_matches(pattern, topic)
+                && let Some(list) = st.topics.get(pattern)
+            {
+                all.extend(list.iter().cloned());
+            }
+        }
+        (!all.is_empty()).then(|| all.into())
     }
 }
 

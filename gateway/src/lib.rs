@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`auth`]: bearer tokens (HMAC JWT) checked on CONNECT;
 //! - [`destination`]: the closed destination grammar and the topic authorisation policy;
+//! - [`rules`]: the destination rules opening `/topic/**` and `/queue/**` to clients' own pub/sub;
 //! - [`session`]: the per-connection STOMP state machine, without sockets;
 //! - [`connection`]: the task that runs a session over a transport (timers, queues, bus calls);
 //! - [`hub`]: local fan-out from the bus to sessions, slow-consumer policy, topic interest, revoke controls;
@@ -20,7 +21,9 @@ pub mod destination;
 pub mod hub;
 pub mod metrics;
 pub mod queue;
+mod queue_sub;
 pub mod replay;
+pub mod rules;
 pub mod server;
 pub mod session;
 pub mod sockjs;
@@ -60,6 +63,8 @@ pub struct Metrics {
     pub send_rate_closes: AtomicU64,
     /// CONNECTs refused because the user held `max_sessions_per_user` sessions on this node.
     pub sessions_refused: AtomicU64,
+    /// Client SENDs to topics and queues accepted by the bus.
+    pub published: AtomicU64,
 }
 
 /// Everything a connection needs, shared by all connections of one node.

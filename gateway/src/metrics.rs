@@ -11,7 +11,7 @@ impl Gateway {
         let m = &self.metrics;
         let h = &self.hub.metrics;
         let b = self.bus.metrics();
-        let rows: [(&str, &str, &str, u64); 19] = [
+        let rows: [(&str, &str, &str, u64); 20] = [
             (
                 "sessions_open",
                 "gauge",
@@ -59,6 +59,12 @@ impl Gateway {
                 "counter",
                 "Sessions closed for sending faster than their send rate.",
                 m.send_rate_closes.load(Relaxed),
+            ),
+            (
+                "client_published_total",
+                "counter",
+                "Client SENDs to topics and queues (destination rules) accepted by the bus.",
+                m.published.load(Relaxed),
             ),
             (
                 "replayed_total",

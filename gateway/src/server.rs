@@ -141,7 +141,11 @@ impl Gateway {
     ) -> Result<Arc<Gateway>, broker_bridge::BusError> {
         let link = bus.open_node(node.clone()).await?;
         let (link, mut inbox) = link.split();
-        let hub = Arc::new(Hub::new(Arc::new(LinkInterest(link))));
+        let private = policy.clone();
+        let hub = Arc::new(
+            Hub::new(Arc::new(LinkInterest(link)))
+                .with_private_topics(Arc::new(move |topic: &str| private.owns(topic))),
+        );
         let registry = bus.registry().clone();
         let gw = Arc::new(Gateway {
             node,

@@ -18,7 +18,8 @@ use bytes::Bytes;
 use stomp::{AckMode, Command, Frame, Version, heartbeat};
 
 use crate::auth::{Principal, TokenError, Verifier};
-use crate::destination::{self, SubscribeTarget};
+use crate::destination::{self, DestinationError, SendTarget, SubscribeTarget};
+use crate::rules::{Destinations, Kind};
 
 /// Settings that shape every session. Shared by all sessions of a gateway.
 #[derive(Debug, Clone)]
@@ -37,6 +38,13 @@ pub struct SessionConfig {
     pub max_transactions: usize,
     /// Frames buffered in one transaction.
     pub max_transaction_frames: usize,
+    /// The destination rules opening `/topic/**` and `/queue/**` to clients ([`crate::rules`]).
+    pub destinations: Arc<Destinations>,
+    /// Unacknowledged messages a queue subscription holds when its SUBSCRIBE names no
+    /// `prefetch-count`.
+    pub queue_prefetch: u16,
+    /// Largest `prefetch-count` a queue SUBSCRIBE may ask for.
+    pub max_queue_prefetch: u16,
 }
 
 impl Default for SessionConfig {
@@ -48,6 +56,9 @@ impl Default for SessionConfig {
             max_subscriptions: 64,
             max_transactions: 8,
             max_transaction_frames: 256,
+            destinations: Arc::new(Destinations::default()),
+            queue_prefetch: 64,
+            max_queue_prefetch: 1_000,
         }
     }
 }
@@ -82,6 +93,12 @@ pub enum Action {
         target: SubscribeTarget,
         receipt: Option<String>,
         replay_after: Option<u64>,
+        /// What the destination rules say of a topic (`None`: no rule covers it, the
+        /// [`TopicPolicy`](crate::destination::TopicPolicy) decides; the application's own topics
+        /// are always for it to decide). Patterns and queues were checked already.
+        rule: Option<bool>,
+        /// Unacknowledged messages a queue subscription may hold.
+        prefetch: u16,
     },
     /// Close a subscription.
     Unsubscribe { sub: Arc<SubState> },
@@ -92,8 +109,35 @@ pub enum Action {
         body: Bytes,
         receipt: Option<String>,
     },
+    /// Publish a client's message to a topic or a queue the rules let it send to; once the bus
+    /// accepted it, write `receipt` if any.
+    Publish {
+        target: SendTarget,
+        message: Published,
+        receipt: Option<String>,
+    },
+    /// Settle delivery `seq` of a queue subscription (and, for `ack:client`, every earlier one).
+    /// Topic subscriptions have nothing to settle.
+    Settle {
+        sub: Arc<SubState>,
+        seq: u64,
+        how: broker_bridge::Settle,
+    },
     /// Close the connection (after writing everything before this action).
     Close,
+}
+
+/// A client's message to a topic or queue, as it will be delivered.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// `/topic/<name>` or `/queue/<name>`.
+    pub destination: String,
+    pub content_type: Option<String>,
+    /// The SEND's own headers that travel with the message.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    /// `persistent:true` on the SEND.
+    pub persistent: bool,
 }
 
 /// One subscription's state, shared with the local hub that delivers to it.
@@ -150,7 +194,15 @@ enum TxOp {
         headers: Vec<(String, String)>,
         body: Bytes,
     },
-    Ack,
+    Publish {
+        target: SendTarget,
+        message: Published,
+    },
+    Settle {
+        sub: Arc<SubState>,
+        seq: u64,
+        how: broker_bridge::Settle,
+    },
 }
 
 /// The state of one STOMP session.
@@ -328,9 +380,12 @@ impl Session {
         match frame.command {
             Command::Send => {
                 let dest = required(&frame, "destination")?.to_owned();
-                destination::check_send(&dest).map_err(|e| e.to_string())?;
+                let target = destination::parse_send(&dest).map_err(|e| e.to_string())?;
                 if self.principal.is_none() {
                     return Err("anonymous sessions may not SEND".into());
+                }
+                if !matches!(target, SendTarget::App(_)) {
+                    return self.publish(target, dest, frame, receipt);
                 }
                 let headers = forwarded_headers(&frame);
                 let body = frame.body;
@@ -374,6 +429,37 @@ impl Session {
                 if matches!(target, SubscribeTarget::UserQueue(_)) && self.principal.is_none() {
                     return Err("anonymous sessions have no user queue".into());
                 }
+                let rules = &self.config.destinations;
+                let principal = self.principal.as_ref();
+                let rule = match &target {
+                    SubscribeTarget::Topic(t) => rules.may_subscribe(Kind::Topic, t, principal),
+                    SubscribeTarget::Pattern(p) => {
+                        if rules.may_subscribe(Kind::Topic, p, principal) != Some(true) {
+                            return Err(DestinationError::Forbidden(dest.to_owned()).to_string());
+                        }
+                        Some(true)
+                    }
+                    SubscribeTarget::Queue(q) => {
+                        if rules.may_subscribe(Kind::Queue, q, principal) != Some(true) {
+                            return Err(DestinationError::Forbidden(dest.to_owned()).to_string());
+                        }
+                        Some(true)
+                    }
+                    SubscribeTarget::UserQueue(_) => None,
+                };
+                let prefetch = match frame.get("prefetch-count") {
+                    None => self.config.queue_prefetch,
+                    Some(v) => v
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|n| (1..=self.config.max_queue_prefetch).contains(n))
+                        .ok_or_else(|| {
+                            format!(
+                                "invalid prefetch-count '{v}': 1 to {} is allowed",
+                                self.config.max_queue_prefetch
+                            )
+                        })?,
+                };
                 let ack = match frame.get("ack") {
                     None => AckMode::Auto,
                     Some(a) => AckMode::parse(a).ok_or_else(|| {
@@ -406,6 +492,8 @@ impl Session {
                     target,
                     receipt: receipt.map(str::to_owned),
                     replay_after,
+                    rule,
+                    prefetch,
                 });
             }
             Command::Unsubscribe => {
@@ -422,12 +510,20 @@ impl Session {
                 push_receipt(&mut actions, receipt);
             }
             Command::Ack | Command::Nack => {
-                self.check_ack(&frame)?;
+                let (sub, seq) = self.check_ack(&frame)?;
+                // Topic messages are not redelivered, so for them an acknowledgement only has to
+                // name a message this session was given; NACK drops it. Queue messages are settled
+                // with the queue: a NACK puts the message back (`requeue:false` drops it).
+                let how = match frame.command {
+                    Command::Ack => broker_bridge::Settle::Ack,
+                    _ if frame.get("requeue") == Some("false") => broker_bridge::Settle::Discard,
+                    _ => broker_bridge::Settle::Requeue,
+                };
                 if let Some(tx) = frame.get("transaction") {
-                    self.hold(tx, TxOp::Ack)?;
+                    self.hold(tx, TxOp::Settle { sub, seq, how })?;
+                } else {
+                    actions.push(Action::Settle { sub, seq, how });
                 }
-                // Topic messages are not redelivered, so an acknowledgement only has to name a message
-                // this session was given; NACK drops it (documented in docs/gateway.md).
                 push_receipt(&mut actions, receipt);
             }
             Command::Begin => {
@@ -451,19 +547,24 @@ impl Session {
                     .remove(tx)
                     .ok_or_else(|| format!("unknown transaction '{tx}'"))?;
                 for op in ops {
-                    if let TxOp::Send {
-                        destination,
-                        headers,
-                        body,
-                    } = op
-                    {
-                        actions.push(Action::Submit {
+                    actions.push(match op {
+                        TxOp::Send {
+                            destination,
+                            headers,
+                            body,
+                        } => Action::Submit {
                             destination,
                             headers,
                             body,
                             receipt: None,
-                        });
-                    }
+                        },
+                        TxOp::Publish { target, message } => Action::Publish {
+                            target,
+                            message,
+                            receipt: None,
+                        },
+                        TxOp::Settle { sub, seq, how } => Action::Settle { sub, seq, how },
+                    });
                 }
                 push_receipt(&mut actions, receipt);
             }
@@ -486,6 +587,47 @@ impl Session {
         Ok(actions)
     }
 
+    /// A SEND to a topic or queue: allowed only where a destination rule lets this session send.
+    fn publish(
+        &mut self,
+        target: SendTarget,
+        dest: String,
+        frame: Frame,
+        receipt: Option<&str>,
+    ) -> Result<Vec<Action>, String> {
+        let (kind, name) = match &target {
+            SendTarget::Topic(t) => (Kind::Topic, t),
+            SendTarget::Queue(q) => (Kind::Queue, q),
+            SendTarget::App(_) => return Err(format!("'{dest}' is not a topic or queue")),
+        };
+        if !self
+            .config
+            .destinations
+            .may_send(kind, name, self.principal.as_ref())
+        {
+            return Err(DestinationError::SendForbidden(dest).to_string());
+        }
+        let message = Published {
+            content_type: frame.get("content-type").map(str::to_owned),
+            persistent: frame.get("persistent") == Some("true"),
+            headers: published_headers(&frame),
+            destination: dest,
+            body: frame.body.clone(),
+        };
+        let mut actions = Vec::new();
+        if let Some(tx) = frame.get("transaction") {
+            self.hold(tx, TxOp::Publish { target, message })?;
+            push_receipt(&mut actions, receipt);
+        } else {
+            actions.push(Action::Publish {
+                target,
+                message,
+                receipt: receipt.map(str::to_owned),
+            });
+        }
+        Ok(actions)
+    }
+
     /// Holds an operation in an open transaction until COMMIT.
     fn hold(&mut self, tx: &str, op: TxOp) -> Result<(), String> {
         let ops = self
@@ -499,8 +641,9 @@ impl Session {
         Ok(())
     }
 
-    /// An ACK/NACK must name a message delivered to a client-ack subscription of this session.
-    fn check_ack(&self, frame: &Frame) -> Result<(), String> {
+    /// An ACK/NACK must name a message delivered to a client-ack subscription of this session;
+    /// returns that subscription and the delivery's number.
+    fn check_ack(&self, frame: &Frame) -> Result<(Arc<SubState>, u64), String> {
         // 1.2: `id` is the MESSAGE's `ack` header. 1.0/1.1: `message-id` (+ `subscription` in 1.1).
         let id = match self.version {
             Version::V1_2 => required(frame, "id")?,
@@ -518,7 +661,7 @@ impl Session {
         if sub.ack == AckMode::Auto || seq == 0 || seq > sub.delivered.load(Ordering::Relaxed) {
             return Err(bad());
         }
-        Ok(())
+        Ok((sub.clone(), seq))
     }
 }
 
@@ -546,6 +689,30 @@ fn forwarded_headers(frame: &Frame) -> Vec<(String, String)> {
             !matches!(
                 *k,
                 "destination" | "receipt" | "transaction" | "content-length"
+            ) && !RESERVED_HEADERS.contains(k)
+        })
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Headers of a SEND to a topic or queue that travel to subscribers: the client's own headers,
+/// without the STOMP plumbing, the headers the MESSAGE frame sets itself, and identity headers.
+fn published_headers(frame: &Frame) -> Vec<(String, String)> {
+    frame
+        .headers
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(
+                *k,
+                "destination"
+                    | "receipt"
+                    | "transaction"
+                    | "content-length"
+                    | "content-type"
+                    | "subscription"
+                    | "message-id"
+                    | "ack"
+                    | "redelivered"
             ) && !RESERVED_HEADERS.contains(k)
         })
         .map(|(k, v)| (k.to_owned(), v.to_owned()))

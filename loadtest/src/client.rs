@@ -270,6 +270,7 @@ impl Session {
     pub async fn subscribe_all(
         &mut self,
         destinations: &[String],
+        headers: &[(String, String)],
         timeout: Duration,
     ) -> Result<(), SessionError> {
         let Some(last) = destinations.len().checked_sub(1) else {
@@ -279,8 +280,13 @@ impl Session {
         for (i, dest) in destinations.iter().enumerate() {
             let mut frame = Frame::new(Command::Subscribe)
                 .header("id", i.to_string())
-                .header("destination", dest)
-                .header("ack", "auto");
+                .header("destination", dest);
+            if !headers.iter().any(|(k, _)| k == "ack") {
+                frame = frame.header("ack", "auto");
+            }
+            for (k, v) in headers {
+                frame = frame.header(k, v);
+            }
             if i == last {
                 receipt = self.receipt_id();
                 frame = frame.header("receipt", &receipt);

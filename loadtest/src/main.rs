@@ -19,7 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use loadtest::client::Credentials;
 use loadtest::progress::Progress;
 use loadtest::report::{self, Report};
-use loadtest::scenario::{Common, chat, direct, fanout, idle};
+use loadtest::scenario::{Common, chat, direct, fanout, idle, queue};
 use loadtest::target::check_loopback;
 
 #[derive(Debug, Parser)]
@@ -58,6 +58,13 @@ enum Scenario {
         common: CommonArgs,
         #[command(flatten)]
         args: chat::ChatArgs,
+    },
+    /// C competing consumers of one queue (acknowledging) and one producer: acknowledged msg/s.
+    Queue {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        args: queue::QueueArgs,
     },
     /// N sessions with 2 subscriptions each, heart-beats only: server RSS per idle session.
     Idle {
@@ -177,6 +184,7 @@ impl CommonArgs {
             user_prefix: self.user_prefix.clone(),
             pid: self.pid,
             progress: Progress::new(self.quiet),
+            subscribe_headers: Vec::new(),
         })
     }
 }
@@ -230,6 +238,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             check_sessions(args.rooms.saturating_mul(args.room_size))?;
             (common, args.rooms * args.room_size)
         }
+        Scenario::Queue { common, args } => {
+            check_range("--rate", args.rate, MAX_RATE)?;
+            check_range("--duration", args.duration, MAX_SECONDS)?;
+            check_range("--drain", args.drain, MAX_SECONDS)?;
+            check_sessions(args.consumers)?;
+            (common, args.consumers + 1)
+        }
         Scenario::Idle { common, args } => {
             check_range("--hold", args.hold, MAX_SECONDS)?;
             check_sessions(args.sessions)?;
@@ -264,6 +279,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 Scenario::Fanout { args, .. } => fanout::run(&common, args).await,
                 Scenario::Direct { args, .. } => direct::run(&common, args).await,
                 Scenario::Chat { args, .. } => chat::run(&common, args).await,
+                Scenario::Queue { args, .. } => queue::run(&common, args).await,
                 Scenario::Idle { args, .. } => idle::run(&common, args).await,
             }
         };

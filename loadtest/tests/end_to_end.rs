@@ -89,6 +89,59 @@ fn fanout_through_rabbitmq_web_stomp_delivers_everything() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Competing consumers: every message is acknowledged by exactly one of the four consumers.
+#[test]
+fn queue_through_rabbitmq_web_stomp_acknowledges_everything_once() {
+    let url = std::env::var("INSTAR_TEST_RABBIT_WEB_STOMP")
+        .unwrap_or_else(|_| "ws://127.0.0.1:15674/ws".to_owned());
+    let dir = std::env::temp_dir().join(format!("loadtest-e2e-q-{}", unique()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let json = dir.join("report.json");
+    let queue = format!("/queue/instar-t-{}.q", unique());
+    let out = loadtest()
+        .args([
+            "queue",
+            "--url",
+            &url,
+            "--login",
+            "guest",
+            "--passcode",
+            "guest",
+        ])
+        .args([
+            "--consumers",
+            "4",
+            "--max-messages",
+            "200",
+            "--rate",
+            "1000",
+        ])
+        .args(["--duration", "5", "--prefetch", "10", "--queue", &queue])
+        // The broker deletes the queue a minute after its last use.
+        .args(["--queue-header", "x-expires:60000", "--drain", "10"])
+        .args(["--timeout", "60", "--quiet"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run loadtest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "loadtest failed ({:?}); is RabbitMQ Web-STOMP at {url}? Run through scripts/test.\n{stdout}\n{stderr}",
+        out.status
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report written"))
+            .expect("report is JSON");
+    let m = &report["messages"];
+    assert_eq!(m["sent"], 200, "{stdout}");
+    assert_eq!(m["delivered"], 200, "{stdout}");
+    assert_eq!(m["lost"], 0, "{stdout}");
+    assert_eq!(m["duplicated"], 0, "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn refuses_a_non_loopback_url_before_connecting() {
     let out = loadtest()

@@ -91,6 +91,36 @@ pub(crate) struct Stomp {
     /// Unset: `instar serve` allows its cors_origin, `instar gateway` echoes any.
     #[arg(long, value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
+    /// Destination rules opening /topic/** and /queue/** to clients' own pub/sub
+    /// (docs/gateway.md, "Destination rules"): a JSON array of {"prefix", "subscribe", "send",
+    /// "wildcards"}; in the file, [[destinations]] tables. Unset: none (only the app's own
+    /// destinations).
+    #[arg(long, value_parser = parse_destinations)]
+    pub destinations: Option<DestinationRules>,
+}
+
+/// The destination rules as given (checked by [`DestinationRules::checked`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct DestinationRules(pub Vec<gateway::rules::Rule>);
+
+impl DestinationRules {
+    /// The rules, checked and ordered; every problem is reported at once.
+    pub(crate) fn checked(
+        rules: Option<&DestinationRules>,
+    ) -> anyhow::Result<gateway::rules::Destinations> {
+        let rules = rules.map(|r| r.0.clone()).unwrap_or_default();
+        gateway::rules::Destinations::new(rules)
+            .map_err(|e| anyhow::anyhow!("INSTAR_DESTINATIONS / destinations: {e}"))
+    }
+}
+
+/// Reads `INSTAR_DESTINATIONS` / `--destinations` (JSON), checking the rules at once.
+fn parse_destinations(text: &str) -> Result<DestinationRules, String> {
+    let rules: Vec<gateway::rules::Rule> =
+        serde_json::from_str(text).map_err(|e| format!("invalid destination rules: {e}"))?;
+    gateway::rules::Destinations::new(rules.clone())?;
+    Ok(DestinationRules(rules))
 }
 
 /// The token secret.

@@ -9,6 +9,7 @@
 //! | `{p}.work` | direct exchange, durable | application commands, routing key = shard number |
 //! | `{p}.node.{node}` | queue, one per gateway node | bound to `{p}.node` with the node id, and to `{p}.topic` with every topic the node's sessions subscribe to (the hub counts references: bind on the first local subscriber, unbind after the last) |
 //! | `{p}.work.{0..K}` | durable queues, single active consumer | the command shards |
+//! | `{p}.q.{name}` | durable queue per client queue destination (`/queue/{name}`), `x-max-length` + `reject-publish` | point-to-point queues shared by every node (see `queues.rs`) |
 //!
 //! # Guarantees
 //!
@@ -38,6 +39,7 @@
 //!   called during an outage are recorded and applied on reconnect.
 
 mod codec;
+mod queues;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -107,6 +109,9 @@ pub struct AmqpConfig {
     pub retry_delay: Duration,
     /// AMQP heart-beat in seconds (0: the broker's proposal). Default 10.
     pub heartbeat_secs: u16,
+    /// Bounds of the point-to-point queues (`{p}.q.{name}`); every process of a deployment must
+    /// use the same `max_depth`.
+    pub queues: crate::QueueLimits,
 }
 
 impl Default for AmqpConfig {
@@ -128,6 +133,7 @@ impl Default for AmqpConfig {
             handler_retries: 5,
             retry_delay: Duration::from_millis(100),
             heartbeat_secs: 10,
+            queues: crate::QueueLimits::default(),
         }
     }
 }
@@ -178,6 +184,32 @@ impl AmqpConfig {
         }
         .await;
         let _ = conn.close(200, "topology deleted").await;
+        result.map_err(|e| amqp_err(&e))
+    }
+
+    /// Deletes point-to-point queues (`/queue/<name>` destinations, `{p}.q.<name>`) with what they
+    /// hold: for tests and for retiring a destination. Missing queues are not an error.
+    pub async fn delete_queues(&self, names: &[&str]) -> Result<(), BusError> {
+        let properties = ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio::current());
+        let conn = Connection::connect(&self.url, properties)
+            .await
+            .map_err(|e| amqp_err(&e))?;
+        let result = async {
+            let channel = conn.create_channel().await?;
+            for name in names {
+                channel
+                    .queue_delete(
+                        &format!("{}.q.{name}", self.prefix),
+                        QueueDeleteOptions::default(),
+                    )
+                    .await?;
+            }
+            Ok::<_, lapin::Error>(())
+        }
+        .await;
+        let _ = conn.close(200, "queues deleted").await;
         result.map_err(|e| amqp_err(&e))
     }
 
@@ -312,6 +344,8 @@ struct Shared {
     counters: Counters,
     /// Publishing lanes per route, by [`Lane`] kind (see [`Shared::publish_item`]).
     lanes: [Mutex<HashMap<String, mpsc::UnboundedSender<Pending>>>; 3],
+    /// Point-to-point queues declared on the current connection.
+    p2p: Mutex<queues::Declared>,
 }
 
 /// The three kinds of route a publish takes; each has its exchange, and its lanes by routing key.
@@ -375,6 +409,7 @@ impl AmqpBus {
             next_link: AtomicU64::new(1),
             counters: Counters::default(),
             lanes: Default::default(),
+            p2p: Mutex::default(),
         });
         let first = Shared::connect(&shared, 1).await?;
         tokio::spawn(supervise(Arc::clone(&shared), first));
@@ -1482,6 +1517,23 @@ impl BusBackend for AmqpBus {
         let _ = tokio::time::timeout(Duration::from_secs(2), stopped.wait_for(|s| *s)).await;
     }
 
+    async fn enqueue(
+        &self,
+        queue: &str,
+        envelope: Envelope,
+        persistent: bool,
+    ) -> Result<(), BusError> {
+        self.shared.enqueue(queue, envelope, persistent).await
+    }
+
+    async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<crate::queues::QueueConsumer, BusError> {
+        self.shared.consume(queue, prefetch).await
+    }
+
     fn register_handler(&self, prefix: &str, handler: Arc<dyn AppHandler>) {
         {
             let mut handlers = self
@@ -1573,7 +1625,7 @@ impl AmqpNode {
     }
 
     async fn change(&self, topic: &str, bind: bool) -> Result<(), BusError> {
-        validate_topic(topic)?;
+        crate::bus::validate_binding(topic)?;
         let (shared, state) = self.parts()?;
         let mut setup = state.setup.lock().await;
         let changed = if bind {

@@ -13,7 +13,8 @@ use tracing::{debug, error, warn};
 
 use super::{InProcessConfig, lock, read, write};
 use crate::bus::{
-    AppHandler, BusBackend, BusMetrics, Health, NodeControl, NodeLink, validate_topic,
+    AppHandler, BusBackend, BusMetrics, Health, NodeControl, NodeLink, is_pattern, topic_matches,
+    validate_binding, validate_topic,
 };
 use crate::error::BusError;
 use crate::model::{AppCommand, Delivery, Envelope, NodeId, Target};
@@ -42,6 +43,7 @@ struct Shared {
     shard_hasher: std::hash::RandomState,
     next_link: AtomicU64,
     counters: Arc<Counters>,
+    queues: super::queues::QueueSet,
 }
 
 #[derive(Default)]
@@ -49,6 +51,8 @@ struct Routes {
     /// topic -> inboxes of the nodes bound to it. Rebuilt on bind/unbind (rare), cloned by publish
     /// (one reference-count increment under a read lock).
     topics: HashMap<String, Arc<[Arc<Inbox>]>>,
+    /// The keys of `topics` that are wildcard patterns, matched on every topic publish.
+    patterns: HashSet<String>,
     nodes: HashMap<NodeId, NodeState>,
 }
 
@@ -123,6 +127,7 @@ impl InProcessBus {
                 shard_hasher: std::hash::RandomState::new(),
                 next_link: AtomicU64::new(1),
                 counters: Arc::new(Counters::default()),
+                queues: super::queues::QueueSet::new(config.queues.clone()),
             }),
         }
     }
@@ -200,7 +205,7 @@ impl Shared {
     }
 
     fn bind(&self, node: &NodeId, link: u64, topic: &str) -> Result<(), BusError> {
-        validate_topic(topic)?;
+        validate_binding(topic)?;
         let mut routes = write(&self.routes);
         let state = match routes.nodes.get_mut(node) {
             Some(state) if state.inbox.link == link => state,
@@ -215,11 +220,14 @@ impl Shared {
             None => Arc::from([inbox]),
         };
         routes.topics.insert(topic.to_owned(), bound);
+        if is_pattern(topic) {
+            routes.patterns.insert(topic.to_owned());
+        }
         Ok(())
     }
 
     fn unbind(&self, node: &NodeId, link: u64, topic: &str) -> Result<(), BusError> {
-        validate_topic(topic)?;
+        validate_binding(topic)?;
         let mut routes = write(&self.routes);
         match routes.nodes.get_mut(node) {
             Some(state) if state.inbox.link == link => {
@@ -249,6 +257,27 @@ impl Shared {
 }
 
 impl Routes {
+    /// The inboxes bound to `topic` by name or by a matching pattern, each once.
+    fn inboxes_for(&self, topic: &str) -> Option<Arc<[Arc<Inbox>]>> {
+        let exact = self.topics.get(topic);
+        if self.patterns.is_empty() {
+            return exact.cloned();
+        }
+        let mut all: Vec<Arc<Inbox>> = exact.map(|e| e.to_vec()).unwrap_or_default();
+        for pattern in &self.patterns {
+            if topic_matches(pattern, topic)
+                && let Some(bound) = self.topics.get(pattern)
+            {
+                for inbox in bound.iter() {
+                    if !all.iter().any(|i| i.link == inbox.link) {
+                        all.push(Arc::clone(inbox));
+                    }
+                }
+            }
+        }
+        (!all.is_empty()).then(|| Arc::from(all))
+    }
+
     fn remove_binding(&mut self, topic: &str, link: u64) {
         let Some(old) = self.topics.get(topic) else {
             return;
@@ -256,6 +285,7 @@ impl Routes {
         let rest: Arc<[Arc<Inbox>]> = old.iter().filter(|i| i.link != link).cloned().collect();
         if rest.is_empty() {
             self.topics.remove(topic);
+            self.patterns.remove(topic);
         } else {
             self.topics.insert(topic.to_owned(), rest);
         }
@@ -414,7 +444,7 @@ impl BusBackend for InProcessBus {
         match &target {
             Target::Topic(topic) => {
                 validate_topic(topic)?;
-                let bound = read(&shared.routes).topics.get(topic).cloned();
+                let bound = read(&shared.routes).inboxes_for(topic);
                 match bound {
                     Some(inboxes) => shared.deliver(&target, envelope, &inboxes).await,
                     None => bump(&counters.unrouted, 1),
@@ -468,6 +498,25 @@ impl BusBackend for InProcessBus {
             .map_err(|_| BusError::Closed)?;
         bump(&shared.counters.commands_submitted, 1);
         Ok(())
+    }
+
+    async fn enqueue(
+        &self,
+        queue: &str,
+        envelope: Envelope,
+        _persistent: bool,
+    ) -> Result<(), BusError> {
+        self.shared.queues.enqueue(queue, envelope)?;
+        bump(&self.shared.counters.published, 1);
+        Ok(())
+    }
+
+    async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<crate::queues::QueueConsumer, BusError> {
+        self.shared.queues.consume(queue, prefetch)
     }
 
     fn register_handler(&self, prefix: &str, handler: Arc<dyn AppHandler>) {

@@ -1,6 +1,7 @@
 //! The in-process implementation of the bus and the registry (embedded default).
 
 mod bus;
+mod queues;
 mod registry;
 
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -17,6 +18,8 @@ pub struct InProcessConfig {
     pub work_queue_capacity: usize,
     /// Number of workers consuming the command queue concurrently. Default 4.
     pub workers: usize,
+    /// Bounds of the point-to-point queues.
+    pub queues: crate::QueueLimits,
 }
 
 impl Default for InProcessConfig {
@@ -25,6 +28,7 @@ impl Default for InProcessConfig {
             node_inbox_capacity: 4096,
             work_queue_capacity: 4096,
             workers: 4,
+            queues: crate::QueueLimits::default(),
         }
     }
 }

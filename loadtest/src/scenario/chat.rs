@@ -270,6 +270,7 @@ pub async fn run(common: &Common, args: &ChatArgs) -> anyhow::Result<Report> {
             target_rate: args.rate,
             fan: (m - 1) as u64,
             drain: Duration::from_secs_f64(args.drain),
+            shared: false,
         },
     )
     .await?;

@@ -117,6 +117,7 @@ pub async fn run(common: &Common, args: &DirectArgs) -> anyhow::Result<Report> {
             target_rate: args.rate,
             fan: 1,
             drain: Duration::from_secs_f64(args.drain),
+            shared: false,
         },
     )
     .await

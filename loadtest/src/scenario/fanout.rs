@@ -98,6 +98,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> anyhow::Result<Report> {
             target_rate: args.rate,
             fan: args.subscribers as u64,
             drain: Duration::from_secs_f64(args.drain),
+            shared: false,
         },
     )
     .await

@@ -64,6 +64,9 @@ pub async fn run(common: &Common, args: &IdleArgs) -> anyhow::Result<Report> {
         clock: Clock::start(),
         recorder: Recorder::new(1),
         stop: CancellationToken::new(),
+
+        ack: false,
+        shared: None,
     });
     let mut report = Report {
         scenario: "idle".to_owned(),

@@ -4,6 +4,7 @@ pub mod chat;
 pub mod direct;
 pub mod fanout;
 pub mod idle;
+pub mod queue;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -54,6 +55,9 @@ pub struct Common {
     /// Server process to read RSS and CPU from.
     pub pid: Option<u32>,
     pub progress: Progress,
+    /// Headers of every SUBSCRIBE besides `id` and `destination` (default `ack:auto`); with an
+    /// `ack` mode other than `auto`, receivers ACK every MESSAGE.
+    pub subscribe_headers: Vec<(String, String)>,
 }
 
 /// One session to set up.
@@ -108,6 +112,7 @@ where
     let bar = common.progress.bar(n as u64, label);
     let started = Instant::now();
     let heartbeat = (common.heartbeat_ms, common.heartbeat_ms);
+    let subscribe_headers = Arc::new(common.subscribe_headers.clone());
     let results: Vec<(usize, Result<JoinHandle<T>, String>)> =
         futures_util::stream::iter(plans.into_iter().enumerate())
             .map(|(i, plan)| {
@@ -122,11 +127,12 @@ where
                 };
                 let run = run.clone();
                 let bar = bar.clone();
+                let subscribe_headers = subscribe_headers.clone();
                 async move {
                     let set_up = async {
                         let mut session = Session::connect(&spec, &plan.user).await?;
                         session
-                            .subscribe_all(&plan.subscriptions, spec.timeout)
+                            .subscribe_all(&plan.subscriptions, &subscribe_headers, spec.timeout)
                             .await?;
                         Ok::<_, crate::client::SessionError>(session)
                     };
@@ -197,6 +203,11 @@ pub struct ReceiveContext {
     pub recorder: Recorder,
     /// Cancelled when the run is over.
     pub stop: CancellationToken,
+    /// ACK every MESSAGE (by its `ack` header) as soon as it is read.
+    pub ack: bool,
+    /// Competing consumers (a queue): every receiver's arrivals go to this one tracker per run
+    /// (stream 0) instead of a tracker per receiver.
+    pub shared: Option<std::sync::Mutex<SeqTracker>>,
 }
 
 /// What one receiving session saw.
@@ -250,12 +261,30 @@ pub async fn receive(
                             match Stamp::from_frame(&f) {
                                 Some(st) => {
                                     ctx.recorder.record(index, now, Some(st.sent_ns));
-                                    out.tracker(st.stream).observe(st.seq);
+                                    match &ctx.shared {
+                                        Some(shared) => {
+                                            shared
+                                                .lock()
+                                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                                .observe(st.seq);
+                                        }
+                                        None => {
+                                            out.tracker(st.stream).observe(st.seq);
+                                        }
+                                    }
                                 }
                                 None => {
                                     ctx.recorder.record(index, now, None);
                                     out.unstamped += 1;
                                 }
+                            }
+                            if ctx.ack
+                                && let Some(id) = f.get("ack")
+                                && let Err(e) = session.send(&Frame::new(Command::Ack).header("id", id)).await
+                            {
+                                out.dropped = true;
+                                out.problem.get_or_insert_with(|| format!("session {index}: sending an ACK: {e}"));
+                                break;
                             }
                         }
                         Command::Error => {
@@ -506,6 +535,9 @@ pub struct MessageRun {
     pub fan: u64,
     /// Longest wait for the last deliveries after the senders finish.
     pub drain: Duration,
+    /// The receivers compete for the messages (a queue): each message is meant for any one of
+    /// them, and loss/duplicates are counted over all of them together.
+    pub shared: bool,
 }
 
 /// Runs a message scenario: set up receivers, then senders, publish, drain, account.
@@ -515,6 +547,11 @@ pub async fn run_messages(common: &Common, run: MessageRun) -> anyhow::Result<Re
         clock,
         recorder: Recorder::new(64),
         stop: CancellationToken::new(),
+        ack: common
+            .subscribe_headers
+            .iter()
+            .any(|(k, v)| k == "ack" && v != "auto"),
+        shared: run.shared.then(|| std::sync::Mutex::new(SeqTracker::new())),
     });
     let mut report = Report {
         scenario: run.scenario.to_owned(),
@@ -656,9 +693,15 @@ pub async fn run_messages(common: &Common, run: MessageRun) -> anyhow::Result<Re
             health.first_problem.clone_from(&o.problem);
         }
     }
+    if let Some(shared) = &ctx.shared {
+        let tracker = shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        tally.add_expected(&tracker, sent_by_stream.get(&0).copied().unwrap_or(0));
+    }
     for (expected, o) in &mut receiver_outcomes {
         let sent = sent_by_stream.get(expected).copied().unwrap_or(0);
-        if !o.streams.iter().any(|(s, _)| s == expected) {
+        if !o.streams.iter().any(|(s, _)| s == expected) && ctx.shared.is_none() {
             o.streams.push((*expected, SeqTracker::new()));
         }
         for (stream, tracker) in &o.streams {
