@@ -83,6 +83,11 @@ enum Entry {
 
 type Slots = HashMap<String, (Entry, Instant)>;
 
+/// Whether `owner` holds the lock `key` in `map` at `now`.
+fn holds(map: &Slots, key: &str, owner: &str, now: Instant) -> bool {
+    matches!(map.get(key), Some((Entry::Text(v), exp)) if *exp > now && v == owner)
+}
+
 /// How long a lock's fencing counter outlives its last use (it must outlive every holder that
 /// could still write, so a successor's token is always larger).
 const FENCE_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
@@ -201,8 +206,7 @@ impl Kv for MemoryKv {
 
     async fn unlock(&self, key: &str, owner: &str) -> Result<bool, KvError> {
         Ok(self.write(|map, now| {
-            let held =
-                matches!(map.get(key), Some((Entry::Text(v), exp)) if *exp > now && v == owner);
+            let held = holds(map, key, owner, now);
             if held {
                 map.remove(key);
             }
@@ -219,8 +223,7 @@ impl Kv for MemoryKv {
         ttl: Duration,
     ) -> Result<bool, KvError> {
         Ok(self.write(|map, now| {
-            let held =
-                matches!(map.get(lock), Some((Entry::Text(v), exp)) if *exp > now && v == owner);
+            let held = holds(map, lock, owner, now);
             if held {
                 map.insert(key.to_owned(), (Entry::Text(value.to_owned()), now + ttl));
             }
@@ -258,6 +261,20 @@ impl RedisKv {
 
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
+    }
+
+    /// Runs the Lua `script` on `keys` (prefixed here) and `args`; its integer answer.
+    async fn eval(&self, script: &str, keys: &[&str], args: &[&str]) -> Result<u64, KvError> {
+        let mut c = self.conn.clone();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(script).arg(keys.len());
+        for k in keys {
+            cmd.arg(self.key(k));
+        }
+        cmd.arg(args)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| KvError(e.to_string()))
     }
 }
 
@@ -332,49 +349,25 @@ impl Kv for RedisKv {
     async fn lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<Option<u64>, KvError> {
         const SCRIPT: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
              return redis.call('INCR', KEYS[2]) else return 0 end";
-        let mut c = self.conn.clone();
-        let fence: u64 = redis::cmd("EVAL")
-            .arg(SCRIPT)
-            .arg(2)
-            .arg(self.key(key))
-            .arg(self.key(&format!("{key}:fence")))
-            .arg(owner)
-            .arg(millis(ttl))
-            .query_async(&mut c)
-            .await
-            .map_err(|e| KvError(e.to_string()))?;
+        let fence_key = format!("{key}:fence");
+        let ttl = millis(ttl).to_string();
+        let fence = self
+            .eval(SCRIPT, &[key, &fence_key], &[owner, &ttl])
+            .await?;
         Ok((fence > 0).then_some(fence))
     }
 
     async fn renew(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, KvError> {
         const SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
              return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
-        let mut c = self.conn.clone();
-        let n: u64 = redis::cmd("EVAL")
-            .arg(SCRIPT)
-            .arg(1)
-            .arg(self.key(key))
-            .arg(owner)
-            .arg(millis(ttl))
-            .query_async(&mut c)
-            .await
-            .map_err(|e| KvError(e.to_string()))?;
-        Ok(n > 0)
+        let ttl = millis(ttl).to_string();
+        Ok(self.eval(SCRIPT, &[key], &[owner, &ttl]).await? > 0)
     }
 
     async fn unlock(&self, key: &str, owner: &str) -> Result<bool, KvError> {
         const SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
              return redis.call('DEL', KEYS[1]) else return 0 end";
-        let mut c = self.conn.clone();
-        let n: u64 = redis::cmd("EVAL")
-            .arg(SCRIPT)
-            .arg(1)
-            .arg(self.key(key))
-            .arg(owner)
-            .query_async(&mut c)
-            .await
-            .map_err(|e| KvError(e.to_string()))?;
-        Ok(n > 0)
+        Ok(self.eval(SCRIPT, &[key], &[owner]).await? > 0)
     }
 
     async fn set_if_owner(
@@ -387,19 +380,11 @@ impl Kv for RedisKv {
     ) -> Result<bool, KvError> {
         const SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
              redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end";
-        let mut c = self.conn.clone();
-        let n: u64 = redis::cmd("EVAL")
-            .arg(SCRIPT)
-            .arg(2)
-            .arg(self.key(lock))
-            .arg(self.key(key))
-            .arg(owner)
-            .arg(value)
-            .arg(millis(ttl))
-            .query_async(&mut c)
-            .await
-            .map_err(|e| KvError(e.to_string()))?;
-        Ok(n > 0)
+        let ttl = millis(ttl).to_string();
+        Ok(self
+            .eval(SCRIPT, &[lock, key], &[owner, value, &ttl])
+            .await?
+            > 0)
     }
 }
 
