@@ -124,7 +124,7 @@ pub use bus::{
 pub use bus::{is_pattern, topic_matches};
 pub use error::{BusError, HandlerError};
 pub use in_process::InProcessConfig;
-pub use model::{AppCommand, Delivery, Envelope, NodeId, SessionEntry, Target};
+pub use model::{AppCommand, COMMAND_KEY_HEADER, Delivery, Envelope, NodeId, SessionEntry, Target};
 pub use queues::{QueueAcker, QueueConsumer, QueueDelivery, QueueLimits, Settle};
 pub use redis_registry::RedisRegistryConfig;
 pub use registry::{NodeLease, Registry};

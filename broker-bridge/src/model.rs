@@ -87,6 +87,12 @@ pub struct Delivery {
     pub envelope: Arc<Envelope>,
 }
 
+/// [`AppCommand`] header with the key a gateway gives every command it submits: a random
+/// per-session prefix and a counter, unique across the deployment. The bus delivers commands at
+/// least once; handlers use the key to recognise a redelivered command. Gateways drop a client's
+/// own header of this name.
+pub const COMMAND_KEY_HEADER: &str = "x-instar-command-key";
+
 /// An application command: a client `SEND` to `/app/**`, with the principal stamped by the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppCommand {

@@ -79,6 +79,10 @@ struct Driver<'a> {
     sends: crate::bucket::Bucket,
     /// The user whose session count this session holds ([`Gateway::admit_session`]).
     counted: Option<String>,
+    /// The random part of this session's command keys ([`broker_bridge::COMMAND_KEY_HEADER`]).
+    command_prefix: String,
+    /// Commands submitted so far (the counter part of their keys).
+    commands: u64,
     /// Queue subscriptions, by subscription index.
     queues: HashMap<u32, crate::queue_sub::QueueSub>,
 }
@@ -124,6 +128,8 @@ pub async fn run(
             now,
         ),
         counted: None,
+        command_prefix: random_id(20),
+        commands: 0,
         queues: HashMap::new(),
     };
     gw.metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
@@ -593,6 +599,14 @@ impl Driver<'_> {
                         actions.extend(self.session.fail(&why, receipt.as_deref(), None));
                         continue;
                     }
+                    // A key per command, unique across the deployment, so that a handler can
+                    // recognise the bus's redelivery of it (at least once on the wire, stored once).
+                    self.commands += 1;
+                    let mut headers = headers;
+                    headers.push((
+                        broker_bridge::COMMAND_KEY_HEADER.to_owned(),
+                        format!("{}.{}", self.command_prefix, self.commands),
+                    ));
                     let cmd = AppCommand {
                         destination,
                         principal,

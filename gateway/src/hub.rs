@@ -93,6 +93,8 @@ pub struct HubMetrics {
     pub revoked: AtomicU64,
     /// Live deliveries held while their subscription replayed.
     pub held: AtomicU64,
+    /// Deliveries dropped because their subscription had delivered that message id already.
+    pub duplicates: AtomicU64,
 }
 
 /// The local fan-out hub of one gateway node.
@@ -338,6 +340,13 @@ impl Hub {
                 && mid <= s.sub.floor.load(Ordering::Acquire)
             {
                 // Replayed already (a late publish of a message the store had).
+                continue;
+            }
+            if let Some(mid) = message_id
+                && !s.sub.seen.lock().first_time(mid)
+            {
+                // Delivered already (the chat service published it again).
+                self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let seq = s.sub.delivered.fetch_add(1, Ordering::Relaxed) + 1;

@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod bucket;
 pub mod connection;
+pub mod dedup;
 pub mod destination;
 pub mod hub;
 pub mod metrics;

@@ -11,7 +11,7 @@ impl Gateway {
         let m = &self.metrics;
         let h = &self.hub.metrics;
         let b = self.bus.metrics();
-        let rows: [(&str, &str, &str, u64); 20] = [
+        let rows: [(&str, &str, &str, u64); 21] = [
             (
                 "sessions_open",
                 "gauge",
@@ -83,6 +83,12 @@ impl Gateway {
                 "counter",
                 "Live deliveries held while their subscription replayed.",
                 h.held.load(Relaxed),
+            ),
+            (
+                "duplicates_dropped_total",
+                "counter",
+                "Deliveries dropped because the subscription had delivered that message id already.",
+                h.duplicates.load(Relaxed),
             ),
             (
                 "deliveries_total",

@@ -158,6 +158,8 @@ pub struct SubState {
     /// The newest replayed message id: live messages with an id at or below it were replayed
     /// already (their publish was late) and are dropped. 0 when nothing was replayed.
     pub floor: AtomicU64,
+    /// Message ids delivered lately, so a re-published message is not delivered twice.
+    pub seen: parking_lot::Mutex<crate::dedup::SeenIds>,
 }
 
 impl SubState {
@@ -171,6 +173,7 @@ impl SubState {
             replaying: std::sync::atomic::AtomicBool::new(false),
             held: parking_lot::Mutex::new(None),
             floor: AtomicU64::new(0),
+            seen: parking_lot::Mutex::new(crate::dedup::SeenIds::default()),
         }
     }
 
@@ -220,7 +223,13 @@ pub struct Session {
 }
 
 /// Headers a client may not set on an application command: the gateway stamps identity itself.
-const RESERVED_HEADERS: &[&str] = &["user-name", "principal", "session", "x-instar-user"];
+const RESERVED_HEADERS: &[&str] = &[
+    "user-name",
+    "principal",
+    "session",
+    "x-instar-user",
+    broker_bridge::COMMAND_KEY_HEADER,
+];
 
 impl Session {
     /// A new session with a server-chosen id.

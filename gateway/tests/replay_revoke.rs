@@ -450,3 +450,98 @@ async fn a_membership_that_ends_during_subscribe_leaves_no_subscription() {
     let policy = slot.lock().clone().expect("policy built");
     assert_eq!(*policy.checks.lock(), 2);
 }
+
+/// The chat service may publish a stored message again (its outbox sweeper cannot tell that the
+/// first publish went through); a live session gets it once, on room topics and user queues
+/// alike, while a late message with a new id still passes.
+#[tokio::test]
+async fn a_republished_message_reaches_a_live_session_once() {
+    let (gw, _h) = history_gateway(&[], &[]).await;
+    let mut c = Peer::connect(&gw, "alice").await;
+    c.subscribe("s1", "/topic/chat.3", None).await;
+    assert!(c.until_receipt("s1").await.is_empty());
+    c.subscribe("a", "/user/queue/alarm", None).await;
+    assert!(c.until_receipt("a").await.is_empty());
+    for (id, text) in [
+        (10, "m10"),
+        (12, "m12"),
+        (10, "m10"),
+        (11, "m11"),
+        (12, "m12"),
+    ] {
+        gw.bus
+            .publish(
+                Target::Topic("chat.3".into()),
+                chat_envelope("chat.3", id, text),
+            )
+            .await
+            .unwrap();
+        let mut alarm = chat_envelope("chat.3", id, &format!("alarm {text}"));
+        alarm.destination = "/user/queue/alarm".into();
+        gw.bus
+            .publish(
+                Target::User {
+                    user: "alice".into(),
+                    queue: "alarm".into(),
+                },
+                alarm,
+            )
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    while let Some(f) = c.next(Duration::from_millis(300)).await {
+        got.push(body(&f));
+    }
+    assert_eq!(
+        got,
+        ["m10", "alarm m10", "m12", "alarm m12", "m11", "alarm m11"]
+    );
+    assert_eq!(
+        gw.gw
+            .hub
+            .metrics
+            .duplicates
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
+}
+
+/// Every application SEND leaves the gateway with a key of its own, unique across the deployment,
+/// by which the chat service recognises a redelivered command; a client cannot set it.
+#[tokio::test]
+async fn every_command_gets_its_own_key_and_clients_cannot_set_it() {
+    let (mut gw, _h) = history_gateway(&[], &[]).await;
+    let mut keys = Vec::new();
+    for user in ["alice", "bob"] {
+        let mut c = Peer::connect(&gw, user).await;
+        for i in 0..3 {
+            let f = Frame::new(Command::Send)
+                .header("destination", "/app/send")
+                .header(broker_bridge::COMMAND_KEY_HEADER, "forged")
+                .header("receipt", format!("r{i}"))
+                .with_body(Bytes::from_static(b"{}"));
+            c.framed.send(f).await.unwrap();
+            c.expect(Command::Receipt).await;
+        }
+    }
+    for _ in 0..6 {
+        let cmd = tokio::time::timeout(Duration::from_secs(5), gw.commands.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let mine: Vec<&str> = cmd
+            .headers
+            .iter()
+            .filter(|(k, _)| k == broker_bridge::COMMAND_KEY_HEADER)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(mine.len(), 1, "{:?}", cmd.headers);
+        assert!(mine[0] != "forged" && mine[0].len() <= 64, "{mine:?}");
+        keys.push(mine[0].to_owned());
+    }
+    let mut unique = keys.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 6, "{keys:?}");
+}

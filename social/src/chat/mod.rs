@@ -43,6 +43,9 @@ pub(crate) use ops::{
     create_room, invite, leave, post_files, set_room_image, set_title, update_read,
 };
 
+/// Command header with the key the gateway gives every `/app/` SEND (unique across the
+/// deployment; clients cannot set it): a redelivered `/app/send` is stored once.
+pub const COMMAND_KEY_HEADER: &str = broker_bridge::COMMAND_KEY_HEADER;
 /// Envelope header carrying the numeric message id on `/topic/chat.{id}` broadcasts.
 pub const MESSAGE_ID_HEADER: &str = "x-instar-message-id";
 /// Control header on `/user/queue/$control` envelopes (value `revoke`).
@@ -350,14 +353,17 @@ impl AppHandler for ChatHandler {
     async fn start(&self, cmd: AppCommand) -> Result<Completion, HandlerError> {
         match (ChatCommand::parse(&cmd)?, &self.writer) {
             (ChatCommand::Send { room, text }, Some(w)) => {
-                let answer = w.enqueue(&cmd.principal, room, &text).await?;
+                let answer = w
+                    .enqueue_command(&cmd.principal, room, &text, command_key(&cmd))
+                    .await?;
                 Ok(Box::pin(async move {
                     answer.await?;
                     Ok(())
                 }))
             }
             (ChatCommand::Send { room, text }, None) => {
-                ops::send_text(&self.ctx, &cmd.principal, room, &text).await?;
+                ops::send_command(&self.ctx, &cmd.principal, room, &text, command_key(&cmd))
+                    .await?;
                 Ok(done())
             }
             (ChatCommand::Read { room, message }, _) => {
@@ -366,6 +372,15 @@ impl AppHandler for ChatHandler {
             }
         }
     }
+}
+
+/// The command's key ([`COMMAND_KEY_HEADER`]), when it has a sane one.
+fn command_key(cmd: &AppCommand) -> Option<&str> {
+    cmd.headers
+        .iter()
+        .find(|(k, _)| k == COMMAND_KEY_HEADER)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty() && v.len() <= 64)
 }
 
 fn done() -> Completion {

@@ -142,13 +142,35 @@ async fn unhide_direct(
     Ok(out)
 }
 
-/// `/app/send`: stores a TEXT message from `sender` (a member) and broadcasts it. Returns its id.
-pub(crate) async fn send_text(
+/// What [`send_command`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// Stored now, with this id (and its pushes published).
+    Now(i64),
+    /// The command's key was stored already, with this message: nothing written or pushed.
+    Before(i64),
+}
+
+impl Sent {
+    /// The message's id.
+    pub(crate) fn id(self) -> i64 {
+        match self {
+            Sent::Now(id) | Sent::Before(id) => id,
+        }
+    }
+}
+
+/// `/app/send`: stores a TEXT message from `sender` (a member) and broadcasts it. With the
+/// command's key `command` (unique across the deployment), a command redelivered by the bus after
+/// its message was stored finds that message (same sender and room) and is answered with it; it
+/// is never stored twice.
+pub(crate) async fn send_command(
     ctx: &Ctx,
     sender: &str,
     room: i64,
     text: &str,
-) -> Result<i64, ChatError> {
+    command: Option<&str>,
+) -> Result<Sent, ChatError> {
     super::writer::check_text(text)?;
     let _order = room_lock(room).await;
     let store = &ctx.store;
@@ -156,6 +178,18 @@ pub(crate) async fn send_text(
     let Some(r) = sql::lock_room(tx.conn(), store.dialect(), room).await? else {
         return Err(ChatError::Refused("no such room"));
     };
+    if let Some(key) = command
+        && let Some((id, stored_room, stored_sender)) =
+            sql::message_of_command(tx.conn(), key).await?
+    {
+        // Keys are the gateway's, never the client's; one for another room or sender is not a
+        // redelivery of this command.
+        if stored_room != room || stored_sender != sender {
+            return Err(ChatError::Refused("command key already used"));
+        }
+        tracing::info!(room, %sender, id, "redelivered send answered with its stored message");
+        return Ok(Sent::Before(id));
+    }
     let parts = sql::participants(tx.conn(), room).await?;
     if !parts.iter().any(|p| p.user_id == sender && visible(p)) {
         return Err(ChatError::Refused("not a member"));
@@ -172,7 +206,9 @@ pub(crate) async fn send_text(
     } else {
         Vec::new()
     };
-    let id = sql::insert_message(tx.conn(), room, sender, Some(text), dto::TEXT, now).await?;
+    let id =
+        sql::insert_keyed_message(tx.conn(), room, sender, Some(text), dto::TEXT, now, command)
+            .await?;
     let row = MessageRow {
         id,
         chatroom_id: room,
@@ -187,7 +223,7 @@ pub(crate) async fn send_text(
     let staged = outbox::stage(tx.conn(), out, now).await?;
     tx.commit().await?;
     ctx.outbox.deliver(staged).await;
-    Ok(id)
+    Ok(Sent::Now(id))
 }
 
 /// `/app/update/read`: moves `user`'s read pointer in `room` forward to `message` (a message of

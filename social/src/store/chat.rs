@@ -495,18 +495,46 @@ pub async fn insert_message(
     kind: &str,
     at: i64,
 ) -> StoreResult<i64> {
+    insert_keyed_message(conn, room, sender, message, kind, at, None).await
+}
+
+/// [`insert_message`] with the key of the `/app/send` command it stores (`command_key`, unique):
+/// a key stored already gives `StoreError::Conflict`.
+pub async fn insert_keyed_message(
+    conn: &mut AnyConnection,
+    room: i64,
+    sender: &str,
+    message: Option<&str>,
+    kind: &str,
+    at: i64,
+    command: Option<&str>,
+) -> StoreResult<i64> {
     let r = sqlx::query(
-        "INSERT INTO chatroom_message (chatroom_id, sender_id, message, create_at, type) \
-         VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO chatroom_message (chatroom_id, sender_id, message, create_at, type, command_key) \
+         VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(room)
     .bind(sender)
     .bind(message)
     .bind(at)
     .bind(kind)
+    .bind(command)
     .execute(&mut *conn)
     .await?;
     inserted_id(conn, &r).await
+}
+
+/// The message stored for the `/app/send` command with key `command`, with its room and sender.
+pub async fn message_of_command(
+    conn: &mut AnyConnection,
+    command: &str,
+) -> StoreResult<Option<(i64, i64, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT id, chatroom_id, sender_id FROM chatroom_message WHERE command_key = ?",
+    )
+    .bind(command)
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// An attachment to insert.
@@ -629,6 +657,8 @@ pub struct NewMessage<'a> {
     pub message: &'a str,
     /// `TEXT`.
     pub kind: &'a str,
+    /// The key of the `/app/send` command it stores, if it came with one.
+    pub command: Option<&'a str>,
 }
 
 /// The participants (hidden ones included) of `rooms` with their display fields, by room then
@@ -1208,7 +1238,8 @@ pub fn script_insert_messages(
     k: i64,
 ) {
     s.sql(
-        "INSERT INTO chatroom_message (chatroom_id, sender_id, message, create_at, type) VALUES ",
+        "INSERT INTO chatroom_message (chatroom_id, sender_id, message, create_at, type, command_key) \
+         VALUES ",
     );
     for (i, r) in rows.iter().enumerate() {
         s.sql(if i > 0 { ", (" } else { "(" })
@@ -1221,6 +1252,8 @@ pub fn script_insert_messages(
             .int(at)
             .sql(", ")
             .text(r.kind)
+            .sql(", ")
+            .opt_text(r.command)
             .sql(")");
     }
     s.end();

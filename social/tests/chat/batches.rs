@@ -427,6 +427,7 @@ async fn a_batch_row_written_by_the_database_is_rebuilt(db: Db) {
             sender: "alice01",
             message: t,
             kind: "TEXT",
+            command: None,
         })
         .collect();
     let at = social::time::now_micros() - 10_000_000;
@@ -522,6 +523,7 @@ async fn multi_row_insert_ids_match_their_rows(db: Db) {
                 sender: "alice01",
                 message: t,
                 kind: "TEXT",
+                command: None,
             })
             .collect();
         let mut tx = app.ctx.store.script_write().await.unwrap();
@@ -715,3 +717,98 @@ async fn remembered_members_follow_changes_made_elsewhere(db: Db) {
     assert_eq!(stored, ["one", "two", "three", "back again", "and again"]);
 }
 on_both!(remembered_members_follow_changes_made_elsewhere);
+
+/// A command redelivered by the bus (a social process died before acknowledging it, the broker
+/// restarted) is recognised by the key the gateway gave it: answered with the message stored the
+/// first time, never stored or pushed again, alone or in a batch with new sends. Its broadcast and
+/// its `CHAT` alarms carry the message id, by which gateways drop a re-published copy.
+async fn a_redelivered_command_is_stored_once(db: Db) {
+    use social::chat::COMMAND_KEY_HEADER;
+    use social::chat::writer::SendWriter;
+    use std::sync::atomic::Ordering;
+    let (app, _alice, room, mut link) = dm_with_link(db).await;
+    let keyed = |key: &str, text: &str| AppCommand {
+        headers: vec![(COMMAND_KEY_HEADER.to_owned(), key.to_owned())],
+        ..cmd(
+            "/app/send",
+            "alice01",
+            json!({ "chatRoomId": room, "message": text }),
+        )
+    };
+    let stored = |text: &'static str| {
+        let app = &app;
+        async move {
+            count_rows(
+                app,
+                &format!(
+                    "SELECT COUNT(*) FROM chatroom_message WHERE chatroom_id = ? AND message = '{text}'"
+                ),
+                room,
+            )
+            .await
+        }
+    };
+
+    // Through the bus, twice: one row, one broadcast, one alarm per member.
+    assert!(!run_command(&app, keyed("p1.1", "once")).await);
+    assert!(!run_command(&app, keyed("p1.1", "once")).await);
+    assert_eq!(stored("once").await, 1);
+    let got = drain(&mut link, 500).await;
+    let broadcasts: Vec<_> = got
+        .iter()
+        .filter(|d| matches!(d.target, Target::Topic(_)))
+        .collect();
+    assert_eq!(broadcasts.len(), 1, "{got:?}");
+    let id = header(broadcasts[0], social::chat::MESSAGE_ID_HEADER)
+        .unwrap()
+        .to_owned();
+    let alarms: Vec<_> = got
+        .iter()
+        .filter(|d| matches!(d.target, Target::User { .. }))
+        .collect();
+    assert_eq!(alarms.len(), 2, "{got:?}");
+    for a in &alarms {
+        assert_eq!(json_of(a)["alarmType"], "CHAT");
+        assert_eq!(
+            header(a, social::chat::MESSAGE_ID_HEADER),
+            Some(id.as_str())
+        );
+    }
+
+    // In a batch with new sends: the batch's insert fails on the key, and one at a time the
+    // redelivered send finds its message while the others are stored.
+    let writer = SendWriter::start(&app.ctx, 1).unwrap();
+    let first = writer
+        .enqueue_command("alice01", room, "two", Some("p1.2"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let answers = in_order(vec![
+        writer.enqueue_command("alice01", room, "three", Some("p1.3")),
+        writer.enqueue_command("alice01", room, "two", Some("p1.2")),
+        writer.enqueue_command("alice01", room, "four", Some("p1.4")),
+    ])
+    .await;
+    let mut ids = Vec::new();
+    for a in answers {
+        ids.push(a.unwrap().await.unwrap());
+    }
+    assert_eq!(ids[1], first);
+    assert!(ids[0] > first && ids[2] > ids[0], "{ids:?}");
+    for text in ["two", "three", "four"] {
+        assert_eq!(stored(text).await, 1, "{text}");
+    }
+    assert_eq!(writer.stats().duplicates.load(Ordering::Relaxed), 1);
+    assert_eq!(broadcast_texts(&mut link).await, ["two", "three", "four"]);
+    // A key is bound to its sender and room: another use of it is refused, not answered.
+    assert!(
+        writer
+            .enqueue_command("bob02", room, "two", Some("p1.2"))
+            .await
+            .unwrap()
+            .await
+            .is_err()
+    );
+}
+on_both!(a_redelivered_command_is_stored_once);

@@ -13,7 +13,7 @@
 //!    senders are members, so this gives the senders'), unless the writer remembers every room's
 //!    participants from an earlier batch ([`KnownRoom`]): then only the senders' display fields
 //!    are read, and the batch commits only if every room still has the version remembered;
-//! 3. each send is checked as [`super::ops::send_text`] checks it (room exists, sender is a
+//! 3. each send is checked as [`super::ops::send_command`] checks it (room exists, sender is a
 //!    member); refused ones are answered and left out; a hidden DM participant is brought back
 //!    with its `CREATE_ROOM` push staged in the outbox;
 //! 4. the messages are inserted with one statement (the room list reads its previews from the
@@ -31,7 +31,7 @@
 //! pushes are published, as for every other chat write, so a room's broadcasts leave in id order.
 //! Sends are sharded over the writers by room, which keeps one room's messages in arrival order.
 //! A batch whose transaction fails is retried one send at a time through
-//! [`super::ops::send_text`], so one bad send cannot fail the others.
+//! [`super::ops::send_command`], so one bad send cannot fail the others.
 //!
 //! **Linger** (the setting `chat_batch_linger_us`, off by default). With a linger, a writer
 //! starts a batch at most once per linger, counted from the start of the batch before: while
@@ -107,6 +107,8 @@ pub struct WriterStats {
     /// Batches that found a remembered room changed, rolled back and were written again after
     /// reading its participants.
     pub stale_batches: AtomicU64,
+    /// Redelivered `/app/send` commands answered with the message stored for them before.
+    pub duplicates: AtomicU64,
     /// Time the committed batches took from their first statement to their commit, µs.
     pub commit_micros: AtomicU64,
     /// Time the oldest send of each committed batch had waited in the queue, µs.
@@ -148,7 +150,7 @@ fn metrics_text(writers: &[Arc<WriterStats>], out: &mut String) {
             .sum()
     };
     let batches = sum(|w| &w.batches);
-    let counters: [(&str, &str, u64); 7] = [
+    let counters: [(&str, &str, u64); 8] = [
         (
             "chat_batches_total",
             "Transactions committed by the chat send writers.",
@@ -178,6 +180,11 @@ fn metrics_text(writers: &[Arc<WriterStats>], out: &mut String) {
             "chat_batches_stale_total",
             "Batches that found a remembered room changed and were written again.",
             sum(|w| &w.stale_batches),
+        ),
+        (
+            "chat_duplicate_commands_total",
+            "Redelivered /app/send commands answered with the message stored for them before.",
+            sum(|w| &w.duplicates),
         ),
         (
             "chat_outbox_cleanups_total",
@@ -223,6 +230,9 @@ struct Request {
     sender: String,
     room: i64,
     text: String,
+    /// The `/app/send` command's key (unique across the deployment), if it came with one: a
+    /// redelivered command finds the message stored for it instead of storing it again.
+    command: Option<String>,
     reply: oneshot::Sender<Result<i64, ChatError>>,
     /// When it was queued (the batch log reports its oldest send's wait).
     queued: std::time::Instant,
@@ -271,7 +281,7 @@ impl SendWriter {
     }
 
     /// Stores a TEXT message from `sender` in `room` and broadcasts it, like
-    /// [`ops::send_text`], batched with the other sends of the moment. Returns its id.
+    /// [`ops::send_command`], batched with the other sends of the moment. Returns its id.
     pub async fn send(&self, sender: &str, room: i64, text: &str) -> Result<i64, ChatError> {
         self.enqueue(sender, room, text).await?.await
     }
@@ -285,6 +295,19 @@ impl SendWriter {
         room: i64,
         text: &str,
     ) -> Result<impl Future<Output = Result<i64, ChatError>> + Send + 'static, ChatError> {
+        self.enqueue_command(sender, room, text, None).await
+    }
+
+    /// [`SendWriter::enqueue`] for the `/app/send` command with key `command`: when a message was
+    /// stored for that key already (the bus redelivered the command), its id is the answer and
+    /// nothing is written or pushed again (the first write's pushes are in the outbox).
+    pub async fn enqueue_command(
+        &self,
+        sender: &str,
+        room: i64,
+        text: &str,
+        command: Option<&str>,
+    ) -> Result<impl Future<Output = Result<i64, ChatError>> + Send + 'static, ChatError> {
         check_text(text)?;
         let n = i64::try_from(self.shards.len()).unwrap_or(1);
         let shard = usize::try_from(room.rem_euclid(n)).unwrap_or(0);
@@ -293,6 +316,7 @@ impl SendWriter {
             sender: sender.to_owned(),
             room,
             text: text.to_owned(),
+            command: command.map(str::to_owned),
             reply,
             queued: std::time::Instant::now(),
         };
@@ -513,9 +537,21 @@ impl Writer {
                 {
                     self.delivered_rows.clear();
                 }
+                // A redelivered command (its key stored already) fails the batch's insert: one at a
+                // time, it finds its message and is answered with it.
                 for req in batch {
-                    let answer = ops::send_text(&self.ctx, &req.sender, req.room, &req.text).await;
-                    let _ = req.reply.send(answer);
+                    let answer = ops::send_command(
+                        &self.ctx,
+                        &req.sender,
+                        req.room,
+                        &req.text,
+                        req.command.as_deref(),
+                    )
+                    .await;
+                    if let Ok(ops::Sent::Before(_)) = answer {
+                        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = req.reply.send(answer.map(ops::Sent::id));
                 }
             }
         }

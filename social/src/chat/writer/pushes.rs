@@ -63,8 +63,19 @@ impl<'a> MessagePushes<'a> {
             sender,
             &[],
         ))?);
-        self.out.extend(alarms);
+        self.push_alarms(row.id, alarms);
         Ok(())
+    }
+
+    /// Adds a message's `CHAT` alarms, each marked with the message's id so that a gateway
+    /// delivers it once however often it is published.
+    fn push_alarms(&mut self, id: i64, alarms: Vec<Outgoing>) {
+        let id = id.to_string();
+        self.out.extend(
+            alarms
+                .into_iter()
+                .map(|a| a.with_header(crate::chat::MESSAGE_ID_HEADER, &id)),
+        );
     }
 
     /// A message of files: its broadcast with `attachments`, then `summary` as the `CHAT` alarm
@@ -84,7 +95,7 @@ impl<'a> MessagePushes<'a> {
             attachments,
         ))?);
         let alarms = Self::alarms(row.create_at, row.chatroom_id, summary, members)?;
-        self.out.extend(alarms);
+        self.push_alarms(row.id, alarms);
         Ok(())
     }
 
@@ -152,6 +163,7 @@ pub(super) fn new_messages<'a>(batch: &'a [Request], accepted: &[usize]) -> Vec<
             sender: &batch[i].sender,
             message: &batch[i].text,
             kind: dto::TEXT,
+            command: batch[i].command.as_deref(),
         })
         .collect()
 }
