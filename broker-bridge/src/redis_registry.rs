@@ -10,6 +10,7 @@
 //! | `{p}l:{node}` | string | the node's lease: a random token of the holding process | 3/4 of the lease TTL, refreshed every 1/4 |
 //! | `{p}nodes` | set | node ids that have held a lease or have sessions | – |
 //! | `{p}seq` | counter | registration order | – |
+//! | `{p}epoch` | string | ms since the epoch when a node last found its lease missing and wrote its sessions back (`0`: never) | – |
 //!
 //! Every change touching several keys runs as one Lua script, so readers never see half a
 //! registration. Nothing about a session expires while its node's lease is refreshed: the original
@@ -27,8 +28,20 @@
 //!
 //! The process also remembers the sessions it registered. If a refresh finds its lease key missing
 //! (Redis restarted and lost its data, or the node was cut off longer than the TTL and another node
-//! swept it), it takes the lease again and writes every one of its live sessions back. Unregisters
-//! that fail during an outage are retried on the next refresh.
+//! swept it), it takes the lease again, marks `{p}epoch` with the time and writes every one of its
+//! live sessions back. Unregisters that fail during an outage are retried on the next refresh.
+//! Refreshes run every 1/4 of the TTL but at least every [`MAX_REFRESH_EVERY`], so a registry that
+//! came back empty is refilled within about that long.
+//!
+//! # Deliveries during a recovery
+//!
+//! A push to a user whose sessions are not (yet) written back would find nobody online and be
+//! dropped. [`crate::Registry::nodes_for_delivery`] therefore tells "offline" from "maybe not
+//! written back yet": while `{p}epoch` is missing (nobody has noticed the loss yet) or younger than
+//! the recovery window ([`RECOVERY_WINDOW`]), a lookup that finds nobody is retried every 50 ms
+//! until the window ends. A user still missing then is reported as lost in the recovery (the bus
+//! logs and counts it as dropped); the waits of concurrent pushes end together, at the window's
+//! end. Outside a recovery the cost is one cached read of `{p}epoch` at most every 250 ms.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -107,7 +120,7 @@ impl RedisRegistryConfig {
     }
 
     fn refresh_every(&self) -> Duration {
-        (self.lease_ttl / 4).max(Duration::from_millis(50))
+        (self.lease_ttl / 4).clamp(Duration::from_millis(50), MAX_REFRESH_EVERY)
     }
 
     fn key_ttl_ms(&self) -> u64 {
@@ -200,10 +213,19 @@ end
 if not cur then
   redis.call('SET', lkey, token, 'PX', ttl)
   redis.call('SADD', p .. 'nodes', node)
+  redis.call('SET', p .. 'epoch', ARGV[5])
   return 0
 end
 return -1
 ";
+
+/// Most time between two lease refreshes, whatever the lease TTL: how long a node takes to notice
+/// that Redis lost its data.
+pub(crate) const MAX_REFRESH_EVERY: Duration = Duration::from_millis(250);
+/// How long after a loss of the registry's data a push that finds nobody online is retried.
+pub(crate) const RECOVERY_WINDOW: Duration = Duration::from_millis(1500);
+/// How long a read of `{p}epoch` is trusted.
+const EPOCH_CACHE: Duration = Duration::from_millis(250);
 
 const RELEASE: &str = r"
 local lkey = ARGV[1] .. 'l:' .. ARGV[2]
@@ -253,6 +275,19 @@ struct Inner {
     /// Nodes whose lease this process holds.
     leased: Mutex<HashSet<NodeId>>,
     status: Mutex<Status>,
+    /// What the last read of `{p}epoch` said.
+    epoch: Mutex<EpochView>,
+}
+
+/// This process's view of `{p}epoch`.
+#[derive(Debug, Default, Clone, Copy)]
+struct EpochView {
+    /// When it was last read.
+    read: Option<Instant>,
+    /// Since when it has been seen missing (continuously).
+    missing_since: Option<Instant>,
+    /// Until when deliveries wait for sessions to be written back.
+    until: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -311,6 +346,7 @@ impl RedisRegistry {
                 pending_unregister: Mutex::new(HashSet::new()),
                 leased: Mutex::new(HashSet::new()),
                 status: Mutex::new(Status::default()),
+                epoch: Mutex::new(EpochView::default()),
             }),
         };
         let mut conn = registry.inner.conn.clone();
@@ -453,9 +489,49 @@ impl Inner {
             .arg(&**node)
             .arg(token)
             .arg(ttl_ms)
+            .arg(now_ms())
             .invoke_async(&mut conn)
             .await;
         self.ok(result)
+    }
+
+    /// Until when deliveries wait for sessions to be written back: `None` outside a recovery
+    /// (see the module's documentation). Read from Redis at most every [`EPOCH_CACHE`].
+    async fn recovering_until(&self) -> Result<Option<Instant>, BusError> {
+        let now = Instant::now();
+        {
+            let view = lock(&self.epoch);
+            if view
+                .read
+                .is_some_and(|read| now.duration_since(read) < EPOCH_CACHE)
+            {
+                return Ok(view.until.filter(|u| *u > now));
+            }
+        }
+        let mut conn = self.conn.clone();
+        let result: Result<Option<u64>, _> = conn.get(format!("{}epoch", self.prefix())).await;
+        let epoch = self.ok(result)?;
+        let mut view = lock(&self.epoch);
+        view.read = Some(now);
+        match epoch {
+            // Lost and not noticed by a node yet (or no node ever ran): wait out one window from
+            // the first time this process saw it missing, so that concurrent pushes stop waiting
+            // together and a registry without nodes costs one window, not one per push.
+            None => {
+                let since = *view.missing_since.get_or_insert(now);
+                view.until = Some(since + RECOVERY_WINDOW);
+            }
+            Some(at) => {
+                view.missing_since = None;
+                view.until = if at == 0 {
+                    None
+                } else {
+                    let age = Duration::from_millis(now_ms().saturating_sub(at));
+                    RECOVERY_WINDOW.checked_sub(age).map(|left| now + left)
+                };
+            }
+        }
+        Ok(view.until.filter(|u| *u > now))
     }
 
     async fn release(&self, node: &NodeId, token: &str) -> Result<(), BusError> {
@@ -650,6 +726,25 @@ impl RegistryBackend for RedisRegistry {
         Ok(nodes)
     }
 
+    async fn nodes_for_delivery(&self, user: &str) -> Result<(Vec<NodeId>, bool), BusError> {
+        let nodes = self.nodes_of(user).await?;
+        if !nodes.is_empty() {
+            return Ok((nodes, false));
+        }
+        let Some(until) = self.inner.recovering_until().await? else {
+            return Ok((nodes, false));
+        };
+        // The registry lost its data lately: the user's sessions may not be written back yet.
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let nodes = self.nodes_of(user).await?;
+            if !nodes.is_empty() {
+                return Ok((nodes, false));
+            }
+        }
+        Ok((Vec::new(), true))
+    }
+
     async fn is_online(&self, user: &str) -> Result<bool, BusError> {
         let inner = &self.inner;
         let mut conn = inner.conn.clone();
@@ -708,8 +803,24 @@ impl RegistryBackend for RedisRegistry {
             info!(%node, sessions = stale, "registry: removed sessions of an earlier process with this node id");
         }
         let mut conn = inner.conn.clone();
-        let added: Result<i64, _> = conn.sadd(format!("{}nodes", inner.prefix()), &**node).await;
-        if let Err(e) = inner.ok(added) {
+        // The first node of a deployment marks the registry as having lost nothing (`0`): when
+        // Redis later loses its data, the missing mark tells a recovery until a node notices.
+        // Only nodes set it, so a process that merely connects right after a loss cannot hide it.
+        let marked: Result<Option<String>, _> = redis::cmd("SET")
+            .arg(format!("{}epoch", inner.prefix()))
+            .arg(0)
+            .arg("NX")
+            .query_async(&mut conn)
+            .await;
+        let added = match inner.ok(marked) {
+            Ok(_) => {
+                let r: Result<i64, _> =
+                    conn.sadd(format!("{}nodes", inner.prefix()), &**node).await;
+                inner.ok(r)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = added {
             lock(&inner.leased).remove(node);
             return Err(e);
         }

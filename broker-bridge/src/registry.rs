@@ -20,6 +20,11 @@ pub(crate) trait RegistryBackend: Send + Sync + fmt::Debug + 'static {
     async fn sessions_of(&self, user: &str) -> Result<Vec<SessionEntry>, BusError>;
     async fn nodes_of(&self, user: &str) -> Result<Vec<NodeId>, BusError>;
     async fn is_online(&self, user: &str) -> Result<bool, BusError>;
+    /// [`RegistryBackend::nodes_of`] for a delivery; `true` with no node when the registry lost its
+    /// data lately and the user's sessions did not come back in time (not merely offline).
+    async fn nodes_for_delivery(&self, user: &str) -> Result<(Vec<NodeId>, bool), BusError> {
+        Ok((self.nodes_of(user).await?, false))
+    }
     async fn remove_node(&self, node: &NodeId) -> Result<usize, BusError>;
     async fn hold_lease(&self, node: &NodeId) -> Result<NodeLease, BusError>;
     async fn live_nodes(&self) -> Result<Vec<NodeId>, BusError>;
@@ -129,6 +134,14 @@ impl Registry {
     /// The distinct nodes holding sessions of `user`, in order of their first session.
     pub async fn nodes_of(&self, user: &str) -> Result<Vec<NodeId>, BusError> {
         self.backend.nodes_of(user).await
+    }
+
+    /// The nodes to deliver a push for `user` to: [`Registry::nodes_of`], except that right after
+    /// the registry lost its data (Redis restarted empty), finding nobody is retried until the
+    /// gateways have written their sessions back (at most 1.5 s after the loss). The flag is true
+    /// when nobody was found and the reason may be the loss rather than the user being offline.
+    pub async fn nodes_for_delivery(&self, user: &str) -> Result<(Vec<NodeId>, bool), BusError> {
+        self.backend.nodes_for_delivery(user).await
     }
 
     /// Whether `user` has at least one session.
