@@ -155,7 +155,12 @@ impl Ctx {
     }
 
     /// Tells the interaction listener, if any, that `user` did `event` to `post`.
-    pub async fn interacted(&self, user: &str, post: i64, event: crate::store::feed::InterestEvent) {
+    pub async fn interacted(
+        &self,
+        user: &str,
+        post: i64,
+        event: crate::store::feed::InterestEvent,
+    ) {
         if let Some(l) = self.extension::<std::sync::Arc<dyn InteractionListener>>() {
             l.interacted(user, post, event).await;
         }

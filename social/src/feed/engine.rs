@@ -258,7 +258,12 @@ impl Feed {
     ///
     /// # Errors
     /// The state failed, or the lease was lost.
-    pub async fn rebuild_changed(&self, now: i64, max: usize, lease: &Lease) -> Result<u64, String> {
+    pub async fn rebuild_changed(
+        &self,
+        now: i64,
+        max: usize,
+        lease: &Lease,
+    ) -> Result<u64, String> {
         let users = self
             .state
             .drain_changed(max)

@@ -37,11 +37,11 @@ use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+use super::engine::Feed;
+use super::state::Page;
 use crate::cache::{AuthorPosts, Dep, Followees, Watch};
 use crate::ctx::Ctx;
 use crate::ctx::with_ctx;
-use super::engine::Feed;
-use super::state::Page;
 use crate::http::{ApiError, ApiResult, authed, finish, get, sc_json, sc_shared};
 use crate::json::push_opt_i64;
 use crate::posts::routes::{PostRef, build_posts, query_i64};
@@ -154,7 +154,11 @@ async fn feed(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
         Page::NoList => plain(ctx, user, cursor).await,
         Page::Mismatch => Err(ApiError::bad_request()),
         Page::UsedUp => {
-            let list = state.list(&user).await.map_err(kv_failed)?.unwrap_or_default();
+            let list = state
+                .list(&user)
+                .await
+                .map_err(kv_failed)?
+                .unwrap_or_default();
             after_list(&ctx, &engine, &user, Cursor::START, &list, Vec::new()).await
         }
         Page::Served { pointer, ids, last } => {
@@ -169,7 +173,11 @@ async fn feed(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
                 return Ok(sc_json(feed_json(&feed, Some(pointer), None, None)));
             }
             // The list's end: topped up from the fallback tiers, answered in fallback mode.
-            let list = state.list(&user).await.map_err(kv_failed)?.unwrap_or_default();
+            let list = state
+                .list(&user)
+                .await
+                .map_err(kv_failed)?
+                .unwrap_or_default();
             after_list(&ctx, &engine, &user, Cursor::START, &list, ids).await
         }
     }

@@ -522,24 +522,39 @@ mod tests {
         let ids: Vec<i64> = (1..=65).rev().collect();
         assert_eq!(state.take_page(user, None, 30).await.unwrap(), Page::NoList);
         assert!(state.put_list(user, &ids, None).await.unwrap());
-        let Page::Served { pointer, ids: p0, last } = state.take_page(user, None, 30).await.unwrap()
+        let Page::Served {
+            pointer,
+            ids: p0,
+            last,
+        } = state.take_page(user, None, 30).await.unwrap()
         else {
             panic!("no page 0");
         };
         assert_eq!((pointer, p0.len(), last, p0[0]), (0, 30, false, 65));
-        assert_eq!(state.take_page(user, Some(0), 30).await.unwrap(), Page::Mismatch);
-        let Page::Served { pointer, ids: p1, .. } = state.take_page(user, Some(1), 30).await.unwrap()
+        assert_eq!(
+            state.take_page(user, Some(0), 30).await.unwrap(),
+            Page::Mismatch
+        );
+        let Page::Served {
+            pointer, ids: p1, ..
+        } = state.take_page(user, Some(1), 30).await.unwrap()
         else {
             panic!("no page 1");
         };
         assert_eq!((pointer, p1[0]), (1, 35));
-        let Page::Served { pointer, ids: p2, last } =
-            state.take_page(user, Some(2), 30).await.unwrap()
+        let Page::Served {
+            pointer,
+            ids: p2,
+            last,
+        } = state.take_page(user, Some(2), 30).await.unwrap()
         else {
             panic!("no page 2");
         };
         assert_eq!((pointer, p2, last), (2, vec![5, 4, 3, 2, 1], true));
-        assert_eq!(state.take_page(user, Some(3), 30).await.unwrap(), Page::UsedUp);
+        assert_eq!(
+            state.take_page(user, Some(3), 30).await.unwrap(),
+            Page::UsedUp
+        );
         assert_eq!(state.list(user).await.unwrap().map(|l| l.len()), Some(65));
         // A rebuild resets the pointer; an empty list is a list.
         assert!(state.put_list(user, &[], None).await.unwrap());
@@ -548,14 +563,24 @@ mod tests {
         assert!(state.put_list(user, &[7], None).await.unwrap());
         assert_eq!(
             state.take_page(user, Some(0), 30).await.unwrap(),
-            Page::Served { pointer: 0, ids: vec![7], last: true }
+            Page::Served {
+                pointer: 0,
+                ids: vec![7],
+                last: true
+            }
         );
 
         // Seen: expiry and bound.
         let now = 40 * 24 * 3600 * 1000;
-        state.add_seen(user, &[1, 2], now - millis(SEEN_TTL) - 1).await.unwrap();
+        state
+            .add_seen(user, &[1, 2], now - millis(SEEN_TTL) - 1)
+            .await
+            .unwrap();
         state.add_seen(user, &[3], now).await.unwrap();
-        assert_eq!(state.seen(user, now - millis(SEEN_TTL)).await.unwrap(), vec![3]);
+        assert_eq!(
+            state.seen(user, now - millis(SEEN_TTL)).await.unwrap(),
+            vec![3]
+        );
         let many: Vec<i64> = (100..100 + i64::try_from(MAX_SEEN).unwrap() + 5).collect();
         state.add_seen(user, &many, now + 1).await.unwrap();
         let seen = state.seen(user, 0).await.unwrap();
@@ -567,7 +592,10 @@ mod tests {
         assert!(state.take_changed(user).await.unwrap());
         assert!(!state.take_changed(user).await.unwrap());
         state.mark_changed(user).await.unwrap();
-        assert_eq!(state.drain_changed(10).await.unwrap(), vec![user.to_owned()]);
+        assert_eq!(
+            state.drain_changed(10).await.unwrap(),
+            vec![user.to_owned()]
+        );
         assert!(state.drain_changed(10).await.unwrap().is_empty());
     }
 

@@ -25,8 +25,8 @@ use crate::media::Links;
 use crate::media::{MediaError, StoredImage};
 use crate::model::{Alarm, AlarmType, Comment, ImageTags, Linked, PostTag, SimpleUser};
 use crate::quotas::Write;
-use crate::store::posts::{AttachmentRow, NewAttachment, NewPost, PostRow, UserTagRow};
 use crate::store::feed::InterestEvent;
+use crate::store::posts::{AttachmentRow, NewAttachment, NewPost, PostRow, UserTagRow};
 use crate::store::{Store, StoreError, alarms, comments, feed, likes, posts};
 use crate::time::{now_micros, parse_client_time};
 
@@ -815,7 +815,16 @@ async fn like(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
             let like = likes::insert(tx.conn(), post, &user, now).await?;
             posts::add_favorite_count(tx.conn(), post, 1).await?;
             let dialect = ctx.store.dialect();
-            feed::add_interest_event(tx.conn(), dialect, &user, post, InterestEvent::Like, now, now).await?;
+            feed::add_interest_event(
+                tx.conn(),
+                dialect,
+                &user,
+                post,
+                InterestEvent::Like,
+                now,
+                now,
+            )
+            .await?;
             liked = true;
             if author == user {
                 false
@@ -881,7 +890,16 @@ async fn comment(ctx: Ctx, user: String, body: Value) -> ApiResult {
     let id = comments::insert(tx.conn(), &user, post, &content, now).await?;
     posts::add_comment_count(tx.conn(), post, 1).await?;
     let dialect = ctx.store.dialect();
-    feed::add_interest_event(tx.conn(), dialect, &user, post, InterestEvent::Comment, now, now).await?;
+    feed::add_interest_event(
+        tx.conn(),
+        dialect,
+        &user,
+        post,
+        InterestEvent::Comment,
+        now,
+        now,
+    )
+    .await?;
     let notify = author != user;
     if notify {
         alarms::insert(tx.conn(), &author, AlarmType::PostCommentReceive, id, now).await?;
@@ -959,7 +977,16 @@ async fn view_history(ctx: Ctx, user: String, body: Value) -> ApiResult {
         let n = posts::record_view(tx.conn(), &user, post, at, seconds).await?;
         if n > 0 {
             let dialect = ctx.store.dialect();
-            feed::add_interest_event(tx.conn(), dialect, &user, post, InterestEvent::View, at, now).await?;
+            feed::add_interest_event(
+                tx.conn(),
+                dialect,
+                &user,
+                post,
+                InterestEvent::View,
+                at,
+                now,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok::<_, StoreError>(n)
