@@ -318,15 +318,17 @@ impl RedisFeedState {
     fn changed_key(&self) -> String {
         self.key("feed:changed")
     }
-}
 
-#[async_trait]
-impl FeedState for RedisFeedState {
-    async fn put_list(
+    /// [`FeedState::put_list`], written only while `fence` = (lock key, owner) holds that lock
+    /// (checked in the same script as the write).
+    ///
+    /// # Errors
+    /// Redis failed.
+    pub async fn put_list_fenced(
         &self,
         user: &str,
         ids: &[i64],
-        lease: Option<&Lease>,
+        fence: Option<(&str, &str)>,
     ) -> Result<bool, KvError> {
         // KEYS: lock, list, pointer. ARGV: owner ('' = unfenced), ttl ms, header, ids…
         const SCRIPT: &str = "if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then \
@@ -337,8 +339,8 @@ impl FeedState for RedisFeedState {
              end \
              redis.call('PEXPIRE', KEYS[2], ARGV[2]) \
              return 1";
-        let (lock, owner) = match lease {
-            Some(l) => (self.key(l.lock_key()), l.owner().to_owned()),
+        let (lock, owner) = match fence {
+            Some((lock, owner)) => (self.key(lock), owner.to_owned()),
             None => (self.key("feed:nolock"), String::new()),
         };
         let mut c = self.conn.clone();
@@ -356,6 +358,19 @@ impl FeedState for RedisFeedState {
         }
         let n: i64 = cmd.query_async(&mut c).await.map_err(kv_err)?;
         Ok(n > 0)
+    }
+}
+
+#[async_trait]
+impl FeedState for RedisFeedState {
+    async fn put_list(
+        &self,
+        user: &str,
+        ids: &[i64],
+        lease: Option<&Lease>,
+    ) -> Result<bool, KvError> {
+        let fence = lease.map(|l| (l.lock_key(), l.owner()));
+        self.put_list_fenced(user, ids, fence).await
     }
 
     async fn take_page(
@@ -615,6 +630,65 @@ mod tests {
         );
         let state = RedisFeedState::connect(&url, &prefix).await.unwrap();
         pages_follow_the_pointer(&state, "ann").await;
+    }
+
+    /// A holder whose lock expired and was taken over cannot write over its successor's lists.
+    #[tokio::test]
+    async fn redis_list_writes_are_fenced_by_the_job_lock() {
+        use crate::kv::Kv as _;
+        let url = std::env::var("INSTAR_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let prefix = format!(
+            "instar-test-feed-fence-{}-{}:",
+            std::process::id(),
+            crate::time::now_micros()
+        );
+        let kv = crate::kv::RedisKv::connect(&url, &prefix).await.unwrap();
+        let state = RedisFeedState::connect(&url, &prefix).await.unwrap();
+        let lock = "job:rebuild";
+        assert!(
+            kv.lock(lock, "old", Duration::from_millis(150))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            state
+                .put_list_fenced("ann", &[1], Some((lock, "old")))
+                .await
+                .unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(
+            kv.lock(lock, "new", Duration::from_secs(5))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            state
+                .put_list_fenced("ann", &[2], Some((lock, "new")))
+                .await
+                .unwrap()
+        );
+        // The old holder's late write is refused and changes nothing.
+        assert!(
+            !state
+                .put_list_fenced("ann", &[3], Some((lock, "old")))
+                .await
+                .unwrap()
+        );
+        assert_eq!(state.list("ann").await.unwrap(), Some(vec![2]));
+        assert!(kv.unlock(lock, "new").await.unwrap());
+        assert!(
+            !state
+                .put_list_fenced("ann", &[4], Some((lock, "new")))
+                .await
+                .unwrap()
+        );
+        for key in ["feed:list:ann", "job:rebuild:fence"] {
+            kv.del(key).await.unwrap();
+        }
     }
 
     #[test]
