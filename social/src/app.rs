@@ -99,6 +99,13 @@ impl Ctx {
         extensions.insert(chat_writers.clone());
         let store = Store::open(&cfg.database_url, &cfg.pool).await?;
         let kv = crate::kv::open(&cfg.kv).await?;
+        let feed = Arc::new(crate::feed::Feed::new(
+            store.clone(),
+            crate::feed::state::open(&cfg.kv).await?,
+        ));
+        extensions.insert(Arc::clone(&feed));
+        let listener: Arc<dyn crate::ctx::InteractionListener> = feed.clone();
+        extensions.insert(listener);
         let mut media_cfg = cfg.media.clone();
         if media_cfg.origin.is_none() {
             media_cfg.origin = cfg.public_url.canonical();
@@ -136,9 +143,8 @@ impl Ctx {
             extensions: Arc::new(extensions),
         });
         ctx.add_metrics(Arc::new(chat_writers));
-        if let Some(schedule) = &cfg.interest_recompute {
-            crate::feed::jobs::schedule(&ctx, schedule.clone());
-        }
+        crate::feed::jobs::schedule(&ctx, cfg.interest_recompute.clone());
+        ctx.add_metrics(feed);
         ctx.add_metrics(Arc::new(jobs));
         if let Some(google) = google {
             ctx.add_metrics(google);

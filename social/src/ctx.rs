@@ -25,6 +25,15 @@ pub trait MetricsSource: Send + Sync + std::fmt::Debug {
     fn write_metrics(&self, out: &mut String);
 }
 
+/// Told of each like, comment and view once it is committed (the personalised feed listens: the
+/// post is seen, the user's list is due for a rebuild). Kept in [`CtxInner::extensions`] as an
+/// `Arc<dyn InteractionListener>`.
+#[async_trait::async_trait]
+pub trait InteractionListener: Send + Sync + std::fmt::Debug {
+    /// `user` did `event` to `post`.
+    async fn interacted(&self, user: &str, post: i64, event: crate::store::feed::InterestEvent);
+}
+
 /// Limits on what a client may do, per window.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -143,6 +152,18 @@ impl Ctx {
     #[must_use]
     pub fn extension<T: Send + Sync + 'static>(&self) -> Option<&T> {
         self.extensions.get::<T>()
+    }
+
+    /// Tells the interaction listener, if any, that `user` did `event` to `post`.
+    pub async fn interacted(
+        &self,
+        user: &str,
+        post: i64,
+        event: crate::store::feed::InterestEvent,
+    ) {
+        if let Some(l) = self.extension::<std::sync::Arc<dyn InteractionListener>>() {
+            l.interacted(user, post, event).await;
+        }
     }
 
     /// Counts one event against `key` and fails with 429 `TMR` past `max` in `window`. A key-value

@@ -146,6 +146,18 @@ impl Lease {
         self.fence
     }
 
+    /// The lock's key in the key-value store (before the store's prefix): `job:{name}`.
+    #[must_use]
+    pub fn lock_key(&self) -> &str {
+        &self.key
+    }
+
+    /// This run's owner token (what the lock holds while the run has it).
+    #[must_use]
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
     /// The start of the slot this run is for.
     #[must_use]
     pub fn slot(&self) -> jiff::Timestamp {

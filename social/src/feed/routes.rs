@@ -1,8 +1,20 @@
-//! `GET /api/feed` (contract §3.1 #28, §6.11): the non-personalised tiers.
+//! `GET /api/feed` (contract §3.1 #28, §6.11): the personalised list, then the non-personalised
+//! tiers.
 //!
-//! Order: posts of the users the caller follows, newest first; then "popular" posts (everyone
-//! else's but the caller's own, by `favorite_count` then `id` descending). Pages of 30; the
-//! frontend stops below 30.
+//! Cached mode: a user with a recommendation list ([`super::engine`]) is served it in pages of 30
+//! by the stored pointer. A request without `pages` (a fresh load) serves the page at the pointer
+//! (after rebuilding the list if the profile changed since it was built, so the last like,
+//! comment or view shows at once); with `pages`, it must equal the pointer (else 400 `BR`, also
+//! when there is no list). The answer carries `pointer` = the page served; the frontend then asks
+//! `pages=pointer+1`. Pages keep the list's order; `isLiked` is the viewer's. Served posts become
+//! "seen" (left out of the next lists). Once the list is used up, the non-personalised tiers
+//! follow without the list's posts: the list's last page is topped up to 30 from them and
+//! answered in fallback mode (`pointer` null, the keyset cursor of its last post), so the frontend
+//! continues with `postId`/`favoriteCount`: no post twice, none skipped.
+//!
+//! Fallback (a user with no list, and after the list): posts of the users the caller follows,
+//! newest first; then "popular" posts (everyone else's but the caller's own, by `favorite_count`
+//! then `id` descending). Pages of 30; the frontend stops below 30.
 //!
 //! Cursor: the original's pair `postId` + `favoriteCount` (echoed from `lastPostId` and
 //! `lastFavoriteCount`), with the tier encoded in it: `favoriteCount = -1` (never a real count)
@@ -10,25 +22,27 @@
 //! tier, continue after (`favoriteCount`, `postId`)". A page that exhausts the followed tier is
 //! filled from the start of the popular tier, and its cursor then points into the popular tier, so
 //! no post is repeated or skipped at the boundary (the tiers are disjoint: the popular tier leaves
-//! out followed users' posts). `pages` (the personalised cache's page index) is accepted and
-//! ignored: no personalised cache exists yet, so `pointer` is always null.
+//! out followed users' posts).
 //!
 //! A page wholly of the followed tier whose parts all came from the read cache is kept rendered
-//! for the viewer's next request, and served while none of the change epochs noted as it was
-//! rendered has moved (`crate::cache::Watch`).
+//! for the viewer's next request (users without a list), and served while none of the change
+//! epochs noted as it was rendered has moved (`crate::cache::Watch`).
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+use super::engine::Feed;
+use super::state::Page;
 use crate::cache::{AuthorPosts, Dep, Followees, Watch};
 use crate::ctx::Ctx;
 use crate::ctx::with_ctx;
-use crate::http::{ApiResult, authed, finish, get, sc_json, sc_shared};
+use crate::http::{ApiError, ApiResult, authed, finish, get, sc_json, sc_shared};
 use crate::json::push_opt_i64;
 use crate::posts::routes::{PostRef, build_posts, query_i64};
 use crate::posts::view::ShownPost;
@@ -52,9 +66,19 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
 }
 
 /// The feed response: `{"code":"SC","feed":[…],"pointer":null,"lastPostId":…,"lastFavoriteCount":…}`
-/// (`pointer` is the personalised page index, null in these tiers).
+/// (fallback mode: `pointer` null).
 fn feed_page(
     feed: &[ShownPost],
+    last_post_id: Option<i64>,
+    last_favorite_count: Option<i64>,
+) -> String {
+    feed_json(feed, None, last_post_id, last_favorite_count)
+}
+
+/// The feed response with `pointer` (cached mode) or the keyset cursor (fallback mode).
+fn feed_json(
+    feed: &[ShownPost],
+    pointer: Option<i64>,
     last_post_id: Option<i64>,
     last_favorite_count: Option<i64>,
 ) -> String {
@@ -66,7 +90,9 @@ fn feed_page(
         }
         post.write_json(&mut out);
     }
-    out.push_str("],\"pointer\":null,\"lastPostId\":");
+    out.push_str("],\"pointer\":");
+    push_opt_i64(&mut out, pointer);
+    out.push_str(",\"lastPostId\":");
     push_opt_i64(&mut out, last_post_id);
     out.push_str(",\"lastFavoriteCount\":");
     push_opt_i64(&mut out, last_favorite_count);
@@ -84,6 +110,8 @@ enum Cursor {
 }
 
 impl Cursor {
+    const START: Cursor = Cursor::Followed(i64::MAX);
+
     fn from_query(post_id: Option<i64>, favorite_count: Option<i64>) -> Cursor {
         match (post_id, favorite_count) {
             (Some(id), Some(fc)) if fc >= 0 => Cursor::Popular(fc, id),
@@ -94,9 +122,154 @@ impl Cursor {
 }
 
 async fn feed(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
-    // Validated (a malformed value is 400 BR) but unused until the personalised tier exists.
-    let _pages = query_i64(&q, "pages")?;
-    let cursor = Cursor::from_query(query_i64(&q, "postId")?, query_i64(&q, "favoriteCount")?);
+    let pages = query_i64(&q, "pages")?;
+    let post_id = query_i64(&q, "postId")?;
+    let favorite_count = query_i64(&q, "favoriteCount")?;
+    let cursor = Cursor::from_query(post_id, favorite_count);
+    let Some(engine) = ctx.extension::<Arc<Feed>>().cloned() else {
+        return plain(ctx, user, cursor).await;
+    };
+    let state = engine.state();
+    let keyset = pages.is_none() && post_id.is_some() && favorite_count.is_some();
+    if keyset {
+        // A continuation of the fallback: without the list's posts, if there is a list.
+        let list = state.list(&user).await.map_err(kv_failed)?;
+        return match list {
+            None => plain(ctx, user, cursor).await,
+            Some(list) => after_list(&ctx, &engine, &user, cursor, &list, Vec::new()).await,
+        };
+    }
+    let now = crate::time::now_micros();
+    if pages.is_none()
+        && let Err(e) = engine.refresh_if_changed(&user, now).await
+    {
+        tracing::warn!(user, error = %e, "feed list not refreshed");
+    }
+    match state
+        .take_page(&user, pages, usize::try_from(FEED_PAGE).unwrap_or(30))
+        .await
+        .map_err(kv_failed)?
+    {
+        Page::NoList if pages.is_some() => Err(ApiError::bad_request()),
+        Page::NoList => plain(ctx, user, cursor).await,
+        Page::Mismatch => Err(ApiError::bad_request()),
+        Page::UsedUp => {
+            let list = state
+                .list(&user)
+                .await
+                .map_err(kv_failed)?
+                .unwrap_or_default();
+            after_list(&ctx, &engine, &user, Cursor::START, &list, Vec::new()).await
+        }
+        Page::Served { pointer, ids, last } => {
+            if let Err(e) = state.add_seen(&user, &ids, now / 1000).await {
+                tracing::warn!(user, error = %e, "served posts not marked seen");
+            }
+            let full = i64::try_from(ids.len()).unwrap_or(0) >= FEED_PAGE;
+            if !last || full {
+                engine.stats.cached_pages.fetch_add(1, Ordering::Relaxed);
+                let posts = ids.into_iter().map(PostRef::Id).collect();
+                let feed = build_posts(&ctx, &user, posts, &mut Watch::off()).await?;
+                return Ok(sc_json(feed_json(&feed, Some(pointer), None, None)));
+            }
+            // The list's end: topped up from the fallback tiers, answered in fallback mode.
+            let list = state
+                .list(&user)
+                .await
+                .map_err(kv_failed)?
+                .unwrap_or_default();
+            after_list(&ctx, &engine, &user, Cursor::START, &list, ids).await
+        }
+    }
+}
+
+fn kv_failed(e: crate::kv::KvError) -> ApiError {
+    tracing::error!(error = %e, "feed state unavailable");
+    ApiError::database()
+}
+
+/// A fallback-mode page after (or ending) the list: `head` (the list's last posts), then the
+/// fallback tiers from `cursor` without the posts of `list`, 30 in all.
+async fn after_list(
+    ctx: &Ctx,
+    engine: &Feed,
+    user: &str,
+    cursor: Cursor,
+    list: &[i64],
+    head: Vec<i64>,
+) -> ApiResult {
+    engine.stats.fallback_pages.fetch_add(1, Ordering::Relaxed);
+    let exclude: HashSet<i64> = list.iter().copied().collect();
+    let room = FEED_PAGE - i64::try_from(head.len()).unwrap_or(FEED_PAGE);
+    let (rest, last_post_id, last_favorite_count) =
+        fallback_excluding(ctx, user, cursor, &exclude, room).await?;
+    let mut posts: Vec<PostRef> = head.into_iter().map(PostRef::Id).collect();
+    posts.extend(rest);
+    let feed = build_posts(ctx, user, posts, &mut Watch::off()).await?;
+    Ok(sc_json(feed_page(&feed, last_post_id, last_favorite_count)))
+}
+
+/// Up to `room` posts of the fallback tiers from `cursor`, leaving out `exclude`, with the keyset
+/// cursor of the last one. Each statement moves past what it read, so excluded posts cost a
+/// little more reading, never a gap.
+async fn fallback_excluding(
+    ctx: &Ctx,
+    user: &str,
+    mut cursor: Cursor,
+    exclude: &HashSet<i64>,
+    room: i64,
+) -> Result<(Vec<PostRef>, Option<i64>, Option<i64>), ApiError> {
+    let mut out: Vec<PostRef> = Vec::new();
+    let (mut last_post_id, mut last_favorite_count) = (None, None);
+    let mut need = room;
+    while need > 0 {
+        match cursor {
+            Cursor::Followed(before) => {
+                let rows = ctx.store.feed_followed(user, before, FEED_PAGE).await?;
+                let exhausted = i64::try_from(rows.len()).unwrap_or(0) < FEED_PAGE;
+                for r in rows {
+                    cursor = Cursor::Followed(r.id);
+                    if need > 0 && !exclude.contains(&r.id) {
+                        (last_post_id, last_favorite_count) = (Some(r.id), Some(FOLLOWED_TIER));
+                        out.push(PostRef::Row(Arc::new(r)));
+                        need -= 1;
+                    }
+                    if need == 0 {
+                        break;
+                    }
+                }
+                if exhausted && need > 0 {
+                    cursor = Cursor::Popular(i64::MAX, i64::MAX);
+                }
+            }
+            Cursor::Popular(fc, before) => {
+                let rows = ctx.store.feed_popular(user, fc, before, FEED_PAGE).await?;
+                let exhausted = i64::try_from(rows.len()).unwrap_or(0) < FEED_PAGE;
+                for r in rows {
+                    cursor = Cursor::Popular(r.favorite_count, r.id);
+                    if need > 0 && !exclude.contains(&r.id) {
+                        (last_post_id, last_favorite_count) = (Some(r.id), Some(r.favorite_count));
+                        out.push(PostRef::Row(Arc::new(r)));
+                        need -= 1;
+                    }
+                    if need == 0 {
+                        break;
+                    }
+                }
+                if exhausted {
+                    break;
+                }
+            }
+        }
+    }
+    Ok((out, last_post_id, last_favorite_count))
+}
+
+/// Today's non-personalised feed from `cursor` (a user without a list).
+async fn plain(ctx: Ctx, user: String, cursor: Cursor) -> ApiResult {
+    if let Some(engine) = ctx.extension::<Arc<Feed>>() {
+        engine.stats.fallback_pages.fetch_add(1, Ordering::Relaxed);
+    }
     let cache = &ctx.cache;
     // A page wholly of the followed tier and wholly from the read cache is kept, rendered, for
     // the viewer's next request, and served while nothing it was rendered from has changed.

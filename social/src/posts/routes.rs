@@ -25,8 +25,9 @@ use crate::media::Links;
 use crate::media::{MediaError, StoredImage};
 use crate::model::{Alarm, AlarmType, Comment, ImageTags, Linked, PostTag, SimpleUser};
 use crate::quotas::Write;
+use crate::store::feed::InterestEvent;
 use crate::store::posts::{AttachmentRow, NewAttachment, NewPost, PostRow, UserTagRow};
-use crate::store::{Store, StoreError, alarms, comments, likes, posts};
+use crate::store::{Store, StoreError, alarms, comments, feed, likes, posts};
 use crate::time::{now_micros, parse_client_time};
 
 /// Largest multipart request (and so largest file) of a post: 10 MiB (contract §0).
@@ -808,10 +809,23 @@ async fn like(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     let Some(author) = posts::lock(tx.conn(), ctx.store.dialect(), post).await? else {
         return Err(ApiError::bad_request());
     };
+    let mut liked = false;
     let notify = match likes::find(tx.conn(), post, &user).await? {
         None => {
             let like = likes::insert(tx.conn(), post, &user, now).await?;
             posts::add_favorite_count(tx.conn(), post, 1).await?;
+            let dialect = ctx.store.dialect();
+            feed::add_interest_event(
+                tx.conn(),
+                dialect,
+                &user,
+                post,
+                InterestEvent::Like,
+                now,
+                now,
+            )
+            .await?;
+            liked = true;
             if author == user {
                 false
             } else {
@@ -832,6 +846,9 @@ async fn like(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
         .changed(&[Change::Post(post), Change::Likes(user.clone())])
         .await;
     committed?;
+    if liked {
+        ctx.interacted(&user, post, InterestEvent::Like).await;
+    }
     if notify {
         match simple_user(&ctx.store, &user).await {
             Ok(Some(liker)) => {
@@ -872,6 +889,17 @@ async fn comment(ctx: Ctx, user: String, body: Value) -> ApiResult {
     };
     let id = comments::insert(tx.conn(), &user, post, &content, now).await?;
     posts::add_comment_count(tx.conn(), post, 1).await?;
+    let dialect = ctx.store.dialect();
+    feed::add_interest_event(
+        tx.conn(),
+        dialect,
+        &user,
+        post,
+        InterestEvent::Comment,
+        now,
+        now,
+    )
+    .await?;
     let notify = author != user;
     if notify {
         alarms::insert(tx.conn(), &author, AlarmType::PostCommentReceive, id, now).await?;
@@ -879,6 +907,7 @@ async fn comment(ctx: Ctx, user: String, body: Value) -> ApiResult {
     let committed = tx.commit().await;
     ctx.cache.changed(&[Change::Post(post)]).await;
     committed?;
+    ctx.interacted(&user, post, InterestEvent::Comment).await;
     let comment = Comment {
         id,
         post_id: post,
@@ -946,12 +975,27 @@ async fn view_history(ctx: Ctx, user: String, body: Value) -> ApiResult {
     let result = async {
         let mut tx = ctx.store.write().await?;
         let n = posts::record_view(tx.conn(), &user, post, at, seconds).await?;
+        if n > 0 {
+            let dialect = ctx.store.dialect();
+            feed::add_interest_event(
+                tx.conn(),
+                dialect,
+                &user,
+                post,
+                InterestEvent::View,
+                at,
+                now,
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok::<_, StoreError>(n)
     }
     .await;
-    if let Err(e) = result {
-        tracing::warn!(error = %e, post, "view not recorded");
+    match result {
+        Ok(n) if n > 0 => ctx.interacted(&user, post, InterestEvent::View).await,
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, post, "view not recorded"),
     }
     empty()
 }

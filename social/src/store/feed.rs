@@ -201,3 +201,215 @@ impl Store {
         .await?)
     }
 }
+
+/// What a user did to a post, for the incremental interest update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterestEvent {
+    /// A like.
+    Like,
+    /// A comment.
+    Comment,
+    /// A view.
+    View,
+}
+
+impl InterestWeights {
+    /// The weight and window (µs) of `event` for this type.
+    fn of(&self, event: InterestEvent) -> (f64, i64) {
+        match event {
+            InterestEvent::Like => (self.like, self.window_days * DAY_MICROS),
+            InterestEvent::Comment => (self.comment, self.window_days * DAY_MICROS),
+            InterestEvent::View => (self.view, self.view_window_days * DAY_MICROS),
+        }
+    }
+}
+
+/// The linear decay of contract §6.8 for an event `age` µs old in a window of `window` µs:
+/// `max(0.1, 1 − age / window × 0.9)`, and `None` outside the window (or in the future).
+#[must_use]
+pub fn decay(age: i64, window: i64) -> Option<f64> {
+    if age < 0 || age > window || window <= 0 {
+        return None;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let d = 1.0 - (age as f64 / window as f64) * 0.9;
+    Some(d.max(0.1))
+}
+
+/// Adds one event of `user` on `post` at `at` (µs), seen at `now`, to `user`'s interest scores:
+/// for each tag of the post, `weight × decay` to the score of its own type (contract §6.8, fixed
+/// per §7.14). Run in the transaction that records the event, so the full recompute (which
+/// deletes and recounts in one transaction) counts it exactly once. Returns the rows touched.
+pub async fn add_interest_event(
+    conn: &mut AnyConnection,
+    dialect: super::Dialect,
+    user: &str,
+    post: i64,
+    event: InterestEvent,
+    at: i64,
+    now: i64,
+) -> StoreResult<u64> {
+    let mut touched = 0;
+    for w in [&HASH_TAG_WEIGHTS, &AI_TAG_WEIGHTS] {
+        let (weight, window) = w.of(event);
+        let Some(decay) = decay(now - at, window) else {
+            continue;
+        };
+        let sql = format!(
+            "INSERT INTO user_interest (user_id, interest_keyword, type, score) \
+             SELECT ?, t.tag_name, t.type, ? FROM post_tags t WHERE t.post_id = ? AND t.type = ?{}",
+            dialect.on_conflict_update(
+                "user_id, interest_keyword, type",
+                &format!("score = score + {}", dialect.excluded("score"))
+            )
+        );
+        let r = sqlx::query(&sql)
+            .bind(user)
+            .bind(weight * decay)
+            .bind(post)
+            .bind(w.tag_type)
+            .execute(&mut *conn)
+            .await?;
+        touched += r.rows_affected();
+    }
+    Ok(touched)
+}
+
+/// `NOT EXISTS` clauses leaving out the posts `p` that the user (the next three bound values,
+/// each followed by a since-time) viewed, liked or commented on since then.
+const NOT_SEEN: &str = "NOT EXISTS (SELECT 1 FROM post_view_history v WHERE v.user_id = ? \
+     AND v.post_id = p.id AND v.viewed_at >= ?) \
+     AND NOT EXISTS (SELECT 1 FROM post_favorite l WHERE l.user_id = ? AND l.post_id = p.id \
+     AND l.create_at >= ?) \
+     AND NOT EXISTS (SELECT 1 FROM post_comment c WHERE c.user_id = ? AND c.post_id = p.id \
+     AND c.create_at >= ?)";
+
+impl Store {
+    /// The ids of users who signed in (by password or Google) at or after `since`, above `after`
+    /// by id, `limit` at most, by id.
+    pub async fn active_users(
+        &self,
+        since: i64,
+        after: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar::<_, String>(
+            "SELECT id FROM user WHERE last_login_at >= ? AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(since)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// `user`'s `limit` best interest scores of `kind`, best first (ties by keyword).
+    pub async fn top_interests(
+        &self,
+        user: &str,
+        kind: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<(String, f64)>> {
+        Ok(sqlx::query_as::<_, (String, f64)>(
+            "SELECT interest_keyword, score FROM user_interest WHERE user_id = ? AND type = ? \
+             ORDER BY score DESC, interest_keyword LIMIT ?",
+        )
+        .bind(user)
+        .bind(kind)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Followed tier candidates (contract §6.10 step 2): posts of the users `user` follows (not
+    /// the user's own) that the user has not viewed, liked or commented on since `seen_since`,
+    /// newest first, `limit` at most. No time window (as the original).
+    pub async fn followed_candidates(
+        &self,
+        user: &str,
+        seen_since: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, i64)>> {
+        let sql = format!(
+            "SELECT p.id, p.create_at FROM follows f JOIN post p \
+             ON p.user_id = f.following_id WHERE f.follower_id = ? AND p.user_id <> ? AND {NOT_SEEN} \
+             ORDER BY p.create_at DESC, p.id DESC LIMIT ?"
+        );
+        Ok(sqlx::query_as::<_, (i64, i64)>(&sql)
+            .bind(user)
+            .bind(user)
+            .bind(user)
+            .bind(seen_since)
+            .bind(user)
+            .bind(seen_since)
+            .bind(user)
+            .bind(seen_since)
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// Interest tier candidates (contract §6.10 step 3): others' posts, not seen since
+    /// `seen_since`, with at least one tag named in `keywords`, ranked by the sum over their
+    /// matching tag rows of `w_type + favorite_count + 10 / (days since posted + 1)` (`w_type` 100
+    /// for a hashtag, 50 for an image tag; whole days elapsed at `now`), best first (ties: newer
+    /// id first), `limit` at most. `keywords` must not be empty.
+    pub async fn interest_candidates(
+        &self,
+        user: &str,
+        keywords: &[String],
+        now: i64,
+        seen_since: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<(i64, f64)>> {
+        let sql = format!(
+            "SELECT p.id, SUM(CASE WHEN t.type = 'HASH_TAG' THEN ? ELSE ? END \
+             + p.favorite_count + ? / (((? - p.create_at) - (? - p.create_at) % ?) / ? + 1)) AS r \
+             FROM post_tags t JOIN post p ON p.id = t.post_id \
+             WHERE t.tag_name IN ({}) AND p.user_id <> ? AND {NOT_SEEN} \
+             GROUP BY p.id ORDER BY r DESC, p.id DESC LIMIT ?",
+            super::dialect::placeholders(keywords.len())
+        );
+        let now = now.max(0);
+        let mut q = sqlx::query_as::<_, (i64, f64)>(&sql)
+            .bind(100.0_f64)
+            .bind(50.0_f64)
+            .bind(10.0_f64)
+            .bind(now)
+            .bind(now)
+            .bind(DAY_MICROS)
+            .bind(DAY_MICROS);
+        for k in keywords {
+            q = q.bind(k.as_str());
+        }
+        Ok(q.bind(user)
+            .bind(user)
+            .bind(seen_since)
+            .bind(user)
+            .bind(seen_since)
+            .bind(user)
+            .bind(seen_since)
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decay;
+
+    const DAY: i64 = super::DAY_MICROS;
+
+    #[test]
+    fn decay_is_linear_inside_the_window_and_floored() {
+        assert_eq!(decay(0, 30 * DAY), Some(1.0));
+        let d29 = decay(29 * DAY, 30 * DAY).unwrap();
+        assert!((d29 - (1.0 - 29.0 / 30.0 * 0.9)).abs() < 1e-12, "{d29}");
+        assert!((decay(30 * DAY, 30 * DAY).unwrap() - 0.1).abs() < 1e-12);
+        assert_eq!(decay(30 * DAY + 1, 30 * DAY), None);
+        assert!((decay(7 * DAY, 7 * DAY).unwrap() - 0.1).abs() < 1e-12);
+        assert_eq!(decay(8 * DAY, 7 * DAY), None);
+        assert_eq!(decay(-1, 7 * DAY), None);
+    }
+}
