@@ -113,6 +113,7 @@ mod error;
 mod in_process;
 mod model;
 pub mod queues;
+pub mod trace;
 mod redis_registry;
 mod registry;
 

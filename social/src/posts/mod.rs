@@ -2,4 +2,5 @@
 //! the detail view ([`view`]).
 
 pub mod routes;
+pub mod doc;
 pub mod view;

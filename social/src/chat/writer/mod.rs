@@ -223,6 +223,8 @@ struct Request {
     sender: String,
     room: i64,
     text: String,
+    /// The command's W3C `traceparent`, passed on with the message's pushes.
+    trace: Option<String>,
     reply: oneshot::Sender<Result<i64, ChatError>>,
     /// When it was queued (the batch log reports its oldest send's wait).
     queued: std::time::Instant,
@@ -285,6 +287,18 @@ impl SendWriter {
         room: i64,
         text: &str,
     ) -> Result<impl Future<Output = Result<i64, ChatError>> + Send + 'static, ChatError> {
+        self.enqueue_traced(sender, room, text, None).await
+    }
+
+    /// [`Self::enqueue`] for a command that carries a W3C `traceparent`: the message's broadcast
+    /// and alarms carry it on over the bus.
+    pub async fn enqueue_traced(
+        &self,
+        sender: &str,
+        room: i64,
+        text: &str,
+        trace: Option<&str>,
+    ) -> Result<impl Future<Output = Result<i64, ChatError>> + Send + 'static, ChatError> {
         check_text(text)?;
         let n = i64::try_from(self.shards.len()).unwrap_or(1);
         let shard = usize::try_from(room.rem_euclid(n)).unwrap_or(0);
@@ -293,6 +307,7 @@ impl SendWriter {
             sender: sender.to_owned(),
             room,
             text: text.to_owned(),
+            trace: trace.map(str::to_owned),
             reply,
             queued: std::time::Instant::now(),
         };
