@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use scaleout_support::{Client, SECRET, Services, header, service, token};
+use scaleout_support::{Client, SECRET, Services, header, service};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -44,7 +44,10 @@ impl Proc {
                 eprintln!("[{tag}] {line}");
                 let v: Value = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("[{tag}] not a JSON line ({e}): {line}"));
-                if v["fields"]["message"] == "HTTP listening" {
+                if v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("HTTP listening"))
+                {
                     return v["fields"]["addr"].as_str().unwrap().to_owned();
                 }
             }
@@ -144,6 +147,7 @@ async fn one_chat_message_shares_a_trace_id_on_both_gateways_and_the_social_proc
     // Two accounts, through the social process (the code of the mail logged without SMTP).
     let http = reqwest::Client::new();
     let api = format!("http://{}/api", social.addr);
+    let mut tokens = Vec::new();
     for user in ["alice01", "bob0001"] {
         let email = format!("{user}@example.com");
         let res = http
@@ -153,7 +157,10 @@ async fn one_chat_message_shares_a_trace_id_on_both_gateways_and_the_social_proc
             .await
             .unwrap();
         assert_eq!(res.status(), 200);
-        assert_eq!(res.headers()["x-request-id"], format!("req-{user}").as_str());
+        assert_eq!(
+            res.headers()["x-request-id"],
+            format!("req-{user}").as_str()
+        );
         let mut code = None;
         for _ in 0..100 {
             code = social.lines.lock().unwrap().iter().find_map(|l| {
@@ -180,7 +187,11 @@ async fn one_chat_message_shares_a_trace_id_on_both_gateways_and_the_social_proc
             .find(|l| l["fields"].to_string().contains(&email))
             .cloned()
             .unwrap();
-        assert_eq!(field(&mail, "request_id"), Some(format!("req-{user}").as_str()), "{mail}");
+        assert_eq!(
+            field(&mail, "request_id"),
+            Some(format!("req-{user}").as_str()),
+            "{mail}"
+        );
         let res = http
             .post(format!("{api}/auth/signUp"))
             .json(&json!({
@@ -194,18 +205,28 @@ async fn one_chat_message_shares_a_trace_id_on_both_gateways_and_the_social_proc
         // No incoming id: a fresh one is made and echoed.
         let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
         assert_eq!(id.len(), 32, "{id}");
+        let res: Value = http
+            .post(format!("{api}/auth/signIn"))
+            .json(&json!({"id": user, "password": "password-123"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        tokens.push(res["token"].as_str().unwrap().to_owned());
     }
-    let res: Value = http
+    let res = http
         .post(format!("{api}/chat/create"))
-        .bearer_auth(token("alice01"))
+        .bearer_auth(&tokens[0])
         .header("x-request-id", "bad id with spaces")
         .json(&json!({"users": ["bob0001"]}))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    let echoed = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(echoed.len(), 32, "a bad incoming id is replaced: {echoed}");
+    let res: Value = res.json().await.unwrap();
     let room = res["chatRoomId"].as_i64().unwrap();
 
     let mut alice = Client::connect(&format!("ws://{}/stomp", gw_a.addr), "alice01").await;
@@ -221,8 +242,15 @@ async fn one_chat_message_shares_a_trace_id_on_both_gateways_and_the_social_proc
         )
         .await;
     let frame = bob.frame().await;
-    assert!(frame.starts_with("MESSAGE\n") && frame.contains("traced"), "{frame}");
-    assert_eq!(header(&frame, "traceparent"), None, "the trace stays between processes");
+    assert!(
+        frame.starts_with("MESSAGE\n") && frame.contains("traced"),
+        "{frame}"
+    );
+    assert_eq!(
+        header(&frame, "traceparent"),
+        None,
+        "the trace stays between processes"
+    );
 
     // Gateway A: the command, with the session's span (session, user, node) and a trace id.
     let submitted = gw_a.logged("command submitted");

@@ -113,9 +113,9 @@ mod error;
 mod in_process;
 mod model;
 pub mod queues;
-pub mod trace;
 mod redis_registry;
 mod registry;
+pub mod trace;
 
 pub use amqp::AmqpConfig;
 pub use async_trait::async_trait;

@@ -46,7 +46,10 @@ mod tests {
     #[test]
     fn parses_what_it_makes_and_refuses_the_rest() {
         let tp = traceparent(0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331);
-        assert_eq!(tp, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        assert_eq!(
+            tp,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
         assert_eq!(trace_id(&tp), Some("0af7651916cd43dd8448eb211c80319c"));
         for bad in [
             "",
@@ -59,7 +62,13 @@ mod tests {
         ] {
             assert_eq!(trace_id(bad), None, "{bad}");
         }
-        let headers = vec![("x".to_owned(), "y".to_owned()), (TRACEPARENT.to_owned(), tp.clone())];
-        assert_eq!(trace_id_in(&headers), Some("0af7651916cd43dd8448eb211c80319c"));
+        let headers = vec![
+            ("x".to_owned(), "y".to_owned()),
+            (TRACEPARENT.to_owned(), tp.clone()),
+        ];
+        assert_eq!(
+            trace_id_in(&headers),
+            Some("0af7651916cd43dd8448eb211c80319c")
+        );
     }
 }

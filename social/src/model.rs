@@ -197,7 +197,7 @@ pub enum Alarm {
     Follow {
         /// Time.
         #[serde(serialize_with = "serialize_micros")]
-    #[schema(value_type = String)]
+        #[schema(value_type = String)]
         create_at: i64,
         /// The follower.
         #[serde(rename = "senderId")]
@@ -211,7 +211,7 @@ pub enum Alarm {
     PostTag {
         /// Time.
         #[serde(serialize_with = "serialize_micros")]
-    #[schema(value_type = String)]
+        #[schema(value_type = String)]
         create_at: i64,
         /// The post's author.
         #[serde(rename = "senderId")]
@@ -228,7 +228,7 @@ pub enum Alarm {
     PostLike {
         /// Time.
         #[serde(serialize_with = "serialize_micros")]
-    #[schema(value_type = String)]
+        #[schema(value_type = String)]
         create_at: i64,
         /// The liker.
         user: SimpleUser,
@@ -242,7 +242,7 @@ pub enum Alarm {
     PostComment {
         /// Time.
         #[serde(serialize_with = "serialize_micros")]
-    #[schema(value_type = String)]
+        #[schema(value_type = String)]
         create_at: i64,
         /// The new comment.
         post: Comment,

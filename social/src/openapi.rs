@@ -90,9 +90,17 @@ const SHARED_REFUSALS: [(&str, &str, bool); 5] = [
         false,
     ),
     ("401", "`AV`: no, malformed or expired bearer token", true),
-    ("429", "`TMR`: too many requests (a rate limit or quota)", false),
+    (
+        "429",
+        "`TMR`: too many requests (a rate limit or quota)",
+        false,
+    ),
     ("500", "`DE`: a database or storage failure", false),
-    ("503", "`DE`: password hashing is saturated, try again shortly", false),
+    (
+        "503",
+        "`DE`: password hashing is saturated, try again shortly",
+        false,
+    ),
 ];
 
 /// Adds what every operation shares (see the module's documentation).
@@ -100,15 +108,17 @@ struct Shared;
 
 impl utoipa::Modify for Shared {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        doc.components.get_or_insert_with(Default::default).add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .build(),
+                ),
+            );
         for item in doc.paths.paths.values_mut() {
             for op in operations(item) {
                 let protected = op.security.as_ref().is_some_and(|s| !s.is_empty());
@@ -213,10 +223,7 @@ fn serve(body: bytes::Bytes, content_type: &'static str) -> Response {
     *res.status_mut() = StatusCode::OK;
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache"),
-    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(
         "content-security-policy",
         HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
@@ -267,11 +274,17 @@ fn render(doc: &Value) -> String {
          table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:.2rem .5rem;vertical-align:top;text-align:left}}</style>\
          </head><body><h1>{t}</h1><p>{d}</p><p>The document: <a href=\"openapi.json\">openapi.json</a> (OpenAPI {v}).</p><ul>",
         t = esc(title),
-        d = esc(doc.pointer("/info/description").and_then(Value::as_str).unwrap_or("")),
+        d = esc(doc
+            .pointer("/info/description")
+            .and_then(Value::as_str)
+            .unwrap_or("")),
         v = esc(doc.get("openapi").and_then(Value::as_str).unwrap_or("")),
     );
     let empty = serde_json::Map::new();
-    let paths = doc.get("paths").and_then(Value::as_object).unwrap_or(&empty);
+    let paths = doc
+        .get("paths")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
     let mut ops = Vec::new();
     for (path, item) in paths {
         for (_, method) in METHODS {
@@ -322,7 +335,10 @@ fn render(doc: &Value) -> String {
             }
             out.push_str("</table>");
         }
-        if let Some(content) = op.pointer("/requestBody/content").and_then(Value::as_object) {
+        if let Some(content) = op
+            .pointer("/requestBody/content")
+            .and_then(Value::as_object)
+        {
             for (media, c) in content {
                 let _ = write!(
                     out,
@@ -358,7 +374,10 @@ fn render(doc: &Value) -> String {
         }
     }
     out.push_str("<h2>Schemas</h2>");
-    if let Some(schemas) = doc.pointer("/components/schemas").and_then(Value::as_object) {
+    if let Some(schemas) = doc
+        .pointer("/components/schemas")
+        .and_then(Value::as_object)
+    {
         for (name, s) in schemas {
             let _ = write!(
                 out,

@@ -383,9 +383,7 @@ impl ChatHandler {
                     .find(|(k, _)| k == broker_bridge::trace::TRACEPARENT)
                     .map(|(_, v)| v.as_str())
                     .filter(|v| broker_bridge::trace::trace_id(v).is_some());
-                let answer = w
-                    .enqueue_traced(&cmd.principal, room, &text, trace)
-                    .await?;
+                let answer = w.enqueue_traced(&cmd.principal, room, &text, trace).await?;
                 Ok(Box::pin(async move {
                     answer.await?;
                     Ok(())

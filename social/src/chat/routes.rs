@@ -246,7 +246,6 @@ fn simple(
 /// messages from others after the caller's read pointer, at most 99.
 #[utoipa::path(
     get, path = "/api/chat/getList", security(("bearer" = [])), tag = "chat",
-    
     responses((status = 200, body = crate::http::doc::ListOf<super::dto::ChatRoomDto>))
 )]
 async fn list(ctx: Ctx, user: String) -> ApiResult {
@@ -310,7 +309,6 @@ async fn create(ctx: Ctx, user: String, body: CreateBody) -> ApiResult {
 /// most 20; `following: true` as in the original.
 #[utoipa::path(
     get, path = "/api/chat/recommend/invite/list", security(("bearer" = [])), tag = "chat",
-    
     responses((status = 200, body = crate::http::doc::ListOf<crate::model::SimpleUser>))
 )]
 async fn recommend(ctx: Ctx, user: String) -> ApiResult {
