@@ -132,10 +132,20 @@ fn every_route_is_described_and_nothing_else() {
         "routes not in the OpenAPI document: {missing:?}"
     );
     assert!(extra.is_empty(), "described but not routed: {extra:?}");
-    // Every operation answers something, and protected ones say so.
+    // Every operation answers something, and protected ones say so; operation ids are unique and
+    // every response has a description (both required by OpenAPI).
+    let mut ids = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap();
+            assert!(ids.insert(id.to_owned()), "operation id {id} repeated");
             let responses = op["responses"].as_object().unwrap();
+            for (status, r) in responses {
+                assert!(
+                    r["description"].as_str().is_some_and(|d| !d.is_empty()),
+                    "{method} {path} {status}: no description"
+                );
+            }
             assert!(
                 responses.contains_key("200") || responses.contains_key("302"),
                 "{method} {path}"

@@ -121,6 +121,27 @@ impl utoipa::Modify for Shared {
             );
         for item in doc.paths.paths.values_mut() {
             for op in operations(item) {
+                // Handler names repeat across features (`list`, `details`): operation ids must be
+                // unique, so they are qualified by the feature's tag.
+                if let (Some(id), Some(tag)) = (
+                    op.operation_id.as_ref(),
+                    op.tags.as_ref().and_then(|t| t.first()),
+                ) {
+                    op.operation_id = Some(format!("{tag}_{id}"));
+                }
+                // Every response object needs a description.
+                for (status, response) in &mut op.responses.responses {
+                    if let RefOr::T(r) = response
+                        && r.description.is_empty()
+                    {
+                        r.description = match status.as_bytes().first() {
+                            Some(b'2') => "success",
+                            Some(b'3') => "redirect",
+                            _ => "refused",
+                        }
+                        .to_owned();
+                    }
+                }
                 let protected = op.security.as_ref().is_some_and(|s| !s.is_empty());
                 for (status, description, auth_only) in SHARED_REFUSALS {
                     if (auth_only && !protected) || op.responses.responses.contains_key(status) {
