@@ -268,8 +268,11 @@ async fn the_document_and_the_page_are_served_and_schemathesis_finds_nothing() {
                 "26",
                 "--phases",
                 "examples,coverage,fuzzing",
+                // One worker: with two, hypothesis parses lambda sources from two threads at
+                // once and CPython 3.11's parser fails now and then ("AST constructor recursion
+                // depth mismatch"), a runtime error of the tool rather than a finding.
                 "--workers",
-                "2",
+                "1",
             ])
             .env("SCHEMATHESIS_HOOKS", "")
             .kill_on_drop(true)
