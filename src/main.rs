@@ -109,6 +109,46 @@ impl Run {
     }
 }
 
+impl Run {
+    /// `log_format` of the command (`text` for the commands without settings).
+    fn log_format(&self) -> &str {
+        match self {
+            Run::Serve(l) => &l.value.ops.log_format,
+            Run::Gateway(l) => &l.value.ops.log_format,
+            Run::Social(l) => &l.value.ops.log_format,
+            Run::ConfigReference | Run::Probe(_) => "text",
+        }
+    }
+}
+
+/// The log subscriber: `INSTAR_LOG` (default `info`) filters, `format` (`text` or `json`) shapes
+/// the lines on stderr. warp's per-request lines (`warp::filters::trace`, two a request) stay off
+/// unless `INSTAR_LOG` names them: the request span's fields are on every line logged in it.
+fn init_logs(format: &str) -> anyhow::Result<()> {
+    let spec = std::env::var("INSTAR_LOG").unwrap_or_else(|_| "info".to_owned());
+    let spec = if spec.contains("warp::filters::trace") {
+        spec
+    } else {
+        format!("{spec},warp::filters::trace=off")
+    };
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        "text" => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        "json" => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+        other => anyhow::bail!("log_format must be text or json, not {other:?}"),
+    }
+    Ok(())
+}
+
 /// mimalloc: many small, short-lived allocations per request (JSON, headers, frames) from
 /// several threads; measured faster than the system allocator on the REST and STOMP paths.
 #[global_allocator]
@@ -130,13 +170,7 @@ fn main() -> anyhow::Result<()> {
         print!("{}", settings::reference::render(&cmd, &setting_keys)?);
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            EnvFilter::try_from_env("INSTAR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    init_logs(run.log_format())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -115,6 +115,7 @@ mod model;
 pub mod queues;
 mod redis_registry;
 mod registry;
+pub mod trace;
 
 pub use amqp::AmqpConfig;
 pub use async_trait::async_trait;

@@ -92,12 +92,34 @@ static SESSION_NUMBERS: AtomicU64 = AtomicU64::new(1);
 /// Runs a connection to its end.
 pub async fn run(
     gw: Arc<Gateway>,
-    mut source: Box<dyn Source>,
+    source: Box<dyn Source>,
     sink: Box<dyn Sink>,
     transport: &'static str,
 ) {
-    let number = SESSION_NUMBERS.fetch_add(1, Ordering::Relaxed);
+    use tracing::Instrument as _;
+    // One span a session (not a frame): every line the session logs carries its id, node and,
+    // once connected, its user.
     let id: Arc<str> = Arc::from(format!("{}-{}", gw.node, random_id(12)));
+    let span = tracing::info_span!(
+        "session",
+        session = %id,
+        node = %gw.node,
+        transport,
+        user = tracing::field::Empty,
+    );
+    run_session(gw, source, sink, transport, id)
+        .instrument(span)
+        .await;
+}
+
+async fn run_session(
+    gw: Arc<Gateway>,
+    mut source: Box<dyn Source>,
+    sink: Box<dyn Sink>,
+    transport: &'static str,
+    id: Arc<str>,
+) {
+    let number = SESSION_NUMBERS.fetch_add(1, Ordering::Relaxed);
     let session = Session::new(id.clone(), gw.session_config.clone(), gw.verifier.clone());
     let queue = Arc::new(crate::queue::Outbound::new(gw.config.outbound_queue));
     let kill = CancellationToken::new();
@@ -447,6 +469,7 @@ impl Driver<'_> {
                             continue;
                         }
                         self.counted = Some(p.user.clone());
+                        tracing::Span::current().record("user", p.user.as_str());
                         let left = p.expires_at.saturating_sub(unix_now());
                         self.token_deadline = Instant::now() + Duration::from_secs(left);
                         let entry = SessionEntry {
@@ -607,6 +630,24 @@ impl Driver<'_> {
                         broker_bridge::COMMAND_KEY_HEADER.to_owned(),
                         format!("{}.{}", self.command_prefix, self.commands),
                     ));
+                    // The trace context travels with the command (the client's own
+                    // `traceparent` when it sent a well-formed one).
+                    if broker_bridge::trace::trace_id_in(&headers).is_none() {
+                        headers.retain(|(k, _)| k != broker_bridge::trace::TRACEPARENT);
+                        let mut rng = rand::rng();
+                        headers.push((
+                            broker_bridge::trace::TRACEPARENT.to_owned(),
+                            broker_bridge::trace::traceparent(
+                                rand::Rng::random_range(&mut rng, 1..=u128::MAX),
+                                rand::Rng::random_range(&mut rng, 1..=u64::MAX),
+                            ),
+                        ));
+                    }
+                    tracing::debug!(
+                        trace_id = broker_bridge::trace::trace_id_in(&headers).unwrap_or("-"),
+                        %destination,
+                        "command submitted"
+                    );
                     let cmd = AppCommand {
                         destination,
                         principal,

@@ -313,6 +313,16 @@ impl Hub {
         let mut extra = stomp::Headers::default();
         let mut message_id = None;
         for (k, v) in &env.headers {
+            if k == broker_bridge::trace::TRACEPARENT {
+                // The trace context stays between processes (not passed on to clients).
+                tracing::debug!(
+                    trace_id = broker_bridge::trace::trace_id(v).unwrap_or("-"),
+                    %destination,
+                    recipients = subs.len(),
+                    "delivering"
+                );
+                continue;
+            }
             extra.push(k, v);
             if k == ID_HEADER {
                 message_id = parse_id(v);

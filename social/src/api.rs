@@ -6,7 +6,7 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
 use crate::ctx::Ctx;
-use crate::{accounts, alarms, chat, feed, posts, users};
+use crate::{accounts, alarms, chat, feed, openapi, posts, users};
 
 /// All routes, without the `/api` prefix.
 ///
@@ -30,6 +30,8 @@ pub fn all(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         .or(under(&["auth"]).and(accounts::google::routes(ctx)))
         .unify()
         .or(under(&["batch", "auth"]).and(feed::batch::routes(ctx)))
+        .unify()
+        .or(under(&["openapi.json", "docs"]).and(openapi::routes()))
         .unify()
         .boxed()
 }

@@ -182,7 +182,9 @@ fn api_routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         });
     let cors = ctx.cors.clone();
     let canonical = ctx.public_url.canonical().unwrap_or_default();
-    let main = warp::path("api")
+    // Each request runs in a `request` span (request id, method, path, user), and answers with
+    // its request id.
+    let main = crate::http::request_id()
         .and(crate::public_url::rewrite_target(&ctx.public_url))
         .and(
             warp::header::value("origin")
@@ -192,8 +194,12 @@ fn api_routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         )
         .and(crate::api::all(ctx).recover(crate::http::recover).unify())
         .then(
-            move |to: Option<String>, origin: Option<HeaderValue>, mut res: Response| {
+            move |id: HeaderValue,
+                  to: Option<String>,
+                  origin: Option<HeaderValue>,
+                  mut res: Response| {
                 cors.decorate(&mut res, origin.as_ref());
+                res.headers_mut().insert(crate::http::X_REQUEST_ID, id);
                 let canonical = canonical.clone();
                 async move {
                     match to {
@@ -202,7 +208,10 @@ fn api_routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
                     }
                 }
             },
-        );
+        )
+        .with(warp::trace(crate::http::request_span))
+        .map(warp::Reply::into_response);
+    let main = warp::path("api").and(main);
     early.or(main).unify().boxed()
 }
 

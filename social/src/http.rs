@@ -291,9 +291,60 @@ pub fn authed(tokens: Arc<Tokens>) -> impl Filter<Extract = (String,), Error = R
                 .map(str::trim)
                 .and_then(|t| tokens.verify(t).ok())
                 .map(|c| c.sub);
+            if let Some(user) = &user {
+                tracing::Span::current().record("user", user.as_str());
+            }
             user.ok_or_else(|| warp::reject::custom(Refusal::Unauthorized))
         }
     })
+}
+
+/// Longest `X-Request-Id` taken from a client or proxy; a longer or odd one is replaced.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// The request header carrying the request id (and echoed in the response).
+pub const X_REQUEST_ID: &str = "x-request-id";
+
+/// Whether an incoming request id is kept: 1–[`MAX_REQUEST_ID`] bytes of letters, digits and
+/// `-_.:/+=@` (what proxies and tracing systems generate), so it is safe in logs and headers.
+pub fn sane_request_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(b))
+}
+
+/// The span of one REST request: `request_id` and `user` are recorded by [`request_id`] and
+/// [`authed`] as they become known (`warp::trace` enters it around the whole route).
+pub fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        request_id = tracing::field::Empty,
+        method = %info.method(),
+        path = %info.path(),
+        user = tracing::field::Empty,
+    )
+}
+
+/// The request id: the incoming `X-Request-Id` when [`sane_request_id`], else a new one (a v4
+/// UUID); recorded on the current request span and returned for the response.
+pub fn request_id() -> impl Filter<Extract = (HeaderValue,), Error = Infallible> + Clone {
+    warp::header::value(X_REQUEST_ID)
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
+        .map(|incoming: Option<HeaderValue>| {
+            let id = incoming
+                .filter(|v| sane_request_id(v.as_bytes()))
+                .unwrap_or_else(|| {
+                    let fresh = uuid::Uuid::new_v4().simple().to_string();
+                    HeaderValue::from_str(&fresh).unwrap_or(HeaderValue::from_static("-"))
+                });
+            if let Ok(text) = id.to_str() {
+                tracing::Span::current().record("request_id", text);
+            }
+            id
+        })
 }
 
 /// GET that also answers HEAD (as Spring's `@GetMapping` does).
@@ -428,4 +479,89 @@ fn forbidden() -> Response {
 /// Parses an optional query value that the frontend may send empty (`?userId=`), as `None`.
 pub fn non_empty(v: Option<String>) -> Option<String> {
     v.filter(|s| !s.trim().is_empty())
+}
+
+/// Wire shapes of the envelope for the OpenAPI document (`crate::openapi`); the handlers write
+/// these objects through [`sc`] and [`ApiError`], so the types only describe them.
+pub mod doc {
+    use utoipa::ToSchema;
+
+    /// `{"code":"SC"}`: done, nothing to return.
+    #[derive(Debug, ToSchema)]
+    #[schema(as = Done)]
+    pub struct Done {
+        /// `SC`.
+        #[schema(example = "SC")]
+        pub code: String,
+    }
+
+    /// A refusal: `{"code": …}` with the contract's code (`BR` malformed input, `AV` no or bad
+    /// token, `DE` server failure, `TMR` too many requests, or the route's own codes), and on some
+    /// routes the endpoint's payload keys present as `null`.
+    #[derive(Debug, ToSchema)]
+    #[schema(as = Refused)]
+    pub struct Refused {
+        /// The contract's response code.
+        #[schema(example = "BR")]
+        pub code: String,
+    }
+
+    /// `{"code":"SC","list":[…]}`.
+    #[derive(Debug, ToSchema)]
+    pub struct ListOf<T: ToSchema> {
+        /// `SC`.
+        #[schema(example = "SC")]
+        pub code: String,
+        /// The items.
+        pub list: Vec<T>,
+    }
+
+    /// `{"code":"SC","user":{…}}`.
+    #[derive(Debug, ToSchema)]
+    pub struct UserOf<T: ToSchema> {
+        /// `SC`.
+        #[schema(example = "SC")]
+        pub code: String,
+        /// The user.
+        pub user: T,
+    }
+
+    /// `{"code":"SC","url":"…"}`: an uploaded image's absolute URL.
+    #[derive(Debug, ToSchema)]
+    pub struct Uploaded {
+        /// `SC`.
+        #[schema(example = "SC")]
+        pub code: String,
+        /// Where the stored image is served.
+        pub url: String,
+    }
+
+    /// `{"code":"SC","token":"<jwt>"}` (or another code with `token`: the Google sign-in's
+    /// `NEW_SIGN` with a sign-up handle).
+    #[derive(Debug, ToSchema)]
+    pub struct Token {
+        /// `SC` (or `NEW_SIGN`).
+        #[schema(example = "SC")]
+        pub code: String,
+        /// A bearer token for `Authorization` (or the Google sign-up handle).
+        pub token: String,
+    }
+
+    /// `{"code":"SC","users":[…]}`.
+    #[derive(Debug, ToSchema)]
+    pub struct UsersOf<T: ToSchema> {
+        /// `SC`.
+        #[schema(example = "SC")]
+        pub code: String,
+        /// The users.
+        pub users: Vec<T>,
+    }
+
+    /// A multipart form with one file part `file` (other parts are skipped).
+    #[derive(Debug, ToSchema)]
+    pub struct FileForm {
+        /// The image (JPEG, PNG, GIF or WebP by its bytes).
+        #[schema(value_type = String, format = Binary)]
+        pub file: Vec<u8>,
+    }
 }

@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod app;
+pub mod openapi;
 
 pub mod accounts;
 pub mod alarms;

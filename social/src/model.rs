@@ -10,7 +10,7 @@ use crate::media::Links;
 use crate::time::serialize_micros;
 
 /// A user in lists (`following` is the key the frontend reads).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct SimpleUser {
     /// Login id.
     pub id: String,
@@ -24,7 +24,7 @@ pub struct SimpleUser {
 }
 
 /// `GET /api/user/me`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MeUser {
     /// Login id.
@@ -47,7 +47,7 @@ pub struct MeUser {
 }
 
 /// `GET /api/user/details/info`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserDetails {
     /// Login id.
@@ -70,7 +70,7 @@ pub struct UserDetails {
 }
 
 /// `GET /api/user/get/edit/info` and the body of `POST /api/user/edit/info`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EditUser {
     /// Display name.
@@ -86,7 +86,7 @@ pub struct EditUser {
 }
 
 /// A profile-grid tile.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PostPrev {
     /// Post id (the grid's cursor).
@@ -100,7 +100,7 @@ pub struct PostPrev {
 }
 
 /// A user tag on an image, in percent coordinates.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PostTag {
     /// Tagged user.
@@ -113,7 +113,7 @@ pub struct PostTag {
 
 /// One image of a post with its tags. `thumbnailUrl`, `blurhash`, `width` and `height` are additions
 /// (the frontend ignores unknown keys).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageTags {
     /// Image URL.
@@ -131,7 +131,7 @@ pub struct ImageTags {
 }
 
 /// A comment (`createAt`, no "d").
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Comment {
     /// Comment id (the pagination cursor).
@@ -148,6 +148,7 @@ pub struct Comment {
     pub content: String,
     /// Creation time.
     #[serde(serialize_with = "serialize_micros")]
+    #[schema(value_type = String)]
     pub create_at: i64,
 }
 
@@ -188,7 +189,7 @@ impl AlarmType {
 }
 
 /// An alarm as listed by `GET /api/alarm/getList` and pushed to `/user/queue/notify` (same JSON).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(tag = "alarmType")]
 pub enum Alarm {
     /// `FOLLOW`.
@@ -196,6 +197,7 @@ pub enum Alarm {
     Follow {
         /// Time.
         #[serde(serialize_with = "serialize_micros")]
+        #[schema(value_type = String)]
         create_at: i64,
         /// The follower.
         #[serde(rename = "senderId")]
@@ -209,6 +211,7 @@ pub enum Alarm {
     PostTag {
         /// Time.
         #[serde(serialize_with = "serialize_micros")]
+        #[schema(value_type = String)]
         create_at: i64,
         /// The post's author.
         #[serde(rename = "senderId")]
@@ -225,6 +228,7 @@ pub enum Alarm {
     PostLike {
         /// Time.
         #[serde(serialize_with = "serialize_micros")]
+        #[schema(value_type = String)]
         create_at: i64,
         /// The liker.
         user: SimpleUser,
@@ -238,6 +242,7 @@ pub enum Alarm {
     PostComment {
         /// Time.
         #[serde(serialize_with = "serialize_micros")]
+        #[schema(value_type = String)]
         create_at: i64,
         /// The new comment.
         post: Comment,

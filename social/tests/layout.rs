@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// placed on purpose.
 fn layer(module: &str) -> Option<u8> {
     Some(match module {
-        "app" | "api" => 4,
+        "app" | "api" | "openapi" => 4,
         "accounts" | "users" | "posts" | "feed" | "alarms" | "chat" | "tagging" => 3,
         "ctx" | "jobs" | "outbox" | "cache" | "http" | "tokens" | "password" | "kv" | "mail"
         | "media" | "quotas" | "public_url" | "health" | "store" | "notify" | "model" => 2,

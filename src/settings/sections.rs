@@ -145,6 +145,11 @@ pub(crate) struct Ops {
     /// Seconds sessions and in-flight requests get to finish on SIGINT/SIGTERM.
     #[arg(long, default_value_t = 10)]
     pub drain_secs: u64,
+    /// Log lines on stderr: `text` (for people) or `json` (one object a line, with the fields of
+    /// the spans a line was logged in: request id, user, session, node, room). `INSTAR_LOG`
+    /// chooses what is logged.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 /// The load-test handlers.

@@ -18,7 +18,8 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 
-pub const SECRET: &str = "scaleout-test-secret";
+/// Long enough for the social service too (HS256: at least 32 bytes).
+pub const SECRET: &str = "scaleout-test-secret-scaleout-test";
 
 pub fn service(var: &str) -> Option<String> {
     match std::env::var(var) {

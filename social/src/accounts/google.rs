@@ -503,6 +503,14 @@ fn redirect(location: &str, cookie: &str) -> Response {
 /// Unconfigured: 503, with the frontend's own Google page and an error as the body when the
 /// frontend's origin is known (the page then shows a failure and returns to sign-in), else
 /// `{"code":"GNC"}`.
+#[utoipa::path(
+    get, path = "/api/auth/google/login-url", tag = "google",
+    responses(
+        (status = 200, body = String, content_type = "text/plain", description = "the absolute URL of `/api/auth/google/start`"),
+        (status = 503, description = "not configured: the frontend's Google page with an error (text), or `GNC` (JSON) when the frontend's origin is unknown",
+            content((String = "text/plain"), (crate::http::doc::Refused = "application/json"))),
+    )
+)]
 fn login_url(ctx: Ctx) -> Response {
     match ctx.extension::<Arc<Google>>() {
         Some(g) => text(StatusCode::OK, g.start_url.clone()),
@@ -517,6 +525,14 @@ fn login_url(ctx: Ctx) -> Response {
 }
 
 /// `GET /api/auth/google/start`: a new sign-in; redirects the browser to the provider.
+#[utoipa::path(
+    get, path = "/api/auth/google/start", tag = "google",
+    responses(
+        (status = 302, description = "to the provider's authorization endpoint, with the state cookie set"),
+        (status = 429, body = crate::http::doc::Refused, description = "`TMR`: too many sign-ins from this address"),
+        (status = 503, body = crate::http::doc::Refused, description = "`GNC`: Google sign-in is not configured"),
+    )
+)]
 async fn start(ctx: Ctx, addr: String) -> Response {
     let Some(g) = ctx.extension::<Arc<Google>>().cloned() else {
         return not_configured().into_response();
@@ -575,13 +591,24 @@ async fn start(ctx: Ctx, addr: String) -> Response {
 
 /// `GET /api/auth/google/callback` query: the provider's (`code`, `state` or `error`) or the
 /// frontend page's (`code` = the ticket).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/api/auth/google/callback", tag = "google",
+    params(CallbackQuery),
+    responses(
+        (status = 200, body = crate::http::doc::Token, description = "the frontend redeems a ticket: `SC` with a JWT (known account) or `NEW_SIGN` with a sign-up handle"),
+        (status = 302, description = "the provider's return: to the frontend's `/oauth/google?code=<ticket>` or `?error=<reason>`"),
+        (status = 400, body = crate::http::doc::Refused, description = "`BR` (with `token: null`): unknown, used or expired ticket"),
+        (status = 503, body = crate::http::doc::Refused, description = "`GNC`: Google sign-in is not configured"),
+    )
+)]
 async fn callback(ctx: Ctx, q: CallbackQuery, cookie: Option<String>, addr: String) -> Response {
     let Some(g) = ctx.extension::<Arc<Google>>().cloned() else {
         return not_configured().into_response();
@@ -804,7 +831,7 @@ async fn redeem_ticket(ctx: &Ctx, g: &Google, code: Option<&str>, addr: &str) ->
 
 /// `POST /api/auth/oauth-signUp` body (`addressDetail` as the frontend sends it, or
 /// `address_detail` as the original read it).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct OauthSignUp {
     #[serde(rename = "socialId")]
     social_id: Option<String>,
@@ -828,6 +855,15 @@ fn bounded(s: &Option<String>, max_chars: usize) -> bool {
     s.as_ref().is_none_or(|s| s.chars().count() <= max_chars)
 }
 
+#[utoipa::path(
+    post, path = "/api/auth/oauth-signUp", tag = "google",
+    request_body = OauthSignUp,
+    responses(
+        (status = 200, body = crate::http::doc::Token),
+        (status = 400, body = crate::http::doc::Refused, description = "`DU`: id taken; `DUE`: e-mail taken; `BR`: unknown, used or expired handle, or a malformed field (all with `token: null`)"),
+        (status = 503, body = crate::http::doc::Refused, description = "`GNC`: Google sign-in is not configured"),
+    )
+)]
 async fn oauth_sign_up(ctx: Ctx, body: OauthSignUp) -> ApiResult {
     const TOKEN: &[&str] = &["token"];
     let Some(g) = ctx.extension::<Arc<Google>>().cloned() else {

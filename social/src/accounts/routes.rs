@@ -88,7 +88,7 @@ pub(crate) fn client_addr(
 }
 
 /// `POST /api/auth/signUp` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SignUp {
     id: Option<String>,
     password: Option<String>,
@@ -139,6 +139,14 @@ fn code_attempts_key(email: &str) -> String {
     format!("auth:email-code-attempts:{email}")
 }
 
+#[utoipa::path(
+    post, path = "/api/auth/signUp", tag = "accounts",
+    request_body = SignUp,
+    responses(
+        (status = 200, body = crate::http::doc::Done),
+        (status = 400, body = crate::http::doc::Refused, description = "`DU`: id taken or not a valid id; `DUE`: e-mail taken; `NV`: wrong or expired e-mail code; `BR`: a field missing or too long"),
+    )
+)]
 async fn sign_up(ctx: Ctx, body: SignUp) -> ApiResult {
     let bad = || ApiError::bad_request();
     let (Some(id), Some(password), Some(name), Some(email), Some(code)) = (
@@ -240,12 +248,20 @@ async fn check_email_code(ctx: &Ctx, email: &str, code: &str) -> Result<(), ApiE
 }
 
 /// `POST /api/auth/signIn` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SignIn {
     id: Option<String>,
     password: Option<String>,
 }
 
+#[utoipa::path(
+    post, path = "/api/auth/signIn", tag = "accounts",
+    request_body = SignIn,
+    responses(
+        (status = 200, body = crate::http::doc::Token),
+        (status = 404, body = crate::http::doc::Refused, description = "`NEI`: no such id; `NEP`: wrong password (with `token: null`)"),
+    )
+)]
 async fn sign_in(ctx: Ctx, addr: String, body: SignIn) -> ApiResult {
     const TOKEN: &[&str] = &["token"];
     let (Some(id), Some(password)) = (body.id, body.password) else {
@@ -304,11 +320,19 @@ async fn sign_in(ctx: Ctx, addr: String, body: SignIn) -> ApiResult {
 }
 
 /// `POST /api/auth/checkId` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CheckId {
     id: Option<String>,
 }
 
+#[utoipa::path(
+    post, path = "/api/auth/checkId", tag = "accounts",
+    request_body = CheckId,
+    responses(
+        (status = 200, body = crate::http::doc::Done, description = "the id is free"),
+        (status = 400, body = crate::http::doc::Refused, description = "`DU`: taken or not a valid id; `BR`: no id"),
+    )
+)]
 async fn check_id(ctx: Ctx, body: CheckId) -> ApiResult {
     let Some(id) = body.id else {
         return Err(ApiError::bad_request());
@@ -324,11 +348,17 @@ async fn check_id(ctx: Ctx, body: CheckId) -> ApiResult {
 }
 
 /// `GET /api/auth/send/email` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SendEmail {
     receive_email: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/api/auth/send/email", tag = "accounts",
+    params(SendEmail),
+    responses((status = 200, description = "the code was sent (empty body)"))
+)]
 async fn send_email(ctx: Ctx, addr: String, q: SendEmail) -> ApiResult {
     let email = q
         .receive_email

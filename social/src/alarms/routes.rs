@@ -61,6 +61,11 @@ fn refs(rows: &[AlarmRow], kind: AlarmType) -> Vec<i64> {
     ids
 }
 
+#[utoipa::path(
+    get, path = "/api/alarm/getList", tag = "alarms",
+    security(("bearer" = [])),
+    responses((status = 200, body = crate::http::doc::ListOf<crate::model::Alarm>))
+)]
 async fn list(ctx: Ctx, user: String) -> ApiResult {
     let store = &ctx.store;
     let rows = store.alarms_latest(&user, ALARM_LIST).await?;

@@ -18,7 +18,7 @@ pub const INVITE: &str = "INVITE";
 pub const LEAVE: &str = "LEAVE";
 
 /// One attachment of a message: `{"fileName", "fileUrl"}`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AttachmentDto {
     /// The client's file name.
@@ -29,7 +29,7 @@ pub struct AttachmentDto {
 
 /// A message as broadcast on `/topic/chat.{id}`, returned by the history and by the replay query
 /// (`chatRoomId` with a capital R; nulls serialised).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChatMessageDto {
     /// `TEXT`, `IMAGE`, `FILE`, `INVITE` or `LEAVE`.
@@ -98,7 +98,7 @@ impl ChatMessageDto {
 }
 
 /// `/topic/members.info.{id}` and the entries of `GET …/read_info`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReadInfoDto {
     /// Room id.
@@ -149,7 +149,7 @@ pub enum ChatAlarm {
 }
 
 /// A room in `GET /api/chat/getList` (`chatroomId` with a lowercase r; `profileImages` is a string).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChatRoomDto {
     /// Room id.

@@ -18,6 +18,7 @@
 //!   the transaction until the pushes are published), so a room's messages are published in id
 //!   order; across processes the room row lock orders the commits.
 
+pub mod doc;
 pub mod dto;
 mod ops;
 pub mod routes;
@@ -351,10 +352,42 @@ impl AppHandler for ChatHandler {
     /// A send is queued to the writer in the session's order and answered later, so a session's
     /// next send can join the same batch; read receipts are handled to the end.
     async fn start(&self, cmd: AppCommand) -> Result<Completion, HandlerError> {
-        match (ChatCommand::parse(&cmd)?, &self.writer) {
+        use tracing::Instrument as _;
+        // One span a command: every line its handling logs names the user, session, node and room
+        // and, when the sending gateway passed one on, the trace (`traceparent`).
+        let span = tracing::info_span!(
+            "command",
+            user = %cmd.principal,
+            session = %cmd.session,
+            node = %cmd.node,
+            room = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        if let Some(trace) = broker_bridge::trace::trace_id_in(&cmd.headers) {
+            span.record("trace_id", trace);
+        }
+        self.start_in(cmd).instrument(span).await
+    }
+}
+
+impl ChatHandler {
+    async fn start_in(&self, cmd: AppCommand) -> Result<Completion, HandlerError> {
+        let parsed = ChatCommand::parse(&cmd)?;
+        let room = match &parsed {
+            ChatCommand::Send { room, .. } | ChatCommand::Read { room, .. } => *room,
+        };
+        tracing::Span::current().record("room", room);
+        tracing::debug!(destination = %cmd.destination, "chat command");
+        match (parsed, &self.writer) {
             (ChatCommand::Send { room, text }, Some(w)) => {
+                let trace = cmd
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == broker_bridge::trace::TRACEPARENT)
+                    .map(|(_, v)| v.as_str())
+                    .filter(|v| broker_bridge::trace::trace_id(v).is_some());
                 let answer = w
-                    .enqueue_command(&cmd.principal, room, &text, command_key(&cmd))
+                    .enqueue_command(&cmd.principal, room, &text, command_key(&cmd), trace)
                     .await?;
                 Ok(Box::pin(async move {
                     answer.await?;

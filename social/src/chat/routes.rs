@@ -170,13 +170,13 @@ fn flex_id<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct CreateBody {
     #[serde(default)]
     users: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct InviteBody {
     #[serde(default)]
     users: Vec<String>,
@@ -184,7 +184,7 @@ struct InviteBody {
     chat_room_id: i64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct TitleBody {
     #[serde(rename = "chatRoomId", deserialize_with = "flex_id")]
     chat_room_id: i64,
@@ -192,13 +192,15 @@ struct TitleBody {
     update_title: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RoomQuery {
     #[serde(rename = "chatRoomId")]
     chat_room_id: i64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct HistoryQuery {
     #[serde(rename = "chatRoomId")]
     chat_room_id: i64,
@@ -206,7 +208,8 @@ struct HistoryQuery {
     message_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SearchQuery {
     keyword: Option<String>,
     #[serde(rename = "chatRoomId")]
@@ -241,6 +244,10 @@ fn simple(
 /// GROUP: the members still in it, in join order); `profileImages`: the group image URL when set,
 /// else a JSON array (as a string) of those members' images; `unreadCount`: TEXT/IMAGE/FILE
 /// messages from others after the caller's read pointer, at most 99.
+#[utoipa::path(
+    get, path = "/api/chat/getList", security(("bearer" = [])), tag = "chat",
+    responses((status = 200, body = crate::http::doc::ListOf<super::dto::ChatRoomDto>))
+)]
 async fn list(ctx: Ctx, user: String) -> ApiResult {
     let rooms = ctx.store.chat_rooms_of(&user).await?;
     let peers = ctx.store.chat_peers_of(&user).await?;
@@ -286,6 +293,11 @@ async fn list(ctx: Ctx, user: String) -> ApiResult {
 /// #2 `POST /api/chat/create`: `{"users": [...]}` without the caller. One user: the pair's DM
 /// (re-opened if it exists); more: a new group. 400 `BR` for an empty list, an unknown user or
 /// more than 99 others. `chatRoomId` is an addition (the frontend reads only `code`).
+#[utoipa::path(
+    post, path = "/api/chat/create", security(("bearer" = [])), tag = "chat",
+    request_body = CreateBody,
+    responses((status = 200, body = super::doc::RoomCreated))
+)]
 async fn create(ctx: Ctx, user: String, body: CreateBody) -> ApiResult {
     ctx.quota(&user, Write::Room, 1).await?;
     let room = create_room(&ctx, &user, &body.users).await?;
@@ -295,6 +307,10 @@ async fn create(ctx: Ctx, user: String, body: CreateBody) -> ApiResult {
 /// #3 `GET /api/chat/recommend/invite/list`: the people of the caller's three most recently
 /// active rooms, the most recent room weighing most (3, 2, 1, summed over rooms), then by id; at
 /// most 20; `following: true` as in the original.
+#[utoipa::path(
+    get, path = "/api/chat/recommend/invite/list", security(("bearer" = [])), tag = "chat",
+    responses((status = 200, body = crate::http::doc::ListOf<crate::model::SimpleUser>))
+)]
 async fn recommend(ctx: Ctx, user: String) -> ApiResult {
     let rooms = ctx.store.chat_recent_rooms(&user, RECOMMEND_ROOMS).await?;
     let peers = ctx.store.chat_room_peers(&rooms, &user).await?;
@@ -330,6 +346,11 @@ async fn recommend(ctx: Ctx, user: String) -> ApiResult {
 /// #4 `GET /api/chat/history?chatRoomId=&messageId=`: 30 messages newest first, older than
 /// `messageId` when given (empty: the newest page), ordered by id; an empty list at the end.
 /// Members read from when they joined (groups) on.
+#[utoipa::path(
+    get, path = "/api/chat/history", security(("bearer" = [])), tag = "chat",
+    params(HistoryQuery),
+    responses((status = 200, body = crate::http::doc::ListOf<super::dto::ChatMessageDto>))
+)]
 async fn history(ctx: Ctx, user: String, q: HistoryQuery) -> ApiResult {
     let before = match crate::http::non_empty(q.message_id) {
         None => None,
@@ -350,6 +371,11 @@ async fn history(ctx: Ctx, user: String, q: HistoryQuery) -> ApiResult {
 
 /// #5 `GET /api/chat/get/members/read_info?chatRoomId=`: the members' read pointers (`[]`,
 /// never `null`, when there are none).
+#[utoipa::path(
+    get, path = "/api/chat/get/members/read_info", security(("bearer" = [])), tag = "chat",
+    params(RoomQuery),
+    responses((status = 200, body = crate::http::doc::ListOf<super::dto::ReadInfoDto>))
+)]
 async fn read_info(ctx: Ctx, user: String, q: RoomQuery) -> ApiResult {
     require_member(&ctx, q.chat_room_id, &user).await?;
     let list: Vec<ReadInfoDto> = ctx
@@ -368,6 +394,11 @@ async fn read_info(ctx: Ctx, user: String, q: RoomQuery) -> ApiResult {
 
 /// #6 `PUT /api/chat/update/group/profile_image` (multipart `file`, `chatRoomId`): a member sets
 /// a group's image; 400 `BR` for a DM, a non-member or anything that is not a picture.
+#[utoipa::path(
+    put, path = "/api/chat/update/group/profile_image", security(("bearer" = [])), tag = "chat",
+    request_body(content = super::doc::GroupImageForm, content_type = "multipart/form-data"),
+    responses((status = 200, body = crate::http::doc::Uploaded), (status = 413, body = crate::http::doc::Refused, description = "`BR`: over the size limit"))
+)]
 async fn group_image(ctx: Ctx, user: String, form: FormData) -> ApiResult {
     let file_limit = ctx.media.limits().max_file_bytes;
     let form = read_form(
@@ -390,6 +421,11 @@ async fn group_image(ctx: Ctx, user: String, form: FormData) -> ApiResult {
 /// #7 `PUT /api/chat/update/group/title`: `{"chatRoomId", "updateTitle"}`; a member of a group
 /// sets its title (at most 100 characters); empty or null restores the automatic title. Answers
 /// the title now shown to the caller.
+#[utoipa::path(
+    put, path = "/api/chat/update/group/title", security(("bearer" = [])), tag = "chat",
+    request_body = TitleBody,
+    responses((status = 200, body = super::doc::TitleSet))
+)]
 async fn group_title(ctx: Ctx, user: String, body: TitleBody) -> ApiResult {
     let title = set_title(&ctx, &user, body.chat_room_id, body.update_title.as_deref()).await?;
     sc(&json!({ "title": title }))
@@ -397,6 +433,11 @@ async fn group_title(ctx: Ctx, user: String, body: TitleBody) -> ApiResult {
 
 /// #8 `GET /api/chat/get/members/info?chatRoomId=`: the members (the caller included), by id
 /// case-insensitively, `following: false`.
+#[utoipa::path(
+    get, path = "/api/chat/get/members/info", security(("bearer" = [])), tag = "chat",
+    params(RoomQuery),
+    responses((status = 200, body = crate::http::doc::ListOf<crate::model::SimpleUser>))
+)]
 async fn members_info(ctx: Ctx, user: String, q: RoomQuery) -> ApiResult {
     require_member(&ctx, q.chat_room_id, &user).await?;
     let mut members = ctx.store.chat_members(q.chat_room_id).await?;
@@ -423,6 +464,11 @@ async fn members_info(ctx: Ctx, user: String, q: RoomQuery) -> ApiResult {
 /// #9 `GET /api/chat/invite/user_search?keyword=&chatRoomId=`: users whose id starts with the
 /// keyword (case-insensitive, `%` and `_` literal) and who are not members, by id, at most 20;
 /// an empty or over-long keyword finds nobody.
+#[utoipa::path(
+    get, path = "/api/chat/invite/user_search", security(("bearer" = [])), tag = "chat",
+    params(SearchQuery),
+    responses((status = 200, body = crate::http::doc::ListOf<crate::model::SimpleUser>))
+)]
 async fn invite_search(ctx: Ctx, user: String, q: SearchQuery) -> ApiResult {
     require_member(&ctx, q.chat_room_id, &user).await?;
     let keyword = q.keyword.as_deref().map(str::trim).unwrap_or_default();
@@ -449,6 +495,11 @@ async fn invite_search(ctx: Ctx, user: String, q: SearchQuery) -> ApiResult {
 }
 
 /// #10 `POST /api/chat/invite/user`: `{"users", "chatRoomId"}`; groups only; all-or-nothing.
+#[utoipa::path(
+    post, path = "/api/chat/invite/user", security(("bearer" = [])), tag = "chat",
+    request_body = InviteBody,
+    responses((status = 200, body = crate::http::doc::Done))
+)]
 async fn invite_user(ctx: Ctx, user: String, body: InviteBody) -> ApiResult {
     ctx.quota(&user, Write::Invite, body.users.len().max(1) as u64)
         .await?;
@@ -458,6 +509,11 @@ async fn invite_user(ctx: Ctx, user: String, body: InviteBody) -> ApiResult {
 
 /// #11 `DELETE /api/chat/room/leave?chatRoomId=`: see `chat::leave`; 400 `BR` when the caller
 /// is not a member (already left included).
+#[utoipa::path(
+    delete, path = "/api/chat/room/leave", security(("bearer" = [])), tag = "chat",
+    params(RoomQuery),
+    responses((status = 200, body = crate::http::doc::Done))
+)]
 async fn leave_room(ctx: Ctx, user: String, q: RoomQuery) -> ApiResult {
     leave(&ctx, &user, q.chat_room_id).await?;
     sc_only()
@@ -466,6 +522,11 @@ async fn leave_room(ctx: Ctx, user: String, q: RoomQuery) -> ApiResult {
 /// #12 `POST /api/file/upload/chat` (multipart `files` ×1..100, `chatRoomId`): 200 with an empty
 /// body when at least one file was posted; 400 `BR` for a non-member (checked before anything is
 /// stored) or when no file is acceptable; 413 past the size limit.
+#[utoipa::path(
+    post, path = "/api/file/upload/chat", security(("bearer" = [])), tag = "chat",
+    request_body(content = super::doc::ChatFilesForm, content_type = "multipart/form-data"),
+    responses((status = 200, description = "the files were posted to the room (empty body)"), (status = 413, body = crate::http::doc::Refused, description = "`BR`: over the size limit"))
+)]
 async fn upload_chat(ctx: Ctx, user: String, form: FormData) -> ApiResult {
     let file_limit = ctx.media.limits().max_file_bytes;
     let form = read_form(

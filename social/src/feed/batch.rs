@@ -42,6 +42,16 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
+#[utoipa::path(
+    get, path = "/api/batch/run_scheduler", tag = "batch",
+    security(("bearer" = [])),
+    description = "Runs the interest recompute now (administrators only). Also served at `/api/auth/test`.",
+    responses(
+        (status = 200, description = "the run finished (empty body)"),
+        (status = 403, body = crate::http::doc::Refused, description = "`NP`: the caller is not an administrator"),
+        (status = 409, body = crate::http::doc::Refused, description = "`BR`: a run is in progress"),
+    )
+)]
 async fn trigger(ctx: Ctx, user: String) -> ApiResult {
     let admin = ctx
         .store

@@ -121,6 +121,11 @@ impl Cursor {
     }
 }
 
+#[utoipa::path(
+    get, path = "/api/feed", security(("bearer" = [])), tag = "feed",
+    params(("pages" = Option<i64>, Query, description = "the personalised page index (validated, unused for now)"), ("postId" = Option<i64>, Query, description = "cursor: the previous page's `lastPostId`"), ("favoriteCount" = Option<i64>, Query, description = "cursor: the previous page's `lastFavoriteCount`")),
+    responses((status = 200, body = crate::posts::doc::FeedPage))
+)]
 async fn feed(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     let pages = query_i64(&q, "pages")?;
     let post_id = query_i64(&q, "postId")?;

@@ -635,6 +635,14 @@ fn media_error(e: &MediaError) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    post, path = "/api/post/create", security(("bearer" = [])), tag = "posts",
+    request_body(content = super::doc::CreateForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, body = super::doc::Created),
+        (status = 413, body = crate::http::doc::Refused, description = "`BR`: the request is over 10 MiB"),
+    )
+)]
 async fn create(ctx: Ctx, user: String, form: FormData) -> ApiResult {
     let (images, data) = read_post_form(form).await?;
     let data = data.ok_or_else(ApiError::bad_request)?;
@@ -777,6 +785,11 @@ async fn insert_post(
 // ---------------------------------------------------------------------------------------------
 // #21 GET /api/post/get/list?userId=&postId=
 
+#[utoipa::path(
+    get, path = "/api/post/get/list", security(("bearer" = [])), tag = "posts",
+    params(("userId" = Option<String>, Query, description = "whose posts (absent or empty: the caller's)"), ("postId" = Option<i64>, Query, description = "cursor: posts with a smaller id")),
+    responses((status = 200, body = crate::http::doc::ListOf<crate::model::PostPrev>))
+)]
 async fn list(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     let owner = crate::http::non_empty(q.get("userId").cloned()).unwrap_or(user);
     let before = query_i64(&q, "postId")?.unwrap_or(i64::MAX);
@@ -787,6 +800,11 @@ async fn list(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
 // ---------------------------------------------------------------------------------------------
 // #22 GET /api/post/get/details_info?postId=
 
+#[utoipa::path(
+    get, path = "/api/post/get/details_info", security(("bearer" = [])), tag = "posts",
+    params(("postId" = i64, Query, description = "the post")),
+    responses((status = 200, body = super::doc::PostDetails))
+)]
 async fn details(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     let id = required_i64(&q, "postId")?;
     let posts = build_posts(&ctx, &user, vec![PostRef::Id(id)], &mut Watch::off()).await?;
@@ -801,6 +819,11 @@ async fn details(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResul
 // ---------------------------------------------------------------------------------------------
 // #23 POST /api/post/like?postId=
 
+#[utoipa::path(
+    post, path = "/api/post/like", security(("bearer" = [])), tag = "posts",
+    params(("postId" = i64, Query, description = "the post to like or unlike (a toggle)")),
+    responses((status = 200, body = crate::http::doc::Done))
+)]
 async fn like(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     let post = required_i64(&q, "postId")?;
     ctx.quota(&user, Write::Like, 1).await?;
@@ -869,6 +892,11 @@ async fn like(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
 // ---------------------------------------------------------------------------------------------
 // #24 POST /api/post/comment
 
+#[utoipa::path(
+    post, path = "/api/post/comment", security(("bearer" = [])), tag = "posts",
+    request_body = super::doc::CommentBody,
+    responses((status = 200, body = super::doc::Commented))
+)]
 async fn comment(ctx: Ctx, user: String, body: Value) -> ApiResult {
     let post = json_i64(body.get("postId")).ok_or_else(ApiError::bad_request)?;
     let content = match body.get("comment") {
@@ -931,6 +959,11 @@ async fn comment(ctx: Ctx, user: String, body: Value) -> ApiResult {
 // ---------------------------------------------------------------------------------------------
 // #25 GET /api/post/comment/top-list?postId=
 
+#[utoipa::path(
+    get, path = "/api/post/comment/top-list", security(("bearer" = [])), tag = "posts",
+    params(("postId" = i64, Query, description = "the post")),
+    responses((status = 200, body = crate::http::doc::ListOf<crate::model::Comment>))
+)]
 async fn top_list(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     let post = required_i64(&q, "postId")?;
     let list = ctx.store.comments_top(post, &user, TOP_COMMENTS).await?;
@@ -940,6 +973,11 @@ async fn top_list(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResu
 // ---------------------------------------------------------------------------------------------
 // #26 GET /api/post/comment/pagination-list?postId=&commentId=
 
+#[utoipa::path(
+    get, path = "/api/post/comment/pagination-list", security(("bearer" = [])), tag = "posts",
+    params(("postId" = i64, Query, description = "the post"), ("commentId" = Option<i64>, Query, description = "cursor: comments with a smaller id")),
+    responses((status = 200, body = crate::http::doc::ListOf<crate::model::Comment>))
+)]
 async fn comment_page(ctx: Ctx, user: String, q: HashMap<String, String>) -> ApiResult {
     let post = required_i64(&q, "postId")?;
     let before = query_i64(&q, "commentId")?.unwrap_or(i64::MAX);
@@ -965,6 +1003,11 @@ pub fn view_time(client: Option<&str>, now: i64) -> i64 {
         .unwrap_or(now)
 }
 
+#[utoipa::path(
+    post, path = "/api/post/view_history", security(("bearer" = [])), tag = "posts",
+    request_body = super::doc::ViewBody,
+    responses((status = 200, description = "empty body, recorded or not"))
+)]
 async fn view_history(ctx: Ctx, user: String, body: Value) -> ApiResult {
     let Some(post) = json_i64(body.get("postId")) else {
         return empty();

@@ -148,36 +148,39 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct FollowBody {
     #[serde(rename = "followingId")]
     following_id: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct UnFollowBody {
     #[serde(rename = "unFollowingId")]
     un_following_id: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SearchQuery {
     keyword: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DetailsQuery {
     #[serde(rename = "searchId")]
     search_id: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RecommendQuery {
     #[serde(rename = "isAll")]
     is_all: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct PasswordBody {
     #[serde(rename = "oldPassword")]
     old_password: String,
@@ -193,6 +196,14 @@ impl std::fmt::Debug for PasswordBody {
 
 /// #9 `GET /api/user/me`: the caller's profile; 400 `IVT` (`user: null`) when the token's user
 /// no longer exists.
+#[utoipa::path(
+    get, path = "/api/user/me", security(("bearer" = [])),
+    tag = "users",
+    responses(
+        (status = 200, body = crate::http::doc::UserOf<crate::model::MeUser>),
+        (status = 400, body = crate::http::doc::Refused, description = "`IVT` (with `user: null`): the token's user does not exist; `BR`: malformed request"),
+    )
+)]
 async fn me(ctx: Ctx, user: String) -> ApiResult {
     let Some(u) = ctx.store.user_by_id(&user).await? else {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "IVT").with_nulls(&["user"]));
@@ -213,6 +224,12 @@ async fn me(ctx: Ctx, user: String) -> ApiResult {
 /// #10 `POST /api/user/follow`: the caller follows `followingId`. Both user rows are locked in id
 /// order, the pair is inserted, both counters move and the FOLLOW alarm is stored in one
 /// transaction; the alarm is pushed to the target after the commit.
+#[utoipa::path(
+    post, path = "/api/user/follow", security(("bearer" = [])),
+    tag = "users",
+    request_body = FollowBody,
+    responses((status = 200, body = crate::http::doc::Done))
+)]
 async fn follow(ctx: Ctx, caller: String, body: FollowBody) -> ApiResult {
     let target = body.following_id;
     if target.is_empty() || target == caller {
@@ -262,6 +279,12 @@ async fn follow(ctx: Ctx, caller: String, body: FollowBody) -> ApiResult {
 /// #11 `POST /api/user/un_follow`: the caller stops following `unFollowingId` (400 `BR` when not
 /// following). The pair, both counters and the FOLLOW alarm change in one transaction; a missing
 /// alarm is not an error.
+#[utoipa::path(
+    post, path = "/api/user/un_follow", security(("bearer" = [])),
+    tag = "users",
+    request_body = UnFollowBody,
+    responses((status = 200, body = crate::http::doc::Done))
+)]
 async fn un_follow(ctx: Ctx, caller: String, body: UnFollowBody) -> ApiResult {
     let target = body.un_following_id;
     if target.is_empty() || target == caller {
@@ -290,6 +313,12 @@ async fn un_follow(ctx: Ctx, caller: String, body: UnFollowBody) -> ApiResult {
 /// #12 `GET /api/user/search?keyword=`: users whose id or name contains the keyword
 /// (case-insensitive, wildcards literal): those the caller follows first (`following: true`), then
 /// the others, each group by id, at most [`SEARCH_LIMIT`] in all. The caller may appear.
+#[utoipa::path(
+    get, path = "/api/user/search", security(("bearer" = [])),
+    tag = "users",
+    params(SearchQuery),
+    responses((status = 200, body = crate::http::doc::UsersOf<crate::model::SimpleUser>))
+)]
 async fn search(ctx: Ctx, caller: String, q: SearchQuery) -> ApiResult {
     let keyword = q.keyword.trim();
     if keyword.is_empty() || keyword.chars().count() > MAX_KEYWORD_CHARS {
@@ -315,6 +344,12 @@ async fn search(ctx: Ctx, caller: String, q: SearchQuery) -> ApiResult {
 
 /// #13 `GET /api/user/details/info?searchId=`: another user's profile with `isFollowed`; 400
 /// `BR` for an unknown id.
+#[utoipa::path(
+    get, path = "/api/user/details/info", security(("bearer" = [])),
+    tag = "users",
+    params(DetailsQuery),
+    responses((status = 200, body = crate::http::doc::UserOf<crate::model::UserDetails>))
+)]
 async fn details(ctx: Ctx, caller: String, q: DetailsQuery) -> ApiResult {
     let Some(u) = ctx.store.user_details(&caller, &q.search_id).await? else {
         return Err(ApiError::bad_request());
@@ -387,6 +422,12 @@ async fn recommended_ids(ctx: &Ctx, user: &str) -> Result<Vec<String>, ApiError>
 
 /// #14 `GET /api/user/get/recommend/list?isAll=`: friends of friends by score, then id; 20 with
 /// `isAll=true`, else 5. Names, images and `following` are read fresh on every call.
+#[utoipa::path(
+    get, path = "/api/user/get/recommend/list", security(("bearer" = [])),
+    tag = "users",
+    params(RecommendQuery),
+    responses((status = 200, body = crate::http::doc::ListOf<crate::model::SimpleUser>))
+)]
 async fn recommend(ctx: Ctx, caller: String, q: RecommendQuery) -> ApiResult {
     let all = parse_flag(q.is_all.as_deref())?;
     let mut ids = recommended_ids(&ctx, &caller).await?;
@@ -398,6 +439,11 @@ async fn recommend(ctx: Ctx, caller: String, q: RecommendQuery) -> ApiResult {
 }
 
 /// #15 `GET /api/user/get/edit/info`: the editable profile fields (nulls as stored).
+#[utoipa::path(
+    get, path = "/api/user/get/edit/info", security(("bearer" = [])),
+    tag = "users",
+    responses((status = 200, body = crate::http::doc::UserOf<crate::model::EditUser>))
+)]
 async fn get_edit_info(ctx: Ctx, caller: String) -> ApiResult {
     let Some(u) = ctx.store.user_by_id(&caller).await? else {
         return Err(ApiError::bad_request().with_nulls(&["user"]));
@@ -418,6 +464,12 @@ fn too_long(v: Option<&str>, max: usize) -> bool {
 
 /// #16 `POST /api/user/edit/info`: overwrites name (required, non-blank), sex, comment, address
 /// and address detail (each may be null).
+#[utoipa::path(
+    post, path = "/api/user/edit/info", security(("bearer" = [])),
+    tag = "users",
+    request_body = crate::model::EditUser,
+    responses((status = 200, body = crate::http::doc::Done))
+)]
 async fn edit_info(ctx: Ctx, caller: String, mut body: EditUser) -> ApiResult {
     let name = body.name.as_deref().map(str::trim).unwrap_or_default();
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
@@ -443,6 +495,15 @@ async fn edit_info(ctx: Ctx, caller: String, mut body: EditUser) -> ApiResult {
 /// Google accounts, which have none), checked first; then the new one must be 1..=256 bytes
 /// (400 `BR`, which an empty one from a client other than the frontend gets). Attempts are
 /// limited like failed sign-ins.
+#[utoipa::path(
+    post, path = "/api/user/edit/password", security(("bearer" = [])),
+    tag = "users",
+    request_body = PasswordBody,
+    responses(
+        (status = 200, body = crate::http::doc::Done, description = "`SC`, or `NEP`: the old password is wrong"),
+        (status = 429, body = crate::http::doc::Refused, description = "`TMR`: too many attempts"),
+    )
+)]
 async fn edit_password(ctx: Ctx, caller: String, body: PasswordBody) -> ApiResult {
     let new_len = body.new_password.len();
     ctx.limit(
@@ -547,6 +608,15 @@ fn own_profile_key(ctx: &Ctx, url: Option<&str>) -> Option<String> {
 /// #18 `POST /api/file/upload/profile` (multipart part `file`): the image is checked (magic
 /// bytes, 10 MiB, decodable) and stored first, then the user row points at it, then — only after
 /// the commit — the previous image is deleted if it was ours. A failed update deletes the new one.
+#[utoipa::path(
+    post, path = "/api/file/upload/profile", security(("bearer" = [])),
+    tag = "users",
+    request_body(content = crate::http::doc::FileForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, body = crate::http::doc::Uploaded),
+        (status = 413, body = crate::http::doc::Refused, description = "`BR`: over the size limit"),
+    )
+)]
 async fn upload_profile(ctx: Ctx, caller: String, form: FormData) -> ApiResult {
     let file_limit = ctx.media.limits().max_file_bytes;
     let bytes = read_file_part(form, file_limit, file_limit as u64 + MULTIPART_SLACK).await?;

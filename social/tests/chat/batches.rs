@@ -779,15 +779,15 @@ async fn a_redelivered_command_is_stored_once(db: Db) {
     // redelivered send finds its message while the others are stored.
     let writer = SendWriter::start(&app.ctx, 1).unwrap();
     let first = writer
-        .enqueue_command("alice01", room, "two", Some("p1.2"))
+        .enqueue_command("alice01", room, "two", Some("p1.2"), None)
         .await
         .unwrap()
         .await
         .unwrap();
     let answers = in_order(vec![
-        writer.enqueue_command("alice01", room, "three", Some("p1.3")),
-        writer.enqueue_command("alice01", room, "two", Some("p1.2")),
-        writer.enqueue_command("alice01", room, "four", Some("p1.4")),
+        writer.enqueue_command("alice01", room, "three", Some("p1.3"), None),
+        writer.enqueue_command("alice01", room, "two", Some("p1.2"), None),
+        writer.enqueue_command("alice01", room, "four", Some("p1.4"), None),
     ])
     .await;
     let mut ids = Vec::new();
@@ -804,7 +804,7 @@ async fn a_redelivered_command_is_stored_once(db: Db) {
     // A key is bound to its sender and room: another use of it is refused, not answered.
     assert!(
         writer
-            .enqueue_command("bob02", room, "two", Some("p1.2"))
+            .enqueue_command("bob02", room, "two", Some("p1.2"), None)
             .await
             .unwrap()
             .await

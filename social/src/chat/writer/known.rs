@@ -223,6 +223,7 @@ impl BatchWrite<'_> {
         for ((&i, &id), alarms) in accepted.iter().zip(&ids).zip(alarms) {
             answers[i] = Ok(id);
             let req = &self.sends[i];
+            pushes.trace_next(req.trace.as_deref());
             pushes.text_with_alarms(
                 &message_row(req, id, now),
                 senders.get(&req.sender),

@@ -233,6 +233,8 @@ struct Request {
     /// The `/app/send` command's key (unique across the deployment), if it came with one: a
     /// redelivered command finds the message stored for it instead of storing it again.
     command: Option<String>,
+    /// The command's W3C `traceparent`, passed on with the message's pushes.
+    trace: Option<String>,
     reply: oneshot::Sender<Result<i64, ChatError>>,
     /// When it was queued (the batch log reports its oldest send's wait).
     queued: std::time::Instant,
@@ -295,18 +297,20 @@ impl SendWriter {
         room: i64,
         text: &str,
     ) -> Result<impl Future<Output = Result<i64, ChatError>> + Send + 'static, ChatError> {
-        self.enqueue_command(sender, room, text, None).await
+        self.enqueue_command(sender, room, text, None, None).await
     }
 
     /// [`SendWriter::enqueue`] for the `/app/send` command with key `command`: when a message was
     /// stored for that key already (the bus redelivered the command), its id is the answer and
-    /// nothing is written or pushed again (the first write's pushes are in the outbox).
+    /// nothing is written or pushed again (the first write's pushes are in the outbox). A W3C
+    /// `traceparent` (`trace`) is carried on with the message's broadcast and alarms.
     pub async fn enqueue_command(
         &self,
         sender: &str,
         room: i64,
         text: &str,
         command: Option<&str>,
+        trace: Option<&str>,
     ) -> Result<impl Future<Output = Result<i64, ChatError>> + Send + 'static, ChatError> {
         check_text(text)?;
         let n = i64::try_from(self.shards.len()).unwrap_or(1);
@@ -317,6 +321,7 @@ impl SendWriter {
             room,
             text: text.to_owned(),
             command: command.map(str::to_owned),
+            trace: trace.map(str::to_owned),
             reply,
             queued: std::time::Instant::now(),
         };

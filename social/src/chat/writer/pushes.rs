@@ -23,6 +23,8 @@ use crate::store::{StoreError, StoreResult};
 pub(crate) struct MessagePushes<'a> {
     links: &'a Links,
     out: Vec<Outgoing>,
+    /// The `traceparent` the next message's pushes carry ([`Self::trace_next`]).
+    trace: Option<String>,
 }
 
 impl<'a> MessagePushes<'a> {
@@ -31,7 +33,13 @@ impl<'a> MessagePushes<'a> {
         Self {
             links,
             out: Vec::with_capacity(n),
+            trace: None,
         }
+    }
+
+    /// The next message's pushes (its broadcast and alarms) carry `traceparent` over the bus.
+    pub(crate) fn trace_next(&mut self, traceparent: Option<&str>) {
+        self.trace = traceparent.map(str::to_owned);
     }
 
     /// A TEXT message: its broadcast, then its text as the `CHAT` alarm of each of `members`.
@@ -57,6 +65,7 @@ impl<'a> MessagePushes<'a> {
         sender: Option<&SenderRow>,
         alarms: Vec<Outgoing>,
     ) -> Result<(), ChatError> {
+        let first = self.out.len();
         self.out.push(ops::message_push(&ChatMessageDto::build(
             self.links,
             row,
@@ -64,6 +73,13 @@ impl<'a> MessagePushes<'a> {
             &[],
         ))?);
         self.push_alarms(row.id, alarms);
+        if let Some(trace) = self.trace.take() {
+            for o in &mut self.out[first..] {
+                o.envelope
+                    .headers
+                    .push((broker_bridge::trace::TRACEPARENT.to_owned(), trace.clone()));
+            }
+        }
         Ok(())
     }
 

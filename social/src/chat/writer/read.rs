@@ -182,6 +182,7 @@ impl BatchWrite<'_> {
                 .get(&req.room)
                 .map(|s| s.members.as_slice())
                 .unwrap_or_default();
+            pushes.trace_next(req.trace.as_deref());
             pushes.text(
                 &message_row(req, id, now),
                 senders.get(&req.sender),
