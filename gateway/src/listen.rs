@@ -92,10 +92,13 @@ pub struct ConnStats {
     cap: AtomicU64,
 }
 
+/// One metric: name, type, help, and its values by label set.
+type Row<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a AtomicU64)]);
+
 impl ConnStats {
     /// Appends this listener's rows in the Prometheus text format.
     pub fn metrics_text(&self, out: &mut String) {
-        let rows: [(&str, &str, &str, &[(&str, &AtomicU64)]); 5] = [
+        let rows: [Row<'_>; 5] = [
             (
                 "http_connections_open",
                 "gauge",
