@@ -59,6 +59,8 @@ pub(crate) struct Frontend {
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub listen: SocketAddr,
+    /// The HTTP listener's timeouts and caps.
+    pub http_limits: gateway::listen::HttpLimits,
     pub tcp_listen: Option<SocketAddr>,
     /// Whether the TCP address was given (flag, variable or file) rather than the default.
     pub tcp_listen_given: bool,
@@ -113,6 +115,7 @@ impl Loaded<ServeArgs> {
             chat: a.social.chat_writer_options(),
             social,
             listen: a.http.listen,
+            http_limits: a.http.limits()?,
             tcp_listen,
             tcp_listen_given: self.given("tcp_listen"),
             jwt_secret,
@@ -139,12 +142,15 @@ impl Loaded<ServeArgs> {
 
 impl Settings {
     pub(crate) fn gateway_config(&self) -> gateway::GatewayConfig {
-        gateway_config(
+        let mut g = gateway_config(
             &self.stomp,
             &self.destinations,
             self.metrics_token.clone(),
             self.allowed_origins.clone(),
-        )
+        );
+        // SockJS sessions per client address, through the same proxies as the listener's cap.
+        g.proxies = self.http_limits.cap_exempt.clone();
+        g
     }
 }
 
@@ -163,6 +169,7 @@ pub(crate) fn gateway_config(
     g.outbound_queue = stomp.outbound_queue.max(1);
     g.send_rate = stomp.send_rate;
     g.max_sessions_per_user = stomp.max_sessions_per_user;
+    g.sockjs_sessions_per_address = stomp.sockjs_max_sessions_per_address;
     g.metrics_token = metrics_token;
     g.connect_timeout = Duration::from_secs(stomp.connect_timeout_secs);
     g.session.heartbeat = (stomp.heartbeat_ms, stomp.heartbeat_ms);

@@ -288,8 +288,14 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
         .or(frontend)
         .unify()
         .boxed();
-    let (addr, http) = gateway::server::serve_http_on(routes, listener, gw.shutdown.clone())
-        .with_context(|| format!("serving HTTP on {}", cfg.listen))?;
+    let (addr, http) = gateway::server::serve_http_on(
+        routes,
+        listener,
+        cfg.http_limits.clone(),
+        gw.http_stats.clone(),
+        gw.shutdown.clone(),
+    )
+    .with_context(|| format!("serving HTTP on {}", cfg.listen))?;
     tracing::info!(%addr, "HTTP listening: /api (REST), /media, /stomp (STOMP over WebSocket), /ws (SockJS)");
     let http = tokio::spawn(http);
 

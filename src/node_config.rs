@@ -59,6 +59,8 @@ pub(crate) struct NodeSettings {
     pub lease_ttl: Duration,
     pub durable_node_queues: bool,
     pub listen: SocketAddr,
+    /// The HTTP listener's timeouts and caps.
+    pub http_limits: gateway::listen::HttpLimits,
     pub tcp_listen: Option<SocketAddr>,
     pub jwt_secret: String,
     pub node_id: String,
@@ -119,6 +121,7 @@ impl Loaded<GatewayArgs> {
             lease_ttl: Duration::from_millis(a.bus.lease_ttl_ms.max(300)),
             durable_node_queues: a.bus.durable_node_queues,
             listen: a.http.listen,
+            http_limits: a.http.limits()?,
             tcp_listen,
             jwt_secret,
             node_id,
@@ -146,12 +149,15 @@ impl Loaded<GatewayArgs> {
 
 impl NodeSettings {
     pub(crate) fn gateway_config(&self) -> gateway::GatewayConfig {
-        crate::config::gateway_config(
+        let mut g = crate::config::gateway_config(
             &self.stomp,
             &self.destinations,
             self.metrics_token.clone(),
             self.allowed_origins.clone(),
-        )
+        );
+        // SockJS sessions per client address, through the same proxies as the listener's cap.
+        g.proxies = self.http_limits.cap_exempt.clone();
+        g
     }
 
     pub(crate) fn registry_config(&self) -> broker_bridge::RedisRegistryConfig {

@@ -56,6 +56,7 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
         .context("INSTAR_JWT_SECRET is required for `instar social` (the gateways verify the tokens it signs)")?;
     let mut cfg = args.social.resolve(&jwt_secret)?;
     let listen = args.http.listen;
+    let http_limits = args.http.limits()?;
     let prefix = args.bus.bus_prefix.clone();
     let redis_url = match &cfg.kv {
         social::kv::KvConfig::Redis { url, .. } => url.clone(),
@@ -91,8 +92,9 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     // REST responses and dependency readiness on /metrics too (src/rest_metrics.rs).
     let rest = std::sync::Arc::new(crate::rest_metrics::RestStats::default());
+    let conns = std::sync::Arc::new(gateway::listen::ConnStats::default());
     let metrics = {
-        let (ctx, rest) = (ctx.clone(), rest.clone());
+        let (ctx, rest, conns) = (ctx.clone(), rest.clone(), conns.clone());
         warp::path("metrics")
             .and(warp::path::end())
             .and(warp::get())
@@ -100,10 +102,11 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
                 args.ops.metrics_token.clone().filter(|t| !t.is_empty()),
             ))
             .then(move || {
-                let (ctx, rest) = (ctx.clone(), rest.clone());
+                let (ctx, rest, conns) = (ctx.clone(), rest.clone(), conns.clone());
                 async move {
                     let mut text = ctx.metrics_text();
                     rest.metrics_text(&mut text);
+                    conns.metrics_text(&mut text);
                     crate::rest_metrics::readiness_text(&ctx, &mut text).await;
                     warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4")
                         .into_response()
@@ -125,14 +128,17 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
         .or(health)
         .unify()
         .with(warp::trace::request());
-    let server = tokio::spawn(
-        warp::serve(routes)
-            .incoming(listener)
-            .graceful(async move {
-                let _ = rx.await;
-            })
-            .run(),
-    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = rx.await;
+            stop.cancel();
+        });
+    }
+    let routes = routes.map(|r| Box::new(r) as Box<dyn warp::Reply>).boxed();
+    let (_, server) = gateway::server::serve_http_on(routes, listener, http_limits, conns, stop)?;
+    let server = tokio::spawn(server);
     tracing::info!(%addr, "HTTP listening: /api (REST), /health/live, /health/ready");
     crate::shutdown_signal().await;
     draining.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -32,8 +32,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Arc::new(PrefixPolicy::new(["public."])),
     )
     .await?;
-    let (addr, http) =
-        gateway::server::serve_http(gw.routes(), listen.parse()?, gw.shutdown.clone()).await?;
+    let (addr, http) = gateway::server::serve_http(
+        gw.routes(),
+        listen.parse()?,
+        gateway::listen::HttpLimits::default(),
+        gw.http_stats.clone(),
+        gw.shutdown.clone(),
+    )
+    .await?;
     eprintln!("listening on ws://{addr}/stomp");
     http.await;
     Ok(())

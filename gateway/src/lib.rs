@@ -9,7 +9,8 @@
 //! - [`hub`]: local fan-out from the bus to sessions, slow-consumer policy, topic interest, revoke controls;
 //! - [`replay`]: missed-message recovery on SUBSCRIBE;
 //! - [`transport`]: WebSocket and TCP byte pipes; [`sockjs`]: the SockJS server;
-//! - [`server`]: the HTTP routes, the TCP listener and graceful shutdown.
+//! - [`server`]: the HTTP routes, the TCP listener and graceful shutdown;
+//! - [`listen`]: the HTTP accept loop of every command (timeouts, connection caps).
 //!
 //! The gateway depends on the bus only through `broker-bridge`'s API, so the same code runs embedded
 //! (in-process bus) and scaled out (RabbitMQ + Redis).
@@ -20,6 +21,7 @@ pub mod connection;
 pub mod dedup;
 pub mod destination;
 pub mod hub;
+pub mod listen;
 pub mod metrics;
 pub mod queue;
 mod queue_sub;
@@ -79,6 +81,10 @@ pub struct Gateway {
     pub hub: Arc<hub::Hub>,
     pub policy: Arc<dyn destination::TopicPolicy>,
     pub metrics: Metrics,
+    /// The counters of the HTTP listener serving [`Gateway::routes`] ([`listen::serve`]).
+    pub http_stats: Arc<listen::ConnStats>,
+    /// The counters of the SockJS endpoint of [`Gateway::routes`].
+    pub sockjs_metrics: sockjs::SockJsMetrics,
     /// Cancelled to drain and close every session.
     pub shutdown: CancellationToken,
     /// Per user with sessions on this node: their count (for `max_sessions_per_user`) and the

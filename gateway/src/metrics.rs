@@ -146,6 +146,18 @@ impl Gateway {
                 "# HELP instar_{name} {help}\n# TYPE instar_{name} {kind}\ninstar_{name} {value}"
             );
         }
+        let sockjs = self.sockjs_metrics.snapshot();
+        let _ = writeln!(
+            out,
+            "# HELP instar_sockjs_sessions_open SockJS sessions open now.\n# TYPE instar_sockjs_sessions_open gauge\ninstar_sockjs_sessions_open {}",
+            sockjs.sessions_open
+        );
+        let _ = writeln!(
+            out,
+            "# HELP instar_sockjs_sessions_refused_total New SockJS sessions refused (503), by the cap they met.\n# TYPE instar_sockjs_sessions_refused_total counter\ninstar_sockjs_sessions_refused_total{{cap=\"global\"}} {}\ninstar_sockjs_sessions_refused_total{{cap=\"address\"}} {}",
+            sockjs.sessions_refused_total, sockjs.sessions_refused_address_total
+        );
+        self.http_stats.metrics_text(&mut out);
         out
     }
 }

@@ -50,6 +50,10 @@ pub struct GatewayConfig {
     /// STOMP sessions one user may hold on this node at once; one more gets an ERROR at CONNECT.
     /// 0: unlimited.
     pub max_sessions_per_user: u32,
+    /// SockJS sessions open at once from one client address; 0: unlimited.
+    pub sockjs_sessions_per_address: usize,
+    /// Proxies whose `X-Forwarded-For` names a SockJS session's client.
+    pub proxies: Vec<ipnet::IpNet>,
 }
 
 /// Passes requests for operator endpoints (`/metrics`) only from an operator: with a token
@@ -61,7 +65,7 @@ pub fn operator_only(
     token: Option<String>,
 ) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
     let token: Option<Arc<str>> = token.filter(|t| !t.is_empty()).map(Arc::from);
-    warp::addr::remote()
+    crate::listen::peer()
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("x-forwarded-for"))
         .and_then(
@@ -113,6 +117,9 @@ impl Default for GatewayConfig {
             send_rate: 200,
             metrics_token: None,
             max_sessions_per_user: 32,
+            sockjs_sessions_per_address: crate::sockjs::SockJsConfig::default()
+                .max_sessions_per_address,
+            proxies: Vec::new(),
         }
     }
 }
@@ -157,6 +164,8 @@ impl Gateway {
             hub: hub.clone(),
             policy,
             metrics: Metrics::default(),
+            http_stats: Arc::default(),
+            sockjs_metrics: sockjs::SockJsMetrics::default(),
             shutdown: CancellationToken::new(),
             user_sessions: parking_lot::Mutex::default(),
         });
@@ -213,16 +222,20 @@ impl Gateway {
         let sockjs_config = SockJsConfig {
             allowed_origins: self.config.allowed_origins.clone(),
             max_message_bytes: max,
+            max_sessions_per_address: self.config.sockjs_sessions_per_address,
+            proxies: self.config.proxies.clone(),
             ..SockJsConfig::default()
         };
-        let sockjs_routes = sockjs::routes("ws", sockjs_config, move |conn| {
-            let gw = gw.clone();
-            tokio::spawn(async move {
-                let kind = conn.transport();
-                let (source, sink) = transport::sockjs(conn);
-                connection::run(gw, source, sink, kind).await;
+        let sockjs_metrics = self.sockjs_metrics.clone();
+        let (sockjs_routes, _) =
+            sockjs::routes_counted("ws", sockjs_config, sockjs_metrics, move |conn| {
+                let gw = gw.clone();
+                tokio::spawn(async move {
+                    let kind = conn.transport();
+                    let (source, sink) = transport::sockjs(conn);
+                    connection::run(gw, source, sink, kind).await;
+                });
             });
-        });
         let gw = self.clone();
         let metrics = warp::path("metrics")
             .and(warp::path::end())
@@ -355,28 +368,31 @@ pub fn bind_nodelay(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(HTTP_BACKLOG)
 }
 
-/// Binds an HTTP server for `routes` on `addr` ([`bind_nodelay`]), stopping when `shutdown` is
-/// cancelled.
+/// Binds an HTTP server for `routes` on `addr` ([`bind_nodelay`]) under `limits`, stopping when
+/// `shutdown` is cancelled.
 pub async fn serve_http(
     routes: warp::filters::BoxedFilter<(Box<dyn warp::Reply>,)>,
     addr: SocketAddr,
+    limits: crate::listen::HttpLimits,
+    stats: Arc<crate::listen::ConnStats>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
-    serve_http_on(routes, bind_nodelay(addr)?, shutdown)
+    serve_http_on(routes, bind_nodelay(addr)?, limits, stats, shutdown)
 }
 
 /// [`serve_http`] on a listener bound already (e.g. to learn its port before the routes exist).
 pub fn serve_http_on(
     routes: warp::filters::BoxedFilter<(Box<dyn warp::Reply>,)>,
     listener: TcpListener,
+    limits: crate::listen::HttpLimits,
+    stats: Arc<crate::listen::ConnStats>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
     let local = listener.local_addr()?;
-    let fut = warp::serve(routes)
-        .incoming(listener)
-        .graceful(async move { shutdown.cancelled().await })
-        .run();
-    Ok((local, fut))
+    Ok((
+        local,
+        crate::listen::serve(routes, listener, limits, stats, shutdown),
+    ))
 }
 
 #[cfg(test)]

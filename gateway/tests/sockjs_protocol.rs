@@ -1036,6 +1036,70 @@ async fn session_limit_cookie_and_metrics() {
     assert!(snap.open_by_transport.contains(&("xhr", 1)));
 }
 
+/// One client address holds at most `max_sessions_per_address` sessions (every transport);
+/// behind a listed proxy the address is the last `X-Forwarded-For` value, so clients behind one
+/// proxy do not share a cap; a place comes back when its session ends.
+#[tokio::test]
+async fn sessions_per_address_are_capped_and_counted() {
+    let config = SockJsConfig {
+        max_sessions_per_address: 2,
+        ..test_config()
+    };
+    let srv = start(config).await;
+    for _ in 0..2 {
+        let r = post(srv.addr, &format!("{}/xhr", session_path()), None).await;
+        assert_eq!(r.body, "o\n");
+    }
+    let r = post(srv.addr, &format!("{}/xhr", session_path()), None).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.body, "Too many sessions.\n");
+    let url = format!("ws://{}/ws/000/x/websocket", srv.addr);
+    assert!(tokio_tungstenite::connect_async(url).await.is_err());
+    // Not a listed proxy: its X-Forwarded-For changes nothing.
+    let spoofed = [("X-Forwarded-For", "203.0.113.9")];
+    let r = request(
+        srv.addr,
+        "POST",
+        &format!("{}/xhr", session_path()),
+        &spoofed,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    let snap = srv.metrics.snapshot();
+    assert_eq!(snap.sessions_open, 2);
+    assert_eq!(snap.sessions_refused_address_total, 3);
+    assert_eq!(snap.sessions_refused_total, 0);
+    // The sessions end (no receiving request for `disconnect_delay`): the places come back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = post(srv.addr, &format!("{}/xhr", session_path()), None).await;
+    assert_eq!(r.body, "o\n");
+
+    // Behind a listed proxy each forwarded client has its own cap.
+    let config = SockJsConfig {
+        max_sessions_per_address: 1,
+        proxies: vec!["127.0.0.0/8".parse().unwrap()],
+        ..test_config()
+    };
+    let srv = start(config).await;
+    let from = |ip: &'static str| [("X-Forwarded-For", ip)];
+    let xhr = || format!("{}/xhr", session_path());
+    let r = request(srv.addr, "POST", &xhr(), &from("203.0.113.1"), None).await;
+    assert_eq!(r.body, "o\n");
+    let r = request(
+        srv.addr,
+        "POST",
+        &xhr(),
+        &from("198.51.100.7, 203.0.113.1"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 503, "the last value is the client");
+    let r = request(srv.addr, "POST", &xhr(), &from("203.0.113.2"), None).await;
+    assert_eq!(r.body, "o\n");
+    assert_eq!(srv.metrics.snapshot().sessions_refused_address_total, 1);
+}
+
 /// `GET /ws//` and the other paths SockJS 0.3.3's `test_notFound` lists are 404s, not the
 /// greeting.
 #[tokio::test]

@@ -190,6 +190,16 @@ fn plain_host(host: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
+/// The socket peer of a request: the plain [`SocketAddr`] the HTTP accept loop puts in each
+/// request's extensions (`gateway::listen`, which this crate cannot name; warp's own remote
+/// address cannot be set from outside warp), or warp's (its test client's).
+pub fn peer()
+-> impl warp::Filter<Extract = (Option<SocketAddr>,), Error = std::convert::Infallible> + Clone {
+    warp::addr::remote()
+        .and(warp::ext::optional::<SocketAddr>())
+        .map(|warp: Option<SocketAddr>, ours: Option<SocketAddr>| ours.or(warp))
+}
+
 /// A filter extracting the origin to rewrite REST responses to (`None`: keep the canonical one).
 /// With a fixed public URL it reads nothing from the request.
 pub fn rewrite_target(public: &PublicUrl) -> BoxedFilter<(Option<String>,)> {
@@ -198,7 +208,7 @@ pub fn rewrite_target(public: &PublicUrl) -> BoxedFilter<(Option<String>,)> {
     }
     let public = public.clone();
     let canonical = public.canonical().unwrap_or_default();
-    warp::addr::remote()
+    peer()
         .and(warp::header::optional::<String>("host"))
         .and(warp::header::optional::<String>("x-forwarded-host"))
         .and(warp::header::optional::<String>("x-forwarded-proto"))

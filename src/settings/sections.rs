@@ -44,6 +44,79 @@ pub(crate) struct Http {
     /// /health and /metrics, as far as the command serves them.
     #[arg(long, default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// Seconds a client has to send a whole request head, counted from when the server starts
+    /// waiting for it (a new connection, or the end of the previous response: also the
+    /// keep-alive idle limit); then the connection is closed.
+    #[arg(long, default_value_t = gateway::listen::HttpLimits::default().header_timeout.as_secs())]
+    pub http_header_timeout_secs: u64,
+    /// Seconds a request body may pause between two pieces; then the request fails and the
+    /// connection is closed.
+    #[arg(long, default_value_t = gateway::listen::HttpLimits::default().body_timeout.as_secs())]
+    pub http_body_timeout_secs: u64,
+    /// Seconds a connection with a request open may move no byte either way (a stalled upload, a
+    /// client that stops reading) before it is closed. WebSockets are exempt (heart-beats govern
+    /// them).
+    #[arg(long, default_value_t = gateway::listen::HttpLimits::default().idle_timeout.as_secs())]
+    pub http_idle_timeout_secs: u64,
+    /// HTTP connections open at once (WebSockets included); lowered to the open-file limit less
+    /// an eighth (at least 128 kept for the database, Redis, logs and health checks). One more
+    /// is answered 503 and closed.
+    #[arg(long, default_value_t = gateway::listen::HttpLimits::default().max_connections)]
+    pub http_max_connections: usize,
+    /// HTTP connections open at once from one client address (IPv6: one /64), except
+    /// http_proxies; 0: unlimited.
+    #[arg(long, default_value_t = gateway::listen::HttpLimits::default().max_connections_per_address)]
+    pub http_max_connections_per_address: usize,
+    /// The proxies in front (addresses or CIDRs, comma-separated; `none` for none): their
+    /// connections carry many clients, so the per-address connection cap does not apply to
+    /// them, and the last X-Forwarded-For value they set names the client of a SockJS session.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.0/8,::1/128")]
+    pub http_proxies: Vec<String>,
+    /// Largest request head (request line and headers), in bytes (at least 8192); a larger one
+    /// is refused with 431.
+    #[arg(long, default_value_t = gateway::listen::HttpLimits::default().max_header_bytes)]
+    pub http_max_header_bytes: usize,
+}
+
+impl Http {
+    /// The listener's limits, addresses checked.
+    pub(crate) fn limits(&self) -> anyhow::Result<gateway::listen::HttpLimits> {
+        let mut cap_exempt = Vec::new();
+        for p in &self.http_proxies {
+            let p = p.trim();
+            if p.eq_ignore_ascii_case("none") {
+                cap_exempt.clear();
+                break;
+            }
+            if p.is_empty() {
+                continue;
+            }
+            let net = p
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| anyhow::anyhow!("http_proxies: '{p}' is not an address or a CIDR"))?;
+            cap_exempt.push(net);
+        }
+        anyhow::ensure!(
+            self.http_header_timeout_secs > 0
+                && self.http_body_timeout_secs > 0
+                && self.http_idle_timeout_secs > 0,
+            "http_header_timeout_secs, http_body_timeout_secs and http_idle_timeout_secs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.http_max_connections > 0,
+            "http_max_connections must be at least 1"
+        );
+        Ok(gateway::listen::HttpLimits {
+            header_timeout: std::time::Duration::from_secs(self.http_header_timeout_secs),
+            body_timeout: std::time::Duration::from_secs(self.http_body_timeout_secs),
+            idle_timeout: std::time::Duration::from_secs(self.http_idle_timeout_secs),
+            max_connections: self.http_max_connections,
+            max_connections_per_address: self.http_max_connections_per_address,
+            cap_exempt,
+            max_header_bytes: self.http_max_header_bytes.max(8192),
+        })
+    }
 }
 
 /// The STOMP edge: listeners, limits, heart-beats and who may subscribe to what.
@@ -78,6 +151,10 @@ pub(crate) struct Stomp {
     /// CONNECT; 0: unlimited.
     #[arg(long, default_value_t = 32)]
     pub max_sessions_per_user: u32,
+    /// SockJS sessions open at once from one client address (IPv6: one /64; behind a proxy of
+    /// http_proxies, the address it forwards); one more is answered 503; 0: unlimited.
+    #[arg(long, default_value_t = gateway::sockjs::SockJsConfig::default().max_sessions_per_address)]
+    pub sockjs_max_sessions_per_address: usize,
     /// Seconds a new connection has to send CONNECT.
     #[arg(long, default_value_t = gateway::GatewayConfig::default().connect_timeout.as_secs())]
     pub connect_timeout_secs: u64,

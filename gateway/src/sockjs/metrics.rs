@@ -1,5 +1,7 @@
 //! Session counters and the session-limit permit.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -18,6 +20,7 @@ struct Counters {
     open_by_transport: [AtomicUsize; 5],
     opened_total: AtomicU64,
     refused_total: AtomicU64,
+    refused_address_total: AtomicU64,
 }
 
 /// Live counters of one SockJS endpoint. Cheap to clone.
@@ -38,6 +41,8 @@ pub struct MetricsSnapshot {
     pub sessions_opened_total: u64,
     /// New sessions refused because `max_sessions` was reached.
     pub sessions_refused_total: u64,
+    /// New sessions refused because their client address held `max_sessions_per_address`.
+    pub sessions_refused_address_total: u64,
 }
 
 impl SockJsMetrics {
@@ -53,6 +58,7 @@ impl SockJsMetrics {
                 .collect(),
             sessions_opened_total: c.opened_total.load(Ordering::Relaxed),
             sessions_refused_total: c.refused_total.load(Ordering::Relaxed),
+            sessions_refused_address_total: c.refused_address_total.load(Ordering::Relaxed),
         }
     }
 
@@ -78,7 +84,37 @@ impl SockJsMetrics {
         Some(SessionPermit {
             metrics: self.clone(),
             slot,
+            address: None,
         })
+    }
+
+    /// Counts a session refused for its client address.
+    pub(crate) fn refused_for_address(&self) {
+        self.inner
+            .refused_address_total
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Open sessions per client address group ([`crate::listen::address_key`]).
+pub(crate) type PerAddress = Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>;
+
+/// One session counted against its client address; uncounted on drop.
+#[derive(Debug)]
+pub(crate) struct AddressSlot {
+    pub(crate) map: PerAddress,
+    pub(crate) key: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.map.lock();
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -87,6 +123,8 @@ impl SockJsMetrics {
 pub(crate) struct SessionPermit {
     metrics: SockJsMetrics,
     slot: Option<usize>,
+    /// The session's place under `max_sessions_per_address` (dropped with the permit).
+    pub(crate) address: Option<AddressSlot>,
 }
 
 impl Drop for SessionPermit {

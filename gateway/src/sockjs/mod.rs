@@ -126,6 +126,13 @@ pub struct SockJsConfig {
     /// New sessions beyond this many open ones are refused with 503.
     /// Default 10 000.
     pub max_sessions: usize,
+    /// New sessions beyond this many open ones from one client address
+    /// (IPv6: one /64) are refused with 503; 0: unlimited. Default 100.
+    pub max_sessions_per_address: usize,
+    /// Proxies whose `X-Forwarded-For` names the client for
+    /// `max_sessions_per_address` (its last value: the address the proxy
+    /// saw; the shipped nginx recipe sets exactly that one). Default none.
+    pub proxies: Vec<ipnet::IpNet>,
     /// Advertise `cookie_needed` in `/info` and set `JSESSIONID` on the
     /// HTTP transports (for sticky load balancing). Default false.
     pub cookie_needed: bool,
@@ -153,6 +160,8 @@ impl Default for SockJsConfig {
             outbound_capacity: 256,
             inbound_capacity: 64,
             max_sessions: 10_000,
+            max_sessions_per_address: 100,
+            proxies: Vec::new(),
             cookie_needed: false,
             write_timeout: Duration::from_secs(30),
             websocket_buffer_bytes: 8 * 1024,
@@ -169,9 +178,43 @@ pub(crate) struct Server {
     on_session: Box<OnSession>,
     sessions: Mutex<HashMap<String, Arc<xhr::HttpSession>>>,
     metrics: SockJsMetrics,
+    per_address: metrics::PerAddress,
 }
 
 impl Server {
+    /// Takes a place for a new session of `transport` from the client of `peer`/`headers`
+    /// under `max_sessions_per_address` and `max_sessions`, or counts the refusal.
+    pub(crate) fn open_session(
+        &self,
+        transport: &'static str,
+        peer: Option<SocketAddr>,
+        headers: &warp::http::HeaderMap,
+    ) -> Option<metrics::SessionPermit> {
+        let max = self.config.max_sessions_per_address;
+        let address = match (max, client_address(&self.config.proxies, peer, headers)) {
+            (1.., Some(ip)) => {
+                let key = crate::listen::address_key(ip);
+                let mut map = self.per_address.lock();
+                let n = map.entry(key).or_insert(0);
+                if *n >= max {
+                    drop(map);
+                    self.metrics.refused_for_address();
+                    return None;
+                }
+                *n += 1;
+                Some(metrics::AddressSlot {
+                    map: self.per_address.clone(),
+                    key,
+                })
+            }
+            _ => None,
+        };
+        // Dropping `address` on refusal gives its place back.
+        let mut permit = self.metrics.try_open(transport, self.config.max_sessions)?;
+        permit.address = address;
+        Some(permit)
+    }
+
     fn new_conn(
         &self,
         transport: &'static str,
@@ -185,6 +228,27 @@ impl Server {
             self.config.disconnect_delay.max(Duration::from_secs(1)),
         )
     }
+}
+
+/// The client's address: the last `X-Forwarded-For` value when `peer` is one of `proxies`,
+/// else `peer`.
+fn client_address(
+    proxies: &[ipnet::IpNet],
+    peer: Option<SocketAddr>,
+    headers: &warp::http::HeaderMap,
+) -> Option<std::net::IpAddr> {
+    let peer = peer?.ip();
+    if !proxies.iter().any(|p| p.contains(&peer)) {
+        return Some(peer);
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse().ok());
+    Some(forwarded.unwrap_or(peer))
 }
 
 /// The SockJS endpoint under `/<prefix>` (e.g. `"ws"`). `on_session` is
@@ -209,12 +273,26 @@ pub fn routes_with_metrics<F>(
 where
     F: Fn(SockJsConn) + Send + Sync + 'static,
 {
-    let metrics = SockJsMetrics::default();
+    routes_counted(prefix, config, SockJsMetrics::default(), on_session)
+}
+
+/// Like [`routes_with_metrics`], counting into `metrics` (e.g. kept by the caller for its
+/// `/metrics`).
+pub fn routes_counted<F>(
+    prefix: &'static str,
+    config: SockJsConfig,
+    metrics: SockJsMetrics,
+    on_session: F,
+) -> (BoxedFilter<(Box<dyn warp::Reply>,)>, SockJsMetrics)
+where
+    F: Fn(SockJsConn) + Send + Sync + 'static,
+{
     let server = Arc::new(Server {
         config,
         on_session: Box::new(on_session),
         sessions: Mutex::new(HashMap::new()),
         metrics: metrics.clone(),
+        per_address: metrics::PerAddress::default(),
     });
     // hyper's upgrade handle, present on requests that asked for one.
     let upgrade = warp::ext::optional::<hyper::upgrade::OnUpgrade>();
@@ -222,7 +300,7 @@ where
         .and(warp::path::tail())
         .and(warp::method())
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(crate::listen::peer())
         .and(upgrade)
         .and(warp::body::stream())
         .and_then(

@@ -197,10 +197,7 @@ pub(crate) fn upgrade(
         Ok(ok) => ok,
         Err(res) => return res,
     };
-    let Some(permit) = server
-        .metrics
-        .try_open(kind.name(), server.config.max_sessions)
-    else {
+    let Some(permit) = server.open_session(kind.name(), peer, headers) else {
         return service::fixed(
             StatusCode::SERVICE_UNAVAILABLE,
             Some(CT_TEXT),

@@ -215,10 +215,7 @@ async fn attach(
         let session = match table.get(rq.session) {
             Some(s) => s.clone(),
             None => {
-                let Some(permit) = server
-                    .metrics
-                    .try_open(kind.name(), server.config.max_sessions)
-                else {
+                let Some(permit) = server.open_session(kind.name(), rq.peer, rq.headers) else {
                     return Err(Refused);
                 };
                 let (conn, side) = server.new_conn(kind.name(), rq.peer);

@@ -116,6 +116,8 @@ impl TestGateway {
         let (http, fut) = gateway::server::serve_http(
             gw.routes(),
             "127.0.0.1:0".parse().unwrap(),
+            gateway::listen::HttpLimits::default(),
+            gw.http_stats.clone(),
             gw.shutdown.clone(),
         )
         .await

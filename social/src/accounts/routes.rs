@@ -74,7 +74,7 @@ pub(crate) fn client_addr(
     ctx: &Ctx,
 ) -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone + use<> {
     let public = ctx.public_url.clone();
-    warp::addr::remote()
+    crate::public_url::peer()
         .and(
             warp::header::optional::<String>("x-forwarded-for")
                 .or(warp::any().map(|| None))
