@@ -35,7 +35,7 @@ struct Inner {
     last_request: Option<Value>,
     last_auth: Option<String>,
     last_query: Option<String>,
-    public_pem: Option<String>,
+    public_der: Option<Vec<u8>>,
     tokens: Vec<String>,
 }
 
@@ -79,7 +79,7 @@ impl FakeVision {
             last_request: None,
             last_auth: None,
             last_query: None,
-            public_pem: None,
+            public_der: None,
             tokens: Vec::new(),
         }));
         let st = Arc::clone(&inner);
@@ -98,7 +98,7 @@ impl FakeVision {
                         g.last_auth = auth.clone();
                         g.last_query = Some(query);
                         // With a service account, only a token this fake issued is accepted.
-                        let bad_token = g.public_pem.is_some()
+                        let bad_token = g.public_der.is_some()
                             && !auth
                                 .as_deref()
                                 .and_then(|a| a.strip_prefix("Bearer "))
@@ -139,8 +139,8 @@ impl FakeVision {
                 g.token_calls += 1;
                 let ok = form.get("grant_type").map(String::as_str)
                     == Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
-                    && g.public_pem.as_deref().is_some_and(|pem| {
-                        let key = jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+                    && g.public_der.as_deref().is_some_and(|der| {
+                        let key = jsonwebtoken::DecodingKey::from_rsa_der(der);
                         let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
                         v.set_audience(&[format!("{token_base}/token")]);
                         v.set_issuer(&["tagger@example.iam.gserviceaccount.com"]);
@@ -212,21 +212,25 @@ impl FakeVision {
         self.inner.lock().unwrap().last_auth.clone()
     }
 
-    /// Requires bearer tokens from `/token`, whose assertions must verify with `public_pem`.
-    pub fn require_service_account(&self, public_pem: &str) {
-        self.inner.lock().unwrap().public_pem = Some(public_pem.to_owned());
+    /// Requires bearer tokens from `/token`, whose assertions must verify with `public_der`
+    /// (PKCS#1).
+    pub fn require_service_account(&self, public_der: &[u8]) {
+        self.inner.lock().unwrap().public_der = Some(public_der.to_vec());
     }
 }
 
-/// A service account: its JSON key file (token_uri on the fake) and its public key (PEM).
-pub fn service_account(base: &str) -> (String, String) {
-    use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+/// A service account: its JSON key file (token_uri on the fake) and its public key (PKCS#1 DER).
+pub fn service_account(base: &str) -> (String, Vec<u8>) {
+    use rsa::pkcs1::EncodeRsaPublicKey;
+    use rsa::pkcs8::{EncodePrivateKey, LineEnding};
     let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
     let pem = private.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
     let public = private
         .to_public_key()
-        .to_public_key_pem(LineEnding::LF)
-        .unwrap();
+        .to_pkcs1_der()
+        .unwrap()
+        .as_bytes()
+        .to_vec();
     let json = json!({
         "type": "service_account",
         "project_id": "instar-test",
