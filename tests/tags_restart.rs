@@ -5,9 +5,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod flow_support;
 #[path = "../social/tests/fake_vision/mod.rs"]
 mod fake_vision;
+mod flow_support;
 
 use std::time::{Duration, Instant};
 
@@ -72,7 +72,10 @@ async fn pending_jobs_survive_sigkill(mysql: Option<String>) {
                 .mime_str("image/png")
                 .unwrap(),
         )
-        .text("data", json!({"comment": "sky", "hashtags": ["sky"]}).to_string());
+        .text(
+            "data",
+            json!({"comment": "sky", "hashtags": ["sky"]}).to_string(),
+        );
     let started = Instant::now();
     let (s, b) = call(
         http.post(format!("{}/api/post/create", first.base()))
@@ -81,7 +84,11 @@ async fn pending_jobs_survive_sigkill(mysql: Option<String>) {
     )
     .await;
     assert_eq!(s, 200, "{b}");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     let post = b["postId"].as_i64().unwrap();
 
     let (pool, _) = migrations::connect(&db_url, &migrations::PoolSettings::default())
@@ -101,7 +108,10 @@ async fn pending_jobs_survive_sigkill(mysql: Option<String>) {
         if attempts >= 1 && (500_000..30_000_000).contains(&wait) {
             break;
         }
-        assert!(Instant::now() < deadline, "the job never waited for a retry");
+        assert!(
+            Instant::now() < deadline,
+            "the job never waited for a retry"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     first.kill().await;
@@ -137,7 +147,10 @@ async fn pending_jobs_survive_sigkill(mysql: Option<String>) {
             );
             break;
         }
-        assert!(Instant::now() < deadline, "the job was not finished after the restart");
+        assert!(
+            Instant::now() < deadline,
+            "the job was not finished after the restart"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -112,8 +112,8 @@ impl Ctx {
         let tag_metrics = Arc::new(crate::tagging::worker::TagMetrics::default());
         let tagger = match &cfg.tags.vision {
             Some(v) => {
-                let vision = crate::tagging::labels::Vision::new(v.clone())
-                    .map_err(StartError::Vision)?;
+                let vision =
+                    crate::tagging::labels::Vision::new(v.clone()).map_err(StartError::Vision)?;
                 Some(crate::tagging::worker::Tagger::new(
                     Arc::new(vision),
                     nouns,

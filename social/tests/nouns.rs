@@ -54,9 +54,17 @@ fn nouns_parity_sample() {
             komoran_same += 1;
         }
     }
-    assert!(wrong.is_empty(), "{} differ:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} differ:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
     // The recorded agreement with the original's Komoran (docs/tagging.md): 439 of 486.
-    assert!(komoran_same * 10 >= rows.len() * 9, "Komoran agreement fell to {komoran_same}");
+    assert!(
+        komoran_same * 10 >= rows.len() * 9,
+        "Komoran agreement fell to {komoran_same}"
+    );
 }
 
 #[test]
@@ -71,10 +79,7 @@ fn morphemes_and_the_rule_on_known_words() {
         vec![m("서울", "NNP"), m("여행", "NNG")]
     );
     // Inflected forms are split into their morphemes, as Komoran reports them.
-    assert_eq!(
-        dict.analyse("웃겨"),
-        vec![m("웃기", "VV"), m("어", "EC")]
-    );
+    assert_eq!(dict.analyse("웃겨"), vec![m("웃기", "VV"), m("어", "EC")]);
     let nouns = nouns();
     assert_eq!(nouns.last_noun("맛집탐방"), "탐방");
     assert_eq!(nouns.last_noun("Golden retriever"), "Golden retriever");

@@ -15,7 +15,6 @@
 //! No labeler runs without an outside service: no registry package ships image-classification
 //! weights usable here (docs/tagging.md), so labelling is off unless Vision is configured.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -210,9 +209,8 @@ fn excerpt(body: &[u8]) -> String {
 pub fn parse_answer(body: &[u8]) -> Result<Vec<String>, LabelError> {
     let answer: Annotate = serde_json::from_slice(body)
         .map_err(|e| LabelError::Malformed(format!("{e}: {}", excerpt(body))))?;
-    let [one] = <[AnnotateOne; 1]>::try_from(answer.responses).map_err(|v| {
-        LabelError::Malformed(format!("{} responses for one image", v.len()))
-    })?;
+    let [one] = <[AnnotateOne; 1]>::try_from(answer.responses)
+        .map_err(|v| LabelError::Malformed(format!("{} responses for one image", v.len())))?;
     if let Some(err) = one.error {
         let what = format!("code {}: {}", err.code, err.message);
         return Err(if transient_code(err.code) {
@@ -225,7 +223,10 @@ pub fn parse_answer(body: &[u8]) -> Result<Vec<String>, LabelError> {
     for l in one.label_annotations.unwrap_or_default() {
         let d = l.description.trim();
         if d.is_empty() || d.chars().count() > MAX_LABEL_CHARS || d.chars().any(char::is_control) {
-            return Err(LabelError::Malformed(format!("label {:?}", excerpt(d.as_bytes()))));
+            return Err(LabelError::Malformed(format!(
+                "label {:?}",
+                excerpt(d.as_bytes())
+            )));
         }
         if labels.len() < MAX_LABELS {
             labels.push(d.to_owned());
@@ -287,17 +288,26 @@ impl Vision {
             .await
             .map_err(|e| LabelError::Unavailable(format!("token endpoint: {e}")))?;
         if !answer.status.is_success() {
-            let what = format!("token endpoint: HTTP {}: {}", answer.status, excerpt(&answer.body));
-            return Err(if answer.status.is_server_error() || answer.status == StatusCode::TOO_MANY_REQUESTS {
-                LabelError::Unavailable(what)
-            } else {
-                LabelError::Refused(what)
-            });
+            let what = format!(
+                "token endpoint: HTTP {}: {}",
+                answer.status,
+                excerpt(&answer.body)
+            );
+            return Err(
+                if answer.status.is_server_error() || answer.status == StatusCode::TOO_MANY_REQUESTS
+                {
+                    LabelError::Unavailable(what)
+                } else {
+                    LabelError::Refused(what)
+                },
+            );
         }
         let t: TokenAnswer = serde_json::from_slice(&answer.body)
             .map_err(|e| LabelError::Malformed(format!("token answer: {e}")))?;
         if t.access_token.is_empty() || t.access_token.len() > 4096 {
-            return Err(LabelError::Malformed("token answer: unusable access_token".into()));
+            return Err(LabelError::Malformed(
+                "token answer: unusable access_token".into(),
+            ));
         }
         let life = Duration::from_secs(t.expires_in.unwrap_or(3600).clamp(60, 24 * 3600));
         *cached = Some((
@@ -308,7 +318,10 @@ impl Vision {
     }
 
     /// One `images:annotate` call.
-    async fn annotate_once(&self, body: &Bytes) -> (Result<Vec<String>, LabelError>, Option<Duration>) {
+    async fn annotate_once(
+        &self,
+        body: &Bytes,
+    ) -> (Result<Vec<String>, LabelError>, Option<Duration>) {
         let mut url = self.endpoint.clone();
         let mut req = Request::builder()
             .method(Method::POST)
@@ -354,7 +367,10 @@ impl Vision {
 impl Labeler for Vision {
     async fn labels(&self, image: Bytes) -> Result<Vec<String>, LabelError> {
         if image.len() > MAX_IMAGE {
-            return Err(LabelError::Refused(format!("image of {} bytes", image.len())));
+            return Err(LabelError::Refused(format!(
+                "image of {} bytes",
+                image.len()
+            )));
         }
         let content = base64::engine::general_purpose::STANDARD.encode(&image);
         let body = serde_json::json!({
@@ -386,17 +402,6 @@ impl Labeler for Vision {
     }
 }
 
-/// A labeler that always answers the same (tests, benchmarks).
-#[derive(Debug, Clone)]
-pub struct Fixed(pub Arc<Vec<String>>);
-
-#[async_trait::async_trait]
-impl Labeler for Fixed {
-    async fn labels(&self, _image: Bytes) -> Result<Vec<String>, LabelError> {
-        Ok(self.0.iter().take(MAX_LABELS).cloned().collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,7 +416,10 @@ mod tests {
             parse_answer(ok).unwrap(),
             vec!["Sky", "Cloud", "Golden retriever", "a", "b"]
         );
-        assert_eq!(parse_answer(br#"{"responses":[{}]}"#).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            parse_answer(br#"{"responses":[{}]}"#).unwrap(),
+            Vec::<String>::new()
+        );
         for bad in [
             &br#"not json"#[..],
             br#"{"responses":[]}"#,
@@ -430,7 +438,10 @@ mod tests {
             r#"{{"responses":[{{"labelAnnotations":[{{"description":"{}"}}]}}]}}"#,
             "x".repeat(101)
         );
-        assert!(matches!(parse_answer(long.as_bytes()), Err(LabelError::Malformed(_))));
+        assert!(matches!(
+            parse_answer(long.as_bytes()),
+            Err(LabelError::Malformed(_))
+        ));
         assert!(matches!(
             parse_answer(br#"{"responses":[{"error":{"code":8,"message":"quota"}}]}"#),
             Err(LabelError::Unavailable(_))

@@ -95,12 +95,18 @@ impl Lexicon {
         }
         let (dsize, tsize, fsize) = (word(6)? as usize, word(7)? as usize, word(8)? as usize);
         let charset = &b[40..72];
-        let charset_end = charset.iter().position(|&c| c == 0).unwrap_or(charset.len());
+        let charset_end = charset
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(charset.len());
         let charset = String::from_utf8_lossy(&charset[..charset_end]).to_ascii_lowercase();
         if charset != "utf-8" && charset != "utf8" {
             return Err(format_error(path, "not a UTF-8 dictionary"));
         }
-        if HEADER + dsize + tsize + fsize != b.len() || dsize % 8 != 0 || tsize % TOKEN_BYTES != 0 {
+        if HEADER + dsize + tsize + fsize != b.len()
+            || !dsize.is_multiple_of(8)
+            || !tsize.is_multiple_of(TOKEN_BYTES)
+        {
             return Err(format_error(path, "section sizes do not add up"));
         }
         let da = &b[HEADER..HEADER + dsize];
@@ -132,7 +138,9 @@ impl Lexicon {
     }
 
     fn unit(&self, at: i64) -> Option<(i32, u32)> {
-        usize::try_from(at).ok().and_then(|i| self.darts.get(i).copied())
+        usize::try_from(at)
+            .ok()
+            .and_then(|i| self.darts.get(i).copied())
     }
 
     /// The token range a Darts value stands for (index << 8 | count).
@@ -268,7 +276,10 @@ impl Dictionary {
         let lsize = usize::from(u16_at(&m, 0).ok_or_else(|| format_error(&matrix_path, "short"))?);
         let rsize = usize::from(u16_at(&m, 2).ok_or_else(|| format_error(&matrix_path, "short"))?);
         if m.len() != 4 + 2 * lsize * rsize {
-            return Err(format_error(&matrix_path, "size does not match its dimensions"));
+            return Err(format_error(
+                &matrix_path,
+                "size does not match its dimensions",
+            ));
         }
         let matrix = m[4..]
             .chunks_exact(2)
@@ -280,7 +291,10 @@ impl Dictionary {
         let csize = u32_at(&c, 0).ok_or_else(|| format_error(&char_path, "short"))? as usize;
         let map_at = 4 + 32 * csize;
         if c.len() != map_at + 4 * 0xffff {
-            return Err(format_error(&char_path, "size does not match its categories"));
+            return Err(format_error(
+                &char_path,
+                "size does not match its categories",
+            ));
         }
         let mut unk_tokens = Vec::with_capacity(csize);
         for i in 0..csize {
@@ -288,7 +302,10 @@ impl Dictionary {
             let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
             let tokens = unk.exact(&name[..end]).to_vec();
             if tokens.is_empty() {
-                return Err(format_error(&char_path, "a category has no unknown-word entry"));
+                return Err(format_error(
+                    &char_path,
+                    "a category has no unknown-word entry",
+                ));
             }
             unk_tokens.push(tokens);
         }

@@ -97,7 +97,10 @@ mod tests {
         let nouns = Nouns::new(Arc::new(Scripted));
         assert_eq!(nouns.last_noun("서울/NNP+여행/NNG"), "여행");
         assert_eq!(nouns.last_noun("여행/NNG+가/VV+다/EF"), "여행");
-        assert_eq!(nouns.last_noun("Golden/SL+retriever/SL"), "Golden/SL+retriever/SL");
+        assert_eq!(
+            nouns.last_noun("Golden/SL+retriever/SL"),
+            "Golden/SL+retriever/SL"
+        );
         assert_eq!(nouns.last_noun("  "), "");
         let long = "가/NNG+".repeat(40);
         assert_eq!(nouns.last_noun(&long), long.trim());

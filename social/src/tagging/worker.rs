@@ -165,15 +165,14 @@ impl Tagger {
         .await?;
         let mut claimed = Vec::new();
         for (post, attempts, next_at) in due {
-            let taken = sqlx::query(
-                "UPDATE tag_job SET next_at = ? WHERE post_id = ? AND next_at = ?",
-            )
-            .bind(now + micros(CLAIM))
-            .bind(post)
-            .bind(next_at)
-            .execute(store.pool())
-            .await?
-            .rows_affected();
+            let taken =
+                sqlx::query("UPDATE tag_job SET next_at = ? WHERE post_id = ? AND next_at = ?")
+                    .bind(now + micros(CLAIM))
+                    .bind(post)
+                    .bind(next_at)
+                    .execute(store.pool())
+                    .await?
+                    .rows_affected();
             if taken == 1 {
                 claimed.push((post, attempts));
             }

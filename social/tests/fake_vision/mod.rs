@@ -66,7 +66,11 @@ fn labels_body(labels: &[String]) -> String {
 
 impl FakeVision {
     pub async fn start(mode: Mode) -> FakeVision {
-        Self::start_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), mode).await
+        Self::start_on(
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            mode,
+        )
+        .await
     }
 
     pub async fn start_on(listener: tokio::net::TcpListener, mode: Mode) -> FakeVision {
@@ -161,7 +165,10 @@ impl FakeVision {
                 warp::http::Response::builder()
                     .status(200)
                     .header("content-type", "application/json")
-                    .body(json!({"access_token": t, "expires_in": 3600, "token_type": "Bearer"}).to_string())
+                    .body(
+                        json!({"access_token": t, "expires_in": 3600, "token_type": "Bearer"})
+                            .to_string(),
+                    )
                     .unwrap()
             });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
