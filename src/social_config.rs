@@ -12,7 +12,7 @@ use social::mail::SmtpConfig;
 use social::media::{Backend, MediaConfig};
 
 use crate::settings::sections::{
-    Cache, Chat, Data, Database, Feed, Google, Media, Redis, Smtp, Web,
+    Cache, Chat, Data, Database, Feed, Google, Media, Redis, Smtp, Tags, Web,
 };
 
 /// The social service's sections.
@@ -48,6 +48,9 @@ pub(crate) struct SocialArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub google: Google,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tags: Tags,
 }
 
 impl SocialArgs {
@@ -195,6 +198,13 @@ impl SocialArgs {
                 trusted_proxies,
             },
             google,
+            tags: social::tagging::TagsConfig {
+                dictionary: self.tags.tags_dictionary.clone().or_else(|| {
+                    let dir = data_dir.join("mecab-ko-dic");
+                    dir.join("sys.dic").is_file().then_some(dir)
+                }),
+                vision: self.tags.vision()?,
+            },
         })
     }
 }

@@ -52,6 +52,8 @@ pub struct SocialConfig {
     pub interest_recompute: Option<crate::jobs::Schedule>,
     /// Google sign-in (`None`: its routes answer 503 `GNC`).
     pub google: Option<crate::accounts::google::GoogleConfig>,
+    /// Automatic tags: the noun rule's dictionary.
+    pub tags: crate::tagging::TagsConfig,
 }
 
 /// Why the service could not start.
@@ -78,6 +80,12 @@ pub enum StartError {
     /// Google sign-in settings.
     #[error("{0}")]
     Google(#[from] crate::accounts::google::GoogleSetupError),
+    /// The noun rule's dictionary.
+    #[error("tags dictionary: {0}")]
+    Tags(#[from] crate::tagging::mecab::DictError),
+    /// Vision settings.
+    #[error("Vision: {0}")]
+    Vision(String),
 }
 
 impl Ctx {
@@ -97,6 +105,26 @@ impl Ctx {
         }
         let chat_writers = crate::chat::writer::WriterStatsList::default();
         extensions.insert(chat_writers.clone());
+        let nouns = crate::tagging::load_nouns(&cfg.tags).await?;
+        if let Some(nouns) = &nouns {
+            extensions.insert(nouns.clone());
+        }
+        let tag_metrics = Arc::new(crate::tagging::worker::TagMetrics::default());
+        let tagger = match &cfg.tags.vision {
+            Some(v) => {
+                let vision =
+                    crate::tagging::labels::Vision::new(v.clone()).map_err(StartError::Vision)?;
+                Some(crate::tagging::worker::Tagger::new(
+                    Arc::new(vision),
+                    nouns,
+                    Arc::clone(&tag_metrics),
+                ))
+            }
+            None => None,
+        };
+        if let Some(tagger) = &tagger {
+            extensions.insert(tagger.clone());
+        }
         let store = Store::open(&cfg.database_url, &cfg.pool).await?;
         let kv = crate::kv::open(&cfg.kv).await?;
         let feed = Arc::new(crate::feed::Feed::new(
@@ -146,6 +174,10 @@ impl Ctx {
         crate::feed::jobs::schedule(&ctx, cfg.interest_recompute.clone());
         ctx.add_metrics(feed);
         ctx.add_metrics(Arc::new(jobs));
+        ctx.add_metrics(tag_metrics);
+        if let Some(tagger) = tagger {
+            tagger.start(&ctx);
+        }
         if let Some(google) = google {
             ctx.add_metrics(google);
         }

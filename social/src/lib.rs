@@ -22,6 +22,7 @@ pub mod alarms;
 pub mod chat;
 pub mod feed;
 pub mod posts;
+pub mod tagging;
 pub mod users;
 
 pub mod cache;

@@ -295,6 +295,9 @@ impl Storage for Flaky {
     async fn delete(&self, key: &str) -> Result<(), MediaError> {
         self.inner.delete(key).await
     }
+    async fn get(&self, key: &str, max: usize) -> Result<Bytes, MediaError> {
+        self.inner.get(key, max).await
+    }
     fn base_url(&self) -> &str {
         self.inner.base_url()
     }

@@ -214,6 +214,9 @@ impl Storage for FailThumbs {
     async fn delete(&self, key: &str) -> Result<(), MediaError> {
         self.0.delete(key).await
     }
+    async fn get(&self, key: &str, max: usize) -> Result<Bytes, MediaError> {
+        self.0.get(key, max).await
+    }
     fn base_url(&self) -> &str {
         self.0.base_url()
     }

@@ -453,6 +453,55 @@ impl Feed {
     }
 }
 
+/// Automatic post tags (docs/tagging.md).
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Tags")]
+pub(crate) struct Tags {
+    /// Folder of the compiled Korean dictionary mecab-ko-dic (sys.dic, matrix.bin, char.bin,
+    /// unk.dic, dicrc; e.g. the mecab_ko_dic/dictionary folder of PyPI's python-mecab-ko-dic):
+    /// hashtags are stored as their last noun (서울여행 → 여행). Unset: <data_dir>/mecab-ko-dic
+    /// when it exists, else hashtags are stored as written.
+    #[arg(long)]
+    pub tags_dictionary: Option<std::path::PathBuf>,
+    /// Image labels: a Google Cloud Vision API key; setting it (or the credentials file) turns
+    /// labelling of each post's first image on. Unset: no AI tags.
+    #[arg(long, hide_env_values = true)]
+    pub tags_vision_api_key: Option<String>,
+    /// Image labels: a Google service-account JSON key file, exchanged for OAuth2 access tokens
+    /// (used instead of the API key).
+    #[arg(long)]
+    pub tags_vision_credentials: Option<std::path::PathBuf>,
+    /// Image labels: the Vision images:annotate URL.
+    #[arg(long, default_value = social::tagging::labels::VISION_ENDPOINT)]
+    pub tags_vision_endpoint: String,
+    /// Image labels: bound on each Vision call, seconds (1-120).
+    #[arg(long, default_value_t = 10)]
+    pub tags_vision_timeout_secs: u64,
+}
+
+impl Tags {
+    /// The Vision client's settings (`None`: labelling off).
+    pub(crate) fn vision(&self) -> anyhow::Result<Option<social::tagging::labels::VisionConfig>> {
+        use social::tagging::labels::{Credentials, ServiceAccount, VisionConfig};
+        let credentials = match (&self.tags_vision_credentials, &self.tags_vision_api_key) {
+            (Some(path), _) => {
+                let json = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("INSTAR_TAGS_VISION_CREDENTIALS {}: {e}", path.display())
+                })?;
+                Credentials::ServiceAccount(ServiceAccount::from_json(&json).map_err(|e| {
+                    anyhow::anyhow!("INSTAR_TAGS_VISION_CREDENTIALS {}: {e}", path.display())
+                })?)
+            }
+            (None, Some(key)) if !key.is_empty() => Credentials::ApiKey(key.clone()),
+            _ => return Ok(None),
+        };
+        let mut cfg = VisionConfig::new(credentials);
+        cfg.endpoint.clone_from(&self.tags_vision_endpoint);
+        cfg.timeout = std::time::Duration::from_secs(self.tags_vision_timeout_secs.clamp(1, 120));
+        Ok(Some(cfg))
+    }
+}
+
 /// Google sign-in (OpenID Connect).
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[command(next_help_heading = "Google sign-in")]

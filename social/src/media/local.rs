@@ -259,6 +259,23 @@ impl Storage for LocalStorage {
         Ok(())
     }
 
+    async fn get(&self, key: &str, max: usize) -> Result<Bytes, MediaError> {
+        let path = self
+            .path_of(key)
+            .ok_or_else(|| MediaError::Storage(format!("invalid key {key:?}")))?;
+        let len = tokio::fs::metadata(&path)
+            .await
+            .map_err(|e| MediaError::Storage(format!("cannot read {key}: {e}")))?
+            .len();
+        if len > max as u64 {
+            return Err(MediaError::Storage(format!("{key} is over {max} bytes")));
+        }
+        tokio::fs::read(&path)
+            .await
+            .map(Bytes::from)
+            .map_err(|e| MediaError::Storage(format!("cannot read {key}: {e}")))
+    }
+
     async fn delete(&self, key: &str) -> Result<(), MediaError> {
         let path = self
             .path_of(key)

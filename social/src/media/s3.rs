@@ -263,6 +263,33 @@ impl Storage for S3Storage {
             .map_err(|e| sdk_err(&format!("cannot store {key}"), &e))
     }
 
+    async fn get(&self, key: &str, max: usize) -> Result<Bytes, MediaError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("cannot read {key}"), &e))?;
+        if out.content_length().is_some_and(|n| n > max as i64) {
+            return Err(MediaError::Storage(format!("{key} is over {max} bytes")));
+        }
+        let mut body = out.body;
+        let mut buf = bytes::BytesMut::new();
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| MediaError::Storage(format!("cannot read {key}: {e}")))?
+        {
+            if buf.len() + chunk.len() > max {
+                return Err(MediaError::Storage(format!("{key} is over {max} bytes")));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+
     async fn delete(&self, key: &str) -> Result<(), MediaError> {
         self.client
             .delete_object()

@@ -48,6 +48,9 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// Deletes the object under `key`. Deleting a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<(), MediaError>;
 
+    /// The bytes stored under `key`, at most `max` of them (a larger object is an error).
+    async fn get(&self, key: &str, max: usize) -> Result<Bytes, MediaError>;
+
     /// The base URL objects are reached under, without a trailing slash: the URL of `key` is
     /// `{base_url}/{key}`.
     fn base_url(&self) -> &str;

@@ -491,7 +491,8 @@ struct PostData {
 }
 
 /// Normalises a hashtag as the frontend does (contract §6.3): trimmed, leading `#` removed,
-/// lower-cased. The morphological last-noun rule of the original is not applied (yet).
+/// lower-cased. The last-noun rule follows in `create` when the dictionary is loaded
+/// ([`crate::tagging::nouns`]).
 pub fn normalize_hashtag(raw: &str) -> String {
     raw.trim().trim_start_matches('#').trim().to_lowercase()
 }
@@ -649,7 +650,11 @@ async fn create(ctx: Ctx, user: String, form: FormData) -> ApiResult {
     if images.is_empty() {
         return Err(ApiError::bad_request());
     }
-    let input = parse_post_data(&data, images.len())?;
+    let mut input = parse_post_data(&data, images.len())?;
+    if let Some(nouns) = ctx.extension::<crate::tagging::nouns::Nouns>() {
+        // Contract §6.3: each hashtag becomes its last noun (`서울여행` → `여행`), then repeats go.
+        input.hashtags = nouns.normalise_all(input.hashtags.iter().map(String::as_str));
+    }
     ctx.quota(&user, Write::Post, 1).await?;
     let bytes: usize = images.iter().map(Bytes::len).sum();
     ctx.upload_quota(&user, images.len() as u64, bytes as u64)
@@ -691,11 +696,15 @@ async fn create(ctx: Ctx, user: String, form: FormData) -> ApiResult {
         return Err(err);
     }
     let now = now_micros();
-    let inserted = insert_post(&ctx.store, &user, &input, &stored, now).await;
+    let tagger = ctx.extension::<crate::tagging::worker::Tagger>();
+    let inserted = insert_post(&ctx.store, &user, &input, &stored, now, tagger.is_some()).await;
     ctx.cache.changed(&[Change::Posts(user.clone())]).await;
     match inserted {
         Ok((post_id, tagged)) => {
             guard.commit();
+            if let Some(tagger) = tagger {
+                tagger.wake();
+            }
             for recipient in tagged {
                 let alarm = Alarm::PostTag {
                     create_at: now,
@@ -722,7 +731,9 @@ async fn insert_post(
     input: &PostInput,
     images: &[StoredImage],
     now: i64,
+    label: bool,
 ) -> Result<(i64, Vec<String>), ApiError> {
+    let label = label && !images.is_empty();
     let mut tagged: Vec<String> = Vec::new();
     for (u, _, _) in input.tags.iter().flatten() {
         if !tagged.contains(u) {
@@ -767,6 +778,10 @@ async fn insert_post(
         }
     }
     posts::insert_hashtags(tx.conn(), store.dialect(), post_id, &input.hashtags).await?;
+    if label {
+        // The first image is labelled after the commit, off the request path (§6.1 d).
+        crate::tagging::worker::stage(tx.conn(), post_id, now).await?;
+    }
     posts::add_post_count(tx.conn(), user, 1).await?;
     let mut notify = Vec::new();
     for u in tagged {

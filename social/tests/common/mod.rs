@@ -127,6 +127,7 @@ impl TestApp {
             public_url: social::public_url::PublicUrl::default(),
             google: None,
             interest_recompute: None,
+            tags: social::tagging::TagsConfig::default(),
         };
         tweak(&mut cfg);
         let bus = Bus::in_process(Registry::in_process(), InProcessConfig::default());

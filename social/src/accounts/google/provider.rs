@@ -180,6 +180,8 @@ pub struct Answer {
     pub status: StatusCode,
     /// The body (at most the bound asked for).
     pub body: Bytes,
+    /// `Retry-After` in seconds, when the answer carries one.
+    pub retry_after: Option<Duration>,
 }
 
 impl HttpClient {
@@ -217,6 +219,12 @@ impl HttpClient {
         let call = async {
             let res = self.inner.request(req).await.map_err(|e| e.to_string())?;
             let status = res.status();
+            let retry_after = res
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
             let declared = res
                 .headers()
                 .get(header::CONTENT_LENGTH)
@@ -230,7 +238,11 @@ impl HttpClient {
                 .await
                 .map_err(|e| format!("response body: {e}"))?
                 .to_bytes();
-            Ok(Answer { status, body })
+            Ok(Answer {
+                status,
+                body,
+                retry_after,
+            })
         };
         tokio::time::timeout(self.timeout, call)
             .await
