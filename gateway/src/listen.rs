@@ -526,8 +526,10 @@ async fn idle(activity: &Activity, waiting: Duration, open: Duration) -> bool {
         if now >= deadline {
             return between;
         }
-        // A request may end meanwhile: look again within `waiting`.
-        let wake = deadline.min(now + waiting);
+        // A request may start or end meanwhile: look again within the shorter of the two limits
+        // (a request that starts while this waits out a longer `waiting` must still be held to
+        // `open`).
+        let wake = deadline.min(now + waiting.min(open));
         tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
     }
 }
