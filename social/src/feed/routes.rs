@@ -5,7 +5,8 @@
 //! by the stored pointer. A request without `pages` (a fresh load) serves the page at the pointer
 //! (after rebuilding the list if the profile changed since it was built, so the last like,
 //! comment or view shows at once); with `pages`, it must equal the pointer (else 400 `BR`, also
-//! when there is no list). The answer carries `pointer` = the page served; the frontend then asks
+//! when there is no list), except right after a rebuild (pointer 0), which serves the new list's
+//! first page so that a frontend scrolling through the old list carries on instead of stopping. The answer carries `pointer` = the page served; the frontend then asks
 //! `pages=pointer+1`. Pages keep the list's order; `isLiked` is the viewer's. Served posts become
 //! "seen" (left out of the next lists). Once the list is used up, the non-personalised tiers
 //! follow without the list's posts: the list's last page is topped up to 30 from them and

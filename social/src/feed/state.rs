@@ -72,7 +72,10 @@ pub trait FeedState: Send + Sync + std::fmt::Debug + 'static {
         ids: &[i64],
         lease: Option<&Lease>,
     ) -> Result<bool, KvError>;
-    /// Serves the page at the pointer (checked against `pages` when given) and advances it.
+    /// Serves the page at the pointer (checked against `pages` when given) and advances it. A
+    /// pointer at 0 accepts any `pages`: the list was rebuilt (every rebuild resets the pointer)
+    /// while the frontend was paging through the old one, and its first page carries on the
+    /// scroll rather than a `BR` that would stop it (the new list leaves out what was served).
     async fn take_page(&self, user: &str, pages: Option<i64>, size: usize)
     -> Result<Page, KvError>;
     /// `user`'s whole list (None: no list).
@@ -183,7 +186,9 @@ impl FeedState for MemoryFeedState {
             inner.lists.remove(user);
             return Ok(Page::NoList);
         }
-        if pages.is_some_and(|p| p != entry.pointer) {
+        // Pointer 0 with `pages` given: the list was rebuilt while the frontend paged through the
+        // old one; its first page carries on the scroll (see [`FeedState::take_page`]).
+        if pages.is_some_and(|p| p != entry.pointer && entry.pointer != 0) {
             return Ok(Page::Mismatch);
         }
         let Some((ids, last)) = page_of(&entry.ids, entry.pointer, size) else {
@@ -383,7 +388,7 @@ impl FeedState for RedisFeedState {
         // Answers {'N'} no list, {'M'} mismatch, {'U'} used up, or {'S', pointer, last, ids…}.
         const SCRIPT: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return {'N'} end \
              local ptr = tonumber(redis.call('GET', KEYS[2]) or '0') \
-             if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= ptr then return {'M'} end \
+             if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= ptr and ptr ~= 0 then return {'M'} end \
              local size = tonumber(ARGV[2]) \
              local n = redis.call('LLEN', KEYS[1]) - 1 \
              local start = ptr * size \
@@ -576,8 +581,10 @@ mod tests {
         assert_eq!(state.take_page(user, None, 30).await.unwrap(), Page::UsedUp);
         assert_eq!(state.list(user).await.unwrap(), Some(vec![]));
         assert!(state.put_list(user, &[7], None).await.unwrap());
+        // Rebuilt while the frontend was on page 3 of the old list: its next request gets the new
+        // list's first page (pointer 0) instead of BR, and carries on with `pages=1`.
         assert_eq!(
-            state.take_page(user, Some(0), 30).await.unwrap(),
+            state.take_page(user, Some(3), 30).await.unwrap(),
             Page::Served {
                 pointer: 0,
                 ids: vec![7],
