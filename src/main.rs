@@ -13,6 +13,7 @@ mod settings;
 mod social_cmd;
 mod social_config;
 mod static_files;
+mod telemetry;
 
 use std::sync::Arc;
 
@@ -21,7 +22,6 @@ use broker_bridge::{Bus, InProcessConfig, Registry};
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use gateway::Gateway;
 use gateway::destination::PrefixPolicy;
-use tracing_subscriber::EnvFilter;
 use warp::Filter as _;
 
 #[derive(Debug, Parser)]
@@ -119,34 +119,44 @@ impl Run {
             Run::ConfigReference | Run::Probe(_) => "text",
         }
     }
-}
 
-/// The log subscriber: `INSTAR_LOG` (default `info`) filters, `format` (`text` or `json`) shapes
-/// the lines on stderr. warp's per-request lines (`warp::filters::trace`, two a request) stay off
-/// unless `INSTAR_LOG` names them: the request span's fields are on every line logged in it.
-fn init_logs(format: &str) -> anyhow::Result<()> {
-    let spec = std::env::var("INSTAR_LOG").unwrap_or_else(|_| "info".to_owned());
-    let spec = if spec.contains("warp::filters::trace") {
-        spec
-    } else {
-        format!("{spec},warp::filters::trace=off")
-    };
-    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
-    match format {
-        "text" => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        "json" => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .init(),
-        other => anyhow::bail!("log_format must be text or json, not {other:?}"),
+    /// Span export, when `otlp_endpoint` is set: the process role and its node id. The node id
+    /// of `serve` and `gateway` is settled here (a random one when unset), so the spans and the
+    /// node name the same node.
+    fn otlp(&mut self) -> Option<telemetry::Otlp> {
+        let random_node = || format!("node-{}", gateway::random_id(6));
+        let (endpoint, role, node) = match self {
+            Run::Serve(l) => {
+                let node = l
+                    .value
+                    .stomp
+                    .node_id
+                    .get_or_insert_with(random_node)
+                    .clone();
+                (l.value.ops.otlp_endpoint.clone(), "serve", node)
+            }
+            Run::Gateway(l) => {
+                let node = l
+                    .value
+                    .stomp
+                    .node_id
+                    .get_or_insert_with(random_node)
+                    .clone();
+                (l.value.ops.otlp_endpoint.clone(), "gateway", node)
+            }
+            Run::Social(l) => (
+                l.value.ops.otlp_endpoint.clone(),
+                "social",
+                format!("social-{}", gateway::random_id(6)),
+            ),
+            Run::ConfigReference | Run::Probe(_) => return None,
+        };
+        Some(telemetry::Otlp {
+            endpoint: endpoint.filter(|e| !e.is_empty())?,
+            role,
+            node,
+        })
     }
-    Ok(())
 }
 
 /// mimalloc: many small, short-lived allocations per request (JSON, headers, frames) from
@@ -161,7 +171,7 @@ fn main() -> anyhow::Result<()> {
     if let Err(e) = Cli::from_arg_matches(&matches) {
         e.exit();
     }
-    let run = Run::from_matches(&cmd, &matches)?;
+    let mut run = Run::from_matches(&cmd, &matches)?;
     if let Some(json) = run.printed_config()? {
         println!("{json}");
         return Ok(());
@@ -170,18 +180,22 @@ fn main() -> anyhow::Result<()> {
         print!("{}", settings::reference::render(&cmd, &setting_keys)?);
         return Ok(());
     }
-    init_logs(run.log_format())?;
+    let otlp = run.otlp();
+    let telemetry = telemetry::init(run.log_format(), otlp)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    match run {
+    let result = match run {
         Run::Serve(loaded) => runtime.block_on(serve(loaded.resolve()?)),
         Run::Gateway(loaded) => runtime.block_on(node::run(loaded.resolve()?)),
         Run::Social(loaded) => runtime.block_on(social_cmd::run(loaded.value)),
         Run::ConfigReference => Ok(()),
         Run::Probe(args) => runtime.block_on(probe::run(args)),
-    }
+    };
+    drop(runtime);
+    telemetry.shutdown();
+    result
 }
 
 async fn serve(cfg: config::Settings) -> anyhow::Result<()> {

@@ -3,10 +3,16 @@
 //! gateway A sends to a room; Bob on gateway B receives it; the log lines the message leaves on
 //! gateway A (the command submitted), on the social process (the chat command) and on gateway B
 //! (the delivery) share one W3C trace id, and a REST request's lines carry its request id.
+//!
+//! The processes also export their spans (`INSTAR_OTLP_ENDPOINT`) to a fake OpenTelemetry
+//! collector in the test (OTLP/HTTP, protobuf): the message's spans on the three processes form
+//! one trace, each naming its process; the social process's spans, held back by a long batch
+//! delay, arrive when it shuts down.
 #![allow(clippy::unwrap_used)]
 
 mod scaleout_support;
 
+use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,9 +22,111 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// One span as a collector received it.
+#[derive(Debug, Clone)]
+struct Exported {
+    service: String,
+    instance: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    attributes: HashMap<String, String>,
+}
+
+/// A fake OpenTelemetry collector: `POST /v1/traces` with an OTLP protobuf body; the spans kept.
+struct Collector {
+    url: String,
+    spans: Arc<Mutex<Vec<Exported>>>,
+}
+
+impl Collector {
+    async fn start() -> Collector {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+        use prost::Message as _;
+        use warp::Filter as _;
+        fn text(v: Option<&AnyValue>) -> String {
+            match v.and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) => s.clone(),
+                Some(any_value::Value::IntValue(i)) => i.to_string(),
+                Some(any_value::Value::BoolValue(b)) => b.to_string(),
+                other => format!("{other:?}"),
+            }
+        }
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let sink = spans.clone();
+        let route = warp::post()
+            .and(warp::path!("v1" / "traces"))
+            .and(warp::header::exact(
+                "content-type",
+                "application/x-protobuf",
+            ))
+            .and(warp::body::bytes())
+            .map(move |body: bytes::Bytes| {
+                let req = ExportTraceServiceRequest::decode(body).expect("an OTLP trace export");
+                let mut got = sink.lock().unwrap();
+                for rs in req.resource_spans {
+                    let resource: HashMap<String, String> = rs
+                        .resource
+                        .map(|r| r.attributes)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|kv| (kv.key, text(kv.value.as_ref())))
+                        .collect();
+                    for span in rs.scope_spans.into_iter().flat_map(|ss| ss.spans) {
+                        got.push(Exported {
+                            service: resource["service.name"].clone(),
+                            instance: resource["service.instance.id"].clone(),
+                            name: span.name,
+                            trace_id: hex(&span.trace_id),
+                            span_id: hex(&span.span_id),
+                            parent_span_id: hex(&span.parent_span_id),
+                            attributes: span
+                                .attributes
+                                .into_iter()
+                                .map(|kv| (kv.key, text(kv.value.as_ref())))
+                                .collect(),
+                        });
+                    }
+                }
+                warp::http::Response::builder()
+                    .header("content-type", "application/x-protobuf")
+                    .body(Vec::<u8>::new())
+                    .unwrap()
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        Collector {
+            url: format!("http://{addr}"),
+            spans,
+        }
+    }
+
+    fn spans(&self) -> Vec<Exported> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// The first span `pick` finds among those received within 20 s.
+    async fn eventually(&self, what: &str, pick: impl Fn(&Exported) -> bool) -> Exported {
+        for _ in 0..400 {
+            if let Some(s) = self.spans().into_iter().find(|s| pick(s)) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no exported span: {what}; got {:#?}", self.spans());
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A process logging JSON, its lines kept.
 struct Proc {
-    _child: Child,
+    child: Child,
     addr: String,
     lines: Arc<Mutex<Vec<Value>>>,
 }
@@ -64,11 +172,7 @@ impl Proc {
                 sink.lock().unwrap().push(v);
             }
         });
-        Proc {
-            _child: child,
-            addr,
-            lines,
-        }
+        Proc { child, addr, lines }
     }
 
     /// The lines whose message is `message`.
@@ -118,6 +222,7 @@ async fn one_chat_message_shares_a_trace_id_on_both_gateways_and_the_social_proc
     let db_url = format!("{}/{}", mysql.trim_end_matches('/'), services.prefix);
     migrations::create_database(&db_url).await.unwrap();
     let data = std::env::temp_dir().join(format!("instar-{}", services.prefix));
+    let collector = Collector::start().await;
     let common = |extra: &[(&'static str, String)]| {
         let mut v: Vec<(&'static str, String)> = vec![
             ("INSTAR_AMQP_URL", services.amqp.clone()),
@@ -126,6 +231,9 @@ async fn one_chat_message_shares_a_trace_id_on_both_gateways_and_the_social_proc
             ("INSTAR_JWT_SECRET", SECRET.into()),
             ("INSTAR_DATABASE_URL", db_url.clone()),
             ("INSTAR_LISTEN", "127.0.0.1:0".into()),
+            ("INSTAR_OTLP_ENDPOINT", collector.url.clone()),
+            // Batches every 100 ms (the social process overrides it).
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
         ];
         v.extend_from_slice(extra);
         v
@@ -136,6 +244,9 @@ async fn one_chat_message_shares_a_trace_id_on_both_gateways_and_the_social_proc
         &common(&[
             ("INSTAR_REDIS_PREFIX", format!("{}:", services.prefix)),
             ("INSTAR_DATA_DIR", data.display().to_string()),
+            // Its spans wait for the shutdown's flush.
+            ("OTEL_BSP_SCHEDULE_DELAY", "3600000".into()),
+            ("INSTAR_DRAIN_SECS", "1".into()),
         ]),
     )
     .await;
@@ -268,6 +379,76 @@ async fn one_chat_message_shares_a_trace_id_on_both_gateways_and_the_social_proc
     assert_eq!(handled["spans"][0]["room"], room);
     // Gateway B: the delivery to Bob's subscription.
     eventually_logged(&gw_b, "delivering", &trace).await;
+
+    // The exported spans: gateway A's command (its trace id is the one logged and passed on)...
+    let submit = collector
+        .eventually("gateway A's submit", |s| {
+            s.name == "submit" && s.trace_id == trace
+        })
+        .await;
+    assert_eq!(submit.service, "instar-gateway");
+    assert_eq!(submit.instance, format!("{}a", services.prefix));
+    assert_eq!(submit.attributes["user"], "alice01");
+    assert_eq!(submit.attributes["session"], alice.session);
+    assert_eq!(submit.attributes["destination"], "/app/send");
+    assert_eq!(
+        submit.parent_span_id, "",
+        "a trace of its own, not the session's"
+    );
+    // ... gateway B's delivery, in the same trace ...
+    let deliver = collector
+        .eventually("gateway B's delivery to the room", |s| {
+            s.name == "deliver"
+                && s.trace_id == trace
+                && s.instance == format!("{}b", services.prefix)
+                && s.attributes.get("destination") == Some(&topic)
+        })
+        .await;
+    assert_eq!(deliver.service, "instar-gateway");
+    // ... and the social process's, sent at its shutdown (its batch delay is an hour).
+    assert!(
+        !collector
+            .spans()
+            .iter()
+            .any(|s| s.service == "instar-social"),
+        "the social process's spans wait for its shutdown"
+    );
+    let mut social = social;
+    let pid = social.child.id().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), social.child.wait())
+        .await
+        .expect("the social process stops on SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let command = collector
+        .eventually("the social process's chat command", |s| {
+            s.name == "command" && s.trace_id == trace
+        })
+        .await;
+    assert_eq!(command.service, "instar-social");
+    assert_eq!(command.attributes["user"], "alice01");
+    assert_eq!(command.attributes["room"], room.to_string());
+    assert_eq!(
+        command.parent_span_id, submit.span_id,
+        "the chat command is a child of gateway A's span"
+    );
+    assert_eq!(
+        deliver.parent_span_id, command.span_id,
+        "the delivery is a child of the chat command's span"
+    );
+    // REST requests are spans too, with their request id.
+    let request = collector
+        .eventually("a sign-up request", |s| {
+            s.name == "request"
+                && s.attributes.get("request_id").map(String::as_str) == Some("req-alice01")
+        })
+        .await;
+    assert_eq!(request.service, "instar-social");
 
     drop((alice, bob, gw_a, gw_b, social));
     let _ = std::fs::remove_dir_all(&data);

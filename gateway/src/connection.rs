@@ -630,24 +630,47 @@ impl Driver<'_> {
                         broker_bridge::COMMAND_KEY_HEADER.to_owned(),
                         format!("{}.{}", self.command_prefix, self.commands),
                     ));
-                    // The trace context travels with the command (the client's own
-                    // `traceparent` when it sent a well-formed one).
-                    if broker_bridge::trace::trace_id_in(&headers).is_none() {
-                        headers.retain(|(k, _)| k != broker_bridge::trace::TRACEPARENT);
-                        let mut rng = rand::rng();
-                        headers.push((
-                            broker_bridge::trace::TRACEPARENT.to_owned(),
+                    // Exported spans: one a command, a trace root of its own (a session lives for
+                    // hours), a child of the client's `traceparent` when it sent a well-formed
+                    // one. The trace context travels with the command: this span's when spans are
+                    // exported, else the client's, else a new one.
+                    let span = if !broker_bridge::trace::exporting() {
+                        tracing::Span::none()
+                    } else {
+                        tracing::info_span!(
+                            parent: None,
+                            "submit",
+                            session = %self.session.id(),
+                            node = %self.gw.node,
+                            user = %principal,
+                            %destination,
+                            trace_id = tracing::field::Empty,
+                        )
+                    };
+                    let client_trace = headers
+                        .iter()
+                        .find(|(k, v)| {
+                            k == broker_bridge::trace::TRACEPARENT
+                                && broker_bridge::trace::trace_id(v).is_some()
+                        })
+                        .map(|(_, v)| v.clone());
+                    if let Some(tp) = &client_trace {
+                        broker_bridge::trace::set_parent(&span, tp);
+                    }
+                    let traceparent = broker_bridge::trace::traceparent_of(&span)
+                        .or(client_trace)
+                        .unwrap_or_else(|| {
+                            let mut rng = rand::rng();
                             broker_bridge::trace::traceparent(
                                 rand::Rng::random_range(&mut rng, 1..=u128::MAX),
                                 rand::Rng::random_range(&mut rng, 1..=u64::MAX),
-                            ),
-                        ));
-                    }
-                    tracing::debug!(
-                        trace_id = broker_bridge::trace::trace_id_in(&headers).unwrap_or("-"),
-                        %destination,
-                        "command submitted"
-                    );
+                            )
+                        });
+                    let trace_id = broker_bridge::trace::trace_id(&traceparent).unwrap_or("-");
+                    span.record("trace_id", trace_id);
+                    tracing::debug!(trace_id, %destination, "command submitted");
+                    headers.retain(|(k, _)| k != broker_bridge::trace::TRACEPARENT);
+                    headers.push((broker_bridge::trace::TRACEPARENT.to_owned(), traceparent));
                     let cmd = AppCommand {
                         destination,
                         principal,
@@ -656,7 +679,11 @@ impl Driver<'_> {
                         headers,
                         body,
                     };
-                    match self.gw.bus.submit(cmd).await {
+                    let submitted = {
+                        use tracing::Instrument as _;
+                        self.gw.bus.submit(cmd).instrument(span).await
+                    };
+                    match submitted {
                         Ok(()) => {
                             self.gw.metrics.commands.fetch_add(1, Ordering::Relaxed);
                             if let Some(r) = receipt {

@@ -312,15 +312,31 @@ impl Hub {
         let env = &delivery.envelope;
         let mut extra = stomp::Headers::default();
         let mut message_id = None;
+        // A traced message (a chat message's broadcast or alarm) is logged (debug) with its trace
+        // id and, when spans are exported, delivered in a span that is a child of the sender's.
+        let span = env
+            .headers
+            .iter()
+            .find(|(k, _)| k == broker_bridge::trace::TRACEPARENT)
+            .and_then(|(_, v)| {
+                let trace_id = broker_bridge::trace::trace_id(v).unwrap_or("-");
+                tracing::debug!(trace_id, %destination, recipients = subs.len(), "delivering");
+                broker_bridge::trace::exporting().then(|| {
+                    let span = tracing::info_span!(
+                        parent: None,
+                        "deliver",
+                        %destination,
+                        recipients = subs.len(),
+                        trace_id,
+                    );
+                    broker_bridge::trace::set_parent(&span, v);
+                    span
+                })
+            });
+        let _entered = span.as_ref().map(tracing::Span::enter);
         for (k, v) in &env.headers {
             if k == broker_bridge::trace::TRACEPARENT {
                 // The trace context stays between processes (not passed on to clients).
-                tracing::debug!(
-                    trace_id = broker_bridge::trace::trace_id(v).unwrap_or("-"),
-                    %destination,
-                    recipients = subs.len(),
-                    "delivering"
-                );
                 continue;
             }
             extra.push(k, v);

@@ -316,14 +316,23 @@ pub fn sane_request_id(id: &[u8]) -> bool {
 
 /// The span of one REST request: `request_id` and `user` are recorded by [`request_id`] and
 /// [`authed`] as they become known (`warp::trace` enters it around the whole route).
+/// Exported spans: a child of the caller's `traceparent` header when it sent a well-formed one.
 pub fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         request_id = tracing::field::Empty,
         method = %info.method(),
         path = %info.path(),
         user = tracing::field::Empty,
-    )
+    );
+    if let Some(tp) = info
+        .request_headers()
+        .get(broker_bridge::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        broker_bridge::trace::set_parent(&span, tp);
+    }
+    span
 }
 
 /// The request id: the incoming `X-Request-Id` when [`sane_request_id`], else a new one (a v4

@@ -227,6 +227,14 @@ pub(crate) struct Ops {
     /// chooses what is logged.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// OpenTelemetry span export: the OTLP/HTTP (protobuf) address of a collector, e.g.
+    /// `http://127.0.0.1:4318` (spans go to `<url>/v1/traces`; a URL ending in `/v1/traces` is
+    /// used as is). Spans are sent in batches from a thread of their own, never holding up a
+    /// request, and flushed at shutdown; `service.name` is `instar-<command>`,
+    /// `service.instance.id` the node id. `OTEL_*` variables tune the batches and the resource.
+    /// Unset: no export.
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The load-test handlers.

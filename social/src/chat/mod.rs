@@ -351,7 +351,7 @@ impl AppHandler for ChatHandler {
 
     /// A send is queued to the writer in the session's order and answered later, so a session's
     /// next send can join the same batch; read receipts are handled to the end.
-    async fn start(&self, cmd: AppCommand) -> Result<Completion, HandlerError> {
+    async fn start(&self, mut cmd: AppCommand) -> Result<Completion, HandlerError> {
         use tracing::Instrument as _;
         // One span a command: every line its handling logs names the user, session, node and room
         // and, when the sending gateway passed one on, the trace (`traceparent`).
@@ -365,6 +365,19 @@ impl AppHandler for ChatHandler {
         );
         if let Some(trace) = broker_bridge::trace::trace_id_in(&cmd.headers) {
             span.record("trace_id", trace);
+        }
+        // Exported spans: this one is a child of the gateway's, and the message's pushes name it
+        // as their parent (same trace id either way).
+        if let Some((_, tp)) = cmd
+            .headers
+            .iter_mut()
+            .find(|(k, _)| k == broker_bridge::trace::TRACEPARENT)
+            && broker_bridge::trace::trace_id(tp).is_some()
+        {
+            broker_bridge::trace::set_parent(&span, tp);
+            if let Some(own) = broker_bridge::trace::traceparent_of(&span) {
+                *tp = own;
+            }
         }
         self.start_in(cmd).instrument(span).await
     }
