@@ -890,7 +890,9 @@ impl RegistryBackend for RedisRegistry {
     async fn worker_leave(&self, worker: &str) -> Result<(), BusError> {
         let inner = &self.inner;
         let mut conn = inner.conn.clone();
-        let result: Result<i64, _> = conn.zrem(format!("{}workers", inner.prefix()), worker).await;
+        let result: Result<i64, _> = conn
+            .zrem(format!("{}workers", inner.prefix()), worker)
+            .await;
         inner.ok(result).map(|_| ())
     }
 

@@ -107,8 +107,8 @@ impl Worker {
                                 running.insert(session, index);
                             }
                             // Uneven handler times.
-                            let micros = u64::try_from((seq * 7919 + session * 104_729) % 2500)
-                                .unwrap_or(0);
+                            let micros =
+                                u64::try_from((seq * 7919 + session * 104_729) % 2500).unwrap_or(0);
                             tokio::time::sleep(Duration::from_micros(micros)).await;
                             journal
                                 .handled
@@ -217,18 +217,26 @@ async fn command_shards_spread_over_workers_and_move_when_one_dies() {
     };
 
     let mut w0 = Worker::start(&env, 0, journal.clone());
-    eventually(Duration::from_secs(10), "one worker owns every shard", || {
-        let owned = w0.owned();
-        async move { owned == u64::from(SHARDS) }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "one worker owns every shard",
+        || {
+            let owned = w0.owned();
+            async move { owned == u64::from(SHARDS) }
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let mut w1 = Worker::start(&env, 1, journal.clone());
-    eventually(Duration::from_secs(10), "two workers share the shards", || {
-        let owned = (w0.owned(), w1.owned());
-        async move { owned == (4, 4) }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "two workers share the shards",
+        || {
+            let owned = (w0.owned(), w1.owned());
+            async move { owned == (4, 4) }
+        },
+    )
     .await;
     let handled_w1 = journal.per_worker[1].load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -238,10 +246,16 @@ async fn command_shards_spread_over_workers_and_move_when_one_dies() {
     );
 
     let mut w2 = Worker::start(&env, 2, journal.clone());
-    eventually(Duration::from_secs(10), "three workers share the shards", || {
-        let owned = [w0.owned(), w1.owned(), w2.owned()];
-        async move { owned.iter().sum::<u64>() == u64::from(SHARDS) && owned.iter().all(|&n| n >= 2) }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "three workers share the shards",
+        || {
+            let owned = [w0.owned(), w1.owned(), w2.owned()];
+            async move {
+                owned.iter().sum::<u64>() == u64::from(SHARDS) && owned.iter().all(|&n| n >= 2)
+            }
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for (i, n) in journal.per_worker.iter().enumerate() {
@@ -255,14 +269,21 @@ async fn command_shards_spread_over_workers_and_move_when_one_dies() {
     journal.dead[1].store(true, Ordering::SeqCst);
     let killed = Instant::now();
     w1.kill();
-    eventually(Duration::from_secs(15), "the survivors own every shard", || {
-        let owned = (w0.owned(), w2.owned());
-        async move { owned.0 + owned.1 == u64::from(SHARDS) && owned.0 >= 4 && owned.1 >= 4 }
-    })
+    eventually(
+        Duration::from_secs(15),
+        "the survivors own every shard",
+        || {
+            let owned = (w0.owned(), w2.owned());
+            async move { owned.0 + owned.1 == u64::from(SHARDS) && owned.0 >= 4 && owned.1 >= 4 }
+        },
+    )
     .await;
     let took = killed.elapsed();
     // The worker lease (1.2 s) plus a refresh period, and generous slack for a loaded machine.
-    assert!(took < Duration::from_secs(6), "shards taken over after {took:?}");
+    assert!(
+        took < Duration::from_secs(6),
+        "shards taken over after {took:?}"
+    );
     let after = [0, 2].map(|i| journal.per_worker[i].load(Ordering::SeqCst));
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.store(true, Ordering::SeqCst);
@@ -296,7 +317,10 @@ async fn command_shards_spread_over_workers_and_move_when_one_dies() {
             if seq == next {
                 next += 1;
             } else {
-                assert!(seq < next, "session {session}: {seq} before {next} ({seqs:?})");
+                assert!(
+                    seq < next,
+                    "session {session}: {seq} before {next} ({seqs:?})"
+                );
             }
         }
         assert_eq!(next, sent, "session {session} lost commands");

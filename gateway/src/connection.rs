@@ -677,8 +677,8 @@ impl Driver<'_> {
                         None => {
                             let receipt_frame = match &receipt {
                                 Some(r) => {
-                                    let frame = Frame::new(stomp::Command::Receipt)
-                                        .header("receipt-id", r);
+                                    let frame =
+                                        Frame::new(stomp::Command::Receipt).header("receipt-id", r);
                                     let mut out = BytesMut::new();
                                     if self.codec.encode(&frame, &mut out).is_err() {
                                         return Some(CloseReason::WriteError);

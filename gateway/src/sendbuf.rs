@@ -152,8 +152,7 @@ impl SendBuffer {
         let size = size_of(&cmd);
         {
             let mut st = self.state.lock();
-            if st.queue.len() >= self.config.max_commands
-                || st.bytes + size > self.config.max_bytes
+            if st.queue.len() >= self.config.max_commands || st.bytes + size > self.config.max_bytes
             {
                 drop(st);
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -210,7 +209,9 @@ impl SendBuffer {
             };
             // Submitted together: the bus keeps the order of commands queued on one shard, so a
             // session's commands stay in order.
-            let results = futures_util::future::join_all(batch.iter().map(|cmd| bus.submit(cmd.clone()))).await;
+            let results =
+                futures_util::future::join_all(batch.iter().map(|cmd| bus.submit(cmd.clone())))
+                    .await;
             let ok = results.iter().take_while(|r| r.is_ok()).count();
             let done: Vec<Held> = {
                 let mut st = self.state.lock();

@@ -150,7 +150,10 @@ async fn sends_wait_in_the_node_buffer_through_a_broker_outage() {
     rabbit.stop();
     let deadline = Instant::now() + Duration::from_secs(10);
     while bus.accepts_commands_now() {
-        assert!(Instant::now() < deadline, "the bus did not notice the outage");
+        assert!(
+            Instant::now() < deadline,
+            "the bus did not notice the outage"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // SENDs fill the buffer without waiting: all written and nothing answered yet (no ERROR).
@@ -167,7 +170,8 @@ async fn sends_wait_in_the_node_buffer_through_a_broker_outage() {
         "{f:?}"
     );
     assert!(
-        f.get(ERROR_HEADER).is_some_and(|e| e.contains("buffer is full")),
+        f.get(ERROR_HEADER)
+            .is_some_and(|e| e.contains("buffer is full")),
         "{f:?}"
     );
     let answered = started.elapsed();
@@ -175,8 +179,18 @@ async fn sends_wait_in_the_node_buffer_through_a_broker_outage() {
         answered < Duration::from_secs(2),
         "a full buffer was answered after {answered:?}"
     );
-    assert!(next_within(&mut c, Duration::from_millis(300)).await.is_none());
-    assert_eq!(gw.send_buffer.stats.held.load(std::sync::atomic::Ordering::Relaxed), BUFFER as u64);
+    assert!(
+        next_within(&mut c, Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    assert_eq!(
+        gw.send_buffer
+            .stats
+            .held
+            .load(std::sync::atomic::Ordering::Relaxed),
+        BUFFER as u64
+    );
 
     // The broker is back: the buffered SENDs are confirmed, in order.
     rabbit.restart();
@@ -228,8 +242,14 @@ async fn sends_wait_in_the_node_buffer_through_a_broker_outage() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let m = &gw.send_buffer.stats;
-    assert_eq!(m.buffered.load(std::sync::atomic::Ordering::Relaxed), BUFFER as u64);
-    assert_eq!(m.flushed.load(std::sync::atomic::Ordering::Relaxed), BUFFER as u64);
+    assert_eq!(
+        m.buffered.load(std::sync::atomic::Ordering::Relaxed),
+        BUFFER as u64
+    );
+    assert_eq!(
+        m.flushed.load(std::sync::atomic::Ordering::Relaxed),
+        BUFFER as u64
+    );
     assert_eq!(m.refused.load(std::sync::atomic::Ordering::Relaxed), 1);
 
     bus.shutdown().await;

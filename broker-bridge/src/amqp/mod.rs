@@ -27,6 +27,10 @@
 //!   `x-single-active-consumer`, so one process at a time consumes it, and that process runs the
 //!   commands of one session one after the other, in queue order (different sessions of the shard
 //!   run concurrently, up to [`AmqpConfig::work_prefetch`]).
+//! * **Shards spread over the workers.** A process with handlers keeps a lease among the command
+//!   workers in the registry and consumes only its share of the shards ([`assign_shards`]:
+//!   rendezvous hashing with bounded load over the live workers), handing a shard over by
+//!   draining it and closing its channel ([`shard_consumer`]); see `balance_shards`.
 //! * **Handler errors.** `Ok`: ack. `Rejected`/other errors/panics: logged, counted, ack (dropped).
 //!   `Transient`: retried in place after a delay doubling from [`AmqpConfig::retry_delay`], up to
 //!   [`AmqpConfig::handler_retries`] times (the session's later commands wait: order first), then
@@ -192,6 +196,34 @@ impl AmqpConfig {
         }
         .await;
         let _ = conn.close(200, "topology deleted").await;
+        result.map_err(|e| amqp_err(&e))
+    }
+
+    /// Whether the broker has the queue of gateway node `node` (`{p}.node.{node}`): for tests and
+    /// operators checking that a dead node's queue is gone.
+    pub async fn node_queue_exists(&self, node: &str) -> Result<bool, BusError> {
+        let properties = ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio::current());
+        let conn = Connection::connect(&self.url, properties)
+            .await
+            .map_err(|e| amqp_err(&e))?;
+        let result = async {
+            let channel = conn.create_channel().await?;
+            let declared = channel
+                .queue_declare(
+                    &self.node_queue(node),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            Ok::<_, lapin::Error>(declared.is_ok())
+        }
+        .await;
+        let _ = conn.close(200, "queue looked up").await;
         result.map_err(|e| amqp_err(&e))
     }
 
@@ -1017,7 +1049,10 @@ async fn supervise(shared: Arc<Shared>, first: (Arc<Live>, ConnEvents)) {
         let ready = async {
             shared.restore_nodes(&live).await?;
             if shared.has_handlers() {
-                workers.push(tokio::spawn(balance_shards(Arc::clone(&shared), Arc::clone(&live))));
+                workers.push(tokio::spawn(balance_shards(
+                    Arc::clone(&shared),
+                    Arc::clone(&live),
+                )));
             }
             Ok::<_, lapin::Error>(())
         }
@@ -1296,7 +1331,11 @@ async fn shard_consumer(
             if let Err(e) = channel.close(200, "shard handed over").await {
                 debug!(shard, error = %e, "closing a released shard's channel failed");
             }
-            debug!(shard, close_ms = started.elapsed().as_millis(), "shard released");
+            debug!(
+                shard,
+                close_ms = started.elapsed().as_millis(),
+                "shard released"
+            );
             return;
         }
         tokio::select! {
@@ -1437,7 +1476,10 @@ impl Drop for ShardRuns {
 /// takes all of them, as a lone worker would). Ends only when a consumer ended unasked or
 /// could not start; the supervisor then reconnects.
 async fn balance_shards(shared: Arc<Shared>, live: Arc<Live>) {
-    let ttl = shared.config.worker_lease_ttl.max(Duration::from_millis(300));
+    let ttl = shared
+        .config
+        .worker_lease_ttl
+        .max(Duration::from_millis(300));
     let every = ttl / 4;
     let me = shared.worker_id.clone();
     let shards = shared.config.shards();
@@ -1513,10 +1555,10 @@ async fn balance_shards(shared: Arc<Shared>, live: Arc<Live>) {
         if owned.as_ref() != Some(&now) {
             info!(worker = %me, shards = ?now, draining = draining.0.len(), "command shards taken");
             bump(&shared.counters.rebalances);
-            shared
-                .counters
-                .shards_owned
-                .store(u64::try_from(now.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
+            shared.counters.shards_owned.store(
+                u64::try_from(now.len()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
             owned = Some(now);
         }
     }
