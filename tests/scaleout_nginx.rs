@@ -164,20 +164,15 @@ async fn a_killed_node_is_swept_within_its_lease_and_clients_move_to_the_survivo
         [broker_bridge::NodeId::from(b.id.as_str())]
     );
     // Its queue (and its bindings) goes too: the node queues expire one lease TTL (at least 5 s)
-    // after their consumer went away (it was 60 s).
+    // after their consumer went away (it was 60 s). Looked at once, after that time and some
+    // slack (a lookup is a passive declaration, which may count as using the queue).
     let amqp = broker_bridge::AmqpConfig::new(&services.amqp).with_prefix(&services.prefix);
     assert!(amqp.node_queue_exists(&b.id).await.unwrap());
-    eventually(
-        Duration::from_secs(20),
-        "the dead node's queue deleted",
-        || async { !amqp.node_queue_exists(&a.id).await.unwrap_or(true) },
-    )
-    .await;
-    let queue_gone_after = killed.elapsed();
-    eprintln!("node queue gone {queue_gone_after:?} after SIGKILL");
+    tokio::time::sleep_until((killed + Duration::from_secs(5 + 4)).into()).await;
     assert!(
-        queue_gone_after <= Duration::from_secs(5 + 4),
-        "node queue gone after {queue_gone_after:?}"
+        !amqp.node_queue_exists(&a.id).await.unwrap(),
+        "the dead node's queue is still there {:?} after SIGKILL",
+        killed.elapsed()
     );
     assert!(amqp.node_queue_exists(&b.id).await.unwrap());
 
