@@ -12,7 +12,7 @@ impl Gateway {
         let h = &self.hub.metrics;
         let b = self.bus.metrics();
         let sb = &self.send_buffer.stats;
-        let rows: [(&str, &str, &str, u64); 25] = [
+        let rows: [(&str, &str, &str, u64); 27] = [
             (
                 "sessions_open",
                 "gauge",
@@ -156,6 +156,18 @@ impl Gateway {
                 "counter",
                 "SENDs refused because the node's buffer was full (error RECEIPT, or ERROR without receipt).",
                 sb.refused.load(Relaxed),
+            ),
+            (
+                "bus_work_shards_owned",
+                "gauge",
+                "Command shards this process consumes now (RabbitMQ: its share among the live command workers).",
+                b.work_shards_owned,
+            ),
+            (
+                "bus_work_rebalances_total",
+                "counter",
+                "Times this process's set of command shards changed (a worker joined or left).",
+                b.work_rebalances,
             ),
             (
                 "bus_broker_messages_total",
