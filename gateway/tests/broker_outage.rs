@@ -107,10 +107,12 @@ async fn sends_wait_in_the_node_buffer_through_a_broker_outage() {
     let bus = Bus::amqp(registry(&redis, &prefix).await, amqp.clone())
         .await
         .unwrap();
-    let mut config = GatewayConfig::default();
-    config.send_buffer = SendBufferConfig {
-        max_commands: BUFFER,
-        max_bytes: 1 << 20,
+    let config = GatewayConfig {
+        send_buffer: SendBufferConfig {
+            max_commands: BUFFER,
+            max_bytes: 1 << 20,
+        },
+        ..GatewayConfig::default()
     };
     let gw = Gateway::start(
         "gw-outage".into(),
