@@ -168,6 +168,10 @@ pub(crate) fn gateway_config(
         .max(stomp.max_body + g.limits.max_head_bytes);
     g.outbound_queue = stomp.outbound_queue.max(1);
     g.send_rate = stomp.send_rate;
+    g.send_buffer = gateway::sendbuf::SendBufferConfig {
+        max_commands: stomp.send_buffer_commands,
+        max_bytes: stomp.send_buffer_bytes,
+    };
     g.max_sessions_per_user = stomp.max_sessions_per_user;
     g.sockjs_sessions_per_address = stomp.sockjs_max_sessions_per_address;
     g.metrics_token = metrics_token;

@@ -169,6 +169,11 @@ impl NodeSettings {
     pub(crate) fn amqp_config(&self) -> broker_bridge::AmqpConfig {
         broker_bridge::AmqpConfig {
             durable_node_queues: self.durable_node_queues,
+            // A dead node's queue (and its bindings, and what was routed to it since) goes about
+            // when the registry sweeps its sessions: one lease TTL after its consumer vanished
+            // (5 s at least, so a reconnect after a broker blip finds it). It was 60 s, which
+            // kept a dead node's queue collecting persistent deliveries for a minute.
+            node_queue_expires: self.lease_ttl.max(std::time::Duration::from_secs(5)),
             ..broker_bridge::AmqpConfig::new(&self.amqp_url).with_prefix(&self.bus_prefix)
         }
     }

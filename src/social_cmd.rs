@@ -71,6 +71,7 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
     .with_context(|| format!("connecting to the session registry at {redis_url}"))?;
     let amqp = AmqpConfig {
         durable_node_queues: args.bus.durable_node_queues,
+        worker_lease_ttl: Duration::from_millis(args.bus.worker_lease_ttl_ms.max(300)),
         ..AmqpConfig::new(args.bus.amqp_url.clone()).with_prefix(&prefix)
     };
     let bus = Bus::amqp(registry, amqp)
@@ -85,6 +86,7 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
         .await
         .context("starting the social service")?;
     social::chat::register_with(&ctx, &bus, args.social.chat_writer_options());
+    ctx.add_metrics(std::sync::Arc::new(ShardMetrics(bus.clone())));
     tracing::info!(
         database = %migrations::redact(&cfg.database_url),
         "social service ready"
@@ -151,4 +153,30 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
     ctx.store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// This process's share of the chat command shards on `/metrics`.
+#[derive(Debug)]
+struct ShardMetrics(Bus);
+
+impl social::ctx::MetricsSource for ShardMetrics {
+    fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let m = self.0.metrics();
+        let _ = writeln!(
+            out,
+            "# HELP instar_bus_work_shards_owned Command shards this process consumes now (its share among the live command workers).\n# TYPE instar_bus_work_shards_owned gauge\ninstar_bus_work_shards_owned {}",
+            m.work_shards_owned
+        );
+        let _ = writeln!(
+            out,
+            "# HELP instar_bus_work_rebalances_total Times this process's set of command shards changed (a worker joined or left).\n# TYPE instar_bus_work_rebalances_total counter\ninstar_bus_work_rebalances_total {}",
+            m.work_rebalances
+        );
+        let _ = writeln!(
+            out,
+            "# HELP instar_bus_commands_handled_total Application commands handled.\n# TYPE instar_bus_commands_handled_total counter\ninstar_bus_commands_handled_total {}",
+            m.commands_handled
+        );
+    }
 }

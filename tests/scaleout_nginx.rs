@@ -163,6 +163,18 @@ async fn a_killed_node_is_swept_within_its_lease_and_clients_move_to_the_survivo
         registry.live_nodes().await.unwrap(),
         [broker_bridge::NodeId::from(b.id.as_str())]
     );
+    // Its queue (and its bindings) goes too: the node queues expire one lease TTL (at least 5 s)
+    // after their consumer went away (it was 60 s). Looked at once, after that time and some
+    // slack (a lookup is a passive declaration, which may count as using the queue).
+    let amqp = broker_bridge::AmqpConfig::new(&services.amqp).with_prefix(&services.prefix);
+    assert!(amqp.node_queue_exists(&b.id).await.unwrap());
+    tokio::time::sleep_until((killed + Duration::from_secs(5 + 4)).into()).await;
+    assert!(
+        !amqp.node_queue_exists(&a.id).await.unwrap(),
+        "the dead node's queue is still there {:?} after SIGKILL",
+        killed.elapsed()
+    );
+    assert!(amqp.node_queue_exists(&b.id).await.unwrap());
 
     // alice reconnects through nginx (the dead node is skipped) and lands on the survivor.
     let mut alice = Client::connect(&url, "alice").await;

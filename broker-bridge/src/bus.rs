@@ -111,6 +111,12 @@ pub struct BusMetrics {
     /// that wait at the same moment share one message, so under load this grows far slower than
     /// `published + commands_submitted`; in-process: always 0).
     pub broker_messages: u64,
+    /// Command shards this process consumes now (RabbitMQ: its share of the shards among the
+    /// live command workers; 0 in a process without handlers, and in-process).
+    pub work_shards_owned: u64,
+    /// Times this process's set of command shards changed (a worker joined or left, or this
+    /// process started); RabbitMQ only.
+    pub work_rebalances: u64,
 }
 
 /// An implementation of the bus. Private so that implementations live in this crate.
@@ -122,6 +128,10 @@ pub(crate) trait BusBackend: Send + Sync + fmt::Debug + 'static {
     fn register_handler(&self, prefix: &str, handler: Arc<dyn AppHandler>);
     fn health(&self) -> Health;
     fn metrics(&self) -> BusMetrics;
+    /// Whether a command submitted now would be taken without waiting for the broker.
+    fn accepts_commands_now(&self) -> bool {
+        true
+    }
     /// Detaches every node of this process and stops the bus (default: nothing to do).
     async fn shutdown(&self) {}
     /// Appends a message to a point-to-point queue.
@@ -237,6 +247,13 @@ impl Bus {
     /// `prefetch` unacknowledged. See [`crate::queues`].
     pub async fn consume(&self, queue: &str, prefetch: u16) -> Result<QueueConsumer, BusError> {
         self.backend.consume(queue, prefetch).await
+    }
+
+    /// Whether [`Bus::submit`] would be taken now rather than wait for the broker: false while
+    /// the RabbitMQ connection is down or the broker blocks publishing (a submit would wait up to
+    /// `AmqpConfig::wait_for_connection` and then fail). Always true in-process.
+    pub fn accepts_commands_now(&self) -> bool {
+        self.backend.accepts_commands_now()
     }
 
     /// Current health.

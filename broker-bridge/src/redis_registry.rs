@@ -233,7 +233,19 @@ if redis.call('GET', lkey) == ARGV[3] then redis.call('DEL', lkey) return 1 end
 return 0
 ";
 
+/// A worker's heartbeat: its expiry (server clock) in `{p}workers`, expired workers removed, the
+/// live ones returned.
+const WORKER_HEARTBEAT: &str = r"
+local key = ARGV[1] .. 'workers'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', key, now + tonumber(ARGV[3]), ARGV[2])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+return redis.call('ZRANGE', key, 0, -1)
+";
+
 struct Scripts {
+    worker_heartbeat: Script,
     register: Script,
     unregister: Script,
     sessions_of: Script,
@@ -245,6 +257,7 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
+            worker_heartbeat: Script::new(WORKER_HEARTBEAT),
             register: Script::new(REGISTER),
             unregister: Script::new(UNREGISTER),
             sessions_of: Script::new(SESSIONS_OF),
@@ -855,6 +868,32 @@ impl RegistryBackend for RedisRegistry {
 
     async fn sweep(&self) -> Result<usize, BusError> {
         self.inner.sweep().await
+    }
+
+    async fn worker_heartbeat(&self, worker: &str, ttl: Duration) -> Result<Vec<String>, BusError> {
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let result: Result<Vec<String>, _> = inner
+            .scripts
+            .worker_heartbeat
+            .arg(inner.prefix())
+            .arg(worker)
+            .arg(ttl_ms)
+            .invoke_async(&mut conn)
+            .await;
+        let mut live = inner.ok(result)?;
+        live.sort();
+        Ok(live)
+    }
+
+    async fn worker_leave(&self, worker: &str) -> Result<(), BusError> {
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        let result: Result<i64, _> = conn
+            .zrem(format!("{}workers", inner.prefix()), worker)
+            .await;
+        inner.ok(result).map(|_| ())
     }
 
     fn health(&self) -> Health {

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -29,6 +30,8 @@ pub(crate) trait RegistryBackend: Send + Sync + fmt::Debug + 'static {
     async fn hold_lease(&self, node: &NodeId) -> Result<NodeLease, BusError>;
     async fn live_nodes(&self) -> Result<Vec<NodeId>, BusError>;
     async fn sweep(&self) -> Result<usize, BusError>;
+    async fn worker_heartbeat(&self, worker: &str, ttl: Duration) -> Result<Vec<String>, BusError>;
+    async fn worker_leave(&self, worker: &str) -> Result<(), BusError>;
     fn health(&self) -> Health;
 }
 
@@ -175,6 +178,25 @@ impl Registry {
     /// (`RedisRegistryConfig::sweep_every`). In-process: does nothing.
     pub async fn sweep(&self) -> Result<usize, BusError> {
         self.backend.sweep().await
+    }
+
+    /// Command workers (processes consuming the bus's command shards): marks `worker` alive for
+    /// `ttl` and returns every worker alive now, sorted (including `worker`). Workers call it every
+    /// quarter of `ttl`; one that stops calling drops out of the list once its `ttl` has passed.
+    /// Redis: one script on the sorted set `{prefix}workers` (score = expiry in the server's
+    /// clock, so the processes' clocks do not matter). In-process: a table in this process.
+    pub async fn worker_heartbeat(
+        &self,
+        worker: &str,
+        ttl: Duration,
+    ) -> Result<Vec<String>, BusError> {
+        self.backend.worker_heartbeat(worker, ttl).await
+    }
+
+    /// Removes `worker` from the live workers at once (a process that stops cleanly), so the
+    /// others take over its shards without waiting out its TTL.
+    pub async fn worker_leave(&self, worker: &str) -> Result<(), BusError> {
+        self.backend.worker_leave(worker).await
     }
 
     /// Presence: where `user` is online, as `(node, sessions on that node)` pairs in order of the

@@ -679,9 +679,63 @@ impl Driver<'_> {
                         headers,
                         body,
                     };
-                    let submitted = {
+                    // During a broker outage (and until what it left in the node's buffer is
+                    // through) commands go to the buffer, in order (crate::sendbuf).
+                    let buffer = &self.gw.send_buffer;
+                    let direct = !buffer.enabled()
+                        || (!buffer.holds_commands() && self.gw.bus.accepts_commands_now());
+                    let submitted = if direct {
                         use tracing::Instrument as _;
-                        self.gw.bus.submit(cmd).instrument(span).await
+                        match self.gw.bus.submit(cmd.clone()).instrument(span).await {
+                            Err(broker_bridge::BusError::Unavailable(why)) if buffer.enabled() => {
+                                tracing::debug!(error = %why, "the bus did not take a command; buffering it");
+                                None
+                            }
+                            other => Some(other),
+                        }
+                    } else {
+                        None
+                    };
+                    let submitted = match submitted {
+                        Some(result) => result,
+                        None => {
+                            let receipt_frame = match &receipt {
+                                Some(r) => {
+                                    let frame =
+                                        Frame::new(stomp::Command::Receipt).header("receipt-id", r);
+                                    let mut out = BytesMut::new();
+                                    if self.codec.encode(&frame, &mut out).is_err() {
+                                        return Some(CloseReason::WriteError);
+                                    }
+                                    Some((self.handle.queue.clone(), out.freeze()))
+                                }
+                                None => None,
+                            };
+                            let bus = self.gw.bus.clone();
+                            match buffer.push(&bus, cmd, receipt_frame) {
+                                // The RECEIPT follows once the broker confirmed it.
+                                Ok(()) => {
+                                    self.gw.metrics.commands.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                                Err(crate::sendbuf::BufferFull) => {
+                                    let why = "message not accepted: the message bus is unavailable and this node's send buffer is full; retry later";
+                                    if let Some(r) = receipt {
+                                        // Answered, and the session stays open: it may retry.
+                                        let frame = Frame::new(stomp::Command::Receipt)
+                                            .header("receipt-id", &r)
+                                            .header(crate::sendbuf::ERROR_HEADER, why);
+                                        if self.write(&frame).await.is_err() {
+                                            return Some(CloseReason::WriteError);
+                                        }
+                                        continue;
+                                    }
+                                    Err(broker_bridge::BusError::Unavailable(
+                                        "the message bus is unavailable and this node's send buffer is full".to_owned(),
+                                    ))
+                                }
+                            }
+                        }
                     };
                     match submitted {
                         Ok(()) => {

@@ -27,6 +27,7 @@ pub mod queue;
 mod queue_sub;
 pub mod replay;
 pub mod rules;
+pub mod sendbuf;
 pub mod server;
 pub mod session;
 pub mod sockjs;
@@ -81,6 +82,8 @@ pub struct Gateway {
     pub hub: Arc<hub::Hub>,
     pub policy: Arc<dyn destination::TopicPolicy>,
     pub metrics: Metrics,
+    /// `/app/**` commands waiting for the bus during a broker outage.
+    pub send_buffer: Arc<sendbuf::SendBuffer>,
     /// The counters of the HTTP listener serving [`Gateway::routes`] ([`listen::serve`]).
     pub http_stats: Arc<listen::ConnStats>,
     /// The counters of the SockJS endpoint of [`Gateway::routes`].

@@ -11,7 +11,8 @@ impl Gateway {
         let m = &self.metrics;
         let h = &self.hub.metrics;
         let b = self.bus.metrics();
-        let rows: [(&str, &str, &str, u64); 21] = [
+        let sb = &self.send_buffer.stats;
+        let rows: [(&str, &str, &str, u64); 27] = [
             (
                 "sessions_open",
                 "gauge",
@@ -131,6 +132,42 @@ impl Gateway {
                 "counter",
                 "Application commands whose handler failed.",
                 b.commands_failed,
+            ),
+            (
+                "send_buffer_held",
+                "gauge",
+                "SENDs to /app/** waiting in this node's buffer for the bus (broker outage).",
+                sb.held.load(Relaxed),
+            ),
+            (
+                "send_buffer_buffered_total",
+                "counter",
+                "SENDs to /app/** taken into the node's buffer because the bus could not take them.",
+                sb.buffered.load(Relaxed),
+            ),
+            (
+                "send_buffer_flushed_total",
+                "counter",
+                "Buffered SENDs the broker confirmed after the outage.",
+                sb.flushed.load(Relaxed),
+            ),
+            (
+                "send_buffer_refused_total",
+                "counter",
+                "SENDs refused because the node's buffer was full (error RECEIPT, or ERROR without receipt).",
+                sb.refused.load(Relaxed),
+            ),
+            (
+                "bus_work_shards_owned",
+                "gauge",
+                "Command shards this process consumes now (RabbitMQ: its share among the live command workers).",
+                b.work_shards_owned,
+            ),
+            (
+                "bus_work_rebalances_total",
+                "counter",
+                "Times this process's set of command shards changed (a worker joined or left).",
+                b.work_rebalances,
             ),
             (
                 "bus_broker_messages_total",

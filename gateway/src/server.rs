@@ -54,6 +54,9 @@ pub struct GatewayConfig {
     pub sockjs_sessions_per_address: usize,
     /// Proxies whose `X-Forwarded-For` names a SockJS session's client.
     pub proxies: Vec<ipnet::IpNet>,
+    /// Bounds of the node's buffer of commands the bus cannot take during a broker outage
+    /// ([`crate::sendbuf`]).
+    pub send_buffer: crate::sendbuf::SendBufferConfig,
 }
 
 /// Passes requests for operator endpoints (`/metrics`) only from an operator: with a token
@@ -120,6 +123,7 @@ impl Default for GatewayConfig {
             sockjs_sessions_per_address: crate::sockjs::SockJsConfig::default()
                 .max_sessions_per_address,
             proxies: Vec::new(),
+            send_buffer: crate::sendbuf::SendBufferConfig::default(),
         }
     }
 }
@@ -154,7 +158,9 @@ impl Gateway {
                 .with_private_topics(Arc::new(move |topic: &str| private.owns(topic))),
         );
         let registry = bus.registry().clone();
+        let send_buffer = Arc::new(crate::sendbuf::SendBuffer::new(config.send_buffer));
         let gw = Arc::new(Gateway {
+            send_buffer,
             node,
             session_config: Arc::new(config.session.clone()),
             config,

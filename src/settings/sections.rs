@@ -147,6 +147,14 @@ pub(crate) struct Stomp {
     /// the session gets an ERROR and is closed; 0: unlimited.
     #[arg(long, default_value_t = 200)]
     pub send_rate: u32,
+    /// SENDs to /app/** a node holds while the message bus cannot take them (a RabbitMQ outage),
+    /// flushed in order when it is back; their RECEIPTs follow the broker's confirm. Past it a SEND
+    /// with a receipt gets a RECEIPT with x-instar-error, one without an ERROR. 0: no buffer.
+    #[arg(long, default_value_t = gateway::sendbuf::SendBufferConfig::default().max_commands)]
+    pub send_buffer_commands: usize,
+    /// Bytes (bodies and headers) of the SEND buffer at most.
+    #[arg(long, default_value_t = gateway::sendbuf::SendBufferConfig::default().max_bytes)]
+    pub send_buffer_bytes: usize,
     /// STOMP sessions one user may hold on this node at once; one more gets an ERROR at
     /// CONNECT; 0: unlimited.
     #[arg(long, default_value_t = 32)]
@@ -274,6 +282,11 @@ pub(crate) struct Bus {
     /// long after it dies.
     #[arg(long, default_value_t = broker_bridge::RedisRegistryConfig::default().lease_ttl.as_millis() as u64)]
     pub lease_ttl_ms: u64,
+    /// Lease TTL of an `instar social` process among the chat command workers, in ms (at least
+    /// 300): the live workers share the command shards, and a dead worker's shards move to the
+    /// others this long after it died.
+    #[arg(long, default_value_t = broker_bridge::AmqpConfig::default().worker_lease_ttl.as_millis() as u64)]
+    pub worker_lease_ttl_ms: u64,
 }
 
 /// Redis.

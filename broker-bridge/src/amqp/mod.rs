@@ -27,6 +27,10 @@
 //!   `x-single-active-consumer`, so one process at a time consumes it, and that process runs the
 //!   commands of one session one after the other, in queue order (different sessions of the shard
 //!   run concurrently, up to [`AmqpConfig::work_prefetch`]).
+//! * **Shards spread over the workers.** A process with handlers keeps a lease among the command
+//!   workers in the registry and consumes only its share of the shards ([`assign_shards`]:
+//!   rendezvous hashing with bounded load over the live workers), handing a shard over by
+//!   draining it and closing its channel ([`shard_consumer`]); see `balance_shards`.
 //! * **Handler errors.** `Ok`: ack. `Rejected`/other errors/panics: logged, counted, ack (dropped).
 //!   `Transient`: retried in place after a delay doubling from [`AmqpConfig::retry_delay`], up to
 //!   [`AmqpConfig::handler_retries`] times (the session's later commands wait: order first), then
@@ -84,6 +88,11 @@ pub struct AmqpConfig {
     pub work_prefetch: u16,
     /// Number of command shards (queues). All processes of a deployment must agree. Default 8.
     pub work_shards: u16,
+    /// Lease of a command worker (a process with handlers) in the registry: the live workers
+    /// share the shards out among themselves, and a worker that stops refreshing its lease (it
+    /// died) loses its shards to the others this long after its last refresh. Refreshed every
+    /// quarter of it. Default 3 s.
+    pub worker_lease_ttl: Duration,
     /// Channels used for publishing (each route's lane uses one, chosen by its routing key).
     /// Default 4.
     pub publish_channels: usize,
@@ -124,6 +133,7 @@ impl Default for AmqpConfig {
             node_prefetch: 1024,
             work_prefetch: 64,
             work_shards: 8,
+            worker_lease_ttl: Duration::from_secs(3),
             publish_channels: 4,
             node_inbox_capacity: 4096,
             durable_node_queues: true,
@@ -186,6 +196,34 @@ impl AmqpConfig {
         }
         .await;
         let _ = conn.close(200, "topology deleted").await;
+        result.map_err(|e| amqp_err(&e))
+    }
+
+    /// Whether the broker has the queue of gateway node `node` (`{p}.node.{node}`): for tests and
+    /// operators checking that a dead node's queue is gone.
+    pub async fn node_queue_exists(&self, node: &str) -> Result<bool, BusError> {
+        let properties = ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio::current());
+        let conn = Connection::connect(&self.url, properties)
+            .await
+            .map_err(|e| amqp_err(&e))?;
+        let result = async {
+            let channel = conn.create_channel().await?;
+            let declared = channel
+                .queue_declare(
+                    &self.node_queue(node),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            Ok::<_, lapin::Error>(declared.is_ok())
+        }
+        .await;
+        let _ = conn.close(200, "queue looked up").await;
         result.map_err(|e| amqp_err(&e))
     }
 
@@ -261,6 +299,8 @@ struct Counters {
     commands_failed: AtomicU64,
     commands_panicked: AtomicU64,
     broker_messages: AtomicU64,
+    shards_owned: AtomicU64,
+    rebalances: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -331,6 +371,8 @@ struct NodeSetup {
 
 struct Shared {
     config: AmqpConfig,
+    /// This process's name among the command workers (see [`balance_shards`]).
+    worker_id: String,
     registry: Registry,
     live: watch::Sender<Option<Arc<Live>>>,
     blocked: watch::Sender<Option<String>>,
@@ -399,6 +441,11 @@ impl AmqpBus {
         let (blocked, _) = watch::channel(None);
         let shared = Arc::new(Shared {
             config,
+            worker_id: format!(
+                "{}-{:016x}",
+                std::process::id(),
+                crate::redis_registry::random_u64()
+            ),
             registry,
             live,
             blocked,
@@ -814,34 +861,33 @@ impl Shared {
         Ok(())
     }
 
-    /// Starts one consumer per command shard.
-    async fn start_workers(
+    /// Starts the consumer of command shard `shard` on its own channel; it drains and closes the
+    /// channel once `release` turns true (see [`shard_consumer`]).
+    async fn start_shard(
         self: &Arc<Self>,
         live: &Arc<Live>,
-    ) -> Result<Vec<JoinHandle<()>>, lapin::Error> {
-        let mut tasks = Vec::new();
-        for shard in 0..self.config.shards() {
-            let channel = live.conn.create_channel().await?;
-            channel
-                .basic_qos(self.config.work_prefetch.max(1), BasicQosOptions::default())
-                .await?;
-            let consumer = channel
-                .basic_consume(
-                    &self.config.work_queue(shard),
-                    &format!("work-{shard}-{}", std::process::id()),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            tasks.push(tokio::spawn(shard_consumer(
-                Arc::clone(self),
-                shard,
-                channel,
-                consumer,
-            )));
-        }
-        debug!(shards = tasks.len(), "command consumers started");
-        Ok(tasks)
+        shard: u16,
+        release: watch::Receiver<bool>,
+    ) -> Result<JoinHandle<()>, lapin::Error> {
+        let channel = live.conn.create_channel().await?;
+        channel
+            .basic_qos(self.config.work_prefetch.max(1), BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                &self.config.work_queue(shard),
+                &format!("work-{shard}-{}", self.worker_id),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(tokio::spawn(shard_consumer(
+            Arc::clone(self),
+            shard,
+            channel,
+            consumer,
+            release,
+        )))
     }
 
     fn resolve(&self, destination: &str) -> Option<Route> {
@@ -1003,7 +1049,10 @@ async fn supervise(shared: Arc<Shared>, first: (Arc<Live>, ConnEvents)) {
         let ready = async {
             shared.restore_nodes(&live).await?;
             if shared.has_handlers() {
-                workers = shared.start_workers(&live).await?;
+                workers.push(tokio::spawn(balance_shards(
+                    Arc::clone(&shared),
+                    Arc::clone(&live),
+                )));
             }
             Ok::<_, lapin::Error>(())
         }
@@ -1047,17 +1096,15 @@ async fn supervise(shared: Arc<Shared>, first: (Arc<Live>, ConnEvents)) {
                         break "bus closed".to_owned();
                     }
                     if workers.is_empty() && shared.has_handlers() {
-                        match shared.start_workers(&live).await {
-                            Ok(w) => workers = w,
-                            Err(e) => warn!(error = %e, "starting the command consumers failed"),
-                        }
+                        workers.push(tokio::spawn(balance_shards(Arc::clone(&shared), Arc::clone(&live))));
                     }
                 }
                 _ = poll.tick() => {
                     if !live.connected() {
                         break format!("connection state {:?}", live.conn.status().state());
                     }
-                    // A consumer that ended (its channel was closed by the broker) means trouble.
+                    // The shard balancer ends when one of its consumers ended unasked (the broker
+                    // closed its channel) or a consumer could not start: trouble.
                     if workers.iter().any(JoinHandle::is_finished) {
                         break "a command consumer stopped".to_owned();
                     }
@@ -1258,19 +1305,47 @@ async fn node_consumer(
 /// Consumes one command shard: commands of one session run one after the other, different
 /// sessions concurrently (bounded by the prefetch). Finished commands are acknowledged in batches:
 /// one `multiple` ack up to the highest delivery tag below which every command has finished.
+///
+/// **Hand-over.** When `release` turns true (the balancer gave the shard to another process), it
+/// takes no further delivery, waits until every command it started has finished and been
+/// acknowledged, then closes its channel: the broker puts the deliveries it had prefetched but not
+/// started back at the head of the queue, in order, and only then (single active consumer) makes
+/// the next consumer active. So a shard's commands never run in two processes at once, and
+/// nothing is lost or reordered.
 async fn shard_consumer(
     shared: Arc<Shared>,
     shard: u16,
     channel: Channel,
     mut consumer: lapin::Consumer,
+    mut release: watch::Receiver<bool>,
 ) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, u64, u64)>();
     // session -> (sequence of its last command, completion of that command)
     let mut chains: HashMap<String, (u64, oneshot::Receiver<()>)> = HashMap::new();
     let mut acks = AckWindow::default();
     let mut seq = 0u64;
+    let mut releasing = false;
     loop {
+        if releasing && acks.open.is_empty() {
+            let started = Instant::now();
+            if let Err(e) = channel.close(200, "shard handed over").await {
+                debug!(shard, error = %e, "closing a released shard's channel failed");
+            }
+            debug!(
+                shard,
+                close_ms = started.elapsed().as_millis(),
+                "shard released"
+            );
+            return;
+        }
         tokio::select! {
+            changed = release.changed(), if !releasing => {
+                // A dropped sender (the balancer ended) also releases.
+                if changed.is_err() || *release.borrow() {
+                    releasing = true;
+                    debug!(shard, in_flight = acks.open.len(), "releasing the shard");
+                }
+            }
             Some(first) = done_rx.recv() => {
                 let mut next = Some(first);
                 while let Some((session, s, tag)) = next.take() {
@@ -1296,7 +1371,7 @@ async fn shard_consumer(
                     return;
                 }
             }
-            next = consumer.next() => {
+            next = consumer.next(), if !releasing => {
                 let delivery = match next {
                     Some(Ok(d)) => d,
                     Some(Err(e)) => {
@@ -1335,6 +1410,156 @@ async fn shard_consumer(
                     });
                 }
             }
+        }
+    }
+}
+
+/// The shards `me` consumes when `workers` (sorted, `me` among them) are the live command
+/// workers: rendezvous hashing with bounded load. Each shard ranks the workers by
+/// `fnv1a("{worker}/{shard}")` and goes to the highest-ranked one that has fewer than
+/// `ceil(shards / workers)` shards so far. Every worker computes the same partition from the same
+/// list; a worker joining or leaving moves about its own share of shards, and the load is as even
+/// as `shards` allows (plain rendezvous hashing left a worker with 0 of 8 shards now and then).
+pub(crate) fn assign_shards(shards: u16, workers: &[String], me: &str) -> Vec<u16> {
+    if workers.is_empty() {
+        return (0..shards).collect();
+    }
+    let cap = usize::from(shards).div_ceil(workers.len());
+    let mut load = vec![0usize; workers.len()];
+    let mut mine = Vec::new();
+    for shard in 0..shards {
+        let mut ranked: Vec<(u64, usize)> = workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (codec::stable_hash(&format!("{w}/{shard}")), i))
+            .collect();
+        ranked.sort_unstable_by(|a, b| b.cmp(a));
+        if let Some(&(_, i)) = ranked.iter().find(|(_, i)| load[*i] < cap) {
+            load[i] += 1;
+            if workers[i] == me {
+                mine.push(shard);
+            }
+        }
+    }
+    mine
+}
+
+/// A running shard consumer, and the switch that hands it over.
+struct ShardRun {
+    task: JoinHandle<()>,
+    release: watch::Sender<bool>,
+}
+
+/// The shard consumers of one connection; dropping it (the connection was lost, the bus closed)
+/// aborts them, and the broker requeues what they had not acknowledged.
+#[derive(Default)]
+struct ShardRuns(std::collections::BTreeMap<u16, ShardRun>);
+
+impl Drop for ShardRuns {
+    fn drop(&mut self) {
+        for run in self.0.values() {
+            run.task.abort();
+        }
+    }
+}
+
+/// Spreads the command shards over the live command workers (processes with handlers): keeps
+/// this process's lease among the workers in the registry (refreshed every quarter of
+/// [`AmqpConfig::worker_lease_ttl`]), computes its share with [`assign_shards`] from the live
+/// list, starts consumers for shards it gained, and hands over those it lost (drained, see
+/// [`shard_consumer`]). A shard that is being released is started again only after its old
+/// consumer finished. The queues keep `x-single-active-consumer` as the safety net: when two
+/// processes briefly both think they own a shard (their views of the list differ for one
+/// refresh), the later one waits as the standby until the other lets go.
+///
+/// Without a registry answer the process keeps the shards it has (before its first answer it
+/// takes all of them, as a lone worker would). Ends only when a consumer ended unasked or
+/// could not start; the supervisor then reconnects.
+async fn balance_shards(shared: Arc<Shared>, live: Arc<Live>) {
+    let ttl = shared
+        .config
+        .worker_lease_ttl
+        .max(Duration::from_millis(300));
+    let every = ttl / 4;
+    let me = shared.worker_id.clone();
+    let shards = shared.config.shards();
+    let mut runs = ShardRuns::default();
+    // Shards released and still draining.
+    let mut draining = ShardRuns::default();
+    let mut owned: Option<Vec<u16>> = None;
+    let mut registry_failed = false;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let wanted: Vec<u16> = match shared.registry.worker_heartbeat(&me, ttl).await {
+            Ok(mut workers) => {
+                if registry_failed {
+                    info!(workers = workers.len(), "command workers known again");
+                    registry_failed = false;
+                }
+                if !workers.contains(&me) {
+                    workers.push(me.clone());
+                    workers.sort();
+                }
+                assign_shards(shards, &workers, &me)
+            }
+            Err(e) => {
+                if !registry_failed {
+                    warn!(error = %e, "cannot refresh this command worker's lease; keeping the shards it has");
+                    registry_failed = true;
+                }
+                owned.clone().unwrap_or_else(|| (0..shards).collect())
+            }
+        };
+        draining.0.retain(|_, run| !run.task.is_finished());
+        // A consumer that ended without being released: its channel was closed under it.
+        if let Some(shard) = runs
+            .0
+            .iter()
+            .find(|(_, r)| r.task.is_finished())
+            .map(|(s, _)| *s)
+        {
+            warn!(shard, "a command shard consumer stopped");
+            return;
+        }
+        let lost: Vec<u16> = runs
+            .0
+            .keys()
+            .filter(|s| !wanted.contains(s))
+            .copied()
+            .collect();
+        for shard in lost {
+            if let Some(run) = runs.0.remove(&shard) {
+                let _ = run.release.send(true);
+                // Still aborted if the bus goes away while it drains.
+                draining.0.insert(shard, run);
+            }
+        }
+        for &shard in &wanted {
+            if runs.0.contains_key(&shard) || draining.0.contains_key(&shard) {
+                continue;
+            }
+            let (release, rx) = watch::channel(false);
+            match shared.start_shard(&live, shard, rx).await {
+                Ok(task) => {
+                    runs.0.insert(shard, ShardRun { task, release });
+                }
+                Err(e) => {
+                    warn!(shard, error = %e, "starting a command shard consumer failed");
+                    return;
+                }
+            }
+        }
+        let now: Vec<u16> = runs.0.keys().copied().collect();
+        if owned.as_ref() != Some(&now) {
+            info!(worker = %me, shards = ?now, draining = draining.0.len(), "command shards taken");
+            bump(&shared.counters.rebalances);
+            shared.counters.shards_owned.store(
+                u64::try_from(now.len()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            owned = Some(now);
         }
     }
 }
@@ -1511,6 +1736,11 @@ impl BusBackend for AmqpBus {
 
     async fn shutdown(&self) {
         let shared = &self.shared;
+        if shared.has_handlers()
+            && let Err(e) = shared.registry.worker_leave(&shared.worker_id).await
+        {
+            debug!(error = %e, "could not leave the command workers (the lease expires by itself)");
+        }
         let nodes: Vec<(NodeId, u64)> = lock(&shared.nodes)
             .values()
             .map(|s| (s.node.clone(), s.link))
@@ -1587,6 +1817,13 @@ impl BusBackend for AmqpBus {
         Health::Up
     }
 
+    fn accepts_commands_now(&self) -> bool {
+        let shared = &self.shared;
+        !shared.closed.load(Ordering::Acquire)
+            && shared.current().is_some()
+            && shared.blocked.borrow().is_none()
+    }
+
     fn metrics(&self) -> BusMetrics {
         let c = &self.shared.counters;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -1602,6 +1839,8 @@ impl BusBackend for AmqpBus {
             commands_failed: get(&c.commands_failed),
             commands_panicked: get(&c.commands_panicked),
             broker_messages: get(&c.broker_messages),
+            work_shards_owned: get(&c.shards_owned),
+            work_rebalances: get(&c.rebalances),
         }
     }
 }

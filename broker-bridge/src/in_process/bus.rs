@@ -568,6 +568,8 @@ impl BusBackend for InProcessBus {
             commands_failed: get(&c.commands_failed),
             commands_panicked: get(&c.commands_panicked),
             broker_messages: 0,
+            work_shards_owned: 0,
+            work_rebalances: 0,
         }
     }
 }

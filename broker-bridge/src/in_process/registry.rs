@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -14,6 +15,8 @@ use crate::registry::{NodeLease, RegistryBackend};
 #[derive(Debug, Default)]
 pub(crate) struct InProcessRegistry {
     tables: Mutex<Tables>,
+    /// Command workers and when their heartbeat expires.
+    workers: Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +123,21 @@ impl RegistryBackend for InProcessRegistry {
 
     async fn sweep(&self) -> Result<usize, BusError> {
         Ok(0)
+    }
+
+    async fn worker_heartbeat(&self, worker: &str, ttl: Duration) -> Result<Vec<String>, BusError> {
+        let now = Instant::now();
+        let mut workers = lock(&self.workers);
+        workers.insert(worker.to_owned(), now + ttl);
+        workers.retain(|_, until| *until > now);
+        let mut live: Vec<String> = workers.keys().cloned().collect();
+        live.sort();
+        Ok(live)
+    }
+
+    async fn worker_leave(&self, worker: &str) -> Result<(), BusError> {
+        lock(&self.workers).remove(worker);
+        Ok(())
     }
 
     fn health(&self) -> Health {
