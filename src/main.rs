@@ -171,6 +171,9 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logs(run.log_format())?;
+    for warning in settings::deprecations() {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
