@@ -257,7 +257,13 @@ mod tests {
             "#,
         );
         let loaded = crate::settings::tests::load_social(&["--config", file.to_str().unwrap()]);
-        let g = loaded.value.social.resolve(SECRET, Vec::new()).unwrap().google.unwrap();
+        let g = loaded
+            .value
+            .social
+            .resolve(SECRET, Vec::new())
+            .unwrap()
+            .google
+            .unwrap();
         assert_eq!(g.client_id, "toml.apps");
         assert_eq!(g.issuer, "https://idp.example.com");
         assert_eq!(

@@ -138,11 +138,7 @@ async fn revoked_tokens_close_live_sessions_and_are_refused_on_every_process() {
     );
     connect_refused(&a, &alice, "old token on a").await;
     connect_refused(&b, &alice, "old token on b").await;
-    let (s, body) = call(
-        http.get(format!("{rest}/api/user/me"))
-            .bearer_auth(&alice),
-    )
-    .await;
+    let (s, body) = call(http.get(format!("{rest}/api/user/me")).bearer_auth(&alice)).await;
     assert_eq!((s, body), (401, json!({"code": "AV"})));
 
     // A node started after the change reads the version from the database.
@@ -158,11 +154,7 @@ async fn revoked_tokens_close_live_sessions_and_are_refused_on_every_process() {
     connect_refused(&c, &alice, "old token on a fresh node").await;
 
     // The new token works everywhere.
-    let (s, _) = call(
-        http.get(format!("{rest}/api/user/me"))
-            .bearer_auth(&fresh),
-    )
-    .await;
+    let (s, _) = call(http.get(format!("{rest}/api/user/me")).bearer_auth(&fresh)).await;
     assert_eq!(s, 200);
     let mut fresh_a = Client::connect_token(&stomp(&a), &fresh).await.unwrap();
     let mut fresh_c = Client::connect_token(&stomp(&c), &fresh).await.unwrap();
@@ -182,11 +174,7 @@ async fn revoked_tokens_close_live_sessions_and_are_refused_on_every_process() {
     closed_as_revoked(&mut fresh_a, "new token on a").await;
     closed_as_revoked(&mut fresh_c, "new token on c").await;
     connect_refused(&b, &fresh, "signed-out token on b").await;
-    let (s, _) = call(
-        http.get(format!("{rest}/api/user/me"))
-            .bearer_auth(&fresh),
-    )
-    .await;
+    let (s, _) = call(http.get(format!("{rest}/api/user/me")).bearer_auth(&fresh)).await;
     assert_eq!(s, 401);
     assert!(!bob_a.closed_within(Duration::from_millis(100)).await);
 

@@ -312,7 +312,11 @@ fn destination_rules_from_the_file_and_the_variable() {
 fn one_proxy_setting_with_its_deprecated_aliases() {
     for cmd in ["serve", "gateway", "social"] {
         let v = print_config(&[cmd], &[]);
-        assert_eq!(v["trusted_proxies"], json!(["127.0.0.0/8", "::1/128"]), "{cmd}");
+        assert_eq!(
+            v["trusted_proxies"],
+            json!(["127.0.0.0/8", "::1/128"]),
+            "{cmd}"
+        );
         assert!(v.get("http_proxies").is_none(), "{cmd}");
         assert!(v["social"].get("trusted_proxies").is_none(), "{cmd}");
         let v = print_config(&[cmd], &[("INSTAR_TRUSTED_PROXIES", "10.0.0.0/8")]);
@@ -329,7 +333,10 @@ fn one_proxy_setting_with_its_deprecated_aliases() {
         );
         assert_eq!(v["trusted_proxies"], json!(["none"]), "{cmd}");
         // So do the deprecated file keys.
-        let old = toml_file(&format!("proxies-{cmd}"), "http_proxies = [\"10.2.0.0/16\"]\n");
+        let old = toml_file(
+            &format!("proxies-{cmd}"),
+            "http_proxies = [\"10.2.0.0/16\"]\n",
+        );
         let v = print_config(&[cmd, "--config", old.to_str().unwrap()], &[]);
         assert_eq!(v["trusted_proxies"], json!(["10.2.0.0/16"]), "{cmd}");
     }
@@ -340,6 +347,10 @@ fn one_proxy_setting_with_its_deprecated_aliases() {
         );
         let v = print_config(&[cmd, "--config", old.to_str().unwrap()], &[]);
         assert_eq!(v["trusted_proxies"], json!(["10.3.0.0/16"]), "{cmd}");
-        assert_eq!(v["social"]["cors_origin"], json!("http://x.example"), "{cmd}");
+        assert_eq!(
+            v["social"]["cors_origin"],
+            json!("http://x.example"),
+            "{cmd}"
+        );
     }
 }

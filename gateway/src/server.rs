@@ -377,7 +377,8 @@ pub async fn serve_tcp(gw: Arc<Gateway>, listener: TcpListener) {
 }
 
 /// What a STOMP/TCP connection refused by a cap is told before it is closed.
-const TCP_REFUSED: &[u8] = b"ERROR\nmessage:too many connections\ncontent-type:text/plain\n\ntoo many connections\0";
+const TCP_REFUSED: &[u8] =
+    b"ERROR\nmessage:too many connections\ncontent-type:text/plain\n\ntoo many connections\0";
 
 /// Pending connections the HTTP listener queues before they are accepted.
 const HTTP_BACKLOG: u32 = 1024;

@@ -103,7 +103,12 @@ impl Tokens {
     }
 
     /// A token for `user` issued now, carrying `version` (the user row's `token_version`).
-    pub fn issue_version(&self, user: &str, role: &str, version: u64) -> Result<String, TokenError> {
+    pub fn issue_version(
+        &self,
+        user: &str,
+        role: &str,
+        version: u64,
+    ) -> Result<String, TokenError> {
         let iat = crate::time::now_micros() / 1_000_000;
         self.issue_full(user, role, iat, version)
     }

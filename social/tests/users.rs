@@ -1033,7 +1033,10 @@ async fn password_change_and_sign_out_everywhere_revoke_tokens(db: Db) {
     let bob = quick_user(&app, "bob0001", "Bob").await;
     assert_eq!(other.get("/api/user/me", Some(&bob)).await.0, 200);
     let metrics = app.ctx.metrics_text();
-    assert!(metrics.contains("instar_token_revocations_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("instar_token_revocations_total 1"),
+        "{metrics}"
+    );
 }
 on_both!(password_change_and_sign_out_everywhere_revoke_tokens);
 

@@ -817,9 +817,9 @@ async fn redeem_ticket(ctx: &Ctx, g: &Google, code: Option<&str>, addr: &str) ->
                 .tokens
                 .issue_version(&user.id, &user.role, version)
                 .map_err(|e| {
-                tracing::error!(error = %e, "signing a token");
-                ApiError::database()
-            })?;
+                    tracing::error!(error = %e, "signing a token");
+                    ApiError::database()
+                })?;
             // The sign-in happens here, where the token is handed out.
             ctx.store.set_last_login(&user.id, now_micros()).await?;
             g.stats.sign_ins.fetch_add(1, Ordering::Relaxed);
