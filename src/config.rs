@@ -103,7 +103,7 @@ impl Loaded<ServeArgs> {
                 gateway::random_id(48)
             }
         };
-        let social = a.social.resolve(&jwt_secret)?;
+        let social = a.social.resolve(&jwt_secret, a.http.trusted_proxies()?)?;
         // SockJS follows the REST allow-list unless told otherwise: the one CORS origin.
         let allowed_origins = a
             .stomp
@@ -150,6 +150,8 @@ impl Settings {
         );
         // SockJS sessions per client address, through the same proxies as the listener's cap.
         g.proxies = self.http_limits.cap_exempt.clone();
+        // The raw STOMP/TCP listener takes the HTTP listener's connection caps.
+        g.tcp_limits = self.http_limits.clone();
         g
     }
 }

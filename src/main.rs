@@ -182,6 +182,9 @@ fn main() -> anyhow::Result<()> {
     }
     let otlp = run.otlp();
     let telemetry = telemetry::init(run.log_format(), otlp)?;
+    for warning in settings::deprecations() {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

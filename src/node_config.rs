@@ -157,6 +157,8 @@ impl NodeSettings {
         );
         // SockJS sessions per client address, through the same proxies as the listener's cap.
         g.proxies = self.http_limits.cap_exempt.clone();
+        // The raw STOMP/TCP listener takes the HTTP listener's connection caps.
+        g.tcp_limits = self.http_limits.clone();
         g
     }
 

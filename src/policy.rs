@@ -44,6 +44,14 @@ impl TopicPolicy for RoomPolicy {
         is_room_topic(topic)
     }
 
+    async fn token_version(&self, user: &str) -> Result<Option<u64>, String> {
+        self.rooms
+            .token_version(user)
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
     fn owns(&self, topic: &str) -> bool {
         is_room_topic(topic)
     }
@@ -100,5 +108,17 @@ mod tests {
             gateway::hub::CONTROL_TOPIC_HEADER
         );
         assert_eq!(social::chat::MESSAGE_ID_HEADER, gateway::replay::ID_HEADER);
+        assert_eq!(
+            social::revocation::TOKENS_TOPIC,
+            gateway::revocation::TOKENS_TOPIC
+        );
+        assert_eq!(
+            social::revocation::USER_HEADER,
+            gateway::revocation::USER_HEADER
+        );
+        assert_eq!(
+            social::revocation::VERSION_HEADER,
+            gateway::revocation::VERSION_HEADER
+        );
     }
 }

@@ -54,7 +54,9 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
         .clone()
         .filter(|s| !s.is_empty())
         .context("INSTAR_JWT_SECRET is required for `instar social` (the gateways verify the tokens it signs)")?;
-    let mut cfg = args.social.resolve(&jwt_secret)?;
+    let mut cfg = args
+        .social
+        .resolve(&jwt_secret, args.http.trusted_proxies()?)?;
     let listen = args.http.listen;
     let http_limits = args.http.limits()?;
     let prefix = args.bus.bus_prefix.clone();

@@ -65,8 +65,13 @@ impl SocialArgs {
         }
     }
 
-    /// Resolves the social configuration with the JWT secret shared with the gateway.
-    pub(crate) fn resolve(&self, jwt_secret: &str) -> anyhow::Result<social::SocialConfig> {
+    /// Resolves the social configuration with the JWT secret shared with the gateway and the
+    /// proxies in front (the `trusted_proxies` setting, shared with the HTTP listener).
+    pub(crate) fn resolve(
+        &self,
+        jwt_secret: &str,
+        trusted_proxies: Vec<ipnet::IpNet>,
+    ) -> anyhow::Result<social::SocialConfig> {
         let data_dir = self.data.data_dir.clone();
         let database_url = match self.database.database_url.clone() {
             Some(url) => url,
@@ -122,23 +127,6 @@ impl SocialArgs {
             }
             None => None,
         };
-        let mut trusted_proxies = Vec::new();
-        // Default: this machine only (nginx in front on loopback); `none` trusts nobody.
-        for p in &self.web.trusted_proxies {
-            if p.trim().eq_ignore_ascii_case("none") {
-                trusted_proxies.clear();
-                break;
-            }
-            let p = p.trim();
-            if p.is_empty() {
-                continue;
-            }
-            let net = p
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .with_context(|| format!("trusted_proxies: '{p}' is not an address or a CIDR"))?;
-            trusted_proxies.push(net);
-        }
         let go = &self.google;
         let google = match go.google_client_id.clone() {
             None => None,
@@ -228,7 +216,7 @@ mod tests {
 
     #[test]
     fn google_is_off_without_a_client_id() {
-        let cfg = args(&[]).resolve(SECRET).unwrap();
+        let cfg = args(&[]).resolve(SECRET, Vec::new()).unwrap();
         assert!(cfg.google.is_none());
     }
 
@@ -244,12 +232,12 @@ mod tests {
             "--google-pending-ttl-secs",
             "5",
         ]);
-        let g = a.resolve(SECRET).unwrap().google.unwrap();
+        let g = a.resolve(SECRET, Vec::new()).unwrap().google.unwrap();
         assert_eq!(g.client_id, "id.apps");
         assert_eq!(g.issuer, social::accounts::google::GOOGLE_ISSUER);
         assert_eq!(g.pending_ttl, std::time::Duration::from_secs(60), "clamped");
         a.google.google_client_secret = None;
-        let e = a.resolve(SECRET).unwrap_err();
+        let e = a.resolve(SECRET, Vec::new()).unwrap_err();
         assert!(e.to_string().contains("INSTAR_GOOGLE_CLIENT_SECRET"), "{e}");
     }
 
@@ -269,7 +257,13 @@ mod tests {
             "#,
         );
         let loaded = crate::settings::tests::load_social(&["--config", file.to_str().unwrap()]);
-        let g = loaded.value.social.resolve(SECRET).unwrap().google.unwrap();
+        let g = loaded
+            .value
+            .social
+            .resolve(SECRET, Vec::new())
+            .unwrap()
+            .google
+            .unwrap();
         assert_eq!(g.client_id, "toml.apps");
         assert_eq!(g.issuer, "https://idp.example.com");
         assert_eq!(

@@ -222,7 +222,7 @@ async fn a_connection_flood_is_refused_beyond_the_caps_while_health_answers() {
         &[
             ("INSTAR_HTTP_MAX_CONNECTIONS", "60"),
             ("INSTAR_HTTP_MAX_CONNECTIONS_PER_ADDRESS", "20"),
-            ("INSTAR_HTTP_PROXIES", "none"),
+            ("INSTAR_TRUSTED_PROXIES", "none"),
             ("INSTAR_HTTP_HEADER_TIMEOUT_SECS", "60"),
         ],
     )
@@ -288,6 +288,96 @@ async fn a_connection_flood_is_refused_beyond_the_caps_while_health_answers() {
         "{metrics}"
     );
     assert_eq!(counter(&metrics, "instar_http_connections_limit"), 60);
+}
+
+/// Whether a fresh STOMP/TCP connection from `from` is held open (true) or refused at once
+/// with the cap's ERROR (false).
+async fn tcp_held(from: &str, to: SocketAddr) -> (bool, Option<TcpStream>) {
+    let mut s = connect_from(from, to).await;
+    let mut buf = [0u8; 256];
+    match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+        Err(_) => (true, Some(s)),
+        Ok(Ok(n)) => {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            assert!(
+                n == 0 || text.starts_with("ERROR\nmessage:too many connections"),
+                "{text}"
+            );
+            (false, None)
+        }
+        Ok(Err(_)) => (false, None),
+    }
+}
+
+#[tokio::test]
+async fn the_stomp_tcp_listener_is_capped_like_the_http_listener() {
+    let tcp_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tcp_listen = format!("127.0.0.1:{tcp_port}");
+    let (_child, addr) = start(
+        "tcp",
+        &[
+            ("INSTAR_TCP_LISTEN", &tcp_listen),
+            ("INSTAR_HTTP_MAX_CONNECTIONS", "30"),
+            ("INSTAR_HTTP_MAX_CONNECTIONS_PER_ADDRESS", "10"),
+            ("INSTAR_TRUSTED_PROXIES", "none"),
+            ("INSTAR_CONNECT_TIMEOUT_SECS", "60"),
+        ],
+    )
+    .await;
+    let tcp: SocketAddr = tcp_listen.parse().unwrap();
+    // The TCP listener binds right after the HTTP one.
+    for _ in 0..100 {
+        if TcpStream::connect(tcp).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // 40 connections from one address: 10 held, the rest refused with an ERROR and closed.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        match tcp_held("127.0.0.1", tcp).await {
+            (true, Some(s)) => held.push(s),
+            _ => refused += 1,
+        }
+    }
+    assert_eq!((held.len(), refused), (10, 30), "the per-address cap holds");
+    // Two more addresses fill the global cap (30): one more is refused; HTTP still answers.
+    for from in ["127.0.0.2", "127.0.0.3"] {
+        for _ in 0..10 {
+            let (ok, s) = tcp_held(from, tcp).await;
+            assert!(ok, "{from} is under its cap");
+            held.extend(s);
+        }
+    }
+    assert!(!tcp_held("127.0.0.4", tcp).await.0, "the global cap holds");
+    assert_eq!(get_from("127.0.0.4", addr, "/health/live").await, 200);
+    // Places come back as connections close.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(tcp_held("127.0.0.1", tcp).await.0);
+    let metrics = metrics(addr).await;
+    assert!(
+        counter(
+            &metrics,
+            "instar_tcp_connections_refused_total{cap=\"address\"}"
+        ) >= 30,
+        "{metrics}"
+    );
+    assert!(
+        counter(
+            &metrics,
+            "instar_tcp_connections_refused_total{cap=\"global\"}"
+        ) >= 1,
+        "{metrics}"
+    );
+    assert_eq!(counter(&metrics, "instar_tcp_connections_limit"), 30);
 }
 
 #[tokio::test]

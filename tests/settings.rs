@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// `instar <args>` with only these `INSTAR_*` variables (the caller's are removed).
 fn instar(args: &[&str], envs: &[(&str, &str)]) -> Output {
@@ -305,5 +305,52 @@ fn destination_rules_from_the_file_and_the_variable() {
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("/app/x"), "{err}");
+    }
+}
+
+#[test]
+fn one_proxy_setting_with_its_deprecated_aliases() {
+    for cmd in ["serve", "gateway", "social"] {
+        let v = print_config(&[cmd], &[]);
+        assert_eq!(
+            v["trusted_proxies"],
+            json!(["127.0.0.0/8", "::1/128"]),
+            "{cmd}"
+        );
+        assert!(v.get("http_proxies").is_none(), "{cmd}");
+        assert!(v["social"].get("trusted_proxies").is_none(), "{cmd}");
+        let v = print_config(&[cmd], &[("INSTAR_TRUSTED_PROXIES", "10.0.0.0/8")]);
+        assert_eq!(v["trusted_proxies"], json!(["10.0.0.0/8"]), "{cmd}");
+        // The deprecated variable counts when the new one is not set, and only then.
+        let v = print_config(&[cmd], &[("INSTAR_HTTP_PROXIES", "10.1.0.0/16")]);
+        assert_eq!(v["trusted_proxies"], json!(["10.1.0.0/16"]), "{cmd}");
+        let v = print_config(
+            &[cmd],
+            &[
+                ("INSTAR_HTTP_PROXIES", "10.1.0.0/16"),
+                ("INSTAR_TRUSTED_PROXIES", "none"),
+            ],
+        );
+        assert_eq!(v["trusted_proxies"], json!(["none"]), "{cmd}");
+        // So do the deprecated file keys.
+        let old = toml_file(
+            &format!("proxies-{cmd}"),
+            "http_proxies = [\"10.2.0.0/16\"]\n",
+        );
+        let v = print_config(&[cmd, "--config", old.to_str().unwrap()], &[]);
+        assert_eq!(v["trusted_proxies"], json!(["10.2.0.0/16"]), "{cmd}");
+    }
+    for cmd in ["serve", "social"] {
+        let old = toml_file(
+            &format!("social-proxies-{cmd}"),
+            "[social]\ntrusted_proxies = [\"10.3.0.0/16\"]\ncors_origin = \"http://x.example\"\n",
+        );
+        let v = print_config(&[cmd, "--config", old.to_str().unwrap()], &[]);
+        assert_eq!(v["trusted_proxies"], json!(["10.3.0.0/16"]), "{cmd}");
+        assert_eq!(
+            v["social"]["cors_origin"],
+            json!("http://x.example"),
+            "{cmd}"
+        );
     }
 }

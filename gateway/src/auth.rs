@@ -1,6 +1,7 @@
 //! Bearer tokens checked on CONNECT.
 //!
-//! The original backend issues HMAC-signed JWTs (`sub` = user id, `role`, `iat`, `exp`; one hour). We
+//! The original backend issues HMAC-signed JWTs (`sub` = user id, `role`, `iat`, `exp`; one hour; and
+//! ours `ver`, the token version, read into [`Principal::version`]). We
 //! verify exactly that shape, and nothing more: only the HS256/384/512 algorithms, with the secret from
 //! configuration. The `alg` of the token header must be one of the algorithms the verifier was
 //! configured to accept, so a token can never pick its own algorithm (no `none`, no RSA/HMAC confusion).
@@ -57,6 +58,9 @@ pub struct Principal {
     pub role: Option<String>,
     /// Expiry, seconds since the Unix epoch. The session is closed when it passes.
     pub expires_at: u64,
+    /// The user's token version when the token was signed (`ver`; 0 when absent, a token from
+    /// before versions). See [`crate::revocation`].
+    pub version: u64,
 }
 
 /// Why a token was refused. The text goes into the ERROR frame, so it names the problem without
@@ -96,6 +100,7 @@ struct Claims {
     role: Option<String>,
     exp: Option<u64>,
     nbf: Option<u64>,
+    ver: Option<u64>,
 }
 
 /// Checks tokens against one secret.
@@ -196,6 +201,7 @@ impl Verifier {
             user,
             role: claims.role,
             expires_at: exp,
+            version: claims.ver.unwrap_or(0),
         })
     }
 

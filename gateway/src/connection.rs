@@ -52,6 +52,8 @@ pub enum CloseReason {
     HeartBeatTimeout,
     ConnectTimeout,
     TokenExpired,
+    /// The session's token was revoked (password change, sign-out-everywhere).
+    TokenRevoked,
     SlowConsumer,
     Shutdown,
     WriteError,
@@ -85,6 +87,10 @@ struct Driver<'a> {
     commands: u64,
     /// Queue subscriptions, by subscription index.
     queues: HashMap<u32, crate::queue_sub::QueueSub>,
+    /// Cancelled when the session's token is revoked ([`crate::revocation`]).
+    revoke: CancellationToken,
+    /// The user this session is entered under in [`Gateway::revocations`].
+    revocable: Option<String>,
 }
 
 static SESSION_NUMBERS: AtomicU64 = AtomicU64::new(1);
@@ -153,6 +159,8 @@ async fn run_session(
         command_prefix: random_id(20),
         commands: 0,
         queues: HashMap::new(),
+        revoke: CancellationToken::new(),
+        revocable: None,
     };
     gw.metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
     gw.metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
@@ -167,6 +175,9 @@ async fn run_session(
     // deadline that moves earlier (heart-beats negotiated by CONNECT) re-arms it at once.
     let kill_signal = kill.cancelled();
     tokio::pin!(kill_signal);
+    let revoke = d.revoke.clone();
+    let revoke_signal = revoke.cancelled();
+    tokio::pin!(revoke_signal);
     let shutdown_signal = shutdown.cancelled();
     tokio::pin!(shutdown_signal);
     let mut hb_armed = d.next_heartbeat_deadline();
@@ -199,6 +210,15 @@ async fn run_session(
                 )
                 .await;
                 break CloseReason::SlowConsumer;
+            }
+            () = &mut revoke_signal => {
+                tracing::info!(session = %d.session.id(), "token revoked: session closed");
+                let _ = tokio::time::timeout(
+                    STUCK_WRITE_GRACE,
+                    d.write_error(crate::revocation::REVOKED_MESSAGE),
+                )
+                .await;
+                break CloseReason::TokenRevoked;
             }
             () = &mut shutdown_signal => {
                 // Drain what is already queued, then tell the client why it is being closed.
@@ -470,6 +490,48 @@ impl Driver<'_> {
                         }
                         self.counted = Some(p.user.clone());
                         tracing::Span::current().record("user", p.user.as_str());
+                        // Entered before the version is read, so a revocation heard meanwhile
+                        // still closes the session.
+                        if !self.gw.revocations.admit(
+                            &p.user,
+                            self.number,
+                            p.version,
+                            self.revoke.clone(),
+                        ) {
+                            self.gw.revocations.refused();
+                            actions.clear();
+                            actions.extend(self.session.fail(
+                                crate::revocation::REVOKED_MESSAGE,
+                                None,
+                                None,
+                            ));
+                            continue;
+                        }
+                        self.revocable = Some(p.user.clone());
+                        match self.gw.policy.token_version(&p.user).await {
+                            Ok(Some(current)) if p.version < current => {
+                                self.gw.revocations.refused();
+                                tracing::info!(user = %p.user, version = p.version, current, "revoked token refused on CONNECT");
+                                actions.clear();
+                                actions.extend(self.session.fail(
+                                    crate::revocation::REVOKED_MESSAGE,
+                                    None,
+                                    None,
+                                ));
+                                continue;
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::error!(error = %e, "token version unavailable");
+                                actions.clear();
+                                actions.extend(self.session.fail(
+                                    "token check unavailable, retry later",
+                                    None,
+                                    None,
+                                ));
+                                continue;
+                            }
+                        }
                         let left = p.expires_at.saturating_sub(unix_now());
                         self.token_deadline = Instant::now() + Duration::from_secs(left);
                         let entry = SessionEntry {
@@ -895,6 +957,9 @@ impl Driver<'_> {
         }
         if let Some(user) = self.counted.take() {
             self.gw.release_session(&user);
+        }
+        if let Some(user) = self.revocable.take() {
+            self.gw.revocations.forget(&user, self.number);
         }
         if self.registered
             && let Err(e) = self.gw.registry.unregister(self.session.id()).await

@@ -176,6 +176,15 @@ pub trait TopicPolicy: Send + Sync + 'static {
         false
     }
 
+    /// `user`'s current token version (see [`crate::revocation`]), checked on CONNECT: a token
+    /// signed at an older version is refused. `Ok(None)` when this node cannot tell (no
+    /// database): only the revocations it heard on the bus are enforced then. An error refuses
+    /// the CONNECT (fails closed).
+    async fn token_version(&self, user: &str) -> Result<Option<u64>, String> {
+        let _ = user;
+        Ok(None)
+    }
+
     /// The stored messages of `topic` with an id above `after`, oldest first, at most `limit`, for
     /// a SUBSCRIBE carrying [`LAST_ID_HEADER`](crate::replay::LAST_ID_HEADER) (see
     /// [`crate::replay`]). Topics without history refuse with [`ReplayError::Unsupported`].

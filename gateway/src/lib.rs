@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod queue;
 mod queue_sub;
 pub mod replay;
+pub mod revocation;
 pub mod rules;
 pub mod sendbuf;
 pub mod server;
@@ -86,6 +87,8 @@ pub struct Gateway {
     pub send_buffer: Arc<sendbuf::SendBuffer>,
     /// The counters of the HTTP listener serving [`Gateway::routes`] ([`listen::serve`]).
     pub http_stats: Arc<listen::ConnStats>,
+    /// The counters of the raw STOMP/TCP listener ([`serve_tcp`]).
+    pub tcp_stats: Arc<listen::ConnStats>,
     /// The counters of the SockJS endpoint of [`Gateway::routes`].
     pub sockjs_metrics: sockjs::SockJsMetrics,
     /// Cancelled to drain and close every session.
@@ -93,6 +96,8 @@ pub struct Gateway {
     /// Per user with sessions on this node: their count (for `max_sessions_per_user`) and the
     /// SEND bucket they share.
     pub user_sessions: parking_lot::Mutex<std::collections::HashMap<String, UserSessions>>,
+    /// Signed-in sessions by user and the token revocations heard on the bus.
+    pub revocations: Arc<revocation::Revocations>,
 }
 
 /// What a node keeps per user while the user has sessions on it.

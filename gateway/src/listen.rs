@@ -98,36 +98,56 @@ type Row<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a AtomicU64)]);
 impl ConnStats {
     /// Appends this listener's rows in the Prometheus text format.
     pub fn metrics_text(&self, out: &mut String) {
+        self.rows(out, "http", "HTTP connections", true);
+    }
+
+    /// Appends the rows of the raw STOMP/TCP listener (`instar_tcp_connections_*`; it has no
+    /// HTTP timeouts: the CONNECT timeout and heart-beats govern it).
+    pub fn tcp_metrics_text(&self, out: &mut String) {
+        self.rows(out, "tcp", "STOMP/TCP connections", false);
+    }
+
+    fn rows(&self, out: &mut String, prefix: &str, what: &str, timeouts: bool) {
+        let open_help = format!("{what} open now.");
+        let limit_help = format!(
+            "Most {what} open at once (the setting, lowered to fit the file-descriptor limit)."
+        );
+        let total_help = format!("{what} accepted and served since start.");
+        let refused_help = format!("{what} refused at accept, by the cap they met.");
         let rows: [Row<'_>; 5] = [
             (
-                "http_connections_open",
+                "connections_open",
                 "gauge",
-                "HTTP connections open now (WebSockets included).",
+                if timeouts {
+                    "HTTP connections open now (WebSockets included)."
+                } else {
+                    open_help.as_str()
+                },
                 &[("", &self.open)],
             ),
             (
-                "http_connections_limit",
+                "connections_limit",
                 "gauge",
-                "Most HTTP connections open at once (the setting, lowered to fit the file-descriptor limit).",
+                limit_help.as_str(),
                 &[("", &self.cap)],
             ),
             (
-                "http_connections_total",
+                "connections_total",
                 "counter",
-                "HTTP connections accepted and served since start.",
+                total_help.as_str(),
                 &[("", &self.accepted)],
             ),
             (
-                "http_connections_refused_total",
+                "connections_refused_total",
                 "counter",
-                "HTTP connections refused at accept, by the cap they met.",
+                refused_help.as_str(),
                 &[
                     ("{cap=\"global\"}", &self.refused_global),
                     ("{cap=\"address\"}", &self.refused_address),
                 ],
             ),
             (
-                "http_timeouts_total",
+                "timeouts_total",
                 "counter",
                 "HTTP connections closed for a timeout, by kind.",
                 &[
@@ -138,10 +158,13 @@ impl ConnStats {
             ),
         ];
         for (name, kind, help, values) in rows {
-            let _ = writeln!(out, "# HELP instar_{name} {help}");
-            let _ = writeln!(out, "# TYPE instar_{name} {kind}");
+            if name == "timeouts_total" && !timeouts {
+                continue;
+            }
+            let _ = writeln!(out, "# HELP instar_{prefix}_{name} {help}");
+            let _ = writeln!(out, "# TYPE instar_{prefix}_{name} {kind}");
             for (labels, v) in values {
-                let _ = writeln!(out, "instar_{name}{labels} {}", v.load(Relaxed));
+                let _ = writeln!(out, "instar_{prefix}_{name}{labels} {}", v.load(Relaxed));
             }
         }
     }
@@ -203,9 +226,49 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
 /// Connections open per address group.
 type PerAddress = Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>;
 
+/// The connection caps of one listener: [`HttpLimits::max_connections`] (lowered to fit the
+/// file-descriptor limit) and [`HttpLimits::max_connections_per_address`], except
+/// [`HttpLimits::cap_exempt`]. [`serve`] keeps one; the raw STOMP/TCP listener another, with the
+/// same limits.
+#[derive(Debug, Clone)]
+pub struct Caps {
+    global: Arc<Semaphore>,
+    per_address: PerAddress,
+    limits: Arc<HttpLimits>,
+    stats: Arc<ConnStats>,
+}
+
+impl Caps {
+    /// Caps under `limits`, counted in `stats`.
+    pub fn new(limits: HttpLimits, stats: Arc<ConnStats>) -> Self {
+        let cap = connection_cap(limits.max_connections);
+        stats.cap.store(cap as u64, Relaxed);
+        Self {
+            global: Arc::new(Semaphore::new(cap)),
+            per_address: Arc::default(),
+            limits: Arc::new(limits),
+            stats,
+        }
+    }
+
+    /// A place for a connection from `ip` (held until dropped), or `None` when a cap is met
+    /// (the refusal is counted).
+    pub fn take(&self, ip: IpAddr) -> Option<Place> {
+        let place = take_place(
+            &self.global,
+            &self.per_address,
+            &self.limits,
+            &self.stats,
+            ip,
+        )?;
+        self.stats.accepted.fetch_add(1, Relaxed);
+        Some(place)
+    }
+}
+
 /// A place taken under the caps; given back when the connection's socket is dropped.
 #[derive(Debug)]
-struct Place {
+pub struct Place {
     _global: OwnedSemaphorePermit,
     address: Option<(PerAddress, IpAddr)>,
     stats: Arc<ConnStats>,
@@ -417,10 +480,7 @@ pub fn serve(
     stats: Arc<ConnStats>,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let cap = connection_cap(limits.max_connections);
-    stats.cap.store(cap as u64, Relaxed);
-    let global = Arc::new(Semaphore::new(cap));
-    let per_address: PerAddress = Arc::default();
+    let caps = Caps::new(limits.clone(), stats.clone());
     let limits = Arc::new(limits);
     let service = warp::service(routes);
     async move {
@@ -438,13 +498,12 @@ pub fn serve(
                     }
                 },
             };
-            let Some(place) = take_place(&global, &per_address, &limits, &stats, peer.ip()) else {
+            let Some(place) = caps.take(peer.ip()) else {
                 // Best effort, never waiting: the socket's send buffer takes these bytes.
                 let _ = stream.try_write(REFUSED);
                 drop(stream);
                 continue;
             };
-            stats.accepted.fetch_add(1, Relaxed);
             let activity = Arc::new(Activity {
                 start: Instant::now(),
                 last_ms: AtomicU64::new(0),

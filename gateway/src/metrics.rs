@@ -12,7 +12,8 @@ impl Gateway {
         let h = &self.hub.metrics;
         let b = self.bus.metrics();
         let sb = &self.send_buffer.stats;
-        let rows: [(&str, &str, &str, u64); 27] = [
+        let r = &self.revocations;
+        let rows: [(&str, &str, &str, u64); 29] = [
             (
                 "sessions_open",
                 "gauge",
@@ -78,6 +79,18 @@ impl Gateway {
                 "counter",
                 "Subscriptions dropped by revoke controls (a member left a room).",
                 h.revoked.load(Relaxed),
+            ),
+            (
+                "revoked_token_sessions_closed_total",
+                "counter",
+                "Live sessions closed because their token was revoked (password change, sign-out-everywhere).",
+                r.sessions_closed.load(Relaxed),
+            ),
+            (
+                "revoked_token_connects_refused_total",
+                "counter",
+                "CONNECTs refused because their token was revoked.",
+                r.connects_refused.load(Relaxed),
             ),
             (
                 "held_during_replay_total",
@@ -195,6 +208,7 @@ impl Gateway {
             sockjs.sessions_refused_total, sockjs.sessions_refused_address_total
         );
         self.http_stats.metrics_text(&mut out);
+        self.tcp_stats.tcp_metrics_text(&mut out);
         out
     }
 }

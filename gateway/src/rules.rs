@@ -220,6 +220,7 @@ mod tests {
             user: "u".into(),
             role: role.map(str::to_owned),
             expires_at: 0,
+            version: 0,
         }
     }
 

@@ -57,6 +57,10 @@ pub struct GatewayConfig {
     /// Bounds of the node's buffer of commands the bus cannot take during a broker outage
     /// ([`crate::sendbuf`]).
     pub send_buffer: crate::sendbuf::SendBufferConfig,
+    /// Connection caps of the raw STOMP/TCP listener ([`serve_tcp`]): the HTTP listener's
+    /// `max_connections`, `max_connections_per_address` and `cap_exempt` (its timeouts do not
+    /// apply).
+    pub tcp_limits: crate::listen::HttpLimits,
 }
 
 /// Passes requests for operator endpoints (`/metrics`) only from an operator: with a token
@@ -124,6 +128,7 @@ impl Default for GatewayConfig {
                 .max_sessions_per_address,
             proxies: Vec::new(),
             send_buffer: crate::sendbuf::SendBufferConfig::default(),
+            tcp_limits: crate::listen::HttpLimits::default(),
         }
     }
 }
@@ -151,7 +156,10 @@ impl Gateway {
         policy: Arc<dyn TopicPolicy>,
     ) -> Result<Arc<Gateway>, broker_bridge::BusError> {
         let link = bus.open_node(node.clone()).await?;
+        // Token revocations reach every node, whoever is connected to it.
+        link.bind(crate::revocation::TOKENS_TOPIC).await?;
         let (link, mut inbox) = link.split();
+        let revocations = Arc::new(crate::revocation::Revocations::default());
         let private = policy.clone();
         let hub = Arc::new(
             Hub::new(Arc::new(LinkInterest(link)))
@@ -171,12 +179,20 @@ impl Gateway {
             policy,
             metrics: Metrics::default(),
             http_stats: Arc::default(),
+            tcp_stats: Arc::default(),
             sockjs_metrics: sockjs::SockJsMetrics::default(),
             shutdown: CancellationToken::new(),
             user_sessions: parking_lot::Mutex::default(),
+            revocations: revocations.clone(),
         });
         tokio::spawn(async move {
             while let Some(delivery) = inbox.recv().await {
+                if let broker_bridge::Target::Topic(topic) = &delivery.target
+                    && topic == crate::revocation::TOKENS_TOPIC
+                {
+                    revocations.apply(&delivery.envelope);
+                    continue;
+                }
                 hub.dispatch(&delivery);
             }
             tracing::info!("bus inbox closed");
@@ -332,16 +348,28 @@ pub fn choose_subprotocol(offered: &str) -> Option<&'static str> {
 
 /// Accepts raw STOMP over TCP until the gateway shuts down.
 pub async fn serve_tcp(gw: Arc<Gateway>, listener: TcpListener) {
+    // The HTTP listener's caps, kept apart: at most `max_connections` at once and
+    // `max_connections_per_address` from one address (the proxies exempt), counted in
+    // `instar_tcp_connections_*`.
+    let caps = crate::listen::Caps::new(gw.config.tcp_limits.clone(), gw.tcp_stats.clone());
     loop {
         tokio::select! {
             () = gw.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
+                    let Some(place) = caps.take(peer.ip()) else {
+                        // Refused at once: STOMP has no frame to send before CONNECT, so a
+                        // best-effort ERROR, never waiting, then the socket is closed.
+                        let _ = stream.try_write(TCP_REFUSED);
+                        drop(stream);
+                        continue;
+                    };
                     let gw = gw.clone();
                     let chunk = gw.config.tcp_read_chunk;
                     tokio::spawn(async move {
                         let (source, sink) = transport::tcp(stream, chunk);
                         connection::run(gw, source, sink, "tcp").await;
+                        drop(place);
                     });
                 }
                 Err(e) => {
@@ -353,6 +381,10 @@ pub async fn serve_tcp(gw: Arc<Gateway>, listener: TcpListener) {
         }
     }
 }
+
+/// What a STOMP/TCP connection refused by a cap is told before it is closed.
+const TCP_REFUSED: &[u8] =
+    b"ERROR\nmessage:too many connections\ncontent-type:text/plain\n\ntoo many connections\0";
 
 /// Pending connections the HTTP listener queues before they are accepted.
 const HTTP_BACKLOG: u32 = 1024;

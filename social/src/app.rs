@@ -154,12 +154,18 @@ impl Ctx {
         if cfg.cache.entries > 0 {
             Arc::clone(&cache).listen(bus.clone(), &jobs).await?;
         }
+        let revocation = Arc::new(crate::revocation::Revocation::new(
+            store.clone(),
+            Some(bus.clone()),
+        ));
+        Arc::clone(&revocation).listen(bus.clone(), &jobs).await?;
         let outbox = Outbox::new(store.clone(), bus);
         let ctx = Ctx::new(CtxInner {
             store,
             kv,
             media,
             tokens,
+            revocation: Arc::clone(&revocation),
             mailer,
             outbox,
             jobs: jobs.clone(),
@@ -171,6 +177,7 @@ impl Ctx {
             extensions: Arc::new(extensions),
         });
         ctx.add_metrics(Arc::new(chat_writers));
+        ctx.add_metrics(revocation);
         crate::feed::jobs::schedule(&ctx, cfg.interest_recompute.clone());
         ctx.add_metrics(feed);
         ctx.add_metrics(Arc::new(jobs));

@@ -95,6 +95,8 @@ pub struct CtxInner {
     pub media: Media,
     /// JWT signing and checking.
     pub tokens: Arc<Tokens>,
+    /// Token versions: revoked tokens are refused ([`crate::revocation`]).
+    pub revocation: Arc<crate::revocation::Revocation>,
     /// Outgoing mail.
     pub mailer: Arc<dyn Mailer>,
     /// Pushes through the bus.

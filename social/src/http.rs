@@ -195,6 +195,8 @@ pub enum Refusal {
     BadInput(String),
     /// Body over the limit.
     TooLarge,
+    /// A check the request needs could not be made (the database is down).
+    Unavailable,
 }
 
 impl warp::reject::Reject for Refusal {}
@@ -280,21 +282,33 @@ pub fn multipart_form(
         .and(warp::multipart::form().max_length(None))
 }
 
-/// The authenticated user id, from `Authorization: Bearer <jwt>`; 401 `AV` otherwise.
-pub fn authed(tokens: Arc<Tokens>) -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
+/// The authenticated user id, from `Authorization: Bearer <jwt>`; 401 `AV` otherwise, also for
+/// a revoked token (its version is below the user's, [`crate::revocation`]). When the user's
+/// version cannot be read the request fails closed (500 `DE`).
+pub fn authed(
+    tokens: Arc<Tokens>,
+    revocation: Arc<crate::revocation::Revocation>,
+) -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization").and_then(move |h: Option<String>| {
         let tokens = Arc::clone(&tokens);
+        let revocation = Arc::clone(&revocation);
         async move {
-            let user = h
+            let claims = h
                 .as_deref()
                 .and_then(|h| h.strip_prefix("Bearer "))
                 .map(str::trim)
                 .and_then(|t| tokens.verify(t).ok())
-                .map(|c| c.sub);
-            if let Some(user) = &user {
-                tracing::Span::current().record("user", user.as_str());
+                .ok_or_else(|| warp::reject::custom(Refusal::Unauthorized))?;
+            match revocation.accepts(&claims.sub, claims.ver).await {
+                Ok(true) => {}
+                Ok(false) => return Err(warp::reject::custom(Refusal::Unauthorized)),
+                Err(e) => {
+                    tracing::error!(error = %e, "token version check");
+                    return Err(warp::reject::custom(Refusal::Unavailable));
+                }
             }
-            user.ok_or_else(|| warp::reject::custom(Refusal::Unauthorized))
+            tracing::Span::current().record("user", claims.sub.as_str());
+            Ok(claims.sub)
         }
     })
 }
@@ -371,6 +385,7 @@ pub async fn recover(r: Rejection) -> Result<Response, Infallible> {
                 ApiError::bad_request()
             }
             Refusal::TooLarge => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "BR"),
+            Refusal::Unavailable => ApiError::database(),
         }
     } else if r.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "NF")

@@ -37,6 +37,7 @@ pub mod outbox;
 pub mod password;
 pub mod public_url;
 pub mod quotas;
+pub mod revocation;
 pub mod store;
 pub mod tokens;
 

@@ -34,6 +34,7 @@ use warp::reply::Response;
     paths(
         crate::accounts::routes::sign_up,
         crate::accounts::routes::sign_in,
+        crate::accounts::routes::sign_out_everywhere,
         crate::accounts::routes::check_id,
         crate::accounts::routes::send_email,
         crate::accounts::google::login_url,

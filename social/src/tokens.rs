@@ -1,4 +1,7 @@
-//! JWTs for REST and STOMP: HMAC-signed, `sub` = user id, `role`, `iat`, `exp`.
+//! JWTs for REST and STOMP: HMAC-signed, `sub` = user id, `role`, `iat`, `exp`, and `ver`, the
+//! user's token version when it was signed (a token whose `ver` is below the user's current one
+//! is revoked, see [`crate::revocation`]; a token without `ver`, signed before versions existed,
+//! counts as version 0).
 //!
 //! The gateway verifies the same tokens with its own small verifier (gateway/src/auth.rs); this side
 //! signs them and verifies REST calls. The algorithm follows the secret's length as the original's
@@ -28,6 +31,9 @@ pub struct Claims {
     pub iat: i64,
     /// Expiry, seconds.
     pub exp: i64,
+    /// The user's token version at signing (0 when absent: tokens from before versions).
+    #[serde(default)]
+    pub ver: u64,
 }
 
 /// Signs and verifies tokens.
@@ -91,19 +97,34 @@ impl Tokens {
         self.alg
     }
 
-    /// A token for `user` issued now.
+    /// A token for `user` issued now, at token version 0 (a user who never revoked tokens).
     pub fn issue(&self, user: &str, role: &str) -> Result<String, TokenError> {
-        let iat = crate::time::now_micros() / 1_000_000;
-        self.issue_at(user, role, iat)
+        self.issue_version(user, role, 0)
     }
 
-    /// A token for `user` issued at `iat` (seconds).
+    /// A token for `user` issued now, carrying `version` (the user row's `token_version`).
+    pub fn issue_version(
+        &self,
+        user: &str,
+        role: &str,
+        version: u64,
+    ) -> Result<String, TokenError> {
+        let iat = crate::time::now_micros() / 1_000_000;
+        self.issue_full(user, role, iat, version)
+    }
+
+    /// A token for `user` issued at `iat` (seconds), version 0.
     pub fn issue_at(&self, user: &str, role: &str, iat: i64) -> Result<String, TokenError> {
+        self.issue_full(user, role, iat, 0)
+    }
+
+    fn issue_full(&self, user: &str, role: &str, iat: i64, ver: u64) -> Result<String, TokenError> {
         let claims = Claims {
             sub: user.to_owned(),
             role: role.to_owned(),
             iat,
             exp: iat + self.ttl_secs,
+            ver,
         };
         let mut header = Header::new(self.alg);
         header.typ = None;

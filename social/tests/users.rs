@@ -859,6 +859,7 @@ async fn edit_password_checks_the_old_one(db: Db) {
     }
 
     // Success, even with a short password (the original's rule): argon2id hash of the new one.
+    // Each change revokes the earlier tokens and answers with a new one.
     let (status, body) = app
         .post(
             path,
@@ -866,7 +867,8 @@ async fn edit_password_checks_the_old_one(db: Db) {
             json!({"oldPassword": "password1!", "newPassword": "short"}),
         )
         .await;
-    assert_eq!((status, body), (200, json!({"code": "SC"})));
+    assert_eq!((status, &body["code"]), (200, &json!("SC")));
+    let alice = body["token"].as_str().unwrap().to_owned();
     let (status, body) = app
         .post(
             path,
@@ -874,7 +876,8 @@ async fn edit_password_checks_the_old_one(db: Db) {
             json!({"oldPassword": "short", "newPassword": "brand-new-pw"}),
         )
         .await;
-    assert_eq!((status, body), (200, json!({"code": "SC"})));
+    assert_eq!((status, &body["code"]), (200, &json!("SC")));
+    let alice = body["token"].as_str().unwrap().to_owned();
     let hash = stored_hash(&app, "alice01").await.unwrap();
     assert!(hash.starts_with("$argon2id$"));
     assert!(
@@ -932,6 +935,125 @@ async fn edit_password_checks_the_old_one(db: Db) {
     );
 }
 on_both!(edit_password_checks_the_old_one);
+
+/// Item 5 of the abuse work: a password change and signing out everywhere revoke every earlier
+/// token, on this process and at once on another one (which had the old version cached), while
+/// the new token works; a token from before versions (no `ver`) works until the first revocation.
+async fn password_change_and_sign_out_everywhere_revoke_tokens(db: Db) {
+    let app = TestApp::start(db).await;
+    let other = app.second().await;
+    app.user("alice01").await; // password `password1!`
+    let (status, body) = app
+        .post(
+            "/api/auth/signIn",
+            None,
+            json!({"id": "alice01", "password": "password1!"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let signed_in = body["token"].as_str().unwrap().to_owned();
+    // A token without a `ver` claim (signed before versions existed) counts as version 0.
+    let legacy = legacy_token(&app, "alice01");
+    for token in [&signed_in, &legacy] {
+        assert_eq!(app.get("/api/user/me", Some(token)).await.0, 200);
+        // The other process now keeps version 0 for alice01.
+        assert_eq!(other.get("/api/user/me", Some(token)).await.0, 200);
+    }
+
+    let (status, body) = app
+        .post(
+            "/api/user/edit/password",
+            Some(&signed_in),
+            json!({"oldPassword": "password1!", "newPassword": "brand-new-pw"}),
+        )
+        .await;
+    assert_eq!((status, &body["code"]), (200, &json!("SC")));
+    let fresh = body["token"].as_str().unwrap().to_owned();
+    let av = (401, json!({"code": "AV"}));
+    for token in [&signed_in, &legacy] {
+        assert_eq!(app.get("/api/user/me", Some(token)).await, av);
+    }
+    // The other process heard it through the bus: refused well within its check TTL.
+    let started = std::time::Instant::now();
+    common::wait_until("the other process refuses the old token", || async {
+        other.get("/api/user/me", Some(&signed_in)).await.0 == 401
+    })
+    .await;
+    assert!(
+        started.elapsed() < social::revocation::CHECK_TTL / 2,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(other.get("/api/user/me", Some(&legacy)).await, av);
+    // The new token works on both; a sign-in gives a token of the new version.
+    assert_eq!(app.get("/api/user/me", Some(&fresh)).await.0, 200);
+    assert_eq!(other.get("/api/user/me", Some(&fresh)).await.0, 200);
+    let (_, body) = app
+        .post(
+            "/api/auth/signIn",
+            None,
+            json!({"id": "alice01", "password": "brand-new-pw"}),
+        )
+        .await;
+    let second = body["token"].as_str().unwrap().to_owned();
+    assert_eq!(other.get("/api/user/me", Some(&second)).await.0, 200);
+
+    // Signing out everywhere, on the other process, revokes both new tokens everywhere.
+    let (status, body) = other
+        .post("/api/auth/signOutEverywhere", Some(&second), json!({}))
+        .await;
+    assert_eq!((status, body), (200, json!({"code": "SC"})));
+    for token in [&fresh, &second] {
+        assert_eq!(other.get("/api/user/me", Some(token)).await, av);
+    }
+    let started = std::time::Instant::now();
+    common::wait_until("the first process refuses the revoked tokens", || async {
+        app.get("/api/user/me", Some(&fresh)).await.0 == 401
+    })
+    .await;
+    assert!(started.elapsed() < social::revocation::CHECK_TTL / 2);
+    assert_eq!(app.get("/api/user/me", Some(&second)).await, av);
+    // Signing out everywhere needs a valid token; the next sign-in works.
+    assert_eq!(
+        app.post("/api/auth/signOutEverywhere", Some(&second), json!({}))
+            .await,
+        av
+    );
+    let (_, body) = app
+        .post(
+            "/api/auth/signIn",
+            None,
+            json!({"id": "alice01", "password": "brand-new-pw"}),
+        )
+        .await;
+    let third = body["token"].as_str().unwrap();
+    assert_eq!(app.get("/api/user/me", Some(third)).await.0, 200);
+    assert_eq!(other.get("/api/user/me", Some(third)).await.0, 200);
+    // Another user's tokens are untouched.
+    let bob = quick_user(&app, "bob0001", "Bob").await;
+    assert_eq!(other.get("/api/user/me", Some(&bob)).await.0, 200);
+    let metrics = app.ctx.metrics_text();
+    assert!(
+        metrics.contains("instar_token_revocations_total 1"),
+        "{metrics}"
+    );
+}
+on_both!(password_change_and_sign_out_everywhere_revoke_tokens);
+
+/// A token as signed before token versions: no `ver` claim.
+fn legacy_token(app: &TestApp, user: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({"sub": user, "role": "USER", "iat": now, "exp": now + 3600});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(app.ctx.tokens.algorithm()),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes()),
+    )
+    .unwrap()
+}
 
 async fn edit_password_attempts_are_limited(db: Db) {
     let app = TestApp::start_with(db, |cfg| cfg.limits.sign_in_failures = 2).await;

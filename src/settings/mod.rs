@@ -27,6 +27,53 @@ use serde::de::DeserializeOwned;
 /// Arguments of a command that are not settings: no TOML key, and (but for `config`) no variable.
 const META: [&str; 4] = ["help", "version", "config", "print_config"];
 
+/// Deprecated variables still read, each as (old name, the setting it now sets): used only when
+/// the setting's own variable is unset, with a warning ([`deprecations`]).
+const DEPRECATED_VARIABLES: [(&str, &str); 1] = [("INSTAR_HTTP_PROXIES", "trusted_proxies")];
+
+/// Deprecated keys of the config file, each as (old key, new key): renamed on reading, with a
+/// warning, unless the new key is set too (then the old one is refused as unknown).
+const DEPRECATED_KEYS: [(&str, &str); 2] = [
+    ("http_proxies", "trusted_proxies"),
+    ("social.trusted_proxies", "trusted_proxies"),
+];
+
+/// Warnings about deprecated settings found while reading them, logged once logging is up.
+static DEPRECATIONS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn deprecated(warning: String) {
+    let mut list = DEPRECATIONS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !list.contains(&warning) {
+        list.push(warning);
+    }
+}
+
+/// The deprecated settings met so far (each once), to log as warnings.
+pub(crate) fn deprecations() -> Vec<String> {
+    DEPRECATIONS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// The variable that sets `id`: its own, or a deprecated one when only that is set.
+fn variable_of(id: &str) -> String {
+    let own = env_name(id);
+    if std::env::var_os(&own).is_none()
+        && let Some((old, _)) = DEPRECATED_VARIABLES
+            .iter()
+            .find(|(old, new)| *new == id && std::env::var_os(old).is_some())
+    {
+        deprecated(format!(
+            "{old} is deprecated: it sets `{id}`, use {own} instead (docs/configuration.md)"
+        ));
+        return (*old).to_owned();
+    }
+    own
+}
+
 /// Names the `INSTAR_*` variable of every setting of every subcommand, and sets the defaults that
 /// differ between commands.
 pub(crate) fn finish(cli: Command) -> Command {
@@ -61,7 +108,11 @@ pub(crate) fn finish_with(cli: Command, variables: bool) -> Command {
             };
             for id in ids {
                 let named = variables && (!META.contains(&id.as_str()) || id == "config");
-                let env = env_name(&id);
+                let env = if named {
+                    variable_of(&id)
+                } else {
+                    env_name(&id)
+                };
                 sub = sub.mut_arg(&id, |a| if named { a.env(env) } else { a });
             }
             sub
@@ -216,11 +267,43 @@ fn explain<T: DeserializeOwned>(
 fn read_file(path: &Path, keys: &[String]) -> anyhow::Result<toml::Table> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
-    let table: toml::Table =
+    let mut table: toml::Table =
         toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
+    rename_deprecated(&mut table, keys);
     check_keys(&table, "", keys)
         .with_context(|| format!("parsing config file {}", path.display()))?;
     Ok(table)
+}
+
+/// Moves deprecated keys ([`DEPRECATED_KEYS`]) to their new place when that is free.
+fn rename_deprecated(table: &mut toml::Table, keys: &[String]) {
+    for (old, new) in DEPRECATED_KEYS {
+        if !keys.iter().any(|k| k == new) || table.contains_key(new) {
+            continue;
+        }
+        let value = match old.split_once('.') {
+            None => table.remove(old),
+            Some((section, key)) => {
+                let (v, emptied) = match table.get_mut(section) {
+                    Some(toml::Value::Table(t)) => {
+                        let v = t.remove(key);
+                        (v, t.is_empty())
+                    }
+                    _ => (None, false),
+                };
+                if emptied && v.is_some() {
+                    table.remove(section);
+                }
+                v
+            }
+        };
+        if let Some(value) = value {
+            deprecated(format!(
+                "config file key `{old}` is deprecated: use `{new}` (docs/configuration.md)"
+            ));
+            table.insert(new.to_owned(), value);
+        }
+    }
 }
 
 fn check_keys(table: &toml::Table, prefix: &str, keys: &[String]) -> anyhow::Result<()> {

@@ -60,18 +60,22 @@ pub(crate) struct Http {
     pub http_idle_timeout_secs: u64,
     /// HTTP connections open at once (WebSockets included); lowered to the open-file limit less
     /// an eighth (at least 128 kept for the database, Redis, logs and health checks). One more
-    /// is answered 503 and closed.
+    /// is answered 503 and closed. The raw STOMP/TCP listener has the same cap of its own (one
+    /// more gets an ERROR and is closed).
     #[arg(long, default_value_t = gateway::listen::HttpLimits::default().max_connections)]
     pub http_max_connections: usize,
     /// HTTP connections open at once from one client address (IPv6: one /64), except
-    /// http_proxies; 0: unlimited.
+    /// trusted_proxies; 0: unlimited. The raw STOMP/TCP listener has the same caps.
     #[arg(long, default_value_t = gateway::listen::HttpLimits::default().max_connections_per_address)]
     pub http_max_connections_per_address: usize,
     /// The proxies in front (addresses or CIDRs, comma-separated; `none` for none): their
-    /// connections carry many clients, so the per-address connection cap does not apply to
-    /// them, and the last X-Forwarded-For value they set names the client of a SockJS session.
+    /// X-Forwarded-For (read right to left through these hops), -Host and -Proto are believed,
+    /// so the address they forward names the client (rate limits, SockJS sessions per address);
+    /// their connections carry many clients, so the per-address connection caps do not apply to
+    /// them. Deprecated aliases: INSTAR_HTTP_PROXIES, and the file keys `http_proxies` and
+    /// `social.trusted_proxies` (each logs a warning).
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.0/8,::1/128")]
-    pub http_proxies: Vec<String>,
+    pub trusted_proxies: Vec<String>,
     /// Largest request head (request line and headers), in bytes (at least 8192); a larger one
     /// is refused with 431.
     #[arg(long, default_value_t = gateway::listen::HttpLimits::default().max_header_bytes)]
@@ -79,13 +83,13 @@ pub(crate) struct Http {
 }
 
 impl Http {
-    /// The listener's limits, addresses checked.
-    pub(crate) fn limits(&self) -> anyhow::Result<gateway::listen::HttpLimits> {
-        let mut cap_exempt = Vec::new();
-        for p in &self.http_proxies {
+    /// The trusted proxies, addresses checked (`none`: none).
+    pub(crate) fn trusted_proxies(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        let mut nets = Vec::new();
+        for p in &self.trusted_proxies {
             let p = p.trim();
             if p.eq_ignore_ascii_case("none") {
-                cap_exempt.clear();
+                nets.clear();
                 break;
             }
             if p.is_empty() {
@@ -94,9 +98,17 @@ impl Http {
             let net = p
                 .parse::<ipnet::IpNet>()
                 .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| anyhow::anyhow!("http_proxies: '{p}' is not an address or a CIDR"))?;
-            cap_exempt.push(net);
+                .map_err(|_| {
+                    anyhow::anyhow!("trusted_proxies: '{p}' is not an address or a CIDR")
+                })?;
+            nets.push(net);
         }
+        Ok(nets)
+    }
+
+    /// The listener's limits, addresses checked.
+    pub(crate) fn limits(&self) -> anyhow::Result<gateway::listen::HttpLimits> {
+        let cap_exempt = self.trusted_proxies()?;
         anyhow::ensure!(
             self.http_header_timeout_secs > 0
                 && self.http_body_timeout_secs > 0
@@ -160,7 +172,7 @@ pub(crate) struct Stomp {
     #[arg(long, default_value_t = 32)]
     pub max_sessions_per_user: u32,
     /// SockJS sessions open at once from one client address (IPv6: one /64; behind a proxy of
-    /// http_proxies, the address it forwards); one more is answered 503; 0: unlimited.
+    /// trusted_proxies, the address it forwards); one more is answered 503; 0: unlimited.
     #[arg(long, default_value_t = gateway::sockjs::SockJsConfig::default().max_sessions_per_address)]
     pub sockjs_max_sessions_per_address: usize,
     /// Seconds a new connection has to send CONNECT.
@@ -349,10 +361,6 @@ pub(crate) struct Web {
     /// address.
     #[arg(long)]
     pub public_url: Option<String>,
-    /// Proxies (addresses or CIDRs, comma-separated; `none` for none) whose X-Forwarded-For,
-    /// -Host and -Proto are believed.
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.0/8,::1/128")]
-    pub trusted_proxies: Vec<String>,
 }
 
 /// Media storage: a local directory, or S3 once a bucket is set.

@@ -244,6 +244,14 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str, user: &str) -> Client {
+        match Client::connect_token(url, &token(user)).await {
+            Ok(client) => client,
+            Err(frame) => panic!("{frame}"),
+        }
+    }
+
+    /// CONNECTs with `token`; the client once CONNECTED, else the frame the server answered.
+    pub async fn connect_token(url: &str, token: &str) -> Result<Client, String> {
         let mut req =
             tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
                 .unwrap();
@@ -256,16 +264,17 @@ impl Client {
             session: String::new(),
             next_receipt: 0,
         };
-        let t = token(user);
         client
             .raw(&format!(
-                "CONNECT\naccept-version:1.2\nheart-beat:0,0\nAuthorization:Bearer {t}\n\n\0"
+                "CONNECT\naccept-version:1.2\nheart-beat:0,0\nAuthorization:Bearer {token}\n\n\0"
             ))
             .await;
         let connected = client.frame().await;
-        assert!(connected.starts_with("CONNECTED\n"), "{connected}");
+        if !connected.starts_with("CONNECTED\n") {
+            return Err(connected);
+        }
         client.session = header(&connected, "session").unwrap_or_default().to_owned();
-        client
+        Ok(client)
     }
 
     /// Connects `user` through `url` until the session lands on the node `want` (nginx round robin).

@@ -812,10 +812,14 @@ async fn redeem_ticket(ctx: &Ctx, g: &Google, code: Option<&str>, addr: &str) ->
             let Some(user) = ctx.store.user_by_id(&user).await? else {
                 return Err(refused());
             };
-            let token = ctx.tokens.issue(&user.id, &user.role).map_err(|e| {
-                tracing::error!(error = %e, "signing a token");
-                ApiError::database()
-            })?;
+            let version = u64::try_from(user.token_version).unwrap_or(0);
+            let token = ctx
+                .tokens
+                .issue_version(&user.id, &user.role, version)
+                .map_err(|e| {
+                    tracing::error!(error = %e, "signing a token");
+                    ApiError::database()
+                })?;
             // The sign-in happens here, where the token is handed out.
             ctx.store.set_last_login(&user.id, now_micros()).await?;
             g.stats.sign_ins.fetch_add(1, Ordering::Relaxed);

@@ -58,8 +58,19 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         .and(warp::query::<SendEmail>())
         .then(send_email)
         .map(finish);
+    let sign_out_everywhere = warp::path!("auth" / "signOutEverywhere")
+        .and(warp::post())
+        .and(with_ctx(ctx))
+        .and(crate::http::authed(
+            ctx.tokens.clone(),
+            ctx.revocation.clone(),
+        ))
+        .then(sign_out_everywhere)
+        .map(finish);
     sign_up
         .or(sign_in)
+        .unify()
+        .or(sign_out_everywhere)
         .unify()
         .or(check_id)
         .unify()
@@ -312,11 +323,36 @@ async fn sign_in(ctx: Ctx, addr: String, body: SignIn) -> ApiResult {
     }
     let _ = ctx.kv.del(&failures_key).await;
     ctx.store.set_last_login(&user.id, now_micros()).await?;
-    let token = ctx.tokens.issue(&user.id, &user.role).map_err(|e| {
-        tracing::error!(error = %e, "signing a token");
-        ApiError::database()
-    })?;
+    let version = u64::try_from(user.token_version).unwrap_or(0);
+    let token = ctx
+        .tokens
+        .issue_version(&user.id, &user.role, version)
+        .map_err(|e| {
+            tracing::error!(error = %e, "signing a token");
+            ApiError::database()
+        })?;
     sc(&serde_json::json!({ "token": token }))
+}
+
+/// `POST /api/auth/signOutEverywhere`: revokes every token of the caller, this one included, on
+/// every process: REST refuses them at once and every live STOMP session opened with one is closed
+/// with an ERROR ([`crate::revocation`]). Sign in again for a new token.
+#[utoipa::path(
+    post, path = "/api/auth/signOutEverywhere", tag = "accounts", security(("bearer" = [])),
+    responses(
+        (status = 200, body = crate::http::doc::Done, description = "every token issued so far is revoked"),
+        (status = 400, body = crate::http::doc::Refused, description = "`BR`: the account no longer exists"),
+    )
+)]
+async fn sign_out_everywhere(ctx: Ctx, caller: String) -> ApiResult {
+    let Some(version) = ctx.store.bump_token_version(&caller).await? else {
+        return Err(ApiError::bad_request());
+    };
+    ctx.revocation
+        .raised(&caller, u64::try_from(version).unwrap_or(0))
+        .await;
+    tracing::info!(user = %caller, "signed out everywhere");
+    sc_only()
 }
 
 /// `POST /api/auth/checkId` body.

@@ -28,7 +28,7 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
     warp::path!("alarm" / "getList")
         .and(get())
         .and(with_ctx(ctx))
-        .and(authed(ctx.tokens.clone()))
+        .and(authed(ctx.tokens.clone(), ctx.revocation.clone()))
         .then(list)
         .map(finish)
         .boxed()

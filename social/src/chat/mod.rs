@@ -467,6 +467,19 @@ impl Rooms {
         self.store.close().await;
     }
 
+    /// `user`'s current token version, read from the database (0 for an unknown user), for the
+    /// gateway's check of a CONNECT's token ([`crate::revocation`]).
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn token_version(&self, user: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .store
+            .token_version(user)
+            .await?
+            .map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+    }
+
     /// Whether `user` may subscribe to `topic` (given without `/topic/`): `chat.{id}` and
     /// `members.info.{id}` for the current members of room `id` (participants who have not left);
     /// every other topic is refused. A database error refuses (and is logged).

@@ -47,7 +47,7 @@ const MULTIPART_SLACK: u64 = 64 * 1024;
 
 /// The routes of this module.
 pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
-    let auth = || authed(ctx.tokens.clone());
+    let auth = || authed(ctx.tokens.clone(), ctx.revocation.clone());
     let list = warp::path!("chat" / "getList")
         .and(get())
         .and(with_ctx(ctx))

@@ -36,7 +36,7 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         .unify()
         .and(get())
         .and(with_ctx(ctx))
-        .and(authed(ctx.tokens.clone()))
+        .and(authed(ctx.tokens.clone(), ctx.revocation.clone()))
         .then(trigger)
         .map(finish)
         .boxed()

@@ -59,7 +59,7 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
     warp::path!("feed")
         .and(get())
         .and(with_ctx(ctx))
-        .and(authed(ctx.tokens.clone()))
+        .and(authed(ctx.tokens.clone(), ctx.revocation.clone()))
         .and(warp::query::<HashMap<String, String>>())
         .then(feed)
         .map(finish)

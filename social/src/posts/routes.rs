@@ -60,7 +60,7 @@ const MEDIA_PREFIX: &str = "post";
 
 /// The routes of this module.
 pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
-    let auth = || authed(ctx.tokens.clone());
+    let auth = || authed(ctx.tokens.clone(), ctx.revocation.clone());
     let create = warp::path!("post" / "create")
         .and(warp::post())
         .and(with_ctx(ctx))

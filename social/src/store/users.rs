@@ -42,10 +42,14 @@ pub struct UserRow {
     pub social_id: Option<String>,
     /// Last sign-in (local or Google), µs.
     pub last_login_at: Option<i64>,
+    /// Raised by a password change and by signing out everywhere: tokens carrying an older
+    /// version are refused ([`crate::revocation`]).
+    pub token_version: i64,
 }
 
 const USER_COLUMNS: &str = "id, password, name, sex, email, comment, address, address_detail, \
-     follow_count, follower_count, post_count, profile_image, role, type, social_id, last_login_at";
+     follow_count, follower_count, post_count, profile_image, role, type, social_id, last_login_at, \
+     token_version";
 
 /// A new account.
 #[derive(Debug, Clone)]
@@ -149,15 +153,63 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces a password hash (also used to upgrade legacy hashes on sign-in).
-    pub async fn set_password(&self, id: &str, hash: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE user SET password = ?, token_version = token_version + 1 WHERE id = ?")
-            .bind(hash)
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+    /// Replaces a password hash and raises the token version (every earlier token is revoked);
+    /// returns the new version, `None` when there is no such user.
+    pub async fn set_password(&self, id: &str, hash: &str) -> StoreResult<Option<i64>> {
+        let mut tx = self.write().await?;
+        let n = sqlx::query(
+            "UPDATE user SET password = ?, token_version = token_version + 1 WHERE id = ?",
+        )
+        .bind(hash)
+        .bind(id)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+        let version = read_token_version(tx.conn(), id, n).await?;
+        tx.commit().await?;
+        Ok(version)
     }
+
+    /// Raises `id`'s token version (signing out everywhere); returns the new version, `None`
+    /// when there is no such user.
+    pub async fn bump_token_version(&self, id: &str) -> StoreResult<Option<i64>> {
+        let mut tx = self.write().await?;
+        let n = sqlx::query("UPDATE user SET token_version = token_version + 1 WHERE id = ?")
+            .bind(id)
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+        let version = read_token_version(tx.conn(), id, n).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    /// `id`'s current token version, `None` when there is no such user.
+    pub async fn token_version(&self, id: &str) -> StoreResult<Option<i64>> {
+        Ok(
+            sqlx::query_scalar::<_, i64>("SELECT token_version FROM user WHERE id = ?")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+}
+
+/// The token version just written by an update that touched `rows` rows (inside its transaction).
+async fn read_token_version(
+    conn: &mut AnyConnection,
+    id: &str,
+    rows: u64,
+) -> StoreResult<Option<i64>> {
+    if rows == 0 {
+        return Ok(None);
+    }
+    Ok(
+        sqlx::query_scalar::<_, i64>("SELECT token_version FROM user WHERE id = ?")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?,
+    )
 }
 
 /// Records a sign-in inside a transaction (a Google sign-up).

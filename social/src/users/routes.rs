@@ -57,7 +57,7 @@ const PROFILE_PREFIX: &str = "profile";
 
 /// The routes of this module.
 pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
-    let auth = || authed(ctx.tokens.clone());
+    let auth = || authed(ctx.tokens.clone(), ctx.revocation.clone());
     let me = warp::path!("user" / "me")
         .and(get())
         .and(with_ctx(ctx))
@@ -494,13 +494,15 @@ async fn edit_info(ctx: Ctx, caller: String, mut body: EditUser) -> ApiResult {
 /// #17 `POST /api/user/edit/password`: 200 `NEP` when the old password does not match (always for
 /// Google accounts, which have none), checked first; then the new one must be 1..=256 bytes
 /// (400 `BR`, which an empty one from a client other than the frontend gets). Attempts are
-/// limited like failed sign-ins.
+/// limited like failed sign-ins. A change revokes every earlier token of the user, the caller's
+/// included, on every process ([`crate::revocation`]): the answer carries a new `token` for the
+/// caller to continue with.
 #[utoipa::path(
     post, path = "/api/user/edit/password", security(("bearer" = [])),
     tag = "users",
     request_body = PasswordBody,
     responses(
-        (status = 200, body = crate::http::doc::Done, description = "`SC`, or `NEP`: the old password is wrong"),
+        (status = 200, body = crate::http::doc::Token, description = "`SC` with a new `token` (every earlier token is revoked), or `NEP`: the old password is wrong"),
         (status = 429, body = crate::http::doc::Refused, description = "`TMR`: too many attempts"),
     )
 )]
@@ -528,8 +530,19 @@ async fn edit_password(ctx: Ctx, caller: String, body: PasswordBody) -> ApiResul
         return Err(ApiError::bad_request());
     }
     let hash = crate::password::hash(body.new_password).await?;
-    ctx.store.set_password(&caller, &hash).await?;
-    sc_only()
+    let Some(version) = ctx.store.set_password(&caller, &hash).await? else {
+        return Err(ApiError::bad_request());
+    };
+    let version = u64::try_from(version).unwrap_or(0);
+    ctx.revocation.raised(&caller, version).await;
+    let token = ctx
+        .tokens
+        .issue_version(&caller, &u.role, version)
+        .map_err(|e| {
+            tracing::error!(error = %e, "signing a token");
+            ApiError::database()
+        })?;
+    sc(&serde_json::json!({ "token": token }))
 }
 
 /// Why the `file` part could not be read.
