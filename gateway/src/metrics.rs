@@ -11,7 +11,7 @@ impl Gateway {
         let m = &self.metrics;
         let h = &self.hub.metrics;
         let b = self.bus.metrics();
-        let rows: [(&str, &str, &str, u64); 21] = [
+        let rows: [(&str, &str, &str, u64); 22] = [
             (
                 "sessions_open",
                 "gauge",
@@ -71,6 +71,12 @@ impl Gateway {
                 "counter",
                 "Stored messages replayed to SUBSCRIBEs naming a last message id.",
                 m.replayed.load(Relaxed),
+            ),
+            (
+                "resumed_subscriptions_total",
+                "counter",
+                "Topic SUBSCRIBEs without a last message id resumed server-side from the user's previous session.",
+                m.resumed.load(Relaxed),
             ),
             (
                 "revoked_subscriptions_total",
