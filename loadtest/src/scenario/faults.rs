@@ -4,7 +4,8 @@
 //! each room one sender SENDs to `/app/send` at its share of `--rate`, every SEND with a `receipt`,
 //! and one receiver subscribes to `/topic/chat.{room}`. Both behave like a careful client:
 //!
-//! - a connection that fails or ends is opened again with a capped exponential backoff
+//! - a connection that fails or ends is opened again, on the next `--url` after a failed attempt,
+//!   with a capped exponential backoff
 //!   (`--backoff-min-ms` doubling to `--backoff-max-ms`, with jitter);
 //! - the receiver re-subscribes with `x-instar-last-message-id` set to the newest
 //!   `x-instar-message-id` it got, so the gateway replays what it missed (no resend by the
@@ -115,9 +116,12 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Connects with backoff until it works or the run stops.
+/// Connects with backoff until it works or the run stops. `specs` holds one entry per gateway
+/// URL; a failed attempt moves on to the next one (as a client behind a load balancer would end
+/// up on a live node), starting from `*at`, which is left on the one that worked.
 async fn connect(
-    spec: &ConnectSpec,
+    specs: &[ConnectSpec],
+    at: &mut usize,
     user: &str,
     backoff: &mut Backoff,
     stop: &CancellationToken,
@@ -126,12 +130,14 @@ async fn connect(
         if stop.is_cancelled() {
             return None;
         }
+        let spec = &specs[*at % specs.len()];
         match Session::connect(spec, user).await {
             Ok(s) => {
                 backoff.succeeded();
                 return Some(s);
             }
             Err(_) => {
+                *at = (*at + 1) % specs.len();
                 let wait = backoff.failed();
                 tokio::select! {
                     () = stop.cancelled() => return None,
@@ -145,7 +151,8 @@ async fn connect(
 /// One room's sender: returns the fate of each message.
 async fn sender(
     stream: u64,
-    spec: ConnectSpec,
+    specs: Arc<Vec<ConnectSpec>>,
+    mut at: usize,
     user: String,
     schedule: Schedule,
     count: u64,
@@ -163,7 +170,8 @@ async fn sender(
             // Answers to a connection that ended will not come.
             break;
         }
-        let Some(mut session) = connect(&spec, &user, &mut backoff, &shared.stop).await else {
+        let Some(mut session) = connect(&specs, &mut at, &user, &mut backoff, &shared.stop).await
+        else {
             break;
         };
         if !first {
@@ -272,7 +280,8 @@ async fn sender(
 /// One room's receiver: returns how many copies of each sequence number it got.
 async fn receiver(
     stream: u64,
-    spec: ConnectSpec,
+    specs: Arc<Vec<ConnectSpec>>,
+    mut at: usize,
     user: String,
     topic: String,
     shared: Arc<Shared>,
@@ -283,7 +292,8 @@ async fn receiver(
     let mut subscribed_once = false;
     let mut first = true;
     'run: loop {
-        let Some(mut session) = connect(&spec, &user, &mut backoff, &shared.stop).await else {
+        let Some(mut session) = connect(&specs, &mut at, &user, &mut backoff, &shared.stop).await
+        else {
             break;
         };
         if !first {
@@ -475,22 +485,30 @@ pub async fn run(common: &Common, args: &FaultArgs) -> anyhow::Result<Report> {
         marker: format!("run={run_id} "),
     });
     let heartbeat = (common.heartbeat_ms, common.heartbeat_ms);
-    let spec_for = |target: usize| ConnectSpec {
-        target: common.targets[target % common.targets.len()].clone(),
-        credentials: common.credentials.clone(),
-        host_header: common.host_header.clone(),
-        heartbeat,
-        source: None,
-        timeout: common.connect_timeout,
-        ws_read_buffer: common.ws_read_buffer,
-    };
+    let specs: Arc<Vec<ConnectSpec>> = Arc::new(
+        common
+            .targets
+            .iter()
+            .map(|target| ConnectSpec {
+                target: target.clone(),
+                credentials: common.credentials.clone(),
+                host_header: common.host_header.clone(),
+                heartbeat,
+                source: None,
+                timeout: common.connect_timeout,
+                ws_read_buffer: common.ws_read_buffer,
+            })
+            .collect(),
+    );
+    let n_targets = specs.len();
 
     // Receivers first; sending starts once every one of them has subscribed.
     let mut receivers = Vec::with_capacity(r);
     for (i, (room, members)) in rooms.iter().enumerate() {
         receivers.push(tokio::spawn(receiver(
             i as u64,
-            spec_for(i + 1),
+            specs.clone(),
+            (i + 1) % n_targets,
             members[1].clone(),
             format!("/topic/chat.{room}"),
             shared.clone(),
@@ -533,7 +551,8 @@ pub async fn run(common: &Common, args: &FaultArgs) -> anyhow::Result<Report> {
         planned += count;
         senders.push(tokio::spawn(sender(
             i as u64,
-            spec_for(i),
+            specs.clone(),
+            i % n_targets,
             members[0].clone(),
             schedule,
             count,
