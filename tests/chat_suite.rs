@@ -277,7 +277,14 @@ async fn loadtest_fault_mode_accounts_for_a_killed_and_restarted_server() {
             "--drain",
             "20",
         ])
-        .args(["--backoff-min-ms", "50", "--backoff-max-ms", "500"])
+        .args([
+            "--backoff-min-ms",
+            "50",
+            "--backoff-max-ms",
+            "500",
+            "--gap-ms",
+            "50",
+        ])
         .arg("--fault")
         .arg(format!("2:kill -9 {pid}"))
         .arg("--database-url")

@@ -363,7 +363,9 @@ impl Driver<'_> {
     ) -> Result<Option<CloseReason>, ReplayError> {
         let destination = format!("/topic/{topic}");
         let max = self.gw.config.max_replay;
-        let mut newest = None;
+        // The client has everything up to `after`: a live copy of one of those (the outbox
+        // re-publishing a batch after a restart, say) is dropped like a replayed one.
+        let mut newest = (after > 0).then_some(after);
         let mut total = 0usize;
         let mut failure = None;
         loop {
