@@ -149,17 +149,30 @@ async fn connect(
 }
 
 /// One room's sender: returns the fate of each message.
-async fn sender(
+/// What one room's sender sends.
+struct SendJob {
     stream: u64,
-    specs: Arc<Vec<ConnectSpec>>,
-    mut at: usize,
     user: String,
     schedule: Schedule,
     count: u64,
     body: BodyFormat,
     payload: usize,
+}
+
+async fn sender(
+    job: SendJob,
+    specs: Arc<Vec<ConnectSpec>>,
+    mut at: usize,
     shared: Arc<Shared>,
 ) -> Vec<Fate> {
+    let SendJob {
+        stream,
+        user,
+        schedule,
+        count,
+        body,
+        payload,
+    } = job;
     let n = usize::try_from(count).unwrap_or(usize::MAX);
     let mut fates = vec![Fate::NotSent; n];
     let mut backoff = Backoff::new(shared.backoff.0, shared.backoff.1, stream + 1);
@@ -526,16 +539,15 @@ pub async fn run(common: &Common, args: &FaultArgs) -> anyhow::Result<Report> {
             .is_err()
         {
             shared.stop.cancel();
-            let mut report = Report {
+            return Ok(Report {
                 scenario: "faults".into(),
+                aborted: Some(format!(
+                    "only {} of {r} receivers subscribed within {:?}",
+                    shared.ready.load(Ordering::Relaxed),
+                    common.connect_timeout
+                )),
                 ..Report::default()
-            };
-            report.aborted = Some(format!(
-                "only {} of {r} receivers subscribed within {:?}",
-                shared.ready.load(Ordering::Relaxed),
-                common.connect_timeout
-            ));
-            return Ok(report);
+            });
         }
     }
 
@@ -550,17 +562,19 @@ pub async fn run(common: &Common, args: &FaultArgs) -> anyhow::Result<Report> {
         let count = schedule.count_within(duration);
         planned += count;
         senders.push(tokio::spawn(sender(
-            i as u64,
+            SendJob {
+                stream: i as u64,
+                user: members[0].clone(),
+                schedule,
+                count,
+                body: BodyFormat::Chat {
+                    room: *room,
+                    run: run_id.clone(),
+                },
+                payload: args.payload,
+            },
             specs.clone(),
             i % n_targets,
-            members[0].clone(),
-            schedule,
-            count,
-            BodyFormat::Chat {
-                room: *room,
-                run: run_id.clone(),
-            },
-            args.payload,
             shared.clone(),
         )));
     }
