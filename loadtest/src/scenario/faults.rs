@@ -354,12 +354,10 @@ async fn receiver(
                                 }
                             }
                         }
-                        Command::Receipt => {
-                            if !subscribed_once {
-                                subscribed_once = true;
-                                shared.ready.fetch_add(1, Ordering::Relaxed);
-                                shared.ready_changed.notify_waiters();
-                            }
+                        Command::Receipt if !subscribed_once => {
+                            subscribed_once = true;
+                            shared.ready.fetch_add(1, Ordering::Relaxed);
+                            shared.ready_changed.notify_waiters();
                         }
                         Command::Error => {
                             // A replay refused (too long a gap): start live next time.
