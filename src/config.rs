@@ -178,6 +178,8 @@ pub(crate) fn gateway_config(
     g.sockjs_sessions_per_address = stomp.sockjs_max_sessions_per_address;
     g.metrics_token = metrics_token;
     g.connect_timeout = Duration::from_secs(stomp.connect_timeout_secs);
+    g.resume_window = Duration::from_secs(stomp.chat_resume_window_secs);
+    g.resume_after_connect = Duration::from_millis(stomp.chat_resume_after_connect_ms);
     g.session.heartbeat = (stomp.heartbeat_ms, stomp.heartbeat_ms);
     g.session.allow_anonymous = stomp.allow_anonymous;
     g.session.destinations = std::sync::Arc::new(destinations.clone());

@@ -224,3 +224,146 @@ async fn loadtest_chat_scenario_counts_deliveries_and_persistence() {
     assert_eq!(p["duplicated"], 0, "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `loadtest faults` against `instar serve`, which is killed with SIGKILL two seconds into the
+/// run (the fault command) and started again by this test on the same port and data: the senders
+/// and receivers reconnect, the receivers re-subscribe with their last message id, and the report
+/// accounts for every message (counted in the SQLite file) with nothing stored or delivered twice,
+/// every stored message delivered, and the time until answers and deliveries resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_fault_mode_accounts_for_a_killed_and_restarted_server() {
+    let loadtest = std::path::Path::new(env!("CARGO_BIN_EXE_instar")).with_file_name("loadtest");
+    if !loadtest.exists() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            !ci,
+            "{} is missing: build the workspace",
+            loadtest.display()
+        );
+        eprintln!("note: {} is not built; skipping", loadtest.display());
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = unique_dir("loadtest-faults-data");
+    let envs = [
+        ("INSTAR_LISTEN", format!("127.0.0.1:{port}")),
+        ("INSTAR_DATA_DIR", data.display().to_string()),
+    ];
+    let mut server = flow_support::start_with(&envs).await;
+    let http = reqwest::Client::new();
+    for k in 1..=4 {
+        account(&server.base, &server.log, &http, &format!("chat{k:05}")).await;
+    }
+    let pid = server.proc.child.id().unwrap();
+    let dir = unique_dir("loadtest-faults");
+    std::fs::create_dir_all(&dir).unwrap();
+    let json_path = dir.join("report.json");
+    let run = tokio::process::Command::new(&loadtest)
+        .arg("faults")
+        .arg("--url")
+        .arg(format!("ws://127.0.0.1:{port}/stomp"))
+        .args(["--jwt-secret", SECRET])
+        .args([
+            "--rooms",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "8",
+            "--drain",
+            "20",
+        ])
+        .args([
+            "--backoff-min-ms",
+            "50",
+            "--backoff-max-ms",
+            "500",
+            "--gap-ms",
+            "50",
+        ])
+        .arg("--fault")
+        .arg(format!("2:kill -9 {pid}"))
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", data.join("instar.db").display()))
+        .args([
+            "--connect-timeout",
+            "5",
+            "--timeout",
+            "90",
+            "--quiet",
+            "--json",
+        ])
+        .arg(&json_path)
+        .kill_on_drop(true)
+        .output();
+    let restart = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        // The fault kills the server; start it again on the same port and data.
+        let _ = server.proc.child.wait().await;
+        Proc::spawn("serve-again", &["serve"], &{
+            let mut e: Vec<(&str, String)> = vec![
+                ("INSTAR_TCP_LISTEN", "off".into()),
+                ("INSTAR_JWT_SECRET", SECRET.into()),
+            ];
+            e.extend(envs.iter().cloned());
+            e
+        })
+        .await
+    });
+    let (out, again) = tokio::join!(run, restart);
+    let out = out.unwrap();
+    assert!(again.is_ok(), "the server was not killed by the fault");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let f = &report["faults"];
+    let t = &f["tally"];
+    let n = |k: &str| t[k].as_u64().unwrap_or_else(|| panic!("{k}: {stdout}"));
+    let planned = report["parameters"]["messages_planned"].as_u64().unwrap();
+    assert!(planned > 700, "{stdout}");
+    assert_eq!(n("attempted"), planned, "{stdout}");
+    assert_eq!(n("written") + n("not_sent"), n("attempted"), "{stdout}");
+    assert_eq!(
+        n("accepted") + n("refused") + n("unanswered"),
+        n("written"),
+        "{stdout}"
+    );
+    assert!(n("accepted") > 400, "most were accepted: {stdout}");
+    assert_eq!(f["stored_from"], "database", "{stdout}");
+    assert!(n("stored") >= n("accepted") - n("lost"), "{stdout}");
+    for k in [
+        "stored_twice",
+        "stored_refused",
+        "duplicated",
+        "undelivered",
+        "phantom",
+    ] {
+        assert_eq!(n(k), 0, "{k}: {stdout}");
+    }
+    assert_eq!(n("delivered"), n("stored"), "{stdout}");
+    // Every session lost its connection and came back; receivers named their last id.
+    assert!(f["sender_reconnects"].as_u64().unwrap() >= 2, "{stdout}");
+    assert!(f["receiver_reconnects"].as_u64().unwrap() >= 2, "{stdout}");
+    assert!(
+        f["resubscribed_with_last_id"].as_u64().unwrap() >= 2,
+        "{stdout}"
+    );
+    let fault = &f["faults"][0];
+    assert_eq!(fault["exit_code"], 0, "{stdout}");
+    for k in ["accepting_again_s", "delivering_again_s"] {
+        let s = fault[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k}: never recovered: {stdout}"));
+        assert!(s > 0.0 && s < 30.0, "{k} = {s}: {stdout}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -10,6 +10,7 @@
 //! | `{p}l:{node}` | string | the node's lease: a random token of the holding process | 3/4 of the lease TTL, refreshed every 1/4 |
 //! | `{p}nodes` | set | node ids that have held a lease or have sessions | – |
 //! | `{p}seq` | counter | registration order | – |
+//! | `{p}r:{user}:{topic}` | string | resume mark: the last message id delivered on `topic` to the user's session that ended | the resume window |
 //! | `{p}epoch` | string | ms since the epoch when a node last found its lease missing and wrote its sessions back (`0`: never) | – |
 //!
 //! Every change touching several keys runs as one Lua script, so readers never see half a
@@ -227,6 +228,16 @@ pub(crate) const RECOVERY_WINDOW: Duration = Duration::from_millis(1500);
 /// How long a read of `{p}epoch` is trusted.
 const EPOCH_CACHE: Duration = Duration::from_millis(250);
 
+/// Keys: the marks; ARGV[1]: TTL in ms, ARGV[2..]: the ids. A mark is replaced only by a larger id.
+const SAVE_RESUME: &str = r"
+for i, key in ipairs(KEYS) do
+  local id = tonumber(ARGV[i + 1])
+  local old = tonumber(redis.call('GET', key) or '-1')
+  if id > old then redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1]) end
+end
+return 0
+";
+
 const RELEASE: &str = r"
 local lkey = ARGV[1] .. 'l:' .. ARGV[2]
 if redis.call('GET', lkey) == ARGV[3] then redis.call('DEL', lkey) return 1 end
@@ -246,6 +257,7 @@ return redis.call('ZRANGE', key, 0, -1)
 
 struct Scripts {
     worker_heartbeat: Script,
+    save_resume: Script,
     register: Script,
     unregister: Script,
     sessions_of: Script,
@@ -264,6 +276,7 @@ impl Scripts {
             remove_node: Script::new(REMOVE_NODE),
             refresh: Script::new(REFRESH),
             release: Script::new(RELEASE),
+            save_resume: Script::new(SAVE_RESUME),
         }
     }
 }
@@ -894,6 +907,36 @@ impl RegistryBackend for RedisRegistry {
             .zrem(format!("{}workers", inner.prefix()), worker)
             .await;
         inner.ok(result).map(|_| ())
+    }
+
+    async fn save_resume(
+        &self,
+        user: &str,
+        marks: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<(), BusError> {
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut invocation = inner.scripts.save_resume.prepare_invoke();
+        invocation.arg(ttl_ms);
+        for (topic, id) in marks {
+            invocation
+                .key(format!("{}r:{user}:{topic}", inner.prefix()))
+                .arg(*id);
+        }
+        let result: Result<(), _> = invocation.invoke_async(&mut conn).await;
+        inner.ok(result)
+    }
+
+    async fn take_resume(&self, user: &str, topic: &str) -> Result<Option<u64>, BusError> {
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        let result: Result<Option<u64>, _> = redis::cmd("GETDEL")
+            .arg(format!("{}r:{user}:{topic}", inner.prefix()))
+            .query_async(&mut conn)
+            .await;
+        inner.ok(result)
     }
 
     fn health(&self) -> Health {

@@ -33,6 +33,13 @@ pub(crate) trait RegistryBackend: Send + Sync + fmt::Debug + 'static {
     async fn worker_heartbeat(&self, worker: &str, ttl: Duration) -> Result<Vec<String>, BusError>;
     async fn worker_leave(&self, worker: &str) -> Result<(), BusError>;
     fn health(&self) -> Health;
+    async fn save_resume(
+        &self,
+        user: &str,
+        marks: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<(), BusError>;
+    async fn take_resume(&self, user: &str, topic: &str) -> Result<Option<u64>, BusError>;
 }
 
 /// A node's lease in the registry: while it is held (and refreshed in the background by the Redis
@@ -215,5 +222,29 @@ impl Registry {
     /// Health of the registry (Redis reachable, leases refreshed).
     pub fn health(&self) -> Health {
         self.backend.health()
+    }
+
+    /// Resume marks: records, for each `(topic, id)`, that `user`'s session that just ended had
+    /// been delivered the messages of `topic` up to message id `id`. A mark lives `ttl` (the resume
+    /// window); a newer mark for the same user and topic replaces it only with a larger id (of two
+    /// sessions of one user, the one that saw more wins, so a resume never repeats what one of them
+    /// showed). Redis: one key per mark, `{p}r:{user}:{topic}`, expiring with `ttl`, so marks of a
+    /// user are found from any gateway. In-process: a bounded table.
+    pub async fn save_resume(
+        &self,
+        user: &str,
+        marks: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<(), BusError> {
+        if marks.is_empty() || ttl.is_zero() {
+            return Ok(());
+        }
+        self.backend.save_resume(user, marks, ttl).await
+    }
+
+    /// Takes (reads and deletes) `user`'s unexpired resume mark for `topic`, if any: the id of the
+    /// last message the user's previous session was delivered on it.
+    pub async fn take_resume(&self, user: &str, topic: &str) -> Result<Option<u64>, BusError> {
+        self.backend.take_resume(user, topic).await
     }
 }

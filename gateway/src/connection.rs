@@ -71,6 +71,8 @@ struct Driver<'a> {
     handle: SessionHandle,
     targets: HashMap<u32, (Arc<SubState>, SubscribeTarget)>,
     registered: bool,
+    /// When CONNECTED was handled (a resume is only for SUBSCRIBEs soon after it).
+    connected_at: Option<Instant>,
     send_every: Option<Duration>,
     expect_within: Option<Duration>,
     last_sent: Instant,
@@ -144,6 +146,7 @@ async fn run_session(
         },
         targets: HashMap::new(),
         registered: false,
+        connected_at: None,
         send_every: None,
         expect_within: None,
         last_sent: now,
@@ -380,7 +383,9 @@ impl Driver<'_> {
     ) -> Result<Option<CloseReason>, ReplayError> {
         let destination = format!("/topic/{topic}");
         let max = self.gw.config.max_replay;
-        let mut newest = None;
+        // The client has everything up to `after`: a live copy of one of those (the outbox
+        // re-publishing a batch after a restart, say) is dropped like a replayed one.
+        let mut newest = (after > 0).then_some(after);
         let mut total = 0usize;
         let mut failure = None;
         loop {
@@ -552,6 +557,7 @@ impl Driver<'_> {
                         }
                         self.registered = true;
                     }
+                    self.connected_at = Some(Instant::now());
                 }
                 Action::Subscribe {
                     sub,
@@ -599,6 +605,15 @@ impl Driver<'_> {
                     }
                     // (The session refuses the header without a principal: replay is per user.)
                     let replay_after = replay_after.filter(|_| user.is_some());
+                    let (replay_after, resumed) = match (replay_after, &target, user.as_deref()) {
+                        (None, SubscribeTarget::Topic(topic), Some(user)) => {
+                            match self.resume_point(user, topic).await {
+                                Some(after) => (Some(after), true),
+                                None => (None, false),
+                            }
+                        }
+                        _ => (replay_after, false),
+                    };
                     if replay_after.is_some() {
                         sub.begin_replay();
                     }
@@ -638,8 +653,18 @@ impl Driver<'_> {
                         (replay_after, &target, user.as_deref())
                     {
                         match self.replay(&sub, topic, user, after).await {
-                            Ok(None) => {}
+                            Ok(None) => {
+                                if resumed {
+                                    self.gw.metrics.resumed.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
                             Ok(Some(reason)) => return Some(reason),
+                            Err(e) if resumed => {
+                                // The client did not ask for a replay: a resume that cannot be
+                                // served (too long a gap, history unavailable) leaves the
+                                // subscription live, as without a resume.
+                                tracing::info!(%user, %topic, error = %e, "resume not served; the subscription stays live");
+                            }
                             Err(e) => {
                                 actions.clear();
                                 actions.extend(self.session.fail(
@@ -942,6 +967,61 @@ impl Driver<'_> {
         }
     }
 
+    /// Where a topic SUBSCRIBE without [`replay::LAST_ID_HEADER`] resumes from: the last message
+    /// id the user's previous session was delivered on `topic`, when that session ended within the
+    /// resume window and this SUBSCRIBE comes soon after CONNECTED (an automatic re-subscribe, not
+    /// a user opening the room, which reloads its history; see docs/chat.md). The mark is taken,
+    /// so only one SUBSCRIBE resumes from it.
+    async fn resume_point(&mut self, user: &str, topic: &str) -> Option<u64> {
+        let config = &self.gw.config;
+        if config.resume_window.is_zero() || !self.gw.policy.owns(topic) {
+            return None;
+        }
+        let soon = self
+            .connected_at
+            .is_some_and(|at| at.elapsed() <= config.resume_after_connect);
+        if !soon {
+            return None;
+        }
+        match self.gw.registry.take_resume(user, topic).await {
+            Ok(mark) => mark,
+            Err(e) => {
+                tracing::warn!(%user, %topic, error = %e, "resume mark unavailable; subscribing without a resume");
+                None
+            }
+        }
+    }
+
+    /// Records, for the user's next session, the last message id this session was delivered on
+    /// each of its topic subscriptions (see [`Driver::resume_point`]).
+    async fn save_resume_marks(&mut self, user: &str) {
+        let window = self.gw.config.resume_window;
+        if window.is_zero() {
+            return;
+        }
+        let marks: Vec<(String, u64)> = self
+            .targets
+            .values()
+            .filter_map(|(sub, target)| match target {
+                SubscribeTarget::Topic(topic) if self.gw.policy.owns(topic) => {
+                    let last = sub
+                        .seen
+                        .lock()
+                        .newest()
+                        .max(sub.floor.load(Ordering::Acquire));
+                    (last > 0).then(|| (topic.clone(), last))
+                }
+                _ => None,
+            })
+            .collect();
+        if marks.is_empty() {
+            return;
+        }
+        if let Err(e) = self.gw.registry.save_resume(user, &marks, window).await {
+            tracing::warn!(%user, error = %e, "could not record resume marks");
+        }
+    }
+
     /// Unsubscribes everything, leaves the registry, and records why the connection ended.
     async fn finish(&mut self, reason: CloseReason, transport: &'static str) {
         self.handle.queue.close();
@@ -949,6 +1029,9 @@ impl Driver<'_> {
             queue.stop().await;
         }
         let user = self.session.principal().map(|p| p.user.clone());
+        if let Some(user) = user.as_deref() {
+            self.save_resume_marks(user).await;
+        }
         for (_, (sub, target)) in std::mem::take(&mut self.targets) {
             self.gw
                 .hub

@@ -41,6 +41,11 @@ impl SeenIds {
         true
     }
 
+    /// The largest id delivered (0: none).
+    pub fn newest(&self) -> u64 {
+        self.newest
+    }
+
     /// Ids remembered.
     pub fn len(&self) -> usize {
         self.ids.len()

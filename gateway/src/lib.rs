@@ -64,6 +64,8 @@ pub struct Metrics {
     pub heartbeat_timeouts: AtomicU64,
     /// Stored messages written by replays on SUBSCRIBE.
     pub replayed: AtomicU64,
+    /// Topic SUBSCRIBEs resumed from the user's previous session (no last id given).
+    pub resumed: AtomicU64,
     /// Sessions closed for sending faster than `send_rate`.
     pub send_rate_closes: AtomicU64,
     /// CONNECTs refused because the user held `max_sessions_per_user` sessions on this node.

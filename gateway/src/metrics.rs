@@ -13,7 +13,7 @@ impl Gateway {
         let b = self.bus.metrics();
         let sb = &self.send_buffer.stats;
         let r = &self.revocations;
-        let rows: [(&str, &str, &str, u64); 29] = [
+        let rows: [(&str, &str, &str, u64); 30] = [
             (
                 "sessions_open",
                 "gauge",
@@ -73,6 +73,12 @@ impl Gateway {
                 "counter",
                 "Stored messages replayed to SUBSCRIBEs naming a last message id.",
                 m.replayed.load(Relaxed),
+            ),
+            (
+                "resumed_subscriptions_total",
+                "counter",
+                "Topic SUBSCRIBEs without a last message id resumed server-side from the user's previous session.",
+                m.resumed.load(Relaxed),
             ),
             (
                 "revoked_subscriptions_total",

@@ -16,7 +16,9 @@
 //! Any message committed before step 2 read the store is replayed; any message committed after it
 //! is published after its commit, so after step 1, and is therefore in the buffer. Nothing falls in
 //! between. A message the store had but whose publish comes late (an outbox retry) is dropped: the
-//! subscription keeps the newest replayed id as a floor for live messages. That rule relies on the
+//! subscription keeps the newest replayed id (or, when nothing was missed, the client's own last id)
+//! as a floor for live messages, so a copy the outbox re-publishes after a restart of something the
+//! client had before it reconnected is not shown again either. That rule relies on the
 //! chat service committing a room's messages in id order (it locks the room row before inserting).
 //! A RECEIPT asked for by the SUBSCRIBE is written after the replayed messages.
 //!

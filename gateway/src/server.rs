@@ -42,6 +42,13 @@ pub struct GatewayConfig {
     pub ws_buffer: usize,
     /// Most stored messages one SUBSCRIBE replays ([`crate::replay`]); a longer gap is refused.
     pub max_replay: usize,
+    /// How long the last message id a session was delivered on each topic is kept after the
+    /// session ends, for the user's next session to resume from (see [`crate::replay`], "Resume
+    /// without the header"). Zero: no server-side resume.
+    pub resume_window: Duration,
+    /// A topic SUBSCRIBE without [`crate::replay::LAST_ID_HEADER`] resumes from the user's
+    /// previous session only when it comes this soon after CONNECTED (an automatic re-subscribe).
+    pub resume_after_connect: Duration,
     /// SENDs per second one session may keep up, with bursts of [`SEND_BURST_SECONDS`] of them;
     /// past it the session gets an ERROR and is closed. 0: unlimited.
     pub send_rate: u32,
@@ -121,6 +128,8 @@ impl Default for GatewayConfig {
             tcp_read_chunk: 4096,
             ws_buffer: 1024,
             max_replay: 5_000,
+            resume_window: Duration::from_secs(120),
+            resume_after_connect: Duration::from_millis(1000),
             send_rate: 200,
             metrics_token: None,
             max_sessions_per_user: 32,

@@ -9,6 +9,7 @@
 //! - [`pacing`]: open-loop send schedules (latency from the *intended* send time);
 //! - [`stamp`]: the stream / sequence / send-time stamp each message carries;
 //! - [`accounting`]: per-stream lost / duplicated / reordered counting;
+//! - [`faults`]: the fault mode's accounting (attempted … duplicated), fault schedule, recovery;
 //! - [`latency`]: the time origin and sharded HDR histograms;
 //! - [`procfs`]: server RSS and CPU from `/proc`, our own open-files limit;
 //! - [`report`]: JSON, SVG and the stdout summary;
@@ -16,6 +17,7 @@
 
 pub mod accounting;
 pub mod client;
+pub mod faults;
 pub mod jwt;
 pub mod latency;
 pub mod pacing;

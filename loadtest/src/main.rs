@@ -19,7 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use loadtest::client::Credentials;
 use loadtest::progress::Progress;
 use loadtest::report::{self, Report};
-use loadtest::scenario::{Common, chat, direct, fanout, idle, queue};
+use loadtest::scenario::{Common, chat, direct, fanout, faults, idle, queue};
 use loadtest::target::check_loopback;
 
 #[derive(Debug, Parser)]
@@ -58,6 +58,14 @@ enum Scenario {
         common: CommonArgs,
         #[command(flatten)]
         args: chat::ChatArgs,
+    },
+    /// Chat DMs under injected faults: reconnects, replay, SEND receipts; attempted / accepted /
+    /// stored / lost / delivered / duplicated and seconds until accepting and delivering again.
+    Faults {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        args: faults::FaultArgs,
     },
     /// C competing consumers of one queue (acknowledging) and one producer: acknowledged msg/s.
     Queue {
@@ -238,6 +246,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             check_sessions(args.rooms.saturating_mul(args.room_size))?;
             (common, args.rooms * args.room_size)
         }
+        Scenario::Faults { common, args } => {
+            check_range("--rate", args.rate, MAX_RATE)?;
+            check_range("--duration", args.duration, MAX_SECONDS)?;
+            check_range("--drain", args.drain, MAX_SECONDS)?;
+            check_sessions(args.rooms.saturating_mul(2))?;
+            (common, args.rooms * 2)
+        }
         Scenario::Queue { common, args } => {
             check_range("--rate", args.rate, MAX_RATE)?;
             check_range("--duration", args.duration, MAX_SECONDS)?;
@@ -279,6 +294,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 Scenario::Fanout { args, .. } => fanout::run(&common, args).await,
                 Scenario::Direct { args, .. } => direct::run(&common, args).await,
                 Scenario::Chat { args, .. } => chat::run(&common, args).await,
+                Scenario::Faults { args, .. } => faults::run(&common, args).await,
                 Scenario::Queue { args, .. } => queue::run(&common, args).await,
                 Scenario::Idle { args, .. } => idle::run(&common, args).await,
             }

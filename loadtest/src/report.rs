@@ -44,8 +44,25 @@ pub struct Report {
     pub loadtest_rss_kib: Option<u64>,
     /// What the server stored (chat: messages found in the rooms' history afterwards).
     pub persistence: Option<Persistence>,
+    /// The fault-mode accounting (`faults`).
+    pub faults: Option<FaultsReport>,
     /// Set when the run hit its hard timeout or could not complete.
     pub aborted: Option<String>,
+}
+
+/// What `loadtest faults` measured (see [`crate::faults`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FaultsReport {
+    pub tally: crate::faults::FaultTally,
+    /// Each injected fault and how long the service took to accept and deliver again.
+    pub faults: Vec<crate::faults::FaultOutcome>,
+    /// Where `stored` was counted: `database` or `rest` (the rooms' history).
+    pub stored_from: String,
+    /// Successful reconnects of senders and of receivers.
+    pub sender_reconnects: u64,
+    pub receiver_reconnects: u64,
+    /// Receiver re-subscriptions that named their last message id.
+    pub resubscribed_with_last_id: u64,
 }
 
 /// Messages sent vs. found in the server's store after the run.
@@ -350,6 +367,44 @@ pub fn summary(r: &Report) -> String {
             "messages     sent {} expected {} delivered {} lost {} duplicated {} reordered {} misrouted {}",
             m.sent, m.expected, m.delivered, m.lost, m.duplicated, m.reordered, m.misrouted
         );
+    }
+    if let Some(f) = &r.faults {
+        let t = &f.tally;
+        let _ = writeln!(
+            s,
+            "attempted    {} written {} (not sent {}) accepted {} refused {} unanswered {}",
+            t.attempted, t.written, t.not_sent, t.accepted, t.refused, t.unanswered
+        );
+        let _ = writeln!(
+            s,
+            "stored       {} ({}) twice {} unconfirmed-but-stored {} refused-but-stored {} LOST {}",
+            t.stored, f.stored_from, t.stored_twice, t.stored_unconfirmed, t.stored_refused, t.lost
+        );
+        let _ = writeln!(
+            s,
+            "delivered    {} duplicated {} undelivered {} phantom {}",
+            t.delivered, t.duplicated, t.undelivered, t.phantom
+        );
+        let _ = writeln!(
+            s,
+            "reconnects   senders {} receivers {} (re-subscribed with the last id {})",
+            f.sender_reconnects, f.receiver_reconnects, f.resubscribed_with_last_id
+        );
+        for o in &f.faults {
+            let secs =
+                |v: Option<f64>| v.map_or_else(|| "never".to_owned(), |v| format!("{v:.2} s"));
+            let _ = writeln!(
+                s,
+                "fault        at {:.1} s (took {:.1} s, exit {}): `{}`: accepting again after {}, delivering again after {}",
+                o.started_s,
+                o.finished_s - o.started_s,
+                o.exit_code
+                    .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+                o.command,
+                secs(o.accepting_again_s),
+                secs(o.delivering_again_s)
+            );
+        }
     }
     if let Some(l) = &r.latency {
         let _ = writeln!(

@@ -178,6 +178,17 @@ pub(crate) struct Stomp {
     /// Seconds a new connection has to send CONNECT.
     #[arg(long, default_value_t = gateway::GatewayConfig::default().connect_timeout.as_secs())]
     pub connect_timeout_secs: u64,
+    /// Seconds after a session ends during which its user's next session resumes its chat rooms
+    /// server-side: a room SUBSCRIBE without x-instar-last-message-id, sent soon after CONNECTED
+    /// (chat_resume_after_connect_ms), first gets what the ended session missed (docs/chat.md,
+    /// "Resume without the header"); 0 disables.
+    #[arg(long, default_value_t = gateway::GatewayConfig::default().resume_window.as_secs())]
+    pub chat_resume_window_secs: u64,
+    /// How long after CONNECTED a room SUBSCRIBE counts as a client's automatic re-subscription
+    /// (resumed server-side) rather than a user opening the room (which reloads its history, so
+    /// a resume would show messages twice), in ms.
+    #[arg(long, default_value_t = u64::try_from(gateway::GatewayConfig::default().resume_after_connect.as_millis()).unwrap_or(1000))]
+    pub chat_resume_after_connect_ms: u64,
     /// Accept CONNECT without a token (read-only sessions).
     #[arg(long, default_value_t = false, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub allow_anonymous: bool,

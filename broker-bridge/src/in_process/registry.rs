@@ -17,7 +17,13 @@ pub(crate) struct InProcessRegistry {
     tables: Mutex<Tables>,
     /// Command workers and when their heartbeat expires.
     workers: Mutex<HashMap<String, Instant>>,
+    /// Resume marks: (user, topic) -> (last delivered id, expiry).
+    resume: Mutex<HashMap<(String, String), (u64, Instant)>>,
 }
+
+/// Most resume marks the in-process registry keeps; past it expired ones are purged and, if still
+/// full, the new mark is not kept (the user then resumes from the history, as without marks).
+pub(crate) const MAX_RESUME_MARKS: usize = 100_000;
 
 #[derive(Debug, Default)]
 struct Tables {
@@ -142,5 +148,38 @@ impl RegistryBackend for InProcessRegistry {
 
     fn health(&self) -> Health {
         Health::Up
+    }
+
+    async fn save_resume(
+        &self,
+        user: &str,
+        marks: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<(), BusError> {
+        let now = Instant::now();
+        let mut table = lock(&self.resume);
+        if table.len() + marks.len() > MAX_RESUME_MARKS {
+            table.retain(|_, (_, until)| *until > now);
+        }
+        for (topic, id) in marks {
+            let key = (user.to_owned(), topic.clone());
+            let full = table.len() >= MAX_RESUME_MARKS;
+            match table.get_mut(&key) {
+                Some((old, until)) if *until > now && *old >= *id => {}
+                Some(slot) => *slot = (*id, now + ttl),
+                None if !full => {
+                    table.insert(key, (*id, now + ttl));
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn take_resume(&self, user: &str, topic: &str) -> Result<Option<u64>, BusError> {
+        let key = (user.to_owned(), topic.to_owned());
+        Ok(lock(&self.resume)
+            .remove(&key)
+            .and_then(|(id, until)| (until > Instant::now()).then_some(id)))
     }
 }

@@ -65,14 +65,14 @@ pub struct ChatArgs {
 pub const MAX_ROOM_SIZE: usize = 100;
 
 /// The id of member `k` (from 0) overall.
-fn member(stem: &str, k: usize) -> String {
+pub(crate) fn member(stem: &str, k: usize) -> String {
     format!("{stem}{:05}", k + 1)
 }
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
-    secret: Vec<u8>,
+pub(crate) struct Api {
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) secret: Vec<u8>,
 }
 
 impl Api {
@@ -95,7 +95,7 @@ impl Api {
         Ok(body)
     }
 
-    async fn create_room(&self, members: &[String]) -> anyhow::Result<i64> {
+    pub(crate) async fn create_room(&self, members: &[String]) -> anyhow::Result<i64> {
         let body = self
             .call(
                 &members[0],
@@ -111,7 +111,12 @@ impl Api {
     }
 
     /// Counts this run's stamps in `room`'s history: `(per-seq counts, requests)`.
-    async fn stored(&self, user: &str, room: i64, run: &str) -> anyhow::Result<(Vec<u64>, u64)> {
+    pub(crate) async fn stored(
+        &self,
+        user: &str,
+        room: i64,
+        run: &str,
+    ) -> anyhow::Result<(Vec<u64>, u64)> {
         let marker = format!("run={run} ");
         let mut seqs = Vec::new();
         let mut cursor = String::new();
@@ -150,8 +155,8 @@ impl Api {
 }
 
 /// The REST base for `--api`, or the first gateway URL's host and port.
-fn api_base(common: &Common, args: &ChatArgs) -> anyhow::Result<String> {
-    let base = match &args.api {
+pub(crate) fn api_base_of(common: &Common, api: Option<&str>) -> anyhow::Result<String> {
+    let base = match api {
         Some(a) => a.trim_end_matches('/').to_owned(),
         None => {
             let url = &common.targets[0].url;
@@ -182,7 +187,7 @@ pub async fn run(common: &Common, args: &ChatArgs) -> anyhow::Result<Report> {
         bail!("--room-size must be in 2..={MAX_ROOM_SIZE}");
     }
     let api = Api {
-        base: api_base(common, args)?,
+        base: api_base_of(common, args.api.as_deref())?,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()

@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod direct;
 pub mod fanout;
+pub mod faults;
 pub mod idle;
 pub mod queue;
 
