@@ -255,8 +255,12 @@ async fn sender(
                         let answered = f.get("receipt-id").and_then(|id| pending.remove(id));
                         if let Some(seq) = answered {
                             shared.outstanding.fetch_sub(1, Ordering::Relaxed);
-                            // An error receipt (the SEND was not taken) names what went wrong.
-                            let refused = f.command == Command::Error || f.get("message").is_some();
+                            // An error receipt (the SEND was not taken: the gateway's send buffer
+                            // was full during a broker outage) names what went wrong in
+                            // `x-instar-error`; `message` is accepted too, as on an ERROR.
+                            let refused = f.command == Command::Error
+                                || f.get("x-instar-error").is_some()
+                                || f.get("message").is_some();
                             if refused {
                                 fates[seq as usize] = Fate::Refused;
                             } else {
