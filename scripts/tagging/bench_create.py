@@ -129,13 +129,17 @@ def run(binary, posts, vision):
     proc, base = start_server(binary, data_dir, vision)
     try:
         db = sqlite3.connect(os.path.join(data_dir, "instar.db"), timeout=10)
-        db.execute("INSERT INTO user (id, password, name, email, comment, profile_image, created_at) "
-                   "VALUES ('bench01', NULL, 'Bench', 'bench01@example.com', '', NULL, 1700000000000000)")
+        # Authors in turn, so that no one reaches the per-user write quota.
+        users = [f"bench{u:02d}" for u in range(50)]
+        db.executemany("INSERT INTO user (id, password, name, email, comment, profile_image, created_at) "
+                       "VALUES (?, NULL, 'Bench', ? || '@example.com', '', NULL, 1700000000000000)",
+                       [(u, u) for u in users])
         db.commit()
-        tok = token("bench01")
+        toks = [token(u) for u in users]
+        tok = toks[0]
         image = png()
         create(base, tok, image, -1)  # warm-up
-        times = [create(base, tok, image, i)[0] for i in range(posts)]
+        times = [create(base, toks[i % len(toks)], image, i)[0] for i in range(posts)]
         waits = []
         if vision:
             # Let the labels of the timed posts land first.
@@ -143,7 +147,7 @@ def run(binary, posts, vision):
             while db.execute("SELECT COUNT(*) FROM tag_job").fetchone()[0] and time.time() < deadline:
                 time.sleep(0.01)
             for i in range(30):
-                _, post = create(base, tok, image, 10_000 + i)
+                _, post = create(base, toks[(posts + i) % len(toks)], image, 10_000 + i)
                 answered = time.perf_counter()
                 deadline = answered + 10
                 while time.perf_counter() < deadline:
