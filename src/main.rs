@@ -14,6 +14,7 @@ mod social_cmd;
 mod social_config;
 mod static_files;
 mod telemetry;
+mod tags_cmd;
 
 use std::sync::Arc;
 
@@ -43,6 +44,9 @@ enum Command {
     Gateway(node_config::GatewayArgs),
     /// Run the social REST service alone (scale-out: MariaDB, Redis, RabbitMQ, S3).
     Social(social_cmd::SocialCmdArgs),
+    /// Automatic post tags: `instar tags backfill` labels the first image of existing posts.
+    #[command(subcommand)]
+    Tags(tags_cmd::TagsCmd),
     /// Print docs/configuration.md: every setting of every command, rendered from the code.
     #[command(hide = true)]
     ConfigReference,
@@ -57,13 +61,19 @@ fn cli_command() -> clap::Command {
     settings::finish(Cli::command())
 }
 
-/// The TOML keys of a subcommand's settings, from its types (no variable or file read).
+/// The TOML keys of a subcommand's settings, from its types (no variable or file read). A nested
+/// command is named with a space (`tags backfill`).
 fn setting_keys(name: &str) -> anyhow::Result<Vec<String>> {
-    let matches = Cli::command().try_get_matches_from(["instar", name])?;
-    let sub = matches
-        .subcommand_matches(name)
-        .with_context(|| format!("no command {name}"))?;
+    let argv: Vec<&str> = std::iter::once("instar").chain(name.split(' ')).collect();
+    let matches = Cli::command().try_get_matches_from(argv)?;
+    let mut sub = &matches;
+    for part in name.split(' ') {
+        sub = sub
+            .subcommand_matches(part)
+            .with_context(|| format!("no command {name}"))?;
+    }
     match name {
+        "tags backfill" => settings::keys(&tags_cmd::BackfillArgs::from_arg_matches(sub)?),
         "serve" => settings::keys(&config::ServeArgs::from_arg_matches(sub)?),
         "gateway" => settings::keys(&node_config::GatewayArgs::from_arg_matches(sub)?),
         "social" => settings::keys(&social_cmd::SocialCmdArgs::from_arg_matches(sub)?),
@@ -76,6 +86,7 @@ enum Run {
     Serve(settings::Loaded<config::ServeArgs>),
     Gateway(settings::Loaded<node_config::GatewayArgs>),
     Social(settings::Loaded<social_cmd::SocialCmdArgs>),
+    TagsBackfill(settings::Loaded<tags_cmd::BackfillArgs>),
     ConfigReference,
     Probe(probe::ProbeArgs),
 }
@@ -92,6 +103,15 @@ impl Run {
             "serve" => Run::Serve(config::ServeArgs::load(sub_cmd, sub)?),
             "gateway" => Run::Gateway(node_config::GatewayArgs::load(sub_cmd, sub)?),
             "social" => Run::Social(social_cmd::SocialCmdArgs::load(sub_cmd, sub)?),
+            "tags" => match sub.subcommand() {
+                Some(("backfill", m)) => {
+                    let cmd = sub_cmd
+                        .find_subcommand("backfill")
+                        .context("unknown command tags backfill")?;
+                    Run::TagsBackfill(settings::load(cmd, m)?)
+                }
+                _ => anyhow::bail!("instar tags: name a command (see --help)"),
+            },
             "config-reference" => Run::ConfigReference,
             "probe" => Run::Probe(probe::ProbeArgs::from_arg_matches(sub)?),
             other => anyhow::bail!("unknown command {other}"),
@@ -104,6 +124,7 @@ impl Run {
             Run::Serve(l) if l.print_config => l.to_json().map(Some),
             Run::Gateway(l) if l.print_config => l.to_json().map(Some),
             Run::Social(l) if l.print_config => l.to_json().map(Some),
+            Run::TagsBackfill(l) if l.print_config => l.to_json().map(Some),
             _ => Ok(None),
         }
     }
@@ -116,7 +137,7 @@ impl Run {
             Run::Serve(l) => &l.value.ops.log_format,
             Run::Gateway(l) => &l.value.ops.log_format,
             Run::Social(l) => &l.value.ops.log_format,
-            Run::ConfigReference | Run::Probe(_) => "text",
+            Run::TagsBackfill(_) | Run::ConfigReference | Run::Probe(_) => "text",
         }
     }
 
@@ -149,7 +170,7 @@ impl Run {
                 "social",
                 format!("social-{}", gateway::random_id(6)),
             ),
-            Run::ConfigReference | Run::Probe(_) => return None,
+            Run::TagsBackfill(_) | Run::ConfigReference | Run::Probe(_) => return None,
         };
         Some(telemetry::Otlp {
             endpoint: endpoint.filter(|e| !e.is_empty())?,
@@ -164,7 +185,7 @@ impl Run {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cmd = cli_command();
     let matches = cmd.clone().get_matches();
     // The derived types check the command line once more (and exit on an error, with clap's text).
@@ -174,11 +195,11 @@ fn main() -> anyhow::Result<()> {
     let mut run = Run::from_matches(&cmd, &matches)?;
     if let Some(json) = run.printed_config()? {
         println!("{json}");
-        return Ok(());
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     if let Run::ConfigReference = run {
         print!("{}", settings::reference::render(&cmd, &setting_keys)?);
-        return Ok(());
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     let otlp = run.otlp();
     let telemetry = telemetry::init(run.log_format(), otlp)?;
@@ -189,12 +210,14 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let ok = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     let result = match run {
-        Run::Serve(loaded) => runtime.block_on(serve(loaded.resolve()?)),
-        Run::Gateway(loaded) => runtime.block_on(node::run(loaded.resolve()?)),
-        Run::Social(loaded) => runtime.block_on(social_cmd::run(loaded.value)),
-        Run::ConfigReference => Ok(()),
-        Run::Probe(args) => runtime.block_on(probe::run(args)),
+        Run::Serve(loaded) => ok(runtime.block_on(serve(loaded.resolve()?))),
+        Run::Gateway(loaded) => ok(runtime.block_on(node::run(loaded.resolve()?))),
+        Run::Social(loaded) => ok(runtime.block_on(social_cmd::run(loaded.value))),
+        Run::TagsBackfill(loaded) => runtime.block_on(tags_cmd::backfill(loaded.value)),
+        Run::ConfigReference => ok(Ok(())),
+        Run::Probe(args) => ok(runtime.block_on(probe::run(args))),
     };
     drop(runtime);
     telemetry.shutdown();

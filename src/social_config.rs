@@ -187,14 +187,51 @@ impl SocialArgs {
             },
             google,
             tags: social::tagging::TagsConfig {
-                dictionary: self.tags.tags_dictionary.clone().or_else(|| {
-                    let dir = data_dir.join("mecab-ko-dic");
-                    dir.join("sys.dic").is_file().then_some(dir)
-                }),
+                dictionary: self
+                    .tags
+                    .tags_dictionary
+                    .clone()
+                    .or_else(|| find_dictionary(&data_dir)),
                 vision: self.tags.vision()?,
             },
         })
     }
+}
+
+/// Where the Korean dictionary is looked for when `tags_dictionary` is unset, in order:
+/// `<data_dir>/mecab-ko-dic`, then the `mecab_ko_dic/dictionary` folder of PyPI's
+/// `python-mecab-ko-dic` in a Python virtual environment: the active one (`VIRTUAL_ENV`), then
+/// `.venv` in the working directory (the README's one-liner installs it there). The first folder
+/// holding `sys.dic` wins. (The test command's own venv is not searched: the servers its tests
+/// start get the dictionary only when a test asks for it.)
+pub(crate) fn find_dictionary(data_dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let has_dic = |d: &std::path::Path| d.join("sys.dic").is_file();
+    let own = data_dir.join("mecab-ko-dic");
+    if has_dic(&own) {
+        return Some(own);
+    }
+    let mut venvs: Vec<std::path::PathBuf> = Vec::new();
+    if let Some(v) = std::env::var_os("VIRTUAL_ENV").filter(|v| !v.is_empty()) {
+        venvs.push(v.into());
+    }
+    venvs.push(".venv".into());
+    venvs.into_iter().find_map(|venv| venv_dictionary(&venv))
+}
+
+/// `<venv>/lib/python3.*/site-packages/mecab_ko_dic/dictionary`, when it holds `sys.dic` (the
+/// newest Python first when there are several).
+fn venv_dictionary(venv: &std::path::Path) -> Option<std::path::PathBuf> {
+    let mut pythons: Vec<std::path::PathBuf> = std::fs::read_dir(venv.join("lib"))
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
+        .map(|e| e.path())
+        .collect();
+    pythons.sort();
+    pythons.into_iter().rev().find_map(|p| {
+        let dir = p.join("site-packages/mecab_ko_dic/dictionary");
+        dir.join("sys.dic").is_file().then_some(dir)
+    })
 }
 
 #[cfg(test)]
@@ -212,6 +249,26 @@ mod tests {
             .into_iter()
             .chain(flags.iter().copied());
         SocialArgs::from_arg_matches(&cmd.try_get_matches_from(argv).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_dictionary_is_found_in_the_data_dir_then_in_a_venv() {
+        let root = std::env::temp_dir().join(format!("instar-dict-{}", std::process::id()));
+        let data = root.join("data");
+        let venv = root.join("venv");
+        let pkg = venv.join("lib/python3.11/site-packages/mecab_ko_dic/dictionary");
+        std::fs::create_dir_all(&pkg).unwrap();
+        // A venv without the package's sys.dic is passed over.
+        assert_eq!(venv_dictionary(&venv), None);
+        std::fs::write(pkg.join("sys.dic"), b"x").unwrap();
+        assert_eq!(venv_dictionary(&venv), Some(pkg.clone()));
+        assert_eq!(venv_dictionary(&root.join("none")), None);
+        // The data directory's copy comes first.
+        let own = data.join("mecab-ko-dic");
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::write(own.join("sys.dic"), b"x").unwrap();
+        assert_eq!(find_dictionary(&data), Some(own));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //!
 //! * **Images** never change once a post is committed (there is no post edit), so they are cached
 //!   until evicted.
+//! * **Tags** (hashtags and image labels) change once after the commit, when the labelling worker
+//!   stores a post's `AI_TAG` rows: it publishes [`Change::Tags`], which drops the post's tags and
+//!   its rendered view (not its row).
 //! * **Post rows, authors and liked sets** are invalidated by the writes that change them, *after*
 //!   the commit: a like or unlike ([`Change::Post`] and [`Change::Likes`] of the liker), a comment
 //!   ([`Change::Post`]), a profile edit or profile image ([`Change::User`]). The writing process
@@ -94,6 +97,8 @@ impl Default for ReadCacheConfig {
 pub enum Change {
     /// A post's row (its counters).
     Post(i64),
+    /// A post's tags (image labels stored after the commit).
+    Tags(i64),
     /// A user's display fields (name, profile image).
     User(String),
     /// The set of posts a user likes.
@@ -109,6 +114,7 @@ impl Change {
         use std::fmt::Write as _;
         let _ = match self {
             Change::Post(id) => writeln!(out, "post:{id}"),
+            Change::Tags(id) => writeln!(out, "tags:{id}"),
             Change::User(u) => writeln!(out, "user:{u}"),
             Change::Likes(u) => writeln!(out, "likes:{u}"),
             Change::Follows(u) => writeln!(out, "follows:{u}"),
@@ -120,6 +126,7 @@ impl Change {
         let (kind, key) = line.split_once(':')?;
         match kind {
             "post" => key.parse().ok().map(Change::Post),
+            "tags" => key.parse().ok().map(Change::Tags),
             "user" if !key.is_empty() => Some(Change::User(key.to_owned())),
             "likes" if !key.is_empty() => Some(Change::Likes(key.to_owned())),
             "follows" if !key.is_empty() => Some(Change::Follows(key.to_owned())),
@@ -141,7 +148,8 @@ impl Change {
     /// What this change makes stale.
     pub fn dep(&self) -> Dep<'_> {
         match self {
-            Change::Post(id) => Dep::Post(*id),
+            // What was rendered from a post's tags was rendered from its row too.
+            Change::Post(id) | Change::Tags(id) => Dep::Post(*id),
             Change::User(u) => Dep::User(u),
             Change::Likes(u) => Dep::Likes(u),
             Change::Follows(u) => Dep::Follows(u),
@@ -299,6 +307,41 @@ pub fn to_json<T: Serialize>(value: &T) -> Json {
         tracing::error!(error = %e, "serialising a cached value");
         RawValue::NULL.to_owned()
     })
+}
+
+/// A post's automatic tags, rendered as the members `"hashtags":[…],"aiTags":[…]` of its JSON
+/// object (no braces, no leading or trailing comma).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagsJson(pub Box<str>);
+
+impl TagsJson {
+    /// `hashtags` and `aiTags`, each in the order given.
+    pub fn render<'a>(
+        hashtags: impl IntoIterator<Item = &'a str>,
+        ai_tags: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        fn list<'a>(out: &mut String, names: impl IntoIterator<Item = &'a str>) {
+            out.push('[');
+            for (i, n) in names.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                crate::json::push_str(out, n);
+            }
+            out.push(']');
+        }
+        let mut out = String::with_capacity(48);
+        out.push_str("\"hashtags\":");
+        list(&mut out, hashtags);
+        out.push_str(",\"aiTags\":");
+        list(&mut out, ai_tags);
+        TagsJson(out.into_boxed_str())
+    }
+
+    /// A post without tags.
+    pub fn empty() -> Self {
+        Self::render([], [])
+    }
 }
 
 /// The users a viewer follows.
@@ -518,6 +561,7 @@ pub struct ReadCacheStats {
 pub struct ReadCache {
     rows: Table<i64, PostRow>,
     images: Table<i64, Json>,
+    tags: Table<i64, TagsJson>,
     authors: Table<String, Json>,
     liked: Table<String, Liked>,
     followees: Table<String, Followees>,
@@ -556,6 +600,7 @@ impl ReadCache {
         Self {
             rows: Table::new(cfg.entries, cfg.ttl),
             images: Table::new(cfg.entries, cfg.ttl),
+            tags: Table::new(cfg.entries, cfg.ttl),
             authors: Table::new(small, cfg.ttl),
             liked: Table::new(small, cfg.ttl),
             followees: Table::new(small, cfg.ttl),
@@ -615,6 +660,24 @@ impl ReadCache {
         let ticket = self.images.ticket(&post);
         self.images.fill(post, Arc::clone(&images), ticket);
         images
+    }
+
+    /// A post's tags (the `hashtags` and `aiTags` members).
+    pub fn tags(&self, post: i64) -> Option<Arc<TagsJson>> {
+        self.count(self.tags.get(&post))
+    }
+
+    /// Ticket for filling the tags of `post`.
+    pub fn tags_ticket(&self, post: i64) -> Ticket {
+        self.tags.ticket(&post)
+    }
+
+    /// Stores a post's tags read after `ticket` was taken.
+    pub fn fill_tags(&self, post: i64, tags: TagsJson, ticket: Ticket) -> Arc<TagsJson> {
+        let tags = Arc::new(tags);
+        let stored = self.tags.fill(post, Arc::clone(&tags), ticket);
+        self.filled(stored);
+        tags
     }
 
     /// An author's display fields (a `user` object of a post).
@@ -846,6 +909,10 @@ impl ReadCache {
                     self.rows.invalidate(id);
                     self.views.invalidate(id);
                 }
+                Change::Tags(id) => {
+                    self.tags.invalidate(id);
+                    self.views.invalidate(id);
+                }
                 Change::User(u) => self.authors.invalidate(u.as_str()),
                 Change::Likes(u) => self.liked.invalidate(u.as_str()),
                 Change::Follows(u) => self.followees.invalidate(u.as_str()),
@@ -864,6 +931,7 @@ impl ReadCache {
     pub fn clear(&self) {
         self.rows.clear();
         self.images.clear();
+        self.tags.clear();
         self.authors.clear();
         self.liked.clear();
         self.followees.clear();
@@ -1217,9 +1285,41 @@ mod tests {
     }
 
     #[test]
+    fn stored_labels_drop_the_tags_and_the_view_but_not_the_row() {
+        let cache = ReadCache::new(&ReadCacheConfig::default(), None);
+        let row = cache.fill_row(
+            PostRow {
+                id: 7,
+                user_id: "kim".into(),
+                comment: String::new(),
+                location: None,
+                favorite_count: 0,
+                comment_count: 0,
+                create_at: 0,
+                json: Default::default(),
+            },
+            cache.row_ticket(7),
+        );
+        let tags_ticket = cache.tags_ticket(7);
+        let view_ticket = cache.view_ticket(7, "kim");
+        cache.apply(&[Change::Tags(7)]);
+        // Read before the labels were stored: neither is kept.
+        cache.fill_tags(7, TagsJson::empty(), tags_ticket);
+        cache.fill_view(7, "{".into(), view_ticket);
+        assert!(cache.tags(7).is_none() && cache.view(7).is_none());
+        assert_eq!(cache.row(7).as_deref(), Some(&*row));
+        cache.fill_tags(7, TagsJson::render(["sea"], ["Sky"]), cache.tags_ticket(7));
+        assert_eq!(
+            &*cache.tags(7).unwrap().0,
+            r#""hashtags":["sea"],"aiTags":["Sky"]"#
+        );
+    }
+
+    #[test]
     fn changes_round_trip_through_their_encoding() {
         let changes = vec![
             Change::Post(42),
+            Change::Tags(43),
             Change::User("kim:1".into()),
             Change::Likes("lee".into()),
             Change::Follows("park".into()),

@@ -236,10 +236,15 @@ async fn create_post_and_read_it_back(db: Db) {
             "commentCount",
             "createdAt",
             "imageTags",
+            "hashtags",
+            "aiTags",
             "isLiked"
         ])
     );
     assert_eq!(post["postId"], post_id);
+    // No dictionary and no labeler here: the hashtags as normalised, no image tags.
+    assert_eq!(post["hashtags"], json!(["sea", "sky", "바다"]));
+    assert_eq!(post["aiTags"], json!([]));
     assert_eq!(
         post["user"],
         json!({"id": "alice01", "name": "Alice", "profileImage": "", "following": false})

@@ -359,3 +359,108 @@ async fn malformed_answers_are_refused(db: Db) {
     assert_eq!(tags_of(&app, post).await, rows(&[("sea", "HASH_TAG")]));
 }
 on_both!(malformed_answers_are_refused);
+
+// ---------------------------------------------------------------------------------------------
+// Tags on the post (details and feed) and in interests
+
+fn names(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn details(app: &TestApp, token: &str, post: i64) -> Value {
+    let (status, body) = app
+        .get(
+            &format!("/api/post/get/details_info?postId={post}"),
+            Some(token),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["post"].clone()
+}
+
+async fn tags_show_on_the_post_and_in_the_feed(db: Db) {
+    // Vision is down at first: the post is read (and its view cached) before it is labelled.
+    let fake = FakeVision::start(Mode::Status(503, "down".into(), None)).await;
+    let mut cfg = vision_cfg(&fake);
+    cfg.attempts = 1;
+    let app = TestApp::start_with(db, move |c| {
+        c.tags.dictionary = Some(dictionary());
+        c.tags.vision = Some(cfg);
+    })
+    .await;
+    let alice = app.user("alice01").await;
+    let bob = app.user("bob01").await;
+    let (status, body) = app
+        .post(
+            "/api/user/follow",
+            Some(&bob),
+            json!({"followingId": "alice01"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let post = create(
+        &app,
+        &alice,
+        &json!({"comment": "#서울여행 #sea", "hashtags": ["서울여행", "sea"]}),
+    )
+    .await;
+    let before = details(&app, &bob, post).await;
+    assert_eq!(names(&before["hashtags"]), ["sea", "여행"]);
+    assert_eq!(names(&before["aiTags"]), Vec::<String>::new());
+    // Every field the frontend reads is still there.
+    for key in [
+        "postId",
+        "user",
+        "comment",
+        "location",
+        "favoriteCount",
+        "commentCount",
+        "createdAt",
+        "imageTags",
+        "isLiked",
+    ] {
+        assert!(before.get(key).is_some(), "{key} missing: {before}");
+    }
+    let (_, feed) = app.get("/api/feed", Some(&bob)).await;
+    assert_eq!(feed["feed"][0]["postId"], post, "{feed}");
+
+    // Vision comes back: the worker stores the labels and the cached post shows them at once.
+    fake.set(Mode::Labels(labels(&["Dog", "강아지산책", "Sea", "sea"])));
+    wait_until("the labels", || async { jobs(&app).await == 0 }).await;
+    let after = details(&app, &bob, post).await;
+    assert_eq!(names(&after["hashtags"]), ["sea", "여행"]);
+    // `sea` is a hashtag already (it stays one); `Sea` differs in case and is a label.
+    assert_eq!(names(&after["aiTags"]), ["Dog", "Sea", "산책"]);
+    let (_, feed) = app.get("/api/feed", Some(&bob)).await;
+    let shown = &feed["feed"][0];
+    assert_eq!(shown["postId"], post, "{feed}");
+    assert_eq!(names(&shown["aiTags"]), ["Dog", "Sea", "산책"]);
+    assert_eq!(names(&shown["hashtags"]), ["sea", "여행"]);
+
+    // AI tags feed interests: bob's like counts each AI tag (×0.5) and each hashtag (×1.0).
+    let (status, body) = app
+        .post(
+            &format!("/api/post/like?postId={post}"),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let interests = app.ctx.store.interests_of("bob01").await.unwrap();
+    let score = |k: &str, t: &str| {
+        interests
+            .iter()
+            .find(|r| r.interest_keyword == k && r.kind == t)
+            .map(|r| r.score)
+    };
+    let close = |got: Option<f64>, want: f64| got.is_some_and(|g| (g - want).abs() < 1e-3);
+    assert!(close(score("Dog", "AI_TAG"), 0.5), "{interests:?}");
+    assert!(close(score("산책", "AI_TAG"), 0.5), "{interests:?}");
+    assert!(close(score("여행", "HASH_TAG"), 1.0), "{interests:?}");
+    assert_eq!(score("Dog", "HASH_TAG"), None, "{interests:?}");
+}
+on_both!(tags_show_on_the_post_and_in_the_feed);

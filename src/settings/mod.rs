@@ -93,32 +93,49 @@ pub(crate) fn finish_with(cli: Command, variables: bool) -> Command {
             continue;
         }
         cli = cli.mut_subcommand(&name, |sub| {
-            // In declaration order; `mut_arg` moves an argument to the end, so every argument is
-            // visited once more below, after the default overrides, to restore that order.
-            let ids: Vec<String> = sub
-                .get_arguments()
-                .map(|a| a.get_id().as_str().to_owned())
+            // A group of commands (`instar tags backfill`): its commands have the settings.
+            let nested: Vec<String> = sub
+                .get_subcommands()
+                .map(|s| s.get_name().to_owned())
                 .collect();
-            let mut sub = match name.as_str() {
-                "gateway" => sub.mut_arg("tcp_listen", |a| {
-                    a.default_value(sections::GATEWAY_TCP_LISTEN)
-                }),
-                "social" => sub.mut_arg("listen", |a| a.default_value(sections::SOCIAL_LISTEN)),
-                _ => sub,
-            };
-            for id in ids {
-                let named = variables && (!META.contains(&id.as_str()) || id == "config");
-                let env = if named {
-                    variable_of(&id)
-                } else {
-                    env_name(&id)
-                };
-                sub = sub.mut_arg(&id, |a| if named { a.env(env) } else { a });
+            if nested.is_empty() {
+                return name_settings(sub, &name, variables);
+            }
+            let mut sub = sub;
+            for n in nested {
+                sub = sub.mut_subcommand(&n, |s| name_settings(s, &n, variables));
             }
             sub
         });
     }
     cli
+}
+
+/// The per-command defaults and every setting's variable of one command.
+fn name_settings(sub: Command, name: &str, variables: bool) -> Command {
+    // In declaration order; `mut_arg` moves an argument to the end, so every argument is
+    // visited once more below, after the default overrides, to restore that order.
+    let ids: Vec<String> = sub
+        .get_arguments()
+        .map(|a| a.get_id().as_str().to_owned())
+        .collect();
+    let mut sub = match name {
+        "gateway" => sub.mut_arg("tcp_listen", |a| {
+            a.default_value(sections::GATEWAY_TCP_LISTEN)
+        }),
+        "social" => sub.mut_arg("listen", |a| a.default_value(sections::SOCIAL_LISTEN)),
+        _ => sub,
+    };
+    for id in ids {
+        let named = variables && (!META.contains(&id.as_str()) || id == "config");
+        let env = if named {
+            variable_of(&id)
+        } else {
+            env_name(&id)
+        };
+        sub = sub.mut_arg(&id, |a| if named { a.env(env) } else { a });
+    }
+    sub
 }
 
 /// The variable of a setting: `INSTAR_` and its key in capitals.

@@ -36,8 +36,20 @@ pub(crate) fn render(
          `--help` never shows a secret's value. A default of \"—\" means the setting is unset unless\n\
          given; its meaning says what unset does. Design: docs/architecture.md (\"Settings\").\n"
     ));
+    // The commands with settings: a group's (`instar tags`) are its commands (`tags backfill`).
+    let mut commands: Vec<(String, &Command)> = Vec::new();
     for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
-        let name = sub.get_name();
+        if sub.has_subcommands() {
+            for nested in sub.get_subcommands().filter(|s| !s.is_hide_set()) {
+                let name = format!("{} {}", sub.get_name(), nested.get_name());
+                commands.push((name, nested));
+            }
+        } else {
+            commands.push((sub.get_name().to_owned(), sub));
+        }
+    }
+    for (name, sub) in commands {
+        let name = name.as_str();
         let keys = keys(name)?;
         let _ = write!(out, "\n## `instar {name}`\n");
         if let Some(about) = sub.get_about() {

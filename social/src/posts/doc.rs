@@ -26,6 +26,11 @@ pub struct PostDoc {
     pub createdAt: String,
     /// Images in upload order, with their user tags.
     pub imageTags: Vec<ImageTags>,
+    /// The post's hashtags as stored (each its last noun, contract §6.3), by name (an addition).
+    pub hashtags: Vec<String>,
+    /// The first image's labels (at most 5, as nouns, §6.2), by name; empty until the image is
+    /// labelled, or when labelling is off (an addition).
+    pub aiTags: Vec<String>,
     /// Whether the caller likes the post.
     pub isLiked: bool,
 }

@@ -16,7 +16,7 @@ use warp::reply::Response;
 
 use super::view::{Post, ShownPost};
 use crate::cache::{
-    Change, Dep, Json, Liked, MAX_LIKED, PostView, Ticket, ViewTicket, Watch, to_json,
+    Change, Dep, Json, Liked, MAX_LIKED, PostView, TagsJson, Ticket, ViewTicket, Watch, to_json,
 };
 use crate::ctx::Ctx;
 use crate::ctx::with_ctx;
@@ -349,11 +349,21 @@ async fn assemble_posts(
     let mut missing_images: Vec<i64> = Vec::new();
     let mut authors: Vec<(String, Arc<Json>)> = Vec::with_capacity(rows.len());
     let mut missing_authors: Vec<(String, Ticket)> = Vec::new();
+    let mut tags: Vec<(i64, Arc<TagsJson>)> = Vec::with_capacity(rows.len());
+    let mut missing_tags: Vec<(i64, Ticket)> = Vec::new();
     for r in &rows {
         if !images.iter().any(|(id, _)| *id == r.id) && !missing_images.contains(&r.id) {
             match cache.images(r.id) {
                 Some(i) => images.push((r.id, i)),
                 None => missing_images.push(r.id),
+            }
+        }
+        if !tags.iter().any(|(id, _)| *id == r.id)
+            && !missing_tags.iter().any(|(id, _)| *id == r.id)
+        {
+            match cache.tags(r.id) {
+                Some(t) => tags.push((r.id, t)),
+                None => missing_tags.push((r.id, cache.tags_ticket(r.id))),
             }
         }
         if !authors.iter().any(|(a, _)| *a == r.user_id)
@@ -384,10 +394,29 @@ async fn assemble_posts(
         let ids: Vec<String> = missing_authors.iter().map(|(a, _)| a.clone()).collect();
         store.post_authors(&ids).await
     };
-    let (mut new_images, new_authors) = tokio::try_join!(load_images, load_authors)?;
+    let load_tags = async {
+        if missing_tags.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = missing_tags.iter().map(|(id, _)| *id).collect();
+        store.post_tag_names(&ids).await
+    };
+    let (mut new_images, new_authors, new_tags) =
+        tokio::try_join!(load_images, load_authors, load_tags)?;
     for id in missing_images {
         let i = new_images.remove(&id).unwrap_or_default();
         images.push((id, cache.fill_images(id, &i)));
+    }
+    for (id, ticket) in missing_tags {
+        let mine = new_tags.iter().filter(|(post, _, _)| *post == id);
+        let part = TagsJson::render(
+            mine.clone()
+                .filter(|(_, _, t)| t == "HASH_TAG")
+                .map(|(_, n, _)| n.as_str()),
+            mine.filter(|(_, _, t)| t == "AI_TAG")
+                .map(|(_, n, _)| n.as_str()),
+        );
+        tags.push((id, cache.fill_tags(id, part, ticket)));
     }
     for u in new_authors {
         let u = u.linked(ctx.media.links());
@@ -412,10 +441,15 @@ async fn assemble_posts(
                 .iter()
                 .find(|(id, _)| *id == r.id)
                 .map_or_else(|| Arc::new(to_json(&[(); 0])), |(_, i)| Arc::clone(i));
+            let tags = tags
+                .iter()
+                .find(|(id, _)| *id == r.id)
+                .map_or_else(|| Arc::new(TagsJson::empty()), |(_, t)| Arc::clone(t));
             Some(Post {
                 is_liked: false,
                 user: Arc::clone(user),
                 image_tags,
+                tags,
                 row: r,
             })
         })

@@ -5,7 +5,8 @@
 
 /// A post as the feed and the detail view show it, assembled from cached parts and written by
 /// [`Post::write_json`]:
-/// `{"postId","user","comment","location","favoriteCount","commentCount","createdAt","imageTags","isLiked"}`.
+/// `{"postId","user","comment","location","favoriteCount","commentCount","createdAt","imageTags",
+/// "hashtags","aiTags","isLiked"}` (`hashtags` and `aiTags` are additions the frontend ignores).
 #[derive(Debug, Clone)]
 pub struct Post {
     /// The post row (id, caption, place, counts, creation time).
@@ -14,6 +15,8 @@ pub struct Post {
     pub user: std::sync::Arc<crate::cache::Json>,
     /// Images in upload order: an array of [`ImageTags`] as JSON.
     pub image_tags: std::sync::Arc<crate::cache::Json>,
+    /// The post's tags: `hashtags` (its `HASH_TAG` rows) and `aiTags` (`AI_TAG`, image labels).
+    pub tags: std::sync::Arc<crate::cache::TagsJson>,
     /// Whether the caller likes the post (the original computed it for the author).
     pub is_liked: bool,
 }
@@ -41,6 +44,8 @@ impl Post {
         push_i64(out, r.comment_count);
         out.push_str(",\"imageTags\":");
         out.push_str(self.image_tags.get());
+        out.push(',');
+        out.push_str(&self.tags.0);
         out.push_str(",\"isLiked\":");
     }
 }
@@ -75,7 +80,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::cache::to_json;
+    use crate::cache::{TagsJson, to_json};
     use crate::model::{ImageTags, PostTag, SimpleUser};
     use crate::store::posts::PostRow;
 
@@ -111,6 +116,7 @@ mod tests {
             }),
             user: Arc::new(to_json(&user)),
             image_tags: Arc::new(to_json(&images)),
+            tags: Arc::new(TagsJson::render(["여행", "sea \"x\""], ["Sky"])),
             is_liked: liked,
         }
     }
@@ -139,6 +145,8 @@ mod tests {
                     "imageTags": [{"url": "/media/a", "thumbnailUrl": "/media/a_t", "blurhash": null,
                                    "width": 10, "height": null,
                                    "tags": [{"userId": "u2", "x": 12.5, "y": 0.0}]}],
+                    "hashtags": ["여행", "sea \"x\""],
+                    "aiTags": ["Sky"],
                     "isLiked": liked,
                 })
             );

@@ -369,6 +369,24 @@ impl Store {
             .collect())
     }
 
+    /// The automatic tags of `posts` (`post_tags`): `(post_id, tag_name, type)` by post, then
+    /// type (`AI_TAG` before `HASH_TAG`), then name.
+    pub async fn post_tag_names(&self, posts: &[i64]) -> StoreResult<Vec<(i64, String, String)>> {
+        if posts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT post_id, tag_name, type FROM post_tags WHERE post_id IN ({}) \
+             ORDER BY post_id, type, tag_name",
+            placeholders(posts.len())
+        );
+        let mut q = sqlx::query_as::<_, (i64, String, String)>(&sql);
+        for id in posts {
+            q = q.bind(*id);
+        }
+        Ok(q.fetch_all(self.pool()).await?)
+    }
+
     /// The attachments of `posts`, by post then attachment id ascending (upload order).
     pub async fn post_attachments(&self, posts: &[i64]) -> StoreResult<Vec<AttachmentRow>> {
         if posts.is_empty() {

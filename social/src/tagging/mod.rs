@@ -3,8 +3,10 @@
 //! - [`nouns`]: the last-noun rule behind a small analyser trait;
 //! - [`mecab`]: the analyser, mecab-ko-dic's compiled files read in process;
 //! - [`labels`]: image labels behind a trait, the Google Cloud Vision client;
-//! - [`worker`]: labelling after the commit, from a persisted queue.
+//! - [`worker`]: labelling after the commit, from a persisted queue;
+//! - [`backfill`]: labelling the posts made before, resumable (`instar tags backfill`).
 
+pub mod backfill;
 pub mod labels;
 pub mod mecab;
 pub mod nouns;
@@ -27,7 +29,11 @@ pub struct TagsConfig {
 /// threads); `None` when none is configured.
 pub async fn load_nouns(cfg: &TagsConfig) -> Result<Option<nouns::Nouns>, mecab::DictError> {
     let Some(dir) = cfg.dictionary.clone() else {
-        tracing::info!("tags: no dictionary configured, hashtags are stored without the noun rule");
+        tracing::info!(
+            "tags: no Korean dictionary found, hashtags and labels are stored without the noun rule \
+             (install it with `python3 -m venv .venv && .venv/bin/pip install python-mecab-ko-dic==2.1.1.post2` \
+             in the working directory, or set INSTAR_TAGS_DICTIONARY; docs/tagging.md)"
+        );
         return Ok(None);
     };
     let started = std::time::Instant::now();

@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 
 use super::labels::{LabelError, Labeler, MAX_LABELS};
 use super::nouns::Nouns;
+use crate::cache::Change;
 use crate::ctx::{Ctx, MetricsSource, write_counter};
 use crate::store::{Dialect, Store, StoreResult};
 
@@ -197,11 +198,11 @@ impl Tagger {
                 .await?;
         let Some(Some(key)) = key else {
             // The post is gone (its job went with it) or has no image: nothing to label.
-            return finish(store, post, &[]).await;
+            return finish(ctx, post, &[]).await;
         };
         let Some(own) = ctx.media.own_key(&key) else {
             tracing::info!(post, "tag worker: the first image is not in our storage");
-            return finish(store, post, &[]).await;
+            return finish(ctx, post, &[]).await;
         };
         let outcome = match ctx.media.storage().get(&own, MAX_IMAGE_READ).await {
             Ok(bytes) => self.labeler.labels(bytes).await,
@@ -209,20 +210,8 @@ impl Tagger {
         };
         match outcome {
             Ok(labels) => {
-                let tags = match &self.nouns {
-                    Some(n) => n.normalise_all(labels.iter().map(String::as_str)),
-                    None => {
-                        let mut v: Vec<String> = Vec::new();
-                        for l in labels {
-                            if !v.contains(&l) {
-                                v.push(l);
-                            }
-                        }
-                        v
-                    }
-                };
-                let tags: Vec<String> = tags.into_iter().take(MAX_LABELS).collect();
-                finish(store, post, &tags).await?;
+                let tags = labels_to_tags(self.nouns.as_ref(), labels);
+                finish(ctx, post, &tags).await?;
                 self.metrics
                     .labels
                     .fetch_add(tags.len() as u64, Ordering::Relaxed);
@@ -234,7 +223,7 @@ impl Tagger {
                 if refused && attempts + 1 >= MAX_REFUSALS {
                     tracing::warn!(post, error = %e, "tag worker: giving up on this image");
                     self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
-                    return finish(store, post, &[]).await;
+                    return finish(ctx, post, &[]).await;
                 }
                 tracing::info!(post, error = %e, attempts, "tag worker: will try again");
                 self.metrics.retried.fetch_add(1, Ordering::Relaxed);
@@ -254,9 +243,27 @@ impl Tagger {
     }
 }
 
+/// Labels → the tags stored (§6.2): each its last noun (when the dictionary is loaded), repeats
+/// dropped, at most [`MAX_LABELS`].
+pub fn labels_to_tags(nouns: Option<&Nouns>, labels: Vec<String>) -> Vec<String> {
+    let tags = match nouns {
+        Some(n) => n.normalise_all(labels.iter().map(String::as_str)),
+        None => {
+            let mut v: Vec<String> = Vec::new();
+            for l in labels {
+                if !v.contains(&l) {
+                    v.push(l);
+                }
+            }
+            v
+        }
+    };
+    tags.into_iter().take(MAX_LABELS).collect()
+}
+
 /// Stores `tags` as `AI_TAG` rows of `post` (a name the post has already keeps its row, so a
 /// hashtag stays a hashtag) and deletes its job, in one transaction.
-async fn finish(store: &Store, post: i64, tags: &[String]) -> StoreResult<()> {
+pub async fn store_labels(store: &Store, post: i64, tags: &[String]) -> StoreResult<()> {
     let mut tx = store.write().await?;
     insert_ai_tags(tx.conn(), store.dialect(), post, tags).await?;
     sqlx::query("DELETE FROM tag_job WHERE post_id = ?")
@@ -264,6 +271,16 @@ async fn finish(store: &Store, post: i64, tags: &[String]) -> StoreResult<()> {
         .execute(tx.conn())
         .await?;
     tx.commit().await
+}
+
+/// [`store_labels`], then drops the post's tags from the read caches of every process, so
+/// details and feeds show them.
+async fn finish(ctx: &Ctx, post: i64, tags: &[String]) -> StoreResult<()> {
+    store_labels(&ctx.store, post, tags).await?;
+    if !tags.is_empty() {
+        ctx.cache.changed(&[Change::Tags(post)]).await;
+    }
+    Ok(())
 }
 
 async fn insert_ai_tags(
