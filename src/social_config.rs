@@ -174,6 +174,7 @@ impl SocialArgs {
             smtp,
             limits: social::Limits::default(),
             interest_recompute: self.feed.schedule()?,
+            feed_jobs: self.feed.job_settings()?,
             cache: social::cache::ReadCacheConfig {
                 entries: self.cache.read_cache_entries,
                 ttl: std::time::Duration::from_secs(self.cache.read_cache_ttl_secs.max(1)),

@@ -50,6 +50,8 @@ pub struct SocialConfig {
     /// When the interest recompute runs, once per cluster (`None`: only when an administrator
     /// triggers it).
     pub interest_recompute: Option<crate::jobs::Schedule>,
+    /// How the feed's cluster jobs run (lock lifetime; a test-only pause).
+    pub feed_jobs: crate::feed::jobs::FeedJobSettings,
     /// Google sign-in (`None`: its routes answer 503 `GNC`).
     pub google: Option<crate::accounts::google::GoogleConfig>,
     /// Automatic tags: the noun rule's dictionary.
@@ -127,10 +129,10 @@ impl Ctx {
         }
         let store = Store::open(&cfg.database_url, &cfg.pool).await?;
         let kv = crate::kv::open(&cfg.kv).await?;
-        let feed = Arc::new(crate::feed::Feed::new(
-            store.clone(),
-            crate::feed::state::open(&cfg.kv).await?,
-        ));
+        let feed = Arc::new(
+            crate::feed::Feed::new(store.clone(), crate::feed::state::open(&cfg.kv).await?)
+                .with_job_settings(cfg.feed_jobs),
+        );
         extensions.insert(Arc::clone(&feed));
         let listener: Arc<dyn crate::ctx::InteractionListener> = feed.clone();
         extensions.insert(listener);

@@ -165,7 +165,8 @@ impl Lease {
     }
 
     /// Cancelled when a renewal found the lock taken over (or the store unreachable until the
-    /// lease ran out): stop writing.
+    /// lease ran out), or by the run itself when a fenced write was refused: stop writing (a run
+    /// that ends after it is counted as `lost`).
     #[must_use]
     pub fn lost(&self) -> &CancellationToken {
         &self.lost
@@ -461,7 +462,7 @@ impl Jobs {
                 };
                 match marked {
                     Ok(true) => {
-                        tracing::info!(job = %job.name, fence, seconds, "job run done");
+                        tracing::info!(job = %job.name, fence, slot = %slot, seconds, "job run done");
                         self.count(&job.name, |s| {
                             s.ran += 1;
                             s.seconds += seconds;
@@ -476,12 +477,17 @@ impl Jobs {
                 }
             }
             Ok(()) => {
-                tracing::warn!(job = %job.name, fence, "job lost its lock while running; its slot stays open");
+                tracing::warn!(job = %job.name, fence, slot = %slot, "job lost its lock while running; its slot stays open");
+                self.count(&job.name, |s| s.lost += 1);
+                Attempt::Failed
+            }
+            Err(reason) if lost.is_cancelled() => {
+                tracing::warn!(job = %job.name, fence, slot = %slot, %reason, "job lost its lock while running; its slot stays open");
                 self.count(&job.name, |s| s.lost += 1);
                 Attempt::Failed
             }
             Err(reason) => {
-                tracing::error!(job = %job.name, fence, %reason, "job run failed");
+                tracing::error!(job = %job.name, fence, slot = %slot, %reason, "job run failed");
                 self.count(&job.name, |s| {
                     s.failed += 1;
                     s.seconds += seconds;

@@ -441,3 +441,153 @@ async fn a_list_of_one_full_page_ends_without_an_empty_page(db: Db) {
     assert_eq!(ids(&body), vec![late, other]);
 }
 on_both!(a_list_of_one_full_page_ends_without_an_empty_page);
+
+/// Records an event of `user` on `post` at `at` directly (as if it had happened then).
+async fn event_at(app: &TestApp, table: &str, user: &str, post: i64, at: i64) {
+    let sql = match table {
+        "post_favorite" => {
+            "INSERT INTO post_favorite (user_id, post_id, create_at) VALUES (?, ?, ?)"
+        }
+        "post_comment" => {
+            "INSERT INTO post_comment (user_id, post_id, content, create_at) VALUES (?, ?, 'hi', ?)"
+        }
+        _ => "INSERT INTO post_view_history (user_id, post_id, viewed_at) VALUES (?, ?, ?)",
+    };
+    sqlx::query(sql)
+        .bind(user)
+        .bind(post)
+        .bind(at)
+        .execute(app.ctx.store.pool())
+        .await
+        .unwrap();
+}
+
+/// The full recompute at the windows' edges, with exact scores (contract §6.8 with §7.14's
+/// fixes): today counts 1.0; day 29 of 30 counts `1 − 29/30 × 0.9`; just inside day 30 the
+/// floor 0.1, just past it nothing; a hashtag view just inside day 7 the floor, on day 8
+/// nothing, while its image tags (30 days, 0.05) still count, as doubles (the original's int
+/// column made them 0); each keyword only in its own type; a second run gives the same scores
+/// (the original re-added the whole window every run).
+async fn the_recompute_decays_to_the_windows_edges(db: Db) {
+    let app = start(db).await;
+    let admin = make_admin(&app, "admin6").await;
+    app.user("viewer6").await;
+    app.user("ob").await;
+    let now = now_micros();
+    let minute = 60_000_000;
+    let post = |tags: &'static [(&'static str, &'static str)]| post_at(&app, "ob", now, 0, tags);
+    let today = post(&[("today", "HASH_TAG"), ("todayai", "AI_TAG")]).await;
+    let d29 = post(&[("d29", "HASH_TAG")]).await;
+    let d30in = post(&[("d30in", "HASH_TAG")]).await;
+    let d30out = post(&[("d30out", "HASH_TAG"), ("d30outai", "AI_TAG")]).await;
+    let c29 = post(&[("c29", "HASH_TAG"), ("c29ai", "AI_TAG")]).await;
+    let v7 = post(&[("v7", "HASH_TAG"), ("v7ai", "AI_TAG")]).await;
+    let v8 = post(&[("v8", "HASH_TAG"), ("v8ai", "AI_TAG")]).await;
+    let v = "viewer6";
+    event_at(&app, "post_favorite", v, today, now).await;
+    event_at(&app, "post_favorite", v, d29, now - 29 * DAY).await;
+    event_at(&app, "post_favorite", v, d30in, now - 30 * DAY + minute).await;
+    event_at(&app, "post_favorite", v, d30out, now - 30 * DAY - minute).await;
+    event_at(&app, "post_comment", v, c29, now - 29 * DAY).await;
+    event_at(&app, "post_view_history", v, v7, now - 7 * DAY + minute).await;
+    event_at(&app, "post_view_history", v, v8, now - 8 * DAY).await;
+    let d29_decay = 1.0 - 29.0 / 30.0 * 0.9;
+    let expected: [(&str, &str, Option<f64>); 13] = [
+        ("today", "HASH_TAG", Some(1.0)),
+        ("todayai", "AI_TAG", Some(0.5)),
+        ("today", "AI_TAG", None),
+        ("todayai", "HASH_TAG", None),
+        ("d29", "HASH_TAG", Some(d29_decay)),
+        ("d30in", "HASH_TAG", Some(0.1)),
+        ("d30out", "HASH_TAG", None),
+        ("d30outai", "AI_TAG", None),
+        ("c29", "HASH_TAG", Some(2.0 * d29_decay)),
+        ("c29ai", "AI_TAG", Some(d29_decay)),
+        ("v7", "HASH_TAG", Some(0.5 * 0.1)),
+        ("v8", "HASH_TAG", None),
+        ("v8ai", "AI_TAG", Some(0.05 * (1.0 - 8.0 / 30.0 * 0.9))),
+    ];
+    for run in 0..2 {
+        let (status, _) = app.get("/api/batch/run_scheduler", Some(&admin)).await;
+        assert_eq!(status, 200);
+        for (keyword, kind, want) in expected {
+            let got = score(&app, v, keyword, kind).await;
+            match want {
+                Some(want) => assert!(
+                    got.is_some_and(|g| (g - want).abs() < 1e-4),
+                    "run {run}: {keyword}/{kind}: {got:?}, want {want}"
+                ),
+                None => assert_eq!(got, None, "run {run}: {keyword}/{kind}"),
+            }
+        }
+        let v7ai = score(&app, v, "v7ai", "AI_TAG").await.unwrap();
+        assert!(
+            (v7ai - 0.05 * (1.0 - 7.0 / 30.0 * 0.9)).abs() < 1e-4,
+            "{v7ai}"
+        );
+    }
+}
+on_both!(the_recompute_decays_to_the_windows_edges);
+
+/// A failure for one user is counted and logged, and the nightly run goes on with the others
+/// (the original's one exception ended the loop for every remaining user, §6.10). The failure:
+/// the user's seen set in Redis is not a sorted set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_for_one_user_leaves_the_others_lists_built() {
+    let Ok(redis_url) = std::env::var("INSTAR_TEST_REDIS_URL") else {
+        eprintln!("note: INSTAR_TEST_REDIS_URL is not set; skipping (run through scripts/test)");
+        return;
+    };
+    let prefix = format!("{}:", unique("instar-feedfail-"));
+    let app = TestApp::start_with(Db::MySql, |cfg| {
+        cfg.kv = KvConfig::Redis {
+            url: redis_url.clone(),
+            prefix: prefix.clone(),
+        };
+    })
+    .await;
+    let admin = make_admin(&app, "admin7").await;
+    let now = now_micros();
+    for u in ["admin7", "aa7", "bb7", "cc7"] {
+        if u != "admin7" {
+            app.user(u).await;
+        }
+        signed_in(&app, u, now - DAY).await;
+    }
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut r = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}feed:seen:bb7"))
+        .arg("not a sorted set")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let (status, _) = app.get("/api/batch/run_scheduler", Some(&admin)).await;
+    assert_eq!(status, 200);
+    let feed = app
+        .ctx
+        .extension::<std::sync::Arc<social::feed::Feed>>()
+        .unwrap();
+    for u in ["admin7", "aa7", "cc7"] {
+        assert!(feed.state().list(u).await.unwrap().is_some(), "{u}");
+    }
+    assert_eq!(feed.state().list("bb7").await.unwrap(), None);
+    let metrics = app.ctx.metrics_text();
+    assert!(
+        metrics.contains("instar_feed_list_rebuild_failures_total 1")
+            && metrics.contains("instar_feed_users_processed_total 3"),
+        "{metrics}"
+    );
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: i64 = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+}

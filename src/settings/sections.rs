@@ -475,11 +475,31 @@ pub(crate) struct Feed {
     /// IANA time zone of feed_recompute_at (e.g. Asia/Seoul). Unset: this machine's zone.
     #[arg(long)]
     pub feed_time_zone: Option<String>,
+    /// Run the interest recompute every this many seconds (slots aligned to the Unix epoch, so
+    /// every process agrees on them) instead of daily at feed_recompute_at; for staging and
+    /// tests (at least 1). Unset: daily.
+    #[arg(long)]
+    pub feed_recompute_every_secs: Option<u64>,
+    /// Lifetime of the feed jobs' cluster lock without a renewal, milliseconds (renewed every
+    /// third of it while a run goes on; a holder that died is taken over this long after its last
+    /// renewal). At least 300.
+    #[arg(long, default_value_t = 60_000)]
+    pub feed_job_lock_ttl_ms: u64,
+    /// Testing only: a pause before each user's list in the recompute's rebuild of every active
+    /// user, milliseconds, so that a run lasts long enough to be interrupted. Keep 0.
+    #[arg(long, default_value_t = 0)]
+    pub feed_test_user_delay_ms: u64,
 }
 
 impl Feed {
     /// The recompute's schedule (`None`: off).
     pub(crate) fn schedule(&self) -> anyhow::Result<Option<social::jobs::Schedule>> {
+        if let Some(secs) = self.feed_recompute_every_secs {
+            anyhow::ensure!(secs >= 1, "INSTAR_FEED_RECOMPUTE_EVERY_SECS: at least 1");
+            return Ok(Some(social::jobs::Schedule::Every(
+                std::time::Duration::from_secs(secs),
+            )));
+        }
         if self.feed_recompute_at.eq_ignore_ascii_case("off") {
             return Ok(None);
         }
@@ -490,6 +510,26 @@ impl Feed {
         schedule
             .map(Some)
             .map_err(|e| anyhow::anyhow!("INSTAR_FEED_RECOMPUTE_AT / INSTAR_FEED_TIME_ZONE: {e}"))
+    }
+
+    /// How the feed's cluster jobs run.
+    pub(crate) fn job_settings(&self) -> anyhow::Result<social::feed::jobs::FeedJobSettings> {
+        let lock_ttl = std::time::Duration::from_millis(self.feed_job_lock_ttl_ms);
+        anyhow::ensure!(
+            lock_ttl >= social::feed::jobs::MIN_LOCK_TTL,
+            "INSTAR_FEED_JOB_LOCK_TTL_MS: at least {}",
+            social::feed::jobs::MIN_LOCK_TTL.as_millis()
+        );
+        if self.feed_test_user_delay_ms > 0 {
+            tracing::warn!(
+                ms = self.feed_test_user_delay_ms,
+                "INSTAR_FEED_TEST_USER_DELAY_MS is set: the feed recompute pauses before every user (testing only)"
+            );
+        }
+        Ok(social::feed::jobs::FeedJobSettings {
+            lock_ttl,
+            user_delay: std::time::Duration::from_millis(self.feed_test_user_delay_ms),
+        })
     }
 }
 
@@ -592,6 +632,9 @@ mod feed_tests {
         Feed {
             feed_recompute_at: at.to_owned(),
             feed_time_zone: tz.map(str::to_owned),
+            feed_recompute_every_secs: None,
+            feed_job_lock_ttl_ms: 60_000,
+            feed_test_user_delay_ms: 0,
         }
     }
 
@@ -612,5 +655,26 @@ mod feed_tests {
             .unwrap_err()
             .to_string();
         assert!(bad.contains("Mars/Olympus"), "{bad}");
+    }
+
+    #[test]
+    fn a_periodic_recompute_and_the_lock_lifetime_are_checked() {
+        let mut f = feed("03:00", None);
+        f.feed_recompute_every_secs = Some(5);
+        assert_eq!(
+            f.schedule().unwrap(),
+            Some(social::jobs::Schedule::Every(
+                std::time::Duration::from_secs(5)
+            ))
+        );
+        f.feed_recompute_every_secs = Some(0);
+        assert!(f.schedule().is_err());
+        assert_eq!(
+            f.job_settings().unwrap().lock_ttl,
+            std::time::Duration::from_secs(60)
+        );
+        f.feed_job_lock_ttl_ms = 10;
+        let bad = f.job_settings().unwrap_err().to_string();
+        assert!(bad.contains("INSTAR_FEED_JOB_LOCK_TTL_MS"), "{bad}");
     }
 }

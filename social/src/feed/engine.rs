@@ -56,6 +56,7 @@ pub struct FeedStats {
 pub struct Feed {
     store: Store,
     state: Arc<dyn FeedState>,
+    jobs: super::jobs::FeedJobSettings,
     /// Counters (on `/metrics`).
     pub stats: FeedStats,
 }
@@ -119,8 +120,22 @@ impl Feed {
         Feed {
             store,
             state,
+            jobs: super::jobs::FeedJobSettings::default(),
             stats: FeedStats::default(),
         }
+    }
+
+    /// This feed with its jobs run by `settings`.
+    #[must_use]
+    pub fn with_job_settings(mut self, settings: super::jobs::FeedJobSettings) -> Feed {
+        self.jobs = settings;
+        self
+    }
+
+    /// How its jobs run.
+    #[must_use]
+    pub fn job_settings(&self) -> super::jobs::FeedJobSettings {
+        self.jobs
     }
 
     /// Where the lists live.
@@ -238,6 +253,9 @@ impl Feed {
             };
             after.clone_from(last);
             for user in &users {
+                if !self.jobs.user_delay.is_zero() {
+                    tokio::time::sleep(self.jobs.user_delay).await;
+                }
                 if lease.lost().is_cancelled() {
                     return Err("the lock was lost; the run stopped".to_owned());
                 }
@@ -246,7 +264,15 @@ impl Feed {
                         done += 1;
                         self.stats.users_processed.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(None) => return Err("the lock was lost; the run stopped".to_owned()),
+                    Ok(None) => {
+                        tracing::warn!(
+                            user,
+                            fence = lease.fence(),
+                            "feed list refused: the run's lock was taken over"
+                        );
+                        lease.lost().cancel();
+                        return Err("the lock was lost; the run stopped".to_owned());
+                    }
                     Err(_) => failed += 1,
                 }
             }
@@ -276,6 +302,7 @@ impl Feed {
                 Ok(None) => {
                     // Not rebuilt: marked again for whoever holds the lock next.
                     let _ = self.state.mark_changed(user).await;
+                    lease.lost().cancel();
                     return Err("the lock was lost; the run stopped".to_owned());
                 }
                 Err(_) => {}

@@ -28,15 +28,47 @@ pub const CHANGED_JOB: &str = "rebuildChangedFeeds";
 pub const CHANGED_EVERY: Duration = Duration::from_secs(60);
 /// Users per changed-profiles run.
 const CHANGED_BATCH: usize = 1_000;
-/// How long the lock lives without a renewal (renewed every third of it while a run goes on).
-const LOCK_TTL: Duration = Duration::from_secs(60);
+/// How long the lock lives without a renewal by default (renewed every third of it while a run
+/// goes on).
+pub const LOCK_TTL: Duration = Duration::from_secs(60);
+/// The shortest lock lifetime accepted.
+pub const MIN_LOCK_TTL: Duration = Duration::from_millis(300);
 
-/// The recompute as a cluster job on `schedule`.
+/// How the feed's cluster jobs run (settings `feed_job_lock_ttl_ms`, `feed_test_user_delay_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedJobSettings {
+    /// Lifetime of the jobs' lock without a renewal: how long a dead holder keeps its run from
+    /// the other processes (at least [`MIN_LOCK_TTL`]).
+    pub lock_ttl: Duration,
+    /// Testing only: a pause before each user's list in the recompute's rebuild of every
+    /// active user, so that a run lasts long enough to be interrupted. Zero in production.
+    pub user_delay: Duration,
+}
+
+impl Default for FeedJobSettings {
+    fn default() -> Self {
+        FeedJobSettings {
+            lock_ttl: LOCK_TTL,
+            user_delay: Duration::ZERO,
+        }
+    }
+}
+
+impl FeedJobSettings {
+    /// `job` with these settings: the lock's lifetime, and a retry within a quarter of it (at
+    /// most the default 5 s), so a dead holder's slot is taken over soon after its lock expires.
+    #[must_use]
+    pub fn apply(&self, mut job: ClusterJob) -> ClusterJob {
+        job.lock_ttl = self.lock_ttl.max(MIN_LOCK_TTL);
+        job.retry = (job.lock_ttl / 4).min(job.retry);
+        job
+    }
+}
+
+/// The recompute as a cluster job on `schedule`, with the default settings.
 #[must_use]
 pub fn interest_job(schedule: Schedule) -> ClusterJob {
-    let mut job = ClusterJob::new(INTEREST_JOB, schedule);
-    job.lock_ttl = LOCK_TTL;
-    job
+    FeedJobSettings::default().apply(ClusterJob::new(INTEREST_JOB, schedule))
 }
 
 /// Schedules the recompute on `ctx`'s jobs (and, always, the changed-profiles job).
@@ -44,16 +76,18 @@ pub fn schedule(ctx: &Ctx, schedule: Option<Schedule>) {
     let Some(feed) = ctx.extension::<Arc<Feed>>().cloned() else {
         return;
     };
+    let settings = feed.job_settings();
     if let Some(schedule) = schedule {
         let store = ctx.store.clone();
         let f = Arc::clone(&feed);
-        ctx.jobs
-            .once_per_cluster(interest_job(schedule), move |lease| {
-                recompute(store.clone(), Some(Arc::clone(&f)), lease)
-            });
+        tracing::info!(job = INTEREST_JOB, ?schedule, lock_ttl = ?settings.lock_ttl, "job scheduled");
+        ctx.jobs.once_per_cluster(
+            settings.apply(ClusterJob::new(INTEREST_JOB, schedule)),
+            move |lease| recompute(store.clone(), Some(Arc::clone(&f)), lease),
+        );
     }
     ctx.jobs.once_per_cluster(
-        ClusterJob::new(CHANGED_JOB, Schedule::Every(CHANGED_EVERY)),
+        settings.apply(ClusterJob::new(CHANGED_JOB, Schedule::Every(CHANGED_EVERY))),
         move |lease| rebuild_changed(Arc::clone(&feed), lease),
     );
 }
@@ -62,7 +96,11 @@ pub fn schedule(ctx: &Ctx, schedule: Option<Schedule>) {
 pub async fn run_now(ctx: &Ctx) -> Attempt {
     let store = ctx.store.clone();
     let feed = ctx.extension::<Arc<Feed>>().cloned();
-    let job = interest_job(Schedule::Every(Duration::from_secs(24 * 60 * 60)));
+    let settings = feed.as_ref().map(|f| f.job_settings()).unwrap_or_default();
+    let job = settings.apply(ClusterJob::new(
+        INTEREST_JOB,
+        Schedule::Every(Duration::from_secs(24 * 60 * 60)),
+    ));
     ctx.jobs
         .run_now(&job, &move |lease| {
             recompute(store.clone(), feed.clone(), lease)
@@ -75,18 +113,22 @@ pub async fn run_now(ctx: &Ctx) -> Attempt {
 /// list, each written only while the run holds the lock.
 async fn recompute(store: Store, feed: Option<Arc<Feed>>, lease: Lease) -> Result<(), String> {
     let now = now_micros();
+    let ttl = feed
+        .as_ref()
+        .map_or(LOCK_TTL, |f| f.job_settings().lock_ttl.max(MIN_LOCK_TTL));
     let rows = super::batch::recompute_interests(&store, now, || async {
-        !lease.lost().is_cancelled() && lease.still_held(LOCK_TTL).await.unwrap_or(false)
+        !lease.lost().is_cancelled() && lease.still_held(ttl).await.unwrap_or(false)
     })
     .await
     .map_err(|e| e.to_string())?;
     let Some(rows) = rows else {
+        lease.lost().cancel();
         return Err("the lock was lost before the commit; rolled back".to_owned());
     };
-    tracing::info!(rows, fence = lease.fence(), "interest scores recomputed");
+    tracing::info!(rows, fence = lease.fence(), slot = %lease.slot(), "interest scores recomputed");
     if let Some(feed) = feed {
         let (users, failed) = feed.rebuild_active(now, &lease).await?;
-        tracing::info!(users, failed, fence = lease.fence(), "feed lists rebuilt");
+        tracing::info!(users, failed, fence = lease.fence(), slot = %lease.slot(), "feed lists rebuilt");
     }
     Ok(())
 }

@@ -127,6 +127,7 @@ impl TestApp {
             public_url: social::public_url::PublicUrl::default(),
             google: None,
             interest_recompute: None,
+            feed_jobs: social::feed::jobs::FeedJobSettings::default(),
             tags: social::tagging::TagsConfig::default(),
         };
         tweak(&mut cfg);
