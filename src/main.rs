@@ -13,8 +13,8 @@ mod settings;
 mod social_cmd;
 mod social_config;
 mod static_files;
-mod telemetry;
 mod tags_cmd;
+mod telemetry;
 
 use std::sync::Arc;
 
