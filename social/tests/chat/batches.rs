@@ -288,7 +288,15 @@ async fn delivered_rows_are_deleted_together(db: Db) {
         "{after_sends} clean-ups for {n} batches"
     );
     outbox_drains(&app).await;
-    assert!(stats.cleanups.load(Ordering::Relaxed) > after_sends);
+    // The rows left after the riding clean-up went on their own after an idle spell: at least
+    // one more clean-up in all (on a stalled machine it may have run before `after_sends` was
+    // read, so the total is what is checked; a sweeper re-publish would show below as a
+    // broadcast received twice).
+    let total = stats.cleanups.load(Ordering::Relaxed);
+    assert!(
+        (2..n as u64 / 4).contains(&total),
+        "{total} clean-ups in all for {n} batches"
+    );
     assert_eq!(broadcast_texts(&mut link).await, texts);
     // The counters reach /metrics, summed over the context's writers.
     let text = app.ctx.metrics_text();
