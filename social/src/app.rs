@@ -256,6 +256,14 @@ fn api_routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
     early.or(main).unify().boxed()
 }
 
+/// Token revocation's counters on `/metrics` (implemented here: `revocation.rs` sits below
+/// `ctx.rs`).
+impl crate::ctx::MetricsSource for crate::revocation::Revocation {
+    fn write_metrics(&self, out: &mut String) {
+        crate::revocation::Revocation::write_metrics(self, out);
+    }
+}
+
 /// The jobs' counters on `/metrics` (implemented here: `jobs.rs` sits below `ctx.rs`).
 impl crate::ctx::MetricsSource for Jobs {
     fn write_metrics(&self, out: &mut String) {

@@ -263,14 +263,12 @@ impl Revocation {
             ),
         ];
         for (name, help, value) in rows {
-            crate::ctx::write_counter(out, name, help, value);
+            use std::fmt::Write as _;
+            let _ = writeln!(
+                out,
+                "# HELP instar_{name} {help}\n# TYPE instar_{name} counter\ninstar_{name} {value}"
+            );
         }
-    }
-}
-
-impl crate::ctx::MetricsSource for Revocation {
-    fn write_metrics(&self, out: &mut String) {
-        Revocation::write_metrics(self, out);
     }
 }
 

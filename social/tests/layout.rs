@@ -15,7 +15,8 @@ fn layer(module: &str) -> Option<u8> {
         "app" | "api" | "openapi" => 4,
         "accounts" | "users" | "posts" | "feed" | "alarms" | "chat" | "tagging" => 3,
         "ctx" | "jobs" | "outbox" | "cache" | "http" | "tokens" | "password" | "kv" | "mail"
-        | "media" | "quotas" | "public_url" | "health" | "store" | "notify" | "model" => 2,
+        | "media" | "quotas" | "public_url" | "health" | "store" | "notify" | "model"
+        | "revocation" => 2,
         "json" | "time" => 1,
         _ => return None,
     })
