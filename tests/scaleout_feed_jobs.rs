@@ -64,10 +64,17 @@ async fn next_slot(procs: &[&Proc], what: &str, seen: &HashSet<String>) -> (usiz
     }
 }
 
-/// Waits until `proc` logs `what` for `slot`.
+/// Waits until `proc` logs `what` for `slot`, for the recompute job (the minute job shares
+/// slots with it on minute boundaries).
 async fn logged(proc: &Proc, what: &str, slot: &str, limit: Duration) {
     let deadline = Instant::now() + limit;
-    while !slot_lines(proc, what, "").iter().any(|s| s == slot) {
+    // "job run ..." lines name their job; other lines (warnings, results) are the recompute's.
+    let also = if what.starts_with("job run") {
+        format!("job={JOB}")
+    } else {
+        String::new()
+    };
+    while !slot_lines(proc, what, &also).iter().any(|s| s == slot) {
         assert!(
             Instant::now() < deadline,
             "not logged in time: {what:?} for slot {slot}"
