@@ -216,6 +216,89 @@ async fn a_connection_moving_no_byte_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_route_working_longer_than_the_idle_timeout_still_answers() {
+    // The administrator's synchronous recompute (GET /api/batch/run_scheduler) pauses 400 ms
+    // before each of 6 active users: about 2.4 s of the server's silence, more than twice the
+    // 1 s idle timeout. That silence is not the client's, so the answer must come (the idle
+    // timeout used to close the connection after 1 s with no response at all).
+    let (_child, addr) = start(
+        "working",
+        &[
+            ("INSTAR_HTTP_IDLE_TIMEOUT_SECS", "1"),
+            ("INSTAR_FEED_TEST_USER_DELAY_MS", "400"),
+            ("INSTAR_FEED_RECOMPUTE_AT", "off"),
+        ],
+    )
+    .await;
+    let db = std::env::temp_dir()
+        .join(format!("instar-http-limits-working-{}", std::process::id()))
+        .join("instar.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    for i in 0..6 {
+        sqlx::query(
+            "INSERT INTO user (id, name, email, role, last_login_at, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(format!("worker{i:02}"))
+        .bind(format!("Worker {i}"))
+        .bind(format!("worker{i:02}@example.com"))
+        .bind(if i == 0 { "ADMIN" } else { "USER" })
+        .bind(now)
+        .bind(now)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    let token = {
+        let now = u64::try_from(now / 1_000_000).unwrap();
+        gateway::auth::Verifier::new(SECRET.as_bytes().to_vec()).sign(
+            gateway::auth::Algorithm::Hs256,
+            "worker00",
+            Some("ADMIN"),
+            now,
+            now + 600,
+        )
+    };
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(
+            format!(
+                "GET /api/batch/run_scheduler HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(30), read_to_close(&mut stream))
+        .await
+        .expect("the recompute answers");
+    let took = started.elapsed();
+    assert_eq!(
+        status(&reply),
+        Some(200),
+        "after {took:?}: {}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert!(
+        took > Duration::from_millis(2000),
+        "the run paused: {took:?}"
+    );
+    let metrics = metrics(addr).await;
+    assert_eq!(
+        counter(&metrics, "instar_http_timeouts_total{kind=\"idle\"}"),
+        0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn a_connection_flood_is_refused_beyond_the_caps_while_health_answers() {
     let (_child, addr) = start(
         "flood",

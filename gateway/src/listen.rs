@@ -16,7 +16,9 @@
 //!   timer from the head's first byte, our watchdog before it); each piece of a request body within [`HttpLimits::body_timeout`] (the route then
 //!   sees a read error and answers 4xx, and the connection closes); and a connection that moves
 //!   no byte either way for [`HttpLimits::idle_timeout`] while a request is open (a stalled
-//!   upload, a client that stops reading its response) is closed. Upgraded connections
+//!   upload, a client that stops reading its response) is closed. The time a route spends
+//!   working out its answer without waiting on the client (an administrator's synchronous
+//!   batch run, a slow database) does not count: that silence is the server's. Upgraded connections
 //!   (WebSocket) leave these timeouts: STOMP's CONNECT timeout and heart-beats govern them.
 //! - **size**: a request head larger than [`HttpLimits::max_header_bytes`] is refused (431)
 //!   before it is buffered further.
@@ -296,6 +298,10 @@ struct Activity {
     start: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicU64,
+    /// Requests whose route is still working out the response ([`Working`]).
+    working: AtomicU64,
+    /// Request bodies waiting for the client's next piece ([`TimedBody`]).
+    body_waits: AtomicU64,
 }
 
 /// One open request of a connection ([`Activity::in_flight`]); closed on drop, which is when
@@ -314,6 +320,27 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
         // The wait for the next request head starts now.
+        self.0.touch();
+    }
+}
+
+/// A request whose route has not answered yet ([`Activity::working`]). While a route works
+/// (an admin's synchronous batch, a slow database) and waits on no request body, the silence is
+/// the server's, not the client's: the idle timeout does not run.
+#[derive(Debug)]
+struct Working(Arc<Activity>);
+
+impl Working {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.working.fetch_add(1, Relaxed);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        self.0.working.fetch_sub(1, Relaxed);
+        // From the response head on, the client must read it within the idle timeout.
         self.0.touch();
     }
 }
@@ -424,6 +451,22 @@ struct TimedBody {
     timeout: Duration,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     stats: Arc<ConnStats>,
+    /// Counted in [`Activity::body_waits`] while `deadline` is set.
+    activity: Arc<Activity>,
+}
+
+impl TimedBody {
+    fn stop_waiting(&mut self) {
+        if self.deadline.take().is_some() {
+            self.activity.body_waits.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl Drop for TimedBody {
+    fn drop(&mut self) {
+        self.stop_waiting();
+    }
 }
 
 /// The error a route sees when a request body stalls ([`HttpLimits::body_timeout`]).
@@ -442,14 +485,16 @@ impl Body for TimedBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(r) => {
-                this.deadline = None;
+                this.stop_waiting();
                 Poll::Ready(r.map(|r| r.map_err(Into::into)))
             }
             Poll::Pending => {
                 let timeout = this.timeout;
-                let deadline = this
-                    .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                let activity = &this.activity;
+                let deadline = this.deadline.get_or_insert_with(|| {
+                    activity.body_waits.fetch_add(1, Relaxed);
+                    Box::pin(tokio::time::sleep(timeout))
+                });
                 if deadline.as_mut().poll(cx).is_ready() {
                     this.stats.body_timeouts.fetch_add(1, Relaxed);
                     return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
@@ -508,6 +553,8 @@ pub fn serve(
                 start: Instant::now(),
                 last_ms: AtomicU64::new(0),
                 in_flight: AtomicU64::new(0),
+                working: AtomicU64::new(0),
+                body_waits: AtomicU64::new(0),
             });
             let io = Tracked {
                 io: TokioIo::new(stream),
@@ -520,16 +567,19 @@ pub fn serve(
             let request_activity = activity.clone();
             let hyper_svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 let open = InFlight::new(&request_activity);
+                let working = Working::new(&request_activity);
                 req.extensions_mut().insert(peer);
                 let req = req.map(|inner| TimedBody {
                     inner,
                     timeout: body_timeout,
                     deadline: None,
                     stats: body_stats.clone(),
+                    activity: request_activity.clone(),
                 });
                 let response = tower_service::Service::call(&mut svc.clone(), req);
                 async move {
                     let response = response.await?;
+                    drop(working);
                     Ok::<_, std::convert::Infallible>(
                         response.map(|inner| Guarded { inner, _open: open }),
                     )
@@ -579,6 +629,12 @@ pub fn serve(
 /// byte), or for `open` while one is (false).
 async fn idle(activity: &Activity, waiting: Duration, open: Duration) -> bool {
     loop {
+        if activity.working.load(Relaxed) > 0 && activity.body_waits.load(Relaxed) == 0 {
+            // A route is working and waits on no body piece of the client's (those have their
+            // own timeout): the server's silence, not the client's. Look again later.
+            tokio::time::sleep(waiting.min(open)).await;
+            continue;
+        }
         let between = activity.in_flight.load(Relaxed) == 0;
         let deadline = activity.last() + if between { waiting } else { open };
         let now = Instant::now();

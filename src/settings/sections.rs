@@ -54,8 +54,8 @@ pub(crate) struct Http {
     #[arg(long, default_value_t = gateway::listen::HttpLimits::default().body_timeout.as_secs())]
     pub http_body_timeout_secs: u64,
     /// Seconds a connection with a request open may move no byte either way (a stalled upload, a
-    /// client that stops reading) before it is closed. WebSockets are exempt (heart-beats govern
-    /// them).
+    /// client that stops reading) before it is closed; time a route spends on its answer does not
+    /// count. WebSockets are exempt (heart-beats govern them).
     #[arg(long, default_value_t = gateway::listen::HttpLimits::default().idle_timeout.as_secs())]
     pub http_idle_timeout_secs: u64,
     /// HTTP connections open at once (WebSockets included); lowered to the open-file limit less
