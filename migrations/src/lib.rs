@@ -11,8 +11,8 @@
 //!
 //! [`connect`] opens a pool for either backend from a URL (`sqlite://path`, `mysql://…`), with the
 //! per-connection settings the store needs (SQLite: WAL, foreign keys, busy timeout); [`migrate`]
-//! brings the schema up to date (MySQL runs take an advisory lock, so several processes may start
-//! at once).
+//! brings the schema up to date (MySQL/MariaDB runs hold a named lock of their own, so several
+//! processes may start at once against a fresh database).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -68,6 +68,9 @@ pub enum Error {
     /// A migration failed.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Another process held the migration lock for too long.
+    #[error("migration: another process held the migration lock for over {0:?}")]
+    MigrateLock(Duration),
 }
 
 /// Pool settings.
@@ -146,9 +149,45 @@ pub async fn connect(url: &str, settings: &PoolSettings) -> Result<(AnyPool, Bac
     Ok((pool, backend))
 }
 
+/// How long a process waits for another one's migration run on the same MySQL database.
+pub const MIGRATE_LOCK_WAIT: Duration = Duration::from_secs(600);
+
 /// Applies every pending migration of `backend` to `pool`.
+///
+/// On MySQL/MariaDB the run holds a named lock (`GET_LOCK('instar-migrate:<database>')`) on one
+/// connection, so processes started at once against a fresh database take turns: the first
+/// applies, the others wait (up to [`MIGRATE_LOCK_WAIT`]) and find nothing left to do. sqlx's
+/// own migration lock asks `GET_LOCK(name, -1)`, which MySQL takes as "wait for ever" but
+/// MariaDB answers at once with NULL, so on MariaDB it locked nothing: a second process saw the
+/// first's half-applied migration and stopped with "migration 1 is partially applied".
+///
+/// # Errors
+/// The database failed, a migration failed, or the lock was not had in time.
 pub async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), Error> {
-    backend.migrator().run(pool).await?;
+    match backend {
+        Backend::Sqlite => backend.migrator().run(pool).await?,
+        Backend::MySql => {
+            let mut conn = pool.acquire().await?;
+            let got: Option<i64> =
+                sqlx::query_scalar("SELECT GET_LOCK(CONCAT('instar-migrate:', DATABASE()), ?)")
+                    .bind(i64::try_from(MIGRATE_LOCK_WAIT.as_secs()).unwrap_or(i64::MAX))
+                    .fetch_one(&mut *conn)
+                    .await?;
+            if got != Some(1) {
+                return Err(Error::MigrateLock(MIGRATE_LOCK_WAIT));
+            }
+            // `run_direct`: `run(&mut *conn)` is not `Send` for callers that spawn (sqlx's
+            // "Acquire is not general enough").
+            let result = backend.migrator().run_direct(&mut *conn).await;
+            // Released here rather than left to the connection's end: the pool keeps it.
+            let released =
+                sqlx::query("SELECT RELEASE_LOCK(CONCAT('instar-migrate:', DATABASE()))")
+                    .execute(&mut *conn)
+                    .await;
+            result?;
+            released?;
+        }
+    }
     Ok(())
 }
 

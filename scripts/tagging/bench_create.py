@@ -2,12 +2,15 @@
 """What image labelling costs `POST /api/post/create`, and how long a post waits for its tags
 (docs/benchmarks.md, "Automatic tags").
 
-    bench_create.py INSTAR_BINARY [POSTS] [ROUNDS]
+    bench_create.py INSTAR_BINARY [POSTS] [ROUNDS] [GAP_MS]
 
 Starts a fake Google Cloud Vision on loopback (fixed labels, answers at once), then `instar serve`
 on a fresh SQLite data directory ROUNDS times with labelling off and on, alternating (off, on,
-off, on, ...): each run creates POSTS posts one after another (one 64x48 PNG, two hashtags) and
-records each request's time. With labelling on it then creates 30 more posts, one at a time, and
+off, on, ...): each run creates POSTS posts one after another (one 64x48 PNG, two hashtags), GAP_MS
+apart (default 0: back to back, so each create meets the worker labelling the one before; 20: the
+worker is done, so only the request's own share is left), and records each request's time. The
+fake Vision runs in a process of its own, so its answers do not compete with the client for
+Python's interpreter lock. With labelling on it then creates 30 more posts, one at a time, and
 polls the database every 2 ms for their AI_TAG rows: the time from the create's answer to the
 stored tags. Prints per mode the median, p90 and mean create time, and the ratio on/off.
 Loopback only; every loop is bounded.
@@ -18,6 +21,7 @@ import hmac
 import base64
 import http.server
 import json
+import multiprocessing
 import os
 import shutil
 import sqlite3
@@ -38,11 +42,12 @@ LABELS = {"responses": [{"labelAnnotations": [
 
 
 class FakeVision(http.server.BaseHTTPRequestHandler):
-    calls = 0
+    calls = None  # a multiprocessing.Value shared with the parent
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("content-length", "0")))
-        FakeVision.calls += 1
+        with FakeVision.calls.get_lock():
+            FakeVision.calls.value += 1
         body = json.dumps(LABELS).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -124,7 +129,12 @@ def create(base, tok, image, i):
     return time.perf_counter() - start, answer["postId"]
 
 
-def run(binary, posts, vision):
+def serve_vision(calls, port):
+    FakeVision.calls = calls
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), FakeVision).serve_forever()
+
+
+def run(binary, posts, vision, gap):
     data_dir = tempfile.mkdtemp(prefix="instar-bench-tags-")
     proc, base = start_server(binary, data_dir, vision)
     try:
@@ -139,7 +149,11 @@ def run(binary, posts, vision):
         tok = toks[0]
         image = png()
         create(base, tok, image, -1)  # warm-up
-        times = [create(base, toks[i % len(toks)], image, i)[0] for i in range(posts)]
+        times = []
+        for i in range(posts):
+            times.append(create(base, toks[i % len(toks)], image, i)[0])
+            if gap:
+                time.sleep(gap)
         waits = []
         if vision:
             # Let the labels of the timed posts land first.
@@ -175,14 +189,20 @@ def main():
     binary = sys.argv[1]
     posts = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 2
-    fake = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeVision)
-    threading.Thread(target=fake.serve_forever, daemon=True).start()
-    vision = f"http://127.0.0.1:{fake.server_address[1]}/v1/images:annotate"
+    gap = (float(sys.argv[4]) if len(sys.argv) > 4 else 0.0) / 1000
+    s = __import__("socket").socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    calls = multiprocessing.Value("i", 0)
+    fake = multiprocessing.Process(target=serve_vision, args=(calls, port), daemon=True)
+    fake.start()
+    vision = f"http://127.0.0.1:{port}/v1/images:annotate"
     off, on, waits = [], [], []
     for _ in range(rounds):
-        t, _ = run(binary, posts, None)
+        t, _ = run(binary, posts, None, gap)
         off += t
-        t, w = run(binary, posts, vision)
+        t, w = run(binary, posts, vision, gap)
         on += t
         waits += w
     for name, xs in (("labelling off", off), ("labelling on", on)):
@@ -190,7 +210,8 @@ def main():
               f"mean {1000 * statistics.mean(xs):.2f} ms")
     print(f"ratio on/off: p50 {ms(on, 0.5) / ms(off, 0.5):.3f}, mean {statistics.mean(on) / statistics.mean(off):.3f}")
     print(f"create answered -> AI_TAG rows stored: {len(waits)} posts, p50 {ms(waits, 0.5):.1f} ms, "
-          f"p90 {ms(waits, 0.9):.1f} ms, max {1000 * max(waits):.1f} ms (Vision calls: {FakeVision.calls})")
+          f"p90 {ms(waits, 0.9):.1f} ms, max {1000 * max(waits):.1f} ms (Vision calls: {calls.value})")
+    fake.terminate()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Packages: scripts/test-clients/requirements.txt (python-mecab-ko, python-mecab-k
 The server never runs this: it reads mecab-ko-dic itself (social/src/tagging/mecab.rs).
 """
 
+import os
 import resource
 import sys
 import time
@@ -78,6 +79,30 @@ def komoran():
     return analyse
 
 
+def children():
+    """Process ids whose parent is this process (Linux /proc)."""
+    me = str(os.getpid())
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[1] == me:
+                        out.append(pid)
+            except OSError:
+                pass
+    return out
+
+
+def peak_kib(pid):
+    """VmHWM (peak resident set) of `pid`, KiB; 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return 0
+
+
 def tag(analyse, word, limit=100):
     word = word.strip()
     if not word or len(word) > limit:
@@ -99,9 +124,11 @@ def main():
                 tag(analyse, w)
         secs = time.perf_counter() - start
         rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # PyKomoran starts a JVM as a child process (py4j) and analyses there: its peak counts.
+        jvm_kib = sum(peak_kib(pid) for pid in children())
         print(f"komoran words={len(words) * rounds} secs={secs:.3f} "
               f"words_per_s={len(words) * rounds / secs:.0f} python_max_rss_mib={rss_kib / 1024:.0f} "
-              "(the JVM runs in this process through its bridge)")
+              f"jvm_max_rss_mib={jvm_kib / 1024:.0f} total_mib={(rss_kib + jvm_kib) / 1024:.0f}")
         return
     mk, ko = mecab_ko(), komoran()
     computed = [(w, tag(mk, w), tag(ko, w)) for w, _, _ in rows]
