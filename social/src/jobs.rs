@@ -369,6 +369,8 @@ impl Jobs {
         F: Fn(Lease) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
+        // On `/metrics` (all zeros) from the moment it is scheduled.
+        self.count(&job.name, |_| {});
         let jobs = self.clone();
         let name = job.name.clone();
         let run = Arc::new(run);
