@@ -63,8 +63,8 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// Every `reason` label of `instar_sessions_closed_total` (two name ERROR closes that were
-    /// not protocol errors: `send_rate`, `refused`).
+    /// Every `reason` label of `instar_sessions_closed_total`: each reason's [`CloseReason::label`],
+    /// and `send_rate` and `refused` for the ERROR closes that were no protocol error.
     pub const LABELS: [&'static str; 13] = [
         "client",
         "disconnect",

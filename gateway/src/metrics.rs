@@ -324,3 +324,42 @@ impl Gateway {
         self.metrics_registry.render()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_close_reason_has_a_registered_label() {
+        let registry = MetricsRegistry::new();
+        let counted = Counted::register(&registry);
+        for reason in [
+            CloseReason::ClientGone,
+            CloseReason::Disconnect,
+            CloseReason::ProtocolError,
+            CloseReason::HeartBeatTimeout,
+            CloseReason::ConnectTimeout,
+            CloseReason::TokenExpired,
+            CloseReason::TokenRevoked,
+            CloseReason::SlowConsumer,
+            CloseReason::Shutdown,
+            CloseReason::WriteError,
+            CloseReason::BadInput,
+        ] {
+            assert!(CloseReason::LABELS.contains(&reason.label()), "{reason:?}");
+        }
+        counted.closed(CloseReason::HeartBeatTimeout.label());
+        counted.closed("send_rate");
+        counted.refused(Refusal::RevokedToken);
+        let text = registry.render();
+        for line in [
+            "instar_sessions_closed_total{reason=\"heartbeat\"} 1",
+            "instar_sessions_closed_total{reason=\"send_rate\"} 1",
+            "instar_sessions_closed_total{reason=\"client\"} 0",
+            "instar_connects_refused_total{reason=\"revoked_token\"} 1",
+            "instar_connects_refused_total{reason=\"sessions_per_user\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+    }
+}
