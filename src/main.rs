@@ -255,7 +255,10 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
     social_cfg.public_url.fallback = Some(social::public_url::PublicUrl::origin_of_listen(
         listener.local_addr()?,
     ));
-    let social = social::Ctx::start(&social_cfg, bus.clone())
+    // One registry for the gateway, the social service and the REST counters: one `/metrics`
+    // text, each family once.
+    let registry = rest_metrics::registry();
+    let social = social::Ctx::start_with_metrics(&social_cfg, bus.clone(), registry.clone())
         .await
         .context("starting the social service")?;
     social::chat::register_with(&social, &bus, cfg.chat);
@@ -267,33 +270,33 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
         PrefixPolicy::new(cfg.public_topics.clone()).allow_anonymous(cfg.allow_anonymous),
         social.rooms(),
     ));
-    let gw = Gateway::start(
+    let gw = Gateway::start_with_metrics(
         cfg.node_id.as_str().into(),
         cfg.gateway_config(),
         cfg.jwt_secret.as_bytes(),
         bus.clone(),
         policy,
+        registry.clone(),
     )
     .await
     .context("attaching the gateway to the bus")?;
 
-    // `/metrics`: the gateway's counters, then the social service's.
-    // `/metrics`: the gateway's counters, then the social service's, its REST responses and the
-    // readiness of each dependency.
-    let rest = Arc::new(rest_metrics::RestStats::default());
+    // `/metrics`: the gateway's counters, the social service's, its REST responses and the
+    // readiness of each dependency, all in the one registry.
+    let rest = Arc::new(rest_metrics::RestStats::new(&registry));
     let metrics = {
-        let (gw, social, rest) = (gw.clone(), social.clone(), rest.clone());
+        let (gw, social, registry) = (gw.clone(), social.clone(), registry.clone());
         warp::path("metrics")
             .and(warp::path::end())
             .and(warp::get())
             .and(gateway::server::operator_only(cfg.metrics_token.clone()))
             .then(move || {
-                let (gw, social, rest) = (gw.clone(), social.clone(), rest.clone());
+                let (gw, social, registry) = (gw.clone(), social.clone(), registry.clone());
                 async move {
-                    let mut text = gw.metrics_text();
-                    text.push_str(&social.metrics_text());
-                    rest.metrics_text(&mut text);
-                    rest_metrics::readiness_text(&social, &mut text).await;
+                    gw.update_metrics();
+                    social.update_metrics();
+                    rest_metrics::update_readiness(&social, &registry).await;
+                    let text = registry.render();
                     Box::new(warp::reply::with_header(
                         text,
                         "content-type",

@@ -5,11 +5,10 @@
 //! Counted here, around `Ctx::routes()` (every `/api/**` request ends in a response there, and
 //! `/media/**` with local storage), so the social crate stays free of process-level wiring.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use broker_bridge::MetricsRegistry;
 use warp::Filter as _;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
@@ -21,17 +20,39 @@ const BUCKETS: [f64; 11] = [
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// The latency histogram's name.
+const RESPONSE_SECONDS: &str = "instar_http_response_seconds";
+
+/// A registry for a process that serves REST: the latency histogram gets its [`BUCKETS`].
+pub(crate) fn registry() -> MetricsRegistry {
+    MetricsRegistry::with_buckets(&[(RESPONSE_SECONDS, &BUCKETS)])
+}
+
 /// REST response counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct RestStats {
-    classes: [AtomicU64; 5],
-    /// Responses at or below each bound (not cumulative; summed when written).
-    buckets: [AtomicU64; BUCKETS.len()],
-    sum_micros: AtomicU64,
-    count: AtomicU64,
+    classes: [metrics::Counter; 5],
+    seconds: metrics::Histogram,
 }
 
 impl RestStats {
+    /// Registers the counters on `registry` (built by [`registry`], for the buckets).
+    pub(crate) fn new(registry: &MetricsRegistry) -> Self {
+        RestStats {
+            classes: CLASSES.map(|class| {
+                registry.counter_with(
+                    "instar_http_responses_total",
+                    &[("class", class)],
+                    "REST responses (/api, local /media) by status class.",
+                )
+            }),
+            seconds: registry.histogram(
+                RESPONSE_SECONDS,
+                "Time from a REST request's arrival to its response head.",
+            ),
+        }
+    }
+
     /// `routes`, counting every response they give.
     pub(crate) fn wrap(
         self: &Arc<Self>,
@@ -50,65 +71,22 @@ impl RestStats {
 
     fn record(&self, status: u16, seconds: f64) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.classes[class].fetch_add(1, Ordering::Relaxed);
-        if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        // Microseconds: a u64 holds half a million years of summed latency.
-        self.sum_micros
-            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The counters in the Prometheus text format.
-    pub(crate) fn metrics_text(&self, out: &mut String) {
-        out.push_str(
-            "# HELP instar_http_responses_total REST responses (/api, local /media) by status class.\n\
-             # TYPE instar_http_responses_total counter\n",
-        );
-        for (class, n) in CLASSES.iter().zip(&self.classes) {
-            let _ = writeln!(
-                out,
-                "instar_http_responses_total{{class=\"{class}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
-        }
-        out.push_str(
-            "# HELP instar_http_response_seconds Time from a REST request's arrival to its response head.\n\
-             # TYPE instar_http_response_seconds histogram\n",
-        );
-        let count = self.count.load(Ordering::Relaxed);
-        let mut cumulative = 0;
-        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += n.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "instar_http_response_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "instar_http_response_seconds_bucket{{le=\"+Inf\"}} {count}\n\
-             instar_http_response_seconds_sum {}\n\
-             instar_http_response_seconds_count {count}",
-            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
+        self.classes[class].increment(1);
+        self.seconds.record(seconds);
     }
 }
 
-/// `instar_ready{part=...}`: 1 while the dependency answers its readiness check, else 0.
-pub(crate) async fn readiness_text(ctx: &social::Ctx, out: &mut String) {
-    out.push_str(
-        "# HELP instar_ready Whether each dependency answers its readiness check (1) or not (0).\n\
-         # TYPE instar_ready gauge\n",
-    );
+/// `instar_ready{part=...}`: 1 while the dependency answers its readiness check, else 0 (checked
+/// at scrape time).
+pub(crate) async fn update_readiness(ctx: &social::Ctx, registry: &MetricsRegistry) {
     for check in ctx.readiness().await {
-        let _ = writeln!(
-            out,
-            "instar_ready{{part=\"{}\"}} {}",
-            check.part,
-            u8::from(check.error.is_none())
-        );
+        registry
+            .gauge_with(
+                "instar_ready",
+                &[("part", check.part)],
+                "Whether each dependency answers its readiness check (1) or not (0).",
+            )
+            .set(if check.error.is_none() { 1.0 } else { 0.0 });
     }
 }
 
@@ -118,13 +96,13 @@ mod tests {
 
     #[test]
     fn buckets_are_cumulative_and_classes_counted() {
-        let s = RestStats::default();
+        let registry = registry();
+        let s = RestStats::new(&registry);
         s.record(200, 0.001);
         s.record(201, 0.07);
         s.record(404, 0.3);
         s.record(503, 60.0);
-        let mut out = String::new();
-        s.metrics_text(&mut out);
+        let out = registry.render();
         for line in [
             "instar_http_responses_total{class=\"2xx\"} 2",
             "instar_http_responses_total{class=\"4xx\"} 1",

@@ -84,7 +84,8 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding HTTP on {listen}"))?;
     let addr = listener.local_addr()?;
     cfg.public_url.fallback = Some(social::public_url::PublicUrl::origin_of_listen(addr));
-    let ctx = social::Ctx::start(&cfg, bus.clone())
+    let registry = crate::rest_metrics::registry();
+    let ctx = social::Ctx::start_with_metrics(&cfg, bus.clone(), registry.clone())
         .await
         .context("starting the social service")?;
     social::chat::register_with(&ctx, &bus, args.social.chat_writer_options());
@@ -95,10 +96,10 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     // REST responses and dependency readiness on /metrics too (src/rest_metrics.rs).
-    let rest = std::sync::Arc::new(crate::rest_metrics::RestStats::default());
+    let rest = std::sync::Arc::new(crate::rest_metrics::RestStats::new(&registry));
     let conns = std::sync::Arc::new(gateway::listen::ConnStats::default());
     let metrics = {
-        let (ctx, rest, conns) = (ctx.clone(), rest.clone(), conns.clone());
+        let (ctx, conns) = (ctx.clone(), conns.clone());
         warp::path("metrics")
             .and(warp::path::end())
             .and(warp::get())
@@ -106,12 +107,12 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
                 args.ops.metrics_token.clone().filter(|t| !t.is_empty()),
             ))
             .then(move || {
-                let (ctx, rest, conns) = (ctx.clone(), rest.clone(), conns.clone());
+                let (ctx, conns) = (ctx.clone(), conns.clone());
                 async move {
-                    let mut text = ctx.metrics_text();
-                    rest.metrics_text(&mut text);
-                    conns.metrics_text(&mut text);
-                    crate::rest_metrics::readiness_text(&ctx, &mut text).await;
+                    ctx.update_metrics();
+                    conns.update_metrics(&ctx.metrics);
+                    crate::rest_metrics::update_readiness(&ctx, &ctx.metrics).await;
+                    let text = ctx.metrics.render();
                     warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4")
                         .into_response()
                 }
@@ -162,23 +163,22 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
 struct ShardMetrics(Bus);
 
 impl social::ctx::MetricsSource for ShardMetrics {
-    fn write_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
+    fn update_metrics(&self, registry: &broker_bridge::MetricsRegistry) {
         let m = self.0.metrics();
-        let _ = writeln!(
-            out,
-            "# HELP instar_bus_work_shards_owned Command shards this process consumes now (its share among the live command workers).\n# TYPE instar_bus_work_shards_owned gauge\ninstar_bus_work_shards_owned {}",
-            m.work_shards_owned
+        registry.set_gauge(
+            "instar_bus_work_shards_owned",
+            "Command shards this process consumes now (its share among the live command workers).",
+            m.work_shards_owned,
         );
-        let _ = writeln!(
-            out,
-            "# HELP instar_bus_work_rebalances_total Times this process's set of command shards changed (a worker joined or left).\n# TYPE instar_bus_work_rebalances_total counter\ninstar_bus_work_rebalances_total {}",
-            m.work_rebalances
+        registry.set_counter(
+            "instar_bus_work_rebalances_total",
+            "Times this process's set of command shards changed (a worker joined or left).",
+            m.work_rebalances,
         );
-        let _ = writeln!(
-            out,
-            "# HELP instar_bus_commands_handled_total Application commands handled.\n# TYPE instar_bus_commands_handled_total counter\ninstar_bus_commands_handled_total {}",
-            m.commands_handled
+        registry.set_counter(
+            "instar_bus_commands_handled_total",
+            "Application commands handled.",
+            m.commands_handled,
         );
     }
 }

@@ -179,7 +179,7 @@ async fn the_recompute_runs_once_per_slot_and_survives_a_frozen_and_a_killed_hol
     logged(holder, "job run done", &slot1, Duration::from_secs(20)).await;
     let text = metrics(holder).await;
     assert!(metric(&text, "instar_feed_users_processed_total") >= USERS as f64);
-    assert!(metric(&text, &format!("instar_job_seconds_total{{job=\"{JOB}\"}}")) > 0.0);
+    assert!(metric(&text, &format!("instar_job_seconds_sum{{job=\"{JOB}\"}}")) > 0.0);
     let listed: i64 = redis::cmd("EXISTS")
         .arg(&list_keys)
         .query_async(&mut r)

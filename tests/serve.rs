@@ -313,3 +313,116 @@ async fn readiness_names_the_dependency_that_does_not_answer() {
     std::fs::create_dir_all(dir.join("media")).unwrap();
     assert_eq!(get("/health/ready").await, (200, "ready\n".to_owned()));
 }
+
+/// One STOMP session over WebSocket to `addr`, CONNECTed as `user`.
+async fn stomp_session(
+    addr: &str,
+    user: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{addr}/stomp"),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "v12.stomp".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let t = token(user);
+    ws.send(Message::text(format!(
+        "CONNECT\naccept-version:1.2\nAuthorization:Bearer {t}\n\n\0"
+    )))
+    .await
+    .unwrap();
+    let connected = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    assert!(connected.starts_with("CONNECTED\n"), "{connected}");
+    ws
+}
+
+/// The value of the series `series` (name and labels as written) in a scrape, 0 when absent.
+fn series(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn metrics_families_appear_once_and_close_reasons_are_counted() {
+    let (_child, addr) = start().await;
+    let http = reqwest::Client::new();
+    let scrape = || async {
+        http.get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // The gateway's and the social service's families in one text, each `# TYPE` and `# HELP`
+    // once.
+    let text = scrape().await;
+    let mut types = std::collections::BTreeMap::<&str, usize>::new();
+    for name in text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next())
+    {
+        *types.entry(name).or_default() += 1;
+    }
+    assert!(types.len() > 30, "{text}");
+    let twice: Vec<_> = types.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "families typed more than once: {twice:?}");
+    for name in types.keys() {
+        let helps = text
+            .lines()
+            .filter(|l| {
+                l.strip_prefix("# HELP ")
+                    .and_then(|l| l.split_whitespace().next())
+                    == Some(name)
+            })
+            .count();
+        assert_eq!(helps, 1, "# HELP of {name}:\n{text}");
+    }
+    for family in [
+        "instar_sessions_open",
+        "instar_read_cache_hits_total",
+        "instar_http_responses_total",
+        "instar_sessions_closed_total",
+        "instar_connects_refused_total",
+    ] {
+        assert!(types.contains_key(family), "{family} missing:\n{text}");
+    }
+    let disconnects = r#"instar_sessions_closed_total{reason="disconnect"}"#;
+    let errors = r#"instar_sessions_closed_total{reason="error"}"#;
+    assert_eq!(series(&text, disconnects), 0.0, "{text}");
+    assert_eq!(series(&text, errors), 0.0, "{text}");
+
+    // A session that says DISCONNECT, and one closed for a frame the server does not know.
+    let mut ws = stomp_session(&addr, "closer01").await;
+    ws.send(Message::text("DISCONNECT\nreceipt:bye\n\n\0"))
+        .await
+        .unwrap();
+    let receipt = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    assert!(receipt.starts_with("RECEIPT\n"), "{receipt}");
+    let mut ws = stomp_session(&addr, "closer02").await;
+    ws.send(Message::text("BOGUS\n\n\0")).await.unwrap();
+    let error = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    assert!(error.starts_with("ERROR\n"), "{error}");
+
+    // Each moved by one, and only its own reason (the session ends a moment after the frame).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = scrape().await;
+        if series(&text, disconnects) >= 1.0 && series(&text, errors) >= 1.0 {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(series(&text, disconnects), 1.0, "{text}");
+    assert_eq!(series(&text, errors), 1.0, "{text}");
+    assert_eq!(
+        series(&text, r#"instar_sessions_closed_total{reason="heartbeat"}"#),
+        0.0
+    );
+    assert_eq!(series(&text, "instar_errors_sent_total"), 1.0, "{text}");
+    assert_eq!(series(&text, "instar_sessions_total"), 2.0, "{text}");
+}

@@ -111,6 +111,7 @@ mod amqp;
 mod bus;
 mod error;
 mod in_process;
+mod metrics_registry;
 mod model;
 pub mod queues;
 mod redis_registry;
@@ -125,6 +126,7 @@ pub use bus::{
 pub use bus::{is_pattern, topic_matches};
 pub use error::{BusError, HandlerError};
 pub use in_process::InProcessConfig;
+pub use metrics_registry::MetricsRegistry;
 pub use model::{AppCommand, COMMAND_KEY_HEADER, Delivery, Envelope, NodeId, SessionEntry, Target};
 pub use queues::{QueueAcker, QueueConsumer, QueueDelivery, QueueLimits, Settle};
 pub use redis_registry::RedisRegistryConfig;

@@ -62,6 +62,44 @@ pub enum CloseReason {
     BadInput,
 }
 
+impl CloseReason {
+    /// Every `reason` label of `instar_sessions_closed_total`: each reason's [`CloseReason::label`],
+    /// and `send_rate` and `refused` for the ERROR closes that were no protocol error.
+    pub const LABELS: [&'static str; 13] = [
+        "client",
+        "disconnect",
+        "error",
+        "send_rate",
+        "refused",
+        "heartbeat",
+        "connect_timeout",
+        "token_expired",
+        "revoked",
+        "slow_consumer",
+        "shutdown",
+        "write_error",
+        "bad_input",
+    ];
+
+    /// This reason's `reason` label.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::ClientGone => "client",
+            CloseReason::Disconnect => "disconnect",
+            CloseReason::ProtocolError => "error",
+            CloseReason::HeartBeatTimeout => "heartbeat",
+            CloseReason::ConnectTimeout => "connect_timeout",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::TokenRevoked => "revoked",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::WriteError => "write_error",
+            CloseReason::BadInput => "bad_input",
+        }
+    }
+}
+
 struct Driver<'a> {
     gw: &'a Gateway,
     session: Session,
@@ -93,6 +131,9 @@ struct Driver<'a> {
     revoke: CancellationToken,
     /// The user this session is entered under in [`Gateway::revocations`].
     revocable: Option<String>,
+    /// What the ERROR this session is failing with stands for on `instar_sessions_closed_total`,
+    /// when not a protocol error (`send_rate`, `refused`).
+    error_label: Option<&'static str>,
 }
 
 static SESSION_NUMBERS: AtomicU64 = AtomicU64::new(1);
@@ -164,6 +205,7 @@ async fn run_session(
         queues: HashMap::new(),
         revoke: CancellationToken::new(),
         revocable: None,
+        error_label: None,
     };
     gw.metrics.sessions_open.fetch_add(1, Ordering::Relaxed);
     gw.metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
@@ -483,6 +525,10 @@ impl Driver<'_> {
                                 .metrics
                                 .sessions_refused
                                 .fetch_add(1, Ordering::Relaxed);
+                            self.gw
+                                .counted
+                                .refused(crate::metrics::Refusal::SessionsPerUser);
+                            self.error_label = Some("refused");
                             tracing::info!(user = %p.user, "too many sessions for one user; CONNECT refused");
                             let max = self.gw.config.max_sessions_per_user;
                             actions.clear();
@@ -504,6 +550,10 @@ impl Driver<'_> {
                             self.revoke.clone(),
                         ) {
                             self.gw.revocations.refused();
+                            self.gw
+                                .counted
+                                .refused(crate::metrics::Refusal::RevokedToken);
+                            self.error_label = Some("refused");
                             actions.clear();
                             actions.extend(self.session.fail(
                                 crate::revocation::REVOKED_MESSAGE,
@@ -516,6 +566,10 @@ impl Driver<'_> {
                         match self.gw.policy.token_version(&p.user).await {
                             Ok(Some(current)) if p.version < current => {
                                 self.gw.revocations.refused();
+                                self.gw
+                                    .counted
+                                    .refused(crate::metrics::Refusal::RevokedToken);
+                                self.error_label = Some("refused");
                                 tracing::info!(user = %p.user, version = p.version, current, "revoked token refused on CONNECT");
                                 actions.clear();
                                 actions.extend(self.session.fail(
@@ -906,6 +960,7 @@ impl Driver<'_> {
             .metrics
             .send_rate_closes
             .fetch_add(1, Ordering::Relaxed);
+        self.error_label = Some("send_rate");
         tracing::info!(session = %self.session.id(), user, "session sent faster than its send rate; closed");
         let rate = self.gw.config.send_rate;
         Some(format!(
@@ -1063,6 +1118,11 @@ impl Driver<'_> {
             .metrics
             .sessions_open
             .fetch_sub(1, Ordering::Relaxed);
+        let label = match (reason, self.error_label) {
+            (CloseReason::ProtocolError, Some(label)) => label,
+            _ => reason.label(),
+        };
+        self.gw.counted.closed(label);
         tracing::debug!(session = %self.session.id(), transport, ?reason, user = user.as_deref().unwrap_or("-"), "session closed");
     }
 }

@@ -85,6 +85,10 @@ pub struct Gateway {
     pub hub: Arc<hub::Hub>,
     pub policy: Arc<dyn destination::TopicPolicy>,
     pub metrics: Metrics,
+    /// Where `/metrics` is rendered from (shared with the social service in `instar serve`).
+    pub metrics_registry: broker_bridge::MetricsRegistry,
+    /// Session closes and CONNECT refusals by reason, counted as they happen.
+    pub counted: metrics::Counted,
     /// `/app/**` commands waiting for the bus during a broker outage.
     pub send_buffer: Arc<sendbuf::SendBuffer>,
     /// The counters of the HTTP listener serving [`Gateway::routes`] ([`listen::serve`]).

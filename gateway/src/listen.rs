@@ -31,7 +31,6 @@
 //! [`peer`] reads it, and the social service reads the same type (`social::public_url::peer`).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::future::Future as _;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -81,7 +80,7 @@ impl Default for HttpLimits {
     }
 }
 
-/// The listener's counters, rendered on `/metrics` by [`ConnStats::metrics_text`].
+/// The listener's counters, copied to `/metrics` by [`ConnStats::update_metrics`].
 #[derive(Debug, Default)]
 pub struct ConnStats {
     open: AtomicU64,
@@ -95,21 +94,34 @@ pub struct ConnStats {
 }
 
 /// One metric: name, type, help, and its values by label set.
-type Row<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a AtomicU64)]);
+type Row<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a [(Option<(&'a str, &'a str)>, &'a AtomicU64)],
+);
 
 impl ConnStats {
-    /// Appends this listener's rows in the Prometheus text format.
-    pub fn metrics_text(&self, out: &mut String) {
-        self.rows(out, "http", "HTTP connections", true);
+    /// Copies this listener's counts into `registry` (`instar_http_connections_*`,
+    /// `instar_http_timeouts_total`).
+    pub fn update_metrics(&self, registry: &broker_bridge::MetricsRegistry) {
+        self.rows(registry, "http", "HTTP connections", true);
     }
 
-    /// Appends the rows of the raw STOMP/TCP listener (`instar_tcp_connections_*`; it has no
-    /// HTTP timeouts: the CONNECT timeout and heart-beats govern it).
-    pub fn tcp_metrics_text(&self, out: &mut String) {
-        self.rows(out, "tcp", "STOMP/TCP connections", false);
+    /// Copies the counts of the raw STOMP/TCP listener into `registry`
+    /// (`instar_tcp_connections_*`; it has no HTTP timeouts: the CONNECT timeout and heart-beats
+    /// govern it).
+    pub fn update_tcp_metrics(&self, registry: &broker_bridge::MetricsRegistry) {
+        self.rows(registry, "tcp", "STOMP/TCP connections", false);
     }
 
-    fn rows(&self, out: &mut String, prefix: &str, what: &str, timeouts: bool) {
+    fn rows(
+        &self,
+        registry: &broker_bridge::MetricsRegistry,
+        prefix: &str,
+        what: &str,
+        timeouts: bool,
+    ) {
         let open_help = format!("{what} open now.");
         let limit_help = format!(
             "Most {what} open at once (the setting, lowered to fit the file-descriptor limit)."
@@ -125,27 +137,27 @@ impl ConnStats {
                 } else {
                     open_help.as_str()
                 },
-                &[("", &self.open)],
+                &[(None, &self.open)],
             ),
             (
                 "connections_limit",
                 "gauge",
                 limit_help.as_str(),
-                &[("", &self.cap)],
+                &[(None, &self.cap)],
             ),
             (
                 "connections_total",
                 "counter",
                 total_help.as_str(),
-                &[("", &self.accepted)],
+                &[(None, &self.accepted)],
             ),
             (
                 "connections_refused_total",
                 "counter",
                 refused_help.as_str(),
                 &[
-                    ("{cap=\"global\"}", &self.refused_global),
-                    ("{cap=\"address\"}", &self.refused_address),
+                    (Some(("cap", "global")), &self.refused_global),
+                    (Some(("cap", "address")), &self.refused_address),
                 ],
             ),
             (
@@ -153,9 +165,9 @@ impl ConnStats {
                 "counter",
                 "HTTP connections closed for a timeout, by kind.",
                 &[
-                    ("{kind=\"header\"}", &self.header_timeouts),
-                    ("{kind=\"body\"}", &self.body_timeouts),
-                    ("{kind=\"idle\"}", &self.idle_timeouts),
+                    (Some(("kind", "header")), &self.header_timeouts),
+                    (Some(("kind", "body")), &self.body_timeouts),
+                    (Some(("kind", "idle")), &self.idle_timeouts),
                 ],
             ),
         ];
@@ -163,10 +175,19 @@ impl ConnStats {
             if name == "timeouts_total" && !timeouts {
                 continue;
             }
-            let _ = writeln!(out, "# HELP instar_{prefix}_{name} {help}");
-            let _ = writeln!(out, "# TYPE instar_{prefix}_{name} {kind}");
-            for (labels, v) in values {
-                let _ = writeln!(out, "instar_{prefix}_{name}{labels} {}", v.load(Relaxed));
+            let name = format!("instar_{prefix}_{name}");
+            for (label, v) in values {
+                let labels: &[(&str, &str)] = match label {
+                    Some(l) => std::slice::from_ref(l),
+                    None => &[],
+                };
+                let v = v.load(Relaxed);
+                if kind == "gauge" {
+                    #[allow(clippy::cast_precision_loss)]
+                    registry.gauge_with(&name, labels, help).set(v as f64);
+                } else {
+                    registry.counter_with(&name, labels, help).absolute(v);
+                }
             }
         }
     }

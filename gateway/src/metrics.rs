@@ -1,18 +1,110 @@
-//! `GET /metrics`: the gateway's counters in the Prometheus text format (version 0.0.4).
+//! `GET /metrics`: the gateway's counters, kept in the node's [`MetricsRegistry`] and rendered
+//! in the Prometheus text format (version 0.0.4).
+//!
+//! The counts the node's logic and tests read back stay in atomics (the `metrics` handles are
+//! write-only) and are copied into the registry at scrape time ([`Gateway::update_metrics`]);
+//! what nothing reads back (why sessions closed, why CONNECTs were refused) is counted straight
+//! into labelled counters ([`Counted`]).
 
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
+use broker_bridge::MetricsRegistry;
+use metrics::Counter;
+
 use crate::Gateway;
+use crate::connection::CloseReason;
+
+/// Sessions closed, by reason (`instar_sessions_closed_total{reason}`).
+pub const SESSIONS_CLOSED: &str = "instar_sessions_closed_total";
+/// CONNECTs refused, by reason (`instar_connects_refused_total{reason}`).
+pub const CONNECTS_REFUSED: &str = "instar_connects_refused_total";
+
+/// Why a CONNECT was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The user held `max_sessions_per_user` sessions on this node.
+    SessionsPerUser,
+    /// The token was revoked.
+    RevokedToken,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 2] = [Refusal::SessionsPerUser, Refusal::RevokedToken];
+
+    /// The `reason` label.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::SessionsPerUser => "sessions_per_user",
+            Refusal::RevokedToken => "revoked_token",
+        }
+    }
+}
+
+/// The labelled counters a node counts into as things happen.
+#[derive(Debug)]
+pub struct Counted {
+    closed: Vec<(&'static str, Counter)>,
+    refused: Vec<(Refusal, Counter)>,
+}
+
+impl Counted {
+    /// Registers every label value on `registry` (each shows 0 until it happens).
+    #[must_use]
+    pub fn register(registry: &MetricsRegistry) -> Self {
+        let closed = CloseReason::LABELS
+            .iter()
+            .map(|&reason| {
+                (
+                    reason,
+                    registry.counter_with(
+                        SESSIONS_CLOSED,
+                        &[("reason", reason)],
+                        "STOMP sessions closed, by reason (client, disconnect, error, send_rate, refused, heartbeat, connect_timeout, token_expired, revoked, slow_consumer, shutdown, write_error, bad_input).",
+                    ),
+                )
+            })
+            .collect();
+        let refused = Refusal::ALL
+            .iter()
+            .map(|&r| {
+                (
+                    r,
+                    registry.counter_with(
+                        CONNECTS_REFUSED,
+                        &[("reason", r.label())],
+                        "CONNECTs refused, by reason (sessions_per_user: the user's cap on this node; revoked_token).",
+                    ),
+                )
+            })
+            .collect();
+        Counted { closed, refused }
+    }
+
+    /// Counts one session closed for `reason` (a [`CloseReason::label`]).
+    pub fn closed(&self, reason: &str) {
+        if let Some((_, c)) = self.closed.iter().find(|(r, _)| *r == reason) {
+            c.increment(1);
+        }
+    }
+
+    /// Counts one CONNECT refused for `refusal`.
+    pub fn refused(&self, refusal: Refusal) {
+        if let Some((_, c)) = self.refused.iter().find(|(r, _)| *r == refusal) {
+            c.increment(1);
+        }
+    }
+}
 
 impl Gateway {
-    /// Every counter and gauge of this node, in the Prometheus text format.
-    pub fn metrics_text(&self) -> String {
+    /// Copies this node's counts into its registry (what [`Gateway::metrics_text`] renders).
+    pub fn update_metrics(&self) {
         let m = &self.metrics;
         let h = &self.hub.metrics;
         let b = self.bus.metrics();
         let sb = &self.send_buffer.stats;
         let r = &self.revocations;
+        let reg = &self.metrics_registry;
         let rows: [(&str, &str, &str, u64); 30] = [
             (
                 "sessions_open",
@@ -195,26 +287,79 @@ impl Gateway {
                 b.broker_messages,
             ),
         ];
-        let mut out = String::with_capacity(2048);
         for (name, kind, help, value) in rows {
-            let _ = writeln!(
-                out,
-                "# HELP instar_{name} {help}\n# TYPE instar_{name} {kind}\ninstar_{name} {value}"
-            );
+            let name = format!("instar_{name}");
+            if kind == "gauge" {
+                reg.set_gauge(&name, help, value);
+            } else {
+                reg.set_counter(&name, help, value);
+            }
         }
         let sockjs = self.sockjs_metrics.snapshot();
-        let _ = writeln!(
-            out,
-            "# HELP instar_sockjs_sessions_open SockJS sessions open now.\n# TYPE instar_sockjs_sessions_open gauge\ninstar_sockjs_sessions_open {}",
-            sockjs.sessions_open
+        reg.set_gauge(
+            "instar_sockjs_sessions_open",
+            "SockJS sessions open now.",
+            sockjs.sessions_open as u64,
         );
-        let _ = writeln!(
-            out,
-            "# HELP instar_sockjs_sessions_refused_total New SockJS sessions refused (503), by the cap they met.\n# TYPE instar_sockjs_sessions_refused_total counter\ninstar_sockjs_sessions_refused_total{{cap=\"global\"}} {}\ninstar_sockjs_sessions_refused_total{{cap=\"address\"}} {}",
-            sockjs.sessions_refused_total, sockjs.sessions_refused_address_total
-        );
-        self.http_stats.metrics_text(&mut out);
-        self.tcp_stats.tcp_metrics_text(&mut out);
-        out
+        let refused_help = "New SockJS sessions refused (503), by the cap they met.";
+        for (cap, n) in [
+            ("global", sockjs.sessions_refused_total),
+            ("address", sockjs.sessions_refused_address_total),
+        ] {
+            reg.counter_with(
+                "instar_sockjs_sessions_refused_total",
+                &[("cap", cap)],
+                refused_help,
+            )
+            .absolute(n);
+        }
+        self.http_stats.update_metrics(reg);
+        self.tcp_stats.update_tcp_metrics(reg);
+    }
+
+    /// Every counter and gauge of this node's registry, in the Prometheus text format (with the
+    /// social service's too when `instar serve` shares one registry between them).
+    pub fn metrics_text(&self) -> String {
+        self.update_metrics();
+        self.metrics_registry.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_close_reason_has_a_registered_label() {
+        let registry = MetricsRegistry::new();
+        let counted = Counted::register(&registry);
+        for reason in [
+            CloseReason::ClientGone,
+            CloseReason::Disconnect,
+            CloseReason::ProtocolError,
+            CloseReason::HeartBeatTimeout,
+            CloseReason::ConnectTimeout,
+            CloseReason::TokenExpired,
+            CloseReason::TokenRevoked,
+            CloseReason::SlowConsumer,
+            CloseReason::Shutdown,
+            CloseReason::WriteError,
+            CloseReason::BadInput,
+        ] {
+            assert!(CloseReason::LABELS.contains(&reason.label()), "{reason:?}");
+        }
+        counted.closed(CloseReason::HeartBeatTimeout.label());
+        counted.closed("send_rate");
+        counted.refused(Refusal::RevokedToken);
+        let text = registry.render();
+        for line in [
+            "instar_sessions_closed_total{reason=\"heartbeat\"} 1",
+            "instar_sessions_closed_total{reason=\"send_rate\"} 1",
+            "instar_sessions_closed_total{reason=\"client\"} 0",
+            "instar_connects_refused_total{reason=\"revoked_token\"} 1",
+            "instar_connects_refused_total{reason=\"sessions_per_user\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
     }
 }

@@ -156,13 +156,27 @@ impl Interest for LinkInterest {
 }
 
 impl Gateway {
-    /// Attaches a node to the bus and starts its delivery pump.
+    /// Attaches a node to the bus and starts its delivery pump; its `/metrics` comes from a
+    /// registry of its own.
     pub async fn start(
         node: NodeId,
         config: GatewayConfig,
         jwt_secret: &[u8],
         bus: Bus,
         policy: Arc<dyn TopicPolicy>,
+    ) -> Result<Arc<Gateway>, broker_bridge::BusError> {
+        let registry = broker_bridge::MetricsRegistry::new();
+        Self::start_with_metrics(node, config, jwt_secret, bus, policy, registry).await
+    }
+
+    /// [`Gateway::start`] counting into `metrics` (which other parts of the process may share).
+    pub async fn start_with_metrics(
+        node: NodeId,
+        config: GatewayConfig,
+        jwt_secret: &[u8],
+        bus: Bus,
+        policy: Arc<dyn TopicPolicy>,
+        metrics: broker_bridge::MetricsRegistry,
     ) -> Result<Arc<Gateway>, broker_bridge::BusError> {
         let link = bus.open_node(node.clone()).await?;
         // Token revocations reach every node, whoever is connected to it.
@@ -187,6 +201,8 @@ impl Gateway {
             hub: hub.clone(),
             policy,
             metrics: Metrics::default(),
+            counted: crate::metrics::Counted::register(&metrics),
+            metrics_registry: metrics,
             http_stats: Arc::default(),
             tcp_stats: Arc::default(),
             sockjs_metrics: sockjs::SockJsMetrics::default(),

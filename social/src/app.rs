@@ -91,8 +91,18 @@ pub enum StartError {
 }
 
 impl Ctx {
-    /// Opens the database (migrating it), the key-value store and media storage.
+    /// Opens the database (migrating it), the key-value store and media storage; `/metrics`
+    /// comes from a registry of the context's own.
     pub async fn start(cfg: &SocialConfig, bus: Bus) -> Result<Ctx, StartError> {
+        Self::start_with_metrics(cfg, bus, broker_bridge::MetricsRegistry::new()).await
+    }
+
+    /// [`Ctx::start`] counting into `metrics` (which other parts of the process may share).
+    pub async fn start_with_metrics(
+        cfg: &SocialConfig,
+        bus: Bus,
+        metrics: broker_bridge::MetricsRegistry,
+    ) -> Result<Ctx, StartError> {
         let tokens = Arc::new(Tokens::new(cfg.jwt_secret.as_bytes(), cfg.token_ttl_secs)?);
         let mut extensions = warp::http::Extensions::new();
         let google = match &cfg.google {
@@ -151,7 +161,7 @@ impl Ctx {
             Some(smtp) => Arc::new(SmtpMailer::new(smtp)?),
             None => Arc::new(LogMailer),
         };
-        let jobs = Jobs::new(Arc::clone(&kv));
+        let jobs = Jobs::with_metrics(Arc::clone(&kv), metrics.clone());
         let cache = Arc::new(ReadCache::new(&cfg.cache, Some(bus.clone())));
         if cfg.cache.entries > 0 {
             Arc::clone(&cache).listen(bus.clone(), &jobs).await?;
@@ -175,6 +185,7 @@ impl Ctx {
             cors: Cors::new(cfg.cors_origin.clone()),
             public_url: cfg.public_url.clone(),
             cache,
+            metrics,
             metric_sources: Arc::default(),
             extensions: Arc::new(extensions),
         });
@@ -259,14 +270,14 @@ fn api_routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
 /// Token revocation's counters on `/metrics` (implemented here: `revocation.rs` sits below
 /// `ctx.rs`).
 impl crate::ctx::MetricsSource for crate::revocation::Revocation {
-    fn write_metrics(&self, out: &mut String) {
-        crate::revocation::Revocation::write_metrics(self, out);
+    fn update_metrics(&self, registry: &broker_bridge::MetricsRegistry) {
+        crate::revocation::Revocation::update_metrics(self, registry);
     }
 }
 
 /// The jobs' counters on `/metrics` (implemented here: `jobs.rs` sits below `ctx.rs`).
 impl crate::ctx::MetricsSource for Jobs {
-    fn write_metrics(&self, out: &mut String) {
-        Jobs::write_metrics(self, out);
+    fn update_metrics(&self, registry: &broker_bridge::MetricsRegistry) {
+        Jobs::update_metrics(self, registry);
     }
 }

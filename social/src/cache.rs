@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use broker_bridge::{Bus, Envelope, Health, NodeId, Target};
+use broker_bridge::{Bus, Envelope, Target};
 use parking_lot::Mutex;
 use quick_cache::Equivalent;
 use quick_cache::sync::Cache;
@@ -996,38 +996,19 @@ impl ReadCache {
         bus: Bus,
         jobs: &crate::jobs::Jobs,
     ) -> Result<(), broker_bridge::BusError> {
-        let node = NodeId::from(format!("social-cache-{}", uuid::Uuid::new_v4().simple()));
-        let mut link = bus.open_node(node.clone()).await?;
-        link.bind(INVALIDATION_TOPIC).await?;
-        tracing::info!(%node, topic = INVALIDATION_TOPIC, "read cache listening for invalidations");
-        jobs.spawn("read-cache-invalidations", move |cancel| async move {
-            let mut buf = Vec::new();
-            let mut health = tokio::time::interval(Duration::from_secs(1));
-            let mut was_down = false;
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    n = link.recv_many(&mut buf, 256) => {
-                        if n == 0 {
-                            break;
-                        }
-                        for d in buf.drain(..) {
-                            self.apply(&Change::decode_all(&d.envelope.body));
-                        }
-                    }
-                    _ = health.tick() => {
-                        let down = matches!(bus.health(), Health::Down(_));
-                        if was_down && !down {
-                            tracing::info!("bus back: read cache cleared (invalidations may have been missed)");
-                            self.clear();
-                        }
-                        was_down = down;
-                    }
-                }
-            }
-            tracing::debug!(%node, "read cache listener stopped");
-        });
-        Ok(())
+        let back = Arc::clone(&self);
+        jobs.listen_topic(
+            bus,
+            "social-cache",
+            INVALIDATION_TOPIC,
+            "read-cache-invalidations",
+            move |envelope| self.apply(&Change::decode_all(&envelope.body)),
+            move || {
+                tracing::info!("bus back: read cache cleared (invalidations may have been missed)");
+                back.clear();
+            },
+        )
+        .await
     }
 }
 

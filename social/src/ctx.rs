@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use warp::Filter;
 
+use broker_bridge::MetricsRegistry;
+
 use crate::cache::ReadCache;
 use crate::http::{ApiError, Cors};
 use crate::jobs::Jobs;
@@ -19,10 +21,11 @@ use crate::quotas::Write;
 use crate::store::Store;
 use crate::tokens::Tokens;
 
-/// Something that appends its own lines, in the Prometheus text format, to `/metrics`.
+/// Something that shows its own counts on `/metrics`: it copies them into the context's
+/// [`MetricsRegistry`] at scrape time.
 pub trait MetricsSource: Send + Sync + std::fmt::Debug {
-    /// Appends this source's metrics to `out`.
-    fn write_metrics(&self, out: &mut String);
+    /// Sets this source's counters and gauges in `registry`.
+    fn update_metrics(&self, registry: &MetricsRegistry);
 }
 
 /// Told of each like, comment and view once it is committed (the personalised feed listens: the
@@ -111,20 +114,13 @@ pub struct CtxInner {
     pub public_url: crate::public_url::PublicUrl,
     /// Read cache of posts, authors and likes (invalidated through the bus).
     pub cache: Arc<ReadCache>,
-    /// What features add to `/metrics` (each writes its own lines).
+    /// Where `/metrics` is rendered from (shared with the gateway in `instar serve`).
+    pub metrics: MetricsRegistry,
+    /// What features add to `/metrics` (each copies its own counts in).
     pub metric_sources: Arc<std::sync::Mutex<Vec<Arc<dyn MetricsSource>>>>,
     /// State a feature keeps for the service's lifetime, by type (Google sign-in's provider
     /// client, say): the features own their types, the context only carries them.
     pub extensions: Arc<warp::http::Extensions>,
-}
-
-/// Appends one counter, `instar_{name}`, in the Prometheus text format.
-pub(crate) fn write_counter(out: &mut String, name: &str, help: &str, value: u64) {
-    use std::fmt::Write as _;
-    let _ = writeln!(
-        out,
-        "# HELP instar_{name} {help}\n# TYPE instar_{name} counter\ninstar_{name} {value}"
-    );
 }
 
 impl Ctx {
@@ -198,8 +194,10 @@ impl Ctx {
         self.quota(user, Write::UploadBytes, bytes).await
     }
 
-    /// The social service's counters in the Prometheus text format (appended to `/metrics`).
-    pub fn metrics_text(&self) -> String {
+    /// Copies the social service's counts into its registry (what [`Ctx::metrics_text`]
+    /// renders).
+    pub fn update_metrics(&self) {
+        let m = &self.metrics;
         let c = self.cache.stats();
         let rows: [(&str, &str, u64); 7] = [
             (
@@ -238,27 +236,25 @@ impl Ctx {
                 c.publish_failures,
             ),
         ];
-        let mut out = String::with_capacity(3072);
         for (name, help, value) in rows {
-            write_counter(&mut out, name, help, value);
+            m.set_counter(&format!("instar_{name}"), help, value);
         }
-        out.push_str(
-            "# HELP instar_quota_refusals_total Writes refused because the user's quota for the window was used up.\n# TYPE instar_quota_refusals_total counter\n",
-        );
         for (write, n) in crate::quotas::refusals() {
-            use std::fmt::Write as _;
-            let _ = writeln!(out, "instar_quota_refusals_total{{write=\"{write}\"}} {n}");
+            m.counter_with(
+                "instar_quota_refusals_total",
+                &[("write", write)],
+                "Writes refused because the user's quota for the window was used up.",
+            )
+            .absolute(n);
         }
         let (hashes, busy) = crate::password::stats();
-        write_counter(
-            &mut out,
-            "password_hashes_total",
+        m.set_counter(
+            "instar_password_hashes_total",
             "Password hashes run (sign-up, sign-in, password changes).",
             hashes,
         );
-        write_counter(
-            &mut out,
-            "password_busy_total",
+        m.set_counter(
+            "instar_password_busy_total",
             "Requests refused at once because password hashing was saturated.",
             busy,
         );
@@ -268,9 +264,15 @@ impl Ctx {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         for source in sources {
-            source.write_metrics(&mut out);
+            source.update_metrics(m);
         }
-        out
+    }
+
+    /// Every counter and gauge of the context's registry in the Prometheus text format (the
+    /// gateway's too when `instar serve` shares the registry).
+    pub fn metrics_text(&self) -> String {
+        self.update_metrics();
+        self.metrics.render()
     }
 }
 

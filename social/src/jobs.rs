@@ -17,7 +17,7 @@
 //!   successor's work; [`Lease::lost`] fires when a renewal fails.
 //!
 //! Runs, failures, durations and lock contention are counted for `/metrics`
-//! (`instar_job_runs_total{job,outcome}`, `instar_job_seconds_total{job}`).
+//! (`instar_job_runs_total{job,outcome}`, and the summary `instar_job_seconds{job}`, recorded per run).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -238,7 +238,6 @@ struct JobStats {
     failed: u64,
     busy: u64,
     lost: u64,
-    seconds: f64,
 }
 
 struct Task {
@@ -252,7 +251,15 @@ struct JobsInner {
     tracker: TaskTracker,
     tasks: Mutex<Vec<Task>>,
     stats: Mutex<BTreeMap<String, JobStats>>,
+    /// Where run durations are recorded (`instar_job_seconds`) and the run counts copied.
+    metrics: broker_bridge::MetricsRegistry,
 }
+
+/// `instar_job_seconds{job}`: the duration of each run that ran or failed (a summary).
+const JOB_SECONDS: (&str, &str) = (
+    "instar_job_seconds",
+    "Time spent in cluster job runs (those that ran or failed), by job.",
+);
 
 /// The service's background tasks (cheap to clone: one shared set).
 #[derive(Clone)]
@@ -270,12 +277,27 @@ impl Jobs {
     /// An empty set whose cluster jobs lock in `kv`.
     #[must_use]
     pub fn new(kv: Arc<dyn Kv>) -> Jobs {
+        Self::with_metrics(kv, broker_bridge::MetricsRegistry::new())
+    }
+
+    /// [`Jobs::new`] recording run durations in `metrics`.
+    #[must_use]
+    pub fn with_metrics(kv: Arc<dyn Kv>, metrics: broker_bridge::MetricsRegistry) -> Jobs {
         Jobs(Arc::new(JobsInner {
             kv,
             tracker: TaskTracker::new(),
             tasks: Mutex::new(Vec::new()),
             stats: Mutex::new(BTreeMap::new()),
+            metrics,
         }))
+    }
+
+    /// Records one run of `job` that took `seconds`.
+    fn record_seconds(&self, job: &str, seconds: f64) {
+        self.0
+            .metrics
+            .histogram_with(JOB_SECONDS.0, &[("job", job)], JOB_SECONDS.1)
+            .record(seconds);
     }
 
     /// The names of the running tasks, in start order.
@@ -347,6 +369,8 @@ impl Jobs {
         F: Fn(Lease) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
+        // On `/metrics` (all zeros) from the moment it is scheduled.
+        self.count(&job.name, |_| {});
         let jobs = self.clone();
         let name = job.name.clone();
         let run = Arc::new(run);
@@ -463,10 +487,8 @@ impl Jobs {
                 match marked {
                     Ok(true) => {
                         tracing::info!(job = %job.name, fence, slot = %slot, seconds, "job run done");
-                        self.count(&job.name, |s| {
-                            s.ran += 1;
-                            s.seconds += seconds;
-                        });
+                        self.count(&job.name, |s| s.ran += 1);
+                        self.record_seconds(&job.name, seconds);
                         Attempt::Ran
                     }
                     _ => {
@@ -488,10 +510,8 @@ impl Jobs {
             }
             Err(reason) => {
                 tracing::error!(job = %job.name, fence, slot = %slot, %reason, "job run failed");
-                self.count(&job.name, |s| {
-                    s.failed += 1;
-                    s.seconds += seconds;
-                });
+                self.count(&job.name, |s| s.failed += 1);
+                self.record_seconds(&job.name, seconds);
                 Attempt::Failed
             }
         };
@@ -518,14 +538,64 @@ impl Jobs {
         self.0.tracker.close();
     }
 
-    /// The jobs' counters in the Prometheus text format.
-    pub fn write_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
+    /// Binds a node of this process (`{prefix}-` and a random part) to `topic` and, as the
+    /// background task `task`, hands every envelope that arrives to `on_envelope` until the bus
+    /// shuts down or the jobs stop; calls `on_bus_back` when the bus comes back after being down
+    /// (what was published meanwhile may have been missed). The read cache's invalidations and
+    /// token revocations listen this way.
+    ///
+    /// # Errors
+    /// The bus refused the node or the binding.
+    pub async fn listen_topic<E, B>(
+        &self,
+        bus: broker_bridge::Bus,
+        prefix: &str,
+        topic: &'static str,
+        task: &'static str,
+        mut on_envelope: E,
+        mut on_bus_back: B,
+    ) -> Result<(), broker_bridge::BusError>
+    where
+        E: FnMut(&broker_bridge::Envelope) + Send + 'static,
+        B: FnMut() + Send + 'static,
+    {
+        let node =
+            broker_bridge::NodeId::from(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        let mut link = bus.open_node(node.clone()).await?;
+        link.bind(topic).await?;
+        tracing::info!(%node, topic, task, "listening on the bus");
+        self.spawn(task, move |cancel| async move {
+            let mut buf = Vec::new();
+            let mut health = tokio::time::interval(Duration::from_secs(1));
+            let mut was_down = false;
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    n = link.recv_many(&mut buf, 256) => {
+                        if n == 0 {
+                            break;
+                        }
+                        for d in buf.drain(..) {
+                            on_envelope(&d.envelope);
+                        }
+                    }
+                    _ = health.tick() => {
+                        let down = matches!(bus.health(), broker_bridge::Health::Down(_));
+                        if was_down && !down {
+                            on_bus_back();
+                        }
+                        was_down = down;
+                    }
+                }
+            }
+            tracing::debug!(%node, task, "bus listener stopped");
+        });
+        Ok(())
+    }
+
+    /// Copies the jobs' run counts into `registry`.
+    pub fn update_metrics(&self, registry: &broker_bridge::MetricsRegistry) {
         let stats = self.0.stats.lock().clone();
-        let _ = writeln!(
-            out,
-            "# HELP instar_job_runs_total Cluster job attempts, by job and outcome (ran, failed, busy: another process held the lock, lost: the lock was taken over).\n# TYPE instar_job_runs_total counter"
-        );
         for (job, s) in &stats {
             for (outcome, n) in [
                 ("ran", s.ran),
@@ -533,22 +603,16 @@ impl Jobs {
                 ("busy", s.busy),
                 ("lost", s.lost),
             ] {
-                let _ = writeln!(
-                    out,
-                    "instar_job_runs_total{{job=\"{job}\",outcome=\"{outcome}\"}} {n}"
-                );
+                registry
+                    .counter_with(
+                        "instar_job_runs_total",
+                        &[("job", job), ("outcome", outcome)],
+                        "Cluster job attempts, by job and outcome (ran, failed, busy: another process held the lock, lost: the lock was taken over).",
+                    )
+                    .absolute(n);
             }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP instar_job_seconds_total Time spent in cluster job runs, by job.\n# TYPE instar_job_seconds_total counter"
-        );
-        for (job, s) in &stats {
-            let _ = writeln!(
-                out,
-                "instar_job_seconds_total{{job=\"{job}\"}} {}",
-                s.seconds
-            );
+            // Shown (empty) before the first run too.
+            let _ = registry.histogram_with(JOB_SECONDS.0, &[("job", job)], JOB_SECONDS.1);
         }
     }
 }
@@ -669,8 +733,9 @@ mod tests {
         assert_eq!((x, y), (Attempt::Ran, Attempt::Busy));
         assert_eq!(b.attempt(&job, slot, &run).await, Attempt::Done);
         assert_eq!(runs.load(Ordering::SeqCst), 1);
-        let mut text = String::new();
-        a.write_metrics(&mut text);
+        let registry = broker_bridge::MetricsRegistry::new();
+        a.update_metrics(&registry);
+        let text = registry.render();
         assert!(
             text.contains("instar_job_runs_total{job=\"t\",outcome=\"ran\"} 1"),
             "{text}"

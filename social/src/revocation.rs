@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use broker_bridge::{Bus, Envelope, Health, NodeId, Target};
+use broker_bridge::{Bus, Envelope, Target};
 use parking_lot::Mutex;
 use quick_cache::sync::Cache;
 
@@ -200,45 +200,28 @@ impl Revocation {
         bus: Bus,
         jobs: &crate::jobs::Jobs,
     ) -> Result<(), broker_bridge::BusError> {
-        let node = NodeId::from(format!("social-tokens-{}", uuid::Uuid::new_v4().simple()));
-        let mut link = bus.open_node(node.clone()).await?;
-        link.bind(TOKENS_TOPIC).await?;
-        tracing::info!(%node, topic = TOKENS_TOPIC, "listening for token revocations");
-        jobs.spawn("token-revocations", move |cancel| async move {
-            let mut buf = Vec::new();
-            let mut health = tokio::time::interval(Duration::from_secs(1));
-            let mut was_down = false;
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    n = link.recv_many(&mut buf, 256) => {
-                        if n == 0 {
-                            break;
-                        }
-                        for d in buf.drain(..) {
-                            match Self::decode(&d.envelope) {
-                                Some((user, version)) => self.note(&user, version),
-                                None => tracing::warn!("malformed token revocation ignored"),
-                            }
-                        }
-                    }
-                    _ = health.tick() => {
-                        let down = matches!(bus.health(), Health::Down(_));
-                        if was_down && !down {
-                            tracing::info!("bus back: kept token versions dropped (revocations may have been missed)");
-                            self.clear();
-                        }
-                        was_down = down;
-                    }
-                }
-            }
-            tracing::debug!(%node, "token revocation listener stopped");
-        });
-        Ok(())
+        let back = Arc::clone(&self);
+        jobs.listen_topic(
+            bus,
+            "social-tokens",
+            TOKENS_TOPIC,
+            "token-revocations",
+            move |envelope| match Self::decode(envelope) {
+                Some((user, version)) => self.note(&user, version),
+                None => tracing::warn!("malformed token revocation ignored"),
+            },
+            move || {
+                tracing::info!(
+                    "bus back: kept token versions dropped (revocations may have been missed)"
+                );
+                back.clear();
+            },
+        )
+        .await
     }
 
-    /// Appends this component's counters to `/metrics`.
-    pub fn write_metrics(&self, out: &mut String) {
+    /// Copies this component's counters into `registry` (`/metrics`).
+    pub fn update_metrics(&self, registry: &broker_bridge::MetricsRegistry) {
         let c = &self.counters;
         let rows: [(&str, &str, u64); 4] = [
             (
@@ -263,11 +246,7 @@ impl Revocation {
             ),
         ];
         for (name, help, value) in rows {
-            use std::fmt::Write as _;
-            let _ = writeln!(
-                out,
-                "# HELP instar_{name} {help}\n# TYPE instar_{name} counter\ninstar_{name} {value}"
-            );
+            registry.set_counter(&format!("instar_{name}"), help, value);
         }
     }
 }

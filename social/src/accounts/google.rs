@@ -144,8 +144,8 @@ pub struct Google {
 }
 
 impl crate::ctx::MetricsSource for Google {
-    fn write_metrics(&self, out: &mut String) {
-        self.write_google_metrics(out);
+    fn update_metrics(&self, registry: &broker_bridge::MetricsRegistry) {
+        self.update_google_metrics(registry);
     }
 }
 
@@ -225,32 +225,25 @@ impl Google {
     }
 
     /// The Google counters in the Prometheus text format.
-    fn write_google_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        crate::ctx::write_counter(
-            out,
-            "google_sign_ins_total",
+    fn update_google_metrics(&self, registry: &broker_bridge::MetricsRegistry) {
+        registry.set_counter(
+            "instar_google_sign_ins_total",
             "Google sign-ins of known accounts.",
             self.stats.sign_ins.load(Ordering::Relaxed),
         );
-        crate::ctx::write_counter(
-            out,
-            "google_sign_ups_total",
+        registry.set_counter(
+            "instar_google_sign_ups_total",
             "Accounts created through Google sign-up.",
             self.stats.sign_ups.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "# HELP instar_google_failures_total Google sign-in steps refused, by reason.\n\
-             # TYPE instar_google_failures_total counter"
-        );
         for (f, n) in Failure::ALL.iter().zip(&self.stats.failures) {
-            let _ = writeln!(
-                out,
-                "instar_google_failures_total{{reason=\"{}\"}} {}",
-                f.reason(),
-                n.load(Ordering::Relaxed)
-            );
+            registry
+                .counter_with(
+                    "instar_google_failures_total",
+                    &[("reason", f.reason())],
+                    "Google sign-in steps refused, by reason.",
+                )
+                .absolute(n.load(Ordering::Relaxed));
         }
     }
 
@@ -1045,8 +1038,9 @@ mod tests {
         )
         .unwrap();
         g.failed(Failure::Pending);
-        let mut out = String::new();
-        g.write_google_metrics(&mut out);
+        let registry = broker_bridge::MetricsRegistry::new();
+        g.update_google_metrics(&registry);
+        let out = registry.render();
         assert!(out.contains("instar_google_failures_total{reason=\"pending\"} 1\n"));
         assert!(out.contains("instar_google_failures_total{reason=\"denied\"} 0\n"));
     }

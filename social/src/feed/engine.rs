@@ -345,7 +345,7 @@ impl crate::ctx::InteractionListener for Feed {
 }
 
 impl crate::ctx::MetricsSource for Feed {
-    fn write_metrics(&self, out: &mut String) {
+    fn update_metrics(&self, registry: &broker_bridge::MetricsRegistry) {
         let s = &self.stats;
         let rows: [(&str, &str, &AtomicU64); 6] = [
             (
@@ -380,7 +380,7 @@ impl crate::ctx::MetricsSource for Feed {
             ),
         ];
         for (name, help, v) in rows {
-            crate::ctx::write_counter(out, name, help, v.load(Ordering::Relaxed));
+            registry.set_counter(&format!("instar_{name}"), help, v.load(Ordering::Relaxed));
         }
     }
 }

@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 use super::labels::{LabelError, Labeler, MAX_LABELS};
 use super::nouns::Nouns;
 use crate::cache::Change;
-use crate::ctx::{Ctx, MetricsSource, write_counter};
+use crate::ctx::{Ctx, MetricsSource};
 use crate::store::{Dialect, Store, StoreResult};
 
 /// Images labelled at once by one process.
@@ -57,32 +57,32 @@ pub struct TagMetrics {
 }
 
 impl MetricsSource for TagMetrics {
-    fn write_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = writeln!(
-            out,
-            "# HELP instar_tag_queue_depth Posts whose first image waits for labelling.\n\
-             # TYPE instar_tag_queue_depth gauge\ninstar_tag_queue_depth {}",
-            self.queue_depth.load(Ordering::Relaxed)
-        );
-        write_counter(
-            out,
-            "tag_labels_total",
+    fn update_metrics(&self, registry: &broker_bridge::MetricsRegistry) {
+        #[allow(clippy::cast_precision_loss)]
+        registry
+            .gauge(
+                "instar_tag_queue_depth",
+                "Posts whose first image waits for labelling.",
+            )
+            .set(self.queue_depth.load(Ordering::Relaxed) as f64);
+        registry.set_counter(
+            "instar_tag_labels_total",
             "Image labels stored as AI_TAG rows.",
             self.labels.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "# HELP instar_tag_jobs_total Labelling attempts by outcome (done, retried: the labeler \
-             was unavailable or refused and the job waits, dropped: refused or malformed too often).\n\
-             # TYPE instar_tag_jobs_total counter\n\
-             instar_tag_jobs_total{{outcome=\"done\"}} {}\n\
-             instar_tag_jobs_total{{outcome=\"retried\"}} {}\n\
-             instar_tag_jobs_total{{outcome=\"dropped\"}} {}",
-            self.done.load(Ordering::Relaxed),
-            self.retried.load(Ordering::Relaxed),
-            self.dropped.load(Ordering::Relaxed),
-        );
+        for (outcome, n) in [
+            ("done", &self.done),
+            ("retried", &self.retried),
+            ("dropped", &self.dropped),
+        ] {
+            registry
+                .counter_with(
+                    "instar_tag_jobs_total",
+                    &[("outcome", outcome)],
+                    "Labelling attempts by outcome (done, retried: the labeler was unavailable or refused and the job waits, dropped: refused or malformed too often).",
+                )
+                .absolute(n.load(Ordering::Relaxed));
+        }
     }
 }
 

@@ -129,32 +129,42 @@ impl WriterStatsList {
     }
 }
 
+/// `instar_chat_batch_commit_seconds`: recorded per committed batch (a summary).
+const COMMIT_SECONDS: (&str, &str) = (
+    "instar_chat_batch_commit_seconds",
+    "Time from a batch's first statement to its commit.",
+);
+/// `instar_chat_batch_wait_seconds`: recorded per committed batch (a summary).
+const WAIT_SECONDS: (&str, &str) = (
+    "instar_chat_batch_wait_seconds",
+    "Time the oldest send of a batch waited in the writer's queue.",
+);
+
 impl crate::ctx::MetricsSource for WriterStatsList {
-    fn write_metrics(&self, out: &mut String) {
+    fn update_metrics(&self, registry: &broker_bridge::MetricsRegistry) {
         let writers = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        metrics_text(&writers, out);
+        update_metrics(&writers, registry);
     }
 }
 
-/// Appends the counters of `writers`, summed, to `out` in the Prometheus text format.
-fn metrics_text(writers: &[Arc<WriterStats>], out: &mut String) {
-    use std::fmt::Write as _;
+/// Sets the counters of `writers`, summed, in `registry` (the batch timings are recorded per
+/// batch by the writers; registered here so they show before the first batch).
+fn update_metrics(writers: &[Arc<WriterStats>], registry: &broker_bridge::MetricsRegistry) {
     let sum = |field: fn(&WriterStats) -> &AtomicU64| -> u64 {
         writers
             .iter()
             .map(|w| field(w).load(Ordering::Relaxed))
             .sum()
     };
-    let batches = sum(|w| &w.batches);
     let counters: [(&str, &str, u64); 8] = [
         (
             "chat_batches_total",
             "Transactions committed by the chat send writers.",
-            batches,
+            sum(|w| &w.batches),
         ),
         (
             "chat_messages_total",
@@ -193,28 +203,10 @@ fn metrics_text(writers: &[Arc<WriterStats>], out: &mut String) {
         ),
     ];
     for (name, help, value) in counters {
-        crate::ctx::write_counter(out, name, help, value);
+        registry.set_counter(&format!("instar_{name}"), help, value);
     }
-    #[allow(clippy::cast_precision_loss)]
-    let seconds = |us: u64| us as f64 / 1e6;
-    for (name, help, sum) in [
-        (
-            "chat_batch_commit_seconds",
-            "Time from a batch's first statement to its commit.",
-            sum(|w| &w.commit_micros),
-        ),
-        (
-            "chat_batch_wait_seconds",
-            "Time the oldest send of a batch waited in the writer's queue.",
-            sum(|w| &w.wait_micros),
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP instar_{name} {help}\n# TYPE instar_{name} summary\n\
-             instar_{name}_sum {}\ninstar_{name}_count {batches}",
-            seconds(sum),
-        );
+    for (name, help) in [COMMIT_SECONDS, WAIT_SECONDS] {
+        let _ = registry.histogram(name, help);
     }
 }
 
@@ -378,6 +370,9 @@ struct Writer {
     /// The connection of the last batch, kept for the next while sends keep coming (given back to
     /// the pool when the queue runs dry, and dropped with a transaction that failed).
     kept: Option<PoolConnection<Any>>,
+    /// `instar_chat_batch_commit_seconds` and `instar_chat_batch_wait_seconds`.
+    commit_seconds: metrics::Histogram,
+    wait_seconds: metrics::Histogram,
 }
 
 /// A batch being written: its sends, their rooms (sorted, distinct) and the delivered outbox
@@ -391,7 +386,11 @@ struct BatchWrite<'a> {
 
 impl Writer {
     fn new(ctx: Ctx, stats: Arc<WriterStats>, linger: std::time::Duration) -> Writer {
+        let commit_seconds = ctx.metrics.histogram(COMMIT_SECONDS.0, COMMIT_SECONDS.1);
+        let wait_seconds = ctx.metrics.histogram(WAIT_SECONDS.0, WAIT_SECONDS.1);
         Writer {
+            commit_seconds,
+            wait_seconds,
             ctx,
             stats,
             linger,
@@ -486,6 +485,8 @@ impl Writer {
                 self.stats
                     .wait_micros
                     .fetch_add(micros_u64(waited), Ordering::Relaxed);
+                self.commit_seconds.record(committed.as_secs_f64());
+                self.wait_seconds.record(waited.as_secs_f64());
                 if cleanup {
                     self.delivered_rows.clear();
                     self.stats.cleanups.fetch_add(1, Ordering::Relaxed);
