@@ -75,15 +75,8 @@ for fault in "${FAULTS[@]}"; do
     INSTAR_JWT_SECRET="$secret" INSTAR_DATABASE_URL="$url" INSTAR_TCP_LISTEN=off
     INSTAR_LOG="${INSTAR_LOG:-warn}" INSTAR_SEND_RATE=0 INSTAR_DATA_DIR="$W/data")
   run=()
-  gw_ports=()
-  for n in a b; do
-    p=$(free_port)
-    "${common[@]}" INSTAR_NODE_ID="gw$n" INSTAR_LISTEN="127.0.0.1:$p" "$BIN/instar" gateway \
-      2>>"$OUT/$fault.gw-$n.log" &
-    echo $! >"$W/gw-$n.pid"
-    pids+=($!)
-    gw_ports+=("$p")
-  done
+  # Social process a first: it migrates the fresh database (builds before 276baf9 had no working
+  # migration lock on MariaDB, so processes started together could fail).
   social_ports=()
   for n in a b; do
     p=$(free_port)
@@ -92,6 +85,16 @@ for fault in "${FAULTS[@]}"; do
     echo $! >"$W/social-$n.pid"
     pids+=($!)
     social_ports+=("$p")
+    [ "$n" = a ] && wait_port 127.0.0.1 "$p" 60
+  done
+  gw_ports=()
+  for n in a b; do
+    p=$(free_port)
+    "${common[@]}" INSTAR_NODE_ID="gw$n" INSTAR_LISTEN="127.0.0.1:$p" "$BIN/instar" gateway \
+      2>>"$OUT/$fault.gw-$n.log" &
+    echo $! >"$W/gw-$n.pid"
+    pids+=($!)
+    gw_ports+=("$p")
   done
   for p in "${gw_ports[@]}" "${social_ports[@]}"; do wait_port 127.0.0.1 "$p" 60; done
   "${M[@]}" "$db" <"$ROOT/scripts/bench/seed_chat.mysql.sql"

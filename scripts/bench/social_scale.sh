@@ -41,10 +41,6 @@ for round in $(seq "$ROUNDS"); do
       INSTAR_REDIS_URL="redis://127.0.0.1:$RP" INSTAR_BUS_PREFIX="scale$$r$run"
       INSTAR_JWT_SECRET="$secret" INSTAR_DATABASE_URL="$url" INSTAR_TCP_LISTEN=off
       INSTAR_LOG="${INSTAR_LOG:-warn}" INSTAR_SEND_RATE=0 INSTAR_DATA_DIR="$W/data")
-    gp=$(free_port)
-    "${common[@]}" INSTAR_NODE_ID="gw" INSTAR_LISTEN="127.0.0.1:$gp" "$BIN/instar" gateway \
-      2>>"$OUT/run$run.gw.log" &
-    pids+=($!)
     sp=()
     for n in $(seq "$socials"); do
       p=$(free_port)
@@ -52,7 +48,13 @@ for round in $(seq "$ROUNDS"); do
         "$BIN/instar" social 2>>"$OUT/run$run.social-$n.log" &
       pids+=($!)
       sp+=("$p")
+      # The first one migrates the fresh database before the others start.
+      [ "$n" = 1 ] && wait_port 127.0.0.1 "$p" 60
     done
+    gp=$(free_port)
+    "${common[@]}" INSTAR_NODE_ID="gw" INSTAR_LISTEN="127.0.0.1:$gp" "$BIN/instar" gateway \
+      2>>"$OUT/run$run.gw.log" &
+    pids+=($!)
     for p in "$gp" "${sp[@]}"; do wait_port 127.0.0.1 "$p" 60; done
     "${M[@]}" "$db" <"$ROOT/scripts/bench/seed_chat.mysql.sql"
     # Let the workers' leases settle so the shards are split before the load starts.
