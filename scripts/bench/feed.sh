@@ -18,6 +18,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BIN=${BIN:-$ROOT/target/release/instar}
 HELLO=${HELLO:-$ROOT/target/release/examples/hello_warp}
 MODE=${1:-sqlite}
+if [ "$MODE" = sqlite ] && ! command -v wrk >/dev/null; then
+  echo "wrk is missing (the cached-mode req/s rounds need it): apt-get install wrk" >&2
+  exit 2
+fi
 SECRET=bench-secret-bench-secret-bench-secret
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
