@@ -62,12 +62,10 @@ impl MetricsRegistry {
                     }
                 };
         }
-        let recorder = builder.build_recorder();
+        let recorder = Arc::new(builder.build_recorder());
         let handle = recorder.handle();
-        MetricsRegistry {
-            recorder: Arc::new(recorder),
-            handle,
-        }
+        spawn_upkeep(Arc::downgrade(&recorder), handle.clone());
+        MetricsRegistry { recorder, handle }
     }
 
     fn key(name: &str, labels: &[(&str, &str)]) -> Key {
@@ -139,6 +137,31 @@ impl MetricsRegistry {
     #[must_use]
     pub fn render(&self) -> String {
         self.handle.render()
+    }
+}
+
+/// How often histogram samples are folded into their buckets or quantile sketch.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The exporter keeps each histogram sample (value and time) in a queue until a render or an
+/// upkeep folds it in; `build_recorder()` starts no upkeep of its own (only `install()` does),
+/// so with nobody scraping `/metrics` the queues grew without bound (about 1.4 MB/s at 57,000
+/// REST requests a second). A thread per registry runs the upkeep every [`UPKEEP_EVERY`] and
+/// ends within one period of the registry's last clone being dropped.
+fn spawn_upkeep(recorder: std::sync::Weak<PrometheusRecorder>, handle: PrometheusHandle) {
+    let started = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                if recorder.strong_count() == 0 {
+                    break;
+                }
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "no metrics upkeep thread: histogram samples fold in at scrapes only");
     }
 }
 
