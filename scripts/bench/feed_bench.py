@@ -189,10 +189,17 @@ function request()
   return wrk.format("GET", "/api/feed", {["Authorization"] = "Bearer " .. t})
 end
 """)
-    def wrk(url, extra):
-        out = subprocess.run(["wrk", "-t2", "-c64", f"-d{a.seconds}s", "--latency", *extra, url],
-                             capture_output=True, text=True).stdout
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    def wrk(url, extra, script_args=()):
+        # wrk takes the URL before `--`; what follows `--` goes to the Lua script.
+        cmd = ["wrk", "-t2", "-c64", f"-d{a.seconds}s", "--latency", *extra, url]
+        if script_args:
+            cmd += ["--", *script_args]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        found = re.search(r"Requests/sec:\s+([\d.]+)", res.stdout)
+        if not found:
+            raise SystemExit(f"wrk gave no rate: {' '.join(cmd)}\n{res.stdout}{res.stderr}")
+        out = res.stdout
+        rps = float(found.group(1))
         non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
         p99 = re.search(r"99%\s+(\S+)", out)
         return rps, int(non2xx.group(1)) if non2xx else 0, p99.group(1) if p99 else "?"
@@ -202,7 +209,7 @@ end
         cached0 = metric(base, "instar_feed_cached_pages_total")
         fb0 = metric(base, "instar_feed_fallback_pages_total")
         cpu = cpu_seconds(pid)
-        f, bad, fp99 = wrk(base + "/api/feed", ["-s", lua, "--", f"{tmp}/tokens{r}"])
+        f, bad, fp99 = wrk(base + "/api/feed", ["-s", lua], [f"{tmp}/tokens{r}"])
         cpu = cpu_seconds(pid) - cpu
         cached = metric(base, "instar_feed_cached_pages_total") - cached0
         fb = metric(base, "instar_feed_fallback_pages_total") - fb0
