@@ -174,6 +174,7 @@ pub(crate) fn gateway_config(
         max_commands: stomp.send_buffer_commands,
         max_bytes: stomp.send_buffer_bytes,
     };
+    g.command_order_field = stomp.command_order_field.trim().to_owned();
     g.max_sessions_per_user = stomp.max_sessions_per_user;
     g.sockjs_sessions_per_address = stomp.sockjs_max_sessions_per_address;
     g.metrics_token = metrics_token;

@@ -73,9 +73,9 @@
 //!   exchange with the topic name as routing key (topic names may not contain the AMQP wildcards `*`
 //!   and `#`, and the in-process bus rejects them too so both behave alike);
 //! * user deliveries are routed through a direct exchange to each node queue the Redis registry lists;
-//! * application commands go to K durable work queues (shard = FNV-1a of the session id), each with a
-//!   single active consumer, so one session's commands are handled in order by whichever process
-//!   registered handlers; transient handler failures are retried in place with a growing delay;
+//! * application commands go to K durable work queues (shard = FNV-1a of the command's order key:
+//!   its room when the gateway stamped one, else its session), each with a single active consumer,
+//!   so one room's commands are handled by one process at a time and one session's in order; transient handler failures are retried in place with a growing delay;
 //! * `publish`/`submit` resolve on the broker's publisher confirm, so "accepted" means "the broker owns
 //!   it"; a broker outage or `connection.blocked` surfaces as [`BusError::Unavailable`] (after a
 //!   bounded wait) instead of a silent drop; the connection is re-established with backoff and the
@@ -127,7 +127,10 @@ pub use bus::{is_pattern, topic_matches};
 pub use error::{BusError, HandlerError};
 pub use in_process::InProcessConfig;
 pub use metrics_registry::MetricsRegistry;
-pub use model::{AppCommand, COMMAND_KEY_HEADER, Delivery, Envelope, NodeId, SessionEntry, Target};
+pub use model::{
+    AppCommand, COMMAND_KEY_HEADER, Delivery, Envelope, NodeId, ORDER_KEY_HEADER, SessionEntry,
+    Target,
+};
 pub use queues::{QueueAcker, QueueConsumer, QueueDelivery, QueueLimits, Settle};
 pub use redis_registry::RedisRegistryConfig;
 pub use registry::{NodeLease, Registry};

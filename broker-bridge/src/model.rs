@@ -93,6 +93,13 @@ pub struct Delivery {
 /// own header of this name.
 pub const COMMAND_KEY_HEADER: &str = "x-instar-command-key";
 
+/// [`AppCommand`] header with the command's **order key**, set by the gateway (chat: the room id
+/// from the body, see the gateway's `command_order_field`). The RabbitMQ bus puts every command of
+/// one key on one shard, so one process at a time handles a room's commands and its broadcasts
+/// leave in the order of their message ids; a command without it is placed by its session.
+/// Gateways drop a client's own header of this name.
+pub const ORDER_KEY_HEADER: &str = "x-instar-order-key";
+
 /// An application command: a client `SEND` to `/app/**`, with the principal stamped by the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppCommand {
@@ -108,6 +115,18 @@ pub struct AppCommand {
     pub headers: Vec<(String, String)>,
     /// The frame's body.
     pub body: Bytes,
+}
+
+impl AppCommand {
+    /// What places the command on a shard: its [`ORDER_KEY_HEADER`] when it has a non-empty one,
+    /// else its session. Commands of one key are handled by one process at a time, in the order
+    /// each session sent them.
+    pub fn order_key(&self) -> &str {
+        self.headers
+            .iter()
+            .find(|(k, v)| k == ORDER_KEY_HEADER && !v.is_empty())
+            .map_or(self.session.as_str(), |(_, v)| v.as_str())
+    }
 }
 
 /// One session in the registry.

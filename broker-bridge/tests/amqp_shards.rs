@@ -21,6 +21,8 @@ use common::{clean_redis, eventually, service, unique};
 
 const SHARDS: u16 = 8;
 const SESSIONS: usize = 48;
+/// Sessions share rooms: session `s` sends to room `s % ROOMS` (its order key), as chat senders do.
+const ROOMS: usize = 6;
 const WORKER_TTL: Duration = Duration::from_millis(1200);
 
 #[derive(Clone)]
@@ -61,6 +63,10 @@ struct Journal {
     running: Mutex<HashMap<usize, usize>>,
     /// A session's commands seen running in two live workers at once.
     overlaps: AtomicU64,
+    /// Per room, the workers running its commands right now (and how many each).
+    rooms_running: Mutex<HashMap<usize, HashMap<usize, usize>>>,
+    /// A room's commands seen running in two live workers at once.
+    room_overlaps: AtomicU64,
     /// Workers killed (their unfinished handlers never leave `running`).
     dead: [AtomicBool; 3],
     /// Commands handled per worker.
@@ -106,6 +112,17 @@ impl Worker {
                                 }
                                 running.insert(session, index);
                             }
+                            let room = session % ROOMS;
+                            {
+                                let mut rooms = journal.rooms_running.lock().unwrap();
+                                let workers = rooms.entry(room).or_default();
+                                if workers.iter().any(|(&w, &n)| {
+                                    w != index && n > 0 && !journal.dead[w].load(Ordering::SeqCst)
+                                }) {
+                                    journal.room_overlaps.fetch_add(1, Ordering::SeqCst);
+                                }
+                                *workers.entry(index).or_default() += 1;
+                            }
                             // Uneven handler times.
                             let micros =
                                 u64::try_from((seq * 7919 + session * 104_729) % 2500).unwrap_or(0);
@@ -118,6 +135,15 @@ impl Worker {
                                 .or_default()
                                 .push(seq);
                             journal.running.lock().unwrap().remove(&session);
+                            if let Some(n) = journal
+                                .rooms_running
+                                .lock()
+                                .unwrap()
+                                .get_mut(&room)
+                                .and_then(|w| w.get_mut(&index))
+                            {
+                                *n -= 1;
+                            }
                             journal.per_worker[index].fetch_add(1, Ordering::SeqCst);
                             Ok(())
                         }
@@ -171,7 +197,9 @@ impl Drop for Worker {
 /// Two, then three workers share the eight shards (each consumes), a hand-over on a join loses,
 /// repeats and reorders nothing, and when one worker is killed the survivors take its shards
 /// within the worker lease plus a few seconds; the redelivered commands are then its unfinished
-/// ones only, and every session's commands are still handled in order.
+/// ones only, and every session's commands are still handled in order. Commands are keyed by
+/// room ([`broker_bridge::ORDER_KEY_HEADER`]), several sessions to a room: a room's commands never
+/// run in two live workers at once (keyed by session, as before, they did thousands of times).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_shards_spread_over_workers_and_move_when_one_dies() {
     let (Some(amqp), Some(redis)) = (
@@ -202,7 +230,13 @@ async fn command_shards_spread_over_workers_and_move_when_one_dies() {
                         principal: "alice".into(),
                         session: format!("s{s}"),
                         node: NodeId::from("gw-1"),
-                        headers: vec![("seq".into(), seq.to_string())],
+                        headers: vec![
+                            ("seq".into(), seq.to_string()),
+                            (
+                                broker_bridge::ORDER_KEY_HEADER.into(),
+                                format!("chatRoomId:{}", s % ROOMS),
+                            ),
+                        ],
                         body: bytes::Bytes::from_static(b"{}"),
                     })
                 });
@@ -334,6 +368,11 @@ async fn command_shards_spread_over_workers_and_move_when_one_dies() {
         journal.overlaps.load(Ordering::SeqCst),
         0,
         "a session's commands ran in two live workers at once"
+    );
+    assert_eq!(
+        journal.room_overlaps.load(Ordering::SeqCst),
+        0,
+        "a room's commands ran in two live workers at once"
     );
     assert!(w0.rebalances.load(Ordering::SeqCst) >= 3);
     eprintln!(

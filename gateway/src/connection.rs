@@ -771,6 +771,12 @@ impl Driver<'_> {
                         broker_bridge::COMMAND_KEY_HEADER.to_owned(),
                         format!("{}.{}", self.command_prefix, self.commands),
                     ));
+                    // Its order key (chat: the room), so one process handles a room's commands.
+                    if let Some(key) =
+                        crate::order::order_key(&self.gw.config.command_order_field, &body)
+                    {
+                        headers.push((broker_bridge::ORDER_KEY_HEADER.to_owned(), key));
+                    }
                     // Exported spans: one a command, a trace root of its own (a session lives for
                     // hours), a child of the client's `traceparent` when it sent a well-formed
                     // one. The trace context travels with the command: this span's when spans are

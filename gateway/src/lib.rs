@@ -23,6 +23,7 @@ pub mod destination;
 pub mod hub;
 pub mod listen;
 pub mod metrics;
+pub mod order;
 pub mod queue;
 mod queue_sub;
 pub mod replay;

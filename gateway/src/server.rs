@@ -64,6 +64,10 @@ pub struct GatewayConfig {
     /// Bounds of the node's buffer of commands the bus cannot take during a broker outage
     /// ([`crate::sendbuf`]).
     pub send_buffer: crate::sendbuf::SendBufferConfig,
+    /// Top-level JSON field of an `/app/**` SEND body that orders it with other commands
+    /// ([`crate::order`]): commands with one value are handled by one process at a time. Empty:
+    /// commands are placed by session only.
+    pub command_order_field: String,
     /// Connection caps of the raw STOMP/TCP listener ([`serve_tcp`]): the HTTP listener's
     /// `max_connections`, `max_connections_per_address` and `cap_exempt` (its timeouts do not
     /// apply).
@@ -137,6 +141,7 @@ impl Default for GatewayConfig {
                 .max_sessions_per_address,
             proxies: Vec::new(),
             send_buffer: crate::sendbuf::SendBufferConfig::default(),
+            command_order_field: crate::order::DEFAULT_FIELD.to_owned(),
             tcp_limits: crate::listen::HttpLimits::default(),
         }
     }

@@ -229,6 +229,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "session",
     "x-instar-user",
     broker_bridge::COMMAND_KEY_HEADER,
+    broker_bridge::ORDER_KEY_HEADER,
 ];
 
 impl Session {

@@ -545,3 +545,58 @@ async fn every_command_gets_its_own_key_and_clients_cannot_set_it() {
     unique.dedup();
     assert_eq!(unique.len(), 6, "{keys:?}");
 }
+
+/// A SEND whose body names a room leaves the gateway keyed by that room
+/// ([`broker_bridge::ORDER_KEY_HEADER`]), so the bus hands one room's commands to one process; a
+/// body without one is placed by session (no key), and a client cannot set the key itself.
+#[tokio::test]
+async fn commands_are_keyed_by_room_and_clients_cannot_set_the_key() {
+    let (mut gw, _h) = history_gateway(&[], &[]).await;
+    let mut c = Peer::connect(&gw, "alice").await;
+    let bodies: [&[u8]; 4] = [
+        br#"{"chatRoomId":7,"message":"a"}"#,
+        br#"{"message":"b","chatRoomId":"7"}"#,
+        br#"{"chatRoomId":8,"messageId":3}"#,
+        br#"{"message":"no room"}"#,
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        let f = Frame::new(Command::Send)
+            .header("destination", "/app/send")
+            .header(broker_bridge::ORDER_KEY_HEADER, "forged")
+            .header("receipt", format!("r{i}"))
+            .with_body(Bytes::copy_from_slice(body));
+        c.framed.send(f).await.unwrap();
+        c.expect(Command::Receipt).await;
+    }
+    let mut keys = Vec::new();
+    for _ in 0..bodies.len() {
+        let cmd = tokio::time::timeout(Duration::from_secs(5), gw.commands.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let mine: Vec<&str> = cmd
+            .headers
+            .iter()
+            .filter(|(k, _)| k == broker_bridge::ORDER_KEY_HEADER)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert!(mine.len() <= 1, "{:?}", cmd.headers);
+        keys.push((
+            mine.first().map(|k| (*k).to_owned()),
+            cmd.order_key().to_owned(),
+        ));
+        if mine.is_empty() {
+            assert_eq!(cmd.order_key(), cmd.session);
+        }
+    }
+    let header: Vec<Option<&str>> = keys.iter().map(|(h, _)| h.as_deref()).collect();
+    assert_eq!(
+        header,
+        [
+            Some("chatRoomId:7"),
+            Some("chatRoomId:7"),
+            Some("chatRoomId:8"),
+            None
+        ]
+    );
+}

@@ -164,6 +164,12 @@ pub(crate) struct Stomp {
     /// with a receipt gets a RECEIPT with x-instar-error, one without an ERROR. 0: no buffer.
     #[arg(long, default_value_t = gateway::sendbuf::SendBufferConfig::default().max_commands)]
     pub send_buffer_commands: usize,
+    /// Top-level field of a JSON SEND body to /app/** that orders commands: the commands with one
+    /// value (for chat, one room) are handled by one social process at a time, so a room's
+    /// messages are broadcast in message-id order; commands without it are placed by session.
+    /// Empty: by session only.
+    #[arg(long, default_value = gateway::order::DEFAULT_FIELD)]
+    pub command_order_field: String,
     /// Bytes (bodies and headers) of the SEND buffer at most.
     #[arg(long, default_value_t = gateway::sendbuf::SendBufferConfig::default().max_bytes)]
     pub send_buffer_bytes: usize,

@@ -23,10 +23,14 @@
 //!   they are in the node's inbox, so a delivery in flight when the connection drops comes again
 //!   (at-least-once: a duplicate is possible around a reconnect, a loss is not).
 //! * Commands are persistent in durable queues, and acknowledged after their handler finished.
-//! * **Per-session order.** A command goes to shard `fnv1a(session) % K`. Each shard queue has
-//!   `x-single-active-consumer`, so one process at a time consumes it, and that process runs the
-//!   commands of one session one after the other, in queue order (different sessions of the shard
-//!   run concurrently, up to [`AmqpConfig::work_prefetch`]).
+//! * **Per-room and per-session order.** A command goes to shard `fnv1a(key) % K`, where the key
+//!   is its [`AppCommand::order_key`]: the room for chat (the gateway stamps
+//!   [`crate::ORDER_KEY_HEADER`]), else the session. Each shard queue has
+//!   `x-single-active-consumer`, so one process at a time consumes it: a room's commands are all
+//!   handled by one process, which keeps its broadcasts in message-id order (the chat service
+//!   orders a room's writes and pushes inside a process). That process runs the commands of one
+//!   session one after the other, in queue order (different sessions of the shard run
+//!   concurrently, up to [`AmqpConfig::work_prefetch`]).
 //! * **Shards spread over the workers.** A process with handlers keeps a lease among the command
 //!   workers in the registry and consumes only its share of the shards ([`assign_shards`]:
 //!   rendezvous hashing with bounded load over the live workers), handing a shard over by
@@ -1717,7 +1721,7 @@ impl BusBackend for AmqpBus {
 
     async fn submit(&self, cmd: AppCommand) -> Result<(), BusError> {
         let shared = &self.shared;
-        let shard = codec::stable_hash(&cmd.session) % u64::from(shared.config.shards());
+        let shard = codec::stable_hash(cmd.order_key()) % u64::from(shared.config.shards());
         let routed = shared
             .publish_item(
                 Lane::Work,

@@ -16,7 +16,8 @@
 //!   the moment ([`writer`]);
 //! * changes to one room are serialised in this process (a lock per room shard held from before
 //!   the transaction until the pushes are published), so a room's messages are published in id
-//!   order; across processes the room row lock orders the commits.
+//!   order; across processes the bus hands a room's STOMP commands to one process at a time (the
+//!   gateway keys them by `chatRoomId`), and the room row lock orders the commits.
 
 pub mod doc;
 pub mod dto;

@@ -820,3 +820,57 @@ async fn a_redelivered_command_is_stored_once(db: Db) {
     );
 }
 on_both!(a_redelivered_command_is_stored_once);
+
+/// A process that died between a batch's commit and its pushes leaves the batch's outbox row;
+/// the bus redelivers the batch's commands to the process that takes the room over. The first
+/// redelivered send it recognises publishes that row at once, before the room's next message, so
+/// the room's broadcasts keep message-id order across the crash (left to the sweeper, whose grace
+/// is five seconds, the row's message would come after the next one).
+async fn a_redelivered_send_publishes_what_its_dead_writer_left_first(db: Db) {
+    use social::chat::writer::SendWriter;
+    let (app, _alice, room, mut link) = dm_with_link(db).await;
+    // The dead process's batch: stored with its command key, outbox row two seconds old (older
+    // than the orphan age, younger than the sweeper's grace), never published.
+    let ids = insert_messages(&app, room, "alice01", 1).await;
+    let mut tx = app.ctx.store.write().await.unwrap();
+    sqlx::query("UPDATE chatroom_message SET command_key = 'dead.1' WHERE id = ?")
+        .bind(ids[0])
+        .execute(tx.conn())
+        .await
+        .unwrap();
+    let body = serde_json::to_vec(&ids).unwrap();
+    social::store::chat::outbox_insert(
+        tx.conn(),
+        &social::store::chat::NewOutbox {
+            target: social::chat::writer::MESSAGES_TARGET,
+            destination: "/topic/chat",
+            content_type: Some("application/json"),
+            headers: None,
+            body: &body,
+        },
+        social::time::now_micros() - 2_000_000,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    // The redelivered send and the room's next message, in one batch.
+    let writer = SendWriter::start(&app.ctx, 1).unwrap();
+    let answers = in_order(vec![
+        writer.enqueue_command("alice01", room, "m0", Some("dead.1"), None),
+        writer.enqueue_command("alice01", room, "next", Some("live.1"), None),
+    ])
+    .await;
+    let mut answered = Vec::new();
+    for a in answers {
+        answered.push(a.unwrap().await.unwrap());
+    }
+    assert_eq!(answered[0], ids[0]);
+    assert!(answered[1] > ids[0]);
+    assert_eq!(broadcast_texts(&mut link).await, ["m0", "next"]);
+    wait_until("the orphan row to be deleted", || async {
+        outbox_len(&app).await == 0
+    })
+    .await;
+}
+on_both!(a_redelivered_send_publishes_what_its_dead_writer_left_first);

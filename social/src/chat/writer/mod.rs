@@ -82,6 +82,31 @@ pub const CLEANUP_ROWS: usize = 32;
 /// A writer with delivered rows left and no send for this long deletes them on its own. Far below
 /// [`outbox::SWEEP_GRACE`], so the sweeper never sees them.
 pub const CLEANUP_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
+/// A redelivered send whose message is stored means the process that stored it may have died
+/// between its commit and its pushes (the bus redelivers once that process's shards came
+/// here). Its outbox rows are published now, before this writer writes the room's next
+/// messages, rather than by the sweeper up to [`outbox::SWEEP_GRACE`] later, after them: a
+/// room's broadcasts keep message-id order through the crash. Rows younger than
+/// [`ORPHAN_AGE`] are left alone (a live writer elsewhere is publishing them); a row published
+/// twice is dropped by the gateways (they de-duplicate by message id).
+async fn republish_orphans(outbox: &outbox::Outbox) {
+    match outbox.sweep(ORPHAN_AGE).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            rows = n,
+            "published a redelivered send's pushes left by another process"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not publish left-over chat pushes; the sweeper will")
+        }
+    }
+}
+
+/// Outbox rows at least this old are published when a redelivered send is seen
+/// ([`republish_orphans`]). Below the least worker lease (a dead process's commands come
+/// back no sooner than its lease ran out), above the time a live writer takes to publish a batch.
+pub const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Sends queued per writer before `/app/send` handlers wait.
 const QUEUE: usize = 4096;
 /// `outbox.target` of a row naming a batch of TEXT messages (its body: their ids, a JSON array)
@@ -545,6 +570,7 @@ impl Writer {
                 }
                 // A redelivered command (its key stored already) fails the batch's insert: one at a
                 // time, it finds its message and is answered with it.
+                let mut swept = false;
                 for req in batch {
                     let answer = ops::send_command(
                         &self.ctx,
@@ -556,6 +582,10 @@ impl Writer {
                     .await;
                     if let Ok(ops::Sent::Before(_)) = answer {
                         self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                        if !swept {
+                            swept = true;
+                            republish_orphans(&self.ctx.outbox.clone()).await;
+                        }
                     }
                     let _ = req.reply.send(answer.map(ops::Sent::id));
                 }
