@@ -63,6 +63,9 @@ pub struct FaultsReport {
     pub receiver_reconnects: u64,
     /// Receiver re-subscriptions that named their last message id.
     pub resubscribed_with_last_id: u64,
+    /// First deliveries whose message id was below one the receiver had already got on the room
+    /// (a room's messages published out of id order).
+    pub out_of_order: u64,
 }
 
 /// Messages sent vs. found in the server's store after the run.
@@ -382,8 +385,8 @@ pub fn summary(r: &Report) -> String {
         );
         let _ = writeln!(
             s,
-            "delivered    {} duplicated {} undelivered {} phantom {}",
-            t.delivered, t.duplicated, t.undelivered, t.phantom
+            "delivered    {} duplicated {} undelivered {} phantom {} out of id order {}",
+            t.delivered, t.duplicated, t.undelivered, t.phantom, f.out_of_order
         );
         let _ = writeln!(
             s,

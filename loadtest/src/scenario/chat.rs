@@ -116,7 +116,7 @@ impl Api {
         user: &str,
         room: i64,
         run: &str,
-    ) -> anyhow::Result<(Vec<u64>, u64)> {
+    ) -> anyhow::Result<(Vec<(u64, u64)>, u64)> {
         let marker = format!("run={run} ");
         let mut seqs = Vec::new();
         let mut cursor = String::new();
@@ -139,7 +139,7 @@ impl Api {
                 let text = m["message"].as_str().unwrap_or("");
                 if text.contains(&marker) {
                     if let Some(st) = Stamp::from_body(text.as_bytes()) {
-                        seqs.push(st.seq);
+                        seqs.push((st.stream, st.seq));
                     }
                 } else {
                     older = true;

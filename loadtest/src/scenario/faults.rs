@@ -1,8 +1,9 @@
 //! `faults`: chat under injected faults, measured end to end.
 //!
 //! R direct-message rooms (`<stem>` members `2i+1` → `2i+2`, created over REST as in `chat`). In
-//! each room one sender SENDs to `/app/send` at its share of `--rate`, every SEND with a `receipt`,
-//! and one receiver subscribes to `/topic/chat.{room}`. Both behave like a careful client:
+//! each room one sender (with `--senders-per-room 2`, both members, each in a session of its own)
+//! SENDs to `/app/send` at its share of `--rate`, every SEND with a `receipt`, and one receiver
+//! subscribes to `/topic/chat.{room}`. All behave like a careful client:
 //!
 //! - a connection that fails or ends is opened again, on the next `--url` after a failed attempt,
 //!   with a capped exponential backoff
@@ -19,7 +20,10 @@
 //! database (`--database-url`, the `chatroom_message` table) or else in the rooms' history over
 //! REST, and [`crate::faults::tally`] gives attempted / written / accepted / stored / lost /
 //! delivered / duplicated; each fault gets the seconds until RECEIPTs and first deliveries flowed
-//! again ([`crate::faults::recovery`]).
+//! again ([`crate::faults::recovery`]). Each receiver also counts the messages that arrived
+//! *out of order*: a first delivery whose `x-instar-message-id` is lower than one it got before
+//! on the room (with two senders per room this checks that the service publishes a room's messages
+//! in id order even when the senders' commands reach different processes).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,9 +52,13 @@ pub struct FaultArgs {
     /// REST base URL of the social service (loopback only). Default: the first --url's host.
     #[arg(long)]
     pub api: Option<String>,
-    /// Direct-message rooms (one sender and one receiver each).
+    /// Direct-message rooms (one receiver each, and --senders-per-room senders).
     #[arg(long, default_value_t = 50)]
     pub rooms: usize,
+    /// Senders in each room: 1 (the first member) or 2 (both members, each in its own session,
+    /// sharing the room's rate).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub senders_per_room: u8,
     /// Stem of the member ids: members are <stem>00001, <stem>00002, ...
     #[arg(long, default_value = "chat")]
     pub user_stem: String,
@@ -104,6 +112,10 @@ struct Shared {
     sender_reconnects: AtomicU64,
     receiver_reconnects: AtomicU64,
     with_last_id: AtomicU64,
+    /// First deliveries with a message id below one the receiver had got on its room.
+    out_of_order: AtomicU64,
+    /// Streams (senders) per room.
+    per_room: u64,
     /// Receivers subscribed for the first time.
     ready: AtomicUsize,
     ready_changed: Notify,
@@ -294,18 +306,23 @@ async fn sender(
     fates
 }
 
-/// One room's receiver: returns how many copies of each sequence number it got.
+/// One room's receiver: returns, per stream of the room, how many copies of each sequence number
+/// it got.
 async fn receiver(
-    stream: u64,
+    room_index: u64,
     specs: Arc<Vec<ConnectSpec>>,
     mut at: usize,
     user: String,
     topic: String,
     shared: Arc<Shared>,
-) -> Vec<u32> {
-    let mut counts: Vec<u32> = Vec::new();
-    let mut backoff = Backoff::new(shared.backoff.0, shared.backoff.1, stream + 10_007);
+) -> Vec<Vec<u32>> {
+    let per_room = shared.per_room.max(1);
+    let first_stream = room_index * per_room;
+    let mut counts: Vec<Vec<u32>> = vec![Vec::new(); per_room as usize];
+    let mut backoff = Backoff::new(shared.backoff.0, shared.backoff.1, room_index + 10_007);
     let mut last_id: Option<u64> = None;
+    // The highest id among this run's messages delivered so far.
+    let mut highest: Option<u64> = None;
     let mut subscribed_once = false;
     let mut first = true;
     'run: loop {
@@ -337,14 +354,16 @@ async fn receiver(
                 item = session.next_item() => match item {
                     Ok(Some(Item::Frame(f))) => match f.command {
                         Command::Message => {
-                            if let Some(id) = f.get("x-instar-message-id").and_then(|v| v.parse::<u64>().ok()) {
+                            let id = f.get("x-instar-message-id").and_then(|v| v.parse::<u64>().ok());
+                            if let Some(id) = id {
                                 last_id = Some(last_id.map_or(id, |l| l.max(id)));
                             }
                             let ours = std::str::from_utf8(&f.body)
                                 .is_ok_and(|b| b.contains(&shared.marker));
                             if let (true, Some(st)) = (ours, Stamp::from_chat_json(&f.body))
-                                && st.stream == stream
+                                && (first_stream..first_stream + per_room).contains(&st.stream)
                             {
+                                let counts = &mut counts[(st.stream - first_stream) as usize];
                                 let i = usize::try_from(st.seq).unwrap_or(usize::MAX);
                                 if i < 10_000_000 {
                                     if counts.len() <= i {
@@ -354,6 +373,12 @@ async fn receiver(
                                     if counts[i] == 1 {
                                         shared.delivered.fetch_add(1, Ordering::Relaxed);
                                         lock(&shared.delivered_at).push(shared.clock.now_ns());
+                                        if let Some(id) = id {
+                                            if highest.is_some_and(|h| id < h) {
+                                                shared.out_of_order.fetch_add(1, Ordering::Relaxed);
+                                            }
+                                            highest = Some(highest.map_or(id, |h| h.max(id)));
+                                        }
                                     }
                                 }
                             }
@@ -418,6 +443,7 @@ async fn run_fault(spec: FaultSpec, clock: Clock, origin_ns: u64) -> FaultOutcom
 async fn stored_in_database(
     url: &str,
     rooms: &[i64],
+    per_room: u64,
     marker: &str,
 ) -> anyhow::Result<HashMap<(u64, u64), u32>> {
     sqlx::any::install_default_drivers();
@@ -439,7 +465,7 @@ async fn stored_in_database(
         .with_context(|| format!("counting room {room}'s messages"))?;
         for (text,) in rows {
             if let Some(st) = text.as_deref().and_then(|t| Stamp::from_body(t.as_bytes()))
-                && st.stream == i as u64
+                && st.stream / per_room.max(1) == i as u64
             {
                 *out.entry((st.stream, st.seq)).or_insert(0) += 1;
             }
@@ -491,6 +517,8 @@ pub async fn run(common: &Common, args: &FaultArgs) -> anyhow::Result<Report> {
         sender_reconnects: AtomicU64::new(0),
         receiver_reconnects: AtomicU64::new(0),
         with_last_id: AtomicU64::new(0),
+        out_of_order: AtomicU64::new(0),
+        per_room: u64::from(args.senders_per_room),
         ready: AtomicUsize::new(0),
         ready_changed: Notify::new(),
         backoff: (
@@ -554,31 +582,36 @@ pub async fn run(common: &Common, args: &FaultArgs) -> anyhow::Result<Report> {
     }
 
     let origin = clock.now_ns() + 200_000_000;
-    let per_room = args.rate / r as f64;
+    let spr = usize::from(args.senders_per_room.max(1));
+    let per_sender = args.rate / (r * spr) as f64;
     let stagger = Schedule::from_rate(args.rate, 0).interval_ns;
     let duration = Duration::from_secs_f64(args.duration);
-    let mut senders = Vec::with_capacity(r);
+    let mut senders = Vec::with_capacity(r * spr);
     let mut planned = 0;
     for (i, (room, members)) in rooms.iter().enumerate() {
-        let schedule = Schedule::from_rate(per_room, origin + i as u64 * stagger);
-        let count = schedule.count_within(duration);
-        planned += count;
-        senders.push(tokio::spawn(sender(
-            SendJob {
-                stream: i as u64,
-                user: members[0].clone(),
-                schedule,
-                count,
-                body: BodyFormat::Chat {
-                    room: *room,
-                    run: run_id.clone(),
+        for (k, user) in members.iter().enumerate().take(spr) {
+            let stream = i * spr + k;
+            let schedule = Schedule::from_rate(per_sender, origin + stream as u64 * stagger);
+            let count = schedule.count_within(duration);
+            planned += count;
+            senders.push(tokio::spawn(sender(
+                SendJob {
+                    stream: stream as u64,
+                    user: user.clone(),
+                    schedule,
+                    count,
+                    body: BodyFormat::Chat {
+                        room: *room,
+                        run: run_id.clone(),
+                    },
+                    payload: args.payload,
                 },
-                payload: args.payload,
-            },
-            specs.clone(),
-            i % n_targets,
-            shared.clone(),
-        )));
+                specs.clone(),
+                // The room's senders on different gateways when there are several.
+                (i + k) % n_targets,
+                shared.clone(),
+            )));
+        }
     }
     let faults: Vec<_> = args
         .faults
@@ -617,13 +650,21 @@ pub async fn run(common: &Common, args: &FaultArgs) -> anyhow::Result<Report> {
     shared.stop.cancel();
     spinner.finish_and_clear();
 
-    let mut records: Vec<StreamRecord> = Vec::with_capacity(r);
-    for (s, rcv) in senders.into_iter().zip(receivers) {
-        records.push(StreamRecord {
-            fates: s.await.unwrap_or_default(),
-            stored: Vec::new(),
-            delivered: rcv.await.unwrap_or_default(),
-        });
+    let mut records: Vec<StreamRecord> = Vec::with_capacity(r * spr);
+    let mut senders = senders.into_iter();
+    for rcv in receivers {
+        let mut delivered = rcv.await.unwrap_or_default().into_iter();
+        for _ in 0..spr {
+            let fates = match senders.next() {
+                Some(s) => s.await.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            records.push(StreamRecord {
+                fates,
+                stored: Vec::new(),
+                delivered: delivered.next().unwrap_or_default(),
+            });
+        }
     }
     let mut outcomes = Vec::new();
     for f in faults {
@@ -642,15 +683,17 @@ pub async fn run(common: &Common, args: &FaultArgs) -> anyhow::Result<Report> {
     let room_ids: Vec<i64> = rooms.iter().map(|(id, _)| *id).collect();
     let (stored, stored_from) = match &args.database_url {
         Some(url) => (
-            stored_in_database(url, &room_ids, &shared.marker).await?,
+            stored_in_database(url, &room_ids, spr as u64, &shared.marker).await?,
             "database",
         ),
         None => {
             let mut out = HashMap::new();
             for (i, (room, members)) in rooms.iter().enumerate() {
-                let (seqs, _) = api.stored(&members[0], *room, &run_id).await?;
-                for seq in seqs {
-                    *out.entry((i as u64, seq)).or_insert(0) += 1;
+                let (stamps, _) = api.stored(&members[0], *room, &run_id).await?;
+                for (stream, seq) in stamps {
+                    if stream / spr as u64 == i as u64 {
+                        *out.entry((stream, seq)).or_insert(0) += 1;
+                    }
                 }
             }
             (out, "rest")
@@ -690,6 +733,7 @@ pub async fn run(common: &Common, args: &FaultArgs) -> anyhow::Result<Report> {
         urls: common.targets.iter().map(|t| t.url.clone()).collect(),
         parameters: json!({
             "rooms": r,
+            "senders_per_room": spr,
             "rate": args.rate,
             "duration_s": args.duration,
             "messages_planned": planned,
@@ -708,6 +752,7 @@ pub async fn run(common: &Common, args: &FaultArgs) -> anyhow::Result<Report> {
             sender_reconnects: shared.sender_reconnects.load(Ordering::Relaxed),
             receiver_reconnects: shared.receiver_reconnects.load(Ordering::Relaxed),
             resubscribed_with_last_id: shared.with_last_id.load(Ordering::Relaxed),
+            out_of_order: shared.out_of_order.load(Ordering::Relaxed),
         }),
         ..Report::default()
     })
