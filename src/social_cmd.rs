@@ -74,6 +74,7 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
     let amqp = AmqpConfig {
         durable_node_queues: args.bus.durable_node_queues,
         worker_lease_ttl: Duration::from_millis(args.bus.worker_lease_ttl_ms.max(300)),
+        handler_retry_for: Duration::from_secs(args.bus.command_retry_secs.max(1)),
         ..AmqpConfig::new(args.bus.amqp_url.clone()).with_prefix(&prefix)
     };
     let bus = Bus::amqp(registry, amqp)
@@ -158,7 +159,7 @@ pub(crate) async fn run(args: SocialCmdArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// This process's share of the chat command shards on `/metrics`.
+/// This process's share of the chat command shards, and what its handlers did, on `/metrics`.
 #[derive(Debug)]
 struct ShardMetrics(Bus);
 
@@ -179,6 +180,16 @@ impl social::ctx::MetricsSource for ShardMetrics {
             "instar_bus_commands_handled_total",
             "Application commands handled.",
             m.commands_handled,
+        );
+        registry.set_counter(
+            "instar_bus_commands_failed_total",
+            "Application commands whose handler failed.",
+            m.commands_failed,
+        );
+        registry.set_counter(
+            "instar_bus_commands_retried_total",
+            "Retries of application commands whose handler failed transiently (a dependency down).",
+            m.commands_retried,
         );
     }
 }

@@ -107,6 +107,9 @@ pub struct BusMetrics {
     pub commands_failed: u64,
     /// Commands whose handler panicked (included in `commands_failed`).
     pub commands_panicked: u64,
+    /// Retries of commands whose handler failed with `Transient` (a dependency such as the
+    /// database was unreachable; RabbitMQ only, in-process: always 0).
+    pub commands_retried: u64,
     /// Messages sent to the broker for publishes and commands (RabbitMQ: publishes to one route
     /// that wait at the same moment share one message, so under load this grows far slower than
     /// `published + commands_submitted`; in-process: always 0).

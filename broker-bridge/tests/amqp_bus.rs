@@ -356,6 +356,69 @@ async fn transient_failures_are_retried_and_rejections_dropped() {
     env.done().await;
 }
 
+/// A dependency that stays down longer than a few retries (a database restarting): the command
+/// is retried, 5 s apart at most, for the whole retry time, and handled once the dependency is
+/// back; the session's next command waits behind it. One still failing when the retry time is
+/// up is dropped and counted as failed. (With the old five retries, about 3 s at these delays,
+/// the first command was dropped.)
+#[tokio::test]
+async fn a_command_is_retried_for_the_retry_time_then_dropped() {
+    let Some(env) = Env::new("amqp-retry-time") else {
+        return;
+    };
+    let gateway = env.bus().await;
+    let config = AmqpConfig {
+        handler_retry_for: Duration::from_secs(7),
+        ..env.amqp_config()
+    };
+    let social = Bus::amqp(env.registry().await, config).await.unwrap();
+    let down_until = std::time::Instant::now() + Duration::from_millis(4500);
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, std::time::Instant)>();
+    social.register_handler(
+        "/app/",
+        handler_fn(move |cmd: AppCommand| {
+            let tx = tx.clone();
+            async move {
+                if cmd.destination == "/app/down" {
+                    return Err(HandlerError::Transient("database unreachable".into()));
+                }
+                if std::time::Instant::now() < down_until {
+                    return Err(HandlerError::Transient("database restarting".into()));
+                }
+                let _ = tx.send((cmd.headers[1].1.clone(), std::time::Instant::now()));
+                Ok(())
+            }
+        }),
+    );
+    let started = std::time::Instant::now();
+    gateway.submit(command("gw-1-a", 0)).await.unwrap();
+    gateway.submit(command("gw-1-a", 1)).await.unwrap();
+    let mut down = command("gw-1-b", 0);
+    down.destination = "/app/down".into();
+    gateway.submit(down).await.unwrap();
+    let first = timeout(Duration::from_secs(15), rx.recv())
+        .await
+        .expect("handled once the database is back")
+        .unwrap();
+    let second = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    assert_eq!((first.0.as_str(), second.0.as_str()), ("0", "1"));
+    assert!(first.1 >= down_until, "handled while down");
+    assert!(
+        first.1.duration_since(down_until) < Duration::from_secs(6),
+        "retried at most about 5 s apart"
+    );
+    let m = metrics_until(&social, |m| m.commands_failed == 1).await;
+    assert_eq!(m.commands_handled, 2);
+    assert!(m.commands_retried >= 5, "{m:?}");
+    let dropped_after = started.elapsed();
+    assert!(
+        dropped_after >= Duration::from_secs(6),
+        "the failing command was dropped after {dropped_after:?}, before its retry time"
+    );
+    social.shutdown().await;
+    env.done().await;
+}
+
 #[tokio::test]
 async fn a_node_id_is_exclusive_and_dropping_the_link_frees_it() {
     let Some(env) = Env::new("amqp-excl") else {

@@ -105,7 +105,7 @@ impl Gateway {
         let sb = &self.send_buffer.stats;
         let r = &self.revocations;
         let reg = &self.metrics_registry;
-        let rows: [(&str, &str, &str, u64); 30] = [
+        let rows: [(&str, &str, &str, u64); 31] = [
             (
                 "sessions_open",
                 "gauge",
@@ -243,6 +243,12 @@ impl Gateway {
                 "counter",
                 "Application commands whose handler failed.",
                 b.commands_failed,
+            ),
+            (
+                "bus_commands_retried_total",
+                "counter",
+                "Retries of application commands whose handler failed transiently (a dependency down).",
+                b.commands_retried,
             ),
             (
                 "send_buffer_held",

@@ -12,6 +12,8 @@
 #               durable queues survive)
 #   redis       Redis shut down without saving and started again, empty
 #   mariadb     MariaDB shut down and started again
+#   mariadb-long  MariaDB shut down, started again 15 s later (longer than the bus's handler
+#               retries once were)
 #
 #   scripts/bench/faults.sh [RATE] [DURATION] [FAULT_AT] [FAULTS...]
 #   e.g. scripts/bench/faults.sh 500 35 10                       # the whole table
@@ -59,6 +61,13 @@ case "\$1" in
     (mariadbd --no-defaults --datadir=$W/mysql/data --port=$MP --bind-address=127.0.0.1 \
       --socket=$MSOCK --pid-file=$W/mysql/mysqld.pid --user=$(id -un) \
       --innodb-buffer-pool-size=256M --log-error=$W/mysql/error.log >/dev/null 2>&1 &) ;;
+  mariadb-long)
+    mariadb --no-defaults -S $MSOCK -u root -e SHUTDOWN
+    while [ -e $W/mysql/mysqld.pid ]; do sleep 0.1; done
+    sleep 15
+    (mariadbd --no-defaults --datadir=$W/mysql/data --port=$MP --bind-address=127.0.0.1 \
+      --socket=$MSOCK --pid-file=$W/mysql/mysqld.pid --user=$(id -un) \
+      --innodb-buffer-pool-size=256M --log-error=$W/mysql/error.log >/dev/null 2>&1 &) ;;
   *) echo "unknown fault \$1" >&2; exit 2 ;;
 esac
 EOF
@@ -66,10 +75,10 @@ chmod +x "$W/fault.sh"
 
 ulimit -n 20000 2>/dev/null || true
 for fault in "${FAULTS[@]}"; do
-  db="faults_$$_$fault"
+  db="faults_$$_${fault//-/_}"
   "${M[@]}" -e "CREATE DATABASE $db CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
   url="mysql://bench:bench@127.0.0.1:$MP/$db"
-  prefix="faults$$$fault"
+  prefix="faults$$${fault//-/}"
   common=(env INSTAR_AMQP_URL="amqp://guest:guest@127.0.0.1:$AP/%2f"
     INSTAR_REDIS_URL="redis://127.0.0.1:$RP" INSTAR_BUS_PREFIX="$prefix"
     INSTAR_JWT_SECRET="$secret" INSTAR_DATABASE_URL="$url" INSTAR_TCP_LISTEN=off

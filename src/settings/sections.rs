@@ -316,6 +316,12 @@ pub(crate) struct Bus {
     /// others this long after it died.
     #[arg(long, default_value_t = broker_bridge::AmqpConfig::default().worker_lease_ttl.as_millis() as u64)]
     pub worker_lease_ttl_ms: u64,
+    /// Seconds an `instar social` process keeps retrying a chat command whose handling failed
+    /// transiently (the database unreachable or restarting) before it drops it with an error; the
+    /// command waits unacknowledged in its RabbitMQ queue meanwhile, and the sender's later
+    /// commands wait behind it (at least 1).
+    #[arg(long, default_value_t = broker_bridge::AmqpConfig::default().handler_retry_for.as_secs())]
+    pub command_retry_secs: u64,
 }
 
 /// Redis.

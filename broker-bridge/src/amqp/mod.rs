@@ -36,8 +36,9 @@
 //!   rendezvous hashing with bounded load over the live workers), handing a shard over by
 //!   draining it and closing its channel ([`shard_consumer`]); see `balance_shards`.
 //! * **Handler errors.** `Ok`: ack. `Rejected`/other errors/panics: logged, counted, ack (dropped).
-//!   `Transient`: retried in place after a delay doubling from [`AmqpConfig::retry_delay`], up to
-//!   [`AmqpConfig::handler_retries`] times (the session's later commands wait: order first), then
+//!   `Transient`: retried in place after a delay doubling from [`AmqpConfig::retry_delay`] (at
+//!   most 5 s) for up to [`AmqpConfig::handler_retry_for`] (the session's later commands wait:
+//!   order first; the command stays unacknowledged in its durable queue meanwhile), then
 //!   logged, counted and dropped. If the process dies meanwhile, the broker hands the unacknowledged
 //!   command to the next consumer.
 //! * **Reconnect.** On connection loss the bus reconnects with exponential backoff
@@ -118,8 +119,11 @@ pub struct AmqpConfig {
     /// a second after the broker is (it was 5 s, which added up to 3 s of outage after the broker
     /// came back), at the price of one connection attempt a second while it is down.
     pub reconnect_max: Duration,
-    /// Times a command whose handler failed with `Transient` is retried. Default 5.
-    pub handler_retries: u32,
+    /// How long a command whose handler fails with `Transient` (its database unreachable, say) is
+    /// retried before it is dropped with an error. Default 10 minutes: an accepted chat message
+    /// waits out a database outage or restart instead of being lost (it was 5 retries, about a
+    /// minute with the pool's 10 s acquire timeout).
+    pub handler_retry_for: Duration,
     /// Delay before the first retry, doubled each time (at most 5 s). Default 100 ms.
     pub retry_delay: Duration,
     /// AMQP heart-beat in seconds (0: the broker's proposal). Default 10.
@@ -146,7 +150,7 @@ impl Default for AmqpConfig {
             wait_for_connection: Duration::from_secs(5),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(1),
-            handler_retries: 5,
+            handler_retry_for: Duration::from_secs(600),
             retry_delay: Duration::from_millis(100),
             heartbeat_secs: 10,
             queues: crate::QueueLimits::default(),
@@ -302,6 +306,7 @@ struct Counters {
     commands_handled: AtomicU64,
     commands_failed: AtomicU64,
     commands_panicked: AtomicU64,
+    commands_retried: AtomicU64,
     broker_messages: AtomicU64,
     shards_owned: AtomicU64,
     rebalances: AtomicU64,
@@ -937,6 +942,7 @@ impl Shared {
         }
         let mut delay = self.config.retry_delay;
         let mut attempt = 0u32;
+        let started = Instant::now();
         loop {
             attempt += 1;
             let (h, c) = (Arc::clone(&handler), cmd.clone());
@@ -944,16 +950,33 @@ impl Shared {
             match outcome {
                 Ok(Ok(())) => {
                     bump(&counters.commands_handled);
+                    if attempt > 1 {
+                        info!(%prefix, destination = %cmd.destination, session = %cmd.session, attempts = attempt,
+                            waited_ms = started.elapsed().as_millis(), "command handled after transient failures");
+                    }
                     return;
                 }
-                Ok(Err(HandlerError::Transient(msg))) if attempt <= self.config.handler_retries => {
-                    debug!(%prefix, destination = %cmd.destination, session = %cmd.session, attempt, error = %msg, "transient handler failure; retrying");
+                Ok(Err(HandlerError::Transient(msg)))
+                    if started.elapsed() + delay <= self.config.handler_retry_for =>
+                {
+                    bump(&counters.commands_retried);
+                    if attempt == 1 {
+                        warn!(%prefix, destination = %cmd.destination, session = %cmd.session, error = %msg,
+                            retry_for_s = self.config.handler_retry_for.as_secs(), "transient handler failure; retrying the command until it succeeds or the retry time is up");
+                    } else {
+                        debug!(%prefix, destination = %cmd.destination, session = %cmd.session, attempt, error = %msg, "transient handler failure; retrying");
+                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Ok(Err(err)) => {
                     bump(&counters.commands_failed);
-                    warn!(%prefix, destination = %cmd.destination, session = %cmd.session, attempts = attempt, error = %err, "application handler failed; command dropped");
+                    if matches!(err, HandlerError::Transient(_)) {
+                        error!(%prefix, destination = %cmd.destination, session = %cmd.session, attempts = attempt,
+                            waited_s = started.elapsed().as_secs(), error = %err, "command still failing after the retry time; dropped");
+                    } else {
+                        warn!(%prefix, destination = %cmd.destination, session = %cmd.session, attempts = attempt, error = %err, "application handler failed; command dropped");
+                    }
                     return;
                 }
                 Err(join) if join.is_panic() => {
@@ -1842,6 +1865,7 @@ impl BusBackend for AmqpBus {
             commands_handled: get(&c.commands_handled),
             commands_failed: get(&c.commands_failed),
             commands_panicked: get(&c.commands_panicked),
+            commands_retried: get(&c.commands_retried),
             broker_messages: get(&c.broker_messages),
             work_shards_owned: get(&c.shards_owned),
             work_rebalances: get(&c.rebalances),

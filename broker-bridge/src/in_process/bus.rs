@@ -567,6 +567,7 @@ impl BusBackend for InProcessBus {
             commands_handled: get(&c.commands_handled),
             commands_failed: get(&c.commands_failed),
             commands_panicked: get(&c.commands_panicked),
+            commands_retried: 0,
             broker_messages: 0,
             work_shards_owned: 0,
             work_rebalances: 0,
