@@ -1,15 +1,22 @@
-//! Chat under a real process crash, scaled out: two `instar gateway` nodes and two `instar social`
-//! processes on MariaDB, RabbitMQ and Redis, driven by `loadtest faults` with two senders in every
-//! room (one on each gateway, so the room's commands come from two sessions on two nodes). Three
-//! seconds in, one social process is killed with SIGKILL while it holds half of the command shards
-//! and has commands in flight. The survivor takes its shards over; the report, counted in the
-//! database, must show nothing accepted and lost, nothing stored twice, nothing delivered twice,
-//! every stored message delivered, and no room's messages delivered out of message-id order.
+//! Chat under faults, scaled out, driven by `loadtest faults` and counted in the database:
+//!
+//! * a real process crash: two `instar gateway` nodes and two `instar social` processes on
+//!   MariaDB, RabbitMQ and Redis, with two senders in every room (one on each gateway, so the
+//!   room's commands come from two sessions on two nodes). Three seconds in, one social process
+//!   is killed with SIGKILL while it holds half of the command shards and has commands in flight.
+//!   The survivor takes its shards over;
+//! * a database outage: a private MariaDB instance (never the machine's own) shut down and started
+//!   again 8 s later under load; the social process's commands wait and are retried.
+//!
+//! Either way the report must show nothing accepted and lost, nothing stored twice, nothing
+//! delivered twice, every stored message delivered, and no room's messages delivered out of
+//! message-id order.
 #![allow(clippy::unwrap_used)]
 
 mod flow_support;
 mod scaleout_support;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -90,29 +97,7 @@ async fn a_social_process_killed_under_chat_load_loses_repeats_and_reorders_noth
     )
     .await;
 
-    // The rooms' members (the harness signs their tokens; no password needed).
-    {
-        sqlx::any::install_default_drivers();
-        let pool = sqlx::any::AnyPoolOptions::new()
-            .max_connections(1)
-            .connect(&db_url)
-            .await
-            .unwrap();
-        for i in 1..=2 * ROOMS {
-            let id = format!("chat{i:05}");
-            sqlx::query(
-                "INSERT INTO `user` (id, password, name, email, created_at) \
-                 VALUES (?, NULL, ?, ?, 1700000000000000)",
-            )
-            .bind(&id)
-            .bind(format!("Chat {i}"))
-            .bind(format!("{id}@example.com"))
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
-        pool.close().await;
-    }
+    seed_members(&db_url, 2 * ROOMS).await;
 
     let http = reqwest::Client::new();
     let owned = "instar_bus_work_shards_owned";
@@ -242,6 +227,295 @@ async fn a_social_process_killed_under_chat_load_loses_repeats_and_reorders_noth
         }
     }
     drop((gw_a, gw_b, social_1));
+    services.clean().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The `loadtest` binary beside `instar`, or `None` (skip) outside CI.
+fn loadtest_bin() -> Option<PathBuf> {
+    let loadtest = Path::new(env!("CARGO_BIN_EXE_instar")).with_file_name("loadtest");
+    if loadtest.exists() {
+        return Some(loadtest);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !ci,
+        "{} is missing: build the workspace",
+        loadtest.display()
+    );
+    eprintln!("note: {} is not built; skipping", loadtest.display());
+    None
+}
+
+/// Adds users `chat00001 ..= chat{n}` (the harness signs their tokens; no password needed).
+async fn seed_members(db_url: &str, n: usize) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(db_url)
+        .await
+        .unwrap();
+    for i in 1..=n {
+        let id = format!("chat{i:05}");
+        sqlx::query(
+            "INSERT INTO `user` (id, password, name, email, created_at) \
+             VALUES (?, NULL, ?, ?, 1700000000000000)",
+        )
+        .bind(&id)
+        .bind(format!("Chat {i}"))
+        .bind(format!("{id}@example.com"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+}
+
+/// A private MariaDB server on a free port with its data under a scratch directory, and a shell
+/// script that stops it, waits, and starts it again (the fault). Stopped and removed on drop.
+struct PrivateMariaDb {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivateMariaDb {
+    /// `None` (skip) when the MariaDB server binaries are missing outside CI.
+    fn start() -> Option<PrivateMariaDb> {
+        let found = ["mariadbd", "mariadb-install-db", "mariadb"]
+            .iter()
+            .all(|b| {
+                std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("command -v {b} || test -x /usr/sbin/{b}"))
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            });
+        if !found {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(!ci, "the MariaDB server is not installed: run scripts/test");
+            eprintln!("note: no MariaDB server binaries; skipping");
+            return None;
+        }
+        let dir = unique_dir("private-mariadb");
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = scaleout_support::free_port();
+        let user = String::from_utf8(
+            std::process::Command::new("id")
+                .arg("-un")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim()
+        .to_owned();
+        let d = dir.display();
+        let start = format!(
+            "PATH=$PATH:/usr/sbin; (setsid mariadbd --no-defaults --datadir={d}/data --port={port} \
+             --bind-address=127.0.0.1 --socket={d}/mysql.sock --pid-file={d}/mysqld.pid \
+             --user={user} --innodb-buffer-pool-size=32M --log-error={d}/error.log \
+             </dev/null >/dev/null 2>&1 &)"
+        );
+        let stop = format!(
+            "mariadb --no-defaults -S {d}/mysql.sock -u root -e SHUTDOWN; \
+             for i in $(seq 300); do [ -e {d}/mysqld.pid ] || break; sleep 0.1; done"
+        );
+        std::fs::write(dir.join("start.sh"), format!("#!/bin/sh\n{start}\n")).unwrap();
+        std::fs::write(dir.join("stop.sh"), format!("#!/bin/sh\n{stop}\n")).unwrap();
+        std::fs::write(
+            dir.join("restart.sh"),
+            format!("#!/bin/sh\nsh {d}/stop.sh\nsleep \"$1\"\nsh {d}/start.sh\n"),
+        )
+        .unwrap();
+        let install = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "PATH=$PATH:/usr/sbin mariadb-install-db --no-defaults --datadir={d}/data \
+                 --user={user} --auth-root-authentication-method=normal"
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            install.status.success(),
+            "{}",
+            String::from_utf8_lossy(&install.stderr)
+        );
+        let db = PrivateMariaDb { dir, port };
+        db.sh("start.sh", &[]);
+        let sock = db.dir.join("mysql.sock");
+        let mut ready = false;
+        for _ in 0..300 {
+            if sock.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                ready = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(ready, "the private MariaDB did not start");
+        let out = std::process::Command::new("mariadb")
+            .args(["--no-defaults", "-S"])
+            .arg(&sock)
+            .args(["-u", "root", "-e"])
+            .arg(
+                "CREATE USER 'instar'@'127.0.0.1' IDENTIFIED BY 'instar'; \
+                 GRANT ALL ON *.* TO 'instar'@'127.0.0.1';",
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(db)
+    }
+
+    fn sh(&self, script: &str, args: &[&str]) {
+        let status = std::process::Command::new("sh")
+            .arg(self.dir.join(script))
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{script} failed");
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!("mysql://instar:instar@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The fault command: stop the server, wait `seconds`, start it again.
+    fn restart_command(&self, seconds: u64) -> String {
+        format!("sh {} {seconds}", self.dir.join("restart.sh").display())
+    }
+}
+
+impl Drop for PrivateMariaDb {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("sh")
+            .arg(self.dir.join("stop.sh"))
+            .status();
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("mysqld.pid")) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid.trim()])
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_under_chat_load_loses_and_repeats_nothing() {
+    let Some(services) = Services::get("cdb") else {
+        return;
+    };
+    let Some(loadtest) = loadtest_bin() else {
+        return;
+    };
+    let Some(mariadb) = PrivateMariaDb::start() else {
+        return;
+    };
+    let db_url = mariadb.url("chat");
+    migrations::create_database(&db_url).await.unwrap();
+    let common = |extra: &[(&'static str, String)]| {
+        let mut v: Vec<(&'static str, String)> = vec![
+            ("INSTAR_AMQP_URL", services.amqp.clone()),
+            ("INSTAR_REDIS_URL", services.redis.clone()),
+            ("INSTAR_BUS_PREFIX", services.prefix.clone()),
+            ("INSTAR_JWT_SECRET", SECRET.into()),
+            ("INSTAR_DATABASE_URL", db_url.clone()),
+            ("INSTAR_LISTEN", "127.0.0.1:0".into()),
+            ("INSTAR_TCP_LISTEN", "off".into()),
+        ];
+        v.extend_from_slice(extra);
+        v
+    };
+    let social = Proc::spawn(
+        "social",
+        &["social"],
+        &common(&[("INSTAR_REDIS_PREFIX", format!("{}:", services.prefix))]),
+    )
+    .await;
+    let gw = Proc::spawn(
+        "gw",
+        &["gateway"],
+        &common(&[("INSTAR_NODE_ID", format!("{}g", services.prefix))]),
+    )
+    .await;
+    seed_members(&db_url, 4).await;
+
+    let dir = unique_dir("chat-db-outage");
+    std::fs::create_dir_all(&dir).unwrap();
+    let json_path = dir.join("report.json");
+    let out = tokio::process::Command::new(&loadtest)
+        .arg("faults")
+        .arg("--url")
+        .arg(format!("ws://{}/stomp", gw.addr))
+        .arg("--api")
+        .arg(social.base())
+        .args(["--jwt-secret", SECRET])
+        .args(["--rooms", "2", "--senders-per-room", "2"])
+        .args(["--rate", "100", "--duration", "14", "--drain", "40"])
+        .arg("--fault")
+        .arg(format!("3:{}", mariadb.restart_command(8)))
+        .arg("--database-url")
+        .arg(&db_url)
+        .args(["--connect-timeout", "10", "--timeout", "120", "--quiet"])
+        .arg("--json")
+        .arg(&json_path)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let f = &report["faults"];
+    let t = &f["tally"];
+    let n = |k: &str| t[k].as_u64().unwrap_or_else(|| panic!("{k}: {stdout}"));
+    let planned = report["parameters"]["messages_planned"].as_u64().unwrap();
+    assert!(planned >= 1300, "{stdout}");
+    // The gateway takes SENDs on the broker's word: all accepted while the database was away.
+    assert_eq!(n("accepted"), planned, "{stdout}");
+    for k in [
+        "lost",
+        "stored_twice",
+        "stored_unconfirmed",
+        "stored_refused",
+        "duplicated",
+        "undelivered",
+        "phantom",
+    ] {
+        assert_eq!(n(k), 0, "{k}: {stdout}");
+    }
+    assert_eq!(n("stored"), planned, "{stdout}");
+    assert_eq!(n("delivered"), planned, "{stdout}");
+    assert_eq!(f["out_of_order"], 0, "messages out of id order: {stdout}");
+    let fault = &f["faults"][0];
+    assert_eq!(fault["exit_code"], 0, "{stdout}");
+    // Deliveries paused while the database was away and resumed once it was back.
+    let resumed = fault["delivering_again_s"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("deliveries never resumed: {stdout}"));
+    assert!(
+        (7.0..30.0).contains(&resumed),
+        "delivering again after {resumed} s: {stdout}"
+    );
+    let http = reqwest::Client::new();
+    // Commands waited on the pool (10 s acquire timeout) and, past it, in the bus's retries
+    // (`a_command_is_retried_for_the_retry_time_then_dropped`); none was given up.
+    let retried = metric(&http, &social, "instar_bus_commands_retried_total").await;
+    eprintln!("commands retried by the bus: {retried:?}");
+    assert_eq!(
+        metric(&http, &social, "instar_bus_commands_failed_total").await,
+        Some(0.0)
+    );
+    drop((gw, social));
     services.clean().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -67,6 +67,8 @@ cleanup() {
   redis-cli -p "$RP" shutdown nosave >/dev/null 2>&1 || true
   "${M[@]}" -e "SHUTDOWN" >/dev/null 2>&1 || true
   sleep 1
+  # A server a fault restarted is not among `pids`: stop it by its pid file too.
+  [ -e "$W/mysql/mysqld.pid" ] && kill "$(cat "$W/mysql/mysqld.pid")" 2>/dev/null || true
   rm -rf "$W"
 }
 trap cleanup EXIT
