@@ -32,6 +32,9 @@ shift $(($# < 3 ? $# : 3))
 FAULTS=("$@")
 [ ${#FAULTS[@]} -eq 0 ] && FAULTS=(none gateway social rabbitmq redis mariadb)
 ROOMS=${ROOMS:-50}
+# Senders per room (1 or 2: with 2 both members of each DM send, from sessions on the two
+# gateways, and the report counts messages delivered out of message-id order).
+SENDERS=${SENDERS:-1}
 secret="faults-bench-secret-faults-bench-secret"
 W=$(mktemp -d /tmp/instar-faults.XXXXXX)
 chmod 755 "$W"
@@ -110,7 +113,7 @@ for fault in "${FAULTS[@]}"; do
   log "$fault: ${RATE} msg/s for ${DURATION} s, fault at ${FAULT_AT} s"
   "$BIN/loadtest" faults --url "ws://127.0.0.1:${gw_ports[0]}/stomp" \
     --url "ws://127.0.0.1:${gw_ports[1]}/stomp" --api "http://127.0.0.1:${social_ports[1]}" \
-    --jwt-secret "$secret" --rooms "$ROOMS" --rate "$RATE" --duration "$DURATION" \
+    --jwt-secret "$secret" --rooms "$ROOMS" --senders-per-room "$SENDERS" --rate "$RATE" --duration "$DURATION" \
     --database-url "$url" --fault "$FAULT_AT:$W/fault.sh $fault" --quiet \
     --json "$OUT/$fault.json" | tee "$OUT/$fault.txt"
   for f in gw-a gw-b social-a social-b; do kill "$(cat "$W/$f.pid")" 2>/dev/null || true; done
@@ -123,14 +126,15 @@ done
 python3 - "$OUT" "${FAULTS[@]}" <<'EOF'
 import json, sys
 out, faults = sys.argv[1], sys.argv[2:]
-print("| fault | attempted | accepted | stored | delivered | lost | stored twice | duplicated | not sent / unanswered | s until accepting | s until delivering |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| fault | attempted | accepted | stored | delivered | lost | stored twice | duplicated | out of id order | not sent / unanswered | s until accepting | s until delivering |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for f in faults:
     r = json.load(open(f"{out}/{f}.json"))
     t = r["faults"]["tally"]
     o = (r["faults"]["faults"] or [{}])[0]
     s = lambda v: "never" if v is None else f"{v:.2f}"
     print(f"| {f} | {t['attempted']} | {t['accepted']} | {t['stored']} | {t['delivered']} | {t['lost']} "
-          f"| {t['stored_twice']} | {t['duplicated']} | {t['not_sent']} / {t['unanswered']} "
+          f"| {t['stored_twice']} | {t['duplicated']} | {r['faults'].get('out_of_order', '-')} "
+          f"| {t['not_sent']} / {t['unanswered']} "
           f"| {s(o.get('accepting_again_s'))} | {s(o.get('delivering_again_s'))} |")
 EOF
