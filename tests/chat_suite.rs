@@ -8,7 +8,9 @@
 mod flow_support;
 mod scaleout_support;
 
-use flow_support::{Proc, SECRET, account, chat_suite, start, unique_dir};
+use flow_support::{
+    Proc, SECRET, account, chat_suite, loadtest_bin, run_loadtest, start, unique_dir,
+};
 use serde_json::json;
 use tokio::sync::Mutex;
 
@@ -173,45 +175,40 @@ async fn chat_suite_across_two_gateway_nodes_with_a_node_killed() {
 /// everything delivered once and in order, and every message found in the rooms' history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadtest_chat_scenario_counts_deliveries_and_persistence() {
-    let loadtest = std::path::Path::new(env!("CARGO_BIN_EXE_instar")).with_file_name("loadtest");
-    if !loadtest.exists() {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(
-            !ci,
-            "{} is missing: build the workspace",
-            loadtest.display()
-        );
-        eprintln!("note: {} is not built; skipping", loadtest.display());
+    let Some(loadtest) = loadtest_bin() else {
         return;
-    }
+    };
     let server = start().await;
     let http = reqwest::Client::new();
     for k in 1..=4 {
         account(&server.base, &server.log, &http, &format!("chat{k:05}")).await;
     }
-    let dir = unique_dir("loadtest-chat");
-    std::fs::create_dir_all(&dir).unwrap();
-    let json_path = dir.join("report.json");
-    let out = tokio::process::Command::new(&loadtest)
-        .arg("chat")
-        .arg("--url")
-        .arg(format!("ws://{}/stomp", server.proc.addr))
-        .args(["--jwt-secret", SECRET])
-        .args(["--rooms", "2", "--room-size", "2", "--rate", "200"])
-        .args(["--max-messages", "200", "--duration", "5", "--drain", "10"])
-        .args(["--timeout", "60", "--quiet", "--json"])
-        .arg(&json_path)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let url = format!("ws://{}/stomp", server.proc.addr);
+    let (report, stdout) = run_loadtest(
+        &loadtest,
+        [
+            "chat",
+            "--url",
+            &url,
+            "--jwt-secret",
+            SECRET,
+            "--rooms",
+            "2",
+            "--room-size",
+            "2",
+            "--rate",
+            "200",
+            "--max-messages",
+            "200",
+            "--duration",
+            "5",
+            "--drain",
+            "10",
+            "--timeout",
+            "60",
+        ],
+    )
+    .await;
     let m = &report["messages"];
     assert_eq!(m["sent"], 200, "{stdout}");
     assert_eq!(m["delivered"], 200, "{stdout}");
@@ -222,7 +219,6 @@ async fn loadtest_chat_scenario_counts_deliveries_and_persistence() {
     assert_eq!(p["persisted"], 200, "{stdout}");
     assert_eq!(p["missing"], 0, "{stdout}");
     assert_eq!(p["duplicated"], 0, "{stdout}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `loadtest faults` against `instar serve`, which is killed with SIGKILL two seconds into the
@@ -232,17 +228,9 @@ async fn loadtest_chat_scenario_counts_deliveries_and_persistence() {
 /// every stored message delivered, and the time until answers and deliveries resumed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadtest_fault_mode_accounts_for_a_killed_and_restarted_server() {
-    let loadtest = std::path::Path::new(env!("CARGO_BIN_EXE_instar")).with_file_name("loadtest");
-    if !loadtest.exists() {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(
-            !ci,
-            "{} is missing: build the workspace",
-            loadtest.display()
-        );
-        eprintln!("note: {} is not built; skipping", loadtest.display());
+    let Some(loadtest) = loadtest_bin() else {
         return;
-    }
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -259,15 +247,17 @@ async fn loadtest_fault_mode_accounts_for_a_killed_and_restarted_server() {
         account(&server.base, &server.log, &http, &format!("chat{k:05}")).await;
     }
     let pid = server.proc.child.id().unwrap();
-    let dir = unique_dir("loadtest-faults");
-    std::fs::create_dir_all(&dir).unwrap();
-    let json_path = dir.join("report.json");
-    let run = tokio::process::Command::new(&loadtest)
-        .arg("faults")
-        .arg("--url")
-        .arg(format!("ws://127.0.0.1:{port}/stomp"))
-        .args(["--jwt-secret", SECRET])
-        .args([
+    let url = format!("ws://127.0.0.1:{port}/stomp");
+    let fault = format!("2:kill -9 {pid}");
+    let db = format!("sqlite://{}", data.join("instar.db").display());
+    let run = run_loadtest(
+        &loadtest,
+        [
+            "faults",
+            "--url",
+            &url,
+            "--jwt-secret",
+            SECRET,
             "--rooms",
             "2",
             "--rate",
@@ -276,30 +266,22 @@ async fn loadtest_fault_mode_accounts_for_a_killed_and_restarted_server() {
             "8",
             "--drain",
             "20",
-        ])
-        .args([
             "--backoff-min-ms",
             "50",
             "--backoff-max-ms",
             "500",
             "--gap-ms",
             "50",
-        ])
-        .arg("--fault")
-        .arg(format!("2:kill -9 {pid}"))
-        .arg("--database-url")
-        .arg(format!("sqlite://{}", data.join("instar.db").display()))
-        .args([
+            "--fault",
+            &fault,
+            "--database-url",
+            &db,
             "--connect-timeout",
             "5",
             "--timeout",
             "90",
-            "--quiet",
-            "--json",
-        ])
-        .arg(&json_path)
-        .kill_on_drop(true)
-        .output();
+        ],
+    );
     let restart = tokio::time::timeout(std::time::Duration::from_secs(60), async {
         // The fault kills the server; start it again on the same port and data.
         let _ = server.proc.child.wait().await;
@@ -313,17 +295,8 @@ async fn loadtest_fault_mode_accounts_for_a_killed_and_restarted_server() {
         })
         .await
     });
-    let (out, again) = tokio::join!(run, restart);
-    let out = out.unwrap();
+    let ((report, stdout), again) = tokio::join!(run, restart);
     assert!(again.is_ok(), "the server was not killed by the fault");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
     let f = &report["faults"];
     let t = &f["tally"];
     let n = |k: &str| t[k].as_u64().unwrap_or_else(|| panic!("{k}: {stdout}"));
@@ -364,6 +337,5 @@ async fn loadtest_fault_mode_accounts_for_a_killed_and_restarted_server() {
             .unwrap_or_else(|| panic!("{k}: never recovered: {stdout}"));
         assert!(s > 0.0 && s < 30.0, "{k} = {s}: {stdout}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&data);
 }

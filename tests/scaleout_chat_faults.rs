@@ -16,22 +16,74 @@
 mod flow_support;
 mod scaleout_support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use flow_support::{Proc, SECRET, unique_dir};
+use flow_support::{Proc, SECRET, loadtest_bin, run_loadtest, unique_dir};
 use scaleout_support::{Services, eventually, service};
 
 /// Rooms of the run. Rooms 1..=6 of a fresh database hash to six different command shards of
 /// eight, so each of the two social processes (four shards each) owns some of them.
 const ROOMS: usize = 6;
 
-/// A value from a process's `/metrics`, if it answers.
-async fn metric(http: &reqwest::Client, proc: &Proc, name: &str) -> Option<f64> {
+/// The settings of an `instar gateway` or `instar social` process of the test's deployment, and
+/// `extra`.
+fn process_env(
+    services: &Services,
+    db_url: &str,
+    extra: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    let mut v: Vec<(&'static str, String)> = vec![
+        ("INSTAR_AMQP_URL", services.amqp.clone()),
+        ("INSTAR_REDIS_URL", services.redis.clone()),
+        ("INSTAR_BUS_PREFIX", services.prefix.clone()),
+        ("INSTAR_JWT_SECRET", SECRET.into()),
+        ("INSTAR_DATABASE_URL", db_url.to_owned()),
+        ("INSTAR_LISTEN", "127.0.0.1:0".into()),
+        ("INSTAR_TCP_LISTEN", "off".into()),
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// What both faults must leave: every SEND accepted (the gateways stayed up and take a SEND on the
+/// broker's word), each stored once and delivered once, in message-id order. Returns the messages
+/// of the run.
+fn assert_exactly_once(report: &serde_json::Value, stdout: &str) -> u64 {
+    let f = &report["faults"];
+    let t = &f["tally"];
+    let n = |k: &str| t[k].as_u64().unwrap_or_else(|| panic!("{k}: {stdout}"));
+    let planned = report["parameters"]["messages_planned"].as_u64().unwrap();
+    assert_eq!(n("attempted"), planned, "{stdout}");
+    assert_eq!(n("accepted"), planned, "{stdout}");
+    assert_eq!(f["stored_from"], "database", "{stdout}");
+    for k in [
+        "not_sent",
+        "refused",
+        "unanswered",
+        "lost",
+        "stored_twice",
+        "stored_unconfirmed",
+        "stored_refused",
+        "duplicated",
+        "undelivered",
+        "phantom",
+    ] {
+        assert_eq!(n(k), 0, "{k}: {stdout}");
+    }
+    assert_eq!(n("stored"), planned, "{stdout}");
+    assert_eq!(n("delivered"), planned, "{stdout}");
+    assert_eq!(f["out_of_order"], 0, "messages out of id order: {stdout}");
+    assert_eq!(f["faults"][0]["exit_code"], 0, "{stdout}");
+    planned
+}
+
+/// A value from the `/metrics` of the process at `base`, if it answers.
+async fn metric(http: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
     let text = http
-        .get(format!("{}/metrics", proc.base()))
+        .get(format!("{base}/metrics"))
         .timeout(Duration::from_secs(2))
         .send()
         .await
@@ -51,32 +103,12 @@ async fn a_social_process_killed_under_chat_load_loses_repeats_and_reorders_noth
     let Some(mysql) = service("INSTAR_TEST_MYSQL_URL") else {
         return;
     };
-    let loadtest = std::path::Path::new(env!("CARGO_BIN_EXE_instar")).with_file_name("loadtest");
-    if !loadtest.exists() {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(
-            !ci,
-            "{} is missing: build the workspace",
-            loadtest.display()
-        );
-        eprintln!("note: {} is not built; skipping", loadtest.display());
+    let Some(loadtest) = loadtest_bin() else {
         return;
-    }
+    };
     let db_url = format!("{}/{}", mysql.trim_end_matches('/'), services.prefix);
     migrations::create_database(&db_url).await.unwrap();
-    let common = |extra: &[(&'static str, String)]| {
-        let mut v: Vec<(&'static str, String)> = vec![
-            ("INSTAR_AMQP_URL", services.amqp.clone()),
-            ("INSTAR_REDIS_URL", services.redis.clone()),
-            ("INSTAR_BUS_PREFIX", services.prefix.clone()),
-            ("INSTAR_JWT_SECRET", SECRET.into()),
-            ("INSTAR_DATABASE_URL", db_url.clone()),
-            ("INSTAR_LISTEN", "127.0.0.1:0".into()),
-            ("INSTAR_TCP_LISTEN", "off".into()),
-        ];
-        v.extend_from_slice(extra);
-        v
-    };
+    let common = |extra: &[(&'static str, String)]| process_env(&services, &db_url, extra);
     let social_env = common(&[
         ("INSTAR_REDIS_PREFIX", format!("{}:", services.prefix)),
         ("INSTAR_WORKER_LEASE_TTL_MS", "1500".into()),
@@ -107,8 +139,8 @@ async fn a_social_process_killed_under_chat_load_loses_repeats_and_reorders_noth
         || {
             let (http, s1, s2) = (&http, &social_1, &social_2);
             async move {
-                metric(http, s1, owned).await == Some(4.0)
-                    && metric(http, s2, owned).await == Some(4.0)
+                metric(http, &s1.base(), owned).await == Some(4.0)
+                    && metric(http, &s2.base(), owned).await == Some(4.0)
             }
         },
     )
@@ -119,97 +151,66 @@ async fn a_social_process_killed_under_chat_load_loses_repeats_and_reorders_noth
     let watcher = {
         let (http, handled, base) = (http.clone(), handled_by_victim.clone(), social_2.base());
         tokio::spawn(async move {
-            loop {
-                let text = match http
-                    .get(format!("{base}/metrics"))
-                    .timeout(Duration::from_secs(1))
-                    .send()
-                    .await
-                {
-                    Ok(r) => r.text().await.unwrap_or_default(),
-                    Err(_) => return,
-                };
-                if let Some(n) = text.lines().find_map(|l| {
-                    l.strip_prefix("instar_bus_commands_handled_total ")?
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                }) {
-                    handled.store(n as u64, Ordering::SeqCst);
-                }
+            while let Some(n) = metric(&http, &base, "instar_bus_commands_handled_total").await {
+                handled.store(n as u64, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
     };
 
     let victim = social_2.child.id().unwrap();
-    let dir = unique_dir("chat-faults");
-    std::fs::create_dir_all(&dir).unwrap();
-    let json_path = dir.join("report.json");
-    let out = tokio::process::Command::new(&loadtest)
-        .arg("faults")
-        .arg("--url")
-        .arg(format!("ws://{}/stomp", gw_a.addr))
-        .arg("--url")
-        .arg(format!("ws://{}/stomp", gw_b.addr))
-        .arg("--api")
-        .arg(social_1.base())
-        .args(["--jwt-secret", SECRET])
-        .args(["--rooms", &ROOMS.to_string(), "--senders-per-room", "2"])
-        .args(["--rate", "400", "--duration", "8", "--drain", "25"])
-        .args(["--backoff-min-ms", "50", "--backoff-max-ms", "500"])
-        .arg("--fault")
-        .arg(format!("3:kill -9 {victim}"))
-        .arg("--database-url")
-        .arg(&db_url)
-        .args(["--connect-timeout", "10", "--timeout", "120", "--quiet"])
-        .arg("--json")
-        .arg(&json_path)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (urls, fault, rooms) = (
+        [gw_a.addr.as_str(), gw_b.addr.as_str()].map(|a| format!("ws://{a}/stomp")),
+        format!("3:kill -9 {victim}"),
+        ROOMS.to_string(),
     );
+    let (report, stdout) = run_loadtest(
+        &loadtest,
+        [
+            "faults",
+            "--url",
+            &urls[0],
+            "--url",
+            &urls[1],
+            "--api",
+            &social_1.base(),
+            "--jwt-secret",
+            SECRET,
+            "--rooms",
+            &rooms,
+            "--senders-per-room",
+            "2",
+            "--rate",
+            "400",
+            "--duration",
+            "8",
+            "--drain",
+            "25",
+            "--backoff-min-ms",
+            "50",
+            "--backoff-max-ms",
+            "500",
+            "--fault",
+            &fault,
+            "--database-url",
+            &db_url,
+            "--connect-timeout",
+            "10",
+            "--timeout",
+            "120",
+        ],
+    )
+    .await;
     let exited = tokio::time::timeout(Duration::from_secs(5), social_2.child.wait()).await;
     assert!(
         exited.is_ok_and(|s| s.is_ok()),
         "the fault did not kill social-2"
     );
     watcher.abort();
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
     eprintln!("{stdout}");
-    let f = &report["faults"];
-    let t = &f["tally"];
-    let n = |k: &str| t[k].as_u64().unwrap_or_else(|| panic!("{k}: {stdout}"));
-    let planned = report["parameters"]["messages_planned"].as_u64().unwrap();
+    let planned = assert_exactly_once(&report, &stdout);
     assert!(planned > 1500, "{stdout}");
-    assert_eq!(n("attempted"), planned, "{stdout}");
-    // Gateways stayed up: every SEND was written and answered.
-    assert_eq!(n("not_sent"), 0, "{stdout}");
-    assert_eq!(n("refused"), 0, "{stdout}");
-    assert_eq!(n("unanswered"), 0, "{stdout}");
-    assert_eq!(n("accepted"), planned, "{stdout}");
-    assert_eq!(f["stored_from"], "database", "{stdout}");
-    for k in [
-        "lost",
-        "stored_twice",
-        "stored_unconfirmed",
-        "stored_refused",
-        "duplicated",
-        "undelivered",
-        "phantom",
-    ] {
-        assert_eq!(n(k), 0, "{k}: {stdout}");
-    }
-    assert_eq!(n("stored"), planned, "{stdout}");
-    assert_eq!(n("delivered"), planned, "{stdout}");
-    assert_eq!(f["out_of_order"], 0, "messages out of id order: {stdout}");
+    let f = &report["faults"];
     // Nothing of the gateways broke: no session had to reconnect.
     assert_eq!(f["sender_reconnects"], 0, "{stdout}");
     assert_eq!(f["receiver_reconnects"], 0, "{stdout}");
@@ -218,33 +219,14 @@ async fn a_social_process_killed_under_chat_load_loses_repeats_and_reorders_noth
         "the killed process handled no command before it died: {stdout}"
     );
     // The survivor took every shard; deliveries resumed within the worker lease and some slack.
-    assert_eq!(metric(&http, &social_1, owned).await, Some(8.0));
-    let fault = &f["faults"][0];
-    assert_eq!(fault["exit_code"], 0, "{stdout}");
+    assert_eq!(metric(&http, &social_1.base(), owned).await, Some(8.0));
     for k in ["accepting_again_s", "delivering_again_s"] {
-        if let Some(s) = fault[k].as_f64() {
+        if let Some(s) = f["faults"][0][k].as_f64() {
             assert!(s < 15.0, "{k} = {s}: {stdout}");
         }
     }
     drop((gw_a, gw_b, social_1));
     services.clean().await;
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// The `loadtest` binary beside `instar`, or `None` (skip) outside CI.
-fn loadtest_bin() -> Option<PathBuf> {
-    let loadtest = Path::new(env!("CARGO_BIN_EXE_instar")).with_file_name("loadtest");
-    if loadtest.exists() {
-        return Some(loadtest);
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !ci,
-        "{} is missing: build the workspace",
-        loadtest.display()
-    );
-    eprintln!("note: {} is not built; skipping", loadtest.display());
-    None
 }
 
 /// Adds users `chat00001 ..= chat{n}` (the harness signs their tokens; no password needed).
@@ -416,19 +398,7 @@ async fn a_database_outage_under_chat_load_loses_and_repeats_nothing() {
     };
     let db_url = mariadb.url("chat");
     migrations::create_database(&db_url).await.unwrap();
-    let common = |extra: &[(&'static str, String)]| {
-        let mut v: Vec<(&'static str, String)> = vec![
-            ("INSTAR_AMQP_URL", services.amqp.clone()),
-            ("INSTAR_REDIS_URL", services.redis.clone()),
-            ("INSTAR_BUS_PREFIX", services.prefix.clone()),
-            ("INSTAR_JWT_SECRET", SECRET.into()),
-            ("INSTAR_DATABASE_URL", db_url.clone()),
-            ("INSTAR_LISTEN", "127.0.0.1:0".into()),
-            ("INSTAR_TCP_LISTEN", "off".into()),
-        ];
-        v.extend_from_slice(extra);
-        v
-    };
+    let common = |extra: &[(&'static str, String)]| process_env(&services, &db_url, extra);
     let social = Proc::spawn(
         "social",
         &["social"],
@@ -443,63 +413,46 @@ async fn a_database_outage_under_chat_load_loses_and_repeats_nothing() {
     .await;
     seed_members(&db_url, 4).await;
 
-    let dir = unique_dir("chat-db-outage");
-    std::fs::create_dir_all(&dir).unwrap();
-    let json_path = dir.join("report.json");
-    let out = tokio::process::Command::new(&loadtest)
-        .arg("faults")
-        .arg("--url")
-        .arg(format!("ws://{}/stomp", gw.addr))
-        .arg("--api")
-        .arg(social.base())
-        .args(["--jwt-secret", SECRET])
-        .args(["--rooms", "2", "--senders-per-room", "2"])
-        .args(["--rate", "100", "--duration", "14", "--drain", "40"])
-        .arg("--fault")
-        .arg(format!("3:{}", mariadb.restart_command(8)))
-        .arg("--database-url")
-        .arg(&db_url)
-        .args(["--connect-timeout", "10", "--timeout", "120", "--quiet"])
-        .arg("--json")
-        .arg(&json_path)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (url, fault) = (
+        format!("ws://{}/stomp", gw.addr),
+        format!("3:{}", mariadb.restart_command(8)),
     );
+    let (report, stdout) = run_loadtest(
+        &loadtest,
+        [
+            "faults",
+            "--url",
+            &url,
+            "--api",
+            &social.base(),
+            "--jwt-secret",
+            SECRET,
+            "--rooms",
+            "2",
+            "--senders-per-room",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "14",
+            "--drain",
+            "40",
+            "--fault",
+            &fault,
+            "--database-url",
+            &db_url,
+            "--connect-timeout",
+            "10",
+            "--timeout",
+            "120",
+        ],
+    )
+    .await;
     eprintln!("{stdout}");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
-    let f = &report["faults"];
-    let t = &f["tally"];
-    let n = |k: &str| t[k].as_u64().unwrap_or_else(|| panic!("{k}: {stdout}"));
-    let planned = report["parameters"]["messages_planned"].as_u64().unwrap();
+    let planned = assert_exactly_once(&report, &stdout);
     assert!(planned >= 1300, "{stdout}");
-    // The gateway takes SENDs on the broker's word: all accepted while the database was away.
-    assert_eq!(n("accepted"), planned, "{stdout}");
-    for k in [
-        "lost",
-        "stored_twice",
-        "stored_unconfirmed",
-        "stored_refused",
-        "duplicated",
-        "undelivered",
-        "phantom",
-    ] {
-        assert_eq!(n(k), 0, "{k}: {stdout}");
-    }
-    assert_eq!(n("stored"), planned, "{stdout}");
-    assert_eq!(n("delivered"), planned, "{stdout}");
-    assert_eq!(f["out_of_order"], 0, "messages out of id order: {stdout}");
-    let fault = &f["faults"][0];
-    assert_eq!(fault["exit_code"], 0, "{stdout}");
     // Deliveries paused while the database was away and resumed once it was back.
-    let resumed = fault["delivering_again_s"]
+    let resumed = report["faults"]["faults"][0]["delivering_again_s"]
         .as_f64()
         .unwrap_or_else(|| panic!("deliveries never resumed: {stdout}"));
     assert!(
@@ -509,13 +462,12 @@ async fn a_database_outage_under_chat_load_loses_and_repeats_nothing() {
     let http = reqwest::Client::new();
     // Commands waited on the pool (10 s acquire timeout) and, past it, in the bus's retries
     // (`a_command_is_retried_for_the_retry_time_then_dropped`); none was given up.
-    let retried = metric(&http, &social, "instar_bus_commands_retried_total").await;
+    let retried = metric(&http, &social.base(), "instar_bus_commands_retried_total").await;
     eprintln!("commands retried by the bus: {retried:?}");
     assert_eq!(
-        metric(&http, &social, "instar_bus_commands_failed_total").await,
+        metric(&http, &social.base(), "instar_bus_commands_failed_total").await,
         Some(0.0)
     );
     drop((gw, social));
     services.clean().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

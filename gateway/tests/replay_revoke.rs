@@ -507,6 +507,23 @@ async fn a_republished_message_reaches_a_live_session_once() {
     );
 }
 
+/// The next application command the gateway submitted.
+async fn next_command(gw: &mut TestGateway) -> broker_bridge::AppCommand {
+    tokio::time::timeout(Duration::from_secs(5), gw.commands.recv())
+        .await
+        .expect("a command within 5 s")
+        .expect("the gateway's command channel is open")
+}
+
+/// The values of `cmd`'s headers named `name`.
+fn header_values<'a>(cmd: &'a broker_bridge::AppCommand, name: &str) -> Vec<&'a str> {
+    cmd.headers
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
 /// Every application SEND leaves the gateway with a key of its own, unique across the deployment,
 /// by which the chat service recognises a redelivered command; a client cannot set it.
 #[tokio::test]
@@ -526,16 +543,8 @@ async fn every_command_gets_its_own_key_and_clients_cannot_set_it() {
         }
     }
     for _ in 0..6 {
-        let cmd = tokio::time::timeout(Duration::from_secs(5), gw.commands.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        let mine: Vec<&str> = cmd
-            .headers
-            .iter()
-            .filter(|(k, _)| k == broker_bridge::COMMAND_KEY_HEADER)
-            .map(|(_, v)| v.as_str())
-            .collect();
+        let cmd = next_command(&mut gw).await;
+        let mine = header_values(&cmd, broker_bridge::COMMAND_KEY_HEADER);
         assert_eq!(mine.len(), 1, "{:?}", cmd.headers);
         assert!(mine[0] != "forged" && mine[0].len() <= 64, "{mine:?}");
         keys.push(mine[0].to_owned());
@@ -570,16 +579,8 @@ async fn commands_are_keyed_by_room_and_clients_cannot_set_the_key() {
     }
     let mut keys = Vec::new();
     for _ in 0..bodies.len() {
-        let cmd = tokio::time::timeout(Duration::from_secs(5), gw.commands.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        let mine: Vec<&str> = cmd
-            .headers
-            .iter()
-            .filter(|(k, _)| k == broker_bridge::ORDER_KEY_HEADER)
-            .map(|(_, v)| v.as_str())
-            .collect();
+        let cmd = next_command(&mut gw).await;
+        let mine = header_values(&cmd, broker_bridge::ORDER_KEY_HEADER);
         assert!(mine.len() <= 1, "{:?}", cmd.headers);
         keys.push((
             mine.first().map(|k| (*k).to_owned()),

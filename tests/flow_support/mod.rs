@@ -125,6 +125,53 @@ pub async fn start_with(extra: &[(&str, String)]) -> Server {
     }
 }
 
+/// The `loadtest` binary a workspace build puts next to `instar`; `None` (the test skips, with a
+/// note) when it is missing outside CI.
+pub fn loadtest_bin() -> Option<std::path::PathBuf> {
+    let loadtest = std::path::Path::new(env!("CARGO_BIN_EXE_instar")).with_file_name("loadtest");
+    if loadtest.exists() {
+        return Some(loadtest);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !ci,
+        "{} is missing: build the workspace",
+        loadtest.display()
+    );
+    eprintln!("note: {} is not built; skipping", loadtest.display());
+    None
+}
+
+/// Runs `loadtest <args> --quiet --json <file>` to its end and asserts it succeeded; returns its
+/// JSON report and its printed summary (for assertion messages).
+pub async fn run_loadtest<I, A>(loadtest: &std::path::Path, args: I) -> (Value, String)
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<std::ffi::OsStr>,
+{
+    let dir = unique_dir("loadtest");
+    std::fs::create_dir_all(&dir).unwrap();
+    let json_path = dir.join("report.json");
+    let out = Command::new(loadtest)
+        .args(args)
+        .arg("--quiet")
+        .arg("--json")
+        .arg(&json_path)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (report, stdout)
+}
+
 pub async fn call(req: reqwest::RequestBuilder) -> (u16, Value) {
     let res = req.send().await.unwrap();
     let status = res.status().as_u16();

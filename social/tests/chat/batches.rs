@@ -314,12 +314,11 @@ async fn delivered_rows_are_deleted_together(db: Db) {
 }
 on_both!(delivered_rows_are_deleted_together);
 
-/// A batch's outbox row names its messages; the sweeper rebuilds their pushes from the store.
-async fn a_batch_row_left_behind_is_rebuilt_from_the_store(db: Db) {
-    let (app, alice, room, mut link) = dm_with_link(db).await;
-    let ids = insert_messages(&app, room, "alice01", 2).await;
+/// Writes the outbox row a writer leaves for a batch of messages `ids` (what a process that died
+/// between the batch's commit and its pushes leaves), created `age_micros` ago.
+async fn left_behind(app: &TestApp, ids: &[i64], age_micros: i64) {
     let mut tx = app.ctx.store.write().await.unwrap();
-    let body = serde_json::to_vec(&ids).unwrap();
+    let body = serde_json::to_vec(ids).unwrap();
     social::store::chat::outbox_insert(
         tx.conn(),
         &social::store::chat::NewOutbox {
@@ -329,11 +328,18 @@ async fn a_batch_row_left_behind_is_rebuilt_from_the_store(db: Db) {
             headers: None,
             body: &body,
         },
-        social::time::now_micros() - 10_000_000,
+        social::time::now_micros() - age_micros,
     )
     .await
     .unwrap();
     tx.commit().await.unwrap();
+}
+
+/// A batch's outbox row names its messages; the sweeper rebuilds their pushes from the store.
+async fn a_batch_row_left_behind_is_rebuilt_from_the_store(db: Db) {
+    let (app, alice, room, mut link) = dm_with_link(db).await;
+    let ids = insert_messages(&app, room, "alice01", 2).await;
+    left_behind(&app, &ids, 10_000_000).await;
 
     let mut topic = Vec::new();
     let mut alarms = Vec::new();
@@ -838,21 +844,8 @@ async fn a_redelivered_send_publishes_what_its_dead_writer_left_first(db: Db) {
         .execute(tx.conn())
         .await
         .unwrap();
-    let body = serde_json::to_vec(&ids).unwrap();
-    social::store::chat::outbox_insert(
-        tx.conn(),
-        &social::store::chat::NewOutbox {
-            target: social::chat::writer::MESSAGES_TARGET,
-            destination: "/topic/chat",
-            content_type: Some("application/json"),
-            headers: None,
-            body: &body,
-        },
-        social::time::now_micros() - 2_000_000,
-    )
-    .await
-    .unwrap();
     tx.commit().await.unwrap();
+    left_behind(&app, &ids, 2_000_000).await;
 
     // The redelivered send and the room's next message, in one batch.
     let writer = SendWriter::start(&app.ctx, 1).unwrap();
