@@ -28,14 +28,16 @@ use scaleout_support::{Services, eventually, service};
 /// eight, so each of the two social processes (four shards each) owns some of them.
 const ROOMS: usize = 6;
 
-/// The settings of an `instar gateway` or `instar social` process of the test's deployment, and
-/// `extra`.
-fn process_env(
+/// Starts `instar <command>` (`gateway` or `social`) of the test's deployment, with `extra`
+/// settings.
+async fn start(
+    command: &str,
+    tag: &str,
     services: &Services,
     db_url: &str,
     extra: &[(&'static str, String)],
-) -> Vec<(&'static str, String)> {
-    let mut v: Vec<(&'static str, String)> = vec![
+) -> Proc {
+    let mut env: Vec<(&'static str, String)> = vec![
         ("INSTAR_AMQP_URL", services.amqp.clone()),
         ("INSTAR_REDIS_URL", services.redis.clone()),
         ("INSTAR_BUS_PREFIX", services.prefix.clone()),
@@ -44,8 +46,13 @@ fn process_env(
         ("INSTAR_LISTEN", "127.0.0.1:0".into()),
         ("INSTAR_TCP_LISTEN", "off".into()),
     ];
-    v.extend_from_slice(extra);
-    v
+    if command == "social" {
+        env.push(("INSTAR_REDIS_PREFIX", format!("{}:", services.prefix)));
+    } else {
+        env.push(("INSTAR_NODE_ID", format!("{}{tag}", services.prefix)));
+    }
+    env.extend_from_slice(extra);
+    Proc::spawn(tag, &[command], &env).await
 }
 
 /// What both faults must leave: every SEND accepted (the gateways stayed up and take a SEND on the
@@ -108,27 +115,12 @@ async fn a_social_process_killed_under_chat_load_loses_repeats_and_reorders_noth
     };
     let db_url = format!("{}/{}", mysql.trim_end_matches('/'), services.prefix);
     migrations::create_database(&db_url).await.unwrap();
-    let common = |extra: &[(&'static str, String)]| process_env(&services, &db_url, extra);
-    let social_env = common(&[
-        ("INSTAR_REDIS_PREFIX", format!("{}:", services.prefix)),
-        ("INSTAR_WORKER_LEASE_TTL_MS", "1500".into()),
-    ]);
+    let lease = [("INSTAR_WORKER_LEASE_TTL_MS", "1500".to_owned())];
     // One after the other: the first migrates the database.
-    let social_1 = Proc::spawn("social-1", &["social"], &social_env).await;
-    let mut social_2 = Proc::spawn("social-2", &["social"], &social_env).await;
-    let gw_a = Proc::spawn(
-        "gw-a",
-        &["gateway"],
-        &common(&[("INSTAR_NODE_ID", format!("{}a", services.prefix))]),
-    )
-    .await;
-    let gw_b = Proc::spawn(
-        "gw-b",
-        &["gateway"],
-        &common(&[("INSTAR_NODE_ID", format!("{}b", services.prefix))]),
-    )
-    .await;
-
+    let social_1 = start("social", "social-1", &services, &db_url, &lease).await;
+    let mut social_2 = start("social", "social-2", &services, &db_url, &lease).await;
+    let gw_a = start("gateway", "gw-a", &services, &db_url, &[]).await;
+    let gw_b = start("gateway", "gw-b", &services, &db_url, &[]).await;
     seed_members(&db_url, 2 * ROOMS).await;
 
     let http = reqwest::Client::new();
@@ -398,19 +390,8 @@ async fn a_database_outage_under_chat_load_loses_and_repeats_nothing() {
     };
     let db_url = mariadb.url("chat");
     migrations::create_database(&db_url).await.unwrap();
-    let common = |extra: &[(&'static str, String)]| process_env(&services, &db_url, extra);
-    let social = Proc::spawn(
-        "social",
-        &["social"],
-        &common(&[("INSTAR_REDIS_PREFIX", format!("{}:", services.prefix))]),
-    )
-    .await;
-    let gw = Proc::spawn(
-        "gw",
-        &["gateway"],
-        &common(&[("INSTAR_NODE_ID", format!("{}g", services.prefix))]),
-    )
-    .await;
+    let social = start("social", "social", &services, &db_url, &[]).await;
+    let gw = start("gateway", "gw", &services, &db_url, &[]).await;
     seed_members(&db_url, 4).await;
 
     let (url, fault) = (
