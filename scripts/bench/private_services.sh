@@ -62,7 +62,8 @@ rabbitmqctl await_startup >/dev/null
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # Only our processes: a bare `wait` would also wait for the RabbitMQ server, stopped below.
+  if [ ${#pids[@]} -gt 0 ]; then wait "${pids[@]}" 2>/dev/null || true; fi
   rabbitmqctl stop >/dev/null 2>&1 || true
   redis-cli -p "$RP" shutdown nosave >/dev/null 2>&1 || true
   "${M[@]}" -e "SHUTDOWN" >/dev/null 2>&1 || true
