@@ -331,14 +331,10 @@ async fn serve(cfg: config::Settings) -> anyhow::Result<()> {
         .or(frontend)
         .unify()
         .boxed();
-    let (addr, http) = gateway::server::serve_http_on(
-        routes,
-        listener,
-        cfg.http_limits.clone(),
-        gw.http_stats.clone(),
-        gw.shutdown.clone(),
-    )
-    .with_context(|| format!("serving HTTP on {}", cfg.listen))?;
+    // One connection budget for this port and the STOMP/TCP one (GatewayConfig::tcp_limits is
+    // cfg.http_limits).
+    let (addr, http) = gateway::server::serve_node_http(&gw, routes, listener)
+        .with_context(|| format!("serving HTTP on {}", cfg.listen))?;
     tracing::info!(%addr, "HTTP listening: /api (REST), /media, /stomp (STOMP over WebSocket), /ws (SockJS)");
     let http = tokio::spawn(http);
 

@@ -60,15 +60,12 @@ pub(crate) async fn run(cfg: NodeSettings) -> anyhow::Result<()> {
     .await
     .context("attaching the gateway node to the bus")?;
 
-    let (addr, http) = gateway::server::serve_http(
-        gw.routes(),
-        cfg.listen,
-        cfg.http_limits.clone(),
-        gw.http_stats.clone(),
-        gw.shutdown.clone(),
-    )
-    .await
-    .with_context(|| format!("binding HTTP on {}", cfg.listen))?;
+    // One connection budget for this port and the STOMP/TCP one (GatewayConfig::tcp_limits is
+    // cfg.http_limits).
+    let listener = gateway::server::bind_nodelay(cfg.listen)
+        .with_context(|| format!("binding HTTP on {}", cfg.listen))?;
+    let (addr, http) = gateway::server::serve_node_http(&gw, gw.routes(), listener)
+        .with_context(|| format!("binding HTTP on {}", cfg.listen))?;
     tracing::info!(%addr, node = %node, "HTTP listening: /stomp (STOMP over WebSocket), /ws (SockJS), /health");
     let http = tokio::spawn(http);
 

@@ -373,6 +373,16 @@ async fn a_connection_flood_is_refused_beyond_the_caps_while_health_answers() {
     assert_eq!(counter(&metrics, "instar_http_connections_limit"), 60);
 }
 
+/// The status a fresh HTTP connection from `from` is answered with at once without asking
+/// (503 when a cap refuses it), or `None` when it is held open.
+async fn refused_http(from: &str, to: SocketAddr) -> Option<u16> {
+    let mut s = connect_from(from, to).await;
+    let reply = tokio::time::timeout(Duration::from_millis(500), read_to_close(&mut s))
+        .await
+        .ok()?;
+    status(&reply)
+}
+
 /// Whether a fresh STOMP/TCP connection from `from` is held open (true) or refused at once
 /// with the cap's ERROR (false).
 async fn tcp_held(from: &str, to: SocketAddr) -> (bool, Option<TcpStream>) {
@@ -392,8 +402,12 @@ async fn tcp_held(from: &str, to: SocketAddr) -> (bool, Option<TcpStream>) {
     }
 }
 
+/// The raw STOMP/TCP listener takes its connections from the HTTP listener's budget: the
+/// per-address and global caps count both (two budgets let them hold twice the cap together, and
+/// each is sized to the open-file limit). A refused TCP connection gets the cap's ERROR, a
+/// refused HTTP one a 503; places come back to both as connections close.
 #[tokio::test]
-async fn the_stomp_tcp_listener_is_capped_like_the_http_listener() {
+async fn the_stomp_tcp_listener_shares_the_http_listeners_connection_caps() {
     let tcp_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -431,20 +445,38 @@ async fn the_stomp_tcp_listener_is_capped_like_the_http_listener() {
         }
     }
     assert_eq!((held.len(), refused), (10, 30), "the per-address cap holds");
-    // Two more addresses fill the global cap (30): one more is refused; HTTP still answers.
-    for from in ["127.0.0.2", "127.0.0.3"] {
-        for _ in 0..10 {
-            let (ok, s) = tcp_held(from, tcp).await;
-            assert!(ok, "{from} is under its cap");
-            held.extend(s);
-        }
+    // One budget for both listeners: that address gets no HTTP connection either.
+    assert_eq!(refused_http("127.0.0.1", addr).await, Some(503));
+    // An address holding HTTP connections has that much less for TCP: 5 + 5 of 10.
+    let mut http_held = Vec::new();
+    for _ in 0..5 {
+        http_held.push(connect_from("127.0.0.2", addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..5 {
+        let (ok, s) = tcp_held("127.0.0.2", tcp).await;
+        assert!(ok, "127.0.0.2 is under its cap");
+        held.extend(s);
+    }
+    assert!(
+        !tcp_held("127.0.0.2", tcp).await.0,
+        "HTTP and TCP share the address's cap"
+    );
+    // A third address fills the global cap (30 over both listeners): one more connection is
+    // refused on either.
+    for _ in 0..10 {
+        let (ok, s) = tcp_held("127.0.0.3", tcp).await;
+        assert!(ok, "127.0.0.3 is under its cap");
+        held.extend(s);
     }
     assert!(!tcp_held("127.0.0.4", tcp).await.0, "the global cap holds");
-    assert_eq!(get_from("127.0.0.4", addr, "/health/live").await, 200);
-    // Places come back as connections close.
+    assert_eq!(refused_http("127.0.0.4", addr).await, Some(503));
+    // Places come back as connections close, to both listeners.
     drop(held);
+    drop(http_held);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(tcp_held("127.0.0.1", tcp).await.0);
+    assert_eq!(get_from("127.0.0.4", addr, "/health/live").await, 200);
     let metrics = metrics(addr).await;
     assert!(
         counter(

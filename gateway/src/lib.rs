@@ -96,6 +96,10 @@ pub struct Gateway {
     pub http_stats: Arc<listen::ConnStats>,
     /// The counters of the raw STOMP/TCP listener ([`serve_tcp`]).
     pub tcp_stats: Arc<listen::ConnStats>,
+    /// The node's connection budget ([`GatewayConfig::tcp_limits`]), counted in `http_stats`:
+    /// the HTTP listener takes its places from it ([`server::serve_node_http`]) and the raw
+    /// STOMP/TCP listener from a share of it counted in `tcp_stats`.
+    pub conn_caps: listen::Caps,
     /// The counters of the SockJS endpoint of [`Gateway::routes`].
     pub sockjs_metrics: sockjs::SockJsMetrics,
     /// Cancelled to drain and close every session.

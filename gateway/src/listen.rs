@@ -249,16 +249,19 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
 /// Connections open per address group.
 type PerAddress = Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>;
 
-/// The connection caps of one listener: [`HttpLimits::max_connections`] (lowered to fit the
-/// file-descriptor limit) and [`HttpLimits::max_connections_per_address`], except
-/// [`HttpLimits::cap_exempt`]. [`serve`] keeps one; the raw STOMP/TCP listener another, with the
-/// same limits.
+/// Connection caps: [`HttpLimits::max_connections`] (lowered to fit the file-descriptor limit)
+/// and [`HttpLimits::max_connections_per_address`], except [`HttpLimits::cap_exempt`]. A gateway
+/// node's HTTP listener and its raw STOMP/TCP listener take their places from one budget
+/// ([`Caps::share`]): two budgets let the two listeners together hold twice the cap, and each
+/// cap is sized to the open-file limit, so together they could run the process out of file
+/// descriptors (its database, Redis and RabbitMQ connections included).
 #[derive(Debug, Clone)]
 pub struct Caps {
     global: Arc<Semaphore>,
     per_address: PerAddress,
     limits: Arc<HttpLimits>,
     stats: Arc<ConnStats>,
+    cap: usize,
 }
 
 impl Caps {
@@ -271,7 +274,26 @@ impl Caps {
             per_address: Arc::default(),
             limits: Arc::new(limits),
             stats,
+            cap,
         }
+    }
+
+    /// The same budget (global and per-address places, limits) for another listener, whose
+    /// connections and refusals are counted in `stats`.
+    pub fn share(&self, stats: Arc<ConnStats>) -> Self {
+        stats.cap.store(self.cap as u64, Relaxed);
+        Self {
+            global: self.global.clone(),
+            per_address: self.per_address.clone(),
+            limits: self.limits.clone(),
+            stats,
+            cap: self.cap,
+        }
+    }
+
+    /// The limits the places are taken under (and the listener's timeouts).
+    pub fn limits(&self) -> &HttpLimits {
+        &self.limits
     }
 
     /// A place for a connection from `ip` (held until dropped), or `None` when a cap is met
@@ -546,8 +568,19 @@ pub fn serve(
     stats: Arc<ConnStats>,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let caps = Caps::new(limits.clone(), stats.clone());
-    let limits = Arc::new(limits);
+    serve_with(routes, listener, Caps::new(limits, stats), shutdown)
+}
+
+/// [`serve`] taking its places from `caps` (a budget it may share with another listener), under
+/// their limits.
+pub fn serve_with(
+    routes: warp::filters::BoxedFilter<(Box<dyn warp::Reply>,)>,
+    listener: TcpListener,
+    caps: Caps,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let limits = caps.limits.clone();
+    let stats = caps.stats.clone();
     let service = warp::service(routes);
     async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();

@@ -68,9 +68,10 @@ pub struct GatewayConfig {
     /// ([`crate::order`]): commands with one value are handled by one process at a time. Empty:
     /// commands are placed by session only.
     pub command_order_field: String,
-    /// Connection caps of the raw STOMP/TCP listener ([`serve_tcp`]): the HTTP listener's
-    /// `max_connections`, `max_connections_per_address` and `cap_exempt` (its timeouts do not
-    /// apply).
+    /// The node's connection limits: `max_connections`, `max_connections_per_address` and
+    /// `cap_exempt`, one budget shared by its HTTP listener ([`serve_node_http`], which also takes
+    /// the timeouts from here) and its raw STOMP/TCP listener ([`serve_tcp`], to which the
+    /// timeouts do not apply).
     pub tcp_limits: crate::listen::HttpLimits,
 }
 
@@ -195,6 +196,8 @@ impl Gateway {
         );
         let registry = bus.registry().clone();
         let send_buffer = Arc::new(crate::sendbuf::SendBuffer::new(config.send_buffer));
+        let http_stats: Arc<crate::listen::ConnStats> = Arc::default();
+        let conn_caps = crate::listen::Caps::new(config.tcp_limits.clone(), http_stats.clone());
         let gw = Arc::new(Gateway {
             send_buffer,
             node,
@@ -208,8 +211,9 @@ impl Gateway {
             metrics: Metrics::default(),
             counted: crate::metrics::Counted::register(&metrics),
             metrics_registry: metrics,
-            http_stats: Arc::default(),
+            http_stats,
             tcp_stats: Arc::default(),
+            conn_caps,
             sockjs_metrics: sockjs::SockJsMetrics::default(),
             shutdown: CancellationToken::new(),
             user_sessions: parking_lot::Mutex::default(),
@@ -378,10 +382,10 @@ pub fn choose_subprotocol(offered: &str) -> Option<&'static str> {
 
 /// Accepts raw STOMP over TCP until the gateway shuts down.
 pub async fn serve_tcp(gw: Arc<Gateway>, listener: TcpListener) {
-    // The HTTP listener's caps, kept apart: at most `max_connections` at once and
-    // `max_connections_per_address` from one address (the proxies exempt), counted in
-    // `instar_tcp_connections_*`.
-    let caps = crate::listen::Caps::new(gw.config.tcp_limits.clone(), gw.tcp_stats.clone());
+    // The node's budget, shared with its HTTP listener: at most `max_connections` at once and
+    // `max_connections_per_address` from one address (the proxies exempt) over both, the TCP
+    // side counted in `instar_tcp_connections_*`.
+    let caps = gw.conn_caps.share(gw.tcp_stats.clone());
     loop {
         tokio::select! {
             () = gw.shutdown.cancelled() => break,
@@ -449,6 +453,21 @@ pub async fn serve_http(
 }
 
 /// [`serve_http`] on a listener bound already (e.g. to learn its port before the routes exist).
+/// Serves a gateway node's routes on `listener` with the node's connection budget
+/// ([`Gateway::conn_caps`], shared with its STOMP/TCP listener) and limits, until the node shuts
+/// down.
+pub fn serve_node_http(
+    gw: &Gateway,
+    routes: warp::filters::BoxedFilter<(Box<dyn warp::Reply>,)>,
+    listener: TcpListener,
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()> + use<>)> {
+    let local = listener.local_addr()?;
+    Ok((
+        local,
+        crate::listen::serve_with(routes, listener, gw.conn_caps.clone(), gw.shutdown.clone()),
+    ))
+}
+
 pub fn serve_http_on(
     routes: warp::filters::BoxedFilter<(Box<dyn warp::Reply>,)>,
     listener: TcpListener,

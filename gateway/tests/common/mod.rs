@@ -113,15 +113,11 @@ impl TestGateway {
         let gw = Gateway::start("test-node".into(), config, SECRET, bus.clone(), policy)
             .await
             .expect("gateway starts");
-        let (http, fut) = gateway::server::serve_http(
-            gw.routes(),
-            "127.0.0.1:0".parse().unwrap(),
-            gateway::listen::HttpLimits::default(),
-            gw.http_stats.clone(),
-            gw.shutdown.clone(),
-        )
-        .await
-        .expect("http binds");
+        // As a node serves: one connection budget for HTTP and raw TCP.
+        let listener =
+            gateway::server::bind_nodelay("127.0.0.1:0".parse().unwrap()).expect("http binds");
+        let (http, fut) =
+            gateway::server::serve_node_http(&gw, gw.routes(), listener).expect("http binds");
         tokio::spawn(fut);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
