@@ -60,12 +60,13 @@ pub(crate) struct Http {
     pub http_idle_timeout_secs: u64,
     /// HTTP connections open at once (WebSockets included); lowered to the open-file limit less
     /// an eighth (at least 128 kept for the database, Redis, logs and health checks). One more
-    /// is answered 503 and closed. The raw STOMP/TCP listener has the same cap of its own (one
-    /// more gets an ERROR and is closed).
+    /// is answered 503 and closed. The raw STOMP/TCP listener of the same process counts against
+    /// the same cap (one more gets an ERROR and is closed).
     #[arg(long, default_value_t = gateway::listen::HttpLimits::default().max_connections)]
     pub http_max_connections: usize,
     /// HTTP connections open at once from one client address (IPv6: one /64), except
-    /// trusted_proxies; 0: unlimited. The raw STOMP/TCP listener has the same caps.
+    /// trusted_proxies; 0: unlimited. Connections to the raw STOMP/TCP listener of the same
+    /// process count against the same cap.
     #[arg(long, default_value_t = gateway::listen::HttpLimits::default().max_connections_per_address)]
     pub http_max_connections_per_address: usize,
     /// The proxies in front (addresses or CIDRs, comma-separated; `none` for none): their
