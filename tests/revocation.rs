@@ -78,17 +78,7 @@ async fn revoked_tokens_close_live_sessions_and_are_refused_on_every_process() {
     let db_url = format!("{}/{}", mysql.trim_end_matches('/'), services.prefix);
     migrations::create_database(&db_url).await.unwrap();
     let media = unique_dir("revoke-media");
-    let common = |extra: &[(&'static str, String)]| {
-        let mut v: Vec<(&'static str, String)> = vec![
-            ("INSTAR_AMQP_URL", services.amqp.clone()),
-            ("INSTAR_REDIS_URL", services.redis.clone()),
-            ("INSTAR_BUS_PREFIX", services.prefix.clone()),
-            ("INSTAR_JWT_SECRET", SECRET.into()),
-            ("INSTAR_LISTEN", "127.0.0.1:0".into()),
-        ];
-        v.extend_from_slice(extra);
-        v
-    };
+    let common = |extra: &[(&'static str, String)]| services.process_env(SECRET, extra);
     let social = Proc::spawn(
         "social",
         &["social"],

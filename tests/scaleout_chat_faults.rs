@@ -37,15 +37,13 @@ async fn start(
     db_url: &str,
     extra: &[(&'static str, String)],
 ) -> Proc {
-    let mut env: Vec<(&'static str, String)> = vec![
-        ("INSTAR_AMQP_URL", services.amqp.clone()),
-        ("INSTAR_REDIS_URL", services.redis.clone()),
-        ("INSTAR_BUS_PREFIX", services.prefix.clone()),
-        ("INSTAR_JWT_SECRET", SECRET.into()),
-        ("INSTAR_DATABASE_URL", db_url.to_owned()),
-        ("INSTAR_LISTEN", "127.0.0.1:0".into()),
-        ("INSTAR_TCP_LISTEN", "off".into()),
-    ];
+    let mut env = services.process_env(
+        SECRET,
+        &[
+            ("INSTAR_DATABASE_URL", db_url.to_owned()),
+            ("INSTAR_TCP_LISTEN", "off".into()),
+        ],
+    );
     if command == "social" {
         env.push(("INSTAR_REDIS_PREFIX", format!("{}:", services.prefix)));
     } else {

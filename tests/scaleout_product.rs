@@ -140,16 +140,10 @@ async fn the_product_through_nginx_with_two_gateways_and_two_social_processes() 
     let port = free_port();
     let site = format!("http://127.0.0.1:{port}");
     let common = |extra: &[(&'static str, String)]| {
-        let mut v: Vec<(&'static str, String)> = vec![
-            ("INSTAR_AMQP_URL", services.amqp.clone()),
-            ("INSTAR_REDIS_URL", services.redis.clone()),
-            ("INSTAR_BUS_PREFIX", services.prefix.clone()),
-            ("INSTAR_JWT_SECRET", SECRET.into()),
-            ("INSTAR_DATABASE_URL", db_url.clone()),
-            ("INSTAR_LISTEN", "127.0.0.1:0".into()),
-        ];
-        v.extend_from_slice(extra);
-        v
+        services.process_env(
+            SECRET,
+            &[&[("INSTAR_DATABASE_URL", db_url.clone())], extra].concat(),
+        )
     };
     let social_env = common(&[
         ("INSTAR_REDIS_PREFIX", format!("{}:", services.prefix)),

@@ -224,19 +224,13 @@ async fn one_chat_message_shares_a_trace_id_on_both_gateways_and_the_social_proc
     let data = std::env::temp_dir().join(format!("instar-{}", services.prefix));
     let collector = Collector::start().await;
     let common = |extra: &[(&'static str, String)]| {
-        let mut v: Vec<(&'static str, String)> = vec![
-            ("INSTAR_AMQP_URL", services.amqp.clone()),
-            ("INSTAR_REDIS_URL", services.redis.clone()),
-            ("INSTAR_BUS_PREFIX", services.prefix.clone()),
-            ("INSTAR_JWT_SECRET", SECRET.into()),
+        let shared = [
             ("INSTAR_DATABASE_URL", db_url.clone()),
-            ("INSTAR_LISTEN", "127.0.0.1:0".into()),
             ("INSTAR_OTLP_ENDPOINT", collector.url.clone()),
             // Batches every 100 ms (the social process overrides it).
             ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
         ];
-        v.extend_from_slice(extra);
-        v
+        services.process_env(SECRET, &[&shared[..], extra].concat())
     };
     let social = Proc::spawn(
         "social",

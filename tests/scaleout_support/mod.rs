@@ -84,6 +84,25 @@ impl Services {
         })
     }
 
+    /// The settings every `instar gateway` and `instar social` process of the test's deployment
+    /// shares (its RabbitMQ, Redis and bus prefix, tokens signed with `secret`, an HTTP listener
+    /// on a free loopback port), then `extra`.
+    pub fn process_env(
+        &self,
+        secret: &str,
+        extra: &[(&'static str, String)],
+    ) -> Vec<(&'static str, String)> {
+        let mut v: Vec<(&'static str, String)> = vec![
+            ("INSTAR_AMQP_URL", self.amqp.clone()),
+            ("INSTAR_REDIS_URL", self.redis.clone()),
+            ("INSTAR_BUS_PREFIX", self.prefix.clone()),
+            ("INSTAR_JWT_SECRET", secret.to_owned()),
+            ("INSTAR_LISTEN", "127.0.0.1:0".into()),
+        ];
+        v.extend_from_slice(extra);
+        v
+    }
+
     /// Deletes the test's exchanges and command queues (after the nodes are gone).
     pub async fn clean(&self) {
         let config = broker_bridge::AmqpConfig::new(&self.amqp).with_prefix(&self.prefix);
