@@ -123,12 +123,19 @@ pub struct BusMetrics {
 }
 
 /// An implementation of the bus. Private so that implementations live in this crate.
+/// What [`Bus::on_shards_gained`] runs: a future made anew for each gain.
+pub type ShardsGained =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
 #[async_trait]
 pub(crate) trait BusBackend: Send + Sync + fmt::Debug + 'static {
     async fn open_node(&self, node: NodeId) -> Result<NodeLink, BusError>;
     async fn publish(&self, target: Target, envelope: Envelope) -> Result<(), BusError>;
     async fn submit(&self, cmd: AppCommand) -> Result<(), BusError>;
     fn register_handler(&self, prefix: &str, handler: Arc<dyn AppHandler>);
+    /// Sets what runs before this process starts consuming command shards it gained (default:
+    /// nothing; the in-process bus has no shards to gain).
+    fn on_shards_gained(&self, _hook: ShardsGained) {}
     fn health(&self) -> Health;
     fn metrics(&self) -> BusMetrics;
     /// Whether a command submitted now would be taken without waiting for the broker.
@@ -230,6 +237,14 @@ impl Bus {
     /// concurrent calls.
     pub fn register_handler(&self, prefix: &str, handler: Arc<dyn AppHandler>) {
         self.backend.register_handler(prefix, handler);
+    }
+
+    /// Runs `hook` (awaited, up to 10 s) each time this process is about to start consuming
+    /// command shards it did not have: another worker joined, left or died. The chat service
+    /// publishes what a dead process committed and left unpublished here, so a room's earlier
+    /// messages are broadcast before the first one its new owner writes. RabbitMQ only.
+    pub fn on_shards_gained(&self, hook: ShardsGained) {
+        self.backend.on_shards_gained(hook);
     }
 
     /// Appends a message to the point-to-point queue `queue` (created on first use; name 1-200

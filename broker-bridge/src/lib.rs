@@ -121,7 +121,8 @@ pub mod trace;
 pub use amqp::AmqpConfig;
 pub use async_trait::async_trait;
 pub use bus::{
-    AppHandler, Bus, BusMetrics, Completion, Health, NodeInbox, NodeInterest, NodeLink, handler_fn,
+    AppHandler, Bus, BusMetrics, Completion, Health, NodeInbox, NodeInterest, NodeLink,
+    ShardsGained, handler_fn,
 };
 pub use bus::{is_pattern, topic_matches};
 pub use error::{BusError, HandlerError};

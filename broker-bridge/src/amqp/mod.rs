@@ -388,6 +388,8 @@ struct Shared {
     last_error: Mutex<String>,
     nodes: Mutex<HashMap<NodeId, Arc<NodeState>>>,
     handlers: RwLock<Vec<Route>>,
+    /// Run before consuming shards this process gained ([`Bus::on_shards_gained`](crate::Bus)).
+    shards_gained: RwLock<Option<crate::bus::ShardsGained>>,
     /// Wakes the supervisor (handlers registered, bus closed).
     wake: Notify,
     closed: AtomicBool,
@@ -461,6 +463,7 @@ impl AmqpBus {
             last_error: Mutex::new(String::from("not connected yet")),
             nodes: Mutex::new(HashMap::new()),
             handlers: RwLock::new(Vec::new()),
+            shards_gained: RwLock::new(None),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             stopped: watch::channel(false).0,
@@ -1563,6 +1566,24 @@ async fn balance_shards(shared: Arc<Shared>, live: Arc<Live>) {
                 draining.0.insert(shard, run);
             }
         }
+        let gained = wanted
+            .iter()
+            .any(|s| !runs.0.contains_key(s) && !draining.0.contains_key(s));
+        let hook = shared
+            .shards_gained
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if gained && let Some(hook) = hook {
+            // Before the first delivery of a gained shard: what its dead owner left is dealt
+            // with first (the chat service publishes its committed, unpublished batches).
+            if tokio::time::timeout(Duration::from_secs(10), hook())
+                .await
+                .is_err()
+            {
+                warn!("the shard take-over hook did not finish in 10 s; consuming anyway");
+            }
+        }
         for &shard in &wanted {
             if runs.0.contains_key(&shard) || draining.0.contains_key(&shard) {
                 continue;
@@ -1796,6 +1817,14 @@ impl BusBackend for AmqpBus {
         prefetch: u16,
     ) -> Result<crate::queues::QueueConsumer, BusError> {
         self.shared.consume(queue, prefetch).await
+    }
+
+    fn on_shards_gained(&self, hook: crate::bus::ShardsGained) {
+        *self
+            .shared
+            .shards_gained
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(hook);
     }
 
     fn register_handler(&self, prefix: &str, handler: Arc<dyn AppHandler>) {

@@ -279,6 +279,13 @@ pub fn register_with(ctx: &Ctx, bus: &Bus, options: WriterOptions) {
         writer::MESSAGES_TARGET,
         Arc::new(writer::MessagesRebuild::new(ctx)),
     );
+    // Taking over a dead process's rooms: what it committed and did not publish goes out before
+    // the first message this process writes for them.
+    let orphans = ctx.outbox.clone();
+    bus.on_shards_gained(Arc::new(move || {
+        let outbox = orphans.clone();
+        Box::pin(async move { writer::republish_orphans(&outbox).await })
+    }));
     let sweeper = ctx.outbox.clone();
     ctx.jobs
         .every("chat-outbox-sweeper", outbox::SWEEP_INTERVAL, move || {

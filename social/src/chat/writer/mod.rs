@@ -82,14 +82,15 @@ pub const CLEANUP_ROWS: usize = 32;
 /// A writer with delivered rows left and no send for this long deletes them on its own. Far below
 /// [`outbox::SWEEP_GRACE`], so the sweeper never sees them.
 pub const CLEANUP_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
-/// A redelivered send whose message is stored means the process that stored it may have died
-/// between its commit and its pushes (the bus redelivers once that process's shards came
-/// here). Its outbox rows are published now, before this writer writes the room's next
-/// messages, rather than by the sweeper up to [`outbox::SWEEP_GRACE`] later, after them: a
-/// room's broadcasts keep message-id order through the crash. Rows younger than
-/// [`ORPHAN_AGE`] are left alone (a live writer elsewhere is publishing them); a row published
-/// twice is dropped by the gateways (they de-duplicate by message id).
-async fn republish_orphans(outbox: &outbox::Outbox) {
+/// Publishes the outbox rows a dead process left: it may have died between a batch's commit and
+/// its pushes. Run when this process takes command shards over ([`broker_bridge::Bus::on_shards_gained`],
+/// before their first delivery) and again at the first redelivered send it finds stored, so a
+/// room's earlier messages are broadcast before the first one its new owner writes (left to the
+/// sweeper, [`outbox::SWEEP_GRACE`] later, they would come after newer ones). Rows younger than
+/// [`ORPHAN_AGE`] are left alone (a live writer elsewhere is publishing them; a dead worker's
+/// shards move no sooner than its lease, 3 s by default, ran out); a row published twice is
+/// dropped by the gateways (they de-duplicate by message id).
+pub(crate) async fn republish_orphans(outbox: &outbox::Outbox) {
     match outbox.sweep(ORPHAN_AGE).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(
